@@ -1,0 +1,187 @@
+//! One circuit breaker per catalog, shared by every key: when Consul fails, all
+//! keys back off together, so a node asks a struggling Consul one probe at a
+//! time instead of one request per cached name.
+
+use std::fmt::Display;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::metrics;
+
+/// Consecutive retryable failures before the circuit opens. A single blip
+/// (one timeout, one leader election) should not turn first queries into SERVFAIL.
+const FAILURE_THRESHOLD: u32 = 3;
+
+/// A probe that never reported back (its task was cancelled) stops blocking
+/// new probes after this long.
+const PROBE_EXPIRY: Duration = Duration::from_secs(10);
+
+pub(crate) struct Breaker {
+    backoff_min: Duration,
+    backoff_max: Duration,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    consecutive_failures: u32,
+    /// Set while open: no request before this instant, then one probe.
+    open_until: Option<Instant>,
+    probe_started: Option<Instant>,
+    backoff: Duration,
+}
+
+impl Breaker {
+    pub(crate) fn new(backoff_min: Duration, backoff_max: Duration) -> Self {
+        Self {
+            backoff_min,
+            backoff_max,
+            state: Mutex::new(State {
+                consecutive_failures: 0,
+                open_until: None,
+                probe_started: None,
+                backoff: backoff_min,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A poisoned lock only means a panic elsewhere; the state is plain data.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn is_open(&self) -> bool {
+        self.lock().open_until.is_some()
+    }
+
+    /// May a request go to Consul now? Closed: yes. Open: only one probe once
+    /// the backoff has passed.
+    pub(crate) fn allow_request(&self) -> bool {
+        let now = Instant::now();
+        let mut state = self.lock();
+        let Some(open_until) = state.open_until else {
+            return true;
+        };
+        if now < open_until {
+            return false;
+        }
+        match state.probe_started {
+            Some(started) if now.saturating_duration_since(started) < PROBE_EXPIRY => false,
+            _ => {
+                state.probe_started = Some(now);
+                true
+            }
+        }
+    }
+
+    /// A probe slot was taken but no request was sent.
+    pub(crate) fn cancel_probe(&self) {
+        self.lock().probe_started = None;
+    }
+
+    /// The pause before retrying a failed key.
+    pub(crate) fn current_backoff(&self) -> Duration {
+        self.lock().backoff
+    }
+
+    pub(crate) fn record_success(&self) {
+        let mut state = self.lock();
+        let was_open = state.open_until.take().is_some();
+        state.consecutive_failures = 0;
+        state.probe_started = None;
+        state.backoff = self.backoff_min;
+        drop(state);
+        if was_open {
+            info!("Consul reachable again, answers are fresh");
+            metrics::circuit_open(false);
+        }
+    }
+
+    /// Records a failed request. Retryable errors open the circuit after
+    /// [`FAILURE_THRESHOLD`] in a row; others (403, malformed replies) at once
+    /// and at the maximum backoff, since retrying soon will not help.
+    pub(crate) fn record_failure(&self, retryable: bool, kind: &str, error: &dyn Display) {
+        let now = Instant::now();
+        let mut state = self.lock();
+        state.consecutive_failures = state.consecutive_failures.saturating_add(1);
+        state.probe_started = None;
+        if !retryable {
+            state.backoff = self.backoff_max;
+        }
+        let was_open = state.open_until.is_some();
+        if was_open || !retryable || state.consecutive_failures >= FAILURE_THRESHOLD {
+            let pause = jitter(state.backoff);
+            state.open_until = Some(now + pause);
+            state.backoff = (state.backoff * 2).min(self.backoff_max);
+            let attempts = state.consecutive_failures;
+            drop(state);
+            if !was_open {
+                warn!(
+                    error = %error,
+                    kind,
+                    attempts,
+                    retry_in = ?pause,
+                    "Consul unavailable, serving cached answers and backing off"
+                );
+                metrics::circuit_open(true);
+            }
+        }
+    }
+}
+
+/// Full jitter in [d/2, d]: many resolvers that lost Consul together must not
+/// come back in lockstep.
+fn jitter(duration: Duration) -> Duration {
+    duration.mul_f64(rand::rng().random_range(0.5..=1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn opens_after_threshold_and_lets_one_probe_through_after_backoff() {
+        let breaker = Breaker::new(Duration::from_secs(1), Duration::from_secs(8));
+        for _ in 0..FAILURE_THRESHOLD - 1 {
+            breaker.record_failure(true, "timeout", &"boom");
+            assert!(breaker.allow_request(), "still closed below the threshold");
+        }
+        breaker.record_failure(true, "timeout", &"boom");
+        assert!(breaker.is_open());
+        assert!(!breaker.allow_request(), "open: no request during backoff");
+        tokio::time::advance(Duration::from_millis(1001)).await;
+        assert!(breaker.allow_request(), "one probe after the backoff");
+        assert!(!breaker.allow_request(), "only one probe at a time");
+        breaker.record_failure(true, "timeout", &"boom");
+        assert!(!breaker.allow_request(), "failed probe reopens");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(breaker.allow_request());
+        breaker.record_success();
+        assert!(!breaker.is_open());
+        assert!(breaker.allow_request() && breaker.allow_request());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn non_retryable_error_opens_at_once_with_max_backoff() {
+        let breaker = Breaker::new(Duration::from_secs(1), Duration::from_secs(60));
+        breaker.record_failure(false, "forbidden", &"ACL not found");
+        assert!(breaker.is_open());
+        tokio::time::advance(Duration::from_secs(29)).await;
+        assert!(!breaker.allow_request(), "max backoff (jittered ≥ 30s) not yet over");
+        tokio::time::advance(Duration::from_secs(31)).await;
+        assert!(breaker.allow_request());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn backoff_doubles_up_to_the_ceiling() {
+        let breaker = Breaker::new(Duration::from_secs(1), Duration::from_secs(4));
+        for _ in 0..10 {
+            breaker.record_failure(true, "timeout", &"boom");
+        }
+        assert_eq!(breaker.current_backoff(), Duration::from_secs(4));
+    }
+}

@@ -1,0 +1,72 @@
+use std::time::Duration;
+
+/// Catalog cache settings (validated by `src/config`; not serde).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// How often an entry that is being asked for is re-read from Consul.
+    pub refresh_interval: Duration,
+    /// Fraction of `refresh_interval` added or removed at random per refresh (0.0–0.5).
+    pub refresh_jitter: f64,
+    /// How long a first-ever query may wait for Consul before it gets SERVFAIL.
+    pub first_fetch_timeout: Duration,
+    /// How long "no such service/node" is remembered before Consul is asked again.
+    pub negative_ttl: Duration,
+    /// An entry nobody asked for during this long stops being refreshed.
+    pub idle_timeout: Duration,
+    /// How long past its last successful refresh an entry may still be served (stale).
+    pub max_stale: Duration,
+    /// Bound on the number of cached keys (services and nodes).
+    pub max_entries: u64,
+    /// Drop instances with a warning check too (Consul's `only_passing`).
+    pub only_passing: bool,
+    /// First backoff after Consul fails; doubles per failure up to `backoff_max`.
+    pub backoff_min: Duration,
+    /// Ceiling of the backoff between attempts while Consul is failing.
+    pub backoff_max: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            refresh_interval: Duration::from_secs(10),
+            refresh_jitter: 0.1,
+            first_fetch_timeout: Duration::from_secs(2),
+            negative_ttl: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(120),
+            max_stale: Duration::from_secs(72 * 3600),
+            max_entries: 10_000,
+            only_passing: false,
+            backoff_min: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Config {
+    /// Rejects settings that would make the cache misbehave; names the key.
+    pub fn validate(&self) -> Result<(), crate::Error> {
+        let invalid = |key, reason: String| Err(crate::Error::InvalidConfig { key, reason });
+        if self.refresh_interval < Duration::from_millis(100) {
+            return invalid("refresh_interval", "must be at least 100ms".into());
+        }
+        if !(0.0..=0.5).contains(&self.refresh_jitter) {
+            return invalid("refresh_jitter", format!("must be between 0.0 and 0.5, got {}", self.refresh_jitter));
+        }
+        if self.first_fetch_timeout.is_zero() {
+            return invalid("first_fetch_timeout", "must be greater than 0".into());
+        }
+        if self.negative_ttl.is_zero() {
+            return invalid("negative_ttl", "must be greater than 0 (0 would send every typo to Consul)".into());
+        }
+        if self.max_stale < self.refresh_interval {
+            return invalid("max_stale", "must be at least refresh_interval".into());
+        }
+        if self.max_entries == 0 {
+            return invalid("max_entries", "must be at least 1".into());
+        }
+        if self.backoff_min.is_zero() || self.backoff_max < self.backoff_min {
+            return invalid("backoff_max", "backoff_min must be > 0 and backoff_max >= backoff_min".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,655 @@
+//! The HTTP client: request building, deadlines, header parsing, error mapping and metrics.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderValue};
+use reqwest::Url;
+use serde::de::DeserializeOwned;
+use tokio::time::Instant;
+
+use crate::config::{Config, Token};
+use crate::error::{BoxError, Error, classify_status};
+use crate::model::{AgentSelf, AgentSelfWire, CatalogNode, KvPair, NodeInfo, ServiceEntry};
+use crate::query::{DEFAULT_WAIT, MAX_WAIT, QueryMeta, QueryOptions, Response};
+
+const TOKEN_HEADER: &str = "x-consul-token";
+const INDEX_HEADER: &str = "x-consul-index";
+const KNOWN_LEADER_HEADER: &str = "x-consul-knownleader";
+const LAST_CONTACT_HEADER: &str = "x-consul-lastcontact";
+
+/// The endpoints we call; their tags are the bounded `endpoint` metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Endpoint {
+    HealthService,
+    CatalogNode,
+    CatalogServices,
+    CatalogNodes,
+    Kv,
+    StatusLeader,
+    AgentSelf,
+}
+
+impl Endpoint {
+    fn tag(self) -> &'static str {
+        match self {
+            Endpoint::HealthService => "health_service",
+            Endpoint::CatalogNode => "catalog_node",
+            Endpoint::CatalogServices => "catalog_services",
+            Endpoint::CatalogNodes => "catalog_nodes",
+            Endpoint::Kv => "kv",
+            Endpoint::StatusLeader => "status_leader",
+            Endpoint::AgentSelf => "agent_self",
+        }
+    }
+}
+
+/// One GET to make.
+struct Call<'a> {
+    endpoint: Endpoint,
+    /// API path segments after the base URL (each percent-encoded on its own).
+    segments: Vec<&'a str>,
+    /// Query pairs; `None` values are sent as bare keys (`?stale`).
+    query: Vec<(&'static str, Option<String>)>,
+    datacenter: Option<&'a str>,
+    /// Extra deadline for a blocking query (`wait` + `wait/16`).
+    blocking_wait: Option<Duration>,
+}
+
+impl Call<'_> {
+    /// The path named in errors: unencoded, never with the query string.
+    fn path(&self) -> String {
+        let mut path = String::new();
+        for segment in &self.segments {
+            path.push('/');
+            path.push_str(segment);
+        }
+        path
+    }
+}
+
+/// What came back before decoding.
+struct Raw {
+    status: u16,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+/// Typed client for the Consul HTTP API; cheap to clone (one shared connection pool).
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    base: Url,
+    token: Option<(Token, HeaderValue)>,
+    request_timeout: Duration,
+    stale: bool,
+    cached: bool,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("address", &self.inner.base.as_str())
+            .field("token", &self.inner.token.as_ref().map(|(token, _)| token))
+            .field("request_timeout", &self.inner.request_timeout)
+            .field("stale", &self.inner.stale)
+            .field("cached", &self.inner.cached)
+            .finish()
+    }
+}
+
+impl Client {
+    /// Validates `config` and builds the client (no network I/O happens here).
+    pub fn new(config: Config) -> Result<Self, Error> {
+        let invalid = |reason: String| Error::InvalidConfig { reason };
+        let base = Url::parse(config.address.trim()).map_err(|error| {
+            invalid(format!(
+                "address {:?} is not a valid URL: {error}",
+                config.address
+            ))
+        })?;
+        match base.scheme() {
+            "http" => {}
+            "https" => {
+                return Err(invalid(format!(
+                    "address {:?} uses https, which is not supported: this build has no TLS \
+                     support compiled in; point it at the local agent over http://",
+                    config.address
+                )));
+            }
+            other => {
+                return Err(invalid(format!(
+                    "address {:?} has scheme {other:?}, expected http://",
+                    config.address
+                )));
+            }
+        }
+        if base.host_str().is_none_or(str::is_empty) || base.cannot_be_a_base() {
+            return Err(invalid(format!("address {:?} has no host", config.address)));
+        }
+        if base.query().is_some() || base.fragment().is_some() {
+            return Err(invalid(format!(
+                "address {:?} must not have a query string or fragment",
+                config.address
+            )));
+        }
+        if !base.username().is_empty() || base.password().is_some() {
+            return Err(invalid(
+                "address must not contain credentials; use token".to_owned(),
+            ));
+        }
+        if config.request_timeout.is_zero() {
+            return Err(invalid("request_timeout must be greater than 0".to_owned()));
+        }
+        let token = match config.token {
+            None => None,
+            Some(token) => {
+                let mut value = HeaderValue::from_str(token.expose())
+                    .ok()
+                    .filter(|_| !token.expose().is_empty())
+                    .ok_or_else(|| invalid("token must be non-empty visible ASCII".to_owned()))?;
+                value.set_sensitive(true);
+                Some((token, value))
+            }
+        };
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("dnsfront/", env!("CARGO_PKG_VERSION")))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|error| invalid(format!("cannot build HTTP client: {error}")))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                http,
+                base,
+                token,
+                request_timeout: config.request_timeout,
+                stale: config.stale,
+                cached: config.cached,
+            }),
+        })
+    }
+
+    /// `GET /v1/health/service/:service`: every instance with its checks (filter critical yourself unless `passing`).
+    pub async fn health_service(
+        &self,
+        service: &str,
+        opts: &QueryOptions,
+    ) -> Result<Response<Vec<ServiceEntry>>, Error> {
+        let call = self.read_call(
+            Endpoint::HealthService,
+            vec!["v1", "health", "service", service],
+            opts,
+            true,
+        );
+        self.run(call, |path, raw| {
+            Ok(Response {
+                value: decode(path, &raw.body)?,
+                meta: meta(&raw.headers),
+            })
+        })
+        .await
+    }
+
+    /// `GET /v1/catalog/node/:node`: the node and its services; `None` when the node is unknown.
+    pub async fn catalog_node(
+        &self,
+        node: &str,
+        opts: &QueryOptions,
+    ) -> Result<Response<Option<CatalogNode>>, Error> {
+        let call = self.read_call(
+            Endpoint::CatalogNode,
+            vec!["v1", "catalog", "node", node],
+            opts,
+            false,
+        );
+        self.run(call, |path, raw| {
+            Ok(Response {
+                value: decode(path, &raw.body)?,
+                meta: meta(&raw.headers),
+            })
+        })
+        .await
+    }
+
+    /// `GET /v1/catalog/services`: service name → union of its tags.
+    pub async fn catalog_services(
+        &self,
+        opts: &QueryOptions,
+    ) -> Result<Response<BTreeMap<String, Vec<String>>>, Error> {
+        let call = self.read_call(
+            Endpoint::CatalogServices,
+            vec!["v1", "catalog", "services"],
+            opts,
+            false,
+        );
+        self.run(call, |path, raw| {
+            let services: BTreeMap<String, Option<Vec<String>>> = decode(path, &raw.body)?;
+            Ok(Response {
+                value: services
+                    .into_iter()
+                    .map(|(name, tags)| (name, tags.unwrap_or_default()))
+                    .collect(),
+                meta: meta(&raw.headers),
+            })
+        })
+        .await
+    }
+
+    /// `GET /v1/catalog/nodes`: every node in the datacenter.
+    pub async fn catalog_nodes(
+        &self,
+        opts: &QueryOptions,
+    ) -> Result<Response<Vec<NodeInfo>>, Error> {
+        let call = self.read_call(
+            Endpoint::CatalogNodes,
+            vec!["v1", "catalog", "nodes"],
+            opts,
+            false,
+        );
+        self.run(call, |path, raw| {
+            let nodes: Option<Vec<NodeInfo>> = decode(path, &raw.body)?;
+            Ok(Response {
+                value: nodes.unwrap_or_default(),
+                meta: meta(&raw.headers),
+            })
+        })
+        .await
+    }
+
+    /// `GET /v1/kv/:key`: one key; a missing key (404) is `Ok` with `None` and the index to block on.
+    ///
+    /// Slashes in `key` separate path segments; every other reserved character is percent-encoded.
+    pub async fn kv_get(
+        &self,
+        key: &str,
+        opts: &QueryOptions,
+    ) -> Result<Response<Option<KvPair>>, Error> {
+        let mut segments = vec!["v1", "kv"];
+        segments.extend(key.split('/'));
+        let call = self.read_call(Endpoint::Kv, segments, opts, false);
+        self.run(call, |path, raw| {
+            let meta = meta(&raw.headers);
+            if raw.status == 404 {
+                return Ok(Response { value: None, meta });
+            }
+            let pairs: Option<Vec<KvPair>> = decode(path, &raw.body)?;
+            Ok(Response {
+                value: pairs.and_then(|pairs| pairs.into_iter().next()),
+                meta,
+            })
+        })
+        .await
+    }
+
+    /// `GET /v1/status/leader`: the leader's `ip:port`, or an empty string when there is none.
+    pub async fn status_leader(&self) -> Result<String, Error> {
+        let call = Call {
+            endpoint: Endpoint::StatusLeader,
+            segments: vec!["v1", "status", "leader"],
+            query: Vec::new(),
+            datacenter: None,
+            blocking_wait: None,
+        };
+        self.run(call, |path, raw| {
+            let leader: Option<String> = decode(path, &raw.body)?;
+            Ok(leader.unwrap_or_default())
+        })
+        .await
+    }
+
+    /// `GET /v1/agent/self`: the local agent's datacenter, node name, version and role.
+    pub async fn agent_self(&self) -> Result<AgentSelf, Error> {
+        let call = Call {
+            endpoint: Endpoint::AgentSelf,
+            segments: vec!["v1", "agent", "self"],
+            query: Vec::new(),
+            datacenter: None,
+            blocking_wait: None,
+        };
+        self.run(call, |path, raw| {
+            let wire: AgentSelfWire = decode(path, &raw.body)?;
+            Ok(AgentSelf::from(wire))
+        })
+        .await
+    }
+
+    /// Builds a catalog/health/KV read with consistency, datacenter and blocking parameters.
+    fn read_call<'a>(
+        &self,
+        endpoint: Endpoint,
+        segments: Vec<&'a str>,
+        opts: &'a QueryOptions,
+        health: bool,
+    ) -> Call<'a> {
+        let mut query = Vec::new();
+        let datacenter = opts.datacenter.as_deref().filter(|dc| !dc.is_empty());
+        if let Some(datacenter) = datacenter {
+            query.push(("dc", Some(datacenter.to_owned())));
+        }
+        if self.inner.stale {
+            query.push(("stale", None));
+        }
+        if health && self.inner.cached {
+            query.push(("cached", None));
+        }
+        if health && opts.passing {
+            query.push(("passing", None));
+        }
+        let mut blocking_wait = None;
+        if let Some(index) = opts.index.filter(|index| *index > 0) {
+            query.push(("index", Some(index.to_string())));
+            if let Some(wait) = opts.wait {
+                query.push(("wait", Some(format!("{}ms", wait.as_millis().max(1)))));
+            }
+            blocking_wait = Some(opts.wait.unwrap_or(DEFAULT_WAIT).min(MAX_WAIT));
+        }
+        Call {
+            endpoint,
+            segments,
+            query,
+            datacenter,
+            blocking_wait,
+        }
+    }
+
+    /// Runs one call with its deadline, decodes it and records metrics.
+    async fn run<T>(
+        &self,
+        call: Call<'_>,
+        decode: impl FnOnce(&str, Raw) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let started = Instant::now();
+        let path = call.path();
+        let result = match self.fetch(&call, &path).await {
+            Ok(raw) => decode(&path, raw),
+            Err(error) => Err(error),
+        };
+        let elapsed = started.elapsed();
+        let endpoint = call.endpoint.tag();
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(error) => error.kind(),
+        };
+        ::metrics::counter!(crate::metrics::REQUESTS, "endpoint" => endpoint, "outcome" => outcome)
+            .increment(1);
+        ::metrics::histogram!(crate::metrics::REQUEST_DURATION_SECONDS, "endpoint" => endpoint)
+            .record(elapsed.as_secs_f64());
+        match &result {
+            Ok(_) => tracing::trace!(endpoint = %path, ?elapsed, "Consul call succeeded"),
+            Err(error) => {
+                tracing::debug!(endpoint = %path, ?elapsed, error = %error, "Consul call failed");
+            }
+        }
+        result
+    }
+
+    /// Sends the request and reads the body within the deadline; maps non-success statuses.
+    async fn fetch(&self, call: &Call<'_>, path: &str) -> Result<Raw, Error> {
+        let url = self.url(call);
+        let mut request = self.inner.http.get(url);
+        if let Some((_, value)) = &self.inner.token {
+            request = request.header(TOKEN_HEADER, value.clone());
+        }
+        let mut deadline = self.inner.request_timeout;
+        if let Some(wait) = call.blocking_wait {
+            deadline += wait + wait / 16;
+        }
+        let exchange = async {
+            let response = request.send().await?;
+            let status = response.status().as_u16();
+            let headers = response.headers().clone();
+            let body = response.bytes().await?;
+            Ok::<_, reqwest::Error>(Raw {
+                status,
+                headers,
+                body,
+            })
+        };
+        let raw = match tokio::time::timeout(deadline, exchange).await {
+            Err(_elapsed) => {
+                return Err(Error::Timeout {
+                    endpoint: path.to_owned(),
+                });
+            }
+            Ok(Err(error)) if error.is_timeout() => {
+                return Err(Error::Timeout {
+                    endpoint: path.to_owned(),
+                });
+            }
+            Ok(Err(error)) => {
+                let source: BoxError = Arc::new(error.without_url());
+                return Err(Error::Unreachable {
+                    endpoint: path.to_owned(),
+                    source,
+                });
+            }
+            Ok(Ok(raw)) => raw,
+        };
+        let success = (200..300).contains(&raw.status);
+        let kv_missing = call.endpoint == Endpoint::Kv && raw.status == 404;
+        if success || kv_missing {
+            return Ok(raw);
+        }
+        Err(classify_status(
+            path,
+            call.datacenter,
+            raw.status,
+            &raw.body,
+            self.inner.token.as_ref().map(|(token, _)| token.expose()),
+        ))
+    }
+
+    /// The full URL: base path + percent-encoded segments + query string.
+    fn url(&self, call: &Call<'_>) -> Url {
+        let mut url = self.inner.base.clone();
+        if let Ok(mut segments) = url.path_segments_mut() {
+            // Validated in `new`: an http URL with a host always has path segments.
+            segments.pop_if_empty().extend(&call.segments);
+        }
+        if !call.query.is_empty() {
+            let mut pairs = url.query_pairs_mut();
+            for (key, value) in &call.query {
+                match value {
+                    Some(value) => pairs.append_pair(key, value),
+                    None => pairs.append_key_only(key),
+                };
+            }
+        }
+        url
+    }
+}
+
+/// Decodes a JSON body, mapping failures to [`Error::Decode`].
+fn decode<T: DeserializeOwned>(path: &str, body: &[u8]) -> Result<T, Error> {
+    serde_json::from_slice(body).map_err(|source| Error::Decode {
+        endpoint: path.to_owned(),
+        source: Arc::new(source),
+    })
+}
+
+/// Reads `X-Consul-Index`, `X-Consul-KnownLeader` and `X-Consul-LastContact`.
+fn meta(headers: &HeaderMap) -> QueryMeta {
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .map(str::trim)
+    };
+    QueryMeta {
+        index: text(INDEX_HEADER)
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(0),
+        known_leader: text(KNOWN_LEADER_HEADER)
+            .is_some_and(|value| value.eq_ignore_ascii_case("true")),
+        last_contact: Duration::from_millis(
+            text(LAST_CONTACT_HEADER)
+                .and_then(|value| value.parse().ok())
+                .unwrap_or(0),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(config: Config) -> Client {
+        Client::new(config).expect("valid config")
+    }
+
+    #[test]
+    fn rejects_https_with_a_clear_message() {
+        let error = Client::new(Config {
+            address: "https://consul.example:8501".to_owned(),
+            ..Config::default()
+        })
+        .expect_err("https must be rejected");
+        assert_eq!(error.kind(), "config");
+        let message = error.to_string();
+        assert!(message.contains("https"), "{message}");
+        assert!(message.contains("TLS"), "{message}");
+    }
+
+    #[test]
+    fn rejects_bad_addresses_timeouts_and_tokens() {
+        for address in [
+            "",
+            "127.0.0.1:8500",
+            "ftp://x",
+            "http://",
+            "http://h:1/?a=b",
+        ] {
+            let result = Client::new(Config {
+                address: address.to_owned(),
+                ..Config::default()
+            });
+            assert!(result.is_err(), "accepted {address:?}");
+        }
+        assert!(
+            Client::new(Config {
+                request_timeout: Duration::ZERO,
+                ..Config::default()
+            })
+            .is_err()
+        );
+        let error = Client::new(Config {
+            token: Some(Token::new("bad\ntoken-s3cret".to_owned())),
+            ..Config::default()
+        })
+        .expect_err("newline in token");
+        assert!(!error.to_string().contains("s3cret"));
+    }
+
+    #[test]
+    fn client_debug_redacts_the_token() {
+        let client = client(Config {
+            token: Some(Token::new("s3cret-token".to_owned())),
+            ..Config::default()
+        });
+        let debug = format!("{client:?}");
+        assert!(!debug.contains("s3cret"), "{debug}");
+        assert!(debug.contains("<redacted>"), "{debug}");
+    }
+
+    #[test]
+    fn builds_encoded_urls_with_read_parameters() {
+        let client = client(Config {
+            address: "http://127.0.0.1:8500".to_owned(),
+            cached: true,
+            ..Config::default()
+        });
+        let opts = QueryOptions {
+            datacenter: Some("dc 2".to_owned()),
+            passing: true,
+            index: Some(77),
+            wait: Some(Duration::from_secs(30)),
+        };
+        let call = client.read_call(
+            Endpoint::HealthService,
+            vec!["v1", "health", "service", "a b/c?d#e%f"],
+            &opts,
+            true,
+        );
+        assert_eq!(
+            client.url(&call).as_str(),
+            "http://127.0.0.1:8500/v1/health/service/a%20b%2Fc%3Fd%23e%25f\
+             ?dc=dc+2&stale&cached&passing&index=77&wait=30000ms"
+        );
+        assert_eq!(call.path(), "/v1/health/service/a b/c?d#e%f");
+        assert_eq!(call.blocking_wait, Some(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn non_blocking_reads_omit_index_and_wait_and_health_only_flags() {
+        let client = client(Config {
+            address: "http://consul.local:8500/prefix/".to_owned(),
+            stale: false,
+            cached: true,
+            ..Config::default()
+        });
+        let opts = QueryOptions {
+            passing: true,
+            index: Some(0),
+            wait: Some(Duration::from_secs(30)),
+            ..QueryOptions::default()
+        };
+        let mut segments = vec!["v1", "kv"];
+        segments.extend("dnsfront/hosts/data".split('/'));
+        let call = client.read_call(Endpoint::Kv, segments, &opts, false);
+        assert_eq!(
+            client.url(&call).as_str(),
+            "http://consul.local:8500/prefix/v1/kv/dnsfront/hosts/data"
+        );
+        assert_eq!(call.blocking_wait, None);
+    }
+
+    #[test]
+    fn blocking_without_wait_uses_consul_default_deadline() {
+        let client = client(Config::default());
+        let opts = QueryOptions {
+            index: Some(5),
+            ..QueryOptions::default()
+        };
+        let call = client.read_call(
+            Endpoint::CatalogServices,
+            vec!["v1", "catalog", "services"],
+            &opts,
+            false,
+        );
+        assert_eq!(call.blocking_wait, Some(DEFAULT_WAIT));
+        assert_eq!(
+            client.url(&call).as_str(),
+            "http://127.0.0.1:8500/v1/catalog/services?stale&index=5"
+        );
+    }
+
+    #[test]
+    fn meta_reads_consul_headers() {
+        let mut headers = HeaderMap::new();
+        headers.insert("X-Consul-Index", HeaderValue::from_static("1920301"));
+        headers.insert("X-Consul-KnownLeader", HeaderValue::from_static("true"));
+        headers.insert("X-Consul-LastContact", HeaderValue::from_static("12"));
+        assert_eq!(
+            meta(&headers),
+            QueryMeta {
+                index: 1920301,
+                known_leader: true,
+                last_contact: Duration::from_millis(12)
+            }
+        );
+        assert_eq!(meta(&HeaderMap::new()), QueryMeta::default());
+        headers.insert("X-Consul-Index", HeaderValue::from_static("garbage"));
+        headers.insert("X-Consul-KnownLeader", HeaderValue::from_static("false"));
+        assert_eq!(meta(&headers).index, 0);
+        assert!(!meta(&headers).known_leader);
+    }
+}

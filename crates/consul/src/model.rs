@@ -1,0 +1,472 @@
+//! Wire models for the Consul responses we read.
+//!
+//! Field names follow Consul's PascalCase JSON. Every field tolerates being missing or `null`
+//! and unknown fields are ignored, so newer or older agents still decode.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use base64::Engine as _;
+use serde::{Deserialize, Deserializer};
+
+/// Deserializes `null` as the type's default value.
+fn nullable<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
+/// One healthy-or-not instance from `/v1/health/service/:service`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ServiceEntry {
+    /// The node the instance runs on.
+    #[serde(default, deserialize_with = "nullable")]
+    pub node: NodeInfo,
+    /// The service instance.
+    #[serde(default, deserialize_with = "nullable")]
+    pub service: AgentService,
+    /// Node-level checks and this instance's service checks.
+    #[serde(default, deserialize_with = "nullable")]
+    pub checks: Vec<HealthCheck>,
+}
+
+/// A catalog node (as in health entries and `/v1/catalog/nodes`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct NodeInfo {
+    /// Node UUID.
+    #[serde(default, rename = "ID", deserialize_with = "nullable")]
+    pub id: String,
+    /// Node name.
+    #[serde(default, deserialize_with = "nullable")]
+    pub node: String,
+    /// Node address (IP or hostname).
+    #[serde(default, deserialize_with = "nullable")]
+    pub address: String,
+    /// Datacenter of the node.
+    #[serde(default, deserialize_with = "nullable")]
+    pub datacenter: String,
+    /// Tagged addresses (`lan`, `lan_ipv4`, `wan`, …), keys as sent.
+    #[serde(default, deserialize_with = "nullable")]
+    pub tagged_addresses: BTreeMap<String, String>,
+    /// Node metadata.
+    #[serde(default, deserialize_with = "nullable")]
+    pub meta: BTreeMap<String, String>,
+}
+
+/// A registered service instance.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AgentService {
+    /// Instance ID, unique per node.
+    #[serde(default, rename = "ID", deserialize_with = "nullable")]
+    pub id: String,
+    /// Service name.
+    #[serde(default, deserialize_with = "nullable")]
+    pub service: String,
+    /// Tags.
+    #[serde(default, deserialize_with = "nullable")]
+    pub tags: Vec<String>,
+    /// Service address; empty means "use the node address".
+    #[serde(default, deserialize_with = "nullable")]
+    pub address: String,
+    /// Service port; Consul omits it when 0.
+    #[serde(default, deserialize_with = "nullable")]
+    pub port: u16,
+    /// SRV weights; `None` means Consul's default 1/1.
+    #[serde(default)]
+    pub weights: Option<Weights>,
+    /// Service metadata.
+    #[serde(default, deserialize_with = "nullable")]
+    pub meta: BTreeMap<String, String>,
+    /// Service tagged addresses (`lan_ipv4`, `wan`, …), keys as sent.
+    #[serde(default, deserialize_with = "nullable")]
+    pub tagged_addresses: BTreeMap<String, ServiceAddress>,
+}
+
+/// One entry of a service's `TaggedAddresses`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceAddress {
+    /// Address (IP or hostname).
+    pub address: String,
+    /// Port, 0 when absent.
+    pub port: u16,
+}
+
+impl<'de> Deserialize<'de> for ServiceAddress {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // Consul sends `Address`/`Port`; its docs show lower-case keys: accept any case.
+        let fields: Option<BTreeMap<String, serde_json::Value>> =
+            Option::deserialize(deserializer)?;
+        let mut address = ServiceAddress::default();
+        for (key, value) in fields.unwrap_or_default() {
+            if key.eq_ignore_ascii_case("address") {
+                address.address = value.as_str().unwrap_or_default().to_owned();
+            } else if key.eq_ignore_ascii_case("port") {
+                address.port = value
+                    .as_u64()
+                    .and_then(|port| u16::try_from(port).ok())
+                    .unwrap_or_default();
+            }
+        }
+        Ok(address)
+    }
+}
+
+/// SRV weights of a service instance.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Weights {
+    /// Weight while all checks pass.
+    #[serde(default, deserialize_with = "nullable")]
+    pub passing: u16,
+    /// Weight while some check warns.
+    #[serde(default, deserialize_with = "nullable")]
+    pub warning: u16,
+}
+
+/// A health check attached to a node or service instance.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct HealthCheck {
+    /// Node the check runs on.
+    #[serde(default, deserialize_with = "nullable")]
+    pub node: String,
+    /// Check ID (e.g. `serfHealth`, `service:web-1`).
+    #[serde(default, rename = "CheckID", deserialize_with = "nullable")]
+    pub check_id: String,
+    /// Human-readable check name.
+    #[serde(default, deserialize_with = "nullable")]
+    pub name: String,
+    /// Current status.
+    #[serde(default)]
+    pub status: HealthStatus,
+    /// Service instance ID; empty for node-level checks.
+    #[serde(default, rename = "ServiceID", deserialize_with = "nullable")]
+    pub service_id: String,
+    /// Service name; empty for node-level checks.
+    #[serde(default, deserialize_with = "nullable")]
+    pub service_name: String,
+}
+
+/// A check status; unknown strings are kept rather than failing the decode.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum HealthStatus {
+    /// `passing`.
+    Passing,
+    /// `warning`.
+    Warning,
+    /// `critical`.
+    Critical,
+    /// `maintenance`.
+    Maintenance,
+    /// Any other value as sent (empty when missing or null).
+    Unknown(String),
+}
+
+impl HealthStatus {
+    /// Parses Consul's status string (case-insensitive).
+    pub fn parse(status: &str) -> Self {
+        match status.to_ascii_lowercase().as_str() {
+            "passing" => HealthStatus::Passing,
+            "warning" => HealthStatus::Warning,
+            "critical" => HealthStatus::Critical,
+            "maintenance" => HealthStatus::Maintenance,
+            _ => HealthStatus::Unknown(status.to_owned()),
+        }
+    }
+
+    /// Consul's spelling of the status.
+    pub fn as_str(&self) -> &str {
+        match self {
+            HealthStatus::Passing => "passing",
+            HealthStatus::Warning => "warning",
+            HealthStatus::Critical => "critical",
+            HealthStatus::Maintenance => "maintenance",
+            HealthStatus::Unknown(other) => other,
+        }
+    }
+}
+
+impl Default for HealthStatus {
+    fn default() -> Self {
+        HealthStatus::Unknown(String::new())
+    }
+}
+
+impl fmt::Display for HealthStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for HealthStatus {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let status: Option<String> = Option::deserialize(deserializer)?;
+        Ok(HealthStatus::parse(status.as_deref().unwrap_or_default()))
+    }
+}
+
+/// `/v1/catalog/node/:node`: a node and its services keyed by instance ID.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CatalogNode {
+    /// The node.
+    #[serde(default, deserialize_with = "nullable")]
+    pub node: NodeInfo,
+    /// Its services, keyed by instance ID.
+    #[serde(default, deserialize_with = "nullable")]
+    pub services: BTreeMap<String, AgentService>,
+}
+
+/// One KV entry with its value base64-decoded.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct KvPair {
+    /// Full key.
+    #[serde(default, deserialize_with = "nullable")]
+    pub key: String,
+    /// Opaque flags set by the writer.
+    #[serde(default, deserialize_with = "nullable")]
+    pub flags: u64,
+    /// Value bytes; `None` for an empty value.
+    #[serde(default, deserialize_with = "base64_value")]
+    pub value: Option<Vec<u8>>,
+    /// Session holding the lock, if any.
+    #[serde(default)]
+    pub session: Option<String>,
+    /// Times the lock was acquired.
+    #[serde(default, deserialize_with = "nullable")]
+    pub lock_index: u64,
+    /// Raft index that created the key.
+    #[serde(default, deserialize_with = "nullable")]
+    pub create_index: u64,
+    /// Raft index of the last change.
+    #[serde(default, deserialize_with = "nullable")]
+    pub modify_index: u64,
+}
+
+/// Decodes Consul's base64 `Value` (null ⇒ `None`).
+fn base64_value<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Vec<u8>>, D::Error> {
+    let encoded: Option<String> = Option::deserialize(deserializer)?;
+    encoded
+        .map(|encoded| {
+            base64::engine::general_purpose::STANDARD
+                .decode(encoded.as_bytes())
+                .map_err(serde::de::Error::custom)
+        })
+        .transpose()
+}
+
+/// What `/v1/agent/self` tells us about the local agent.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AgentSelf {
+    /// The agent's datacenter.
+    pub datacenter: String,
+    /// The agent's node name.
+    pub node_name: String,
+    /// Consul version, e.g. `1.16.4`.
+    pub version: String,
+    /// Whether the agent is a server.
+    pub server: bool,
+}
+
+/// Wire shape of `/v1/agent/self` (only `Config` is read).
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct AgentSelfWire {
+    #[serde(default, deserialize_with = "nullable")]
+    config: AgentConfigWire,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct AgentConfigWire {
+    #[serde(default, deserialize_with = "nullable")]
+    datacenter: String,
+    #[serde(default, deserialize_with = "nullable")]
+    node_name: String,
+    #[serde(default, deserialize_with = "nullable")]
+    version: String,
+    #[serde(default, deserialize_with = "nullable")]
+    server: bool,
+}
+
+impl From<AgentSelfWire> for AgentSelf {
+    fn from(wire: AgentSelfWire) -> Self {
+        AgentSelf {
+            datacenter: wire.config.datacenter,
+            node_name: wire.config.node_name,
+            version: wire.config.version,
+            server: wire.config.server,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_the_realistic_health_sample() {
+        let json = include_str!("../tests/data/health_service_api.json");
+        let entries: Vec<ServiceEntry> = serde_json::from_str(json).expect("sample decodes");
+        assert_eq!(entries.len(), 1);
+        let entry = &entries[0];
+        assert_eq!(entry.node.id, "5c1e5b9e-52a8-4d7c-a3ab-0f9a3d4b2e61");
+        assert_eq!(entry.node.node, "web-7");
+        assert_eq!(entry.node.address, "10.20.3.17");
+        assert_eq!(entry.node.datacenter, "us-east-1");
+        assert_eq!(
+            entry
+                .node
+                .tagged_addresses
+                .get("lan_ipv4")
+                .map(String::as_str),
+            Some("10.20.3.17")
+        );
+        assert_eq!(entry.node.tagged_addresses.len(), 4);
+        assert_eq!(
+            entry.node.meta.get("role").map(String::as_str),
+            Some("frontend")
+        );
+        assert_eq!(
+            entry
+                .node
+                .meta
+                .get("consul-network-segment")
+                .map(String::as_str),
+            Some("")
+        );
+        assert_eq!(entry.service.id, "api-8080");
+        assert_eq!(entry.service.service, "api");
+        assert_eq!(entry.service.tags, ["primary", "v2"]);
+        assert_eq!(entry.service.address, "");
+        assert_eq!(entry.service.port, 8080);
+        assert_eq!(
+            entry.service.weights,
+            Some(Weights {
+                passing: 10,
+                warning: 1
+            })
+        );
+        assert_eq!(
+            entry.service.meta.get("version").map(String::as_str),
+            Some("2.3.1")
+        );
+        assert_eq!(entry.checks.len(), 2);
+        let serf = &entry.checks[0];
+        assert_eq!(serf.check_id, "serfHealth");
+        assert_eq!(serf.status, HealthStatus::Passing);
+        assert_eq!(serf.service_id, "");
+        let service_check = &entry.checks[1];
+        assert_eq!(service_check.node, "web-7");
+        assert_eq!(service_check.check_id, "service:api-8080");
+        assert_eq!(service_check.name, "Service 'api' check");
+        assert_eq!(service_check.status, HealthStatus::Warning);
+        assert_eq!(service_check.service_id, "api-8080");
+        assert_eq!(service_check.service_name, "api");
+    }
+
+    #[test]
+    fn tolerates_missing_null_and_unknown_fields() {
+        let json = r#"[{
+            "Node": {"Node": "n1", "Address": "10.0.0.1", "TaggedAddresses": null, "Meta": null,
+                     "SomethingNew": {"x": 1}},
+            "Service": {"ID": "web-1", "Service": "web", "Tags": null, "Weights": null,
+                        "Meta": null, "TaggedAddresses": {"lan_ipv4": {"address": "10.0.0.9", "port": 81},
+                                                          "wan": {"Address": "1.2.3.4", "Port": 80}}},
+            "Checks": [{"CheckID": "c", "Status": "degraded-new-status"}, {"CheckID": "d", "Status": null}]
+        }, {"Node": null, "Service": null, "Checks": null}]"#;
+        let entries: Vec<ServiceEntry> = serde_json::from_str(json).expect("decodes");
+        let entry = &entries[0];
+        assert_eq!(entry.service.port, 0, "absent Port means 0");
+        assert_eq!(entry.service.weights, None);
+        assert!(entry.service.tags.is_empty());
+        assert!(entry.node.tagged_addresses.is_empty());
+        assert_eq!(
+            entry.service.tagged_addresses.get("lan_ipv4"),
+            Some(&ServiceAddress {
+                address: "10.0.0.9".to_owned(),
+                port: 81
+            })
+        );
+        assert_eq!(
+            entry.service.tagged_addresses.get("wan").map(|a| a.port),
+            Some(80)
+        );
+        assert_eq!(
+            entry.checks[0].status,
+            HealthStatus::Unknown("degraded-new-status".to_owned())
+        );
+        assert_eq!(entry.checks[1].status, HealthStatus::Unknown(String::new()));
+        assert_eq!(entries[1], ServiceEntry::default());
+    }
+
+    #[test]
+    fn status_parsing_is_case_insensitive() {
+        assert_eq!(HealthStatus::parse("Critical"), HealthStatus::Critical);
+        assert_eq!(
+            HealthStatus::parse("maintenance"),
+            HealthStatus::Maintenance
+        );
+        assert_eq!(HealthStatus::Warning.to_string(), "warning");
+    }
+
+    #[test]
+    fn kv_value_is_base64_decoded() {
+        let json = r#"[{"LockIndex": 3, "Key": "resolver/hosts/data", "Flags": 1,
+            "Value": "aG9zdHMgc25hcHNob3Q=", "Session": "4d1e1c2a-0b0f-6e2b-9a84-3c7d0f2b5a11",
+            "CreateIndex": 41020, "ModifyIndex": 1920777}]"#;
+        let pairs: Vec<KvPair> = serde_json::from_str(json).expect("decodes");
+        let pair = &pairs[0];
+        assert_eq!(pair.key, "resolver/hosts/data");
+        assert_eq!(pair.flags, 1);
+        assert_eq!(pair.value.as_deref(), Some(&b"hosts snapshot"[..]));
+        assert_eq!(
+            pair.session.as_deref(),
+            Some("4d1e1c2a-0b0f-6e2b-9a84-3c7d0f2b5a11")
+        );
+        assert_eq!(
+            (pair.lock_index, pair.create_index, pair.modify_index),
+            (3, 41020, 1920777)
+        );
+
+        let empty: Vec<KvPair> =
+            serde_json::from_str(r#"[{"Key": "k", "Value": null}]"#).expect("decodes");
+        assert_eq!(empty[0].value, None);
+        assert_eq!(empty[0].session, None);
+        assert!(serde_json::from_str::<Vec<KvPair>>(r#"[{"Key": "k", "Value": "!!"}]"#).is_err());
+    }
+
+    #[test]
+    fn agent_self_reads_the_config_block() {
+        let json = r#"{"Config": {"Datacenter": "dc1", "NodeName": "node-a", "NodeID": "x",
+            "Server": true, "Revision": "abc", "Version": "1.16.4"}, "DebugConfig": {}, "Member": {}}"#;
+        let wire: AgentSelfWire = serde_json::from_str(json).expect("decodes");
+        assert_eq!(
+            AgentSelf::from(wire),
+            AgentSelf {
+                datacenter: "dc1".to_owned(),
+                node_name: "node-a".to_owned(),
+                version: "1.16.4".to_owned(),
+                server: true
+            }
+        );
+    }
+
+    #[test]
+    fn catalog_node_decodes_and_null_is_none() {
+        let json = r#"{"Node": {"Node": "n1", "Address": "10.0.0.1"},
+            "Services": {"web-1": {"ID": "web-1", "Service": "web", "Port": 80}}}"#;
+        let node: Option<CatalogNode> = serde_json::from_str(json).expect("decodes");
+        let node = node.expect("present");
+        assert_eq!(node.node.address, "10.0.0.1");
+        assert_eq!(node.services.get("web-1").map(|s| s.port), Some(80));
+        let missing: Option<CatalogNode> = serde_json::from_str("null").expect("decodes");
+        assert_eq!(missing, None);
+    }
+}

@@ -1,0 +1,680 @@
+//! The configuration file (TOML) and its validation into each crate's `Config`.
+//!
+//! Two layers, as in the house style: [`RawConfig`] mirrors the file (serde,
+//! unknown keys rejected); [`Settings`] is the validated result the app is
+//! built from. Every error names the key path (`catalog.refresh_interval: ...`).
+
+mod resolv;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use dnsfront_catalog as catalog;
+use dnsfront_consul as consul;
+use dnsfront_dns as dns;
+use dnsfront_forward as forward;
+use serde::{Deserialize, Serialize};
+
+pub use resolv::parse_resolv_conf;
+
+/// Where upstreams come from when neither the file nor `--upstream` names any.
+/// Never `/etc/resolv.conf`: once dnsfront runs, that file points at dnsfront.
+pub const DEFAULT_RESOLV_FILE: &str = "/etc/dnsfront/resolv.conf";
+/// Default DNS listen address: loopback only, never an open resolver.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:53";
+/// Default Consul agent address when `CONSUL_HTTP_ADDR` is unset.
+pub const DEFAULT_CONSUL: &str = "http://127.0.0.1:8500";
+/// Default state directory (hosts snapshots live here).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/dnsfront";
+
+/// A configuration problem, naming the key path.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading config {path}: {source}")]
+    Read {
+        /// File path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not match the schema.
+    #[error("{path}: {message}")]
+    Parse {
+        /// File path.
+        path: String,
+        /// What is wrong, with the key path.
+        message: String,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("{key}: {reason}")]
+    Invalid {
+        /// Key path, e.g. `catalog.refresh_interval`.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+/// The file, as written. Every table rejects unknown keys.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    /// `[dns]`: listeners and answer shaping.
+    pub dns: RawDns,
+    /// `[consul]`: how to reach the local Consul agent.
+    pub consul: RawConsul,
+    /// `[catalog]`: the Consul-backed cache.
+    pub catalog: RawCatalog,
+    /// `[forward]`: upstreams for every other name.
+    pub forward: RawForward,
+    /// `[state]`: on-disk state.
+    pub state: RawState,
+    /// `[log]`: logging.
+    pub log: RawLog,
+}
+
+/// `[dns]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawDns {
+    /// UDP+TCP listen addresses.
+    pub listen: Vec<String>,
+    /// The Consul domain (without trailing dot).
+    pub domain: String,
+    /// Client networks allowed to query; everyone else gets REFUSED.
+    pub allowed_networks: Vec<String>,
+    /// Idle TCP connections are closed after this long.
+    #[serde(with = "humantime_serde")]
+    pub tcp_idle_timeout: Duration,
+    /// TTL of service answers.
+    #[serde(with = "humantime_serde")]
+    pub service_ttl: Duration,
+    /// Per-service TTLs: exact name, `prefix*` or `*`.
+    pub service_ttl_overrides: BTreeMap<String, HumanDuration>,
+    /// TTL of node and `.addr` answers.
+    #[serde(with = "humantime_serde")]
+    pub node_ttl: Duration,
+    /// TTL of negative answers (SOA minimum).
+    #[serde(with = "humantime_serde")]
+    pub negative_ttl: Duration,
+    /// TTL cap of answers served from stale data.
+    #[serde(with = "humantime_serde")]
+    pub stale_ttl: Duration,
+    /// Cap on A/AAAA records per answer (Consul's `a_record_limit`); 0 = no cap.
+    pub max_answer_records: usize,
+    /// Largest UDP answer for EDNS clients.
+    pub max_udp_payload: u16,
+}
+
+impl Default for RawDns {
+    fn default() -> Self {
+        let dns = dns::Config::default();
+        Self {
+            listen: vec![DEFAULT_LISTEN.to_owned()],
+            domain: "consul".to_owned(),
+            allowed_networks: vec!["127.0.0.0/8".to_owned(), "::1/128".to_owned()],
+            tcp_idle_timeout: Duration::from_secs(10),
+            service_ttl: dns.service_ttl,
+            service_ttl_overrides: BTreeMap::new(),
+            node_ttl: dns.node_ttl,
+            negative_ttl: dns.negative_ttl,
+            stale_ttl: dns.stale_ttl,
+            max_answer_records: 0,
+            max_udp_payload: dns.max_udp_payload,
+        }
+    }
+}
+
+/// A duration written as `"10s"` inside maps.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct HumanDuration(#[serde(with = "humantime_serde")] pub Duration);
+
+/// `[consul]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConsul {
+    /// Agent HTTP address; default `$CONSUL_HTTP_ADDR` or http://127.0.0.1:8500.
+    pub address: Option<String>,
+    /// ACL token; prefer `token_file` or `CONSUL_HTTP_TOKEN`.
+    #[serde(skip_serializing)]
+    pub token: Option<String>,
+    /// File holding the ACL token.
+    pub token_file: Option<PathBuf>,
+    /// Deadline of one HTTP call.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Read with `?stale` (any server answers; survives leader elections).
+    pub stale: bool,
+    /// Read health with `?cached` (the agent's cache).
+    pub cached: bool,
+}
+
+impl Default for RawConsul {
+    fn default() -> Self {
+        let consul = consul::Config::default();
+        Self {
+            address: None,
+            token: None,
+            token_file: None,
+            request_timeout: consul.request_timeout,
+            stale: consul.stale,
+            cached: consul.cached,
+        }
+    }
+}
+
+/// `[catalog]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawCatalog {
+    /// Re-read period of names being asked for.
+    #[serde(with = "humantime_serde")]
+    pub refresh_interval: Duration,
+    /// Random spread of each refresh, as a fraction of the interval.
+    pub refresh_jitter: f64,
+    /// Longest wait of a first-ever query on Consul.
+    #[serde(with = "humantime_serde")]
+    pub first_fetch_timeout: Duration,
+    /// How long "no such service" is remembered.
+    #[serde(with = "humantime_serde")]
+    pub negative_cache_ttl: Duration,
+    /// Names nobody asked for during this long stop being refreshed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Oldest data still served while Consul is unreachable.
+    #[serde(with = "humantime_serde")]
+    pub max_stale: Duration,
+    /// Bound on cached services and nodes.
+    pub max_entries: u64,
+    /// Drop instances with warning checks too.
+    pub only_passing: bool,
+    /// First pause after Consul fails.
+    #[serde(with = "humantime_serde")]
+    pub backoff_min: Duration,
+    /// Longest pause between attempts while Consul fails.
+    #[serde(with = "humantime_serde")]
+    pub backoff_max: Duration,
+}
+
+impl Default for RawCatalog {
+    fn default() -> Self {
+        let c = catalog::Config::default();
+        Self {
+            refresh_interval: c.refresh_interval,
+            refresh_jitter: c.refresh_jitter,
+            first_fetch_timeout: c.first_fetch_timeout,
+            negative_cache_ttl: c.negative_ttl,
+            idle_timeout: c.idle_timeout,
+            max_stale: c.max_stale,
+            max_entries: c.max_entries,
+            only_passing: c.only_passing,
+            backoff_min: c.backoff_min,
+            backoff_max: c.backoff_max,
+        }
+    }
+}
+
+/// `[forward]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawForward {
+    /// Upstream resolvers (`IP` or `IP:PORT`); empty = read `resolv_file`.
+    pub upstreams: Vec<String>,
+    /// resolv.conf-format file with the real upstreams.
+    pub resolv_file: PathBuf,
+    /// Deadline of one attempt against one upstream.
+    #[serde(with = "humantime_serde")]
+    pub attempt_timeout: Duration,
+    /// Deadline of a whole forwarded query; SERVFAIL after it.
+    #[serde(with = "humantime_serde")]
+    pub deadline: Duration,
+    /// Bound on cached responses.
+    pub cache_size: u64,
+    /// Floor on cached TTLs (0 = TTL-0 answers are not cached).
+    #[serde(with = "humantime_serde")]
+    pub min_ttl: Duration,
+    /// Ceiling on cached TTLs.
+    #[serde(with = "humantime_serde")]
+    pub max_ttl: Duration,
+    /// Ceiling on negative-cache TTLs.
+    #[serde(with = "humantime_serde")]
+    pub negative_max_ttl: Duration,
+    /// Bound on concurrent upstream queries.
+    pub max_in_flight: usize,
+}
+
+impl Default for RawForward {
+    fn default() -> Self {
+        let f = forward::Config::default();
+        Self {
+            upstreams: Vec::new(),
+            resolv_file: PathBuf::from(DEFAULT_RESOLV_FILE),
+            attempt_timeout: f.attempt_timeout,
+            deadline: f.deadline,
+            cache_size: f.cache_size,
+            min_ttl: f.min_ttl,
+            max_ttl: f.max_ttl,
+            negative_max_ttl: f.negative_max_ttl,
+            max_in_flight: f.max_in_flight,
+        }
+    }
+}
+
+/// `[state]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawState {
+    /// Directory for on-disk state (the hosts snapshot).
+    pub dir: PathBuf,
+}
+
+impl Default for RawState {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from(DEFAULT_STATE_DIR),
+        }
+    }
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLog {
+    /// Level or `tracing` filter (`RUST_LOG` wins when set).
+    pub level: String,
+    /// `text` or `json`.
+    pub format: LogFormat,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        Self {
+            level: "info".to_owned(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable, journald-friendly lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Command-line values that override the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--listen` (replaces `dns.listen`).
+    pub listen: Vec<String>,
+    /// `--consul`.
+    pub consul: Option<String>,
+    /// `--upstream` (replaces `forward.upstreams`).
+    pub upstreams: Vec<String>,
+    /// `--state-dir`.
+    pub state_dir: Option<PathBuf>,
+    /// `--domain`.
+    pub domain: Option<String>,
+}
+
+impl RawConfig {
+    /// Parses TOML text; `origin` names the file in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let deserializer = toml::Deserializer::parse(text).map_err(|error| ConfigError::Parse {
+            path: origin.to_owned(),
+            message: error.to_string().trim().to_owned(),
+        })?;
+        serde_path_to_error::deserialize(deserializer).map_err(|error| {
+            let path = error.path().to_string();
+            let inner = error.into_inner().to_string();
+            let message = inner.trim().replace('\n', " ");
+            ConfigError::Parse {
+                path: origin.to_owned(),
+                message: if path == "." || path.is_empty() {
+                    message
+                } else {
+                    format!("{path}: {message}")
+                },
+            }
+        })
+    }
+
+    /// Reads and parses a file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Applies command-line overrides.
+    pub fn apply(&mut self, overrides: &Overrides) {
+        if !overrides.listen.is_empty() {
+            self.dns.listen = overrides.listen.clone();
+        }
+        if let Some(consul) = &overrides.consul {
+            self.consul.address = Some(consul.clone());
+        }
+        if !overrides.upstreams.is_empty() {
+            self.forward.upstreams = overrides.upstreams.clone();
+        }
+        if let Some(dir) = &overrides.state_dir {
+            self.state.dir = dir.clone();
+        }
+        if let Some(domain) = &overrides.domain {
+            self.dns.domain = domain.clone();
+        }
+    }
+}
+
+/// The environment the config reads defaults from (injected for tests).
+#[derive(Debug, Default, Clone)]
+pub struct Env {
+    /// `CONSUL_HTTP_ADDR`.
+    pub consul_http_addr: Option<String>,
+    /// `CONSUL_HTTP_TOKEN`.
+    pub consul_http_token: Option<String>,
+}
+
+impl Env {
+    /// Reads the process environment.
+    pub fn from_process() -> Self {
+        let non_empty = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
+        Self {
+            consul_http_addr: non_empty("CONSUL_HTTP_ADDR"),
+            consul_http_token: non_empty("CONSUL_HTTP_TOKEN"),
+        }
+    }
+}
+
+/// Validated settings, one plain `Config` per crate.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Addresses to bind (UDP and TCP each).
+    pub listen: Vec<SocketAddr>,
+    /// Server options (client ACL, TCP idle timeout).
+    pub server: dns::ServerOptions,
+    /// Answer shaping.
+    pub dns: dns::Config,
+    /// Consul client.
+    pub consul: consul::Config,
+    /// Catalog cache.
+    pub catalog: catalog::Config,
+    /// Forwarder; `upstreams` may be empty (then non-Consul names get SERVFAIL).
+    pub forward: forward::Config,
+    /// Where the upstreams came from, for the startup log.
+    pub upstream_origin: String,
+    /// State directory.
+    pub state_dir: PathBuf,
+    /// Log filter and format.
+    pub log_level: String,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+impl RawConfig {
+    /// Validates every key and builds the per-crate configs.
+    pub fn validate(&self, env: &Env) -> Result<Settings, ConfigError> {
+        let listen = self
+            .dns
+            .listen
+            .iter()
+            .map(|addr| {
+                addr.parse::<SocketAddr>().map_err(|_| {
+                    invalid("dns.listen", format!("{addr:?} is not an IP:PORT address"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if listen.is_empty() {
+            return Err(invalid("dns.listen", "at least one address is needed"));
+        }
+
+        let allowed_networks = self
+            .dns
+            .allowed_networks
+            .iter()
+            .map(|net| {
+                net.parse::<ipnet::IpNet>()
+                    .or_else(|_| net.parse::<IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        invalid("dns.allowed_networks", format!("{net:?} is not a network like 10.0.0.0/8"))
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if allowed_networks.is_empty() {
+            return Err(invalid("dns.allowed_networks", "empty: no client could query"));
+        }
+
+        let domain = self.dns.domain.trim_end_matches('.').to_ascii_lowercase();
+        let domain_name = hickory_server::proto::rr::Name::from_ascii(format!("{domain}."))
+            .ok()
+            .filter(|_| !domain.is_empty())
+            .ok_or_else(|| invalid("dns.domain", format!("{:?} is not a domain name", self.dns.domain)))?;
+
+        let mut service_ttl_overrides = Vec::new();
+        for (pattern, ttl) in &self.dns.service_ttl_overrides {
+            check_ttl(&format!("dns.service_ttl_overrides.{pattern}"), ttl.0)?;
+            service_ttl_overrides.push((pattern.to_ascii_lowercase(), ttl.0));
+        }
+        check_ttl("dns.service_ttl", self.dns.service_ttl)?;
+        check_ttl("dns.node_ttl", self.dns.node_ttl)?;
+        check_ttl("dns.negative_ttl", self.dns.negative_ttl)?;
+        check_ttl("dns.stale_ttl", self.dns.stale_ttl)?;
+        if !(512..=4096).contains(&self.dns.max_udp_payload) {
+            return Err(invalid(
+                "dns.max_udp_payload",
+                format!("must be between 512 and 4096, got {}", self.dns.max_udp_payload),
+            ));
+        }
+        if self.dns.tcp_idle_timeout < Duration::from_millis(100) || self.dns.tcp_idle_timeout > Duration::from_secs(600) {
+            return Err(invalid("dns.tcp_idle_timeout", "must be between 100ms and 10m"));
+        }
+        let dns_config = dns::Config {
+            domain: domain_name,
+            service_ttl: self.dns.service_ttl,
+            service_ttl_overrides,
+            node_ttl: self.dns.node_ttl,
+            negative_ttl: self.dns.negative_ttl,
+            stale_ttl: self.dns.stale_ttl,
+            max_answer_records: (self.dns.max_answer_records > 0).then_some(self.dns.max_answer_records),
+            max_udp_payload: self.dns.max_udp_payload,
+        };
+
+        let consul = self.consul_config(env)?;
+        let catalog = self.catalog_config()?;
+        let (forward, upstream_origin) = self.forward_config(&listen)?;
+
+        Ok(Settings {
+            listen,
+            server: dns::ServerOptions {
+                tcp_idle_timeout: self.dns.tcp_idle_timeout,
+                allowed_networks,
+            },
+            dns: dns_config,
+            consul,
+            catalog,
+            forward,
+            upstream_origin,
+            state_dir: self.state.dir.clone(),
+            log_level: self.log.level.clone(),
+            log_format: self.log.format,
+        })
+    }
+
+    fn consul_config(&self, env: &Env) -> Result<consul::Config, ConfigError> {
+        let address = self
+            .consul
+            .address
+            .clone()
+            .or_else(|| env.consul_http_addr.clone())
+            .unwrap_or_else(|| DEFAULT_CONSUL.to_owned());
+        // CONSUL_HTTP_ADDR may be "host:port" without a scheme, as the consul CLI allows.
+        let address = if address.contains("://") {
+            address
+        } else {
+            format!("http://{address}")
+        };
+        if !address.starts_with("http://") {
+            return Err(invalid(
+                "consul.address",
+                format!("{address:?}: only http:// is supported (run dnsfront beside the local agent)"),
+            ));
+        }
+        let token = match (&self.consul.token, &self.consul.token_file) {
+            (Some(_), Some(_)) => {
+                return Err(invalid("consul.token", "set either token or token_file, not both"));
+            }
+            (Some(token), None) => Some(token.clone()),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path).map_err(|error| {
+                    invalid("consul.token_file", format!("reading {}: {error}", path.display()))
+                })?;
+                Some(text.trim().to_owned())
+            }
+            (None, None) => env.consul_http_token.clone(),
+        }
+        .filter(|token| !token.is_empty())
+        .map(consul::Token::new);
+        if self.consul.request_timeout < Duration::from_millis(100) || self.consul.request_timeout > Duration::from_secs(60) {
+            return Err(invalid("consul.request_timeout", "must be between 100ms and 60s"));
+        }
+        Ok(consul::Config {
+            address,
+            token,
+            request_timeout: self.consul.request_timeout,
+            stale: self.consul.stale,
+            cached: self.consul.cached,
+        })
+    }
+
+    fn catalog_config(&self, ) -> Result<catalog::Config, ConfigError> {
+        let c = &self.catalog;
+        let config = catalog::Config {
+            refresh_interval: c.refresh_interval,
+            refresh_jitter: c.refresh_jitter,
+            first_fetch_timeout: c.first_fetch_timeout,
+            negative_ttl: c.negative_cache_ttl,
+            idle_timeout: c.idle_timeout,
+            max_stale: c.max_stale,
+            max_entries: c.max_entries,
+            only_passing: c.only_passing,
+            backoff_min: c.backoff_min,
+            backoff_max: c.backoff_max,
+        };
+        config.validate().map_err(|error| match error {
+            catalog::Error::InvalidConfig { key, reason } => {
+                let key = if key == "negative_ttl" { "negative_cache_ttl" } else { key };
+                invalid(format!("catalog.{key}"), reason)
+            }
+        })?;
+        Ok(config)
+    }
+
+    fn forward_config(&self, listen: &[SocketAddr]) -> Result<(forward::Config, String), ConfigError> {
+        let f = &self.forward;
+        let (upstreams, origin) = if f.upstreams.is_empty() {
+            match std::fs::read_to_string(&f.resolv_file) {
+                Ok(text) => (
+                    parse_resolv_conf(&text),
+                    format!("resolv file {}", f.resolv_file.display()),
+                ),
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                    (Vec::new(), format!("none ({} does not exist)", f.resolv_file.display()))
+                }
+                Err(error) => {
+                    return Err(invalid(
+                        "forward.resolv_file",
+                        format!("reading {}: {error}", f.resolv_file.display()),
+                    ));
+                }
+            }
+        } else {
+            let parsed = f
+                .upstreams
+                .iter()
+                .map(|upstream| {
+                    parse_upstream(upstream).ok_or_else(|| {
+                        invalid("forward.upstreams", format!("{upstream:?} is not IP or IP:PORT"))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            (parsed, "configuration".to_owned())
+        };
+        for upstream in &upstreams {
+            if listen.iter().any(|own| is_same_endpoint(own, upstream)) {
+                return Err(invalid(
+                    "forward.upstreams",
+                    format!("{upstream} is one of dnsfront's own listen addresses: that would be a forwarding loop"),
+                ));
+            }
+        }
+        if f.deadline < f.attempt_timeout {
+            return Err(invalid("forward.deadline", "must be at least forward.attempt_timeout"));
+        }
+        if f.attempt_timeout < Duration::from_millis(10) || f.deadline > Duration::from_secs(30) {
+            return Err(invalid("forward.deadline", "attempt_timeout must be ≥ 10ms and deadline ≤ 30s"));
+        }
+        if f.cache_size == 0 || f.max_in_flight == 0 {
+            return Err(invalid("forward.cache_size", "cache_size and max_in_flight must be at least 1"));
+        }
+        if f.max_ttl < f.min_ttl {
+            return Err(invalid("forward.max_ttl", "must be at least forward.min_ttl"));
+        }
+        let config = forward::Config {
+            upstreams,
+            attempt_timeout: f.attempt_timeout,
+            deadline: f.deadline,
+            cache_size: f.cache_size,
+            min_ttl: f.min_ttl,
+            max_ttl: f.max_ttl,
+            negative_max_ttl: f.negative_max_ttl,
+            max_in_flight: f.max_in_flight,
+            ..forward::Config::default()
+        };
+        Ok((config, origin))
+    }
+}
+
+fn check_ttl(key: &str, ttl: Duration) -> Result<(), ConfigError> {
+    // RFC 2181 §8: TTLs are 31-bit; a day is plenty for a service answer.
+    if ttl > Duration::from_secs(86_400) {
+        return Err(invalid(key, format!("must be at most 24h, got {}", humantime::format_duration(ttl))));
+    }
+    if ttl.subsec_nanos() != 0 {
+        return Err(invalid(key, "DNS TTLs are whole seconds"));
+    }
+    Ok(())
+}
+
+/// `IP`, `IP:PORT` or `[IPv6]:PORT`; port 53 when omitted.
+pub fn parse_upstream(text: &str) -> Option<SocketAddr> {
+    text.parse::<SocketAddr>()
+        .ok()
+        .or_else(|| text.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53)))
+}
+
+/// Would sending to `upstream` reach the socket bound at `own`?
+fn is_same_endpoint(own: &SocketAddr, upstream: &SocketAddr) -> bool {
+    if own.port() != upstream.port() {
+        return false;
+    }
+    own.ip() == upstream.ip()
+        || (own.ip().is_unspecified() && (upstream.ip().is_loopback() || upstream.ip().is_unspecified()))
+}

@@ -1,0 +1,116 @@
+//! dnsfront: the application. `main.rs` is a thin shell around [`App`], and the
+//! end-to-end tests drive the same [`App`] in-process.
+//!
+//! Phases: parse (CLI + file → [`config::Settings`]) → build (bind sockets, no
+//! traffic yet) → run (serve until the shutdown token fires).
+
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod telemetry;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use dnsfront_catalog as catalog;
+use dnsfront_consul as consul;
+use dnsfront_dns as dns;
+use dnsfront_forward as forward;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::Settings;
+
+/// How long in-flight queries may take to finish after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// A built resolver: sockets bound, caches ready, nothing served yet.
+pub struct App {
+    settings: Settings,
+    listeners: dns::Listeners,
+    catalog: catalog::Cache,
+    router: dns::Router,
+}
+
+impl App {
+    /// Builds every part and binds the listen sockets.
+    pub fn build(settings: Settings) -> anyhow::Result<Self> {
+        let client = consul::Client::new(settings.consul.clone()).context("consul")?;
+        let catalog = catalog::Cache::new(settings.catalog.clone(), client).context("catalog")?;
+        let forwarder = if settings.forward.upstreams.is_empty() {
+            warn!(
+                origin = %settings.upstream_origin,
+                "No upstream resolvers: names outside the Consul domain will get SERVFAIL"
+            );
+            None
+        } else {
+            Some(forward::Forwarder::new(settings.forward.clone()))
+        };
+        let listeners = dns::Listeners::bind(&settings.listen)?;
+        let router = dns::Router::new(settings.dns.clone(), catalog.clone(), forwarder);
+        Ok(Self {
+            settings,
+            listeners,
+            catalog,
+            router,
+        })
+    }
+
+    /// The bound DNS addresses (UDP and TCP share each one).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners.local_addrs()
+    }
+
+    /// The catalog cache (for diagnostics and tests).
+    pub fn catalog(&self) -> &catalog::Cache {
+        &self.catalog
+    }
+
+    /// The one machine-readable line a script can wait for: the bound addresses.
+    pub fn listening_line(&self) -> String {
+        let addrs: Vec<String> = self.local_addrs().iter().map(ToString::to_string).collect();
+        serde_json::json!({ "event": "listening", "dns": addrs, "protocols": ["udp", "tcp"] })
+            .to_string()
+    }
+
+    /// Serves until `shutdown` is cancelled, then stops accepting and lets
+    /// in-flight queries finish (bounded by a grace period).
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let addrs = self.local_addrs();
+        let server = dns::serve(self.router, self.listeners, self.settings.server.clone())?;
+        let refresher = tokio::spawn(self.catalog.clone().run(shutdown.child_token()));
+        info!(
+            listen = ?addrs,
+            consul = %self.settings.consul.address,
+            upstreams = ?self.settings.forward.upstreams,
+            upstream_origin = %self.settings.upstream_origin,
+            domain = %self.settings.dns.domain,
+            "dnsfront serving"
+        );
+        shutdown.cancelled().await;
+        info!("Shutting down: no new queries, finishing in-flight ones");
+        if tokio::time::timeout(SHUTDOWN_GRACE, server.shutdown()).await.is_err() {
+            warn!(grace = ?SHUTDOWN_GRACE, "In-flight queries did not finish in time; exiting anyway");
+        }
+        refresher.abort();
+        Ok(())
+    }
+}
+
+/// Cancels the returned token on SIGTERM or SIGINT.
+pub fn shutdown_on_signals() -> anyhow::Result<CancellationToken> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let token = CancellationToken::new();
+    let mut terminate = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = terminate.recv() => info!(signal = "SIGTERM", "Signal received"),
+            _ = interrupt.recv() => info!(signal = "SIGINT", "Signal received"),
+        }
+        cancel.cancel();
+    });
+    Ok(token)
+}
