@@ -1,1 +1,11 @@
+//! End-to-end tests: the whole `App` (in-process) or the `dnsfront` binary,
+//! against the Consul simulator over HTTP, queried over real UDP and TCP
+//! sockets with a real DNS client (and `dig`).
 
+mod catalog;
+mod cli;
+mod consul_answers;
+mod dig;
+mod forwarding;
+mod harness;
+mod robustness;

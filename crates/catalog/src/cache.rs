@@ -67,6 +67,8 @@ struct Entry {
     fetched_at: Instant,
     /// When the background refresher should next ask Consul.
     next_refresh: Instant,
+    /// The last attempt to refresh failed (Consul trouble).
+    last_refresh_failed: bool,
 }
 
 struct Slot {
@@ -213,26 +215,33 @@ impl Inner {
         }
     }
 
-    /// A key with data: fresh data is answered at once; aged data is refreshed
-    /// inline only when Consul is believed healthy, otherwise served stale.
+    /// A key with data. Fresh data is answered at once. Aged data is answered
+    /// stale at once when its last refresh failed (Consul trouble: never make a
+    /// query wait when an answer exists). Data that aged only because nobody
+    /// asked (so nobody refreshed it) is of unknown age: it is re-fetched like a
+    /// first query, bounded by `first_fetch_timeout`, and served stale if that fails.
     async fn answer_from_slot(&self, key: &Key, slot: &Slot) -> Lookup<Value> {
         let entry = slot.entry.load_full();
-        let now = Instant::now();
-        let age = now.saturating_duration_since(entry.fetched_at);
+        let age = Instant::now().saturating_duration_since(entry.fetched_at);
         if age <= self.fresh_window(&entry.value) {
             return to_lookup(&entry.value, Freshness::Fresh);
         }
-        // Aged: either the entry went idle (nobody asked, so nobody refreshed)
-        // or Consul has been failing. Only the first case is worth a wait.
-        if self.breaker.allow_request() {
+        if !entry.last_refresh_failed && self.breaker.allow_request() {
             let refreshed = tokio::time::timeout(
                 self.config.first_fetch_timeout,
                 self.refresh_slot(key, slot, entry.fetched_at),
             )
             .await;
-            if matches!(refreshed, Ok(true)) {
-                let entry = slot.entry.load();
-                return to_lookup(&entry.value, Freshness::Fresh);
+            match refreshed {
+                Ok(true) => {
+                    let entry = slot.entry.load();
+                    return to_lookup(&entry.value, Freshness::Fresh);
+                }
+                Ok(false) => {} // failure already recorded
+                Err(_elapsed) => {
+                    self.breaker
+                        .record_failure(true, "timeout", &"re-fetch of an idle name timed out");
+                }
             }
         }
         let entry = slot.entry.load();
@@ -268,6 +277,7 @@ impl Inner {
                     value,
                     fetched_at: now,
                     next_refresh,
+                    last_refresh_failed: false,
                 }));
                 true
             }
@@ -282,6 +292,7 @@ impl Inner {
                     value: old.value.clone(),
                     fetched_at: old.fetched_at,
                     next_refresh: now + retry_in,
+                    last_refresh_failed: true,
                 }));
                 false
             }
@@ -384,6 +395,7 @@ impl Inner {
                 value,
                 fetched_at: now,
                 next_refresh,
+                last_refresh_failed: false,
             }),
             last_access_ms: AtomicU64::new(self.millis_since_epoch(now)),
             refresh_lock: tokio::sync::Mutex::new(()),

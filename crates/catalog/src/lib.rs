@@ -12,7 +12,6 @@
 //! building DNS messages is the `dns` crate's job.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 
 /// One healthy instance of a service, as the DNS front needs it.
 ///

@@ -1,1 +1,561 @@
-//! consul-sim
+//! consul-sim: an in-memory simulator of the subset of Consul 1.16's HTTP API that dnsfront uses.
+//!
+//! It serves `/v1/health/service`, `/v1/catalog/*`, `/v1/kv`, `/v1/session/*`, `/v1/status/*`
+//! and `/v1/agent/self` with Consul's JSON shapes, headers, status codes and blocking-query
+//! semantics, plus scriptable [`Fault`]s and a request log. Its JSON is written from Consul's
+//! documentation, never from the client's models, so a client bug cannot hide itself.
+//!
+//! Two front-ends share one [`Sim`]: in-process ([`Sim::handle`], [`Sim::router`]) and a real
+//! HTTP server ([`Sim::serve`] → [`SimServer`]) whose listener can be taken down and back up.
+//!
+//! Simplifications (documented deviations from Consul):
+//! - no-leader reads fail at once with `No cluster leader` (Consul first holds them up to 7 s);
+//! - lock-delay is applied when a session is invalidated (TTL, destroy, critical node check),
+//!   and an `acquire` during the delay returns `false`;
+//! - sessions are not checked against the catalog (their node need not exist), and are only
+//!   invalidated by TTL expiry, destroy, or one of their `NodeChecks` turning critical;
+//! - blocking queries wake on any state change and return when the query's index differs from
+//!   the requested one (so an index reset returns at once, as in Consul).
+
+#![forbid(unsafe_code)]
+
+mod api;
+mod duration;
+mod fault;
+mod fixture;
+mod model;
+mod registration;
+mod server;
+mod state;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+pub use fault::Fault;
+pub use fixture::FixtureError;
+pub use registration::Registration;
+pub use server::SimServer;
+
+use state::{Check, Dc, KvEntry, Service, State};
+
+/// A small realistic catalog for `dnsfront demo` (dc1: web, api, db, redis).
+pub const DEMO_FIXTURE: &str = include_str!("../fixtures/demo.json");
+
+/// The Consul version the simulator claims to be.
+pub const CONSUL_VERSION: &str = "1.16.4";
+
+/// One request as it arrived.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestRecord {
+    /// HTTP method, e.g. `GET`.
+    pub method: String,
+    /// Request path as sent (not percent-decoded), e.g. `/v1/health/service/web`.
+    pub path: String,
+    /// Raw query string without `?` (empty when none).
+    pub query: String,
+}
+
+/// Shared simulator state; cheap to clone (all clones see the same state).
+#[derive(Clone)]
+pub struct Sim {
+    inner: Arc<Shared>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Bumped after every state change; blocking queries wait on it.
+    changed: watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for Sim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sim")
+            .field("datacenter", &self.datacenter())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Sim {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Sim {
+    /// A simulator for datacenter `dc1`, agent node `sim-agent`, leader present, ACLs off, jitter off.
+    pub fn new() -> Self {
+        Self::with_datacenter("dc1")
+    }
+
+    /// A simulator whose agent lives in `datacenter`.
+    pub fn with_datacenter(datacenter: &str) -> Self {
+        let (changed, _) = watch::channel(0);
+        Self {
+            inner: Arc::new(Shared {
+                state: Mutex::new(State::new(datacenter)),
+                changed,
+            }),
+        }
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.changed.subscribe()
+    }
+
+    /// Wakes blocking queries after a state change.
+    pub(crate) fn notify(&self) {
+        self.inner.changed.send_modify(|generation| *generation += 1);
+    }
+
+    /// The agent's datacenter.
+    pub fn datacenter(&self) -> String {
+        self.lock().default_dc.clone()
+    }
+
+    /// The agent's node name.
+    pub fn agent_node(&self) -> String {
+        self.lock().agent_node.clone()
+    }
+
+    /// Adds another datacenter with its own empty catalog and KV; `?dc=name` reads it.
+    pub fn add_datacenter(&self, name: &str) {
+        self.lock().dc_mut(name);
+    }
+
+    /// Turns the blocking-query jitter (up to wait/16, as Consul adds) on or off; off by default.
+    pub fn set_jitter(&self, enabled: bool) {
+        self.lock().jitter = enabled;
+    }
+
+    /// Changes Consul's session TTL multiplier (default 2: a session is invalidated after 2×TTL).
+    pub fn set_session_ttl_multiplier(&self, multiplier: u32) {
+        self.lock().session_ttl_multiplier = multiplier.max(1);
+    }
+
+    /// The current raft index of the agent's datacenter.
+    pub fn raft_index(&self) -> u64 {
+        let state = self.lock();
+        state.dcs.get(&state.default_dc).map_or(0, |dc| dc.raft_index)
+    }
+
+    /// Loads a JSON fixture (see the crate's `fixtures/demo.json` for the format).
+    pub fn load_fixture(&self, json: &str) -> Result<(), FixtureError> {
+        let fixture: fixture::Fixture = serde_json::from_str(json)?;
+        let mut state = self.lock();
+        let default_dc = fixture
+            .datacenter
+            .clone()
+            .unwrap_or_else(|| state.default_dc.clone());
+        let mut node_dcs: BTreeMap<String, String> = BTreeMap::new();
+        for node in &fixture.nodes {
+            let dc_name = node.datacenter.clone().unwrap_or_else(|| default_dc.clone());
+            node_dcs.insert(node.node.clone(), dc_name);
+        }
+        for service in &fixture.services {
+            if !node_dcs.contains_key(&service.node) {
+                return Err(FixtureError::UnknownNode {
+                    what: format!("service {}", service.id.as_deref().unwrap_or(&service.service)),
+                    node: service.node.clone(),
+                });
+            }
+            for check in &service.checks {
+                if !fixture::valid_status(&check.status) {
+                    return Err(FixtureError::InvalidStatus {
+                        check_id: check.id.clone(),
+                        status: check.status.clone(),
+                    });
+                }
+            }
+        }
+        for check in &fixture.node_checks {
+            let node = check.node.clone().unwrap_or_default();
+            if !node_dcs.contains_key(&node) {
+                return Err(FixtureError::UnknownNode {
+                    what: format!("check {}", check.id),
+                    node,
+                });
+            }
+            if !fixture::valid_status(&check.status) {
+                return Err(FixtureError::InvalidStatus {
+                    check_id: check.id.clone(),
+                    status: check.status.clone(),
+                });
+            }
+        }
+        for node in &fixture.nodes {
+            let dc = state.dc_mut(&node_dcs[&node.node]);
+            let index = dc.next_index();
+            dc.upsert_node(
+                &node.node,
+                Some(&node.address),
+                Some(&node.meta),
+                node.id.as_deref(),
+                index,
+            );
+        }
+        for check in &fixture.node_checks {
+            let node = check.node.clone().unwrap_or_default();
+            let dc = state.dc_mut(&node_dcs[&node]);
+            let index = dc.next_index();
+            dc.upsert_check(
+                make_check(
+                    &node,
+                    &check.id,
+                    &check.status,
+                    None,
+                    check.name.as_deref(),
+                    check.output.as_deref(),
+                    check.notes.as_deref(),
+                    check.check_type.as_deref(),
+                ),
+                index,
+            );
+        }
+        for service in &fixture.services {
+            let dc = state.dc_mut(&node_dcs[&service.node]);
+            let index = dc.next_index();
+            let service_id = service.id.clone().unwrap_or_else(|| service.service.clone());
+            dc.upsert_service(
+                Service {
+                    node: service.node.clone(),
+                    id: service_id.clone(),
+                    service: service.service.clone(),
+                    tags: service.tags.clone(),
+                    address: service.address.clone(),
+                    meta: service.meta.clone(),
+                    port: service.port,
+                    weights: service.weights.map(|w| (w.passing, w.warning)),
+                    enable_tag_override: service.enable_tag_override,
+                    create_index: 0,
+                    modify_index: 0,
+                },
+                index,
+            );
+            for check in &service.checks {
+                dc.upsert_check(
+                    make_check(
+                        &service.node,
+                        &check.id,
+                        &check.status,
+                        Some((&service_id, &service.service)),
+                        check.name.as_deref(),
+                        check.output.as_deref(),
+                        check.notes.as_deref(),
+                        check.check_type.as_deref(),
+                    ),
+                    index,
+                );
+            }
+        }
+        for kv in &fixture.kv {
+            let dc = state.dc_mut(&default_dc);
+            let index = dc.next_index();
+            let create_index = dc.kv.get(&kv.key).map_or(index, |old| old.create_index);
+            dc.kv.insert(
+                kv.key.clone(),
+                KvEntry {
+                    key: kv.key.clone(),
+                    value: Bytes::from(kv.value.clone().into_bytes()),
+                    flags: kv.flags,
+                    lock_index: 0,
+                    session: None,
+                    create_index,
+                    modify_index: index,
+                },
+            );
+            dc.kvs_index = index;
+        }
+        drop(state);
+        self.notify();
+        Ok(())
+    }
+
+    /// Upserts a node, a service instance on it and their checks (one raft index).
+    pub fn register(&self, reg: Registration) {
+        let mut state = self.lock();
+        let dc_name = reg.datacenter.clone().unwrap_or_else(|| state.default_dc.clone());
+        let dc = state.dc_mut(&dc_name);
+        let index = dc.next_index();
+        dc.upsert_node(
+            &reg.node,
+            reg.node_address.as_deref(),
+            reg.node_meta.as_ref(),
+            None,
+            index,
+        );
+        for (check_id, status) in &reg.node_checks {
+            dc.upsert_check(
+                make_check(&reg.node, check_id, status, None, None, None, None, None),
+                index,
+            );
+        }
+        let service_id = reg.service_id();
+        dc.upsert_service(
+            Service {
+                node: reg.node.clone(),
+                id: service_id.clone(),
+                service: reg.service.clone(),
+                tags: reg.tags.clone(),
+                address: reg.address.clone(),
+                meta: reg.meta.clone(),
+                port: reg.port,
+                weights: reg.weights,
+                enable_tag_override: reg.enable_tag_override,
+                create_index: 0,
+                modify_index: 0,
+            },
+            index,
+        );
+        for (check_id, status) in &reg.checks {
+            dc.upsert_check(
+                make_check(
+                    &reg.node,
+                    check_id,
+                    status,
+                    Some((&service_id, &reg.service)),
+                    None,
+                    None,
+                    None,
+                    None,
+                ),
+                index,
+            );
+        }
+        drop(state);
+        self.notify();
+    }
+
+    /// Shorthand for [`Registration::new`]; pass the result to [`Sim::register`].
+    pub fn service(&self, name: &str) -> Registration {
+        Registration::new(name)
+    }
+
+    /// Removes a service instance and its checks from the agent's datacenter.
+    pub fn deregister(&self, node: &str, service_id: &str) {
+        let mut state = self.lock();
+        let dc_name = state.default_dc.clone();
+        let changed = state.dc_mut(&dc_name).remove_service(node, service_id);
+        drop(state);
+        if changed {
+            self.notify();
+        }
+    }
+
+    /// Sets a check's status (`passing`, `warning` or `critical`) in any datacenter; bumps indexes.
+    /// A critical node check invalidates sessions that list it.
+    pub fn set_check(&self, node: &str, check_id: &str, status: &str) {
+        if !fixture::valid_status(status) {
+            tracing::warn!(node, check_id, status, "Ignoring invalid check status");
+            return;
+        }
+        let mut state = self.lock();
+        let now = tokio::time::Instant::now();
+        let mut changed = false;
+        for dc in state.dcs.values_mut() {
+            if dc.set_check_status(node, check_id, status) {
+                changed = true;
+                if status == "critical" {
+                    invalidate_sessions_for_check(dc, node, check_id, now);
+                }
+            }
+        }
+        drop(state);
+        if changed {
+            self.notify();
+        }
+    }
+
+    /// Changes a node's address in any datacenter; bumps the indexes of its services.
+    pub fn set_node_address(&self, node: &str, address: &str) {
+        let mut state = self.lock();
+        let mut changed = false;
+        for dc in state.dcs.values_mut() {
+            if dc.nodes.contains_key(node) {
+                let index = dc.next_index();
+                changed |= dc.upsert_node(node, Some(address), None, None, index);
+            }
+        }
+        drop(state);
+        if changed {
+            self.notify();
+        }
+    }
+
+    /// Writes a KV entry in the agent's datacenter (like a plain `PUT`; keeps any lock).
+    pub fn kv_put(&self, key: &str, value: impl Into<Bytes>) {
+        let value = value.into();
+        let mut state = self.lock();
+        let dc_name = state.default_dc.clone();
+        let dc = state.dc_mut(&dc_name);
+        let index = dc.next_index();
+        api::kv_write(dc, key, value, 0, index);
+        drop(state);
+        self.notify();
+    }
+
+    /// Reads a KV value from the agent's datacenter.
+    pub fn kv_get(&self, key: &str) -> Option<Bytes> {
+        let state = self.lock();
+        state
+            .dcs
+            .get(&state.default_dc)
+            .and_then(|dc| dc.kv.get(key))
+            .map(|entry| entry.value.clone())
+    }
+
+    /// The session holding a KV key's lock, if any.
+    pub fn kv_session(&self, key: &str) -> Option<String> {
+        let state = self.lock();
+        state
+            .dcs
+            .get(&state.default_dc)
+            .and_then(|dc| dc.kv.get(key))
+            .and_then(|entry| entry.session.clone())
+    }
+
+    /// Sets the valid ACL tokens; an empty list turns ACLs off (the default).
+    pub fn set_acl_tokens(&self, tokens: &[&str]) {
+        self.lock().acl_tokens = tokens.iter().map(|token| (*token).to_owned()).collect();
+    }
+
+    /// Activates a fault.
+    pub fn inject(&self, fault: Fault) {
+        self.lock().faults.push(fault);
+        self.notify();
+    }
+
+    /// Removes every fault.
+    pub fn clear_faults(&self) {
+        self.lock().faults.clear();
+        self.notify();
+    }
+
+    /// The request log in arrival order.
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        self.lock().requests.clone()
+    }
+
+    /// How many logged requests have a path starting with `path_prefix`.
+    pub fn request_count(&self, path_prefix: &str) -> usize {
+        self.lock()
+            .requests
+            .iter()
+            .filter(|record| record.path.starts_with(path_prefix))
+            .count()
+    }
+
+    /// Clears the request log.
+    pub fn reset_requests(&self) {
+        self.lock().requests.clear();
+    }
+
+    /// An axum router over this simulator, for in-process use.
+    pub fn router(&self) -> axum::Router {
+        let sim = self.clone();
+        axum::Router::new().fallback(move |request: axum::extract::Request| {
+            let sim = sim.clone();
+            async move { sim.handle_axum(request).await }
+        })
+    }
+
+    async fn handle_axum(&self, request: axum::extract::Request) -> http::Response<axum::body::Body> {
+        let (parts, body) = request.into_parts();
+        let body = match api::read_body(&parts.headers, body).await {
+            Ok(body) => body,
+            Err(response) => return response.map(axum::body::Body::from),
+        };
+        self.handle(http::Request::from_parts(parts, body))
+            .await
+            .map(axum::body::Body::from)
+    }
+
+    /// Handles one request in-process (the core both front-ends use).
+    pub async fn handle(&self, request: http::Request<Bytes>) -> http::Response<Bytes> {
+        api::handle(self, request).await
+    }
+
+    /// Serves over HTTP/1.1 on `addr` (`127.0.0.1:0` picks a free port) until the server is
+    /// shut down or dropped.
+    pub async fn serve(&self, addr: std::net::SocketAddr) -> std::io::Result<SimServer> {
+        SimServer::start(self.clone(), addr)
+    }
+
+    pub(crate) fn expire_session(&self, dc_name: &str, session_id: &str) {
+        let mut state = self.lock();
+        let now = tokio::time::Instant::now();
+        let Some(dc) = state.dcs.get_mut(dc_name) else {
+            return;
+        };
+        let expired = dc
+            .sessions
+            .get(session_id)
+            .and_then(|session| session.expires_at)
+            .is_some_and(|expires_at| expires_at <= now);
+        if expired && dc.invalidate_session(session_id, now) {
+            tracing::debug!(session = session_id, "Session TTL expired");
+            drop(state);
+            self.notify();
+        }
+    }
+}
+
+fn invalidate_sessions_for_check(dc: &mut Dc, node: &str, check_id: &str, now: tokio::time::Instant) {
+    let doomed: Vec<String> = dc
+        .sessions
+        .values()
+        .filter(|session| session.node == node && session.node_checks.iter().any(|c| c == check_id))
+        .map(|session| session.id.clone())
+        .collect();
+    for session_id in doomed {
+        dc.invalidate_session(&session_id, now);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn make_check(
+    node: &str,
+    check_id: &str,
+    status: &str,
+    service: Option<(&str, &str)>,
+    name: Option<&str>,
+    output: Option<&str>,
+    notes: Option<&str>,
+    check_type: Option<&str>,
+) -> Check {
+    let (service_id, service_name) = service.unwrap_or(("", ""));
+    let default_name = if check_id == "serfHealth" {
+        "Serf Health Status".to_owned()
+    } else if service.is_some() {
+        format!("Service '{service_name}' check")
+    } else {
+        check_id.to_owned()
+    };
+    let default_output = if check_id == "serfHealth" && status == "passing" {
+        "Agent alive and reachable"
+    } else {
+        ""
+    };
+    Check {
+        node: node.to_owned(),
+        check_id: check_id.to_owned(),
+        name: name.map_or(default_name, str::to_owned),
+        status: status.to_owned(),
+        notes: notes.unwrap_or_default().to_owned(),
+        output: output.unwrap_or(default_output).to_owned(),
+        service_id: service_id.to_owned(),
+        service_name: service_name.to_owned(),
+        check_type: check_type.unwrap_or_default().to_owned(),
+        create_index: 0,
+        modify_index: 0,
+    }
+}

@@ -1,10 +1,10 @@
 //! Typed client for the subset of Consul's HTTP API dnsfront uses.
-
-#![warn(missing_docs)]
 //!
 //! It knows nothing about DNS and caches nothing: every call is one HTTP GET with a deadline,
 //! its `X-Consul-*` metadata, and a classified [`Error`]. Blocking-query loops feed the returned
 //! index through [`next_index`].
+
+#![warn(missing_docs)]
 
 mod client;
 mod config;

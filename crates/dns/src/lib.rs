@@ -1,1 +1,80 @@
-//! dnsfront-dns
+//! The DNS front of dnsfront: a hickory-server [`RequestHandler`](hickory_server::server::RequestHandler)
+//! that answers the Consul domain from the catalog cache and forwards every
+//! other name, plus the UDP/TCP listener setup.
+//!
+//! The query path does no blocking I/O and no HTTP: it reads the catalog cache
+//! and the forwarder through [`CatalogView`] and [`Upstream`].
+//!
+//! Behaviour follows Consul 1.16's DNS interface with deliberate differences:
+//! - truncation sets TC (never Consul's silent 3-record UDP trim); EDNS clients
+//!   get at most `min(their size, max_udp_payload)` and our OPT;
+//! - TXT on a service is NODATA (Consul answers it with A records);
+//! - `.query`, `.connect`, `.ingress` and `.virtual` are not implemented: SERVFAIL;
+//! - an `.addr` label that is not 8 or 32 hex digits is NXDOMAIN (Consul:
+//!   NOERROR for other lengths), and `.addr` with another qtype is an empty
+//!   NOERROR (Consul puts the record in Additional);
+//! - answers built from stale catalog data carry EDE 3 (Stale Answer) and a capped TTL;
+//! - SOA answers carry no NS records (we are not Consul's servers);
+//! - names outside the domain with no forwarder get SERVFAIL, not REFUSED.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod answer;
+mod backend;
+mod config;
+mod listen;
+pub mod metrics;
+mod name;
+mod router;
+mod trim;
+
+pub use backend::{CatalogView, Upstream};
+pub use config::Config;
+pub use listen::{Listeners, ServerHandle, ServerOptions, serve};
+pub use router::Router;
+
+use std::net::SocketAddr;
+
+/// Errors of the DNS front (binding and serving; the query path never fails outward).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The listen address is taken by another socket.
+    #[error("cannot bind {protocol} {address}: address already in use")]
+    AddressInUse {
+        /// `udp` or `tcp`.
+        protocol: &'static str,
+        /// The address we tried.
+        address: SocketAddr,
+    },
+    /// Binding a listen socket failed for another reason.
+    #[error("cannot bind {protocol} {address}")]
+    Bind {
+        /// `udp` or `tcp`.
+        protocol: &'static str,
+        /// The address we tried.
+        address: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Handing a bound socket to the runtime failed.
+    #[error("cannot register {protocol} socket with the runtime")]
+    Register {
+        /// `udp` or `tcp`.
+        protocol: &'static str,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A server task stopped with an error (e.g. a socket closed unexpectedly).
+    #[error("DNS server stopped")]
+    Serve {
+        /// hickory's error.
+        #[source]
+        source: hickory_server::net::NetError,
+    },
+    /// The server task panicked or was cancelled.
+    #[error("DNS server task failed: {0}")]
+    Task(String),
+}

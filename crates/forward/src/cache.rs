@@ -36,6 +36,11 @@ impl Key {
             dnssec_ok,
         }
     }
+
+    /// Whether the question asked for DNSSEC records (DO bit).
+    pub(crate) fn dnssec_ok(&self) -> bool {
+        self.dnssec_ok
+    }
 }
 
 /// An upstream's answer, stripped of the header and OPT.
@@ -111,7 +116,10 @@ pub(crate) struct ResponseCache {
 impl ResponseCache {
     /// Builds a cache bounded by `config.cache_size` entries.
     pub(crate) fn new(config: &Config) -> Self {
-        let backstop = config.max_ttl.max(config.negative_max_ttl).max(Duration::from_secs(1));
+        let backstop = config
+            .max_ttl
+            .max(config.negative_max_ttl)
+            .max(Duration::from_secs(1));
         let entries = (config.cache_size > 0).then(|| {
             moka::sync::Cache::builder()
                 .max_capacity(config.cache_size)
@@ -127,7 +135,11 @@ impl ResponseCache {
             None => Lookup::Absent,
             Some(entry) => {
                 let age = entry.age(now);
-                if age >= entry.ttl { Lookup::Expired } else { Lookup::Fresh(entry, age) }
+                if age >= entry.ttl {
+                    Lookup::Expired
+                } else {
+                    Lookup::Fresh(entry, age)
+                }
             }
         }
     }
@@ -135,13 +147,22 @@ impl ResponseCache {
     /// Stores a response for `ttl`.
     pub(crate) fn insert(&self, key: Key, response: Response, ttl: Duration, now: Instant) {
         if let Some(entries) = &self.entries {
-            entries.insert(key, Arc::new(Entry { response, inserted_at: now, ttl }));
+            entries.insert(
+                key,
+                Arc::new(Entry {
+                    response,
+                    inserted_at: now,
+                    ttl,
+                }),
+            );
         }
     }
 
     /// Approximate number of stored entries (fresh or expired).
     pub(crate) fn entry_count(&self) -> u64 {
-        self.entries.as_ref().map_or(0, moka::sync::Cache::entry_count)
+        self.entries
+            .as_ref()
+            .map_or(0, moka::sync::Cache::entry_count)
     }
 }
 
@@ -166,18 +187,30 @@ pub(crate) fn apply_ttl_policy(
         for record in &mut response.answers {
             record.ttl = record.ttl.clamp(min_ttl, max_ttl);
         }
-        for record in response.authorities.iter_mut().chain(response.additionals.iter_mut()) {
+        for record in response
+            .authorities
+            .iter_mut()
+            .chain(response.additionals.iter_mut())
+        {
             record.ttl = record.ttl.min(max_ttl);
         }
-        let ttl = response.answers.iter().map(|record| record.ttl).min().unwrap_or(0);
+        let ttl = response
+            .answers
+            .iter()
+            .map(|record| record.ttl)
+            .min()
+            .unwrap_or(0);
         return (response, cacheable(ttl));
     }
 
     // RFC 2308 §5: the negative TTL is min(SOA RR TTL, SOA MINIMUM); no SOA, no caching.
-    let soa_ttl = response.authorities.iter().find_map(|record| match &record.data {
-        RData::SOA(soa) => Some(record.ttl.min(soa.minimum)),
-        _ => None,
-    });
+    let soa_ttl = response
+        .authorities
+        .iter()
+        .find_map(|record| match &record.data {
+            RData::SOA(soa) => Some(record.ttl.min(soa.minimum)),
+            _ => None,
+        });
     let Some(soa_ttl) = soa_ttl else {
         return (response, None);
     };
@@ -189,7 +222,11 @@ pub(crate) fn apply_ttl_policy(
         .chain(response.authorities.iter_mut())
         .chain(response.additionals.iter_mut())
     {
-        record.ttl = if record.record_type() == RecordType::SOA { ttl } else { record.ttl.min(ttl) };
+        record.ttl = if record.record_type() == RecordType::SOA {
+            ttl
+        } else {
+            record.ttl.min(ttl)
+        };
     }
     (response, cacheable(ttl))
 }
@@ -228,7 +265,10 @@ pub(crate) fn shuffle_rrsets(records: &mut [Record]) {
         if positions.len() < 2 {
             continue;
         }
-        let mut set: Vec<Record> = positions.iter().map(|&index| records[index].clone()).collect();
+        let mut set: Vec<Record> = positions
+            .iter()
+            .map(|&index| records[index].clone())
+            .collect();
         set.shuffle(&mut rng);
         for (index, record) in positions.into_iter().zip(set) {
             records[index] = record;
@@ -251,11 +291,23 @@ mod tests {
     }
 
     fn a(owner: &str, ttl: u32, last: u8) -> Record {
-        Record::from_rdata(name(owner), ttl, RData::A(A(Ipv4Addr::new(192, 0, 2, last))))
+        Record::from_rdata(
+            name(owner),
+            ttl,
+            RData::A(A(Ipv4Addr::new(192, 0, 2, last))),
+        )
     }
 
     fn soa(ttl: u32, minimum: u32) -> Record {
-        let data = SOA::new(name("ns.example."), name("host.example."), 1, 60, 60, 600, minimum);
+        let data = SOA::new(
+            name("ns.example."),
+            name("host.example."),
+            1,
+            60,
+            60,
+            600,
+            minimum,
+        );
         Record::from_rdata(name("example."), ttl, RData::SOA(data))
     }
 
@@ -288,12 +340,18 @@ mod tests {
         let (_, ttl) = apply_ttl_policy(reply.clone(), &config());
         assert_eq!(ttl, Some(Duration::from_secs(120)));
 
-        let floored = Config { min_ttl: Duration::from_secs(200), ..config() };
+        let floored = Config {
+            min_ttl: Duration::from_secs(200),
+            ..config()
+        };
         let (adjusted, ttl) = apply_ttl_policy(reply.clone(), &floored);
         assert_eq!(ttl, Some(Duration::from_secs(200)));
         assert!(adjusted.answers.iter().all(|record| record.ttl >= 200));
 
-        let capped = Config { max_ttl: Duration::from_secs(60), ..config() };
+        let capped = Config {
+            max_ttl: Duration::from_secs(60),
+            ..config()
+        };
         let (adjusted, ttl) = apply_ttl_policy(reply, &capped);
         assert_eq!(ttl, Some(Duration::from_secs(60)));
         assert!(adjusted.answers.iter().all(|record| record.ttl == 60));
@@ -303,7 +361,10 @@ mod tests {
     fn zero_ttl_is_cached_only_with_a_min_ttl() {
         let reply = response(ResponseCode::NoError, vec![a("www.example.", 0, 1)], vec![]);
         assert_eq!(apply_ttl_policy(reply.clone(), &config()).1, None);
-        let floored = Config { min_ttl: Duration::from_secs(5), ..config() };
+        let floored = Config {
+            min_ttl: Duration::from_secs(5),
+            ..config()
+        };
         let (adjusted, ttl) = apply_ttl_policy(reply, &floored);
         assert_eq!(ttl, Some(Duration::from_secs(5)));
         assert_eq!(adjusted.answers[0].ttl, 5);
@@ -318,11 +379,17 @@ mod tests {
         assert_eq!(adjusted.authorities[0].ttl, 30);
 
         let nodata = response(ResponseCode::NoError, vec![], vec![soa(45, 300)]);
-        assert_eq!(apply_ttl_policy(nodata, &config()).1, Some(Duration::from_secs(45)));
+        assert_eq!(
+            apply_ttl_policy(nodata, &config()).1,
+            Some(Duration::from_secs(45))
+        );
 
         // capped at negative_max_ttl
         let long = response(ResponseCode::NXDomain, vec![], vec![soa(86_400, 86_400)]);
-        assert_eq!(apply_ttl_policy(long, &config()).1, Some(Duration::from_secs(900)));
+        assert_eq!(
+            apply_ttl_policy(long, &config()).1,
+            Some(Duration::from_secs(900))
+        );
 
         // no SOA, no caching; SOA with MINIMUM 0 (Consul's default), no caching
         let bare = response(ResponseCode::NXDomain, vec![], vec![]);
@@ -339,7 +406,11 @@ mod tests {
         let cache = ResponseCache::new(&config());
         let query = Query::query(name("WWW.Example."), RecordType::A);
         let key = Key::new(&query, false);
-        let reply = response(ResponseCode::NoError, vec![a("www.example.", 10, 1)], vec![]);
+        let reply = response(
+            ResponseCode::NoError,
+            vec![a("www.example.", 10, 1)],
+            vec![],
+        );
         cache.insert(key.clone(), reply, Duration::from_secs(10), Instant::now());
 
         // lookups ignore the case of the name
@@ -352,10 +423,16 @@ mod tests {
         assert_eq!(answer.answers[0].ttl, 7);
 
         // a different DO bit is a different key
-        assert!(matches!(cache.lookup(&Key::new(&query, true), Instant::now()), Lookup::Absent));
+        assert!(matches!(
+            cache.lookup(&Key::new(&query, true), Instant::now()),
+            Lookup::Absent
+        ));
 
         tokio::time::advance(Duration::from_millis(6_500)).await;
-        assert!(matches!(cache.lookup(&key, Instant::now()), Lookup::Expired));
+        assert!(matches!(
+            cache.lookup(&key, Instant::now()),
+            Lookup::Expired
+        ));
     }
 
     #[test]
@@ -385,8 +462,16 @@ mod tests {
             assert_eq!(shuffled[0], records[0], "the CNAME stays first");
             let set: HashSet<String> = shuffled[1..].iter().map(|r| r.data.to_string()).collect();
             assert_eq!(set.len(), 4, "no record lost or duplicated");
-            orders.insert(shuffled.iter().map(|r| r.data.to_string()).collect::<Vec<_>>());
+            orders.insert(
+                shuffled
+                    .iter()
+                    .map(|r| r.data.to_string())
+                    .collect::<Vec<_>>(),
+            );
         }
-        assert!(orders.len() > 1, "50 shuffles of 4 records produced one order");
+        assert!(
+            orders.len() > 1,
+            "50 shuffles of 4 records produced one order"
+        );
     }
 }

@@ -40,7 +40,11 @@ pub const DEADLINE: DefMinMax<Duration> = DefMinMax {
 };
 
 /// Entries, not bytes; 10,000 is CoreDNS's success-cache default; 0 disables the cache.
-pub const CACHE_SIZE: DefMinMax<u64> = DefMinMax { default: 10_000, min: 0, max: 10_000_000 };
+pub const CACHE_SIZE: DefMinMax<u64> = DefMinMax {
+    default: 10_000,
+    min: 0,
+    max: 10_000_000,
+};
 
 /// Floor on positive TTLs; dnsmasq caps `--min-cache-ttl` at 3,600 s.
 pub const MIN_TTL: DefMinMax<Duration> = DefMinMax {
@@ -64,10 +68,18 @@ pub const NEGATIVE_MAX_TTL: DefMinMax<Duration> = DefMinMax {
 };
 
 /// EDNS payload; 1,232 is the DNS Flag Day 2020 value; RFC 6891 §6.2.5 says never below 512.
-pub const UDP_PAYLOAD: DefMinMax<u16> = DefMinMax { default: 1_232, min: 512, max: 4_096 };
+pub const UDP_PAYLOAD: DefMinMax<u16> = DefMinMax {
+    default: 1_232,
+    min: 512,
+    max: 4_096,
+};
 
 /// In-flight bound; dnsmasq's fixed `dns-forward-max` is 150, Unbound allows 2,048 per thread.
-pub const MAX_IN_FLIGHT: DefMinMax<usize> = DefMinMax { default: 1_024, min: 1, max: 65_536 };
+pub const MAX_IN_FLIGHT: DefMinMax<usize> = DefMinMax {
+    default: 1_024,
+    min: 1,
+    max: 65_536,
+};
 
 /// Forwarder settings (validated by `src/config`; not serde).
 #[derive(Debug, Clone)]
@@ -137,12 +149,20 @@ impl Config {
                 })
             }
         }
-        check("forward.attempt_timeout", ATTEMPT_TIMEOUT, self.attempt_timeout)?;
+        check(
+            "forward.attempt_timeout",
+            ATTEMPT_TIMEOUT,
+            self.attempt_timeout,
+        )?;
         check("forward.deadline", DEADLINE, self.deadline)?;
         check("forward.cache_size", CACHE_SIZE, self.cache_size)?;
         check("forward.min_ttl", MIN_TTL, self.min_ttl)?;
         check("forward.max_ttl", MAX_TTL, self.max_ttl)?;
-        check("forward.negative_max_ttl", NEGATIVE_MAX_TTL, self.negative_max_ttl)?;
+        check(
+            "forward.negative_max_ttl",
+            NEGATIVE_MAX_TTL,
+            self.negative_max_ttl,
+        )?;
         check("forward.udp_payload", UDP_PAYLOAD, self.udp_payload)?;
         check("forward.max_in_flight", MAX_IN_FLIGHT, self.max_in_flight)?;
         if self.min_ttl > self.max_ttl {
@@ -181,12 +201,17 @@ mod tests {
 
     #[test]
     fn default_config_is_valid() {
-        Config::default().validate().expect("defaults must validate");
+        Config::default()
+            .validate()
+            .expect("defaults must validate");
     }
 
     #[test]
     fn rejects_out_of_range_and_inconsistent_values() {
-        let bad_payload = Config { udp_payload: 100, ..Config::default() };
+        let bad_payload = Config {
+            udp_payload: 100,
+            ..Config::default()
+        };
         let error = bad_payload.validate().expect_err("payload below 512");
         assert!(error.to_string().contains("forward.udp_payload"), "{error}");
 

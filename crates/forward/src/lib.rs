@@ -114,7 +114,12 @@ impl Forwarder {
     /// The config is expected to have passed [`Config::validate`]; an empty upstream list
     /// makes every [`resolve`](Self::resolve) fail with [`Error::NoUpstreams`].
     pub fn new(config: Config) -> Self {
-        let upstreams = config.upstreams.iter().copied().map(Upstream::new).collect();
+        let upstreams = config
+            .upstreams
+            .iter()
+            .copied()
+            .map(Upstream::new)
+            .collect();
         let cache = ResponseCache::new(&config);
         let permits = Arc::new(Semaphore::new(config.max_in_flight));
         Self {
@@ -152,7 +157,11 @@ impl Forwarder {
             return Ok(answer);
         }
         let shared = {
-            let mut in_flight = self.inner.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut in_flight = self
+                .inner
+                .in_flight
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             if let Some(running) = in_flight.get(&key) {
                 ::metrics::counter!(metrics::CACHE_MISSES).increment(1);
                 ::metrics::counter!(metrics::COALESCED).increment(1);
@@ -205,17 +214,25 @@ impl Inner {
             let result = result.map(|response| {
                 let (response, ttl) = apply_ttl_policy(response, &inner.config);
                 if let Some(ttl) = ttl {
-                    inner.cache.insert(key.clone(), response.clone(), ttl, Instant::now());
+                    inner
+                        .cache
+                        .insert(key.clone(), response.clone(), ttl, Instant::now());
                 }
                 Arc::new(response)
             });
-            inner.in_flight.lock().unwrap_or_else(PoisonError::into_inner).remove(&key);
+            inner
+                .in_flight
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&key);
             drop(permit);
             result
         });
         task.map(|joined| {
             joined.unwrap_or_else(|error| {
-                Err(Error::AllFailed { last: format!("upstream query task ended: {error}") })
+                Err(Error::AllFailed {
+                    last: format!("upstream query task ended: {error}"),
+                })
             })
         })
         .boxed()
@@ -225,9 +242,18 @@ impl Inner {
     /// Asks the upstreams in order within the deadline.
     async fn fetch(&self, query: &Query, dnssec_ok: bool) -> Result<Response, Error> {
         let deadline = Instant::now() + self.config.deadline;
-        let request = Request { query, dnssec_ok, udp_payload: self.config.udp_payload };
-        upstream::query_in_order(&self.upstreams, request, self.config.attempt_timeout, deadline)
-            .await
-            .map_err(|last| Error::AllFailed { last })
+        let request = Request {
+            query,
+            dnssec_ok,
+            udp_payload: self.config.udp_payload,
+        };
+        upstream::query_in_order(
+            &self.upstreams,
+            request,
+            self.config.attempt_timeout,
+            deadline,
+        )
+        .await
+        .map_err(|last| Error::AllFailed { last })
     }
 }

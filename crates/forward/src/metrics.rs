@@ -36,8 +36,16 @@ pub const OUTCOME_TRUNCATED_RETRY: &str = "truncated_retry";
 
 /// Registers units and descriptions with the installed recorder.
 pub fn describe() {
-    describe_counter!(CACHE_HITS, Unit::Count, "Forwarded queries answered from the response cache");
-    describe_counter!(CACHE_MISSES, Unit::Count, "Forwarded queries not answerable from the cache");
+    describe_counter!(
+        CACHE_HITS,
+        Unit::Count,
+        "Forwarded queries answered from the response cache"
+    );
+    describe_counter!(
+        CACHE_MISSES,
+        Unit::Count,
+        "Forwarded queries not answerable from the cache"
+    );
     describe_counter!(
         UPSTREAM_QUERIES,
         Unit::Count,

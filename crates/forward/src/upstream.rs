@@ -27,7 +27,10 @@ pub(crate) struct Upstream {
 
 impl Upstream {
     pub(crate) fn new(addr: SocketAddr) -> Self {
-        Self { addr, label: addr.to_string() }
+        Self {
+            addr,
+            label: addr.to_string(),
+        }
     }
 
     fn record(&self, outcome: &'static str, started: Instant) {
@@ -220,8 +223,8 @@ async fn exchange_tcp(
     let (id, bytes) = encode_query(request)?;
     let exchange = async {
         let mut stream = TcpStream::connect(upstream).await?;
-        let length = u16::try_from(bytes.len())
-            .map_err(|_| AttemptError::BadTcpReply("query too large"))?;
+        let length =
+            u16::try_from(bytes.len()).map_err(|_| AttemptError::BadTcpReply("query too large"))?;
         let mut framed = Vec::with_capacity(bytes.len() + 2);
         framed.extend_from_slice(&length.to_be_bytes());
         framed.extend_from_slice(&bytes);
@@ -237,5 +240,7 @@ async fn exchange_tcp(
             Err(AttemptError::BadTcpReply("reply does not match the query"))
         }
     };
-    timeout_at(deadline, exchange).await.map_err(|_| AttemptError::Timeout)?
+    timeout_at(deadline, exchange)
+        .await
+        .map_err(|_| AttemptError::Timeout)?
 }

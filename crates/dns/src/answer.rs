@@ -1,0 +1,331 @@
+//! Answers for names in the Consul domain, built from catalog data.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use dnsfront_catalog::{Freshness, Lookup, ServiceInstance};
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::rdata::{A, AAAA, SOA, SRV};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use rand::seq::SliceRandom;
+
+use crate::backend::CatalogView;
+use crate::config::{Config, ServiceTtls, ttl_secs};
+use crate::name::{self, Parsed};
+
+/// Where the data behind a reply came from (the `source` metric tag).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// Fresh catalog data.
+    Fresh,
+    /// Stale catalog data (Consul unreachable).
+    Stale,
+    /// An upstream resolver, just now.
+    Upstream,
+    /// The forwarder's response cache.
+    Cache,
+    /// No data source (synthesised, invalid name, failure).
+    None,
+}
+
+impl Source {
+    pub(crate) fn tag(self) -> &'static str {
+        match self {
+            Self::Fresh => "fresh",
+            Self::Stale => "stale",
+            Self::Upstream => "upstream",
+            Self::Cache => "cache",
+            Self::None => "none",
+        }
+    }
+
+    fn from_freshness(freshness: Freshness) -> Self {
+        match freshness {
+            Freshness::Fresh => Self::Fresh,
+            Freshness::Stale => Self::Stale,
+        }
+    }
+}
+
+/// A response before encoding.
+#[derive(Debug, Clone)]
+pub(crate) struct Reply {
+    pub(crate) response_code: ResponseCode,
+    pub(crate) authoritative: bool,
+    pub(crate) authentic_data: bool,
+    pub(crate) answers: Vec<Record>,
+    pub(crate) authorities: Vec<Record>,
+    pub(crate) additionals: Vec<Record>,
+    pub(crate) source: Source,
+}
+
+impl Reply {
+    pub(crate) fn empty(response_code: ResponseCode, authoritative: bool) -> Self {
+        Self {
+            response_code,
+            authoritative,
+            authentic_data: false,
+            answers: Vec::new(),
+            authorities: Vec::new(),
+            additionals: Vec::new(),
+            source: Source::None,
+        }
+    }
+
+    fn records_mut(&mut self) -> impl Iterator<Item = &mut Record> {
+        self.answers.iter_mut().chain(self.authorities.iter_mut()).chain(self.additionals.iter_mut())
+    }
+}
+
+/// The Consul zone: answers names at or under the configured domain.
+#[derive(Debug, Clone)]
+pub(crate) struct Zone {
+    domain: Name,
+    mname: Name,
+    rname: Name,
+    service_ttls: ServiceTtls,
+    node_ttl: u32,
+    negative_ttl: u32,
+    stale_ttl: u32,
+    max_answer_records: Option<usize>,
+}
+
+impl Zone {
+    pub(crate) fn new(config: &Config) -> Self {
+        let mut domain = config.domain.to_lowercase();
+        domain.set_fqdn(true);
+        let prefixed = |label: &str| {
+            Name::from_ascii(label)
+                .and_then(|name| name.append_domain(&domain))
+                .unwrap_or_else(|_| domain.clone())
+        };
+        Self {
+            mname: prefixed("ns"),
+            rname: prefixed("hostmaster"),
+            service_ttls: ServiceTtls::new(config.service_ttl, &config.service_ttl_overrides),
+            node_ttl: ttl_secs(config.node_ttl),
+            negative_ttl: ttl_secs(config.negative_ttl),
+            stale_ttl: ttl_secs(config.stale_ttl),
+            max_answer_records: config.max_answer_records,
+            domain,
+        }
+    }
+
+    pub(crate) fn domain(&self) -> &Name {
+        &self.domain
+    }
+
+    /// Answers `lower` (the lower-cased question name, inside the domain);
+    /// `asked` is the name as the client wrote it, used as the owner name.
+    pub(crate) async fn answer<C: CatalogView>(
+        &self,
+        catalog: &C,
+        lower: &Name,
+        asked: &Name,
+        qtype: RecordType,
+    ) -> Reply {
+        let mut reply = self.answer_uncapped(catalog, lower, asked, qtype).await;
+        if reply.source == Source::Stale {
+            let cap = self.stale_ttl;
+            for record in reply.records_mut() {
+                record.ttl = record.ttl.min(cap);
+            }
+        }
+        reply
+    }
+
+    async fn answer_uncapped<C: CatalogView>(
+        &self,
+        catalog: &C,
+        lower: &Name,
+        asked: &Name,
+        qtype: RecordType,
+    ) -> Reply {
+        if qtype == RecordType::SOA {
+            let mut reply = Reply::empty(ResponseCode::NoError, true);
+            reply.answers.push(self.soa());
+            return reply;
+        }
+        if matches!(qtype, RecordType::AXFR | RecordType::IXFR) {
+            return Reply::empty(ResponseCode::NotImp, true);
+        }
+
+        let n_prefix = usize::from(lower.num_labels()).saturating_sub(usize::from(self.domain.num_labels()));
+        let mut labels = Vec::with_capacity(n_prefix);
+        for label in lower.iter().take(n_prefix) {
+            match std::str::from_utf8(label) {
+                Ok(label) => labels.push(label),
+                Err(_) => return self.negative(ResponseCode::NXDomain, Source::None),
+            }
+        }
+
+        match name::parse(&labels, qtype) {
+            Parsed::Apex if qtype == RecordType::NS => self.negative(ResponseCode::NoError, Source::None),
+            Parsed::Apex | Parsed::Invalid => self.negative(ResponseCode::NXDomain, Source::None),
+            Parsed::Unsupported => Reply::empty(ResponseCode::ServFail, true),
+            Parsed::Addr(ip) => {
+                let mut reply = Reply::empty(ResponseCode::NoError, true);
+                if let Some(record) = address_record(asked.clone(), self.node_ttl, ip, qtype) {
+                    reply.answers.push(record);
+                }
+                reply
+            }
+            Parsed::Node { name, datacenter } => {
+                match catalog.node(&name, datacenter.as_deref()).await {
+                    Lookup::Unavailable => Reply::empty(ResponseCode::ServFail, true),
+                    Lookup::NotFound(freshness) => {
+                        self.negative(ResponseCode::NXDomain, Source::from_freshness(freshness))
+                    }
+                    Lookup::Found(node, freshness) => {
+                        // Wrong family or another qtype: NOERROR, empty, no SOA (as Consul).
+                        let mut reply = Reply::empty(ResponseCode::NoError, true);
+                        reply.source = Source::from_freshness(freshness);
+                        if let Some(record) =
+                            node.address.and_then(|ip| address_record(asked.clone(), self.node_ttl, ip, qtype))
+                        {
+                            reply.answers.push(record);
+                        }
+                        reply
+                    }
+                }
+            }
+            Parsed::Service { name, tag, datacenter } => {
+                match catalog.service(&name, datacenter.as_deref()).await {
+                    Lookup::Unavailable => Reply::empty(ResponseCode::ServFail, true),
+                    Lookup::NotFound(freshness) => {
+                        self.negative(ResponseCode::NXDomain, Source::from_freshness(freshness))
+                    }
+                    Lookup::Found(instances, freshness) => self.service_reply(
+                        &instances,
+                        tag.as_deref(),
+                        &name,
+                        asked,
+                        qtype,
+                        Source::from_freshness(freshness),
+                    ),
+                }
+            }
+        }
+    }
+
+    fn service_reply(
+        &self,
+        instances: &[ServiceInstance],
+        tag: Option<&str>,
+        service_name: &str,
+        asked: &Name,
+        qtype: RecordType,
+        source: Source,
+    ) -> Reply {
+        let mut usable: Vec<&ServiceInstance> = instances
+            .iter()
+            .filter(|instance| tag.is_none_or(|tag| instance.has_tag(tag)))
+            .filter(|instance| instance.address().is_some())
+            .collect();
+        if usable.is_empty() {
+            return self.negative(ResponseCode::NXDomain, source);
+        }
+        usable.shuffle(&mut rand::rng());
+        let ttl = self.service_ttls.for_service(service_name);
+
+        let mut reply = Reply::empty(ResponseCode::NoError, true);
+        reply.source = source;
+        match qtype {
+            RecordType::A | RecordType::AAAA | RecordType::ANY => {
+                let mut seen = HashSet::new();
+                for ip in usable.iter().filter_map(|instance| instance.address()) {
+                    if seen.insert(ip) {
+                        if let Some(record) = address_record(asked.clone(), ttl, ip, qtype) {
+                            reply.answers.push(record);
+                        }
+                    }
+                }
+                if let Some(max) = self.max_answer_records {
+                    reply.answers.truncate(max);
+                }
+            }
+            RecordType::SRV => {
+                let mut seen = HashSet::new();
+                let mut targets = HashSet::new();
+                for instance in usable {
+                    let Some(ip) = instance.address() else { continue };
+                    if !seen.insert((instance.node.as_str(), ip, instance.port)) {
+                        continue;
+                    }
+                    let Some(target) = self.srv_target(instance, ip) else { continue };
+                    let srv = SRV::new(1, instance.weight, instance.port, target.clone());
+                    reply.answers.push(Record::from_rdata(asked.clone(), ttl, RData::SRV(srv)));
+                    if targets.insert(target.clone()) {
+                        if let Some(glue) = address_record(target, ttl, ip, RecordType::ANY) {
+                            reply.additionals.push(glue);
+                        }
+                    }
+                }
+            }
+            // TXT deliberately gets NODATA (Consul 1.16 answers it with A records).
+            _ => {}
+        }
+        if reply.answers.is_empty() {
+            return self.negative(ResponseCode::NoError, source);
+        }
+        reply
+    }
+
+    /// `<node>.node.<dc>.<domain>` when the instance uses its node's address,
+    /// `<hex>.addr.<dc>.<domain>` when it has its own service address (or the
+    /// node name is not a valid DNS name).
+    fn srv_target(&self, instance: &ServiceInstance, ip: IpAddr) -> Option<Name> {
+        let datacenter = if instance.datacenter.is_empty() {
+            String::new()
+        } else {
+            format!("{}.", instance.datacenter.to_ascii_lowercase())
+        };
+        let domain = self.domain.to_ascii();
+        if instance.service_address.is_none() {
+            let node = instance.node.to_ascii_lowercase();
+            if let Ok(target) = Name::from_ascii(format!("{node}.node.{datacenter}{domain}")) {
+                if target.is_fqdn() && target.iter().all(|label| !label.is_empty()) {
+                    return Some(target);
+                }
+            }
+        }
+        let hex = name::encode_hex_addr(ip);
+        Name::from_ascii(format!("{hex}.addr.{datacenter}{domain}")).ok()
+    }
+
+    /// NXDOMAIN or NODATA with the SOA in Authority.
+    fn negative(&self, response_code: ResponseCode, source: Source) -> Reply {
+        let mut reply = Reply::empty(response_code, true);
+        reply.source = source;
+        reply.authorities.push(self.soa());
+        reply
+    }
+
+    fn soa(&self) -> Record {
+        let serial = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|elapsed| elapsed.as_secs() as u32)
+            .unwrap_or(1);
+        let soa = SOA::new(
+            self.mname.clone(),
+            self.rname.clone(),
+            serial,
+            3600,
+            600,
+            86400,
+            self.negative_ttl,
+        );
+        Record::from_rdata(self.domain.clone(), self.negative_ttl, RData::SOA(soa))
+    }
+}
+
+/// An A or AAAA record for `ip` when `qtype` asks for its family (ANY asks for both).
+fn address_record(owner: Name, ttl: u32, ip: IpAddr, qtype: RecordType) -> Option<Record> {
+    let rdata = match (ip, qtype) {
+        (IpAddr::V4(v4), RecordType::A | RecordType::ANY) => RData::A(A(v4)),
+        (IpAddr::V6(v6), RecordType::AAAA | RecordType::ANY) => RData::AAAA(AAAA(v6)),
+        _ => return None,
+    };
+    Some(Record::from_rdata(owner, ttl, rdata))
+}

@@ -1,0 +1,245 @@
+//! Binding the UDP/TCP sockets and running hickory's server over them.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use hickory_server::Server;
+use ipnet::IpNet;
+use socket2::{Domain, Protocol as SocketProtocol, Socket, Type};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::Error;
+use crate::backend::{CatalogView, Upstream};
+use crate::router::Router;
+
+/// How many times `bind` tries a fresh port-0 UDP port when TCP's twin is taken.
+const PORT_ZERO_ATTEMPTS: usize = 16;
+/// Pending TCP connections the kernel may queue.
+const TCP_BACKLOG: i32 = 1024;
+/// Outgoing responses queued per TCP connection.
+const TCP_RESPONSE_BUFFER: usize = 32;
+/// How long `shutdown` waits for the server tasks before aborting them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Bound UDP and TCP sockets, one pair per listen address (same port for both).
+#[derive(Debug)]
+pub struct Listeners {
+    pairs: Vec<(std::net::UdpSocket, std::net::TcpListener)>,
+}
+
+impl Listeners {
+    /// Binds UDP + TCP on every address. For port 0, UDP is bound first and TCP
+    /// then takes the same port (retrying with a new UDP port if it is taken),
+    /// so each address has one port for both protocols.
+    pub fn bind(addrs: &[SocketAddr]) -> Result<Self, Error> {
+        let mut pairs = Vec::with_capacity(addrs.len());
+        for &address in addrs {
+            pairs.push(bind_pair(address)?);
+        }
+        Ok(Self { pairs })
+    }
+
+    /// The addresses actually bound (with the port the kernel chose for port 0).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.pairs.iter().filter_map(|(udp, _)| udp.local_addr().ok()).collect()
+    }
+}
+
+fn bind_pair(address: SocketAddr) -> Result<(std::net::UdpSocket, std::net::TcpListener), Error> {
+    if address.port() != 0 {
+        let udp = bind_udp(address)?;
+        let tcp = bind_tcp(address)?;
+        return Ok((udp, tcp));
+    }
+    for _ in 0..PORT_ZERO_ATTEMPTS {
+        let udp = bind_udp(address)?;
+        let port = udp
+            .local_addr()
+            .map_err(|source| Error::Bind { protocol: "udp", address, source })?
+            .port();
+        let tcp_address = SocketAddr::new(address.ip(), port);
+        match bind_tcp(tcp_address) {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(Error::AddressInUse { .. }) => {
+                debug!(address = %tcp_address, "TCP port taken, trying another UDP port");
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    Err(Error::AddressInUse { protocol: "tcp", address })
+}
+
+fn socket_error(protocol: &'static str, address: SocketAddr, source: io::Error) -> Error {
+    if source.kind() == io::ErrorKind::AddrInUse {
+        Error::AddressInUse { protocol, address }
+    } else {
+        Error::Bind { protocol, address, source }
+    }
+}
+
+fn bind_udp(address: SocketAddr) -> Result<std::net::UdpSocket, Error> {
+    let fail = |source| socket_error("udp", address, source);
+    let socket = Socket::new(Domain::for_address(address), Type::DGRAM, Some(SocketProtocol::UDP)).map_err(fail)?;
+    if address.is_ipv6() {
+        socket.set_only_v6(true).map_err(fail)?;
+    }
+    socket.set_nonblocking(true).map_err(fail)?;
+    socket.bind(&address.into()).map_err(fail)?;
+    Ok(socket.into())
+}
+
+fn bind_tcp(address: SocketAddr) -> Result<std::net::TcpListener, Error> {
+    let fail = |source| socket_error("tcp", address, source);
+    let socket = Socket::new(Domain::for_address(address), Type::STREAM, Some(SocketProtocol::TCP)).map_err(fail)?;
+    socket.set_reuse_address(true).map_err(fail)?;
+    if address.is_ipv6() {
+        socket.set_only_v6(true).map_err(fail)?;
+    }
+    socket.set_nonblocking(true).map_err(fail)?;
+    socket.bind(&address.into()).map_err(fail)?;
+    socket.listen(TCP_BACKLOG).map_err(fail)?;
+    Ok(socket.into())
+}
+
+/// Server settings outside the answer logic.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// A TCP connection that sends no request for this long is closed.
+    pub tcp_idle_timeout: Duration,
+    /// Clients whose address is outside every network here get REFUSED
+    /// (an empty list refuses everyone).
+    pub allowed_networks: Vec<IpNet>,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            tcp_idle_timeout: Duration::from_secs(10),
+            allowed_networks: vec![
+                IpNet::new(IpAddr::from([127, 0, 0, 0]), 8).expect("valid prefix length"),
+                IpNet::new(IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]), 128).expect("valid prefix length"),
+            ],
+        }
+    }
+}
+
+/// Deny-everything rules that make hickory's access control an allow-list for
+/// both families (hickory allows a family that has no rule at all). A family
+/// whose allow-list holds a `/0` gets no deny rule, since an equal-length allow
+/// does not override a deny.
+fn denied_networks(allowed: &[IpNet]) -> Vec<IpNet> {
+    let mut denied = Vec::new();
+    let all_v4 = IpNet::new(IpAddr::from([0, 0, 0, 0]), 0).expect("valid prefix length");
+    let all_v6 = IpNet::new(IpAddr::from([0u16; 8]), 0).expect("valid prefix length");
+    for everything in [all_v4, all_v6] {
+        if !allowed.contains(&everything) {
+            denied.push(everything);
+        }
+    }
+    denied
+}
+
+/// Handle on a running server.
+#[derive(Debug)]
+pub struct ServerHandle {
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), hickory_server::net::NetError>>,
+    local_addrs: Vec<SocketAddr>,
+}
+
+impl ServerHandle {
+    /// The addresses the server listens on (UDP and TCP share each).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
+    }
+
+    /// Stops accepting queries and waits (bounded) for the server tasks to end.
+    pub async fn shutdown(self) -> Result<(), Error> {
+        self.shutdown.cancel();
+        finish(self.task).await
+    }
+
+    /// Runs until `shutdown` is cancelled (then stops gracefully) or the server
+    /// stops on its own (a socket failed), whichever comes first.
+    pub async fn run_until(mut self, shutdown: CancellationToken) -> Result<(), Error> {
+        tokio::select! {
+            () = shutdown.cancelled() => self.shutdown().await,
+            joined = &mut self.task => match joined {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(source)) => Err(Error::Serve { source }),
+                Err(join_error) => Err(Error::Task(join_error.to_string())),
+            },
+        }
+    }
+}
+
+async fn finish(mut task: JoinHandle<Result<(), hickory_server::net::NetError>>) -> Result<(), Error> {
+    match tokio::time::timeout(SHUTDOWN_GRACE, &mut task).await {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(source))) => Err(Error::Serve { source }),
+        Ok(Err(join_error)) => Err(Error::Task(join_error.to_string())),
+        Err(_) => {
+            warn!(grace = ?SHUTDOWN_GRACE, "DNS server did not stop in time, aborting it");
+            task.abort();
+            Ok(())
+        }
+    }
+}
+
+/// Starts serving `router` on `listeners`. Must be called inside a Tokio runtime.
+pub fn serve<C: CatalogView, F: Upstream>(
+    router: Router<C, F>,
+    listeners: Listeners,
+    options: ServerOptions,
+) -> Result<ServerHandle, Error> {
+    let local_addrs = listeners.local_addrs();
+    let denied = denied_networks(&options.allowed_networks);
+    let mut server = Server::with_access(router, denied, options.allowed_networks.iter().copied());
+    for (udp, tcp) in listeners.pairs {
+        let address = udp.local_addr().map_err(|source| Error::Register { protocol: "udp", source })?;
+        let udp = tokio::net::UdpSocket::from_std(udp).map_err(|source| Error::Register { protocol: "udp", source })?;
+        let tcp =
+            tokio::net::TcpListener::from_std(tcp).map_err(|source| Error::Register { protocol: "tcp", source })?;
+        server.register_socket(udp);
+        server.register_listener(tcp, options.tcp_idle_timeout, TCP_RESPONSE_BUFFER);
+        info!(address = %address, "DNS listening on UDP and TCP");
+    }
+    let shutdown = server.shutdown_token().clone();
+    let task = tokio::spawn(async move { server.block_until_done().await });
+    Ok(ServerHandle { shutdown, task, local_addrs })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deny_rules_cover_both_families_unless_allowed_everything() {
+        let loopback = ServerOptions::default().allowed_networks;
+        assert_eq!(denied_networks(&loopback).len(), 2);
+        let everything: Vec<IpNet> = vec!["0.0.0.0/0".parse().expect("literal")];
+        assert_eq!(denied_networks(&everything), vec!["::/0".parse::<IpNet>().expect("literal")]);
+    }
+
+    #[test]
+    fn port_zero_gets_one_port_for_udp_and_tcp() {
+        let listeners = Listeners::bind(&["127.0.0.1:0".parse().expect("literal")]).expect("bind");
+        let (udp, tcp) = &listeners.pairs[0];
+        let port = udp.local_addr().expect("udp addr").port();
+        assert_ne!(port, 0);
+        assert_eq!(tcp.local_addr().expect("tcp addr").port(), port);
+    }
+
+    #[test]
+    fn taken_address_is_reported_clearly() {
+        let first = Listeners::bind(&["127.0.0.1:0".parse().expect("literal")]).expect("bind");
+        let taken = first.local_addrs()[0];
+        let error = Listeners::bind(&[taken]).expect_err("second bind must fail");
+        let message = error.to_string();
+        assert!(message.contains(&taken.to_string()), "{message}");
+        assert!(message.contains("address already in use"), "{message}");
+    }
+}

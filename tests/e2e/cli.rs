@@ -1,0 +1,150 @@
+//! The `dnsfront` binary: exit codes, messages, the listening line, signals.
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const BIN: &str = env!("CARGO_BIN_EXE_dnsfront");
+
+fn run(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(BIN)
+        .args(args)
+        .env_remove("CONSUL_HTTP_ADDR")
+        .env_remove("CONSUL_HTTP_TOKEN")
+        .output()
+        .expect("run dnsfront")
+}
+
+/// A running `dnsfront` process and the addresses from its listening line.
+pub struct Running {
+    pub child: Child,
+    pub dns: Vec<SocketAddr>,
+}
+
+/// Starts the binary and waits for its machine-readable listening line.
+pub async fn spawn(args: &[&str]) -> Running {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env_remove("CONSUL_HTTP_ADDR")
+        .env_remove("CONSUL_HTTP_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn dnsfront");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .expect("listening line within 20s")
+        .expect("read stdout")
+        .expect("a line on stdout");
+    let value: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {line:?}: {e}"));
+    assert_eq!(value["event"], "listening", "{line}");
+    let dns = value["dns"]
+        .as_array()
+        .expect("dns array")
+        .iter()
+        .map(|a| a.as_str().expect("str").parse().expect("socket addr"))
+        .collect();
+    // Keep draining stdout so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Running { child, dns }
+}
+
+fn sigterm(child: &Child) {
+    let pid = child.id().expect("pid").to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+#[test]
+fn check_config_accepts_the_example_and_names_bad_keys() {
+    let ok = run(&["check-config", concat!(env!("CARGO_MANIFEST_DIR"), "/config/dnsfront.toml")]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cases = [
+        ("[catalog]\nrefresh_intervall = \"10s\"\n", "catalog.refresh_intervall"),
+        ("[catalog]\nrefresh_interval = \"0s\"\n", "catalog.refresh_interval"),
+        ("[dns]\nlisten = [\"localhost\"]\n", "dns.listen"),
+        ("[dns\n", "expected"),
+    ];
+    for (text, expected) in cases {
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, text).expect("write");
+        let out = run(&["check-config", path.to_str().expect("utf8")]);
+        assert_eq!(out.status.code(), Some(64), "{text:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expected), "{text:?}: stderr {stderr:?} lacks {expected:?}");
+    }
+    let missing = run(&["check-config", "/nonexistent/dnsfront.toml"]);
+    assert_eq!(missing.status.code(), Some(64));
+}
+
+#[test]
+fn bad_flags_exit_non_zero_with_a_clear_message() {
+    let out = run(&["serve", "--listen", "not-an-addr"]);
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("dns.listen") && stderr.contains("not-an-addr"), "{stderr}");
+
+    let out = run(&["serve", "--no-such-flag"]);
+    assert_eq!(out.status.code(), Some(64));
+    let out = run(&["serve", "--listen", "127.0.0.1:0", "--upstream", "banana"]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("forward.upstreams"));
+}
+
+#[test]
+fn print_config_shows_defaults_without_secrets() {
+    let out = run(&["print-config"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("refresh_interval = \"10s\""), "{text}");
+    assert!(text.contains("[forward]"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_prints_its_addresses_answers_and_exits_promptly_on_sigterm() {
+    let sim = crate::harness::standard_sim();
+    let consul = sim.serve("127.0.0.1:0".parse().expect("addr")).await.expect("sim");
+    let mut running = spawn(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--consul",
+        &consul.url(),
+        "--state-dir",
+        "/tmp",
+    ])
+    .await;
+    let dns = running.dns[0];
+    assert!(dns.port() != 0);
+    let (answer, _) = test_support::udp(
+        dns,
+        &test_support::Ask::new("web.service.consul.", hickory_proto::rr::RecordType::A),
+    )
+    .await;
+    assert_eq!(answer.answers.len(), 2);
+
+    // The same port is taken: a second instance says so and exits non-zero.
+    let out = run(&["serve", "--listen", &dns.to_string(), "--consul", &consul.url()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.to_lowercase().contains("in use"), "{stderr}");
+
+    sigterm(&running.child);
+    let status = tokio::time::timeout(Duration::from_secs(5), running.child.wait())
+        .await
+        .expect("exits within 5s of SIGTERM")
+        .expect("wait");
+    assert!(status.success(), "exit status {status:?}");
+    consul.shutdown().await;
+}
