@@ -81,7 +81,11 @@ impl ServeArgs {
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     /// UDP+TCP address to listen on.
-    #[arg(long = "listen", value_name = "ADDR:PORT", default_value = "127.0.0.1:5353")]
+    #[arg(
+        long = "listen",
+        value_name = "ADDR:PORT",
+        default_value = "127.0.0.1:5353"
+    )]
     pub listen: Vec<String>,
     /// Upstream resolver for non-Consul names (default: the resolv file, else /etc/resolv.conf).
     #[arg(long = "upstream", value_name = "ADDR[:PORT]")]

@@ -45,11 +45,23 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         consul.url()
     )?;
     for (query, why) in [
-        ("web.service.consul", "A records of the healthy web instances (shuffled on every answer)"),
+        (
+            "web.service.consul",
+            "A records of the healthy web instances (shuffled on every answer)",
+        ),
         ("primary.web.service.consul", "tag filter"),
-        ("web.service.consul SRV", "SRV: ports, node targets and their addresses"),
-        ("_api._tcp.service.consul SRV", "RFC 2782 form; api has its own addresses (.addr targets)"),
-        ("db.service.consul", "one db instance is critical, so only the healthy one is answered"),
+        (
+            "web.service.consul SRV",
+            "SRV: ports, node targets and their addresses",
+        ),
+        (
+            "_api._tcp.service.consul SRV",
+            "RFC 2782 form; api has its own addresses (.addr targets)",
+        ),
+        (
+            "db.service.consul",
+            "one db instance is critical, so only the healthy one is answered",
+        ),
         ("redis.service.consul AAAA", "IPv6"),
         ("node-1.node.consul", "node lookup"),
         ("nosuch.service.consul", "NXDOMAIN with the zone's SOA"),
@@ -57,7 +69,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     ] {
         writeln!(stdout, "  dig @{host} -p {port} {query:<34} # {why}")?;
     }
-    writeln!(stdout, "  dig @{host} -p {port} +tcp web.service.consul SRV   # the same over TCP\n\nCtrl-C stops it.")?;
+    writeln!(
+        stdout,
+        "  dig @{host} -p {port} +tcp web.service.consul SRV   # the same over TCP\n\nCtrl-C stops it."
+    )?;
     drop(stdout);
 
     let shutdown = shutdown_on_signals()?;

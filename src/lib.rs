@@ -90,7 +90,10 @@ impl App {
         );
         shutdown.cancelled().await;
         info!("Shutting down: no new queries, finishing in-flight ones");
-        if tokio::time::timeout(SHUTDOWN_GRACE, server.shutdown()).await.is_err() {
+        if tokio::time::timeout(SHUTDOWN_GRACE, server.shutdown())
+            .await
+            .is_err()
+        {
             warn!(grace = ?SHUTDOWN_GRACE, "In-flight queries did not finish in time; exiting anyway");
         }
         refresher.abort();

@@ -30,7 +30,10 @@ fn main() -> ExitCode {
         Command::PrintConfig { config } => print_config(config.as_deref()),
         Command::Serve(args) => with_runtime(|| serve(args)),
         Command::Demo(args) => {
-            telemetry::init_logging(args.log_level.as_deref().unwrap_or("info"), dnsfront::config::LogFormat::Text);
+            telemetry::init_logging(
+                args.log_level.as_deref().unwrap_or("info"),
+                dnsfront::config::LogFormat::Text,
+            );
             with_runtime(|| demo::run(args))
         }
     }
@@ -95,9 +98,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 fn with_runtime<F, Fut>(f: F) -> ExitCode
 where
     F: FnOnce() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<()>>,
+    Fut: Future<Output = anyhow::Result<()>>,
 {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("dnsfront: cannot start the async runtime: {error}");

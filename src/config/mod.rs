@@ -454,19 +454,30 @@ impl RawConfig {
                 net.parse::<ipnet::IpNet>()
                     .or_else(|_| net.parse::<IpAddr>().map(ipnet::IpNet::from))
                     .map_err(|_| {
-                        invalid("dns.allowed_networks", format!("{net:?} is not a network like 10.0.0.0/8"))
+                        invalid(
+                            "dns.allowed_networks",
+                            format!("{net:?} is not a network like 10.0.0.0/8"),
+                        )
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
         if allowed_networks.is_empty() {
-            return Err(invalid("dns.allowed_networks", "empty: no client could query"));
+            return Err(invalid(
+                "dns.allowed_networks",
+                "empty: no client could query",
+            ));
         }
 
         let domain = self.dns.domain.trim_end_matches('.').to_ascii_lowercase();
         let domain_name = hickory_server::proto::rr::Name::from_ascii(format!("{domain}."))
             .ok()
             .filter(|_| !domain.is_empty())
-            .ok_or_else(|| invalid("dns.domain", format!("{:?} is not a domain name", self.dns.domain)))?;
+            .ok_or_else(|| {
+                invalid(
+                    "dns.domain",
+                    format!("{:?} is not a domain name", self.dns.domain),
+                )
+            })?;
 
         let mut service_ttl_overrides = Vec::new();
         for (pattern, ttl) in &self.dns.service_ttl_overrides {
@@ -480,11 +491,19 @@ impl RawConfig {
         if !(512..=4096).contains(&self.dns.max_udp_payload) {
             return Err(invalid(
                 "dns.max_udp_payload",
-                format!("must be between 512 and 4096, got {}", self.dns.max_udp_payload),
+                format!(
+                    "must be between 512 and 4096, got {}",
+                    self.dns.max_udp_payload
+                ),
             ));
         }
-        if self.dns.tcp_idle_timeout < Duration::from_millis(100) || self.dns.tcp_idle_timeout > Duration::from_secs(600) {
-            return Err(invalid("dns.tcp_idle_timeout", "must be between 100ms and 10m"));
+        if self.dns.tcp_idle_timeout < Duration::from_millis(100)
+            || self.dns.tcp_idle_timeout > Duration::from_secs(600)
+        {
+            return Err(invalid(
+                "dns.tcp_idle_timeout",
+                "must be between 100ms and 10m",
+            ));
         }
         let dns_config = dns::Config {
             domain: domain_name,
@@ -493,7 +512,8 @@ impl RawConfig {
             node_ttl: self.dns.node_ttl,
             negative_ttl: self.dns.negative_ttl,
             stale_ttl: self.dns.stale_ttl,
-            max_answer_records: (self.dns.max_answer_records > 0).then_some(self.dns.max_answer_records),
+            max_answer_records: (self.dns.max_answer_records > 0)
+                .then_some(self.dns.max_answer_records),
             max_udp_payload: self.dns.max_udp_payload,
         };
 
@@ -534,17 +554,25 @@ impl RawConfig {
         if !address.starts_with("http://") {
             return Err(invalid(
                 "consul.address",
-                format!("{address:?}: only http:// is supported (run dnsfront beside the local agent)"),
+                format!(
+                    "{address:?}: only http:// is supported (run dnsfront beside the local agent)"
+                ),
             ));
         }
         let token = match (&self.consul.token, &self.consul.token_file) {
             (Some(_), Some(_)) => {
-                return Err(invalid("consul.token", "set either token or token_file, not both"));
+                return Err(invalid(
+                    "consul.token",
+                    "set either token or token_file, not both",
+                ));
             }
             (Some(token), None) => Some(token.clone()),
             (None, Some(path)) => {
                 let text = std::fs::read_to_string(path).map_err(|error| {
-                    invalid("consul.token_file", format!("reading {}: {error}", path.display()))
+                    invalid(
+                        "consul.token_file",
+                        format!("reading {}: {error}", path.display()),
+                    )
                 })?;
                 Some(text.trim().to_owned())
             }
@@ -552,8 +580,13 @@ impl RawConfig {
         }
         .filter(|token| !token.is_empty())
         .map(consul::Token::new);
-        if self.consul.request_timeout < Duration::from_millis(100) || self.consul.request_timeout > Duration::from_secs(60) {
-            return Err(invalid("consul.request_timeout", "must be between 100ms and 60s"));
+        if self.consul.request_timeout < Duration::from_millis(100)
+            || self.consul.request_timeout > Duration::from_secs(60)
+        {
+            return Err(invalid(
+                "consul.request_timeout",
+                "must be between 100ms and 60s",
+            ));
         }
         Ok(consul::Config {
             address,
@@ -564,7 +597,7 @@ impl RawConfig {
         })
     }
 
-    fn catalog_config(&self, ) -> Result<catalog::Config, ConfigError> {
+    fn catalog_config(&self) -> Result<catalog::Config, ConfigError> {
         let c = &self.catalog;
         let config = catalog::Config {
             refresh_interval: c.refresh_interval,
@@ -580,14 +613,21 @@ impl RawConfig {
         };
         config.validate().map_err(|error| match error {
             catalog::Error::InvalidConfig { key, reason } => {
-                let key = if key == "negative_ttl" { "negative_cache_ttl" } else { key };
+                let key = if key == "negative_ttl" {
+                    "negative_cache_ttl"
+                } else {
+                    key
+                };
                 invalid(format!("catalog.{key}"), reason)
             }
         })?;
         Ok(config)
     }
 
-    fn forward_config(&self, listen: &[SocketAddr]) -> Result<(forward::Config, String), ConfigError> {
+    fn forward_config(
+        &self,
+        listen: &[SocketAddr],
+    ) -> Result<(forward::Config, String), ConfigError> {
         let f = &self.forward;
         let (upstreams, origin) = if f.upstreams.is_empty() {
             match std::fs::read_to_string(&f.resolv_file) {
@@ -595,9 +635,10 @@ impl RawConfig {
                     parse_resolv_conf(&text),
                     format!("resolv file {}", f.resolv_file.display()),
                 ),
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                    (Vec::new(), format!("none ({} does not exist)", f.resolv_file.display()))
-                }
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => (
+                    Vec::new(),
+                    format!("none ({} does not exist)", f.resolv_file.display()),
+                ),
                 Err(error) => {
                     return Err(invalid(
                         "forward.resolv_file",
@@ -611,7 +652,10 @@ impl RawConfig {
                 .iter()
                 .map(|upstream| {
                     parse_upstream(upstream).ok_or_else(|| {
-                        invalid("forward.upstreams", format!("{upstream:?} is not IP or IP:PORT"))
+                        invalid(
+                            "forward.upstreams",
+                            format!("{upstream:?} is not IP or IP:PORT"),
+                        )
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
@@ -621,21 +665,35 @@ impl RawConfig {
             if listen.iter().any(|own| is_same_endpoint(own, upstream)) {
                 return Err(invalid(
                     "forward.upstreams",
-                    format!("{upstream} is one of dnsfront's own listen addresses: that would be a forwarding loop"),
+                    format!(
+                        "{upstream} is one of dnsfront's own listen addresses: that would be a forwarding loop"
+                    ),
                 ));
             }
         }
         if f.deadline < f.attempt_timeout {
-            return Err(invalid("forward.deadline", "must be at least forward.attempt_timeout"));
+            return Err(invalid(
+                "forward.deadline",
+                "must be at least forward.attempt_timeout",
+            ));
         }
         if f.attempt_timeout < Duration::from_millis(10) || f.deadline > Duration::from_secs(30) {
-            return Err(invalid("forward.deadline", "attempt_timeout must be ≥ 10ms and deadline ≤ 30s"));
+            return Err(invalid(
+                "forward.deadline",
+                "attempt_timeout must be ≥ 10ms and deadline ≤ 30s",
+            ));
         }
         if f.cache_size == 0 || f.max_in_flight == 0 {
-            return Err(invalid("forward.cache_size", "cache_size and max_in_flight must be at least 1"));
+            return Err(invalid(
+                "forward.cache_size",
+                "cache_size and max_in_flight must be at least 1",
+            ));
         }
         if f.max_ttl < f.min_ttl {
-            return Err(invalid("forward.max_ttl", "must be at least forward.min_ttl"));
+            return Err(invalid(
+                "forward.max_ttl",
+                "must be at least forward.min_ttl",
+            ));
         }
         let config = forward::Config {
             upstreams,
@@ -655,7 +713,13 @@ impl RawConfig {
 fn check_ttl(key: &str, ttl: Duration) -> Result<(), ConfigError> {
     // RFC 2181 §8: TTLs are 31-bit; a day is plenty for a service answer.
     if ttl > Duration::from_secs(86_400) {
-        return Err(invalid(key, format!("must be at most 24h, got {}", humantime::format_duration(ttl))));
+        return Err(invalid(
+            key,
+            format!(
+                "must be at most 24h, got {}",
+                humantime::format_duration(ttl)
+            ),
+        ));
     }
     if ttl.subsec_nanos() != 0 {
         return Err(invalid(key, "DNS TTLs are whole seconds"));
@@ -665,9 +729,11 @@ fn check_ttl(key: &str, ttl: Duration) -> Result<(), ConfigError> {
 
 /// `IP`, `IP:PORT` or `[IPv6]:PORT`; port 53 when omitted.
 pub fn parse_upstream(text: &str) -> Option<SocketAddr> {
-    text.parse::<SocketAddr>()
-        .ok()
-        .or_else(|| text.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53)))
+    text.parse::<SocketAddr>().ok().or_else(|| {
+        text.parse::<IpAddr>()
+            .ok()
+            .map(|ip| SocketAddr::new(ip, 53))
+    })
 }
 
 /// Would sending to `upstream` reach the socket bound at `own`?
@@ -676,5 +742,6 @@ fn is_same_endpoint(own: &SocketAddr, upstream: &SocketAddr) -> bool {
         return false;
     }
     own.ip() == upstream.ip()
-        || (own.ip().is_unspecified() && (upstream.ip().is_loopback() || upstream.ip().is_unspecified()))
+        || (own.ip().is_unspecified()
+            && (upstream.ip().is_loopback() || upstream.ip().is_unspecified()))
 }

@@ -10,7 +10,9 @@ pub fn parse_resolv_conf(text: &str) -> Vec<SocketAddr> {
         .filter_map(|line| {
             let line = line.split(['#', ';']).next().unwrap_or_default();
             let mut words = line.split_whitespace();
-            (words.next() == Some("nameserver")).then(|| words.next()).flatten()
+            (words.next() == Some("nameserver"))
+                .then(|| words.next())
+                .flatten()
         })
         .filter_map(|address| {
             let address = address.split('%').next().unwrap_or(address);

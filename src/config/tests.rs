@@ -16,7 +16,10 @@ fn error_of(text: &str) -> String {
 #[test]
 fn empty_file_gives_documented_defaults() {
     let settings = parse("").expect("defaults are valid");
-    assert_eq!(settings.listen, vec!["127.0.0.1:53".parse::<SocketAddr>().expect("addr")]);
+    assert_eq!(
+        settings.listen,
+        vec!["127.0.0.1:53".parse::<SocketAddr>().expect("addr")]
+    );
     assert_eq!(settings.consul.address, DEFAULT_CONSUL);
     assert!(settings.consul.stale);
     assert_eq!(settings.dns.domain.to_ascii(), "consul.");
@@ -29,7 +32,10 @@ fn empty_file_gives_documented_defaults() {
 fn every_table_rejects_unknown_keys_and_names_the_path() {
     for table in ["dns", "consul", "catalog", "forward", "state", "log"] {
         let message = error_of(&format!("[{table}]\nno_such_key = 1\n"));
-        assert!(message.contains(&format!("{table}.no_such_key")), "{table}: {message}");
+        assert!(
+            message.contains(&format!("{table}.no_such_key")),
+            "{table}: {message}"
+        );
         assert!(message.contains("unknown field"), "{table}: {message}");
     }
     let message = error_of("bogus = true\n");
@@ -40,26 +46,51 @@ fn every_table_rejects_unknown_keys_and_names_the_path() {
 fn bad_values_name_the_key_and_the_problem() {
     let cases = [
         ("[dns]\nlisten = [\"not-an-addr\"]", "dns.listen"),
-        ("[dns]\nallowed_networks = [\"10.0.0.0/99\"]", "dns.allowed_networks"),
+        (
+            "[dns]\nallowed_networks = [\"10.0.0.0/99\"]",
+            "dns.allowed_networks",
+        ),
         ("[dns]\nservice_ttl = \"1.5s\"", "dns.service_ttl"),
         ("[dns]\nmax_udp_payload = 100", "dns.max_udp_payload"),
-        ("[catalog]\nrefresh_interval = \"0s\"", "catalog.refresh_interval"),
-        ("[catalog]\nnegative_cache_ttl = \"0s\"", "catalog.negative_cache_ttl"),
-        ("[catalog]\nrefresh_interval = \"ten\"", "catalog.refresh_interval"),
-        ("[consul]\naddress = \"https://consul:8501\"", "consul.address"),
+        (
+            "[catalog]\nrefresh_interval = \"0s\"",
+            "catalog.refresh_interval",
+        ),
+        (
+            "[catalog]\nnegative_cache_ttl = \"0s\"",
+            "catalog.negative_cache_ttl",
+        ),
+        (
+            "[catalog]\nrefresh_interval = \"ten\"",
+            "catalog.refresh_interval",
+        ),
+        (
+            "[consul]\naddress = \"https://consul:8501\"",
+            "consul.address",
+        ),
         ("[forward]\nupstreams = [\"nope\"]", "forward.upstreams"),
-        ("[forward]\nupstreams = [\"127.0.0.1:53\"]", "forward.upstreams"),
-        ("[forward]\ndeadline = \"100ms\"\nattempt_timeout = \"1s\"", "forward.deadline"),
+        (
+            "[forward]\nupstreams = [\"127.0.0.1:53\"]",
+            "forward.upstreams",
+        ),
+        (
+            "[forward]\ndeadline = \"100ms\"\nattempt_timeout = \"1s\"",
+            "forward.deadline",
+        ),
     ];
     for (text, key) in cases {
         let message = error_of(text);
-        assert!(message.contains(key), "{text:?} gave {message:?}, expected key {key}");
+        assert!(
+            message.contains(key),
+            "{text:?} gave {message:?}, expected key {key}"
+        );
     }
 }
 
 #[test]
 fn upstream_that_is_our_own_listen_address_is_a_loop() {
-    let message = error_of("[dns]\nlisten = [\"0.0.0.0:5300\"]\n[forward]\nupstreams = [\"127.0.0.1:5300\"]");
+    let message =
+        error_of("[dns]\nlisten = [\"0.0.0.0:5300\"]\n[forward]\nupstreams = [\"127.0.0.1:5300\"]");
     assert!(message.contains("forwarding loop"), "{message}");
     // Another port on loopback is a different server: allowed.
     parse("[dns]\nlisten = [\"127.0.0.1:5300\"]\n[forward]\nupstreams = [\"127.0.0.1:53\"]")
@@ -93,7 +124,10 @@ fn consul_address_and_token_come_from_the_environment() {
     assert_eq!(settings.consul.address, "http://10.1.2.3:8500");
     let token = settings.consul.token.as_ref().expect("token from env");
     assert_eq!(token.expose(), "s3cr3t-token");
-    assert!(!format!("{settings:?}").contains("s3cr3t"), "token leaked into Debug output");
+    assert!(
+        !format!("{settings:?}").contains("s3cr3t"),
+        "token leaked into Debug output"
+    );
 }
 
 #[test]
@@ -103,7 +137,14 @@ fn token_file_is_read_and_trimmed() {
     std::fs::write(&path, "file-token\n").expect("write");
     let text = format!("[consul]\ntoken_file = {:?}\n", path.display().to_string());
     let settings = parse(&text).expect("valid");
-    assert_eq!(settings.consul.token.as_ref().map(|t| t.expose().to_owned()), Some("file-token".into()));
+    assert_eq!(
+        settings
+            .consul
+            .token
+            .as_ref()
+            .map(|t| t.expose().to_owned()),
+        Some("file-token".into())
+    );
     let missing = error_of("[consul]\ntoken_file = \"/nonexistent/token\"\n");
     assert!(missing.contains("consul.token_file"), "{missing}");
 }
@@ -113,7 +154,10 @@ fn resolv_conf_lines_become_upstreams() {
     let text = "# generated\nsearch example.com\nnameserver 10.0.0.2\nnameserver fe80::1%eth0\nnameserver bogus\noptions ndots:2\n";
     let upstreams = parse_resolv_conf(text);
     assert_eq!(
-        upstreams.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        upstreams
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
         vec!["10.0.0.2:53", "[fe80::1]:53"]
     );
 }

@@ -19,13 +19,13 @@ fn run(args: &[&str]) -> std::process::Output {
 }
 
 /// A running `dnsfront` process and the addresses from its listening line.
-pub struct Running {
-    pub child: Child,
-    pub dns: Vec<SocketAddr>,
+pub(crate) struct Running {
+    pub(crate) child: Child,
+    pub(crate) dns: Vec<SocketAddr>,
 }
 
 /// Starts the binary and waits for its machine-readable listening line.
-pub async fn spawn(args: &[&str]) -> Running {
+pub(crate) async fn spawn(args: &[&str]) -> Running {
     let mut child = Command::new(BIN)
         .args(args)
         .env_remove("CONSUL_HTTP_ADDR")
@@ -42,7 +42,8 @@ pub async fn spawn(args: &[&str]) -> Running {
         .expect("listening line within 20s")
         .expect("read stdout")
         .expect("a line on stdout");
-    let value: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {line:?}: {e}"));
+    let value: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {line:?}: {e}"));
     assert_eq!(value["event"], "listening", "{line}");
     let dns = value["dns"]
         .as_array()
@@ -66,13 +67,26 @@ fn sigterm(child: &Child) {
 
 #[test]
 fn check_config_accepts_the_example_and_names_bad_keys() {
-    let ok = run(&["check-config", concat!(env!("CARGO_MANIFEST_DIR"), "/config/dnsfront.toml")]);
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let ok = run(&[
+        "check-config",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/config/dnsfront.toml"),
+    ]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
 
     let dir = tempfile::tempdir().expect("tempdir");
     let cases = [
-        ("[catalog]\nrefresh_intervall = \"10s\"\n", "catalog.refresh_intervall"),
-        ("[catalog]\nrefresh_interval = \"0s\"\n", "catalog.refresh_interval"),
+        (
+            "[catalog]\nrefresh_intervall = \"10s\"\n",
+            "catalog.refresh_intervall",
+        ),
+        (
+            "[catalog]\nrefresh_interval = \"0s\"\n",
+            "catalog.refresh_interval",
+        ),
         ("[dns]\nlisten = [\"localhost\"]\n", "dns.listen"),
         ("[dns\n", "expected"),
     ];
@@ -82,7 +96,10 @@ fn check_config_accepts_the_example_and_names_bad_keys() {
         let out = run(&["check-config", path.to_str().expect("utf8")]);
         assert_eq!(out.status.code(), Some(64), "{text:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains(expected), "{text:?}: stderr {stderr:?} lacks {expected:?}");
+        assert!(
+            stderr.contains(expected),
+            "{text:?}: stderr {stderr:?} lacks {expected:?}"
+        );
     }
     let missing = run(&["check-config", "/nonexistent/dnsfront.toml"]);
     assert_eq!(missing.status.code(), Some(64));
@@ -93,7 +110,10 @@ fn bad_flags_exit_non_zero_with_a_clear_message() {
     let out = run(&["serve", "--listen", "not-an-addr"]);
     assert_eq!(out.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("dns.listen") && stderr.contains("not-an-addr"), "{stderr}");
+    assert!(
+        stderr.contains("dns.listen") && stderr.contains("not-an-addr"),
+        "{stderr}"
+    );
 
     let out = run(&["serve", "--no-such-flag"]);
     assert_eq!(out.status.code(), Some(64));
@@ -114,7 +134,10 @@ fn print_config_shows_defaults_without_secrets() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_prints_its_addresses_answers_and_exits_promptly_on_sigterm() {
     let sim = crate::harness::standard_sim();
-    let consul = sim.serve("127.0.0.1:0".parse().expect("addr")).await.expect("sim");
+    let consul = sim
+        .serve("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("sim");
     let mut running = spawn(&[
         "serve",
         "--listen",
@@ -135,7 +158,13 @@ async fn serve_prints_its_addresses_answers_and_exits_promptly_on_sigterm() {
     assert_eq!(answer.answers.len(), 2);
 
     // The same port is taken: a second instance says so and exits non-zero.
-    let out = run(&["serve", "--listen", &dns.to_string(), "--consul", &consul.url()]);
+    let out = run(&[
+        "serve",
+        "--listen",
+        &dns.to_string(),
+        "--consul",
+        &consul.url(),
+    ]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.to_lowercase().contains("in use"), "{stderr}");

@@ -28,10 +28,16 @@ async fn service_a_returns_healthy_instances_over_udp_and_tcp() {
     let ask = Ask::new("web.service.consul.", RecordType::A);
     let (answer, _) = udp(h.dns, &ask).await;
     assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
-    assert!(answer.metadata.authoritative, "Consul-domain answers are authoritative");
+    assert!(
+        answer.metadata.authoritative,
+        "Consul-domain answers are authoritative"
+    );
     // web-3 is critical: dropped. web-2 is warning: kept (Consul's default rule).
     assert_eq!(sorted_addresses(&answer), ips(&["10.0.0.1", "10.0.0.2"]));
-    assert!(answer.answers.iter().all(|r| r.ttl == 5), "default service TTL is 5s");
+    assert!(
+        answer.answers.iter().all(|r| r.ttl == 5),
+        "default service TTL is 5s"
+    );
     let over_tcp = tcp(h.dns, &ask).await;
     assert_eq!(sorted_addresses(&over_tcp), ips(&["10.0.0.1", "10.0.0.2"]));
     h.stop().await;
@@ -60,18 +66,50 @@ async fn service_address_wins_over_node_address() {
 async fn tag_datacenter_and_rfc2782_forms() {
     let h = Harness::start().await;
     let cases = [
-        ("primary.web.service.consul.", RecordType::A, vec!["10.0.0.1"]),
-        ("PRIMARY.Web.Service.Consul.", RecordType::A, vec!["10.0.0.1"]),
-        ("v1.blue.web.service.consul.", RecordType::A, vec!["10.0.0.1"]),
-        ("canary.web.service.consul.", RecordType::A, vec!["10.0.0.2"]),
-        ("web.service.dc1.consul.", RecordType::A, vec!["10.0.0.1", "10.0.0.2"]),
-        ("_web._tcp.service.consul.", RecordType::SRV, vec!["10.0.0.1", "10.0.0.2"]),
-        ("_web._primary.service.consul.", RecordType::SRV, vec!["10.0.0.1"]),
+        (
+            "primary.web.service.consul.",
+            RecordType::A,
+            vec!["10.0.0.1"],
+        ),
+        (
+            "PRIMARY.Web.Service.Consul.",
+            RecordType::A,
+            vec!["10.0.0.1"],
+        ),
+        (
+            "v1.blue.web.service.consul.",
+            RecordType::A,
+            vec!["10.0.0.1"],
+        ),
+        (
+            "canary.web.service.consul.",
+            RecordType::A,
+            vec!["10.0.0.2"],
+        ),
+        (
+            "web.service.dc1.consul.",
+            RecordType::A,
+            vec!["10.0.0.1", "10.0.0.2"],
+        ),
+        (
+            "_web._tcp.service.consul.",
+            RecordType::SRV,
+            vec!["10.0.0.1", "10.0.0.2"],
+        ),
+        (
+            "_web._primary.service.consul.",
+            RecordType::SRV,
+            vec!["10.0.0.1"],
+        ),
         ("_web._canary.consul.", RecordType::SRV, vec!["10.0.0.2"]),
     ];
     for (name, rtype, expected) in cases {
         let (answer, _) = udp(h.dns, &Ask::new(name, rtype)).await;
-        assert_eq!(answer.metadata.response_code, ResponseCode::NoError, "{name}");
+        assert_eq!(
+            answer.metadata.response_code,
+            ResponseCode::NoError,
+            "{name}"
+        );
         let mut got: Vec<IpAddr> = match rtype {
             RecordType::SRV => answer
                 .additionals
@@ -87,9 +125,17 @@ async fn tag_datacenter_and_rfc2782_forms() {
         got.dedup();
         assert_eq!(got, ips(&expected), "{name} {rtype}");
         // The question is echoed exactly as asked (case preserved).
-        assert_eq!(answer.queries[0].name().to_ascii(), name, "question echoed as asked");
+        assert_eq!(
+            answer.queries[0].name().to_ascii(),
+            name,
+            "question echoed as asked"
+        );
         for record in &answer.answers {
-            assert_eq!(record.name.to_ascii(), name, "owner name echoes the question");
+            assert_eq!(
+                record.name.to_ascii(),
+                name,
+                "owner name echoes the question"
+            );
         }
     }
     h.stop().await;
@@ -118,7 +164,11 @@ async fn srv_targets_use_node_names_or_addr_names_with_glue() {
     for record in &answer.additionals {
         if let RData::A(a) = &record.data {
             let owner = record.name.to_ascii();
-            let expected_ip = if owner.starts_with("node-1") { "10.0.0.1" } else { "10.0.0.2" };
+            let expected_ip = if owner.starts_with("node-1") {
+                "10.0.0.1"
+            } else {
+                "10.0.0.2"
+            };
             assert_eq!(a.0.to_string(), expected_ip, "glue for {owner}");
         }
     }
@@ -140,8 +190,14 @@ async fn srv_targets_use_node_names_or_addr_names_with_glue() {
     assert_eq!(targets, expected);
     for record in &answer.additionals {
         if let RData::A(a) = &record.data {
-            assert!(record.name.to_ascii().contains(".addr."), "glue under .addr name");
-            assert!(a.0.to_string().starts_with("10.1.0."), "service address, not node's");
+            assert!(
+                record.name.to_ascii().contains(".addr."),
+                "glue under .addr name"
+            );
+            assert!(
+                a.0.to_string().starts_with("10.1.0."),
+                "service address, not node's"
+            );
         }
     }
     // .addr names resolve.
@@ -175,9 +231,17 @@ async fn negative_answers_carry_the_soa() {
         "foo.bar.consul.",
     ] {
         let (answer, _) = udp(h.dns, &Ask::new(name, RecordType::A)).await;
-        assert_eq!(answer.metadata.response_code, ResponseCode::NXDomain, "{name}");
+        assert_eq!(
+            answer.metadata.response_code,
+            ResponseCode::NXDomain,
+            "{name}"
+        );
         assert!(soa_in_authority(&answer), "{name}: SOA in authority");
-        let soa = answer.authorities.iter().find(|r| r.record_type() == RecordType::SOA).expect("soa");
+        let soa = answer
+            .authorities
+            .iter()
+            .find(|r| r.record_type() == RecordType::SOA)
+            .expect("soa");
         assert_eq!(soa.ttl, 5, "negative TTL is the SOA minimum (5s)");
     }
     // Known service, no record of the asked type: NODATA + SOA.
@@ -221,7 +285,10 @@ async fn answers_are_shuffled_per_response() {
         assert_eq!(answer.answers.len(), 6);
         orders.insert(addresses(&answer));
     }
-    assert!(orders.len() > 1, "30 answers from the cache all had the same order");
+    assert!(
+        orders.len() > 1,
+        "30 answers from the cache all had the same order"
+    );
     h.stop().await;
 }
 
@@ -240,7 +307,10 @@ async fn ttl_overrides_and_answer_cap() {
     assert_eq!(answer.answers.len(), 1, "max_answer_records caps A answers");
     assert_eq!(answer.answers[0].ttl, 7);
     let (answer, _) = udp(h.dns, &Ask::new("api.service.consul.", RecordType::A)).await;
-    assert!(answer.answers.iter().all(|r| r.ttl == 0), "override ap* = 0s");
+    assert!(
+        answer.answers.iter().all(|r| r.ttl == 0),
+        "override ap* = 0s"
+    );
     h.stop().await;
 }
 
@@ -251,7 +321,10 @@ async fn large_answers_truncate_over_udp_and_are_complete_over_tcp() {
         sim.register(
             consul_sim::Registration::new("huge")
                 .id(&format!("huge-{i}"))
-                .node(&format!("node-with-a-long-name-{i}"), &format!("10.8.{}.{}", i / 200, i % 200 + 1))
+                .node(
+                    &format!("node-with-a-long-name-{i}"),
+                    &format!("10.8.{}.{}", i / 200, i % 200 + 1),
+                )
                 .port(80),
         );
     }
@@ -259,19 +332,33 @@ async fn large_answers_truncate_over_udp_and_are_complete_over_tcp() {
     // No EDNS: at most 512 bytes, TC set.
     let (answer, size) = udp(h.dns, &Ask::new("huge.service.consul.", RecordType::SRV)).await;
     assert!(size <= 512, "non-EDNS UDP answer was {size} bytes");
-    assert!(answer.metadata.truncation, "TC must be set when records were dropped");
+    assert!(
+        answer.metadata.truncation,
+        "TC must be set when records were dropped"
+    );
     // EDNS 4096: capped at our 1232, with our own OPT record.
-    let (answer, size) = udp(h.dns, &Ask::new("huge.service.consul.", RecordType::SRV).edns(4096)).await;
+    let (answer, size) = udp(
+        h.dns,
+        &Ask::new("huge.service.consul.", RecordType::SRV).edns(4096),
+    )
+    .await;
     assert!(size <= 1232, "EDNS UDP answer was {size} bytes");
     assert!(answer.metadata.truncation);
-    let edns = answer.edns.as_ref().expect("response carries an OPT record");
+    let edns = answer
+        .edns
+        .as_ref()
+        .expect("response carries an OPT record");
     assert!(edns.max_payload() <= 1232);
     // TCP: everything.
     let full = tcp(h.dns, &Ask::new("huge.service.consul.", RecordType::SRV)).await;
     assert!(!full.metadata.truncation);
     assert_eq!(full.answers.len(), 60);
     // A small answer to an EDNS client is not truncated and carries OPT.
-    let (answer, _) = udp(h.dns, &Ask::new("huge.service.consul.", RecordType::A).edns(1232)).await;
+    let (answer, _) = udp(
+        h.dns,
+        &Ask::new("huge.service.consul.", RecordType::A).edns(1232),
+    )
+    .await;
     assert!(answer.metadata.truncation || answer.answers.len() == 60);
     h.stop().await;
 }

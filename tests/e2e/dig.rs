@@ -11,7 +11,14 @@ async fn dig_resolves_demo_names_over_udp_and_tcp() {
     let port = dns.port().to_string();
     let server = format!("@{}", dns.ip());
     let short = |args: &[&str]| {
-        let mut all = vec![server.as_str(), "-p", port.as_str(), "+short", "+time=3", "+tries=1"];
+        let mut all = vec![
+            server.as_str(),
+            "-p",
+            port.as_str(),
+            "+short",
+            "+time=3",
+            "+tries=1",
+        ];
         all.extend_from_slice(args);
         let out = tokio::task::block_in_place(|| dig(&all));
         let mut lines: Vec<String> = out.lines().map(str::to_owned).collect();
@@ -20,12 +27,27 @@ async fn dig_resolves_demo_names_over_udp_and_tcp() {
     };
     let web = short(&["web.service.consul"]);
     assert!(!web.is_empty(), "dig got no address for web.service.consul");
-    assert_eq!(short(&["+tcp", "web.service.consul"]), web, "TCP and UDP agree");
+    assert_eq!(
+        short(&["+tcp", "web.service.consul"]),
+        web,
+        "TCP and UDP agree"
+    );
     let srv = short(&["web.service.consul", "SRV"]);
-    assert!(srv.iter().all(|line| line.starts_with("1 ") && line.contains(".node.dc1.consul.")), "{srv:?}");
+    assert!(
+        srv.iter()
+            .all(|line| line.starts_with("1 ") && line.contains(".node.dc1.consul.")),
+        "{srv:?}"
+    );
 
     let full = tokio::task::block_in_place(|| {
-        dig(&[server.as_str(), "-p", port.as_str(), "+time=3", "+tries=1", "nosuch.service.consul"])
+        dig(&[
+            server.as_str(),
+            "-p",
+            port.as_str(),
+            "+time=3",
+            "+tries=1",
+            "nosuch.service.consul",
+        ])
     });
     assert!(full.contains("status: NXDOMAIN"), "{full}");
     assert!(full.contains("SOA"), "{full}");

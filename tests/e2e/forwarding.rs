@@ -17,15 +17,25 @@ async fn other_names_are_forwarded_and_cached() {
     let ask = Ask::new("example.com.", RecordType::A);
     let (answer, _) = udp(h.dns, &ask).await;
     assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
-    assert!(!answer.metadata.authoritative, "forwarded answers are not authoritative");
+    assert!(
+        !answer.metadata.authoritative,
+        "forwarded answers are not authoritative"
+    );
     assert!(answer.metadata.recursion_available);
     assert_eq!(
         sorted_addresses(&answer),
-        vec!["192.0.2.10".parse::<std::net::IpAddr>().expect("ip"), "192.0.2.11".parse().expect("ip")]
+        vec![
+            "192.0.2.10".parse::<std::net::IpAddr>().expect("ip"),
+            "192.0.2.11".parse().expect("ip")
+        ]
     );
     let over_tcp = tcp(h.dns, &ask).await;
     assert_eq!(over_tcp.answers.len(), 2);
-    assert_eq!(upstream.queries(), 1, "second query answered from the cache");
+    assert_eq!(
+        upstream.queries(),
+        1,
+        "second query answered from the cache"
+    );
 
     let (answer, _) = udp(h.dns, &Ask::new("missing.example.", RecordType::A)).await;
     assert_eq!(answer.metadata.response_code, ResponseCode::NXDomain);
@@ -37,10 +47,19 @@ async fn consul_names_are_never_forwarded() {
     let upstream = FakeUpstream::start().await;
     let up = upstream.addr().to_string();
     let h = Harness::start_with(standard_sim(), |raw| raw.forward.upstreams = vec![up]).await;
-    for name in ["nosuch.service.consul.", "web.service.consul.", "x.y.consul.", "consul."] {
+    for name in [
+        "nosuch.service.consul.",
+        "web.service.consul.",
+        "x.y.consul.",
+        "consul.",
+    ] {
         udp(h.dns, &Ask::new(name, RecordType::A)).await;
     }
-    assert_eq!(upstream.queries(), 0, "a Consul-domain name reached the upstream");
+    assert_eq!(
+        upstream.queries(),
+        0,
+        "a Consul-domain name reached the upstream"
+    );
     h.stop().await;
 }
 

@@ -10,12 +10,12 @@ use dnsfront::config::{Env, RawConfig};
 use tokio_util::sync::CancellationToken;
 
 /// Refresh interval used by tests that watch changes propagate.
-pub const FAST_REFRESH: Duration = Duration::from_millis(400);
+pub(crate) const FAST_REFRESH: Duration = Duration::from_millis(400);
 
-pub struct Harness {
-    pub sim: Sim,
-    pub consul: SimServer,
-    pub dns: SocketAddr,
+pub(crate) struct Harness {
+    pub(crate) sim: Sim,
+    pub(crate) consul: SimServer,
+    pub(crate) dns: SocketAddr,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -23,11 +23,11 @@ pub struct Harness {
 impl Harness {
     /// A sim with the standard test catalog, and dnsfront with defaults
     /// except for loopback port 0 and no upstreams.
-    pub async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         Self::start_with(standard_sim(), |_| {}).await
     }
 
-    pub async fn start_with(sim: Sim, tweak: impl FnOnce(&mut RawConfig)) -> Self {
+    pub(crate) async fn start_with(sim: Sim, tweak: impl FnOnce(&mut RawConfig)) -> Self {
         let consul = sim
             .serve("127.0.0.1:0".parse().expect("addr"))
             .await
@@ -52,7 +52,7 @@ impl Harness {
         }
     }
 
-    pub async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.shutdown.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
         self.consul.shutdown().await;
@@ -61,7 +61,7 @@ impl Harness {
 
 /// web: 3 instances (one warning, one critical); api: 2 with own addresses;
 /// db: IPv6 node; nodes node-1..node-4.
-pub fn standard_sim() -> Sim {
+pub(crate) fn standard_sim() -> Sim {
     let sim = Sim::new();
     sim.register(
         Registration::new("web")
@@ -117,10 +117,10 @@ pub fn standard_sim() -> Sim {
 }
 
 /// Polls `probe` every 50 ms until it returns true or `within` passes.
-pub async fn eventually<F, Fut>(within: Duration, mut probe: F) -> bool
+pub(crate) async fn eventually<F, Fut>(within: Duration, mut probe: F) -> bool
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
+    Fut: Future<Output = bool>,
 {
     let deadline = tokio::time::Instant::now() + within;
     loop {

@@ -48,7 +48,10 @@ async fn malformed_datagrams_do_not_break_the_server() {
             // If the server answers at all, it is a well-formed error, never a crash.
             assert!(reply.len() >= 12, "{what}: reply shorter than a header");
             let rcode = reply[3] & 0x0F;
-            assert!(rcode != 0 || what == "response bit set", "{what}: answered NOERROR to garbage");
+            assert!(
+                rcode != 0 || what == "response bit set",
+                "{what}: answered NOERROR to garbage"
+            );
         }
         still_answers(&h).await;
     }
@@ -62,7 +65,9 @@ async fn stalled_tcp_client_does_not_block_others_and_is_closed_when_idle() {
     })
     .await;
     // Connects, sends half a length prefix, then stalls.
-    let mut stalled = tokio::net::TcpStream::connect(h.dns).await.expect("connect");
+    let mut stalled = tokio::net::TcpStream::connect(h.dns)
+        .await
+        .expect("connect");
     stalled.write_all(&[0x00]).await.expect("write");
     // Others are served meanwhile, over UDP and TCP.
     still_answers(&h).await;
@@ -70,7 +75,11 @@ async fn stalled_tcp_client_does_not_block_others_and_is_closed_when_idle() {
     assert_eq!(answer.answers.len(), 2);
     // The stalled connection is closed by the server after the idle timeout.
     let mut buf = [0u8; 16];
-    let read = tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncReadExt::read(&mut stalled, &mut buf)).await;
+    let read = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read(&mut stalled, &mut buf),
+    )
+    .await;
     match read {
         Ok(Ok(0)) | Ok(Err(_)) => {}
         other => panic!("stalled TCP connection was not closed: {other:?}"),

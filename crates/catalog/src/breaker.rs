@@ -51,7 +51,9 @@ impl Breaker {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A poisoned lock only means a panic elsewhere; the state is plain data.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub(crate) fn is_open(&self) -> bool {
@@ -171,7 +173,10 @@ mod tests {
         breaker.record_failure(false, "forbidden", &"ACL not found");
         assert!(breaker.is_open());
         tokio::time::advance(Duration::from_secs(29)).await;
-        assert!(!breaker.allow_request(), "max backoff (jittered ≥ 30s) not yet over");
+        assert!(
+            !breaker.allow_request(),
+            "max backoff (jittered ≥ 30s) not yet over"
+        );
         tokio::time::advance(Duration::from_secs(31)).await;
         assert!(breaker.allow_request());
     }

@@ -113,7 +113,9 @@ impl Cache {
             Lookup::Found(Value::Services(instances), freshness) => {
                 Lookup::Found(instances, freshness)
             }
-            Lookup::Found(_, freshness) | Lookup::NotFound(freshness) => Lookup::NotFound(freshness),
+            Lookup::Found(_, freshness) | Lookup::NotFound(freshness) => {
+                Lookup::NotFound(freshness)
+            }
             Lookup::Unavailable => Lookup::Unavailable,
         }
     }
@@ -126,7 +128,9 @@ impl Cache {
         };
         match self.inner.lookup(key).await {
             Lookup::Found(Value::Node(node), freshness) => Lookup::Found(node, freshness),
-            Lookup::Found(_, freshness) | Lookup::NotFound(freshness) => Lookup::NotFound(freshness),
+            Lookup::Found(_, freshness) | Lookup::NotFound(freshness) => {
+                Lookup::NotFound(freshness)
+            }
             Lookup::Unavailable => Lookup::Unavailable,
         }
     }
@@ -199,7 +203,8 @@ impl Inner {
                     }
                     Err(_elapsed) => {
                         metrics::first_fetch("timeout");
-                        this.breaker.record_failure(true, "timeout", &"first fetch timed out");
+                        this.breaker
+                            .record_failure(true, "timeout", &"first fetch timed out");
                         Err("timeout")
                     }
                 }
@@ -239,8 +244,11 @@ impl Inner {
                 }
                 Ok(false) => {} // failure already recorded
                 Err(_elapsed) => {
-                    self.breaker
-                        .record_failure(true, "timeout", &"re-fetch of an idle name timed out");
+                    self.breaker.record_failure(
+                        true,
+                        "timeout",
+                        &"re-fetch of an idle name timed out",
+                    );
                 }
             }
         }
@@ -483,7 +491,10 @@ fn parse_ip(address: &str) -> Option<IpAddr> {
         Ok(ip) => Some(ip),
         Err(_) => {
             // Per fetch, so debug: the operator sees it once in `dnsfront explain`-style tooling.
-            debug!(address, "Consul address is not an IP address; hostname addresses are not served yet");
+            debug!(
+                address,
+                "Consul address is not an IP address; hostname addresses are not served yet"
+            );
             None
         }
     }

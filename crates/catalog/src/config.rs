@@ -50,13 +50,19 @@ impl Config {
             return invalid("refresh_interval", "must be at least 100ms".into());
         }
         if !(0.0..=0.5).contains(&self.refresh_jitter) {
-            return invalid("refresh_jitter", format!("must be between 0.0 and 0.5, got {}", self.refresh_jitter));
+            return invalid(
+                "refresh_jitter",
+                format!("must be between 0.0 and 0.5, got {}", self.refresh_jitter),
+            );
         }
         if self.first_fetch_timeout.is_zero() {
             return invalid("first_fetch_timeout", "must be greater than 0".into());
         }
         if self.negative_ttl.is_zero() {
-            return invalid("negative_ttl", "must be greater than 0 (0 would send every typo to Consul)".into());
+            return invalid(
+                "negative_ttl",
+                "must be greater than 0 (0 would send every typo to Consul)".into(),
+            );
         }
         if self.max_stale < self.refresh_interval {
             return invalid("max_stale", "must be at least refresh_interval".into());
@@ -65,7 +71,10 @@ impl Config {
             return invalid("max_entries", "must be at least 1".into());
         }
         if self.backoff_min.is_zero() || self.backoff_max < self.backoff_min {
-            return invalid("backoff_max", "backoff_min must be > 0 and backoff_max >= backoff_min".into());
+            return invalid(
+                "backoff_max",
+                "backoff_min must be > 0 and backoff_max >= backoff_min".into(),
+            );
         }
         Ok(())
     }

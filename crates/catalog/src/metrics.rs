@@ -13,10 +13,19 @@ pub const CIRCUIT_OPEN: &str = "catalog.consul_circuit_open";
 
 /// Registers descriptions with the installed recorder.
 pub fn describe() {
-    describe_counter!(REFRESHES, "Background refreshes of cached Consul data, by outcome");
-    describe_counter!(FIRST_FETCHES, "First fetches of a never-seen name, by outcome");
+    describe_counter!(
+        REFRESHES,
+        "Background refreshes of cached Consul data, by outcome"
+    );
+    describe_counter!(
+        FIRST_FETCHES,
+        "First fetches of a never-seen name, by outcome"
+    );
     describe_gauge!(ENTRIES, "Cached services and nodes");
-    describe_gauge!(CIRCUIT_OPEN, "1 while Consul requests are held back by the circuit breaker");
+    describe_gauge!(
+        CIRCUIT_OPEN,
+        "1 while Consul requests are held back by the circuit breaker"
+    );
 }
 
 pub(crate) fn refresh(outcome: &'static str) {

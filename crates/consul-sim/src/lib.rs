@@ -18,6 +18,7 @@
 //!   the requested one (so an index reset returns at once, as in Consul).
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 mod api;
 mod duration;
@@ -54,7 +55,7 @@ pub struct RequestRecord {
     pub method: String,
     /// Request path as sent (not percent-decoded), e.g. `/v1/health/service/web`.
     pub path: String,
-    /// Raw query string without `?` (empty when none).
+    /// Raw query string without `?` (empty when none); a `token=` value is recorded as `redacted`.
     pub query: String,
 }
 
@@ -114,7 +115,9 @@ impl Sim {
 
     /// Wakes blocking queries after a state change.
     pub(crate) fn notify(&self) {
-        self.inner.changed.send_modify(|generation| *generation += 1);
+        self.inner
+            .changed
+            .send_modify(|generation| *generation += 1);
     }
 
     /// The agent's datacenter.
@@ -145,7 +148,10 @@ impl Sim {
     /// The current raft index of the agent's datacenter.
     pub fn raft_index(&self) -> u64 {
         let state = self.lock();
-        state.dcs.get(&state.default_dc).map_or(0, |dc| dc.raft_index)
+        state
+            .dcs
+            .get(&state.default_dc)
+            .map_or(0, |dc| dc.raft_index)
     }
 
     /// Loads a JSON fixture (see the crate's `fixtures/demo.json` for the format).
@@ -158,13 +164,19 @@ impl Sim {
             .unwrap_or_else(|| state.default_dc.clone());
         let mut node_dcs: BTreeMap<String, String> = BTreeMap::new();
         for node in &fixture.nodes {
-            let dc_name = node.datacenter.clone().unwrap_or_else(|| default_dc.clone());
+            let dc_name = node
+                .datacenter
+                .clone()
+                .unwrap_or_else(|| default_dc.clone());
             node_dcs.insert(node.node.clone(), dc_name);
         }
         for service in &fixture.services {
             if !node_dcs.contains_key(&service.node) {
                 return Err(FixtureError::UnknownNode {
-                    what: format!("service {}", service.id.as_deref().unwrap_or(&service.service)),
+                    what: format!(
+                        "service {}",
+                        service.id.as_deref().unwrap_or(&service.service)
+                    ),
                     node: service.node.clone(),
                 });
             }
@@ -224,7 +236,10 @@ impl Sim {
         for service in &fixture.services {
             let dc = state.dc_mut(&node_dcs[&service.node]);
             let index = dc.next_index();
-            let service_id = service.id.clone().unwrap_or_else(|| service.service.clone());
+            let service_id = service
+                .id
+                .clone()
+                .unwrap_or_else(|| service.service.clone());
             dc.upsert_service(
                 Service {
                     node: service.node.clone(),
@@ -283,7 +298,10 @@ impl Sim {
     /// Upserts a node, a service instance on it and their checks (one raft index).
     pub fn register(&self, reg: Registration) {
         let mut state = self.lock();
-        let dc_name = reg.datacenter.clone().unwrap_or_else(|| state.default_dc.clone());
+        let dc_name = reg
+            .datacenter
+            .clone()
+            .unwrap_or_else(|| state.default_dc.clone());
         let dc = state.dc_mut(&dc_name);
         let index = dc.next_index();
         dc.upsert_node(
@@ -468,11 +486,23 @@ impl Sim {
         })
     }
 
-    async fn handle_axum(&self, request: axum::extract::Request) -> http::Response<axum::body::Body> {
-        let (parts, body) = request.into_parts();
+    async fn handle_axum(
+        &self,
+        request: axum::extract::Request,
+    ) -> http::Response<axum::body::Body> {
+        let (mut parts, body) = request.into_parts();
         let body = match api::read_body(&parts.headers, body).await {
             Ok(body) => body,
-            Err(response) => return response.map(axum::body::Body::from),
+            Err(_) => {
+                let size = parts
+                    .headers
+                    .get(http::header::CONTENT_LENGTH)
+                    .and_then(|value| value.to_str().ok())
+                    .and_then(|value| value.parse().ok())
+                    .unwrap_or(u64::MAX);
+                parts.extensions.insert(api::BodyTooLarge(size));
+                Bytes::new()
+            }
         };
         self.handle(http::Request::from_parts(parts, body))
             .await
@@ -509,7 +539,12 @@ impl Sim {
     }
 }
 
-fn invalidate_sessions_for_check(dc: &mut Dc, node: &str, check_id: &str, now: tokio::time::Instant) {
+fn invalidate_sessions_for_check(
+    dc: &mut Dc,
+    node: &str,
+    check_id: &str,
+    now: tokio::time::Instant,
+) {
     let doomed: Vec<String> = dc
         .sessions
         .values()

@@ -7,8 +7,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use crate::fault::Fault;
 use crate::RequestRecord;
+use crate::fault::Fault;
 
 /// Whole simulator state, guarded by one mutex that is never held across `.await`.
 #[derive(Debug)]
@@ -49,7 +49,9 @@ impl State {
     }
 
     pub(crate) fn no_leader(&self) -> bool {
-        self.faults.iter().any(|fault| matches!(fault, Fault::NoLeader))
+        self.faults
+            .iter()
+            .any(|fault| matches!(fault, Fault::NoLeader))
     }
 
     pub(crate) fn last_contact(&self) -> u64 {
@@ -205,7 +207,9 @@ impl Dc {
     pub(crate) fn new(name: &str) -> Self {
         Self {
             name: name.to_owned(),
-            raft_index: 0,
+            // Raft index 1 is never a write's index (raft's own entries come first); starting
+            // here keeps "forced to 1" for empty tables distinct from the first real write.
+            raft_index: 1,
             nodes: BTreeMap::new(),
             services: BTreeMap::new(),
             checks: BTreeMap::new(),
@@ -374,8 +378,9 @@ impl Dc {
         let index = self.next_index();
         self.services.remove(&key);
         let before = self.checks.len();
-        self.checks
-            .retain(|(check_node, _), check| !(check_node == node && check.service_id == service_id));
+        self.checks.retain(|(check_node, _), check| {
+            !(check_node == node && check.service_id == service_id)
+        });
         if self.checks.len() != before {
             self.checks_index = index;
         }
@@ -453,7 +458,8 @@ impl Dc {
             .collect();
         for key in held {
             if !session.lock_delay.is_zero() {
-                self.lock_delays.insert(key.clone(), now + session.lock_delay);
+                self.lock_delays
+                    .insert(key.clone(), now + session.lock_delay);
             }
             match session.behavior {
                 Behavior::Release => {

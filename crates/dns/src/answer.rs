@@ -74,7 +74,10 @@ impl Reply {
     }
 
     fn records_mut(&mut self) -> impl Iterator<Item = &mut Record> {
-        self.answers.iter_mut().chain(self.authorities.iter_mut()).chain(self.additionals.iter_mut())
+        self.answers
+            .iter_mut()
+            .chain(self.authorities.iter_mut())
+            .chain(self.additionals.iter_mut())
     }
 }
 
@@ -151,7 +154,8 @@ impl Zone {
             return Reply::empty(ResponseCode::NotImp, true);
         }
 
-        let n_prefix = usize::from(lower.num_labels()).saturating_sub(usize::from(self.domain.num_labels()));
+        let n_prefix =
+            usize::from(lower.num_labels()).saturating_sub(usize::from(self.domain.num_labels()));
         let mut labels = Vec::with_capacity(n_prefix);
         for label in lower.iter().take(n_prefix) {
             match std::str::from_utf8(label) {
@@ -161,7 +165,9 @@ impl Zone {
         }
 
         match name::parse(&labels, qtype) {
-            Parsed::Apex if qtype == RecordType::NS => self.negative(ResponseCode::NoError, Source::None),
+            Parsed::Apex if qtype == RecordType::NS => {
+                self.negative(ResponseCode::NoError, Source::None)
+            }
             Parsed::Apex | Parsed::Invalid => self.negative(ResponseCode::NXDomain, Source::None),
             Parsed::Unsupported => Reply::empty(ResponseCode::ServFail, true),
             Parsed::Addr(ip) => {
@@ -181,8 +187,9 @@ impl Zone {
                         // Wrong family or another qtype: NOERROR, empty, no SOA (as Consul).
                         let mut reply = Reply::empty(ResponseCode::NoError, true);
                         reply.source = Source::from_freshness(freshness);
-                        if let Some(record) =
-                            node.address.and_then(|ip| address_record(asked.clone(), self.node_ttl, ip, qtype))
+                        if let Some(record) = node
+                            .address
+                            .and_then(|ip| address_record(asked.clone(), self.node_ttl, ip, qtype))
                         {
                             reply.answers.push(record);
                         }
@@ -190,22 +197,24 @@ impl Zone {
                     }
                 }
             }
-            Parsed::Service { name, tag, datacenter } => {
-                match catalog.service(&name, datacenter.as_deref()).await {
-                    Lookup::Unavailable => Reply::empty(ResponseCode::ServFail, true),
-                    Lookup::NotFound(freshness) => {
-                        self.negative(ResponseCode::NXDomain, Source::from_freshness(freshness))
-                    }
-                    Lookup::Found(instances, freshness) => self.service_reply(
-                        &instances,
-                        tag.as_deref(),
-                        &name,
-                        asked,
-                        qtype,
-                        Source::from_freshness(freshness),
-                    ),
+            Parsed::Service {
+                name,
+                tag,
+                datacenter,
+            } => match catalog.service(&name, datacenter.as_deref()).await {
+                Lookup::Unavailable => Reply::empty(ResponseCode::ServFail, true),
+                Lookup::NotFound(freshness) => {
+                    self.negative(ResponseCode::NXDomain, Source::from_freshness(freshness))
                 }
-            }
+                Lookup::Found(instances, freshness) => self.service_reply(
+                    &instances,
+                    tag.as_deref(),
+                    &name,
+                    asked,
+                    qtype,
+                    Source::from_freshness(freshness),
+                ),
+            },
         }
     }
 
@@ -235,10 +244,10 @@ impl Zone {
             RecordType::A | RecordType::AAAA | RecordType::ANY => {
                 let mut seen = HashSet::new();
                 for ip in usable.iter().filter_map(|instance| instance.address()) {
-                    if seen.insert(ip) {
-                        if let Some(record) = address_record(asked.clone(), ttl, ip, qtype) {
-                            reply.answers.push(record);
-                        }
+                    if seen.insert(ip)
+                        && let Some(record) = address_record(asked.clone(), ttl, ip, qtype)
+                    {
+                        reply.answers.push(record);
                     }
                 }
                 if let Some(max) = self.max_answer_records {
@@ -249,17 +258,23 @@ impl Zone {
                 let mut seen = HashSet::new();
                 let mut targets = HashSet::new();
                 for instance in usable {
-                    let Some(ip) = instance.address() else { continue };
+                    let Some(ip) = instance.address() else {
+                        continue;
+                    };
                     if !seen.insert((instance.node.as_str(), ip, instance.port)) {
                         continue;
                     }
-                    let Some(target) = self.srv_target(instance, ip) else { continue };
+                    let Some(target) = self.srv_target(instance, ip) else {
+                        continue;
+                    };
                     let srv = SRV::new(1, instance.weight, instance.port, target.clone());
-                    reply.answers.push(Record::from_rdata(asked.clone(), ttl, RData::SRV(srv)));
-                    if targets.insert(target.clone()) {
-                        if let Some(glue) = address_record(target, ttl, ip, RecordType::ANY) {
-                            reply.additionals.push(glue);
-                        }
+                    reply
+                        .answers
+                        .push(Record::from_rdata(asked.clone(), ttl, RData::SRV(srv)));
+                    if targets.insert(target.clone())
+                        && let Some(glue) = address_record(target, ttl, ip, RecordType::ANY)
+                    {
+                        reply.additionals.push(glue);
                     }
                 }
             }
@@ -284,10 +299,11 @@ impl Zone {
         let domain = self.domain.to_ascii();
         if instance.service_address.is_none() {
             let node = instance.node.to_ascii_lowercase();
-            if let Ok(target) = Name::from_ascii(format!("{node}.node.{datacenter}{domain}")) {
-                if target.is_fqdn() && target.iter().all(|label| !label.is_empty()) {
-                    return Some(target);
-                }
+            if let Ok(target) = Name::from_ascii(format!("{node}.node.{datacenter}{domain}"))
+                && target.is_fqdn()
+                && target.iter().all(|label| !label.is_empty())
+            {
+                return Some(target);
             }
         }
         let hex = name::encode_hex_addr(ip);

@@ -22,7 +22,11 @@ pub trait CatalogView: Clone + Send + Sync + Unpin + 'static {
     ) -> impl Future<Output = Lookup<Arc<[ServiceInstance]>>> + Send;
 
     /// The node called `node` (lower-case) in `datacenter` (None = the agent's).
-    fn node(&self, node: &str, datacenter: Option<&str>) -> impl Future<Output = Lookup<Arc<Node>>> + Send;
+    fn node(
+        &self,
+        node: &str,
+        datacenter: Option<&str>,
+    ) -> impl Future<Output = Lookup<Arc<Node>>> + Send;
 }
 
 impl CatalogView for Cache {
@@ -34,7 +38,11 @@ impl CatalogView for Cache {
         Cache::service(self, service, datacenter)
     }
 
-    fn node(&self, node: &str, datacenter: Option<&str>) -> impl Future<Output = Lookup<Arc<Node>>> + Send {
+    fn node(
+        &self,
+        node: &str,
+        datacenter: Option<&str>,
+    ) -> impl Future<Output = Lookup<Arc<Node>>> + Send {
         Cache::node(self, node, datacenter)
     }
 }

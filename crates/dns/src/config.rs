@@ -66,8 +66,12 @@ impl ServiceTtls {
                 None => exact.push((pattern, ttl_secs(*ttl))),
             }
         }
-        prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
-        Self { default: ttl_secs(default), exact, prefixes }
+        prefixes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+        Self {
+            default: ttl_secs(default),
+            exact,
+            prefixes,
+        }
     }
 
     /// TTL for a (lower-case) service name.
@@ -75,7 +79,11 @@ impl ServiceTtls {
         if let Some((_, ttl)) = self.exact.iter().find(|(name, _)| name == service) {
             return *ttl;
         }
-        if let Some((_, ttl)) = self.prefixes.iter().find(|(prefix, _)| service.starts_with(prefix.as_str())) {
+        if let Some((_, ttl)) = self
+            .prefixes
+            .iter()
+            .find(|(prefix, _)| service.starts_with(prefix.as_str()))
+        {
             return *ttl;
         }
         self.default
@@ -99,16 +107,28 @@ mod tests {
                 ("DB".to_owned(), secs(40)),
             ],
         );
-        assert_eq!(ttls.for_service("web-api-v2"), 30, "exact wins over prefixes");
+        assert_eq!(
+            ttls.for_service("web-api-v2"),
+            30,
+            "exact wins over prefixes"
+        );
         assert_eq!(ttls.for_service("web-api-v3"), 20, "longest prefix wins");
         assert_eq!(ttls.for_service("web-ui"), 10);
-        assert_eq!(ttls.for_service("web"), 10, "a prefix matches the bare prefix too");
+        assert_eq!(
+            ttls.for_service("web"),
+            10,
+            "a prefix matches the bare prefix too"
+        );
         assert_eq!(ttls.for_service("db"), 40, "patterns are lower-cased");
         assert_eq!(ttls.for_service("cache"), 7, "`*` is the fallback");
 
         let no_wildcard = ServiceTtls::new(secs(5), &[("web".to_owned(), secs(0))]);
         assert_eq!(no_wildcard.for_service("web"), 0, "0 is a valid override");
-        assert_eq!(no_wildcard.for_service("webx"), 5, "exact names are not prefixes");
+        assert_eq!(
+            no_wildcard.for_service("webx"),
+            5,
+            "exact names are not prefixes"
+        );
     }
 
     #[test]

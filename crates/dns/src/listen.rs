@@ -44,7 +44,10 @@ impl Listeners {
 
     /// The addresses actually bound (with the port the kernel chose for port 0).
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.pairs.iter().filter_map(|(udp, _)| udp.local_addr().ok()).collect()
+        self.pairs
+            .iter()
+            .filter_map(|(udp, _)| udp.local_addr().ok())
+            .collect()
     }
 }
 
@@ -58,7 +61,11 @@ fn bind_pair(address: SocketAddr) -> Result<(std::net::UdpSocket, std::net::TcpL
         let udp = bind_udp(address)?;
         let port = udp
             .local_addr()
-            .map_err(|source| Error::Bind { protocol: "udp", address, source })?
+            .map_err(|source| Error::Bind {
+                protocol: "udp",
+                address,
+                source,
+            })?
             .port();
         let tcp_address = SocketAddr::new(address.ip(), port);
         match bind_tcp(tcp_address) {
@@ -69,20 +76,32 @@ fn bind_pair(address: SocketAddr) -> Result<(std::net::UdpSocket, std::net::TcpL
             Err(error) => return Err(error),
         }
     }
-    Err(Error::AddressInUse { protocol: "tcp", address })
+    Err(Error::AddressInUse {
+        protocol: "tcp",
+        address,
+    })
 }
 
 fn socket_error(protocol: &'static str, address: SocketAddr, source: io::Error) -> Error {
     if source.kind() == io::ErrorKind::AddrInUse {
         Error::AddressInUse { protocol, address }
     } else {
-        Error::Bind { protocol, address, source }
+        Error::Bind {
+            protocol,
+            address,
+            source,
+        }
     }
 }
 
 fn bind_udp(address: SocketAddr) -> Result<std::net::UdpSocket, Error> {
     let fail = |source| socket_error("udp", address, source);
-    let socket = Socket::new(Domain::for_address(address), Type::DGRAM, Some(SocketProtocol::UDP)).map_err(fail)?;
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::DGRAM,
+        Some(SocketProtocol::UDP),
+    )
+    .map_err(fail)?;
     if address.is_ipv6() {
         socket.set_only_v6(true).map_err(fail)?;
     }
@@ -93,7 +112,12 @@ fn bind_udp(address: SocketAddr) -> Result<std::net::UdpSocket, Error> {
 
 fn bind_tcp(address: SocketAddr) -> Result<std::net::TcpListener, Error> {
     let fail = |source| socket_error("tcp", address, source);
-    let socket = Socket::new(Domain::for_address(address), Type::STREAM, Some(SocketProtocol::TCP)).map_err(fail)?;
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::STREAM,
+        Some(SocketProtocol::TCP),
+    )
+    .map_err(fail)?;
     socket.set_reuse_address(true).map_err(fail)?;
     if address.is_ipv6() {
         socket.set_only_v6(true).map_err(fail)?;
@@ -120,7 +144,8 @@ impl Default for ServerOptions {
             tcp_idle_timeout: Duration::from_secs(10),
             allowed_networks: vec![
                 IpNet::new(IpAddr::from([127, 0, 0, 0]), 8).expect("valid prefix length"),
-                IpNet::new(IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]), 128).expect("valid prefix length"),
+                IpNet::new(IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]), 128)
+                    .expect("valid prefix length"),
             ],
         }
     }
@@ -176,7 +201,9 @@ impl ServerHandle {
     }
 }
 
-async fn finish(mut task: JoinHandle<Result<(), hickory_server::net::NetError>>) -> Result<(), Error> {
+async fn finish(
+    mut task: JoinHandle<Result<(), hickory_server::net::NetError>>,
+) -> Result<(), Error> {
     match tokio::time::timeout(SHUTDOWN_GRACE, &mut task).await {
         Ok(Ok(Ok(()))) => Ok(()),
         Ok(Ok(Err(source))) => Err(Error::Serve { source }),
@@ -199,17 +226,29 @@ pub fn serve<C: CatalogView, F: Upstream>(
     let denied = denied_networks(&options.allowed_networks);
     let mut server = Server::with_access(router, denied, options.allowed_networks.iter().copied());
     for (udp, tcp) in listeners.pairs {
-        let address = udp.local_addr().map_err(|source| Error::Register { protocol: "udp", source })?;
-        let udp = tokio::net::UdpSocket::from_std(udp).map_err(|source| Error::Register { protocol: "udp", source })?;
-        let tcp =
-            tokio::net::TcpListener::from_std(tcp).map_err(|source| Error::Register { protocol: "tcp", source })?;
+        let address = udp.local_addr().map_err(|source| Error::Register {
+            protocol: "udp",
+            source,
+        })?;
+        let udp = tokio::net::UdpSocket::from_std(udp).map_err(|source| Error::Register {
+            protocol: "udp",
+            source,
+        })?;
+        let tcp = tokio::net::TcpListener::from_std(tcp).map_err(|source| Error::Register {
+            protocol: "tcp",
+            source,
+        })?;
         server.register_socket(udp);
         server.register_listener(tcp, options.tcp_idle_timeout, TCP_RESPONSE_BUFFER);
         info!(address = %address, "DNS listening on UDP and TCP");
     }
     let shutdown = server.shutdown_token().clone();
     let task = tokio::spawn(async move { server.block_until_done().await });
-    Ok(ServerHandle { shutdown, task, local_addrs })
+    Ok(ServerHandle {
+        shutdown,
+        task,
+        local_addrs,
+    })
 }
 
 #[cfg(test)]
@@ -221,7 +260,10 @@ mod tests {
         let loopback = ServerOptions::default().allowed_networks;
         assert_eq!(denied_networks(&loopback).len(), 2);
         let everything: Vec<IpNet> = vec!["0.0.0.0/0".parse().expect("literal")];
-        assert_eq!(denied_networks(&everything), vec!["::/0".parse::<IpNet>().expect("literal")]);
+        assert_eq!(
+            denied_networks(&everything),
+            vec!["::/0".parse::<IpNet>().expect("literal")]
+        );
     }
 
     #[test]

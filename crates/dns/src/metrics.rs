@@ -17,9 +17,21 @@ pub const TRUNCATED: &str = "dns.truncated";
 
 /// Registers descriptions for every metric of this crate.
 pub fn describe() {
-    describe_counter!(QUERIES, Unit::Count, "DNS queries answered, by zone, qtype, rcode and data source");
-    describe_histogram!(QUERY_DURATION_SECONDS, Unit::Seconds, "Time to answer a DNS query");
-    describe_counter!(TRUNCATED, Unit::Count, "DNS responses truncated to fit the transport (TC set)");
+    describe_counter!(
+        QUERIES,
+        Unit::Count,
+        "DNS queries answered, by zone, qtype, rcode and data source"
+    );
+    describe_histogram!(
+        QUERY_DURATION_SECONDS,
+        Unit::Seconds,
+        "Time to answer a DNS query"
+    );
+    describe_counter!(
+        TRUNCATED,
+        Unit::Count,
+        "DNS responses truncated to fit the transport (TC set)"
+    );
 }
 
 pub(crate) fn qtype_tag(qtype: RecordType) -> &'static str {

@@ -37,7 +37,9 @@ pub(crate) enum Parsed {
 }
 
 /// Keywords that split a name into query parts (left) and locality (right).
-const KEYWORDS: [&str; 7] = ["service", "connect", "virtual", "ingress", "node", "query", "addr"];
+const KEYWORDS: [&str; 7] = [
+    "service", "connect", "virtual", "ingress", "node", "query", "addr",
+];
 
 /// Parses the labels left of the Consul domain.
 pub(crate) fn parse(labels: &[&str], qtype: RecordType) -> Parsed {
@@ -84,7 +86,10 @@ pub(crate) fn parse(labels: &[&str], qtype: RecordType) -> Parsed {
             if query_parts.is_empty() {
                 return Parsed::Invalid;
             }
-            Parsed::Node { name: query_parts.join("."), datacenter }
+            Parsed::Node {
+                name: query_parts.join("."),
+                datacenter,
+            }
         }
         "addr" => {
             // `.addr` accepts at most one locality label (Consul `parseDatacenter`);
@@ -116,7 +121,11 @@ fn service(query_parts: &[&str], datacenter: Option<String>) -> Parsed {
                 datacenter,
             }
         }
-        [name] => Parsed::Service { name: (*name).to_owned(), tag: None, datacenter },
+        [name] => Parsed::Service {
+            name: (*name).to_owned(),
+            tag: None,
+            datacenter,
+        },
         [tags @ .., name] => Parsed::Service {
             name: (*name).to_owned(),
             tag: Some(tags.join(".")),
@@ -189,11 +198,18 @@ mod tests {
     }
 
     fn node(name: &str, dc: Option<&str>) -> Parsed {
-        Parsed::Node { name: name.to_owned(), datacenter: dc.map(str::to_owned) }
+        Parsed::Node {
+            name: name.to_owned(),
+            datacenter: dc.map(str::to_owned),
+        }
     }
 
     fn p(name: &str, qtype: RecordType) -> Parsed {
-        let labels: Vec<&str> = if name.is_empty() { Vec::new() } else { name.split('.').collect() };
+        let labels: Vec<&str> = if name.is_empty() {
+            Vec::new()
+        } else {
+            name.split('.').collect()
+        };
         parse(&labels, qtype)
     }
 
@@ -210,12 +226,24 @@ mod tests {
             ("web.service.dc1.peer", A, Parsed::Invalid),
             ("web.service.dc1.extra.more", A, Parsed::Invalid),
             ("v1.web.service", A, svc("web", Some("v1"), None)),
-            ("v1.primary.db.service", A, svc("db", Some("v1.primary"), None)),
-            ("v1.web.service.dc2", AAAA, svc("web", Some("v1"), Some("dc2"))),
+            (
+                "v1.primary.db.service",
+                A,
+                svc("db", Some("v1.primary"), None),
+            ),
+            (
+                "v1.web.service.dc2",
+                AAAA,
+                svc("web", Some("v1"), Some("dc2")),
+            ),
             ("_web._tcp.service", SRV, svc("web", None, None)),
             ("_web._tcp.service", A, svc("web", None, None)),
             ("_web._udp.service", SRV, svc("web", Some("udp"), None)),
-            ("_web._v1.service.dc1", SRV, svc("web", Some("v1"), Some("dc1"))),
+            (
+                "_web._v1.service.dc1",
+                SRV,
+                svc("web", Some("v1"), Some("dc1")),
+            ),
             ("_web._tcp", SRV, svc("web", None, None)),
             ("_web._tcp.dc1", SRV, svc("web", None, Some("dc1"))),
             ("_web._tcp", A, Parsed::Invalid),
@@ -232,7 +260,11 @@ mod tests {
             ("7f000002.addr", A, Parsed::Addr(v4)),
             ("7f000002.addr.dc1", A, Parsed::Addr(v4)),
             ("7f000002.addr.dc1.dc", A, Parsed::Invalid),
-            ("2607002040050808000000000000200e.addr", AAAA, Parsed::Addr(v6)),
+            (
+                "2607002040050808000000000000200e.addr",
+                AAAA,
+                Parsed::Addr(v6),
+            ),
             ("7f00000z.addr", A, Parsed::Invalid),
             ("7f0000021.addr", A, Parsed::Invalid),
             ("7f.addr", A, Parsed::Invalid),
@@ -256,8 +288,14 @@ mod tests {
         assert_eq!(parse(&["a/b", "service"], RecordType::A), Parsed::Invalid);
         assert_eq!(parse(&["a.b", "service"], RecordType::A), Parsed::Invalid);
         assert_eq!(parse(&["a b", "service"], RecordType::A), Parsed::Invalid);
-        assert_eq!(parse(&["w\u{e9}b", "service"], RecordType::A), Parsed::Invalid);
-        assert_eq!(parse(&["_", "_tcp", "service"], RecordType::SRV), Parsed::Invalid);
+        assert_eq!(
+            parse(&["w\u{e9}b", "service"], RecordType::A),
+            Parsed::Invalid
+        );
+        assert_eq!(
+            parse(&["_", "_tcp", "service"], RecordType::SRV),
+            Parsed::Invalid
+        );
     }
 
     #[test]
@@ -266,10 +304,19 @@ mod tests {
         assert_eq!(encode_hex_addr(v4), "7f000002");
         let v6: IpAddr = "2607:20:4005:808::200e".parse().expect("literal");
         assert_eq!(encode_hex_addr(v6), "2607002040050808000000000000200e");
-        for ip in [v4, v6, "::1".parse().expect("literal"), "10.255.0.1".parse().expect("literal")] {
+        for ip in [
+            v4,
+            v6,
+            "::1".parse().expect("literal"),
+            "10.255.0.1".parse().expect("literal"),
+        ] {
             assert_eq!(decode_hex_addr(&encode_hex_addr(ip)), Some(ip));
         }
-        assert_eq!(decode_hex_addr("7F000002"), Some(v4), "upper-case hex decodes too");
+        assert_eq!(
+            decode_hex_addr("7F000002"),
+            Some(v4),
+            "upper-case hex decodes too"
+        );
         assert_eq!(decode_hex_addr("+f000002"), None);
         assert_eq!(decode_hex_addr("7f00000"), None);
         assert_eq!(decode_hex_addr(""), None);

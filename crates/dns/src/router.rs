@@ -8,7 +8,9 @@ use dnsfront_catalog::Cache;
 use dnsfront_forward::{Forwarder, Source as ForwardSource};
 use hickory_server::net::runtime::Time;
 use hickory_server::net::xfer::Protocol;
-use hickory_server::proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, Query, ResponseCode};
+use hickory_server::proto::op::{
+    Edns, Header, HeaderCounts, Metadata, OpCode, Query, ResponseCode,
+};
 use hickory_server::proto::rr::rdata::opt::EdnsOption;
 use hickory_server::proto::rr::{Name, Record, RecordType};
 use hickory_server::proto::serialize::binary::BinEncoder;
@@ -47,7 +49,9 @@ struct Inner<C, F> {
 
 impl<C, F> Clone for Router<C, F> {
     fn clone(&self) -> Self {
-        Self { inner: Arc::clone(&self.inner) }
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
     }
 }
 
@@ -109,7 +113,9 @@ impl<C: CatalogView, F: Upstream> Router<C, F> {
     /// The OPT we attach for an EDNS client: our payload limit, the client's DO bit.
     fn response_edns(&self, request_edns: &Edns) -> Edns {
         let mut edns = Edns::new();
-        let payload = request_edns.max_payload().clamp(PLAIN_UDP_LIMIT, self.inner.max_udp_payload);
+        let payload = request_edns
+            .max_payload()
+            .clamp(PLAIN_UDP_LIMIT, self.inner.max_udp_payload);
         edns.set_max_payload(payload);
         edns.set_dnssec_ok(request_edns.flags().dnssec_ok);
         edns
@@ -126,10 +132,19 @@ struct Outcome {
 
 #[async_trait::async_trait]
 impl<C: CatalogView, F: Upstream> RequestHandler for Router<C, F> {
-    async fn handle_request<R: ResponseHandler, T: Time>(&self, request: &Request, mut response_handle: R) -> ResponseInfo {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        mut response_handle: R,
+    ) -> ResponseInfo {
         let started = Instant::now();
         let mut edns = request.edns.as_ref().map(|edns| self.response_edns(edns));
-        let mut outcome = Outcome { zone: "none", qtype: None, source: Source::None, truncated: false };
+        let mut outcome = Outcome {
+            zone: "none",
+            qtype: None,
+            source: Source::None,
+            truncated: false,
+        };
 
         let reply = if request.metadata.op_code != OpCode::Query {
             Reply::empty(ResponseCode::NotImp, false)
@@ -146,10 +161,16 @@ impl<C: CatalogView, F: Upstream> RequestHandler for Router<C, F> {
                     outcome.qtype = Some(qtype);
                     let reply = if self.inner.zone.domain().zone_of(lower) {
                         outcome.zone = "consul";
-                        self.inner.zone.answer(&self.inner.catalog, lower, original.name(), qtype).await
+                        self.inner
+                            .zone
+                            .answer(&self.inner.catalog, lower, original.name(), qtype)
+                            .await
                     } else {
                         outcome.zone = "forward";
-                        let dnssec_ok = request.edns.as_ref().is_some_and(|edns| edns.flags().dnssec_ok);
+                        let dnssec_ok = request
+                            .edns
+                            .as_ref()
+                            .is_some_and(|edns| edns.flags().dnssec_ok);
                         self.forward(original, dnssec_ok).await
                     };
                     trace!(name = %original.name(), %qtype, response_code = %reply.response_code, "answered");
@@ -159,11 +180,12 @@ impl<C: CatalogView, F: Upstream> RequestHandler for Router<C, F> {
         };
         outcome.source = reply.source;
 
-        if reply.source == Source::Stale {
-            if let Some(edns) = edns.as_mut() {
-                let info_code = EDE_STALE_ANSWER.to_be_bytes().to_vec();
-                edns.options_mut().insert(EdnsOption::Unknown(EDE_OPTION_CODE, info_code));
-            }
+        if reply.source == Source::Stale
+            && let Some(edns) = edns.as_mut()
+        {
+            let info_code = EDE_STALE_ANSWER.to_be_bytes().to_vec();
+            edns.options_mut()
+                .insert(EdnsOption::Unknown(EDE_OPTION_CODE, info_code));
         }
 
         let response_code = reply.response_code;
@@ -184,7 +206,8 @@ fn record_metrics(outcome: &Outcome, response_code: ResponseCode, started: Insta
         "source" => outcome.source.tag()
     )
     .increment(1);
-    metrics::histogram!(QUERY_DURATION_SECONDS, "zone" => outcome.zone).record(started.elapsed().as_secs_f64());
+    metrics::histogram!(QUERY_DURATION_SECONDS, "zone" => outcome.zone)
+        .record(started.elapsed().as_secs_f64());
     if outcome.truncated {
         metrics::counter!(TRUNCATED, "zone" => outcome.zone).increment(1);
     }
@@ -214,7 +237,14 @@ async fn send<R: ResponseHandler>(
         &mut reply.authorities,
         &mut reply.additionals,
         |answers, authorities, additionals| {
-            encoded_len(&request.queries, metadata, edns, answers, authorities, additionals)
+            encoded_len(
+                &request.queries,
+                metadata,
+                edns,
+                answers,
+                authorities,
+                additionals,
+            )
         },
     );
     metadata.truncation = truncated;
@@ -235,7 +265,10 @@ async fn send<R: ResponseHandler>(
         Err(error) => {
             trace!(error = %error, "sending response failed");
             metadata.response_code = ResponseCode::ServFail;
-            let header = Header { metadata, counts: HeaderCounts::default() };
+            let header = Header {
+                metadata,
+                counts: HeaderCounts::default(),
+            };
             (ResponseInfo::from(header), truncated)
         }
     }
@@ -257,7 +290,13 @@ fn encoded_len(
     if let Some(edns) = edns {
         builder.edns(edns);
     }
-    let response = builder.build(metadata, answers.iter(), authorities.iter(), iter::empty(), additionals.iter());
+    let response = builder.build(
+        metadata,
+        answers.iter(),
+        authorities.iter(),
+        iter::empty(),
+        additionals.iter(),
+    );
     match response.destructive_emit(&mut encoder) {
         Ok(header) if !header.truncation => buffer.len(),
         _ => usize::MAX,

@@ -22,7 +22,9 @@ pub(crate) fn fit(
         return false;
     }
     if size(answers, authorities, &[]) <= limit {
-        let keep = largest_fitting(additionals.len(), |n| size(answers, authorities, &additionals[..n]) <= limit);
+        let keep = largest_fitting(additionals.len(), |n| {
+            size(answers, authorities, &additionals[..n]) <= limit
+        });
         additionals.truncate(keep);
         return false;
     }
@@ -121,7 +123,11 @@ mod tests {
         for max in 0..40 {
             for threshold in 0..45 {
                 let expected = if threshold > max { max } else { threshold };
-                assert_eq!(largest_fitting(max, |n| n <= threshold), expected, "max {max} threshold {threshold}");
+                assert_eq!(
+                    largest_fitting(max, |n| n <= threshold),
+                    expected,
+                    "max {max} threshold {threshold}"
+                );
             }
         }
     }

@@ -85,9 +85,13 @@ pub async fn udp_raw(server: SocketAddr, payload: &[u8]) -> Option<Vec<u8>> {
 
 /// [`udp_raw`] with an explicit wait.
 pub async fn udp_raw_wait(server: SocketAddr, payload: &[u8], wait: Duration) -> Option<Vec<u8>> {
-    let bind: SocketAddr = if server.is_ipv4() { "127.0.0.1:0" } else { "[::1]:0" }
-        .parse()
-        .expect("literal");
+    let bind: SocketAddr = if server.is_ipv4() {
+        "127.0.0.1:0"
+    } else {
+        "[::1]:0"
+    }
+    .parse()
+    .expect("literal");
     let socket = UdpSocket::bind(bind).await.expect("bind client socket");
     socket.send_to(payload, server).await.expect("send");
     let mut buf = vec![0u8; 65_535];
@@ -239,7 +243,11 @@ impl UpstreamState {
             ours.set_max_payload(edns.max_payload().max(512));
             response.set_edns(ours);
         }
-        let key = query.name().to_ascii().trim_end_matches('.').to_ascii_lowercase();
+        let key = query
+            .name()
+            .to_ascii()
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
         let found = self.records.lock().ok()?.get(&key).cloned();
         match found {
             Some((ips, ttl)) => {

@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dnsfront_catalog::{Freshness, Lookup, Node, ServiceInstance};
-use dnsfront_dns::{CatalogView, Config, Listeners, Router, ServerHandle, ServerOptions, Upstream, serve};
+use dnsfront_dns::{
+    CatalogView, Config, Listeners, Router, ServerHandle, ServerOptions, Upstream, serve,
+};
 use dnsfront_forward::{Answer, Source};
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption};
@@ -35,9 +37,18 @@ pub struct FakeCatalog {
 }
 
 impl FakeCatalog {
-    pub fn set_service(&self, name: &str, datacenter: Option<&str>, lookup: Lookup<Arc<[ServiceInstance]>>) {
+    pub fn set_service(
+        &self,
+        name: &str,
+        datacenter: Option<&str>,
+        lookup: Lookup<Arc<[ServiceInstance]>>,
+    ) {
         let key = (name.to_owned(), datacenter.map(str::to_owned));
-        self.state.lock().expect("lock").services.insert(key, lookup);
+        self.state
+            .lock()
+            .expect("lock")
+            .services
+            .insert(key, lookup);
     }
 
     pub fn set_instances(&self, name: &str, instances: Vec<ServiceInstance>, freshness: Freshness) {
@@ -62,17 +73,33 @@ impl CatalogView for FakeCatalog {
         datacenter: Option<&str>,
     ) -> impl Future<Output = Lookup<Arc<[ServiceInstance]>>> + Send {
         let mut state = self.state.lock().expect("lock");
-        state.asked.push(format!("service:{service}@{}", datacenter.unwrap_or("-")));
+        state
+            .asked
+            .push(format!("service:{service}@{}", datacenter.unwrap_or("-")));
         let key = (service.to_owned(), datacenter.map(str::to_owned));
-        let lookup = state.services.get(&key).cloned().unwrap_or(Lookup::NotFound(Freshness::Fresh));
+        let lookup = state
+            .services
+            .get(&key)
+            .cloned()
+            .unwrap_or(Lookup::NotFound(Freshness::Fresh));
         async move { lookup }
     }
 
-    fn node(&self, node: &str, datacenter: Option<&str>) -> impl Future<Output = Lookup<Arc<Node>>> + Send {
+    fn node(
+        &self,
+        node: &str,
+        datacenter: Option<&str>,
+    ) -> impl Future<Output = Lookup<Arc<Node>>> + Send {
         let mut state = self.state.lock().expect("lock");
-        state.asked.push(format!("node:{node}@{}", datacenter.unwrap_or("-")));
+        state
+            .asked
+            .push(format!("node:{node}@{}", datacenter.unwrap_or("-")));
         let key = (node.to_owned(), datacenter.map(str::to_owned));
-        let lookup = state.nodes.get(&key).cloned().unwrap_or(Lookup::NotFound(Freshness::Fresh));
+        let lookup = state
+            .nodes
+            .get(&key)
+            .cloned()
+            .unwrap_or(Lookup::NotFound(Freshness::Fresh));
         async move { lookup }
     }
 }
@@ -110,7 +137,9 @@ impl Upstream for FakeUpstream {
         let result = state
             .answer
             .clone()
-            .ok_or_else(|| dnsfront_forward::Error::AllFailed { last: "fake upstream down".to_owned() });
+            .ok_or_else(|| dnsfront_forward::Error::AllFailed {
+                last: "fake upstream down".to_owned(),
+            });
         async move { result }
     }
 }
@@ -126,7 +155,13 @@ pub fn answer(response_code: ResponseCode, answers: Vec<Record>) -> Answer {
     }
 }
 
-pub fn instance(node: &str, node_address: &str, service_address: Option<&str>, port: u16, tags: &[&str]) -> ServiceInstance {
+pub fn instance(
+    node: &str,
+    node_address: &str,
+    service_address: Option<&str>,
+    port: u16,
+    tags: &[&str],
+) -> ServiceInstance {
     ServiceInstance {
         node: node.to_owned(),
         datacenter: "dc1".to_owned(),
@@ -139,7 +174,11 @@ pub fn instance(node: &str, node_address: &str, service_address: Option<&str>, p
 }
 
 pub fn node(name: &str, address: &str) -> Arc<Node> {
-    Arc::new(Node { name: name.to_owned(), datacenter: "dc1".to_owned(), address: Some(address.parse().expect("ip")) })
+    Arc::new(Node {
+        name: name.to_owned(),
+        datacenter: "dc1".to_owned(),
+        address: Some(address.parse().expect("ip")),
+    })
 }
 
 /// A running server over fakes.
@@ -153,11 +192,20 @@ pub struct TestServer {
 pub async fn start(config: Config, options: ServerOptions, with_upstream: bool) -> TestServer {
     let catalog = FakeCatalog::default();
     let upstream = FakeUpstream::default();
-    let router = Router::with_backends(config, catalog.clone(), with_upstream.then(|| upstream.clone()));
+    let router = Router::with_backends(
+        config,
+        catalog.clone(),
+        with_upstream.then(|| upstream.clone()),
+    );
     let listeners = Listeners::bind(&["127.0.0.1:0".parse().expect("literal")]).expect("bind");
     let addr = listeners.local_addrs()[0];
     let handle = serve(router, listeners, options).expect("serve");
-    TestServer { addr, catalog, upstream, handle }
+    TestServer {
+        addr,
+        catalog,
+        upstream,
+        handle,
+    }
 }
 
 pub async fn start_default() -> TestServer {
@@ -167,7 +215,10 @@ pub async fn start_default() -> TestServer {
 pub fn query(name: &str, qtype: RecordType) -> Message {
     let mut message = Message::new(rand::random(), MessageType::Query, OpCode::Query);
     message.metadata.recursion_desired = true;
-    message.add_query(Query::query(Name::from_ascii(name).expect("query name"), qtype));
+    message.add_query(Query::query(
+        Name::from_ascii(name).expect("query name"),
+        qtype,
+    ));
     message
 }
 
@@ -196,7 +247,9 @@ pub async fn udp_raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> Option<V
 /// One query over UDP; returns the parsed reply and its size in bytes.
 pub async fn udp(addr: SocketAddr, message: &Message) -> (Message, usize) {
     let bytes = message.to_vec().expect("encode query");
-    let reply = udp_raw(addr, &bytes, TIMEOUT).await.expect("UDP reply within timeout");
+    let reply = udp_raw(addr, &bytes, TIMEOUT)
+        .await
+        .expect("UDP reply within timeout");
     let parsed = Message::from_vec(&reply).expect("parse reply");
     assert_eq!(parsed.metadata.id, message.metadata.id);
     (parsed, reply.len())
@@ -205,10 +258,16 @@ pub async fn udp(addr: SocketAddr, message: &Message) -> (Message, usize) {
 pub async fn tcp_send(stream: &mut TcpStream, message: &Message) -> Message {
     let bytes = message.to_vec().expect("encode query");
     let len = u16::try_from(bytes.len()).expect("small query");
-    stream.write_all(&len.to_be_bytes()).await.expect("write len");
+    stream
+        .write_all(&len.to_be_bytes())
+        .await
+        .expect("write len");
     stream.write_all(&bytes).await.expect("write query");
     let mut len = [0u8; 2];
-    tokio::time::timeout(TIMEOUT, stream.read_exact(&mut len)).await.expect("TCP reply in time").expect("read len");
+    tokio::time::timeout(TIMEOUT, stream.read_exact(&mut len))
+        .await
+        .expect("TCP reply in time")
+        .expect("read len");
     let mut reply = vec![0u8; usize::from(u16::from_be_bytes(len))];
     stream.read_exact(&mut reply).await.expect("read reply");
     let parsed = Message::from_vec(&reply).expect("parse reply");
@@ -230,11 +289,74 @@ pub fn ips(records: &[Record]) -> Vec<IpAddr> {
 pub fn has_stale_ede(message: &Message) -> bool {
     message.edns.as_ref().is_some_and(|edns| {
         edns.options().options.iter().any(|(code, option)| {
-            u16::from(*code) == 15 && matches!(option, EdnsOption::Unknown(15, data) if data == &[0, 3])
+            u16::from(*code) == 15
+                && matches!(option, EdnsOption::Unknown(15, data) if data == &[0, 3])
         })
     })
 }
 
 pub fn ede_code() -> EdnsCode {
     EdnsCode::from(15)
+}
+
+/// Records counters in memory (`name{k=v,...}` → value); gauges and histograms are ignored.
+#[derive(Default)]
+pub struct CountingRecorder {
+    counters: Mutex<HashMap<String, Arc<std::sync::atomic::AtomicU64>>>,
+}
+
+impl CountingRecorder {
+    pub fn counter(&self, key: &str) -> u64 {
+        let counters = self.counters.lock().expect("lock");
+        counters
+            .get(key)
+            .map_or(0, |value| value.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+impl metrics::Recorder for CountingRecorder {
+    fn describe_counter(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_gauge(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_histogram(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+
+    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        let mut labels: Vec<String> = key
+            .labels()
+            .map(|l| format!("{}={}", l.key(), l.value()))
+            .collect();
+        labels.sort();
+        let name = format!("{}{{{}}}", key.name(), labels.join(","));
+        let mut counters = self.counters.lock().expect("lock");
+        metrics::Counter::from_arc(Arc::clone(counters.entry(name).or_default()))
+    }
+
+    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        metrics::Gauge::noop()
+    }
+
+    fn register_histogram(
+        &self,
+        _: &metrics::Key,
+        _: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
+        metrics::Histogram::noop()
+    }
 }

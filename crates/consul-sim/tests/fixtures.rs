@@ -1,0 +1,79 @@
+//! Fixture loading and the demo catalog.
+
+use consul_sim::{DEMO_FIXTURE, FixtureError, Sim};
+
+#[tokio::test]
+async fn demo_fixture_has_the_documented_services() {
+    let sim = Sim::new();
+    sim.load_fixture(DEMO_FIXTURE).expect("demo fixture loads");
+    let response = sim
+        .handle(
+            http::Request::get("/v1/catalog/services")
+                .body(bytes::Bytes::new())
+                .expect("request"),
+        )
+        .await;
+    let services: serde_json::Value = serde_json::from_slice(response.body()).expect("json");
+    for name in ["web", "api", "db", "redis"] {
+        assert!(services.get(name).is_some(), "demo has {name}");
+    }
+    let nodes = sim
+        .handle(
+            http::Request::get("/v1/catalog/nodes")
+                .body(bytes::Bytes::new())
+                .expect("request"),
+        )
+        .await;
+    let nodes: serde_json::Value = serde_json::from_slice(nodes.body()).expect("json");
+    let addresses: Vec<&str> = nodes
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|node| node["Address"].as_str().expect("address"))
+        .collect();
+    assert!(
+        addresses.iter().any(|address| address.contains(':')),
+        "one IPv6 node"
+    );
+}
+
+#[test]
+fn fixture_errors_name_the_problem() {
+    let sim = Sim::new();
+    let unknown_node = r#"{"services":[{"node":"ghost","service":"web"}]}"#;
+    assert!(matches!(
+        sim.load_fixture(unknown_node),
+        Err(FixtureError::UnknownNode { node, .. }) if node == "ghost"
+    ));
+    let bad_status = r#"{"nodes":[{"node":"n","address":"10.0.0.1"}],
+        "services":[{"node":"n","service":"web","checks":[{"id":"c","status":"sick"}]}]}"#;
+    assert!(matches!(
+        sim.load_fixture(bad_status),
+        Err(FixtureError::InvalidStatus { .. })
+    ));
+    assert!(matches!(sim.load_fixture("{"), Err(FixtureError::Json(_))));
+    assert!(matches!(
+        sim.load_fixture(r#"{"bogus":1}"#),
+        Err(FixtureError::Json(_))
+    ));
+}
+
+#[tokio::test]
+async fn fixture_weights_may_be_null_and_nodes_may_live_in_other_datacenters() {
+    let sim = Sim::new();
+    sim.load_fixture(
+        r#"{"nodes":[{"node":"e1","address":"10.9.0.1","datacenter":"dc2"}],
+            "services":[{"node":"e1","id":"web-e1","service":"web","port":80,"weights":null}]}"#,
+    )
+    .expect("loads");
+    let response = sim
+        .handle(
+            http::Request::get("/v1/health/service/web?dc=dc2")
+                .body(bytes::Bytes::new())
+                .expect("request"),
+        )
+        .await;
+    let body: serde_json::Value = serde_json::from_slice(response.body()).expect("json");
+    assert_eq!(body[0]["Service"]["ID"], "web-e1");
+    assert!(body[0]["Service"]["Weights"].is_null());
+}

@@ -1,0 +1,681 @@
+//! T3 wire tests: the reqwest client against consul-sim over real HTTP on 127.0.0.1.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use consul_sim::{Fault, Registration, Sim, SimServer};
+use dnsfront_consul::{
+    Client, Config, Error, HealthStatus, QueryOptions, Token, Weights, next_index,
+};
+
+const SECRET: &str = "3f0c1d52-wire-test-s3cret";
+
+/// Upper bound for any single test step, so a broken deadline fails instead of hanging.
+async fn bounded<T>(future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), future)
+        .await
+        .expect("step finished within 10s")
+}
+
+async fn start() -> (Sim, SimServer) {
+    let sim = Sim::new();
+    sim.register(
+        Registration::new("web")
+            .id("web-1")
+            .node("n1", "10.0.0.1")
+            .port(80)
+            .tags(&["primary", "v2"])
+            .weights(10, 1)
+            .check("service:web-1", "passing"),
+    );
+    sim.register(
+        Registration::new("web")
+            .id("web-2")
+            .node("n2", "10.0.0.2")
+            .port(8080)
+            .check("service:web-2", "critical"),
+    );
+    let server = sim
+        .serve("127.0.0.1:0".parse().expect("valid addr"))
+        .await
+        .expect("sim serves");
+    (sim, server)
+}
+
+fn client_for(server: &SimServer) -> Client {
+    client_with(server, |_| {})
+}
+
+fn client_with(server: &SimServer, edit: impl FnOnce(&mut Config)) -> Client {
+    let mut config = Config {
+        address: server.url(),
+        request_timeout: Duration::from_millis(500),
+        ..Config::default()
+    };
+    edit(&mut config);
+    Client::new(config).expect("valid config")
+}
+
+fn last_query(sim: &Sim, path_prefix: &str) -> String {
+    sim.requests()
+        .into_iter()
+        .rev()
+        .find(|record| record.path.starts_with(path_prefix))
+        .map(|record| record.query)
+        .expect("request was logged")
+}
+
+#[tokio::test]
+async fn health_service_decodes_instances_and_meta() {
+    let (sim, server) = start().await;
+    let client = client_for(&server);
+
+    let response = bounded(client.health_service("web", &QueryOptions::default()))
+        .await
+        .expect("health read");
+
+    assert_eq!(
+        response.value.len(),
+        2,
+        "critical instances are returned without ?passing"
+    );
+    let web1 = response
+        .value
+        .iter()
+        .find(|entry| entry.service.id == "web-1")
+        .expect("web-1 present");
+    assert_eq!(web1.node.node, "n1");
+    assert_eq!(web1.node.address, "10.0.0.1");
+    assert_eq!(web1.node.datacenter, "dc1");
+    assert_eq!(web1.service.service, "web");
+    assert_eq!(web1.service.port, 80);
+    assert_eq!(web1.service.tags, ["primary", "v2"]);
+    assert_eq!(
+        web1.service.weights,
+        Some(Weights {
+            passing: 10,
+            warning: 1
+        })
+    );
+    let service_check = web1
+        .checks
+        .iter()
+        .find(|check| check.check_id == "service:web-1")
+        .expect("service check present");
+    assert_eq!(service_check.status, HealthStatus::Passing);
+    assert_eq!(service_check.service_id, "web-1");
+    assert!(
+        response.meta.index >= 1,
+        "index header read: {:?}",
+        response.meta
+    );
+    assert!(response.meta.known_leader);
+    assert!(last_query(&sim, "/v1/health/service/web").contains("stale"));
+}
+
+#[tokio::test]
+async fn passing_option_filters_on_the_server() {
+    let (sim, server) = start().await;
+    let client = client_for(&server);
+    let opts = QueryOptions {
+        passing: true,
+        ..QueryOptions::default()
+    };
+
+    let response = bounded(client.health_service("web", &opts))
+        .await
+        .expect("health read");
+
+    let ids: Vec<&str> = response
+        .value
+        .iter()
+        .map(|entry| entry.service.id.as_str())
+        .collect();
+    assert_eq!(ids, ["web-1"]);
+    assert!(last_query(&sim, "/v1/health/service/web").contains("passing"));
+}
+
+#[tokio::test]
+async fn unknown_service_is_an_empty_list_with_an_index() {
+    let (_sim, server) = start().await;
+    let client = client_for(&server);
+
+    let response = bounded(client.health_service("nope", &QueryOptions::default()))
+        .await
+        .expect("health read");
+
+    assert!(response.value.is_empty());
+    assert!(response.meta.index >= 1);
+}
+
+#[tokio::test]
+async fn blocking_query_outlives_request_timeout_and_wakes_on_change() {
+    let (sim, server) = start().await;
+    // The per-call deadline is shorter than the wait: it must be extended by wait + wait/16.
+    let client = client_with(&server, |config| {
+        config.request_timeout = Duration::from_millis(200)
+    });
+    let first = bounded(client.health_service("web", &QueryOptions::default()))
+        .await
+        .expect("first read");
+
+    let opts = QueryOptions {
+        index: Some(first.meta.index),
+        wait: Some(Duration::from_millis(400)),
+        ..QueryOptions::default()
+    };
+    let unchanged = bounded(client.health_service("web", &opts))
+        .await
+        .expect("blocking read times out on the server, not in the client");
+    assert_eq!(unchanged.meta.index, first.meta.index);
+    let query = last_query(&sim, "/v1/health/service/web");
+    assert!(
+        query.contains(&format!("index={}", first.meta.index)),
+        "{query}"
+    );
+    assert!(query.contains("wait=400ms"), "{query}");
+
+    let opts = QueryOptions {
+        wait: Some(Duration::from_secs(5)),
+        ..opts
+    };
+    let waiting = tokio::spawn({
+        let client = client.clone();
+        async move { client.health_service("web", &opts).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    sim.register(
+        Registration::new("web")
+            .id("web-3")
+            .node("n3", "10.0.0.3")
+            .port(80)
+            .check("service:web-3", "passing"),
+    );
+    let changed = bounded(waiting)
+        .await
+        .expect("task joined")
+        .expect("blocking read");
+    assert!(changed.meta.index > first.meta.index);
+    assert_eq!(changed.value.len(), 3);
+    assert_eq!(
+        next_index(first.meta.index, changed.meta.index),
+        changed.meta.index
+    );
+}
+
+#[tokio::test]
+async fn index_going_backwards_or_zero_is_reset_by_next_index() {
+    let (sim, server) = start().await;
+    let client = client_for(&server);
+    let first = bounded(client.health_service("web", &QueryOptions::default()))
+        .await
+        .expect("first read");
+
+    sim.inject(Fault::index_backwards("/v1/health/service/web"));
+    let backwards = bounded(client.health_service("web", &QueryOptions::default()))
+        .await
+        .expect("read");
+    assert!(backwards.meta.index < first.meta.index);
+    assert_eq!(next_index(first.meta.index, backwards.meta.index), 0);
+
+    sim.clear_faults();
+    sim.inject(Fault::index_zero("/v1/health/service/web"));
+    let zero = bounded(client.health_service("web", &QueryOptions::default()))
+        .await
+        .expect("read");
+    assert_eq!(zero.meta.index, 0);
+    assert_eq!(next_index(0, zero.meta.index), 1);
+}
+
+#[tokio::test]
+async fn no_cluster_leader_is_a_retryable_no_leader_error() {
+    let (sim, server) = start().await;
+    sim.inject(Fault::no_cluster_leader("/v1/health/"));
+    let client = client_for(&server);
+
+    let error = bounded(client.health_service("web", &QueryOptions::default()))
+        .await
+        .expect_err("500 No cluster leader");
+
+    assert!(
+        matches!(&error, Error::NoLeader { endpoint } if endpoint == "/v1/health/service/web"),
+        "{error:?}"
+    );
+    assert!(error.is_retryable());
+}
+
+#[tokio::test]
+async fn stale_reads_survive_a_lost_leader_and_default_reads_do_not() {
+    let (sim, server) = start().await;
+    sim.inject(Fault::NoLeader);
+
+    let stale = client_for(&server);
+    let response = bounded(stale.health_service("web", &QueryOptions::default()))
+        .await
+        .expect("stale read works without a leader");
+    assert!(!response.meta.known_leader);
+
+    let consistent = client_with(&server, |config| config.stale = false);
+    let error = bounded(consistent.health_service("web", &QueryOptions::default()))
+        .await
+        .expect_err("leader read fails");
+    assert!(matches!(error, Error::NoLeader { .. }), "{error:?}");
+
+    assert_eq!(bounded(stale.status_leader()).await.expect("leader"), "");
+}
+
+#[tokio::test]
+async fn too_many_requests_is_rate_limited_and_retryable() {
+    let (sim, server) = start().await;
+    sim.inject(Fault::rate_limited("/v1/health/"));
+    let client = client_for(&server);
+
+    let error = bounded(client.health_service("web", &QueryOptions::default()))
+        .await
+        .expect_err("429");
+
+    assert!(matches!(error, Error::RateLimited { .. }), "{error:?}");
+    assert!(error.is_retryable());
+}
+
+#[tokio::test]
+async fn forbidden_is_not_retryable() {
+    let (sim, server) = start().await;
+    sim.inject(Fault::forbidden("/v1/catalog/"));
+    let client = client_for(&server);
+
+    let error = bounded(client.catalog_services(&QueryOptions::default()))
+        .await
+        .expect_err("403");
+
+    assert!(
+        matches!(&error, Error::Forbidden { endpoint, message }
+            if endpoint == "/v1/catalog/services" && message.contains("Permission denied")),
+        "{error:?}"
+    );
+    assert!(!error.is_retryable());
+}
+
+#[tokio::test]
+async fn other_statuses_keep_code_and_message() {
+    let (sim, server) = start().await;
+    sim.inject(Fault::unavailable("/v1/health/"));
+    let client = client_for(&server);
+
+    let error = bounded(client.health_service("web", &QueryOptions::default()))
+        .await
+        .expect_err("503");
+
+    assert!(
+        matches!(&error, Error::Status { status: 503, message, .. } if message.contains("leader")),
+        "{error:?}"
+    );
+    assert!(error.is_retryable());
+}
+
+#[tokio::test]
+async fn garbage_and_truncated_bodies_are_decode_errors() {
+    let (sim, server) = start().await;
+    let client = client_for(&server);
+
+    sim.inject(Fault::garbage("/v1/health/"));
+    let error = bounded(client.health_service("web", &QueryOptions::default()))
+        .await
+        .expect_err("garbage");
+    assert!(matches!(error, Error::Decode { .. }), "{error:?}");
+    assert!(!error.is_retryable());
+
+    sim.clear_faults();
+    sim.inject(Fault::truncated("/v1/health/"));
+    let error = bounded(client.health_service("web", &QueryOptions::default()))
+        .await
+        .expect_err("truncated");
+    assert!(matches!(error, Error::Decode { .. }), "{error:?}");
+}
+
+#[tokio::test]
+async fn connection_refused_is_unreachable() {
+    let (_sim, server) = start().await;
+    let client = client_for(&server);
+    server.set_down(true);
+
+    let error = bounded(client.health_service("web", &QueryOptions::default()))
+        .await
+        .expect_err("server is down");
+
+    assert!(
+        matches!(&error, Error::Unreachable { endpoint, .. } if endpoint == "/v1/health/service/web"),
+        "{error:?}"
+    );
+    assert!(error.is_retryable());
+
+    server.set_down(false);
+    bounded(client.health_service("web", &QueryOptions::default()))
+        .await
+        .expect("recovers once the server is back");
+}
+
+#[tokio::test]
+async fn hanging_server_times_out_at_the_request_deadline() {
+    let (sim, server) = start().await;
+    sim.inject(Fault::hang("/v1/health/"));
+    let client = client_with(&server, |config| {
+        config.request_timeout = Duration::from_millis(200)
+    });
+
+    let error = bounded(client.health_service("web", &QueryOptions::default()))
+        .await
+        .expect_err("hang");
+
+    assert!(
+        matches!(&error, Error::Timeout { endpoint } if endpoint == "/v1/health/service/web"),
+        "{error:?}"
+    );
+    assert!(error.is_retryable());
+}
+
+#[tokio::test]
+async fn token_is_sent_as_header_and_never_leaks_into_errors() {
+    let (sim, server) = start().await;
+    sim.set_acl_tokens(&[SECRET]);
+
+    let anonymous = client_for(&server);
+    let error = bounded(anonymous.health_service("web", &QueryOptions::default()))
+        .await
+        .expect_err("ACLs on, no token");
+    assert!(matches!(error, Error::Forbidden { .. }), "{error:?}");
+
+    let with_token = client_with(&server, |config| {
+        config.token = Some(Token::new(SECRET.to_owned()))
+    });
+    let response = bounded(with_token.health_service("web", &QueryOptions::default()))
+        .await
+        .expect("token accepted");
+    assert_eq!(response.value.len(), 2);
+    let query = last_query(&sim, "/v1/health/service/web");
+    assert!(
+        !query.contains(SECRET),
+        "token must not travel in the URL: {query}"
+    );
+
+    let wrong = client_with(&server, |config| {
+        config.token = Some(Token::new(format!("{SECRET}-wrong")))
+    });
+    let error = bounded(wrong.kv_get("some/key", &QueryOptions::default()))
+        .await
+        .expect_err("wrong token");
+    assert!(matches!(error, Error::Forbidden { .. }), "{error:?}");
+    for text in [
+        format!("{error}"),
+        format!("{error:?}"),
+        format!("{wrong:?}"),
+    ] {
+        assert!(!text.contains(SECRET), "token leaked: {text}");
+    }
+}
+
+#[tokio::test]
+async fn unknown_datacenter_is_reported_with_its_name() {
+    let (_sim, server) = start().await;
+    let client = client_for(&server);
+    let opts = QueryOptions {
+        datacenter: Some("mars-1".to_owned()),
+        ..QueryOptions::default()
+    };
+
+    let error = bounded(client.health_service("web", &opts))
+        .await
+        .expect_err("no such dc");
+
+    assert!(
+        matches!(&error, Error::UnknownDatacenter { datacenter } if datacenter == "mars-1"),
+        "{error:?}"
+    );
+    assert!(!error.is_retryable());
+}
+
+#[tokio::test]
+async fn other_datacenter_is_selected_with_dc_parameter() {
+    let (sim, server) = start().await;
+    sim.add_datacenter("dc2");
+    sim.register(
+        Registration::new("web")
+            .id("web-dc2")
+            .node("m1", "10.9.0.1")
+            .port(80)
+            .datacenter("dc2")
+            .check("service:web-dc2", "passing"),
+    );
+    let client = client_for(&server);
+    let opts = QueryOptions {
+        datacenter: Some("dc2".to_owned()),
+        ..QueryOptions::default()
+    };
+
+    let response = bounded(client.health_service("web", &opts))
+        .await
+        .expect("dc2 read");
+
+    let ids: Vec<&str> = response
+        .value
+        .iter()
+        .map(|entry| entry.service.id.as_str())
+        .collect();
+    assert_eq!(ids, ["web-dc2"]);
+    assert_eq!(response.value[0].node.datacenter, "dc2");
+}
+
+#[tokio::test]
+async fn kv_get_decodes_values_keeps_slashes_and_maps_404_to_none() {
+    let (sim, server) = start().await;
+    sim.kv_put("dnsfront/hosts/data", &b"10.0.0.1 web.service.consul\n"[..]);
+    let client = client_for(&server);
+
+    let present = bounded(client.kv_get("dnsfront/hosts/data", &QueryOptions::default()))
+        .await
+        .expect("kv read");
+    let pair = present.value.expect("key exists");
+    assert_eq!(pair.key, "dnsfront/hosts/data");
+    assert_eq!(
+        pair.value.as_deref(),
+        Some(&b"10.0.0.1 web.service.consul\n"[..])
+    );
+    assert!(pair.modify_index >= 1);
+    assert!(sim.request_count("/v1/kv/dnsfront/hosts/data") >= 1);
+
+    let missing = bounded(client.kv_get("dnsfront/hosts/nope", &QueryOptions::default()))
+        .await
+        .expect("404 is not an error");
+    assert_eq!(missing.value, None);
+    assert!(
+        missing.meta.index >= 1,
+        "a 404 still carries the index to block on"
+    );
+}
+
+#[tokio::test]
+async fn catalog_endpoints_decode() {
+    let (_sim, server) = start().await;
+    let client = client_for(&server);
+
+    let services = bounded(client.catalog_services(&QueryOptions::default()))
+        .await
+        .expect("services");
+    let web_tags = services.value.get("web").expect("web listed");
+    assert!(web_tags.contains(&"primary".to_owned()), "{web_tags:?}");
+
+    let nodes = bounded(client.catalog_nodes(&QueryOptions::default()))
+        .await
+        .expect("nodes");
+    let addresses: BTreeMap<&str, &str> = nodes
+        .value
+        .iter()
+        .map(|node| (node.node.as_str(), node.address.as_str()))
+        .collect();
+    assert_eq!(addresses.get("n1"), Some(&"10.0.0.1"));
+    assert_eq!(addresses.get("n2"), Some(&"10.0.0.2"));
+
+    let node = bounded(client.catalog_node("n1", &QueryOptions::default()))
+        .await
+        .expect("node");
+    let node = node.value.expect("n1 exists");
+    assert_eq!(node.node.address, "10.0.0.1");
+    assert_eq!(
+        node.services.get("web-1").map(|service| service.port),
+        Some(80)
+    );
+
+    let unknown = bounded(client.catalog_node("nope", &QueryOptions::default()))
+        .await
+        .expect("unknown node is not an error");
+    assert_eq!(unknown.value, None);
+}
+
+#[tokio::test]
+async fn status_leader_and_agent_self_decode() {
+    let (sim, server) = start().await;
+    let client = client_for(&server);
+
+    let leader = bounded(client.status_leader()).await.expect("leader");
+    assert!(leader.contains(':'), "ip:port expected, got {leader:?}");
+
+    let agent = bounded(client.agent_self()).await.expect("agent self");
+    assert_eq!(agent.datacenter, "dc1");
+    assert_eq!(agent.node_name, sim.agent_node());
+    assert_eq!(agent.version, consul_sim::CONSUL_VERSION);
+}
+
+// === metrics ===
+
+/// A minimal recorder that counts increments per counter key (`name{k=v,…}`).
+#[derive(Default)]
+struct CountingRecorder {
+    counters: Mutex<BTreeMap<String, Arc<AtomicU64>>>,
+    histograms: Mutex<BTreeMap<String, Arc<AtomicU64>>>,
+}
+
+struct HistogramCount(Arc<AtomicU64>);
+
+impl metrics::HistogramFn for HistogramCount {
+    fn record(&self, _value: f64) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn key_text(key: &metrics::Key) -> String {
+    let labels: Vec<String> = key
+        .labels()
+        .map(|label| format!("{}={}", label.key(), label.value()))
+        .collect();
+    format!("{}{{{}}}", key.name(), labels.join(","))
+}
+
+impl CountingRecorder {
+    fn counter(&self, key: &str) -> u64 {
+        self.counters
+            .lock()
+            .expect("not poisoned")
+            .get(key)
+            .map_or(0, |count| count.load(Ordering::Relaxed))
+    }
+
+    fn histogram_samples(&self, key: &str) -> u64 {
+        self.histograms
+            .lock()
+            .expect("not poisoned")
+            .get(key)
+            .map_or(0, |count| count.load(Ordering::Relaxed))
+    }
+}
+
+impl metrics::Recorder for CountingRecorder {
+    fn describe_counter(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_gauge(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_histogram(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+
+    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        let count = Arc::clone(
+            self.counters
+                .lock()
+                .expect("not poisoned")
+                .entry(key_text(key))
+                .or_default(),
+        );
+        metrics::Counter::from_arc(count)
+    }
+
+    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        metrics::Gauge::noop()
+    }
+
+    fn register_histogram(
+        &self,
+        key: &metrics::Key,
+        _: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
+        let count = Arc::clone(
+            self.histograms
+                .lock()
+                .expect("not poisoned")
+                .entry(key_text(key))
+                .or_default(),
+        );
+        metrics::Histogram::from_arc(Arc::new(HistogramCount(count)))
+    }
+}
+
+#[test]
+fn requests_are_counted_by_endpoint_and_outcome() {
+    let recorder = CountingRecorder::default();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    metrics::with_local_recorder(&recorder, || {
+        runtime.block_on(async {
+            let (sim, server) = start().await;
+            let client = client_for(&server);
+            bounded(client.health_service("web", &QueryOptions::default()))
+                .await
+                .expect("ok");
+            sim.inject(Fault::rate_limited("/v1/kv/"));
+            bounded(client.kv_get("k", &QueryOptions::default()))
+                .await
+                .expect_err("429");
+        });
+    });
+
+    assert_eq!(
+        recorder.counter("consul.requests{endpoint=health_service,outcome=ok}"),
+        1
+    );
+    assert_eq!(
+        recorder.counter("consul.requests{endpoint=kv,outcome=rate_limited}"),
+        1
+    );
+    assert_eq!(
+        recorder.histogram_samples("consul.request_duration_seconds{endpoint=health_service}"),
+        1
+    );
+}
