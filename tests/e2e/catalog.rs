@@ -281,3 +281,31 @@ async fn acl_token_is_sent_and_a_bad_one_gives_servfail() {
     );
     h.stop().await;
 }
+
+#[tokio::test]
+async fn names_nobody_asks_for_stop_costing_consul_anything() {
+    let h = Harness::start_with(standard_sim(), |raw| {
+        fast(raw);
+        raw.catalog.idle_timeout = Duration::from_millis(800);
+    })
+    .await;
+    let ask = Ask::new("web.service.consul.", RecordType::A);
+    udp(h.dns, &ask).await;
+    // Idle for well past idle_timeout: refreshes stop.
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    h.sim.reset_requests();
+    tokio::time::sleep(FAST_REFRESH * 4).await;
+    assert_eq!(
+        h.sim.request_count(HEALTH_WEB),
+        0,
+        "an idle name was still refreshed"
+    );
+
+    // Asked again: its data is of unknown age, so it is re-read before answering,
+    // and a change made while it was idle shows at once.
+    h.sim.deregister("node-1", "web-1");
+    let (answer, _) = udp(h.dns, &ask.clone().edns(1232)).await;
+    assert_eq!(sorted_addresses(&answer), vec![ip("10.0.0.2")]);
+    assert_eq!(h.sim.request_count(HEALTH_WEB), 1);
+    h.stop().await;
+}
