@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use crate::duration::parse_go_duration;
 use crate::fault::Fault;
 use crate::model;
-use crate::state::{Behavior, Dc, KvEntry, Session, State};
+use crate::state::{Behavior, Dc, KvEntry, Session, State, under_prefix};
 use crate::{CONSUL_VERSION, RequestRecord, Sim};
 
 /// Consul's default `kv_max_value_size` (raft `SuggestedMaxDataSize`).
@@ -40,10 +40,35 @@ type Resp = Response<Bytes>;
 
 /// Marks a request whose body was too large to read (the declared or observed size).
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct BodyTooLarge(pub(crate) u64);
+struct BodyTooLarge(u64);
+
+/// Buffers a request's body for [`handle`] (both front-ends use it). A body too large to
+/// buffer becomes empty and the request is marked [`BodyTooLarge`] with its declared size
+/// (`u64::MAX` when undeclared), so [`handle`] logs it and answers 413.
+pub(crate) async fn buffer_request<B>(request: http::Request<B>) -> http::Request<Bytes>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (mut parts, body) = request.into_parts();
+    let body = match read_body(&parts.headers, body).await {
+        Ok(body) => body,
+        Err(_) => {
+            let size = parts
+                .headers
+                .get(CONTENT_LENGTH)
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| value.parse().ok())
+                .unwrap_or(u64::MAX);
+            parts.extensions.insert(BodyTooLarge(size));
+            Bytes::new()
+        }
+    };
+    http::Request::from_parts(parts, body)
+}
 
 /// Reads a request body, refusing to buffer more than [`MAX_READ_BODY`].
-pub(crate) async fn read_body<B>(headers: &HeaderMap, body: B) -> Result<Bytes, Resp>
+async fn read_body<B>(headers: &HeaderMap, body: B) -> Result<Bytes, Resp>
 where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -298,6 +323,26 @@ fn dc_param(state: &State, params: &Params) -> Result<String, Resp> {
     } else {
         Err(no_path_to_dc())
     }
+}
+
+/// The datacenter a write addresses; without a leader ⇒ 500 `No cluster leader` first.
+fn write_dc(state: &State, params: &Params) -> Result<String, Resp> {
+    if state.no_leader() {
+        return Err(no_leader());
+    }
+    dc_param(state, params)
+}
+
+/// The optional `?cas=` index of a KV write or delete.
+fn cas_param(params: &Params) -> Result<Option<u64>, Resp> {
+    params
+        .get("cas")
+        .map(|value| {
+            value
+                .parse::<u64>()
+                .map_err(|_| bad_request("Invalid cas index"))
+        })
+        .transpose()
 }
 
 fn request_token(headers: &HeaderMap, params: &Params) -> Option<String> {
@@ -585,6 +630,15 @@ impl Read {
         }
     }
 
+    /// A KV listing: the items as JSON, or an empty 404 when there are none.
+    fn listing<T: serde::Serialize>(index: u64, items: &[T]) -> Self {
+        if items.is_empty() {
+            Self::not_found(index)
+        } else {
+            Self::json(index, &items)
+        }
+    }
+
     fn not_found(index: u64) -> Self {
         Self {
             index,
@@ -831,12 +885,7 @@ async fn kv_get(sim: &Sim, key: &str, params: &Params) -> Resp {
         return blocking_read(sim, params, None, |dc| {
             let index = dc.kv_prefix_index(key);
             let mut keys: Vec<String> = Vec::new();
-            for entry_key in dc
-                .kv
-                .range(key.to_owned()..)
-                .map(|(k, _)| k)
-                .take_while(|k| k.starts_with(key))
-            {
+            for (entry_key, _) in under_prefix(&dc.kv, key) {
                 let rest = &entry_key[key.len()..];
                 let listed = match rest.find(separator.as_str()) {
                     Some(position) if !separator.is_empty() => {
@@ -848,28 +897,17 @@ async fn kv_get(sim: &Sim, key: &str, params: &Params) -> Resp {
                     keys.push(listed);
                 }
             }
-            if keys.is_empty() {
-                Read::not_found(index)
-            } else {
-                Read::json(index, &keys)
-            }
+            Read::listing(index, &keys)
         })
         .await;
     }
     if params.has("recurse") {
         return blocking_read(sim, params, None, |dc| {
             let index = dc.kv_prefix_index(key);
-            let entries: Vec<model::KvJson<'_>> = dc
-                .kv
-                .range(key.to_owned()..)
-                .take_while(|(k, _)| k.starts_with(key))
+            let entries: Vec<model::KvJson<'_>> = under_prefix(&dc.kv, key)
                 .map(|(_, entry)| model::KvJson::new(entry))
                 .collect();
-            if entries.is_empty() {
-                Read::not_found(index)
-            } else {
-                Read::json(index, &entries)
-            }
+            Read::listing(index, &entries)
         })
         .await;
     }
@@ -955,18 +993,12 @@ fn kv_put(
             Err(_) => return bad_request("Invalid flags"),
         },
     };
-    let cas = match params.get("cas") {
-        None => None,
-        Some(value) => match value.parse::<u64>() {
-            Ok(cas) => Some(cas),
-            Err(_) => return bad_request("Invalid cas index"),
-        },
+    let cas = match cas_param(params) {
+        Ok(cas) => cas,
+        Err(response) => return response,
     };
     let mut state = sim.lock();
-    if state.no_leader() {
-        return no_leader();
-    }
-    let dc_name = match dc_param(&state, params) {
+    let dc_name = match write_dc(&state, params) {
         Ok(dc) => dc,
         Err(response) => return response,
     };
@@ -1039,29 +1071,18 @@ fn kv_delete(sim: &Sim, key: &str, params: &Params) -> Resp {
     if key.is_empty() && !recurse {
         return bad_request("Missing key name");
     }
-    let cas = match params.get("cas") {
-        None => None,
-        Some(value) => match value.parse::<u64>() {
-            Ok(cas) => Some(cas),
-            Err(_) => return bad_request("Invalid cas index"),
-        },
+    let cas = match cas_param(params) {
+        Ok(cas) => cas,
+        Err(response) => return response,
     };
     let mut state = sim.lock();
-    if state.no_leader() {
-        return no_leader();
-    }
-    let dc_name = match dc_param(&state, params) {
+    let dc_name = match write_dc(&state, params) {
         Ok(dc) => dc,
         Err(response) => return response,
     };
     let dc = state.dc_mut(&dc_name);
     let (result, changed) = if recurse {
-        let doomed: Vec<String> = dc
-            .kv
-            .range(key.to_owned()..)
-            .map(|(k, _)| k.clone())
-            .take_while(|k| k.starts_with(key))
-            .collect();
+        let doomed: Vec<String> = under_prefix(&dc.kv, key).map(|(k, _)| k.clone()).collect();
         if doomed.is_empty() {
             (true, false)
         } else {
@@ -1177,10 +1198,7 @@ fn session_create(sim: &Sim, params: &Params, body: &Bytes) -> Resp {
         other => return server_error(&format!("Invalid Behavior setting '{other}'")),
     };
     let mut state = sim.lock();
-    if state.no_leader() {
-        return no_leader();
-    }
-    let dc_name = match dc_param(&state, params) {
+    let dc_name = match write_dc(&state, params) {
         Ok(dc) => dc,
         Err(response) => return response,
     };
@@ -1238,10 +1256,7 @@ fn schedule_expiry(sim: &Sim, dc_name: &str, session_id: &str, at: Instant) {
 
 fn session_renew(sim: &Sim, session_id: &str, params: &Params) -> Resp {
     let mut state = sim.lock();
-    if state.no_leader() {
-        return no_leader();
-    }
-    let dc_name = match dc_param(&state, params) {
+    let dc_name = match write_dc(&state, params) {
         Ok(dc) => dc,
         Err(response) => return response,
     };
@@ -1268,10 +1283,7 @@ fn session_destroy(sim: &Sim, session_id: &str, params: &Params) -> Resp {
         return bad_request("Missing session");
     }
     let mut state = sim.lock();
-    if state.no_leader() {
-        return no_leader();
-    }
-    let dc_name = match dc_param(&state, params) {
+    let dc_name = match write_dc(&state, params) {
         Ok(dc) => dc,
         Err(response) => return response,
     };

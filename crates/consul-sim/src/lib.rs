@@ -490,23 +490,8 @@ impl Sim {
         &self,
         request: axum::extract::Request,
     ) -> http::Response<axum::body::Body> {
-        let (mut parts, body) = request.into_parts();
-        let body = match api::read_body(&parts.headers, body).await {
-            Ok(body) => body,
-            Err(_) => {
-                let size = parts
-                    .headers
-                    .get(http::header::CONTENT_LENGTH)
-                    .and_then(|value| value.to_str().ok())
-                    .and_then(|value| value.parse().ok())
-                    .unwrap_or(u64::MAX);
-                parts.extensions.insert(api::BodyTooLarge(size));
-                Bytes::new()
-            }
-        };
-        self.handle(http::Request::from_parts(parts, body))
-            .await
-            .map(axum::body::Body::from)
+        let request = api::buffer_request(request).await;
+        self.handle(request).await.map(axum::body::Body::from)
     }
 
     /// Handles one request in-process (the core both front-ends use).

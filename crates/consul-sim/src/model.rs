@@ -10,16 +10,36 @@ use serde_json::{Value, json};
 use crate::duration::format_go_duration;
 use crate::state::{Check, Dc, KvEntry, Node, Service, Session};
 
-/// `structs.Node` as it appears in health results and `/v1/catalog/nodes`.
+/// The node fields that open both `structs.Node` and `structs.ServiceNode` (flattened into each).
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
-pub(crate) struct NodeJson<'a> {
+struct NodeHeadJson<'a> {
     #[serde(rename = "ID")]
     id: &'a str,
     node: &'a str,
     address: &'a str,
     datacenter: &'a str,
     tagged_addresses: BTreeMap<String, String>,
+}
+
+impl<'a> NodeHeadJson<'a> {
+    fn new(node: &'a Node, datacenter: &'a str) -> Self {
+        Self {
+            id: &node.id,
+            node: &node.name,
+            address: &node.address,
+            datacenter,
+            tagged_addresses: node.tagged_addresses(),
+        }
+    }
+}
+
+/// `structs.Node` as it appears in health results and `/v1/catalog/nodes`.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub(crate) struct NodeJson<'a> {
+    #[serde(flatten)]
+    head: NodeHeadJson<'a>,
     meta: &'a BTreeMap<String, String>,
     create_index: u64,
     modify_index: u64,
@@ -28,11 +48,7 @@ pub(crate) struct NodeJson<'a> {
 impl<'a> NodeJson<'a> {
     pub(crate) fn new(node: &'a Node, datacenter: &'a str) -> Self {
         Self {
-            id: &node.id,
-            node: &node.name,
-            address: &node.address,
-            datacenter,
-            tagged_addresses: node.tagged_addresses(),
+            head: NodeHeadJson::new(node, datacenter),
             meta: &node.meta,
             create_index: node.create_index,
             modify_index: node.modify_index,
@@ -230,12 +246,8 @@ pub(crate) fn health_service<'a>(
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub(crate) struct CatalogServiceJson<'a> {
-    #[serde(rename = "ID")]
-    id: &'a str,
-    node: &'a str,
-    address: &'a str,
-    datacenter: &'a str,
-    tagged_addresses: BTreeMap<String, String>,
+    #[serde(flatten)]
+    head: NodeHeadJson<'a>,
     node_meta: &'a BTreeMap<String, String>,
     service_kind: &'a str,
     #[serde(rename = "ServiceID")]
@@ -267,11 +279,7 @@ pub(crate) fn catalog_service<'a>(
         .filter_map(|service| {
             let node = dc.nodes.get(&service.node)?;
             Some(CatalogServiceJson {
-                id: &node.id,
-                node: &node.name,
-                address: &node.address,
-                datacenter: &dc.name,
-                tagged_addresses: node.tagged_addresses(),
+                head: NodeHeadJson::new(node, &dc.name),
                 node_meta: &node.meta,
                 service_kind: "",
                 service_id: &service.id,

@@ -205,20 +205,7 @@ async fn serve_request(
     sim: &Sim,
     request: hyper::Request<Incoming>,
 ) -> hyper::Response<Full<Bytes>> {
-    let (mut parts, body) = request.into_parts();
-    let body = match api::read_body(&parts.headers, body).await {
-        Ok(body) => body,
-        Err(_) => {
-            let size = parts
-                .headers
-                .get(http::header::CONTENT_LENGTH)
-                .and_then(|value| value.to_str().ok())
-                .and_then(|value| value.parse().ok())
-                .unwrap_or(u64::MAX);
-            parts.extensions.insert(api::BodyTooLarge(size));
-            Bytes::new()
-        }
-    };
-    let response = sim.handle(http::Request::from_parts(parts, body)).await;
+    let request = api::buffer_request(request).await;
+    let response = sim.handle(request).await;
     response.map(Full::new)
 }

@@ -414,17 +414,11 @@ impl Dc {
         if prefix.is_empty() {
             return self.kvs_index;
         }
-        let entries = self
-            .kv
-            .range(prefix.to_owned()..)
-            .take_while(|(key, _)| key.starts_with(prefix))
+        let entries = under_prefix(&self.kv, prefix)
             .map(|(_, entry)| entry.modify_index)
             .max()
             .unwrap_or(0);
-        let graves = self
-            .tombstones
-            .range(prefix.to_owned()..)
-            .take_while(|(key, _)| key.starts_with(prefix))
+        let graves = under_prefix(&self.tombstones, prefix)
             .map(|(_, index)| *index)
             .max()
             .unwrap_or(0);
@@ -479,6 +473,15 @@ impl Dc {
 }
 
 /// A stable UUID-shaped node ID derived from the node name (FNV-1a).
+/// The entries of a key-sorted map whose keys start with `prefix`, in key order.
+pub(crate) fn under_prefix<'a, V>(
+    map: &'a BTreeMap<String, V>,
+    prefix: &'a str,
+) -> impl Iterator<Item = (&'a String, &'a V)> {
+    map.range(prefix.to_owned()..)
+        .take_while(move |(key, _)| key.starts_with(prefix))
+}
+
 pub(crate) fn node_id_for(name: &str) -> String {
     let mut first: u64 = 0xcbf2_9ce4_8422_2325;
     let mut second: u64 = 0x8422_2325_cbf2_9ce4;

@@ -5,33 +5,15 @@ use std::time::Duration;
 use consul_sim::{DEMO_FIXTURE, Fault, Registration, Sim, SimServer};
 use serde_json::Value;
 
-async fn start(sim: &Sim) -> SimServer {
-    sim.serve("127.0.0.1:0".parse().expect("valid address"))
-        .await
-        .expect("bind consul-sim")
-}
+mod common;
+
+use common::{client, get, start};
 
 async fn demo() -> (Sim, SimServer) {
     let sim = Sim::new();
     sim.load_fixture(DEMO_FIXTURE).expect("demo fixture loads");
     let server = start(&sim).await;
     (sim, server)
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .expect("client")
-}
-
-async fn get(server: &SimServer, path_and_query: &str) -> reqwest::Response {
-    client()
-        .get(format!("{}{path_and_query}", server.url()))
-        .send()
-        .await
-        .expect("request succeeds")
 }
 
 fn index_of(response: &reqwest::Response) -> u64 {

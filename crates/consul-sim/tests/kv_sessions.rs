@@ -6,19 +6,9 @@ use bytes::Bytes;
 use consul_sim::{Fault, Sim, SimServer};
 use serde_json::Value;
 
-async fn start(sim: &Sim) -> SimServer {
-    sim.serve("127.0.0.1:0".parse().expect("valid address"))
-        .await
-        .expect("bind consul-sim")
-}
+mod common;
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .expect("client")
-}
+use common::{client, get, start};
 
 async fn put(
     server: &SimServer,
@@ -40,11 +30,7 @@ async fn put_bool(server: &SimServer, path_and_query: &str, body: &'static str) 
 }
 
 async fn get_json(server: &SimServer, path_and_query: &str) -> (u16, Value) {
-    let response = client()
-        .get(format!("{}{path_and_query}", server.url()))
-        .send()
-        .await
-        .expect("response");
+    let response = get(server, path_and_query).await;
     let status = response.status().as_u16();
     let text = response.text().await.expect("body");
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))

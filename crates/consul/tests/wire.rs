@@ -2,14 +2,13 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use consul_sim::{Fault, Registration, Sim, SimServer};
 use dnsfront_consul::{
     Client, Config, Error, HealthStatus, QueryOptions, Token, Weights, next_index,
 };
+use test_support::capture_metrics;
 
 const SECRET: &str = "3f0c1d52-wire-test-s3cret";
 
@@ -550,109 +549,13 @@ async fn status_leader_and_agent_self_decode() {
 
 // === metrics ===
 
-/// A minimal recorder that counts increments per counter key (`name{k=v,…}`).
-#[derive(Default)]
-struct CountingRecorder {
-    counters: Mutex<BTreeMap<String, Arc<AtomicU64>>>,
-    histograms: Mutex<BTreeMap<String, Arc<AtomicU64>>>,
-}
-
-struct HistogramCount(Arc<AtomicU64>);
-
-impl metrics::HistogramFn for HistogramCount {
-    fn record(&self, _value: f64) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-fn key_text(key: &metrics::Key) -> String {
-    let labels: Vec<String> = key
-        .labels()
-        .map(|label| format!("{}={}", label.key(), label.value()))
-        .collect();
-    format!("{}{{{}}}", key.name(), labels.join(","))
-}
-
-impl CountingRecorder {
-    fn counter(&self, key: &str) -> u64 {
-        self.counters
-            .lock()
-            .expect("not poisoned")
-            .get(key)
-            .map_or(0, |count| count.load(Ordering::Relaxed))
-    }
-
-    fn histogram_samples(&self, key: &str) -> u64 {
-        self.histograms
-            .lock()
-            .expect("not poisoned")
-            .get(key)
-            .map_or(0, |count| count.load(Ordering::Relaxed))
-    }
-}
-
-impl metrics::Recorder for CountingRecorder {
-    fn describe_counter(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
-    }
-    fn describe_gauge(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
-    }
-    fn describe_histogram(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
-    }
-
-    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
-        let count = Arc::clone(
-            self.counters
-                .lock()
-                .expect("not poisoned")
-                .entry(key_text(key))
-                .or_default(),
-        );
-        metrics::Counter::from_arc(count)
-    }
-
-    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
-        metrics::Gauge::noop()
-    }
-
-    fn register_histogram(
-        &self,
-        key: &metrics::Key,
-        _: &metrics::Metadata<'_>,
-    ) -> metrics::Histogram {
-        let count = Arc::clone(
-            self.histograms
-                .lock()
-                .expect("not poisoned")
-                .entry(key_text(key))
-                .or_default(),
-        );
-        metrics::Histogram::from_arc(Arc::new(HistogramCount(count)))
-    }
-}
-
 #[test]
 fn requests_are_counted_by_endpoint_and_outcome() {
-    let recorder = CountingRecorder::default();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    metrics::with_local_recorder(&recorder, || {
+    let ((), recorded) = capture_metrics(|| {
         runtime.block_on(async {
             let (sim, server) = start().await;
             let client = client_for(&server);
@@ -667,15 +570,24 @@ fn requests_are_counted_by_endpoint_and_outcome() {
     });
 
     assert_eq!(
-        recorder.counter("consul.requests{endpoint=health_service,outcome=ok}"),
+        recorded.counter(
+            "consul.requests",
+            &[("endpoint", "health_service"), ("outcome", "ok")]
+        ),
         1
     );
     assert_eq!(
-        recorder.counter("consul.requests{endpoint=kv,outcome=rate_limited}"),
+        recorded.counter(
+            "consul.requests",
+            &[("endpoint", "kv"), ("outcome", "rate_limited")]
+        ),
         1
     );
     assert_eq!(
-        recorder.histogram_samples("consul.request_duration_seconds{endpoint=health_service}"),
+        recorded.histogram_samples(
+            "consul.request_duration_seconds",
+            &[("endpoint", "health_service")]
+        ),
         1
     );
 }

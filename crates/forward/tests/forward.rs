@@ -1,7 +1,5 @@
 //! Forwarder behaviour against fake upstream resolvers on real 127.0.0.1 sockets.
 
-mod support;
-
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -9,8 +7,9 @@ use std::time::Duration;
 use dnsfront_forward::{Answer, Config, Error, Forwarder, Source, metrics as names};
 use hickory_proto::op::{Query, ResponseCode};
 use hickory_proto::rr::{RData, RecordType};
-use support::{
-    CountingRecorder, FakeUpstream, Knobs, a_records, closed_port, name_of, negative, positive,
+use test_support::{
+    DebuggingRecorder, FakeUpstream, Knobs, Recorded, a_records, closed_port, name_of, negative,
+    positive,
 };
 use tokio::time::Instant;
 
@@ -56,7 +55,7 @@ async fn answer_is_cached_and_ttls_count_down() {
         RecordType::A,
         positive(a_records("short.example.", 1, &[9])),
     );
-    let forwarder = Forwarder::new(config(&[upstream.addr]));
+    let forwarder = Forwarder::new(config(&[upstream.addr()]));
 
     let first = forwarder
         .resolve(&question("www.example."), false)
@@ -113,7 +112,7 @@ async fn dnssec_ok_sets_the_do_bit_and_is_cached_separately() {
         RecordType::A,
         positive(a_records("www.example.", 300, &[1])),
     );
-    let forwarder = Forwarder::new(config(&[upstream.addr]));
+    let forwarder = Forwarder::new(config(&[upstream.addr()]));
 
     let plain = forwarder
         .resolve(&question("www.example."), false)
@@ -164,7 +163,7 @@ async fn nxdomain_is_negatively_cached_for_the_soa_ttl() {
         RecordType::A,
         negative(ResponseCode::NoError, Some((30, 300))),
     );
-    let forwarder = Forwarder::new(config(&[upstream.addr]));
+    let forwarder = Forwarder::new(config(&[upstream.addr()]));
 
     let first = forwarder
         .resolve(&question("gone.example."), false)
@@ -201,13 +200,19 @@ async fn nxdomain_is_negatively_cached_for_the_soa_ttl() {
 #[tokio::test]
 async fn nxdomain_without_soa_is_not_cached() {
     let upstream = FakeUpstream::start().await;
-    let forwarder = Forwarder::new(config(&[upstream.addr]));
+    upstream.answer(
+        "unknown.example.",
+        RecordType::A,
+        negative(ResponseCode::NXDomain, None),
+    );
+    let forwarder = Forwarder::new(config(&[upstream.addr()]));
     for _ in 0..2 {
         let answer = forwarder
             .resolve(&question("unknown.example."), false)
             .await
             .expect("answer");
         assert_eq!(answer.response_code, ResponseCode::NXDomain);
+        assert!(answer.authorities.is_empty(), "the fake sent no SOA");
         assert_eq!(answer.source, Source::Upstream);
     }
     assert_eq!(upstream.udp_queries(), 2);
@@ -222,7 +227,7 @@ async fn ttl_zero_is_cached_only_with_a_min_ttl() {
         positive(a_records("zero.example.", 0, &[5])),
     );
 
-    let forwarder = Forwarder::new(config(&[upstream.addr]));
+    let forwarder = Forwarder::new(config(&[upstream.addr()]));
     for _ in 0..2 {
         let answer = forwarder
             .resolve(&question("zero.example."), false)
@@ -235,7 +240,7 @@ async fn ttl_zero_is_cached_only_with_a_min_ttl() {
 
     let floored = Forwarder::new(Config {
         min_ttl: Duration::from_secs(5),
-        ..config(&[upstream.addr])
+        ..config(&[upstream.addr()])
     });
     let first = floored
         .resolve(&question("zero.example."), false)
@@ -253,7 +258,7 @@ async fn ttl_zero_is_cached_only_with_a_min_ttl() {
 #[tokio::test]
 async fn fails_over_when_the_first_upstream_times_out() {
     let silent = FakeUpstream::start().await;
-    silent.set(Knobs {
+    silent.set_knobs(Knobs {
         drop: true,
         ..Knobs::default()
     });
@@ -263,9 +268,10 @@ async fn fails_over_when_the_first_upstream_times_out() {
         RecordType::A,
         positive(a_records("www.example.", 60, &[2])),
     );
-    let forwarder = Forwarder::new(config(&[silent.addr, good.addr]));
+    let forwarder = Forwarder::new(config(&[silent.addr(), good.addr()]));
 
-    let recorder = CountingRecorder::default();
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
     let _guard = metrics::set_default_local_recorder(&recorder);
     let answer = forwarder
         .resolve(&question("www.example."), false)
@@ -273,24 +279,25 @@ async fn fails_over_when_the_first_upstream_times_out() {
         .expect("answer");
     assert_eq!(addresses(&answer), ["192.0.2.2"]);
     assert_eq!((silent.udp_queries(), good.udp_queries()), (1, 1));
-    let silent_label = silent.addr.to_string();
-    let good_label = good.addr.to_string();
+    let recorded = Recorded::take(&snapshotter);
+    let silent_label = silent.addr().to_string();
+    let good_label = good.addr().to_string();
     let timeouts = [
         ("upstream", silent_label.as_str()),
         ("outcome", names::OUTCOME_TIMEOUT),
     ];
-    assert_eq!(recorder.counter(names::UPSTREAM_QUERIES, &timeouts), 1);
+    assert_eq!(recorded.counter(names::UPSTREAM_QUERIES, &timeouts), 1);
     let oks = [
         ("upstream", good_label.as_str()),
         ("outcome", names::OUTCOME_OK),
     ];
-    assert_eq!(recorder.counter(names::UPSTREAM_QUERIES, &oks), 1);
+    assert_eq!(recorded.counter(names::UPSTREAM_QUERIES, &oks), 1);
 }
 
 #[tokio::test]
 async fn fails_over_on_servfail_and_on_a_closed_port() {
     let failing = FakeUpstream::start().await;
-    failing.set(Knobs {
+    failing.set_knobs(Knobs {
         servfail: true,
         ..Knobs::default()
     });
@@ -301,7 +308,7 @@ async fn fails_over_on_servfail_and_on_a_closed_port() {
         RecordType::A,
         positive(a_records("www.example.", 60, &[3])),
     );
-    let forwarder = Forwarder::new(config(&[failing.addr, closed, good.addr]));
+    let forwarder = Forwarder::new(config(&[failing.addr(), closed, good.addr()]));
 
     let started = Instant::now();
     let answer = forwarder
@@ -321,12 +328,12 @@ async fn fails_over_on_servfail_and_on_a_closed_port() {
 #[tokio::test]
 async fn all_failed_within_the_deadline_and_not_cached() {
     let first = FakeUpstream::start().await;
-    first.set(Knobs {
+    first.set_knobs(Knobs {
         drop: true,
         ..Knobs::default()
     });
     let second = FakeUpstream::start().await;
-    second.set(Knobs {
+    second.set_knobs(Knobs {
         drop: true,
         ..Knobs::default()
     });
@@ -338,7 +345,7 @@ async fn all_failed_within_the_deadline_and_not_cached() {
     let forwarder = Forwarder::new(Config {
         attempt_timeout: Duration::from_millis(300),
         deadline: Duration::from_millis(500),
-        ..config(&[first.addr, second.addr])
+        ..config(&[first.addr(), second.addr()])
     });
 
     let started = Instant::now();
@@ -362,7 +369,7 @@ async fn all_failed_within_the_deadline_and_not_cached() {
         "second gets the rest"
     );
 
-    second.set(Knobs::default());
+    second.set_knobs(Knobs::default());
     let answer = forwarder
         .resolve(&question("www.example."), false)
         .await
@@ -377,7 +384,7 @@ async fn all_failed_within_the_deadline_and_not_cached() {
 #[tokio::test]
 async fn truncated_udp_answer_is_retried_over_tcp() {
     let upstream = FakeUpstream::start().await;
-    upstream.set(Knobs {
+    upstream.set_knobs(Knobs {
         truncate_udp: true,
         ..Knobs::default()
     });
@@ -386,9 +393,10 @@ async fn truncated_udp_answer_is_retried_over_tcp() {
         RecordType::A,
         positive(a_records("big.example.", 60, &[1, 2, 3])),
     );
-    let forwarder = Forwarder::new(config(&[upstream.addr]));
+    let forwarder = Forwarder::new(config(&[upstream.addr()]));
 
-    let recorder = CountingRecorder::default();
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
     let _guard = metrics::set_default_local_recorder(&recorder);
     let answer = forwarder
         .resolve(&question("big.example."), false)
@@ -399,14 +407,19 @@ async fn truncated_udp_answer_is_retried_over_tcp() {
         ["192.0.2.1", "192.0.2.2", "192.0.2.3"]
     );
     assert_eq!((upstream.udp_queries(), upstream.tcp_queries()), (1, 1));
-    let retried = [("outcome", names::OUTCOME_TRUNCATED_RETRY)];
-    assert_eq!(recorder.counter(names::UPSTREAM_QUERIES, &retried), 1);
+    let label = upstream.addr().to_string();
+    let retried = [
+        ("upstream", label.as_str()),
+        ("outcome", names::OUTCOME_TRUNCATED_RETRY),
+    ];
+    let recorded = Recorded::take(&snapshotter);
+    assert_eq!(recorded.counter(names::UPSTREAM_QUERIES, &retried), 1);
 }
 
 #[tokio::test]
 async fn mismatched_replies_are_ignored() {
     let upstream = FakeUpstream::start().await;
-    upstream.set(Knobs {
+    upstream.set_knobs(Knobs {
         wrong_first: true,
         ..Knobs::default()
     });
@@ -415,7 +428,7 @@ async fn mismatched_replies_are_ignored() {
         RecordType::A,
         positive(a_records("www.example.", 60, &[7])),
     );
-    let forwarder = Forwarder::new(config(&[upstream.addr]));
+    let forwarder = Forwarder::new(config(&[upstream.addr()]));
 
     let answer = forwarder
         .resolve(&question("www.example."), false)
@@ -428,7 +441,7 @@ async fn mismatched_replies_are_ignored() {
 #[tokio::test]
 async fn concurrent_identical_misses_share_one_upstream_query() {
     let upstream = FakeUpstream::start().await;
-    upstream.set(Knobs {
+    upstream.set_knobs(Knobs {
         delay: Duration::from_millis(200),
         ..Knobs::default()
     });
@@ -437,9 +450,10 @@ async fn concurrent_identical_misses_share_one_upstream_query() {
         RecordType::A,
         positive(a_records("www.example.", 60, &[8])),
     );
-    let forwarder = Forwarder::new(config(&[upstream.addr]));
+    let forwarder = Forwarder::new(config(&[upstream.addr()]));
 
-    let recorder = CountingRecorder::default();
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
     let _guard = metrics::set_default_local_recorder(&recorder);
     let query = question("www.example.");
     let results =
@@ -448,14 +462,15 @@ async fn concurrent_identical_misses_share_one_upstream_query() {
         assert_eq!(addresses(&result.expect("answer")), ["192.0.2.8"]);
     }
     assert_eq!(upstream.udp_queries(), 1);
-    assert_eq!(recorder.counter(names::COALESCED, &[]), 49);
-    assert_eq!(recorder.counter(names::CACHE_MISSES, &[]), 50);
+    let recorded = Recorded::take(&snapshotter);
+    assert_eq!(recorded.counter(names::COALESCED, &[]), 49);
+    assert_eq!(recorded.counter(names::CACHE_MISSES, &[]), 50);
 }
 
 #[tokio::test]
 async fn coalesced_failure_reaches_every_waiter_and_is_not_cached() {
     let upstream = FakeUpstream::start().await;
-    upstream.set(Knobs {
+    upstream.set_knobs(Knobs {
         servfail: true,
         delay: Duration::from_millis(100),
         ..Knobs::default()
@@ -465,7 +480,7 @@ async fn coalesced_failure_reaches_every_waiter_and_is_not_cached() {
         RecordType::A,
         positive(a_records("www.example.", 60, &[9])),
     );
-    let forwarder = Forwarder::new(config(&[upstream.addr]));
+    let forwarder = Forwarder::new(config(&[upstream.addr()]));
 
     let query = question("www.example.");
     let results =
@@ -484,7 +499,7 @@ async fn coalesced_failure_reaches_every_waiter_and_is_not_cached() {
     );
     assert_eq!(upstream.udp_queries(), 1);
 
-    upstream.set(Knobs::default());
+    upstream.set_knobs(Knobs::default());
     let answer = forwarder
         .resolve(&query, false)
         .await
@@ -496,7 +511,7 @@ async fn coalesced_failure_reaches_every_waiter_and_is_not_cached() {
 #[tokio::test]
 async fn overload_fails_fast() {
     let upstream = FakeUpstream::start().await;
-    upstream.set(Knobs {
+    upstream.set_knobs(Knobs {
         delay: Duration::from_millis(400),
         ..Knobs::default()
     });
@@ -508,7 +523,7 @@ async fn overload_fails_fast() {
     let forwarder = Forwarder::new(Config {
         max_in_flight: 1,
         attempt_timeout: Duration::from_millis(900),
-        ..config(&[upstream.addr])
+        ..config(&[upstream.addr()])
     });
 
     let busy = tokio::spawn({
@@ -554,7 +569,7 @@ async fn rrsets_are_shuffled_on_cache_hits() {
         RecordType::A,
         positive(a_records("pool.example.", 300, &[1, 2, 3, 4])),
     );
-    let forwarder = Forwarder::new(config(&[upstream.addr]));
+    let forwarder = Forwarder::new(config(&[upstream.addr()]));
 
     let mut orders = HashSet::new();
     for _ in 0..50 {

@@ -1,19 +1,23 @@
 //! Helpers for dnsfront's tests and benches: a small DNS client over real UDP
-//! and TCP sockets, a fake upstream DNS server, and a `dig` runner.
-//! Dev-dependency only.
+//! and TCP sockets, a fake upstream DNS server, a metrics recorder, and a
+//! `dig` runner. Dev-dependency only.
 
-use std::collections::HashMap;
+mod recorder;
+mod upstream;
+
 use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
-use hickory_proto::rr::rdata::{A, AAAA, SOA};
-use hickory_proto::rr::{Name, RData, Record, RecordType};
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
+use hickory_proto::rr::{Name, RData, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpStream, UdpSocket};
+
+pub use recorder::{DebuggingRecorder, Recorded, capture_metrics};
+pub use upstream::{
+    FakeUpstream, Knobs, Reply, a_records, closed_port, name_of, negative, positive,
+};
 
 /// How long the helpers wait for an answer before giving up.
 pub const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -136,159 +140,6 @@ pub fn sorted_addresses(message: &Message) -> Vec<IpAddr> {
     let mut addresses = addresses(message);
     addresses.sort();
     addresses
-}
-
-/// A fake upstream resolver on 127.0.0.1 (UDP and TCP on one port) that answers
-/// A queries from a table (NXDOMAIN with an SOA otherwise) and counts queries.
-#[derive(Clone)]
-pub struct FakeUpstream {
-    addr: SocketAddr,
-    state: Arc<UpstreamState>,
-}
-
-struct UpstreamState {
-    records: Mutex<HashMap<String, (Vec<IpAddr>, u32)>>,
-    queries: AtomicUsize,
-    silent: std::sync::atomic::AtomicBool,
-}
-
-impl FakeUpstream {
-    /// Starts the fake on an ephemeral loopback port.
-    pub async fn start() -> Self {
-        let (udp, tcp) = bind_pair().await;
-        let addr = udp.local_addr().expect("addr");
-        let state = Arc::new(UpstreamState {
-            records: Mutex::new(HashMap::new()),
-            queries: AtomicUsize::new(0),
-            silent: std::sync::atomic::AtomicBool::new(false),
-        });
-        let udp = Arc::new(udp);
-        let udp_state = Arc::clone(&state);
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 4096];
-            while let Ok((len, peer)) = udp.recv_from(&mut buf).await {
-                if let Some(reply) = udp_state.answer(&buf[..len]) {
-                    let _ = udp.send_to(&reply, peer).await;
-                }
-            }
-        });
-        let tcp_state = Arc::clone(&state);
-        tokio::spawn(async move {
-            while let Ok((mut stream, _)) = tcp.accept().await {
-                let state = Arc::clone(&tcp_state);
-                tokio::spawn(async move {
-                    let mut len = [0u8; 2];
-                    if stream.read_exact(&mut len).await.is_err() {
-                        return;
-                    }
-                    let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
-                    if stream.read_exact(&mut buf).await.is_err() {
-                        return;
-                    }
-                    if let Some(reply) = state.answer(&buf) {
-                        let len = u16::try_from(reply.len()).unwrap_or(u16::MAX).to_be_bytes();
-                        let _ = stream.write_all(&len).await;
-                        let _ = stream.write_all(&reply).await;
-                    }
-                });
-            }
-        });
-        Self { addr, state }
-    }
-
-    /// The fake's address (UDP and TCP).
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// Answers `name` (lower-case FQDN or not) with these addresses and TTL.
-    pub fn set(&self, name: &str, addresses: &[&str], ttl: u32) {
-        let key = name.trim_end_matches('.').to_ascii_lowercase();
-        let ips = addresses
-            .iter()
-            .map(|a| a.parse().expect("test address"))
-            .collect();
-        self.state
-            .records
-            .lock()
-            .expect("lock")
-            .insert(key, (ips, ttl));
-    }
-
-    /// When true, the fake receives queries but never answers.
-    pub fn set_silent(&self, silent: bool) {
-        self.state.silent.store(silent, Ordering::SeqCst);
-    }
-
-    /// Queries received so far (UDP and TCP).
-    pub fn queries(&self) -> usize {
-        self.state.queries.load(Ordering::SeqCst)
-    }
-}
-
-impl UpstreamState {
-    fn answer(&self, bytes: &[u8]) -> Option<Vec<u8>> {
-        self.queries.fetch_add(1, Ordering::SeqCst);
-        if self.silent.load(Ordering::SeqCst) {
-            return None;
-        }
-        let request = Message::from_vec(bytes).ok()?;
-        let query = request.queries.first()?.clone();
-        let mut response = Message::response(request.metadata.id, OpCode::Query);
-        response.metadata.recursion_desired = request.metadata.recursion_desired;
-        response.metadata.recursion_available = true;
-        response.add_query(query.clone());
-        if let Some(edns) = &request.edns {
-            let mut ours = Edns::new();
-            ours.set_max_payload(edns.max_payload().max(512));
-            response.set_edns(ours);
-        }
-        let key = query
-            .name()
-            .to_ascii()
-            .trim_end_matches('.')
-            .to_ascii_lowercase();
-        let found = self.records.lock().ok()?.get(&key).cloned();
-        match found {
-            Some((ips, ttl)) => {
-                for ip in ips {
-                    let data = match (ip, query.query_type()) {
-                        (IpAddr::V4(v4), RecordType::A) => RData::A(A(v4)),
-                        (IpAddr::V6(v6), RecordType::AAAA) => RData::AAAA(AAAA(v6)),
-                        _ => continue,
-                    };
-                    response.add_answer(Record::from_rdata(query.name().clone(), ttl, data));
-                }
-            }
-            None => {
-                response.metadata.response_code = ResponseCode::NXDomain;
-                let zone = Name::root();
-                let soa = SOA::new(
-                    Name::from_ascii("ns.fake.").expect("literal"),
-                    Name::from_ascii("hostmaster.fake.").expect("literal"),
-                    1,
-                    3600,
-                    600,
-                    86_400,
-                    60,
-                );
-                response.add_authority(Record::from_rdata(zone, 60, RData::SOA(soa)));
-            }
-        }
-        response.to_vec().ok()
-    }
-}
-
-/// Binds UDP and TCP on the same ephemeral loopback port.
-async fn bind_pair() -> (UdpSocket, TcpListener) {
-    for _ in 0..50 {
-        let udp = UdpSocket::bind("127.0.0.1:0").await.expect("bind udp");
-        let addr = udp.local_addr().expect("addr");
-        if let Ok(tcp) = TcpListener::bind(addr).await {
-            return (udp, tcp);
-        }
-    }
-    panic!("could not bind UDP and TCP on one port");
 }
 
 /// Runs `dig` with these arguments and returns its stdout. Panics with an

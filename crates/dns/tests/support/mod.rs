@@ -1,5 +1,6 @@
 //! Test helpers: an in-memory catalog and upstream, a server on 127.0.0.1:0,
-//! and a tiny UDP/TCP DNS client built on hickory-proto.
+//! and a tiny UDP/TCP DNS client built on hickory-proto. The metrics recorder
+//! comes from `test_support`.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -297,66 +298,4 @@ pub fn has_stale_ede(message: &Message) -> bool {
 
 pub fn ede_code() -> EdnsCode {
     EdnsCode::from(15)
-}
-
-/// Records counters in memory (`name{k=v,...}` → value); gauges and histograms are ignored.
-#[derive(Default)]
-pub struct CountingRecorder {
-    counters: Mutex<HashMap<String, Arc<std::sync::atomic::AtomicU64>>>,
-}
-
-impl CountingRecorder {
-    pub fn counter(&self, key: &str) -> u64 {
-        let counters = self.counters.lock().expect("lock");
-        counters
-            .get(key)
-            .map_or(0, |value| value.load(std::sync::atomic::Ordering::Relaxed))
-    }
-}
-
-impl metrics::Recorder for CountingRecorder {
-    fn describe_counter(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
-    }
-    fn describe_gauge(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
-    }
-    fn describe_histogram(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
-    }
-
-    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
-        let mut labels: Vec<String> = key
-            .labels()
-            .map(|l| format!("{}={}", l.key(), l.value()))
-            .collect();
-        labels.sort();
-        let name = format!("{}{{{}}}", key.name(), labels.join(","));
-        let mut counters = self.counters.lock().expect("lock");
-        metrics::Counter::from_arc(Arc::clone(counters.entry(name).or_default()))
-    }
-
-    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
-        metrics::Gauge::noop()
-    }
-
-    fn register_histogram(
-        &self,
-        _: &metrics::Key,
-        _: &metrics::Metadata<'_>,
-    ) -> metrics::Histogram {
-        metrics::Histogram::noop()
-    }
 }

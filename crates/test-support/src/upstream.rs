@@ -1,23 +1,21 @@
-//! Test helpers: a fake upstream DNS server on 127.0.0.1 (UDP + TCP on one port) and a
-//! counting metrics recorder.
-
-#![allow(dead_code, unreachable_pub)]
+//! A fake upstream DNS resolver on 127.0.0.1: UDP and TCP on one port, answers
+//! from tables, with switches for the failure modes a forwarder must survive.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hickory_proto::op::{Edns, Message, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::{A, SOA};
+use hickory_proto::rr::rdata::{A, AAAA, SOA};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::task::JoinHandle;
 
-/// Behaviour switches of the fake upstream.
+/// Behaviour switches of the fake upstream; the default answers normally.
 #[derive(Debug, Clone, Default)]
 pub struct Knobs {
     /// Wait this long before answering.
@@ -28,41 +26,57 @@ pub struct Knobs {
     pub servfail: bool,
     /// Over UDP, answer with TC set and no records (TCP answers in full).
     pub truncate_udp: bool,
-    /// Over UDP, first send a reply with a wrong ID and one for a wrong question.
+    /// Over UDP, first send a reply with a wrong ID, one for a wrong question
+    /// and three bytes of garbage, then the real reply.
     pub wrong_first: bool,
 }
 
 /// A canned reply for one (name, type).
 #[derive(Debug, Clone)]
 pub struct Reply {
+    /// The reply's RCODE.
     pub response_code: ResponseCode,
+    /// The answer section.
     pub answers: Vec<Record>,
+    /// The authority section.
     pub authorities: Vec<Record>,
 }
 
+/// Addresses (A and AAAA) and their TTL for one name, set by [`FakeUpstream::set`].
+type AddressEntry = (Vec<IpAddr>, u32);
+
 #[derive(Default)]
 struct State {
-    table: Mutex<HashMap<(Name, RecordType), Reply>>,
+    replies: Mutex<HashMap<(String, RecordType), Reply>>,
+    addresses: Mutex<HashMap<String, AddressEntry>>,
     knobs: Mutex<Knobs>,
     udp_queries: AtomicUsize,
     tcp_queries: AtomicUsize,
     last_query: Mutex<Option<Message>>,
 }
 
-/// A fake upstream resolver answering from a table; unknown names get NXDOMAIN
-/// without SOA.
-pub struct FakeUpstream {
-    pub addr: SocketAddr,
-    state: Arc<State>,
-    tasks: Vec<JoinHandle<()>>,
-}
+/// Aborts the server tasks when the last clone of the fake is dropped.
+struct Tasks(Vec<JoinHandle<()>>);
 
-impl Drop for FakeUpstream {
+impl Drop for Tasks {
     fn drop(&mut self) {
-        for task in &self.tasks {
+        for task in &self.0 {
             task.abort();
         }
     }
+}
+
+/// A fake upstream resolver on 127.0.0.1 (UDP and TCP on one port).
+///
+/// A query is answered, in this order, from the canned replies of
+/// [`answer`](Self::answer), from the addresses of [`set`](Self::set) (A and
+/// AAAA of a known name; other types get an empty NOERROR), or else with
+/// NXDOMAIN carrying an SOA (TTL 60, MINIMUM 60). Every query is counted.
+#[derive(Clone)]
+pub struct FakeUpstream {
+    addr: SocketAddr,
+    state: Arc<State>,
+    _tasks: Arc<Tasks>,
 }
 
 impl FakeUpstream {
@@ -71,28 +85,56 @@ impl FakeUpstream {
         let (udp, tcp) = bind_pair().await;
         let addr = udp.local_addr().expect("udp addr");
         let state = Arc::new(State::default());
-        let udp = Arc::new(udp);
-        let udp_task = tokio::spawn(serve_udp(Arc::clone(&udp), Arc::clone(&state)));
+        let udp_task = tokio::spawn(serve_udp(Arc::new(udp), Arc::clone(&state)));
         let tcp_task = tokio::spawn(serve_tcp(tcp, Arc::clone(&state)));
         Self {
             addr,
             state,
-            tasks: vec![udp_task, tcp_task],
+            _tasks: Arc::new(Tasks(vec![udp_task, tcp_task])),
         }
     }
 
-    /// Sets the reply for `name`/`record_type`.
+    /// The fake's address (UDP and TCP).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Answers `name` (any case, trailing dot optional) with these addresses
+    /// and TTL: A queries get the IPv4 ones, AAAA queries the IPv6 ones.
+    pub fn set(&self, name: &str, addresses: &[&str], ttl: u32) {
+        let ips = addresses
+            .iter()
+            .map(|a| a.parse().expect("test address"))
+            .collect();
+        self.state
+            .addresses
+            .lock()
+            .expect("addresses lock")
+            .insert(key(name), (ips, ttl));
+    }
+
+    /// Sets the canned reply for `name`/`record_type`; it wins over [`set`](Self::set).
     pub fn answer(&self, name: &str, record_type: RecordType, reply: Reply) {
         self.state
-            .table
+            .replies
             .lock()
-            .expect("table lock")
-            .insert((name_of(name).to_lowercase(), record_type), reply);
+            .expect("replies lock")
+            .insert((key(name), record_type), reply);
     }
 
     /// Replaces the behaviour switches.
-    pub fn set(&self, knobs: Knobs) {
+    pub fn set_knobs(&self, knobs: Knobs) {
         *self.state.knobs.lock().expect("knobs lock") = knobs;
+    }
+
+    /// When true, the fake receives (and counts) queries but never answers.
+    pub fn set_silent(&self, silent: bool) {
+        self.state.knobs.lock().expect("knobs lock").drop = silent;
+    }
+
+    /// Queries received so far (UDP and TCP).
+    pub fn queries(&self) -> usize {
+        self.udp_queries() + self.tcp_queries()
     }
 
     /// Queries received over UDP.
@@ -117,15 +159,21 @@ pub async fn closed_port() -> SocketAddr {
     socket.local_addr().expect("addr")
 }
 
+/// Binds UDP and TCP on the same ephemeral loopback port.
 async fn bind_pair() -> (UdpSocket, TcpListener) {
-    for _ in 0..20 {
+    for _ in 0..50 {
         let udp = UdpSocket::bind("127.0.0.1:0").await.expect("bind udp");
         let addr = udp.local_addr().expect("udp addr");
         if let Ok(tcp) = TcpListener::bind(addr).await {
             return (udp, tcp);
         }
     }
-    panic!("no port free for both UDP and TCP");
+    panic!("could not bind UDP and TCP on one port");
+}
+
+/// The table key of a name: lower case, without the trailing dot.
+fn key(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
 }
 
 async fn serve_udp(socket: Arc<UdpSocket>, state: Arc<State>) {
@@ -134,10 +182,10 @@ async fn serve_udp(socket: Arc<UdpSocket>, state: Arc<State>) {
         let Ok((length, peer)) = socket.recv_from(&mut buffer).await else {
             return;
         };
+        state.udp_queries.fetch_add(1, Ordering::SeqCst);
         let Ok(request) = Message::from_vec(&buffer[..length]) else {
             continue;
         };
-        state.udp_queries.fetch_add(1, Ordering::SeqCst);
         *state.last_query.lock().expect("last lock") = Some(request.clone());
         let socket = Arc::clone(&socket);
         let state = Arc::clone(&state);
@@ -196,10 +244,10 @@ async fn serve_tcp_connection(mut stream: TcpStream, state: Arc<State>) {
         if stream.read_exact(&mut buffer).await.is_err() {
             return;
         }
+        state.tcp_queries.fetch_add(1, Ordering::SeqCst);
         let Ok(request) = Message::from_vec(&buffer) else {
             return;
         };
-        state.tcp_queries.fetch_add(1, Ordering::SeqCst);
         *state.last_query.lock().expect("last lock") = Some(request.clone());
         let knobs = state.knobs.lock().expect("knobs lock").clone();
         tokio::time::sleep(knobs.delay).await;
@@ -209,7 +257,7 @@ async fn serve_tcp_connection(mut stream: TcpStream, state: Arc<State>) {
         let response = build_response(&state, &knobs, &request);
         let bytes = response.to_vec().expect("encode response");
         let mut framed = u16::try_from(bytes.len())
-            .expect("fits")
+            .expect("response fits a TCP frame")
             .to_be_bytes()
             .to_vec();
         framed.extend_from_slice(&bytes);
@@ -224,10 +272,11 @@ fn build_response(state: &State, knobs: &Knobs, request: &Message) -> Message {
     response.metadata.recursion_desired = request.metadata.recursion_desired;
     response.metadata.recursion_available = true;
     response.add_queries(request.queries.clone());
+    let dnssec_ok = request.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok);
     if let Some(edns) = &request.edns {
         let mut reply_edns = Edns::new();
-        reply_edns.set_max_payload(edns.max_payload());
-        reply_edns.set_dnssec_ok(edns.flags().dnssec_ok);
+        reply_edns.set_max_payload(edns.max_payload().max(512));
+        reply_edns.set_dnssec_ok(dnssec_ok);
         response.set_edns(reply_edns);
     }
     if knobs.servfail {
@@ -238,20 +287,65 @@ fn build_response(state: &State, knobs: &Knobs, request: &Message) -> Message {
         response.metadata.response_code = ResponseCode::FormErr;
         return response;
     };
-    let key = (question.name().to_lowercase(), question.query_type());
-    let reply = state.table.lock().expect("table lock").get(&key).cloned();
+    let name = key(&question.name().to_ascii());
+    let canned = state
+        .replies
+        .lock()
+        .expect("replies lock")
+        .get(&(name.clone(), question.query_type()))
+        .cloned();
+    let reply = canned.or_else(|| {
+        let addresses = state
+            .addresses
+            .lock()
+            .expect("addresses lock")
+            .get(&name)
+            .cloned();
+        addresses.map(|(ips, ttl)| address_reply(question.name(), question.query_type(), &ips, ttl))
+    });
     match reply {
         Some(reply) => {
             response.metadata.response_code = reply.response_code;
             response.answers = reply.answers;
             response.authorities = reply.authorities;
             // DNSSEC clients see the AD bit, to check it is passed through
-            response.metadata.authentic_data =
-                request.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok);
+            response.metadata.authentic_data = dnssec_ok;
         }
-        None => response.metadata.response_code = ResponseCode::NXDomain,
+        None => {
+            response.metadata.response_code = ResponseCode::NXDomain;
+            response.authorities = vec![root_soa()];
+        }
     }
     response
+}
+
+/// The SOA sent with NXDOMAIN for names in neither table (TTL and MINIMUM 60).
+fn root_soa() -> Record {
+    let soa = SOA::new(
+        name_of("ns.fake."),
+        name_of("hostmaster.fake."),
+        1,
+        3600,
+        600,
+        86_400,
+        60,
+    );
+    Record::from_rdata(Name::root(), 60, RData::SOA(soa))
+}
+
+/// The reply for a name set with [`FakeUpstream::set`]: its addresses of the
+/// asked family, or an empty NOERROR for other types.
+fn address_reply(owner: &Name, record_type: RecordType, ips: &[IpAddr], ttl: u32) -> Reply {
+    let answers = ips
+        .iter()
+        .filter_map(|ip| match (ip, record_type) {
+            (IpAddr::V4(v4), RecordType::A) => Some(RData::A(A(*v4))),
+            (IpAddr::V6(v6), RecordType::AAAA) => Some(RData::AAAA(AAAA(*v6))),
+            _ => None,
+        })
+        .map(|data| Record::from_rdata(owner.clone(), ttl, data))
+        .collect();
+    positive(answers)
 }
 
 /// Parses a name literal.
@@ -273,7 +367,7 @@ pub fn a_records(owner: &str, ttl: u32, last_octets: &[u8]) -> Vec<Record> {
         .collect()
 }
 
-/// A positive reply.
+/// A positive (NOERROR) reply with these answers.
 pub fn positive(answers: Vec<Record>) -> Reply {
     Reply {
         response_code: ResponseCode::NoError,
@@ -282,7 +376,8 @@ pub fn positive(answers: Vec<Record>) -> Reply {
     }
 }
 
-/// A negative reply with an SOA of the given RR TTL and MINIMUM (or none).
+/// A negative reply (NXDOMAIN, or NOERROR for NODATA) with an SOA of the
+/// given RR TTL and MINIMUM, or none.
 pub fn negative(response_code: ResponseCode, soa: Option<(u32, u32)>) -> Reply {
     let authorities = soa
         .map(|(ttl, minimum)| {
@@ -306,76 +401,5 @@ pub fn negative(response_code: ResponseCode, soa: Option<(u32, u32)>) -> Reply {
         response_code,
         answers: Vec::new(),
         authorities,
-    }
-}
-
-/// A recorder that counts counters by name and labels (histograms are dropped).
-#[derive(Default)]
-pub struct CountingRecorder {
-    counters: Mutex<HashMap<metrics::Key, Arc<AtomicU64>>>,
-}
-
-impl CountingRecorder {
-    /// Sum of a counter over all label sets whose labels include `labels`.
-    pub fn counter(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
-        self.counters
-            .lock()
-            .expect("counters lock")
-            .iter()
-            .filter(|(key, _)| key.name() == name)
-            .filter(|(key, _)| {
-                labels
-                    .iter()
-                    .all(|(k, v)| key.labels().any(|l| l.key() == *k && l.value() == *v))
-            })
-            .map(|(_, value)| value.load(Ordering::SeqCst))
-            .sum()
-    }
-}
-
-impl metrics::Recorder for CountingRecorder {
-    fn describe_counter(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
-    }
-    fn describe_gauge(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
-    }
-    fn describe_histogram(
-        &self,
-        _: metrics::KeyName,
-        _: Option<metrics::Unit>,
-        _: metrics::SharedString,
-    ) {
-    }
-
-    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
-        let cell = Arc::clone(
-            self.counters
-                .lock()
-                .expect("counters lock")
-                .entry(key.clone())
-                .or_default(),
-        );
-        metrics::Counter::from_arc(cell)
-    }
-
-    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
-        metrics::Gauge::noop()
-    }
-
-    fn register_histogram(
-        &self,
-        _: &metrics::Key,
-        _: &metrics::Metadata<'_>,
-    ) -> metrics::Histogram {
-        metrics::Histogram::noop()
     }
 }
