@@ -671,30 +671,6 @@ impl RawConfig {
                 ));
             }
         }
-        if f.deadline < f.attempt_timeout {
-            return Err(invalid(
-                "forward.deadline",
-                "must be at least forward.attempt_timeout",
-            ));
-        }
-        if f.attempt_timeout < Duration::from_millis(10) || f.deadline > Duration::from_secs(30) {
-            return Err(invalid(
-                "forward.deadline",
-                "attempt_timeout must be ≥ 10ms and deadline ≤ 30s",
-            ));
-        }
-        if f.cache_size == 0 || f.max_in_flight == 0 {
-            return Err(invalid(
-                "forward.cache_size",
-                "cache_size and max_in_flight must be at least 1",
-            ));
-        }
-        if f.max_ttl < f.min_ttl {
-            return Err(invalid(
-                "forward.max_ttl",
-                "must be at least forward.min_ttl",
-            ));
-        }
         let config = forward::Config {
             upstreams,
             attempt_timeout: f.attempt_timeout,
@@ -706,6 +682,12 @@ impl RawConfig {
             max_in_flight: f.max_in_flight,
             ..forward::Config::default()
         };
+        // The forwarder owns its bounds (DefMinMax consts); its keys are already
+        // the file's key paths.
+        config.validate().map_err(|error| match error {
+            forward::Error::InvalidConfig { key, reason } => invalid(key, reason),
+            other => invalid("forward", other.to_string()),
+        })?;
         Ok((config, origin))
     }
 }
