@@ -96,7 +96,8 @@ async fn registration_changes_show_up_within_one_refresh_interval() {
         sorted_addresses(&answer),
         vec![ip("10.0.0.1"), ip("10.0.0.2")]
     );
-    let within = FAST_REFRESH + Duration::from_millis(300);
+    // One refresh interval, plus slack for a loaded 2-core CI machine.
+    let within = FAST_REFRESH + Duration::from_millis(500);
 
     // A new instance appears.
     h.sim.register(
