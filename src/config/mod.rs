@@ -335,21 +335,42 @@ pub struct Overrides {
 
 impl RawConfig {
     /// Parses TOML text; `origin` names the file in errors.
+    ///
+    /// Errors give the key path, the position and toml's message, but never
+    /// quote the offending line: it may hold the Consul token.
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        let deserializer = toml::Deserializer::parse(text).map_err(|error| ConfigError::Parse {
-            path: origin.to_owned(),
-            message: error.to_string().trim().to_owned(),
+        let describe = |error: &toml::de::Error| {
+            let position = error.span().map(|span| {
+                let before = &text[..span.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                format!(" (line {line}, column {column})")
+            });
+            (
+                error.message().trim().replace('\n', " "),
+                position.unwrap_or_default(),
+            )
+        };
+        let deserializer = toml::Deserializer::parse(text).map_err(|error| {
+            let (message, position) = describe(&error);
+            ConfigError::Parse {
+                path: origin.to_owned(),
+                message: format!("{message}{position}"),
+            }
         })?;
         serde_path_to_error::deserialize(deserializer).map_err(|error| {
             let path = error.path().to_string();
-            let inner = error.into_inner().to_string();
-            let message = inner.trim().replace('\n', " ");
+            let (mut message, position) = describe(error.inner());
+            if path.contains("token") {
+                // "invalid type: integer `1234`" would print the secret.
+                message = "invalid value (not shown: it may be a secret)".to_owned();
+            }
             ConfigError::Parse {
                 path: origin.to_owned(),
                 message: if path == "." || path.is_empty() {
-                    message
+                    format!("{message}{position}")
                 } else {
-                    format!("{path}: {message}")
+                    format!("{path}: {message}{position}")
                 },
             }
         })

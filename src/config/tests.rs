@@ -167,3 +167,22 @@ fn shipped_example_config_is_valid() {
     let text = include_str!("../../config/dnsfront.toml");
     parse(text).expect("config/dnsfront.toml must stay valid");
 }
+
+#[test]
+fn config_errors_never_quote_a_token() {
+    for text in [
+        "[consul]\ntoken = 12345678\n",
+        "[consul]\ntokne = \"s3cr3t-value\"\n",
+        "[consul]\ntoken = \"s3cr3t-value\n",
+    ] {
+        let message = error_of(text);
+        assert!(
+            !message.contains("s3cr3t") && !message.contains("12345678"),
+            "{text:?} leaked: {message}"
+        );
+        assert!(
+            message.contains("line 2"),
+            "{text:?}: position missing: {message}"
+        );
+    }
+}

@@ -104,17 +104,18 @@ impl Breaker {
     }
 
     /// Records a failed request. Retryable errors open the circuit after
-    /// [`FAILURE_THRESHOLD`] in a row; others (403, malformed replies) at once
-    /// and at the maximum backoff, since retrying soon will not help.
+    /// [`FAILURE_THRESHOLD`] in a row; others (403, malformed replies) at once,
+    /// since they hit every name alike. The backoff doubles once per opening or
+    /// failed probe, not once per request that was already in flight.
     pub(crate) fn record_failure(&self, retryable: bool, kind: &str, error: &dyn Display) {
         let now = Instant::now();
         let mut state = self.lock();
         state.consecutive_failures = state.consecutive_failures.saturating_add(1);
         state.probe_started = None;
-        if !retryable {
-            state.backoff = self.backoff_max;
-        }
         let was_open = state.open_until.is_some();
+        if state.open_until.is_some_and(|until| now < until) {
+            return; // a request from before the opening: already accounted for
+        }
         if was_open || !retryable || state.consecutive_failures >= FAILURE_THRESHOLD {
             let pause = jitter(state.backoff);
             state.open_until = Some(now + pause);
@@ -168,17 +169,29 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn non_retryable_error_opens_at_once_with_max_backoff() {
+    async fn non_retryable_error_opens_at_once() {
         let breaker = Breaker::new(Duration::from_secs(1), Duration::from_secs(60));
         breaker.record_failure(false, "forbidden", &"ACL not found");
         assert!(breaker.is_open());
-        tokio::time::advance(Duration::from_secs(29)).await;
+        assert!(!breaker.allow_request());
+        tokio::time::advance(Duration::from_millis(1001)).await;
         assert!(
-            !breaker.allow_request(),
-            "max backoff (jittered ≥ 30s) not yet over"
+            breaker.allow_request(),
+            "exponential backoff from the minimum"
         );
-        tokio::time::advance(Duration::from_secs(31)).await;
-        assert!(breaker.allow_request());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_of_requests_in_flight_before_opening_do_not_double_the_backoff() {
+        let breaker = Breaker::new(Duration::from_secs(1), Duration::from_secs(60));
+        for _ in 0..FAILURE_THRESHOLD {
+            breaker.record_failure(true, "timeout", &"boom");
+        }
+        let after_opening = breaker.current_backoff();
+        for _ in 0..8 {
+            breaker.record_failure(true, "timeout", &"boom");
+        }
+        assert_eq!(breaker.current_backoff(), after_opening);
     }
 
     #[tokio::test(start_paused = true)]
@@ -186,6 +199,7 @@ mod tests {
         let breaker = Breaker::new(Duration::from_secs(1), Duration::from_secs(4));
         for _ in 0..10 {
             breaker.record_failure(true, "timeout", &"boom");
+            tokio::time::advance(Duration::from_secs(5)).await; // each one a failed probe
         }
         assert_eq!(breaker.current_backoff(), Duration::from_secs(4));
     }

@@ -267,7 +267,10 @@ impl Inner {
     async fn refresh_slot(&self, key: &Key, slot: &Slot, seen_fetched_at: Instant) -> bool {
         let _guard = slot.refresh_lock.lock().await;
         if slot.entry.load().fetched_at > seen_fetched_at {
-            return true; // a concurrent asker refreshed it while we queued
+            // A concurrent asker refreshed it while we queued: no request sent,
+            // so give back the probe slot if we were granted it.
+            self.breaker.cancel_probe();
+            return true;
         }
         self.refresh_locked(key, slot).await
     }
@@ -312,7 +315,9 @@ impl Inner {
         let now = Instant::now();
         let now_ms = self.millis_since_epoch(now);
         let idle_ms = u64::try_from(self.config.idle_timeout.as_millis()).unwrap_or(u64::MAX);
+        let consul_healthy = !self.breaker.is_open();
         let mut expired = Vec::new();
+        let mut due = Vec::new();
         for (key, slot) in self.slots.iter() {
             let entry = slot.entry.load();
             let idle = now_ms.saturating_sub(slot.last_access_ms.load(Ordering::Relaxed)) > idle_ms;
@@ -324,12 +329,21 @@ impl Inner {
                 }
                 continue;
             }
-            if now < entry.next_refresh || !self.breaker.allow_request() {
-                continue;
+            // Once Consul answers again, entries that failed are retried at once
+            // rather than after their (long) backoff: answers turn fresh quickly.
+            if now >= entry.next_refresh || (entry.last_refresh_failed && consul_healthy) {
+                due.push((key, slot));
             }
-            let Ok(permit) = Arc::clone(&self.refresh_permits).try_acquire_owned() else {
+        }
+        for (key, slot) in due {
+            if !self.breaker.allow_request() {
+                break; // open: at most one probe, already on its way
+            }
+            // Wait for a free permit rather than skipping: a large set of hot
+            // names is refreshed at the pace Consul answers, never left to age.
+            let Ok(permit) = Arc::clone(&self.refresh_permits).acquire_owned().await else {
                 self.breaker.cancel_probe();
-                break; // enough in flight; the rest wait for the next tick
+                return;
             };
             let this = Arc::clone(self);
             let key = Key::clone(&key);

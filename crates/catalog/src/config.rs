@@ -64,6 +64,13 @@ impl Config {
                 "must be greater than 0 (0 would send every typo to Consul)".into(),
             );
         }
+        if self.idle_timeout < self.refresh_interval * 2 {
+            return invalid(
+                "idle_timeout",
+                "must be at least twice refresh_interval (names in use would stop being refreshed)"
+                    .into(),
+            );
+        }
         if self.max_stale < self.refresh_interval {
             return invalid("max_stale", "must be at least refresh_interval".into());
         }
