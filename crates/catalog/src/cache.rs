@@ -375,7 +375,7 @@ impl Inner {
                         let instances: Vec<ServiceInstance> = response
                             .value
                             .into_iter()
-                            .filter(|entry| is_healthy(entry, self.config.only_passing))
+                            .filter(|entry| entry.passes_dns_health(self.config.only_passing))
                             .map(to_instance)
                             .collect();
                         if instances.is_empty() {
@@ -464,22 +464,8 @@ fn to_lookup(value: &Value, freshness: Freshness) -> Lookup<Value> {
     }
 }
 
-/// Consul's DNS health rule (agent/structs `CheckServiceNodes.Filter`): drop an
-/// instance when any of its node or service checks is critical (maintenance is
-/// a critical check); with `only_passing`, warning drops it too. No checks = keep.
-fn is_healthy(entry: &consul::ServiceEntry, only_passing: bool) -> bool {
-    entry.checks.iter().all(|check| match check.status {
-        consul::HealthStatus::Passing => true,
-        consul::HealthStatus::Warning => !only_passing,
-        _ => false,
-    })
-}
-
 fn to_instance(entry: consul::ServiceEntry) -> ServiceInstance {
-    let warning = entry
-        .checks
-        .iter()
-        .any(|check| check.status == consul::HealthStatus::Warning);
+    let warning = entry.has_warning();
     let weight = match &entry.service.weights {
         Some(weights) if warning => weights.warning,
         Some(weights) => weights.passing,

@@ -33,6 +33,27 @@ pub struct ServiceEntry {
     pub checks: Vec<HealthCheck>,
 }
 
+impl ServiceEntry {
+    /// Consul's DNS health rule (`CheckServiceNodes.Filter` in agent/structs):
+    /// the instance is dropped when any of its node or service checks is
+    /// critical (maintenance is a critical check; unknown states count as
+    /// failing); with `only_passing`, warning drops it too. No checks = healthy.
+    pub fn passes_dns_health(&self, only_passing: bool) -> bool {
+        self.checks.iter().all(|check| match check.status {
+            HealthStatus::Passing => true,
+            HealthStatus::Warning => !only_passing,
+            _ => false,
+        })
+    }
+
+    /// True when any check is in warning (SRV weight then uses `Weights.Warning`).
+    pub fn has_warning(&self) -> bool {
+        self.checks
+            .iter()
+            .any(|check| check.status == HealthStatus::Warning)
+    }
+}
+
 /// A catalog node (as in health entries and `/v1/catalog/nodes`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "PascalCase")]

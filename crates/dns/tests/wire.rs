@@ -15,7 +15,9 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 use support::*;
-use test_support::{DebuggingRecorder, Recorded};
+use test_support::{
+    Ask, DebuggingRecorder, QUERY_TIMEOUT, Recorded, sorted_addresses, tcp, udp, udp_raw_wait,
+};
 
 fn ip(text: &str) -> IpAddr {
     text.parse().expect("ip literal")
@@ -57,7 +59,7 @@ async fn service_a_dedups_addresses_and_sets_flags() {
         ],
         Freshness::Fresh,
     );
-    let (reply, _) = udp(server.addr, &query("web.service.consul.", RecordType::A)).await;
+    let (reply, _) = udp(server.addr, &Ask::new("web.service.consul.", RecordType::A)).await;
     assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
     assert!(
         reply.metadata.authoritative
@@ -66,19 +68,27 @@ async fn service_a_dedups_addresses_and_sets_flags() {
     );
     assert!(!reply.metadata.truncation);
     assert_eq!(
-        ips(&reply.answers),
+        sorted_addresses(&reply),
         vec![ip("10.0.0.1"), ip("10.0.0.2")],
         "same IP once; v6 service address not in A"
     );
     assert!(reply.answers.iter().all(|r| r.ttl == 5));
     assert!(reply.authorities.is_empty());
 
-    let (reply, _) = udp(server.addr, &query("web.service.consul.", RecordType::AAAA)).await;
-    assert_eq!(ips(&reply.answers), vec![ip("fd00::4")]);
+    let (reply, _) = udp(
+        server.addr,
+        &Ask::new("web.service.consul.", RecordType::AAAA),
+    )
+    .await;
+    assert_eq!(sorted_addresses(&reply), vec![ip("fd00::4")]);
 
-    let (reply, _) = udp(server.addr, &query("web.service.consul.", RecordType::ANY)).await;
+    let (reply, _) = udp(
+        server.addr,
+        &Ask::new("web.service.consul.", RecordType::ANY),
+    )
+    .await;
     assert_eq!(
-        ips(&reply.answers),
+        sorted_addresses(&reply),
         vec![ip("10.0.0.1"), ip("10.0.0.2"), ip("fd00::4")]
     );
     assert_eq!(server.catalog.asked()[0], "service:web@-");
@@ -95,30 +105,38 @@ async fn tags_datacenters_and_rfc2782_forms() {
         ],
         Freshness::Fresh,
     );
-    let (reply, _) = udp(server.addr, &query("v1.web.service.consul.", RecordType::A)).await;
+    let (reply, _) = udp(
+        server.addr,
+        &Ask::new("v1.web.service.consul.", RecordType::A),
+    )
+    .await;
     assert_eq!(
-        ips(&reply.answers),
+        sorted_addresses(&reply),
         vec![ip("10.0.0.1")],
         "tags compare case-insensitively"
     );
 
     let (reply, _) = udp(
         server.addr,
-        &query("_web._tcp.service.consul.", RecordType::SRV),
+        &Ask::new("_web._tcp.service.consul.", RecordType::SRV),
     )
     .await;
     assert_eq!(reply.answers.len(), 2, "_tcp is no tag filter");
     let (reply, _) = udp(
         server.addr,
-        &query("_web._udp.service.consul.", RecordType::SRV),
+        &Ask::new("_web._udp.service.consul.", RecordType::SRV),
     )
     .await;
     assert_eq!(reply.answers.len(), 1, "_udp is a tag");
-    let (reply, _) = udp(server.addr, &query("_web._v2.consul.", RecordType::SRV)).await;
+    let (reply, _) = udp(server.addr, &Ask::new("_web._v2.consul.", RecordType::SRV)).await;
     assert_eq!(srvs(&reply)[0].port, 80);
     assert_eq!(reply.answers.len(), 1, "short RFC 2782 form for SRV");
 
-    let (reply, _) = udp(server.addr, &query("v3.web.service.consul.", RecordType::A)).await;
+    let (reply, _) = udp(
+        server.addr,
+        &Ask::new("v3.web.service.consul.", RecordType::A),
+    )
+    .await;
     assert_eq!(
         reply.metadata.response_code,
         ResponseCode::NXDomain,
@@ -135,8 +153,8 @@ async fn tags_datacenters_and_rfc2782_forms() {
         ),
     );
     for name in ["db.service.dc2.consul.", "db.service.dc2.dc.consul."] {
-        let (reply, _) = udp(server.addr, &query(name, RecordType::A)).await;
-        assert_eq!(ips(&reply.answers), vec![ip("10.9.0.1")], "{name}");
+        let (reply, _) = udp(server.addr, &Ask::new(name, RecordType::A)).await;
+        assert_eq!(sorted_addresses(&reply), vec![ip("10.9.0.1")], "{name}");
     }
 }
 
@@ -156,7 +174,7 @@ async fn srv_targets_and_additional_records() {
     );
     let (reply, _) = udp(
         server.addr,
-        &query_edns("api.service.consul.", RecordType::SRV, 1232),
+        &Ask::new("api.service.consul.", RecordType::SRV).edns(1232),
     )
     .await;
     let mut got: Vec<(String, u16, u16, u16)> = srvs(&reply)
@@ -218,7 +236,11 @@ async fn negative_answers_carry_the_soa() {
         Freshness::Fresh,
     );
 
-    let (reply, _) = udp(server.addr, &query("nope.service.consul.", RecordType::A)).await;
+    let (reply, _) = udp(
+        server.addr,
+        &Ask::new("nope.service.consul.", RecordType::A),
+    )
+    .await;
     assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain);
     assert!(reply.metadata.authoritative);
     let soa = soa_of(&reply);
@@ -233,7 +255,7 @@ async fn negative_answers_carry_the_soa() {
     assert!(soa.serial > 1_600_000_000, "serial is unix time");
 
     for qtype in [RecordType::AAAA, RecordType::TXT, RecordType::MX] {
-        let (reply, _) = udp(server.addr, &query("v4only.service.consul.", qtype)).await;
+        let (reply, _) = udp(server.addr, &Ask::new("v4only.service.consul.", qtype)).await;
         assert_eq!(
             reply.metadata.response_code,
             ResponseCode::NoError,
@@ -253,7 +275,7 @@ async fn unavailable_catalog_is_servfail_never_nxdomain() {
         ("web.service.consul.", RecordType::A),
         ("n1.node.consul.", RecordType::A),
     ] {
-        let (reply, _) = udp(server.addr, &query(name, qtype)).await;
+        let (reply, _) = udp(server.addr, &Ask::new(name, qtype)).await;
         assert_eq!(
             reply.metadata.response_code,
             ResponseCode::ServFail,
@@ -292,28 +314,28 @@ async fn stale_answers_carry_ede_3_and_capped_ttls() {
 
     let (reply, _) = udp(
         server.addr,
-        &query_edns("web.service.consul.", RecordType::A, 1232),
+        &Ask::new("web.service.consul.", RecordType::A).edns(1232),
     )
     .await;
-    assert_eq!(ips(&reply.answers), vec![ip("10.0.0.1")]);
+    assert_eq!(sorted_addresses(&reply), vec![ip("10.0.0.1")]);
     assert_eq!(reply.answers[0].ttl, 2);
     assert!(has_stale_ede(&reply), "{:?}", reply.edns);
 
     let (reply, _) = udp(
         server.addr,
-        &query_edns("gone.service.consul.", RecordType::A, 1232),
+        &Ask::new("gone.service.consul.", RecordType::A).edns(1232),
     )
     .await;
     assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain);
     assert_eq!(reply.authorities[0].ttl, 2);
     assert!(has_stale_ede(&reply));
 
-    let (reply, _) = udp(server.addr, &query("web.service.consul.", RecordType::A)).await;
+    let (reply, _) = udp(server.addr, &Ask::new("web.service.consul.", RecordType::A)).await;
     assert!(reply.edns.is_none(), "no OPT for a client without EDNS");
 
     let (reply, _) = udp(
         server.addr,
-        &query_edns("fresh.service.consul.", RecordType::A, 1232),
+        &Ask::new("fresh.service.consul.", RecordType::A).edns(1232),
     )
     .await;
     assert!(!has_stale_ede(&reply));
@@ -347,21 +369,21 @@ async fn node_and_addr_lookups() {
         Lookup::Found(node("foo.bar", "fd00::1"), Freshness::Fresh),
     );
 
-    let (reply, _) = udp(server.addr, &query("n1.node.consul.", RecordType::A)).await;
-    assert_eq!(ips(&reply.answers), vec![ip("10.1.0.1")]);
+    let (reply, _) = udp(server.addr, &Ask::new("n1.node.consul.", RecordType::A)).await;
+    assert_eq!(sorted_addresses(&reply), vec![ip("10.1.0.1")]);
     assert_eq!(reply.answers[0].ttl, 9);
     let (reply, _) = udp(
         server.addr,
-        &query("foo.bar.node.dc1.consul.", RecordType::ANY),
+        &Ask::new("foo.bar.node.dc1.consul.", RecordType::ANY),
     )
     .await;
     assert_eq!(
-        ips(&reply.answers),
+        sorted_addresses(&reply),
         vec![ip("fd00::1")],
         "dotted node names"
     );
     for qtype in [RecordType::AAAA, RecordType::SRV, RecordType::TXT] {
-        let (reply, _) = udp(server.addr, &query("n1.node.consul.", qtype)).await;
+        let (reply, _) = udp(server.addr, &Ask::new("n1.node.consul.", qtype)).await;
         assert_eq!(
             reply.metadata.response_code,
             ResponseCode::NoError,
@@ -372,46 +394,54 @@ async fn node_and_addr_lookups() {
             "{qtype}: empty, no SOA"
         );
     }
-    let (reply, _) = udp(server.addr, &query("unknown.node.consul.", RecordType::A)).await;
+    let (reply, _) = udp(
+        server.addr,
+        &Ask::new("unknown.node.consul.", RecordType::A),
+    )
+    .await;
     assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain);
     soa_of(&reply);
 
     let (reply, _) = udp(
         server.addr,
-        &query("7f000002.addr.dc1.consul.", RecordType::A),
+        &Ask::new("7f000002.addr.dc1.consul.", RecordType::A),
     )
     .await;
-    assert_eq!(ips(&reply.answers), vec![ip("127.0.0.2")]);
+    assert_eq!(sorted_addresses(&reply), vec![ip("127.0.0.2")]);
     assert_eq!(reply.answers[0].ttl, 9);
     let (reply, _) = udp(
         server.addr,
-        &query(
+        &Ask::new(
             "2607002040050808000000000000200e.addr.consul.",
             RecordType::AAAA,
         ),
     )
     .await;
-    assert_eq!(ips(&reply.answers), vec![ip("2607:20:4005:808::200e")]);
+    assert_eq!(sorted_addresses(&reply), vec![ip("2607:20:4005:808::200e")]);
     let (reply, _) = udp(
         server.addr,
-        &query("7f000002.addr.consul.", RecordType::AAAA),
+        &Ask::new("7f000002.addr.consul.", RecordType::AAAA),
     )
     .await;
     assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
     assert!(reply.answers.is_empty());
-    let (reply, _) = udp(server.addr, &query("7f00zz02.addr.consul.", RecordType::A)).await;
+    let (reply, _) = udp(
+        server.addr,
+        &Ask::new("7f00zz02.addr.consul.", RecordType::A),
+    )
+    .await;
     assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain);
 }
 
 #[tokio::test]
 async fn apex_soa_invalid_and_unsupported_names() {
     let server = start_default().await;
-    let (reply, _) = udp(server.addr, &query("consul.", RecordType::SOA)).await;
+    let (reply, _) = udp(server.addr, &Ask::new("consul.", RecordType::SOA)).await;
     assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
     assert!(matches!(reply.answers[0].data, RData::SOA(_)));
     let (reply, _) = udp(
         server.addr,
-        &query("whatever.service.consul.", RecordType::SOA),
+        &Ask::new("whatever.service.consul.", RecordType::SOA),
     )
     .await;
     assert!(
@@ -420,7 +450,7 @@ async fn apex_soa_invalid_and_unsupported_names() {
     );
     assert_eq!(reply.answers[0].name.to_ascii(), "consul.");
 
-    let (reply, _) = udp(server.addr, &query("consul.", RecordType::NS)).await;
+    let (reply, _) = udp(server.addr, &Ask::new("consul.", RecordType::NS)).await;
     assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
     soa_of(&reply);
     for name in [
@@ -429,7 +459,7 @@ async fn apex_soa_invalid_and_unsupported_names() {
         "foo.bar.consul.",
         "web.service.dc1.extra.more.consul.",
     ] {
-        let (reply, _) = udp(server.addr, &query(name, RecordType::A)).await;
+        let (reply, _) = udp(server.addr, &Ask::new(name, RecordType::A)).await;
         assert_eq!(
             reply.metadata.response_code,
             ResponseCode::NXDomain,
@@ -437,7 +467,7 @@ async fn apex_soa_invalid_and_unsupported_names() {
         );
         soa_of(&reply);
     }
-    let (reply, _) = udp(server.addr, &query("web.query.consul.", RecordType::A)).await;
+    let (reply, _) = udp(server.addr, &Ask::new("web.query.consul.", RecordType::A)).await;
     assert_eq!(reply.metadata.response_code, ResponseCode::ServFail);
     assert!(
         server.catalog.asked().is_empty(),
@@ -454,8 +484,8 @@ async fn names_are_case_insensitive_and_echoed_as_asked() {
         Freshness::Fresh,
     );
     let asked = "WeB.SeRvIcE.CoNsUl.";
-    let (reply, _) = udp(server.addr, &query(asked, RecordType::A)).await;
-    assert_eq!(ips(&reply.answers), vec![ip("10.0.0.1")]);
+    let (reply, _) = udp(server.addr, &Ask::new(asked, RecordType::A)).await;
+    assert_eq!(sorted_addresses(&reply), vec![ip("10.0.0.1")]);
     assert_eq!(
         reply.queries[0].name.to_ascii(),
         asked,
@@ -485,7 +515,7 @@ async fn answers_are_shuffled_and_capped() {
 
     let mut seen = std::collections::HashSet::new();
     for _ in 0..20 {
-        let reply = tcp(server.addr, &query("web.service.consul.", RecordType::A)).await;
+        let reply = tcp(server.addr, &Ask::new("web.service.consul.", RecordType::A)).await;
         assert_eq!(
             reply.answers.len(),
             3,
@@ -500,7 +530,11 @@ async fn answers_are_shuffled_and_capped() {
     }
     assert!(seen.len() > 1, "order changes between responses");
 
-    let reply = tcp(server.addr, &query("web.service.consul.", RecordType::SRV)).await;
+    let reply = tcp(
+        server.addr,
+        &Ask::new("web.service.consul.", RecordType::SRV),
+    )
+    .await;
     assert_eq!(reply.answers.len(), 10, "the cap does not apply to SRV");
 }
 
@@ -522,14 +556,14 @@ async fn large_answers_truncate_on_udp_and_are_complete_over_tcp() {
         .catalog
         .set_instances("big", instances, Freshness::Stale);
 
-    let (reply, size) = udp(server.addr, &query("big.service.consul.", RecordType::A)).await;
+    let (reply, size) = udp(server.addr, &Ask::new("big.service.consul.", RecordType::A)).await;
     assert!(size <= 512, "{size} bytes without EDNS");
     assert!(reply.metadata.truncation);
     assert!(!reply.answers.is_empty() && reply.answers.len() < 200);
 
     let (reply, size) = udp(
         server.addr,
-        &query_edns("big.service.consul.", RecordType::A, 4096),
+        &Ask::new("big.service.consul.", RecordType::A).edns(4096),
     )
     .await;
     assert!(
@@ -544,7 +578,7 @@ async fn large_answers_truncate_on_udp_and_are_complete_over_tcp() {
 
     let (reply, size) = udp(
         server.addr,
-        &query_edns("big.service.consul.", RecordType::SRV, 900),
+        &Ask::new("big.service.consul.", RecordType::SRV).edns(900),
     )
     .await;
     assert!(size <= 900);
@@ -553,12 +587,16 @@ async fn large_answers_truncate_on_udp_and_are_complete_over_tcp() {
 
     let reply = tcp(
         server.addr,
-        &query_edns("big.service.consul.", RecordType::A, 1232),
+        &Ask::new("big.service.consul.", RecordType::A).edns(1232),
     )
     .await;
     assert_eq!(reply.answers.len(), 200);
     assert!(!reply.metadata.truncation);
-    let reply = tcp(server.addr, &query("big.service.consul.", RecordType::SRV)).await;
+    let reply = tcp(
+        server.addr,
+        &Ask::new("big.service.consul.", RecordType::SRV),
+    )
+    .await;
     assert_eq!((reply.answers.len(), reply.additionals.len()), (200, 200));
     assert!(!reply.metadata.truncation);
 }
@@ -576,16 +614,16 @@ async fn forwards_other_names_only() {
     upstream_answer.authentic_data = true;
     server.upstream.set_answer(Some(upstream_answer));
 
-    let mut message = query_edns(asked, RecordType::A, 1232);
+    let mut message = query_message(&Ask::new(asked, RecordType::A).edns(1232));
     message.edns.as_mut().expect("edns").set_dnssec_ok(true);
-    let (reply, _) = udp(server.addr, &message).await;
+    let (reply, _) = udp_message(server.addr, &message).await;
     assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
     assert!(
         !reply.metadata.authoritative
             && reply.metadata.recursion_available
             && reply.metadata.authentic_data
     );
-    assert_eq!(ips(&reply.answers), vec![ip("192.0.2.1")]);
+    assert_eq!(sorted_addresses(&reply), vec![ip("192.0.2.1")]);
     assert_eq!(
         reply.answers[0].name.to_ascii(),
         asked,
@@ -600,17 +638,17 @@ async fn forwards_other_names_only() {
     server
         .upstream
         .set_answer(Some(answer(ResponseCode::NXDomain, Vec::new())));
-    let (reply, _) = udp(server.addr, &query("nope.example.org.", RecordType::A)).await;
+    let (reply, _) = udp(server.addr, &Ask::new("nope.example.org.", RecordType::A)).await;
     assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain);
 
     server.upstream.set_answer(None);
-    let (reply, _) = udp(server.addr, &query("down.example.org.", RecordType::A)).await;
+    let (reply, _) = udp(server.addr, &Ask::new("down.example.org.", RecordType::A)).await;
     assert_eq!(reply.metadata.response_code, ResponseCode::ServFail);
     assert!(reply.metadata.recursion_available);
 
     let (reply, _) = udp(
         server.addr,
-        &query("missing.service.consul.", RecordType::A),
+        &Ask::new("missing.service.consul.", RecordType::A),
     )
     .await;
     assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain);
@@ -624,7 +662,7 @@ async fn forwards_other_names_only() {
 #[tokio::test]
 async fn no_forwarder_means_servfail() {
     let server = start(Config::default(), ServerOptions::default(), false).await;
-    let (reply, _) = udp(server.addr, &query("example.org.", RecordType::A)).await;
+    let (reply, _) = udp(server.addr, &Ask::new("example.org.", RecordType::A)).await;
     assert_eq!(reply.metadata.response_code, ResponseCode::ServFail);
     assert!(reply.metadata.recursion_available);
 }
@@ -640,9 +678,9 @@ async fn malformed_datagrams_do_not_stop_the_server() {
     let short = Duration::from_millis(300);
 
     let random: Vec<u8> = (0..200).map(|_| rand::random::<u8>()).collect();
-    let _ = udp_raw(server.addr, &random, short).await;
+    let _ = udp_raw_wait(server.addr, &random, short).await;
     assert_eq!(
-        udp_raw(server.addr, &[0x12, 0x34, 0x01], short).await,
+        udp_raw_wait(server.addr, &[0x12, 0x34, 0x01], short).await,
         None,
         "truncated header is dropped"
     );
@@ -651,31 +689,35 @@ async fn malformed_datagrams_do_not_stop_the_server() {
     let pointer_loop = [
         0xab, 0xcd, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 0xc0, 0x0c, 0, 1, 0, 1,
     ];
-    let reply = udp_raw(server.addr, &pointer_loop, short)
+    let reply = udp_raw_wait(server.addr, &pointer_loop, short)
         .await
         .expect("FORMERR reply");
     let reply = Message::from_vec(&reply).expect("parse");
     assert_eq!(reply.metadata.response_code, ResponseCode::FormErr);
 
-    let mut two = query("web.service.consul.", RecordType::A);
+    let mut two = query_message(&Ask::new("web.service.consul.", RecordType::A));
     two.add_query(hickory_proto::op::Query::query(
         Name::from_ascii("x.consul.").expect("name"),
         RecordType::A,
     ));
-    let (reply, _) = udp(server.addr, &two).await;
+    let (reply, _) = udp_message(server.addr, &two).await;
     assert_eq!(
         reply.metadata.response_code,
         ResponseCode::FormErr,
         "QDCOUNT=2"
     );
 
-    let mut status = query("web.service.consul.", RecordType::A);
+    let mut status = query_message(&Ask::new("web.service.consul.", RecordType::A));
     status.metadata.op_code = OpCode::Status;
-    let (reply, _) = udp(server.addr, &status).await;
+    let (reply, _) = udp_message(server.addr, &status).await;
     assert_eq!(reply.metadata.response_code, ResponseCode::NotImp);
 
-    let (reply, _) = udp(server.addr, &query("web.service.consul.", RecordType::A)).await;
-    assert_eq!(ips(&reply.answers), vec![ip("10.0.0.1")], "still serving");
+    let (reply, _) = udp(server.addr, &Ask::new("web.service.consul.", RecordType::A)).await;
+    assert_eq!(
+        sorted_addresses(&reply),
+        vec![ip("10.0.0.1")],
+        "still serving"
+    );
 }
 
 #[tokio::test]
@@ -690,10 +732,10 @@ async fn clients_outside_allowed_networks_are_refused() {
         vec![instance("n1", "10.0.0.1", None, 80, &[])],
         Freshness::Fresh,
     );
-    let (reply, _) = udp(server.addr, &query("web.service.consul.", RecordType::A)).await;
+    let (reply, _) = udp(server.addr, &Ask::new("web.service.consul.", RecordType::A)).await;
     assert_eq!(reply.metadata.response_code, ResponseCode::Refused);
     assert!(reply.answers.is_empty());
-    let reply = tcp(server.addr, &query("web.service.consul.", RecordType::A)).await;
+    let reply = tcp(server.addr, &Ask::new("web.service.consul.", RecordType::A)).await;
     assert_eq!(reply.metadata.response_code, ResponseCode::Refused);
     assert!(server.catalog.asked().is_empty());
 }
@@ -712,13 +754,13 @@ async fn stalled_tcp_client_does_not_block_others_and_is_closed() {
     );
 
     let mut stalled = TcpStream::connect(server.addr).await.expect("connect");
-    let reply = tcp(server.addr, &query("web.service.consul.", RecordType::A)).await;
-    assert_eq!(ips(&reply.answers), vec![ip("10.0.0.1")]);
-    let (reply, _) = udp(server.addr, &query("web.service.consul.", RecordType::A)).await;
-    assert_eq!(ips(&reply.answers), vec![ip("10.0.0.1")]);
+    let reply = tcp(server.addr, &Ask::new("web.service.consul.", RecordType::A)).await;
+    assert_eq!(sorted_addresses(&reply), vec![ip("10.0.0.1")]);
+    let (reply, _) = udp(server.addr, &Ask::new("web.service.consul.", RecordType::A)).await;
+    assert_eq!(sorted_addresses(&reply), vec![ip("10.0.0.1")]);
 
     let mut buffer = [0u8; 16];
-    let read = tokio::time::timeout(TIMEOUT, stalled.read(&mut buffer))
+    let read = tokio::time::timeout(QUERY_TIMEOUT, stalled.read(&mut buffer))
         .await
         .expect("closed before the test timeout");
     assert!(
@@ -731,17 +773,15 @@ async fn stalled_tcp_client_does_not_block_others_and_is_closed() {
 async fn shutdown_stops_answering() {
     let server = start_default().await;
     let addr = server.addr;
-    let (reply, _) = udp(addr, &query("x.service.consul.", RecordType::A)).await;
+    let (reply, _) = udp(addr, &Ask::new("x.service.consul.", RecordType::A)).await;
     assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain);
-    tokio::time::timeout(TIMEOUT, server.handle.shutdown())
+    tokio::time::timeout(QUERY_TIMEOUT, server.handle.shutdown())
         .await
         .expect("bounded")
         .expect("clean stop");
-    let bytes = query("x.service.consul.", RecordType::A)
-        .to_vec()
-        .expect("encode");
+    let bytes = Ask::new("x.service.consul.", RecordType::A).to_bytes();
     assert_eq!(
-        udp_raw(addr, &bytes, Duration::from_millis(300)).await,
+        udp_raw_wait(addr, &bytes, Duration::from_millis(300)).await,
         None
     );
 }
@@ -749,9 +789,9 @@ async fn shutdown_stops_answering() {
 #[tokio::test]
 async fn edns_versions_above_zero_get_badvers() {
     let server = start_default().await;
-    let mut message = query_edns("web.service.consul.", RecordType::A, 1232);
+    let mut message = query_message(&Ask::new("web.service.consul.", RecordType::A).edns(1232));
     message.edns.as_mut().expect("edns").set_version(1);
-    let (reply, _) = udp(server.addr, &message).await;
+    let (reply, _) = udp_message(server.addr, &message).await;
     // BADVERS and BADSIG share code 16; hickory decodes 16 as BADSIG.
     assert_eq!(u16::from(reply.metadata.response_code), 16);
     assert!(
@@ -776,15 +816,19 @@ async fn queries_are_counted_by_zone_rcode_and_source() {
         .upstream
         .set_answer(Some(answer(ResponseCode::NoError, Vec::new())));
 
-    udp(server.addr, &query("web.service.consul.", RecordType::A)).await;
-    udp(server.addr, &query("web.service.consul.", RecordType::A)).await;
-    udp(server.addr, &query("nope.service.consul.", RecordType::MX)).await;
-    udp(server.addr, &query("example.org.", RecordType::AAAA)).await;
+    udp(server.addr, &Ask::new("web.service.consul.", RecordType::A)).await;
+    udp(server.addr, &Ask::new("web.service.consul.", RecordType::A)).await;
+    udp(
+        server.addr,
+        &Ask::new("nope.service.consul.", RecordType::MX),
+    )
+    .await;
+    udp(server.addr, &Ask::new("example.org.", RecordType::AAAA)).await;
     let big = (0..100u8)
         .map(|i| instance(&format!("n{i}"), &format!("10.1.0.{i}"), None, 80, &[]))
         .collect();
     server.catalog.set_instances("big", big, Freshness::Fresh);
-    udp(server.addr, &query("big.service.consul.", RecordType::A)).await;
+    udp(server.addr, &Ask::new("big.service.consul.", RecordType::A)).await;
 
     let recorded = Recorded::take(&snapshotter);
     let queries = |qtype, rcode, source, zone| {

@@ -66,19 +66,36 @@ impl Ask {
 
 /// Sends `ask` over UDP and returns the parsed answer and its size in bytes.
 pub async fn udp(server: SocketAddr, ask: &Ask) -> (Message, usize) {
-    let bytes = udp_raw(server, &ask.to_bytes())
+    let query = ask.to_bytes();
+    let bytes = udp_raw(server, &query)
         .await
         .unwrap_or_else(|| panic!("no UDP answer from {server} for {ask:?}"));
     let message = Message::from_vec(&bytes).expect("server answer must parse");
+    assert_eq!(
+        message.metadata.id,
+        query_id(&query),
+        "reply ID must match the query's"
+    );
     (message, bytes.len())
 }
 
 /// Sends `ask` over TCP and returns the parsed answer.
 pub async fn tcp(server: SocketAddr, ask: &Ask) -> Message {
-    let bytes = tcp_raw(server, &ask.to_bytes())
+    let query = ask.to_bytes();
+    let bytes = tcp_raw(server, &query)
         .await
         .unwrap_or_else(|error| panic!("TCP query to {server} for {ask:?} failed: {error}"));
-    Message::from_vec(&bytes).expect("server answer must parse")
+    let message = Message::from_vec(&bytes).expect("server answer must parse");
+    assert_eq!(
+        message.metadata.id,
+        query_id(&query),
+        "reply ID must match the query's"
+    );
+    message
+}
+
+fn query_id(wire: &[u8]) -> u16 {
+    u16::from_be_bytes([wire[0], wire[1]])
 }
 
 /// Sends raw bytes over UDP; returns the reply, or None after [`QUERY_TIMEOUT`]

@@ -1,26 +1,22 @@
-//! Test helpers: an in-memory catalog and upstream, a server on 127.0.0.1:0,
-//! and a tiny UDP/TCP DNS client built on hickory-proto. The metrics recorder
-//! comes from `test_support`.
+//! Test helpers: an in-memory catalog and upstream and a server on
+//! 127.0.0.1:0. The DNS client and the metrics recorder come from
+//! `test_support`; this module only adds a thin adapter for hand-built messages.
 
 #![allow(dead_code, unreachable_pub)]
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use dnsfront_catalog::{Freshness, Lookup, Node, ServiceInstance};
 use dnsfront_dns::{
     CatalogView, Config, Listeners, Router, ServerHandle, ServerOptions, Upstream, serve,
 };
 use dnsfront_forward::{Answer, Source};
-use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::op::{Message, Query, ResponseCode};
+use hickory_proto::rr::Record;
 use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption};
-use hickory_proto::rr::{Name, Record, RecordType};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpStream, UdpSocket};
-
-pub const TIMEOUT: Duration = Duration::from_secs(3);
+use test_support::{Ask, udp_raw};
 
 type ServiceKey = (String, Option<String>);
 
@@ -213,78 +209,22 @@ pub async fn start_default() -> TestServer {
     start(Config::default(), ServerOptions::default(), true).await
 }
 
-pub fn query(name: &str, qtype: RecordType) -> Message {
-    let mut message = Message::new(rand::random(), MessageType::Query, OpCode::Query);
-    message.metadata.recursion_desired = true;
-    message.add_query(Query::query(
-        Name::from_ascii(name).expect("query name"),
-        qtype,
-    ));
-    message
+/// A hand-editable query message built from `ask`, for cases `Ask` cannot
+/// express (extra questions, other opcodes, EDNS flags or versions).
+pub fn query_message(ask: &Ask) -> Message {
+    Message::from_vec(&ask.to_bytes()).expect("Ask encodes a parsable query")
 }
 
-pub fn query_edns(name: &str, qtype: RecordType, payload: u16) -> Message {
-    let mut message = query(name, qtype);
-    let mut edns = Edns::new();
-    edns.set_max_payload(payload);
-    message.set_edns(edns);
-    message
-}
-
-/// Sends raw bytes over UDP; returns the reply bytes, or None after `wait`.
-pub async fn udp_raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> Option<Vec<u8>> {
-    let socket = UdpSocket::bind("127.0.0.1:0").await.expect("client socket");
-    socket.send_to(bytes, addr).await.expect("send");
-    let mut buffer = vec![0u8; 65535];
-    match tokio::time::timeout(wait, socket.recv_from(&mut buffer)).await {
-        Ok(Ok((len, _))) => {
-            buffer.truncate(len);
-            Some(buffer)
-        }
-        _ => None,
-    }
-}
-
-/// One query over UDP; returns the parsed reply and its size in bytes.
-pub async fn udp(addr: SocketAddr, message: &Message) -> (Message, usize) {
+/// Sends a hand-built `message` over UDP through `test_support::udp_raw`;
+/// returns the parsed reply and its size in bytes.
+pub async fn udp_message(addr: SocketAddr, message: &Message) -> (Message, usize) {
     let bytes = message.to_vec().expect("encode query");
-    let reply = udp_raw(addr, &bytes, TIMEOUT)
+    let reply = udp_raw(addr, &bytes)
         .await
         .expect("UDP reply within timeout");
     let parsed = Message::from_vec(&reply).expect("parse reply");
     assert_eq!(parsed.metadata.id, message.metadata.id);
     (parsed, reply.len())
-}
-
-pub async fn tcp_send(stream: &mut TcpStream, message: &Message) -> Message {
-    let bytes = message.to_vec().expect("encode query");
-    let len = u16::try_from(bytes.len()).expect("small query");
-    stream
-        .write_all(&len.to_be_bytes())
-        .await
-        .expect("write len");
-    stream.write_all(&bytes).await.expect("write query");
-    let mut len = [0u8; 2];
-    tokio::time::timeout(TIMEOUT, stream.read_exact(&mut len))
-        .await
-        .expect("TCP reply in time")
-        .expect("read len");
-    let mut reply = vec![0u8; usize::from(u16::from_be_bytes(len))];
-    stream.read_exact(&mut reply).await.expect("read reply");
-    let parsed = Message::from_vec(&reply).expect("parse reply");
-    assert_eq!(parsed.metadata.id, message.metadata.id);
-    parsed
-}
-
-pub async fn tcp(addr: SocketAddr, message: &Message) -> Message {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    tcp_send(&mut stream, message).await
-}
-
-pub fn ips(records: &[Record]) -> Vec<IpAddr> {
-    let mut ips: Vec<IpAddr> = records.iter().filter_map(|r| r.data.ip_addr()).collect();
-    ips.sort();
-    ips
 }
 
 pub fn has_stale_ede(message: &Message) -> bool {
