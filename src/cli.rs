@@ -27,6 +27,15 @@ pub enum Command {
         /// The config file.
         file: PathBuf,
     },
+    /// Publish the hosts snapshot to Consul KV (run on Consul server nodes; a
+    /// Consul session lock elects one writer among them).
+    Publish(PublishArgs),
+    /// Inspect, export or verify the hosts snapshot.
+    Snapshot {
+        /// What to do with it.
+        #[command(subcommand)]
+        command: SnapshotCommand,
+    },
     /// Print the effective configuration (defaults filled in) as TOML.
     PrintConfig {
         /// The config file (defaults only when omitted).
@@ -93,4 +102,74 @@ pub struct DemoArgs {
     /// Log level or filter.
     #[arg(long, value_name = "FILTER")]
     pub log_level: Option<String>,
+}
+
+/// `dnsfront publish`
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// Config file (TOML): `[consul]`, `[snapshot]` and `[publish]` are read.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Consul agent HTTP address (default $CONSUL_HTTP_ADDR or http://127.0.0.1:8500).
+    #[arg(long, value_name = "URL")]
+    pub consul: Option<String>,
+    /// Publish even when the guards (minimum size, maximum drop) say no.
+    #[arg(long)]
+    pub force: bool,
+    /// Log level or filter (RUST_LOG wins).
+    #[arg(long, value_name = "FILTER")]
+    pub log_level: Option<String>,
+    /// Log format.
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// `dnsfront snapshot ...`
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Print the snapshot in the state dir as a hosts file (for dnsmasq's
+    /// addn-hosts: the migration and rollback path) or as JSON.
+    Export {
+        /// State directory holding the snapshot.
+        #[arg(long, value_name = "DIR", default_value = crate::config::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "hosts")]
+        format: ExportFormat,
+        /// The Consul domain used in hosts-file names.
+        #[arg(long, default_value = "consul")]
+        domain: String,
+    },
+    /// Summarise the snapshot in the state dir: generation, age, size, counts, signer.
+    Show {
+        /// State directory holding the snapshot.
+        #[arg(long, value_name = "DIR", default_value = crate::config::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
+    /// Verify a snapshot file (format, checksum, and signature when a key is given).
+    Verify {
+        /// The snapshot file (e.g. STATE_DIR/hosts-snapshot.bin, or a value saved from KV).
+        file: PathBuf,
+        /// Ed25519 public key file (base64); then an unsigned snapshot fails.
+        #[arg(long, value_name = "FILE")]
+        public_key: Option<PathBuf>,
+    },
+    /// Generate an Ed25519 key pair for signing snapshots.
+    Keygen {
+        /// Where to write the private key (mode 0600; for `publish.signing_key_file`).
+        #[arg(long, value_name = "FILE")]
+        private_key: PathBuf,
+        /// Where to write the public key (for `snapshot.public_key_file`).
+        #[arg(long, value_name = "FILE")]
+        public_key: PathBuf,
+    },
+}
+
+/// `snapshot export --format`
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// `IP NAME` lines.
+    Hosts,
+    /// The decoded snapshot.
+    Json,
 }

@@ -5,6 +5,7 @@
 //! traffic yet) → run (serve until the shutdown token fires).
 
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod demo;
 pub mod telemetry;
@@ -17,6 +18,7 @@ use dnsfront_catalog as catalog;
 use dnsfront_consul as consul;
 use dnsfront_dns as dns;
 use dnsfront_forward as forward;
+use dnsfront_snapshot as snapshot;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -30,6 +32,8 @@ pub struct App {
     settings: Settings,
     listeners: dns::Listeners,
     catalog: catalog::Cache,
+    hosts: snapshot::Hosts,
+    follower: Option<snapshot::follower::Follower>,
     router: dns::Router,
 }
 
@@ -37,6 +41,28 @@ impl App {
     /// Builds every part and binds the listen sockets.
     pub fn build(settings: Settings) -> anyhow::Result<Self> {
         let client = consul::Client::new(settings.consul.clone()).context("consul")?;
+        // The snapshot on disk comes first, so a resolver started during a
+        // Consul outage answers from it at once.
+        let hosts = snapshot::Hosts::new();
+        let follower = settings.follow.as_ref().map(|follow| {
+            let follower = snapshot::follower::Follower::new(
+                snapshot::follower::FollowerConfig {
+                    key: follow.key.clone(),
+                    stop_key: follow.stop_key.clone(),
+                    verifying_key: follow.verifying_key,
+                    wait: follow.wait,
+                    ..snapshot::follower::FollowerConfig::new(settings.state_dir.clone())
+                },
+                client.clone(),
+                hosts.clone(),
+            );
+            match follower.load_from_disk() {
+                Ok(Some(generation)) => info!(generation, state_dir = %settings.state_dir.display(), "Hosts snapshot loaded from the state dir"),
+                Ok(None) => info!(state_dir = %settings.state_dir.display(), "No hosts snapshot in the state dir yet"),
+                Err(error) => warn!(error = %error, state_dir = %settings.state_dir.display(), "Hosts snapshot in the state dir is unusable; waiting for one from Consul"),
+            }
+            follower
+        });
         let catalog = catalog::Cache::new(settings.catalog.clone(), client).context("catalog")?;
         let forwarder = if settings.forward.upstreams.is_empty() {
             warn!(
@@ -48,11 +74,18 @@ impl App {
             Some(forward::Forwarder::new(settings.forward.clone()))
         };
         let listeners = dns::Listeners::bind(&settings.listen)?;
-        let router = dns::Router::new(settings.dns.clone(), catalog.clone(), forwarder);
+        let view = dns::CatalogWithFallback::new(
+            catalog.clone(),
+            hosts.clone(),
+            settings.catalog.only_passing,
+        );
+        let router = dns::Router::new(settings.dns.clone(), view, forwarder);
         Ok(Self {
             settings,
             listeners,
             catalog,
+            hosts,
+            follower,
             router,
         })
     }
@@ -65,6 +98,11 @@ impl App {
     /// The catalog cache (for diagnostics and tests).
     pub fn catalog(&self) -> &catalog::Cache {
         &self.catalog
+    }
+
+    /// The hosts snapshot currently in memory (for diagnostics and tests).
+    pub fn hosts(&self) -> &snapshot::Hosts {
+        &self.hosts
     }
 
     /// The one machine-readable line a script can wait for: the bound addresses.
@@ -80,6 +118,9 @@ impl App {
         let addrs = self.local_addrs();
         let server = dns::serve(self.router, self.listeners, self.settings.server.clone())?;
         let refresher = tokio::spawn(self.catalog.clone().run(shutdown.child_token()));
+        let follower = self
+            .follower
+            .map(|follower| tokio::spawn(follower.run(shutdown.child_token())));
         info!(
             listen = ?addrs,
             consul = %self.settings.consul.address,
@@ -97,6 +138,9 @@ impl App {
             warn!(grace = ?SHUTDOWN_GRACE, "In-flight queries did not finish in time; exiting anyway");
         }
         refresher.abort();
+        if let Some(follower) = follower {
+            follower.abort();
+        }
         Ok(())
     }
 }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use dnsfront::cli::{Cli, Command, ServeArgs};
 use dnsfront::config::{ConfigError, Env, RawConfig};
-use dnsfront::{App, demo, shutdown_on_signals, telemetry};
+use dnsfront::{App, commands, demo, shutdown_on_signals, telemetry};
 
 /// Exit code for bad command lines and configs (sysexits EX_USAGE).
 const EXIT_USAGE: u8 = 64;
@@ -29,6 +29,14 @@ fn main() -> ExitCode {
         Command::CheckConfig { file } => check_config(&file),
         Command::PrintConfig { config } => print_config(config.as_deref()),
         Command::Serve(args) => with_runtime(|| serve(args)),
+        Command::Publish(args) => with_runtime(|| commands::publish(args)),
+        Command::Snapshot { command } => match commands::snapshot(command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("dnsfront: {error:#}");
+                ExitCode::from(EXIT_FAILURE)
+            }
+        },
         Command::Demo(args) => {
             telemetry::init_logging(
                 args.log_level.as_deref().unwrap_or("info"),

@@ -36,4 +36,5 @@ pub fn describe_metrics() {
     dnsfront_consul::metrics::describe();
     dnsfront_dns::metrics::describe();
     dnsfront_forward::metrics::describe();
+    dnsfront_snapshot::metrics::describe();
 }

@@ -5,6 +5,7 @@
 //! built from. Every error names the key path (`catalog.refresh_interval: ...`).
 
 mod resolv;
+mod snapshot;
 #[cfg(test)]
 mod tests;
 
@@ -20,6 +21,7 @@ use dnsfront_forward as forward;
 use serde::{Deserialize, Serialize};
 
 pub use resolv::parse_resolv_conf;
+pub use snapshot::{FollowSettings, PublishSettings, RawPublish, RawSnapshot};
 
 /// Where upstreams come from when neither the file nor `--upstream` names any.
 /// Never `/etc/resolv.conf`: once dnsfront runs, that file points at dnsfront.
@@ -81,6 +83,10 @@ pub struct RawConfig {
     pub forward: RawForward,
     /// `[state]`: on-disk state.
     pub state: RawState,
+    /// `[snapshot]`: following the KV hosts snapshot (outage fallback).
+    pub snapshot: RawSnapshot,
+    /// `[publish]`: writing the snapshot (`dnsfront publish`, server nodes).
+    pub publish: RawPublish,
     /// `[log]`: logging.
     pub log: RawLog,
 }
@@ -442,8 +448,10 @@ pub struct Settings {
     pub forward: forward::Config,
     /// Where the upstreams came from, for the startup log.
     pub upstream_origin: String,
-    /// State directory.
+    /// State directory (the snapshot file lives here).
     pub state_dir: PathBuf,
+    /// Snapshot following; None when `snapshot.follow = false`.
+    pub follow: Option<FollowSettings>,
     /// Log filter and format.
     pub log_level: String,
     /// Log format.
@@ -554,9 +562,22 @@ impl RawConfig {
             forward,
             upstream_origin,
             state_dir: self.state.dir.clone(),
+            follow: self.snapshot.validate()?,
             log_level: self.log.level.clone(),
             log_format: self.log.format,
         })
+    }
+
+    /// Validates what `dnsfront publish` needs: Consul and `[publish]`.
+    pub fn validate_publish(
+        &self,
+        env: &Env,
+    ) -> Result<(consul::Config, PublishSettings, catalog::Config), ConfigError> {
+        Ok((
+            self.consul_config(env)?,
+            self.publish.validate(&self.snapshot)?,
+            self.catalog_config()?,
+        ))
     }
 
     fn consul_config(&self, env: &Env) -> Result<consul::Config, ConfigError> {

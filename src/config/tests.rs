@@ -30,7 +30,9 @@ fn empty_file_gives_documented_defaults() {
 
 #[test]
 fn every_table_rejects_unknown_keys_and_names_the_path() {
-    for table in ["dns", "consul", "catalog", "forward", "state", "log"] {
+    for table in [
+        "dns", "consul", "catalog", "forward", "state", "snapshot", "publish", "log",
+    ] {
         let message = error_of(&format!("[{table}]\nno_such_key = 1\n"));
         assert!(
             message.contains(&format!("{table}.no_such_key")),
@@ -185,4 +187,32 @@ fn config_errors_never_quote_a_token() {
             "{text:?}: position missing: {message}"
         );
     }
+}
+
+#[test]
+fn publish_settings_are_validated_with_key_paths() {
+    let check = |text: &str, key: &str| {
+        let raw = RawConfig::parse(text, "t").expect("parse");
+        let error = raw
+            .validate_publish(&Env::default())
+            .expect_err(text)
+            .to_string();
+        assert!(error.contains(key), "{text:?} gave {error:?}");
+    };
+    check("[publish]\nsession_ttl = \"5s\"", "publish.session_ttl");
+    check("[publish]\nlock_delay = \"2m\"", "publish.lock_delay");
+    check(
+        "[publish]\nmax_drop_fraction = 1.5",
+        "publish.max_drop_fraction",
+    );
+    check(
+        "[publish]\nsigning_key_file = \"/nonexistent/key\"",
+        "publish.signing_key_file",
+    );
+    let raw = RawConfig::parse("", "t").expect("parse");
+    let (_, publish, _) = raw
+        .validate_publish(&Env::default())
+        .expect("defaults are valid");
+    assert_eq!(publish.key, "dnsfront/hosts");
+    assert_eq!(publish.stop_key, "dnsfront/hosts-stop");
 }

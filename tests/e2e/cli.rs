@@ -177,3 +177,222 @@ async fn serve_prints_its_addresses_answers_and_exits_promptly_on_sigterm() {
     assert!(status.success(), "exit status {status:?}");
     consul.shutdown().await;
 }
+
+#[test]
+fn snapshot_commands_show_export_verify_and_keygen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let keys = dir.path();
+    let private = keys.join("snap.key");
+    let public = keys.join("snap.pub");
+    let out = run(&[
+        "snapshot",
+        "keygen",
+        "--private-key",
+        private.to_str().expect("utf8"),
+        "--public-key",
+        public.to_str().expect("utf8"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(&private)
+        .expect("private key")
+        .permissions()
+        .mode();
+    assert_eq!(
+        mode & 0o777,
+        0o600,
+        "private key must not be readable by others"
+    );
+    // keygen never overwrites a key.
+    let again = run(&[
+        "snapshot",
+        "keygen",
+        "--private-key",
+        private.to_str().expect("utf8"),
+        "--public-key",
+        public.to_str().expect("utf8"),
+    ]);
+    assert!(!again.status.success());
+
+    let signing = dnsfront_snapshot::keys::load_signing_key(&private).expect("load key");
+    let encoded = dnsfront_snapshot::encode(&crate::snapshot::sample_snapshot(9), Some(&signing))
+        .expect("encode");
+    dnsfront_snapshot::store::save(&state, &encoded).expect("save");
+    let state_arg = state.to_str().expect("utf8");
+
+    let show = run(&["snapshot", "show", "--state-dir", state_arg]);
+    assert!(show.status.success());
+    let text = String::from_utf8_lossy(&show.stdout);
+    for expected in [
+        "generation:   9",
+        "datacenter:   dc1",
+        "publisher:    test-publisher",
+        "signed:       yes",
+        "services:     2",
+        "nodes:        3",
+    ] {
+        assert!(text.contains(expected), "show lacks {expected:?}: {text}");
+    }
+
+    let hosts = run(&[
+        "snapshot",
+        "export",
+        "--state-dir",
+        state_arg,
+        "--format",
+        "hosts",
+    ]);
+    assert!(hosts.status.success());
+    let text = String::from_utf8_lossy(&hosts.stdout);
+    for line in [
+        "10.0.0.1 web.service.consul",
+        "10.0.0.2 primary.web.service.consul",
+        "10.0.0.7 legacy.service.consul",
+        "10.0.0.7 node-7.node.consul",
+    ] {
+        assert!(
+            text.lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>().join(" ") == line),
+            "hosts export lacks {line:?}:\n{text}"
+        );
+    }
+    let json = run(&[
+        "snapshot",
+        "export",
+        "--state-dir",
+        state_arg,
+        "--format",
+        "json",
+    ]);
+    let value: serde_json::Value =
+        serde_json::from_slice(&json.stdout).expect("json export parses");
+    assert_eq!(value["generation"], 9);
+
+    let file = dnsfront_snapshot::store::path(&state);
+    let file_arg = file.to_str().expect("utf8");
+    let verify = run(&[
+        "snapshot",
+        "verify",
+        file_arg,
+        "--public-key",
+        public.to_str().expect("utf8"),
+    ]);
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    assert!(String::from_utf8_lossy(&verify.stdout).contains("signature verified"));
+    // Another key: rejected. A corrupt file: rejected.
+    let other_private = keys.join("other.key");
+    let other_public = keys.join("other.pub");
+    assert!(
+        run(&[
+            "snapshot",
+            "keygen",
+            "--private-key",
+            other_private.to_str().expect("utf8"),
+            "--public-key",
+            other_public.to_str().expect("utf8")
+        ])
+        .status
+        .success()
+    );
+    let wrong = run(&[
+        "snapshot",
+        "verify",
+        file_arg,
+        "--public-key",
+        other_public.to_str().expect("utf8"),
+    ]);
+    assert_eq!(wrong.status.code(), Some(1));
+    let mut bytes = std::fs::read(&file).expect("read");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x55;
+    let corrupt = keys.join("corrupt.bin");
+    std::fs::write(&corrupt, bytes).expect("write");
+    let bad = run(&["snapshot", "verify", corrupt.to_str().expect("utf8")]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("failed verification"));
+
+    let empty = dir.path().join("empty");
+    let missing = run(&[
+        "snapshot",
+        "show",
+        "--state-dir",
+        empty.to_str().expect("utf8"),
+    ]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no snapshot"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_process_feeds_a_resolver_that_survives_a_consul_outage() {
+    let sim = crate::harness::standard_sim();
+    let consul = sim
+        .serve("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("sim");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("publish.toml");
+    std::fs::write(
+        &config,
+        "[publish]\nmin_interval = \"1s\"\nlock_delay = \"0s\"\n",
+    )
+    .expect("write");
+    let mut publisher = Command::new(BIN)
+        .args([
+            "publish",
+            "--consul",
+            &consul.url(),
+            "--config",
+            config.to_str().expect("utf8"),
+        ])
+        .env_remove("CONSUL_HTTP_ADDR")
+        .env_remove("CONSUL_HTTP_TOKEN")
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn publisher");
+    let state = dir.path().join("state");
+    let mut running = spawn(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--consul",
+        &consul.url(),
+        "--state-dir",
+        state.to_str().expect("utf8"),
+    ])
+    .await;
+    let file = dnsfront_snapshot::store::path(&state);
+    assert!(
+        crate::harness::eventually(Duration::from_secs(10), || async { file.exists() }).await,
+        "the published snapshot never reached the resolver's state dir"
+    );
+    let dns = running.dns[0];
+    // Never asked before the outage: answered from the snapshot once Consul is gone.
+    consul.set_down(true);
+    let (answer, _) = test_support::udp(
+        dns,
+        &test_support::Ask::new("api.service.consul.", hickory_proto::rr::RecordType::A),
+    )
+    .await;
+    assert_eq!(
+        test_support::sorted_addresses(&answer).len(),
+        2,
+        "{answer:?}"
+    );
+    sigterm(&publisher);
+    let status = tokio::time::timeout(Duration::from_secs(10), publisher.wait())
+        .await
+        .expect("publisher exits on SIGTERM")
+        .expect("wait");
+    assert!(status.success(), "publisher exit status {status:?}");
+    let _ = running.child.kill().await;
+    consul.shutdown().await;
+}

@@ -16,6 +16,9 @@ pub(crate) struct Harness {
     pub(crate) sim: Sim,
     pub(crate) consul: SimServer,
     pub(crate) dns: SocketAddr,
+    /// The resolver's in-memory hosts snapshot.
+    pub(crate) hosts: dnsfront_snapshot::Hosts,
+    _state_dir: tempfile::TempDir,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -37,19 +40,30 @@ impl Harness {
         raw.consul.address = Some(consul.url());
         raw.forward.resolv_file = PathBuf::from("/nonexistent/dnsfront-tests/resolv.conf");
         raw.catalog.refresh_jitter = 0.0;
+        // Each test gets its own state dir unless it sets one (never /var/lib).
+        let state_dir = tempfile::tempdir().expect("tempdir");
+        raw.state.dir = state_dir.path().to_owned();
         tweak(&mut raw);
         let settings = raw.validate(&Env::default()).expect("test config is valid");
         let app = App::build(settings).expect("app builds");
         let dns = app.local_addrs()[0];
+        let hosts = app.hosts().clone();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(app.run(shutdown.clone()));
         Self {
             sim,
             consul,
             dns,
+            hosts,
+            _state_dir: state_dir,
             shutdown,
             task,
         }
+    }
+
+    /// Generation of the snapshot the resolver holds.
+    pub(crate) fn hosts_generation(&self) -> Option<u64> {
+        self.hosts.generation()
     }
 
     pub(crate) async fn stop(self) {

@@ -9,3 +9,4 @@ mod dig;
 mod forwarding;
 mod harness;
 mod robustness;
+pub(crate) mod snapshot;

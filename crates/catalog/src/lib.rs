@@ -65,6 +65,17 @@ pub enum Freshness {
     Fresh,
     /// Consul could not be reached recently; this is the last good data.
     Stale,
+    /// Consul is unreachable and the cache has nothing usable: this comes from
+    /// the hosts snapshot distributed through Consul KV (see `dnsfront-snapshot`).
+    Snapshot,
+}
+
+impl Freshness {
+    /// True when the data may be out of date (stale cache or snapshot): answers
+    /// then carry a short TTL and Extended DNS Error 3.
+    pub fn is_degraded(self) -> bool {
+        !matches!(self, Self::Fresh)
+    }
 }
 
 /// The outcome of a lookup.

@@ -6,8 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderValue};
+use http::Method;
+use http::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 use reqwest::Url;
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
@@ -15,6 +17,7 @@ use crate::config::{Config, Token};
 use crate::error::{BoxError, Error, classify_status};
 use crate::model::{AgentSelf, AgentSelfWire, CatalogNode, KvPair, NodeInfo, ServiceEntry};
 use crate::query::{DEFAULT_WAIT, MAX_WAIT, QueryMeta, QueryOptions, Response};
+use crate::write::{KvPutOptions, SessionRequest};
 
 const TOKEN_HEADER: &str = "x-consul-token";
 const INDEX_HEADER: &str = "x-consul-index";
@@ -29,6 +32,9 @@ enum Endpoint {
     CatalogServices,
     CatalogNodes,
     Kv,
+    KvPut,
+    KvDelete,
+    Session,
     StatusLeader,
     AgentSelf,
 }
@@ -41,15 +47,20 @@ impl Endpoint {
             Endpoint::CatalogServices => "catalog_services",
             Endpoint::CatalogNodes => "catalog_nodes",
             Endpoint::Kv => "kv",
+            Endpoint::KvPut => "kv_put",
+            Endpoint::KvDelete => "kv_delete",
+            Endpoint::Session => "session",
             Endpoint::StatusLeader => "status_leader",
             Endpoint::AgentSelf => "agent_self",
         }
     }
 }
 
-/// One GET to make.
+/// One HTTP call to make.
 struct Call<'a> {
     endpoint: Endpoint,
+    /// `GET` for reads, `PUT`/`DELETE` for writes.
+    method: Method,
     /// API path segments after the base URL (each percent-encoded on its own).
     segments: Vec<&'a str>,
     /// Query pairs; `None` values are sent as bare keys (`?stale`).
@@ -57,9 +68,27 @@ struct Call<'a> {
     datacenter: Option<&'a str>,
     /// Extra deadline for a blocking query (`wait` + `wait/16`).
     blocking_wait: Option<Duration>,
+    /// Request body and its content type (writes only).
+    body: Option<(Bytes, &'static str)>,
+    /// Hand a 404 to the decoder instead of mapping it to an error.
+    pass_not_found: bool,
 }
 
-impl Call<'_> {
+impl<'a> Call<'a> {
+    /// A call without query, datacenter, body or blocking wait.
+    fn new(endpoint: Endpoint, method: Method, segments: Vec<&'a str>) -> Self {
+        Call {
+            endpoint,
+            method,
+            segments,
+            query: Vec::new(),
+            datacenter: None,
+            blocking_wait: None,
+            body: None,
+            pass_not_found: false,
+        }
+    }
+
     /// The path named in errors: unencoded, never with the query string.
     fn path(&self) -> String {
         let mut path = String::new();
@@ -273,9 +302,8 @@ impl Client {
         key: &str,
         opts: &QueryOptions,
     ) -> Result<Response<Option<KvPair>>, Error> {
-        let mut segments = vec!["v1", "kv"];
-        segments.extend(key.split('/'));
-        let call = self.read_call(Endpoint::Kv, segments, opts, false);
+        let mut call = self.read_call(Endpoint::Kv, kv_segments(key), opts, false);
+        call.pass_not_found = true;
         self.run(call, |path, raw| {
             let meta = meta(&raw.headers);
             if raw.status == 404 {
@@ -292,13 +320,11 @@ impl Client {
 
     /// `GET /v1/status/leader`: the leader's `ip:port`, or an empty string when there is none.
     pub async fn status_leader(&self) -> Result<String, Error> {
-        let call = Call {
-            endpoint: Endpoint::StatusLeader,
-            segments: vec!["v1", "status", "leader"],
-            query: Vec::new(),
-            datacenter: None,
-            blocking_wait: None,
-        };
+        let call = Call::new(
+            Endpoint::StatusLeader,
+            Method::GET,
+            vec!["v1", "status", "leader"],
+        );
         self.run(call, |path, raw| {
             let leader: Option<String> = decode(path, &raw.body)?;
             Ok(leader.unwrap_or_default())
@@ -308,18 +334,112 @@ impl Client {
 
     /// `GET /v1/agent/self`: the local agent's datacenter, node name, version and role.
     pub async fn agent_self(&self) -> Result<AgentSelf, Error> {
-        let call = Call {
-            endpoint: Endpoint::AgentSelf,
-            segments: vec!["v1", "agent", "self"],
-            query: Vec::new(),
-            datacenter: None,
-            blocking_wait: None,
-        };
+        let call = Call::new(
+            Endpoint::AgentSelf,
+            Method::GET,
+            vec!["v1", "agent", "self"],
+        );
         self.run(call, |path, raw| {
             let wire: AgentSelfWire = decode(path, &raw.body)?;
             Ok(AgentSelf::from(wire))
         })
         .await
+    }
+
+    /// `PUT /v1/kv/:key`: writes `value`; `Ok(false)` when a `cas`, `acquire` or `release`
+    /// condition did not hold (nothing was written).
+    ///
+    /// Writes always go to the leader (never `?stale`). A value over Consul's
+    /// `kv_max_value_size` (512 KiB by default) is [`Error::Status`] 413 with Consul's message,
+    /// which names the size.
+    pub async fn kv_put(
+        &self,
+        key: &str,
+        value: &[u8],
+        opts: &KvPutOptions,
+    ) -> Result<bool, Error> {
+        let mut call = Call::new(Endpoint::KvPut, Method::PUT, kv_segments(key));
+        if let Some(flags) = opts.flags {
+            call.query.push(("flags", Some(flags.to_string())));
+        }
+        if let Some(cas) = opts.cas {
+            call.query.push(("cas", Some(cas.to_string())));
+        }
+        if let Some(session) = &opts.acquire {
+            call.query.push(("acquire", Some(session.clone())));
+        }
+        if let Some(session) = &opts.release {
+            call.query.push(("release", Some(session.clone())));
+        }
+        call.body = Some((Bytes::copy_from_slice(value), "application/octet-stream"));
+        self.run(call, |path, raw| decode(path, &raw.body)).await
+    }
+
+    /// `DELETE /v1/kv/:key`: deletes one key (deleting a missing key succeeds); with `cas`,
+    /// `Ok(false)` when the key's `ModifyIndex` no longer matches.
+    pub async fn kv_delete(&self, key: &str, cas: Option<u64>) -> Result<bool, Error> {
+        let mut call = Call::new(Endpoint::KvDelete, Method::DELETE, kv_segments(key));
+        if let Some(cas) = cas {
+            call.query.push(("cas", Some(cas.to_string())));
+        }
+        self.run(call, |path, raw| decode(path, &raw.body)).await
+    }
+
+    /// `PUT /v1/session/create`: creates a session on the agent's node and returns its ID.
+    pub async fn session_create(&self, request: &SessionRequest) -> Result<String, Error> {
+        #[derive(Deserialize)]
+        struct Created {
+            #[serde(rename = "ID")]
+            id: String,
+        }
+        let body = serde_json::to_vec(request)
+            .expect("a session request has string keys and plain values, so it always serializes");
+        let mut call = Call::new(
+            Endpoint::Session,
+            Method::PUT,
+            vec!["v1", "session", "create"],
+        );
+        call.body = Some((Bytes::from(body), "application/json"));
+        self.run(call, |path, raw| {
+            let created: Created = decode(path, &raw.body)?;
+            Ok(created.id)
+        })
+        .await
+    }
+
+    /// `PUT /v1/session/renew/:id`: resets the TTL; `Ok(false)` when the session no longer
+    /// exists (expired or destroyed: create a new one and re-acquire).
+    pub async fn session_renew(&self, id: &str) -> Result<bool, Error> {
+        let mut call = Call::new(
+            Endpoint::Session,
+            Method::PUT,
+            vec!["v1", "session", "renew", id],
+        );
+        call.pass_not_found = true;
+        let secret = self.inner.token.as_ref().map(|(token, _)| token.expose());
+        self.run(call, |path, raw| {
+            if raw.status != 404 {
+                return Ok(true);
+            }
+            let message = String::from_utf8_lossy(&raw.body);
+            if message.contains("Session id") && message.contains("not found") {
+                Ok(false)
+            } else {
+                Err(classify_status(path, None, raw.status, &raw.body, secret))
+            }
+        })
+        .await
+    }
+
+    /// `PUT /v1/session/destroy/:id`: invalidates the session (releasing or deleting its
+    /// locks); destroying an unknown session succeeds.
+    pub async fn session_destroy(&self, id: &str) -> Result<(), Error> {
+        let call = Call::new(
+            Endpoint::Session,
+            Method::PUT,
+            vec!["v1", "session", "destroy", id],
+        );
+        self.run(call, |_, _| Ok(())).await
     }
 
     /// Builds a catalog/health/KV read with consistency, datacenter and blocking parameters.
@@ -353,11 +473,10 @@ impl Client {
             blocking_wait = Some(opts.wait.unwrap_or(DEFAULT_WAIT).min(MAX_WAIT));
         }
         Call {
-            endpoint,
-            segments,
             query,
             datacenter,
             blocking_wait,
+            ..Call::new(endpoint, Method::GET, segments)
         }
     }
 
@@ -395,9 +514,14 @@ impl Client {
     /// Sends the request and reads the body within the deadline; maps non-success statuses.
     async fn fetch(&self, call: &Call<'_>, path: &str) -> Result<Raw, Error> {
         let url = self.url(call);
-        let mut request = self.inner.http.get(url);
+        let mut request = self.inner.http.request(call.method.clone(), url);
         if let Some((_, value)) = &self.inner.token {
             request = request.header(TOKEN_HEADER, value.clone());
+        }
+        if let Some((body, content_type)) = &call.body {
+            request = request
+                .header(CONTENT_TYPE, *content_type)
+                .body(body.clone());
         }
         let mut deadline = self.inner.request_timeout;
         if let Some(wait) = call.blocking_wait {
@@ -435,8 +559,8 @@ impl Client {
             Ok(Ok(raw)) => raw,
         };
         let success = (200..300).contains(&raw.status);
-        let kv_missing = call.endpoint == Endpoint::Kv && raw.status == 404;
-        if success || kv_missing {
+        let not_found = call.pass_not_found && raw.status == 404;
+        if success || not_found {
             return Ok(raw);
         }
         Err(classify_status(
@@ -466,6 +590,13 @@ impl Client {
         }
         url
     }
+}
+
+/// `v1/kv` plus the key split on `/` (each piece is percent-encoded on its own).
+fn kv_segments(key: &str) -> Vec<&str> {
+    let mut segments = vec!["v1", "kv"];
+    segments.extend(key.split('/'));
+    segments
 }
 
 /// Decodes a JSON body, mapping failures to [`Error::Decode`].

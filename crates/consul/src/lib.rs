@@ -1,8 +1,9 @@
 //! Typed client for the subset of Consul's HTTP API dnsfront uses.
 //!
-//! It knows nothing about DNS and caches nothing: every call is one HTTP GET with a deadline,
-//! its `X-Consul-*` metadata, and a classified [`Error`]. Blocking-query loops feed the returned
-//! index through [`next_index`].
+//! It knows nothing about DNS and caches nothing: every call is one HTTP request with a deadline,
+//! its `X-Consul-*` metadata, and a classified [`Error`]. Reads are GETs; KV writes and the
+//! session calls used for the publisher's lock are PUT/DELETE and always go to the leader.
+//! Blocking-query loops feed the returned index through [`next_index`].
 
 #![warn(missing_docs)]
 
@@ -12,6 +13,7 @@ mod error;
 pub mod metrics;
 mod model;
 mod query;
+mod write;
 
 pub use client::Client;
 pub use config::{Config, DEFAULT_ADDRESS, DEFAULT_REQUEST_TIMEOUT, Token};
@@ -21,3 +23,4 @@ pub use model::{
     ServiceAddress, ServiceEntry, Weights,
 };
 pub use query::{QueryMeta, QueryOptions, Response, next_index};
+pub use write::{KvPutOptions, SessionBehavior, SessionRequest};

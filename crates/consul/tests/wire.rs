@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use consul_sim::{Fault, Registration, Sim, SimServer};
 use dnsfront_consul::{
-    Client, Config, Error, HealthStatus, QueryOptions, Token, Weights, next_index,
+    Client, Config, Error, HealthStatus, KvPutOptions, QueryOptions, SessionBehavior,
+    SessionRequest, Token, Weights, next_index,
 };
 use test_support::capture_metrics;
 
@@ -547,6 +548,433 @@ async fn status_leader_and_agent_self_decode() {
     assert_eq!(agent.version, consul_sim::CONSUL_VERSION);
 }
 
+// === KV writes and sessions ===
+
+const KEY: &str = "dnsfront/hosts/data";
+
+fn session_request(name: &str) -> SessionRequest {
+    SessionRequest {
+        name: name.to_owned(),
+        ttl: Duration::from_secs(15),
+        behavior: SessionBehavior::Release,
+        lock_delay: Duration::ZERO,
+    }
+}
+
+fn last_request(sim: &Sim, path_prefix: &str) -> consul_sim::RequestRecord {
+    sim.requests()
+        .into_iter()
+        .rev()
+        .find(|record| record.path.starts_with(path_prefix))
+        .expect("request was logged")
+}
+
+#[tokio::test]
+async fn kv_put_round_trips_value_and_flags_without_stale() {
+    let (sim, server) = start().await;
+    // `stale` is on by default: it must apply to reads only.
+    let client = client_for(&server);
+    let value = b"\x00\x01 binary snapshot \xff".to_vec();
+
+    let written = bounded(client.kv_put(
+        KEY,
+        &value,
+        &KvPutOptions {
+            flags: Some(7),
+            ..KvPutOptions::default()
+        },
+    ))
+    .await
+    .expect("put");
+    assert!(written);
+    let put = last_request(&sim, "/v1/kv/dnsfront/hosts/data");
+    assert_eq!(put.method, "PUT");
+    assert_eq!(put.query, "flags=7");
+    assert_eq!(sim.kv_get(KEY).as_deref(), Some(&value[..]));
+
+    let pair = bounded(client.kv_get(KEY, &QueryOptions::default()))
+        .await
+        .expect("get")
+        .value
+        .expect("key exists");
+    assert_eq!(pair.value.as_deref(), Some(&value[..]));
+    assert_eq!(pair.flags, 7);
+    assert_eq!(pair.session, None);
+    assert!(last_query(&sim, "/v1/kv/dnsfront/hosts/data").contains("stale"));
+
+    // An empty value is stored as empty and read back as `None`.
+    assert!(
+        bounded(client.kv_put("dnsfront/empty", b"", &KvPutOptions::default()))
+            .await
+            .expect("empty put")
+    );
+    let empty = bounded(client.kv_get("dnsfront/empty", &QueryOptions::default()))
+        .await
+        .expect("get")
+        .value
+        .expect("key exists");
+    assert_eq!(empty.value, None);
+}
+
+#[tokio::test]
+async fn cas_put_and_delete_succeed_only_on_the_current_index() {
+    let (sim, server) = start().await;
+    let client = client_for(&server);
+    let cas = |cas| KvPutOptions {
+        cas: Some(cas),
+        ..KvPutOptions::default()
+    };
+
+    assert!(
+        bounded(client.kv_put(KEY, b"v1", &cas(0)))
+            .await
+            .expect("create-only put"),
+        "cas=0 creates a missing key"
+    );
+    assert_eq!(last_request(&sim, "/v1/kv/").query, "cas=0");
+    assert!(
+        !bounded(client.kv_put(KEY, b"v2", &cas(0)))
+            .await
+            .expect("create-only put on an existing key"),
+        "cas=0 must not overwrite"
+    );
+    let first = bounded(client.kv_get(KEY, &QueryOptions::default()))
+        .await
+        .expect("get")
+        .value
+        .expect("exists");
+    assert_eq!(first.value.as_deref(), Some(&b"v1"[..]));
+
+    assert!(
+        bounded(client.kv_put(KEY, b"v2", &cas(first.modify_index)))
+            .await
+            .expect("cas put")
+    );
+    assert!(
+        !bounded(client.kv_put(KEY, b"v3", &cas(first.modify_index)))
+            .await
+            .expect("stale cas put"),
+        "an outdated ModifyIndex must fail"
+    );
+    assert_eq!(sim.kv_get(KEY).as_deref(), Some(&b"v2"[..]));
+
+    let second = bounded(client.kv_get(KEY, &QueryOptions::default()))
+        .await
+        .expect("get")
+        .value
+        .expect("exists");
+    assert!(second.modify_index > first.modify_index);
+    assert!(
+        !bounded(client.kv_delete(KEY, Some(first.modify_index)))
+            .await
+            .expect("stale cas delete")
+    );
+    assert_eq!(sim.kv_get(KEY).as_deref(), Some(&b"v2"[..]));
+    assert!(
+        bounded(client.kv_delete(KEY, Some(second.modify_index)))
+            .await
+            .expect("cas delete")
+    );
+    let delete = last_request(&sim, "/v1/kv/");
+    assert_eq!(delete.method, "DELETE");
+    assert_eq!(delete.query, format!("cas={}", second.modify_index));
+    assert_eq!(sim.kv_get(KEY), None);
+
+    sim.kv_put("dnsfront/other", &b"x"[..]);
+    assert!(
+        bounded(client.kv_delete("dnsfront/other", None))
+            .await
+            .expect("delete")
+    );
+    assert_eq!(sim.kv_get("dnsfront/other"), None);
+}
+
+#[tokio::test]
+async fn acquire_and_release_follow_the_session_lock() {
+    let (sim, server) = start().await;
+    let client = client_for(&server);
+    let first = bounded(client.session_create(&session_request("publisher-a")))
+        .await
+        .expect("first session");
+    let second = bounded(client.session_create(&session_request("publisher-b")))
+        .await
+        .expect("second session");
+    assert!(!first.is_empty());
+    assert_ne!(first, second);
+
+    let acquire = |session: &str| KvPutOptions {
+        acquire: Some(session.to_owned()),
+        ..KvPutOptions::default()
+    };
+    let release = |session: &str| KvPutOptions {
+        release: Some(session.to_owned()),
+        ..KvPutOptions::default()
+    };
+
+    assert!(
+        bounded(client.kv_put(KEY, b"leader a", &acquire(&first)))
+            .await
+            .expect("acquire a")
+    );
+    assert_eq!(
+        last_request(&sim, "/v1/kv/").query,
+        format!("acquire={first}")
+    );
+    let held = bounded(client.kv_get(KEY, &QueryOptions::default()))
+        .await
+        .expect("get")
+        .value
+        .expect("exists");
+    assert_eq!(held.session.as_deref(), Some(first.as_str()));
+    assert_eq!(held.lock_index, 1);
+
+    assert!(
+        !bounded(client.kv_put(KEY, b"leader b", &acquire(&second)))
+            .await
+            .expect("acquire b"),
+        "a lock held by another session cannot be acquired"
+    );
+    assert!(
+        !bounded(client.kv_put(KEY, b"leader b", &release(&second)))
+            .await
+            .expect("release by a non-holder"),
+        "only the holder can release"
+    );
+    assert_eq!(sim.kv_session(KEY).as_deref(), Some(first.as_str()));
+
+    assert!(
+        bounded(client.kv_put(KEY, b"released", &release(&first)))
+            .await
+            .expect("release a")
+    );
+    let released = bounded(client.kv_get(KEY, &QueryOptions::default()))
+        .await
+        .expect("get")
+        .value
+        .expect("exists");
+    assert_eq!(released.session, None);
+    assert_eq!(released.value.as_deref(), Some(&b"released"[..]));
+
+    assert!(
+        bounded(client.kv_put(KEY, b"leader b", &acquire(&second)))
+            .await
+            .expect("acquire b after release")
+    );
+    // Destroying the holder (behavior release) clears the lock.
+    bounded(client.session_destroy(&second))
+        .await
+        .expect("destroy");
+    assert_eq!(sim.kv_session(KEY), None);
+}
+
+#[tokio::test]
+async fn session_create_sends_ttl_lock_delay_and_behavior() {
+    let (sim, server) = start().await;
+    let client = client_for(&server);
+    let id = bounded(client.session_create(&SessionRequest {
+        name: "ephemeral".to_owned(),
+        ttl: Duration::from_secs(20),
+        behavior: SessionBehavior::Delete,
+        lock_delay: Duration::from_secs(1),
+    }))
+    .await
+    .expect("create");
+    assert_eq!(
+        last_request(&sim, "/v1/session/").method,
+        "PUT",
+        "session calls are writes"
+    );
+    let acquire = KvPutOptions {
+        acquire: Some(id.clone()),
+        ..KvPutOptions::default()
+    };
+    assert!(
+        bounded(client.kv_put("dnsfront/ephemeral", b"x", &acquire))
+            .await
+            .expect("acquire")
+    );
+    bounded(client.session_destroy(&id)).await.expect("destroy");
+    assert_eq!(
+        sim.kv_get("dnsfront/ephemeral"),
+        None,
+        "Behavior delete was sent: the locked key is deleted"
+    );
+
+    // The simulator rejects TTLs outside Consul's 10s..24h: the TTL really travels as a duration.
+    let error = bounded(client.session_create(&SessionRequest {
+        ttl: Duration::from_secs(5),
+        ..session_request("too-short")
+    }))
+    .await
+    .expect_err("TTL below 10s");
+    assert!(
+        matches!(&error, Error::Status { status: 500, message, .. } if message.contains("TTL")),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
+async fn renew_reports_an_expired_or_destroyed_session_as_false() {
+    let (sim, server) = start().await;
+    let client = client_for(&server);
+    let id = bounded(client.session_create(&session_request("renewer")))
+        .await
+        .expect("create");
+
+    assert!(bounded(client.session_renew(&id)).await.expect("renew"));
+    assert_eq!(
+        last_request(&sim, "/v1/session/renew/").path,
+        format!("/v1/session/renew/{id}")
+    );
+
+    bounded(client.session_destroy(&id)).await.expect("destroy");
+    assert!(
+        !bounded(client.session_renew(&id))
+            .await
+            .expect("a missing session is not an error"),
+    );
+    // Destroy is idempotent.
+    bounded(client.session_destroy(&id))
+        .await
+        .expect("second destroy");
+
+    // A 404 that is not Consul's "session not found" stays an error.
+    sim.inject(Fault::status(
+        "/v1/session/renew/",
+        404,
+        "404 page not found",
+    ));
+    let error = bounded(client.session_renew("whatever"))
+        .await
+        .expect_err("foreign 404");
+    assert!(
+        matches!(error, Error::Status { status: 404, .. }),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
+async fn oversized_value_is_a_413_status_naming_the_size() {
+    let (sim, server) = start().await;
+    let client = client_for(&server);
+    let value = vec![b'x'; 600 * 1024];
+
+    let error = bounded(client.kv_put(KEY, &value, &KvPutOptions::default()))
+        .await
+        .expect_err("600 KiB is over the 512 KiB limit");
+    match &error {
+        Error::Status {
+            endpoint,
+            status,
+            message,
+        } => {
+            assert_eq!(*status, 413);
+            assert_eq!(endpoint, "/v1/kv/dnsfront/hosts/data");
+            assert!(message.contains("614400"), "{message}");
+        }
+        other => panic!("expected a 413 status, got {other:?}"),
+    }
+    assert!(!error.is_retryable());
+    assert_eq!(sim.kv_get(KEY), None);
+}
+
+#[tokio::test]
+async fn blocking_kv_get_wakes_when_the_key_changes() {
+    let (sim, server) = start().await;
+    let client = client_with(&server, |config| {
+        config.request_timeout = Duration::from_millis(200)
+    });
+    assert!(
+        bounded(client.kv_put(KEY, b"generation 1", &KvPutOptions::default()))
+            .await
+            .expect("put")
+    );
+    let first = bounded(client.kv_get(KEY, &QueryOptions::default()))
+        .await
+        .expect("get");
+
+    let opts = QueryOptions {
+        index: Some(first.meta.index),
+        wait: Some(Duration::from_secs(5)),
+        ..QueryOptions::default()
+    };
+    let waiting = tokio::spawn({
+        let client = client.clone();
+        async move { client.kv_get(KEY, &opts).await }
+    });
+    // Past the 200 ms request timeout: the read must still be parked on the server.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "blocking read returned early");
+    let query = last_query(&sim, "/v1/kv/dnsfront/hosts/data");
+    assert!(
+        query.contains(&format!("index={}", first.meta.index)),
+        "{query}"
+    );
+
+    assert!(
+        bounded(client.kv_put(KEY, b"generation 2", &KvPutOptions::default()))
+            .await
+            .expect("second put")
+    );
+    let changed = bounded(waiting)
+        .await
+        .expect("task joined")
+        .expect("blocking read");
+    assert!(changed.meta.index > first.meta.index);
+    let pair = changed.value.expect("key exists");
+    assert_eq!(pair.value.as_deref(), Some(&b"generation 2"[..]));
+    assert!(pair.modify_index > first.value.expect("exists").modify_index);
+}
+
+#[tokio::test]
+async fn writes_send_the_token_header_and_never_leak_it() {
+    let (sim, server) = start().await;
+    sim.set_acl_tokens(&[SECRET]);
+    let client = client_with(&server, |config| {
+        config.token = Some(Token::new(SECRET.to_owned()))
+    });
+    let id = bounded(client.session_create(&session_request("tokened")))
+        .await
+        .expect("create with token");
+    assert!(bounded(client.session_renew(&id)).await.expect("renew"));
+    assert!(
+        bounded(client.kv_put(KEY, b"v", &KvPutOptions::default()))
+            .await
+            .expect("put with token")
+    );
+    assert!(bounded(client.kv_delete(KEY, None)).await.expect("delete"));
+    bounded(client.session_destroy(&id))
+        .await
+        .expect("destroy with token");
+    for record in sim.requests() {
+        assert!(!record.query.contains(SECRET), "token in URL: {record:?}");
+    }
+
+    let wrong = client_with(&server, |config| {
+        config.token = Some(Token::new(format!("{SECRET}-wrong")))
+    });
+    let mut errors = vec![
+        bounded(wrong.kv_put(KEY, b"v", &KvPutOptions::default()))
+            .await
+            .expect_err("put"),
+        bounded(wrong.kv_delete(KEY, None))
+            .await
+            .expect_err("delete"),
+        bounded(wrong.session_create(&session_request("x")))
+            .await
+            .expect_err("create"),
+        bounded(wrong.session_destroy("x"))
+            .await
+            .expect_err("destroy"),
+    ];
+    errors.push(bounded(wrong.session_renew("x")).await.expect_err("renew"));
+    for error in errors {
+        assert!(matches!(error, Error::Forbidden { .. }), "{error:?}");
+        let text = format!("{error} {error:?}");
+        assert!(!text.contains(SECRET), "token leaked: {text}");
+    }
+}
+
 // === metrics ===
 
 #[test]
@@ -562,6 +990,14 @@ fn requests_are_counted_by_endpoint_and_outcome() {
             bounded(client.health_service("web", &QueryOptions::default()))
                 .await
                 .expect("ok");
+            let id = bounded(client.session_create(&session_request("metrics")))
+                .await
+                .expect("session");
+            bounded(client.session_renew(&id)).await.expect("renew");
+            bounded(client.kv_put("k", b"v", &KvPutOptions::default()))
+                .await
+                .expect("put");
+            bounded(client.kv_delete("k", None)).await.expect("delete");
             sim.inject(Fault::rate_limited("/v1/kv/"));
             bounded(client.kv_get("k", &QueryOptions::default()))
                 .await
@@ -583,6 +1019,16 @@ fn requests_are_counted_by_endpoint_and_outcome() {
         ),
         1
     );
+    for (endpoint, count) in [("kv_put", 1), ("kv_delete", 1), ("session", 2)] {
+        assert_eq!(
+            recorded.counter(
+                "consul.requests",
+                &[("endpoint", endpoint), ("outcome", "ok")]
+            ),
+            count,
+            "{endpoint}"
+        );
+    }
     assert_eq!(
         recorded.histogram_samples(
             "consul.request_duration_seconds",

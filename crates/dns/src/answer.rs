@@ -21,6 +21,8 @@ pub(crate) enum Source {
     Fresh,
     /// Stale catalog data (Consul unreachable).
     Stale,
+    /// The KV-distributed hosts snapshot (Consul unreachable, nothing cached).
+    Snapshot,
     /// An upstream resolver, just now.
     Upstream,
     /// The forwarder's response cache.
@@ -34,6 +36,7 @@ impl Source {
         match self {
             Self::Fresh => "fresh",
             Self::Stale => "stale",
+            Self::Snapshot => "snapshot",
             Self::Upstream => "upstream",
             Self::Cache => "cache",
             Self::None => "none",
@@ -44,7 +47,13 @@ impl Source {
         match freshness {
             Freshness::Fresh => Self::Fresh,
             Freshness::Stale => Self::Stale,
+            Freshness::Snapshot => Self::Snapshot,
         }
+    }
+
+    /// Stale cache or snapshot: short TTL and EDE 3 (Stale Answer).
+    pub(crate) fn is_degraded(self) -> bool {
+        matches!(self, Self::Stale | Self::Snapshot)
     }
 }
 
@@ -129,7 +138,7 @@ impl Zone {
         qtype: RecordType,
     ) -> Reply {
         let mut reply = self.answer_uncapped(catalog, lower, asked, qtype).await;
-        if reply.source == Source::Stale {
+        if reply.source.is_degraded() {
             let cap = self.stale_ttl;
             for record in reply.records_mut() {
                 record.ttl = record.ttl.min(cap);

@@ -6,8 +6,9 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use dnsfront_catalog::{Cache, Lookup, Node, ServiceInstance};
+use dnsfront_catalog::{Cache, Freshness, Lookup, Node, ServiceInstance};
 use dnsfront_forward::{Answer, Forwarder};
+use dnsfront_snapshot::{Hosts, InstanceStatus, Snapshot};
 use hickory_proto::op::Query;
 
 /// Read access to the Consul catalog, as the router needs it.
@@ -64,5 +65,109 @@ impl Upstream for Forwarder {
         dnssec_ok: bool,
     ) -> impl Future<Output = Result<Answer, dnsfront_forward::Error>> + Send {
         Forwarder::resolve(self, query, dnssec_ok)
+    }
+}
+
+/// The catalog cache with the hosts snapshot behind it. The fallback order for a
+/// Consul name: fresh cache → stale cache (within `catalog.max_stale`) →
+/// snapshot → SERVFAIL. The snapshot only answers for the datacenter it was
+/// built in, and only names it holds: anything else stays `Unavailable`.
+#[derive(Clone)]
+pub struct CatalogWithFallback {
+    cache: Cache,
+    hosts: Hosts,
+    only_passing: bool,
+}
+
+impl CatalogWithFallback {
+    /// `only_passing` applies Consul's `only_passing` rule to snapshot data,
+    /// which also holds instances in warning.
+    pub fn new(cache: Cache, hosts: Hosts, only_passing: bool) -> Self {
+        Self {
+            cache,
+            hosts,
+            only_passing,
+        }
+    }
+
+    /// The cache alone (no snapshot loaded yet or ever).
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
+    fn snapshot_for(&self, datacenter: Option<&str>) -> Option<Arc<Snapshot>> {
+        let snapshot = self.hosts.current()?;
+        match datacenter {
+            Some(dc) if !dc.eq_ignore_ascii_case(&snapshot.datacenter) => None,
+            _ => Some(snapshot),
+        }
+    }
+
+    fn snapshot_service(
+        &self,
+        service: &str,
+        datacenter: Option<&str>,
+    ) -> Lookup<Arc<[ServiceInstance]>> {
+        let Some(snapshot) = self.snapshot_for(datacenter) else {
+            return Lookup::Unavailable;
+        };
+        let Some(instances) = snapshot.service(service) else {
+            return Lookup::Unavailable; // unknown during an outage: SERVFAIL, never NXDOMAIN
+        };
+        let instances: Vec<ServiceInstance> = instances
+            .iter()
+            .filter(|instance| !self.only_passing || instance.status == InstanceStatus::Passing)
+            .map(|instance| ServiceInstance {
+                node: instance.node.clone(),
+                datacenter: snapshot.datacenter.clone(),
+                node_address: instance.node_address,
+                service_address: instance.service_address,
+                port: instance.port,
+                tags: instance.tags.clone(),
+                weight: instance.weight,
+            })
+            .collect();
+        if instances.is_empty() {
+            Lookup::NotFound(Freshness::Snapshot)
+        } else {
+            Lookup::Found(instances.into(), Freshness::Snapshot)
+        }
+    }
+
+    fn snapshot_node(&self, node: &str, datacenter: Option<&str>) -> Lookup<Arc<Node>> {
+        let Some(snapshot) = self.snapshot_for(datacenter) else {
+            return Lookup::Unavailable;
+        };
+        match snapshot.node(node) {
+            Some(entry) => Lookup::Found(
+                Arc::new(Node {
+                    name: entry.name.clone(),
+                    datacenter: snapshot.datacenter.clone(),
+                    address: entry.address,
+                }),
+                Freshness::Snapshot,
+            ),
+            None => Lookup::Unavailable,
+        }
+    }
+}
+
+impl CatalogView for CatalogWithFallback {
+    async fn service(
+        &self,
+        service: &str,
+        datacenter: Option<&str>,
+    ) -> Lookup<Arc<[ServiceInstance]>> {
+        match self.cache.service(service, datacenter).await {
+            Lookup::Unavailable => self.snapshot_service(service, datacenter),
+            known => known,
+        }
+    }
+
+    async fn node(&self, node: &str, datacenter: Option<&str>) -> Lookup<Arc<Node>> {
+        match self.cache.node(node, datacenter).await {
+            Lookup::Unavailable => self.snapshot_node(node, datacenter),
+            known => known,
+        }
     }
 }

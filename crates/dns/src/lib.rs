@@ -29,7 +29,7 @@ mod name;
 mod router;
 mod trim;
 
-pub use backend::{CatalogView, Upstream};
+pub use backend::{CatalogView, CatalogWithFallback, Upstream};
 pub use config::Config;
 pub use listen::{Listeners, ServerHandle, ServerOptions, serve};
 pub use router::Router;

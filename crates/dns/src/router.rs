@@ -4,7 +4,6 @@
 use std::iter;
 use std::sync::Arc;
 
-use dnsfront_catalog::Cache;
 use dnsfront_forward::{Forwarder, Source as ForwardSource};
 use hickory_server::net::runtime::Time;
 use hickory_server::net::xfer::Protocol;
@@ -20,7 +19,7 @@ use tokio::time::Instant;
 use tracing::trace;
 
 use crate::answer::{Reply, Source, Zone};
-use crate::backend::{CatalogView, Upstream};
+use crate::backend::{CatalogView, CatalogWithFallback, Upstream};
 use crate::config::Config;
 use crate::metrics::{QUERIES, QUERY_DURATION_SECONDS, TRUNCATED, qtype_tag, rcode_tag};
 use crate::trim;
@@ -36,7 +35,7 @@ const PLAIN_UDP_LIMIT: u16 = 512;
 ///
 /// Names at or under the Consul domain are answered from the catalog and are
 /// never forwarded; everything else goes to the forwarder.
-pub struct Router<C = Cache, F = Forwarder> {
+pub struct Router<C = CatalogWithFallback, F = Forwarder> {
     inner: Arc<Inner<C, F>>,
 }
 
@@ -58,7 +57,7 @@ impl<C, F> Clone for Router<C, F> {
 impl Router {
     /// Builds the router over the production catalog cache and forwarder
     /// (`None`: names outside the Consul domain get SERVFAIL).
-    pub fn new(config: Config, catalog: Cache, forwarder: Option<Forwarder>) -> Self {
+    pub fn new(config: Config, catalog: CatalogWithFallback, forwarder: Option<Forwarder>) -> Self {
         Self::with_backends(config, catalog, forwarder)
     }
 }
@@ -180,7 +179,7 @@ impl<C: CatalogView, F: Upstream> RequestHandler for Router<C, F> {
         };
         outcome.source = reply.source;
 
-        if reply.source == Source::Stale
+        if reply.source.is_degraded()
             && let Some(edns) = edns.as_mut()
         {
             let info_code = EDE_STALE_ANSWER.to_be_bytes().to_vec();

@@ -1,0 +1,46 @@
+//! The hosts snapshot: the whole catalog in one Consul KV value, the outage fallback.
+//!
+//! One publisher (elected with a Consul session lock) builds a [`Snapshot`] of every
+//! service's healthy instances and every node's address, encodes it with [`codec::encode`]
+//! and writes it to one KV key. Every resolver follows that key, verifies the value with
+//! [`codec::decode`] (format, SHA-256, optional Ed25519 signature), keeps it in its state dir
+//! ([`store`]) and serves it from memory through [`Hosts`] while Consul is unreachable.
+//!
+//! # Size limit: fail loudly, never split
+//!
+//! Consul refuses values over 512 KiB ([`codec::MAX_VALUE_SIZE`]). The envelope is gzip of a
+//! compact JSON document, so a 2,000-node × 500-service catalog is far below the limit (see
+//! the README for measured sizes). When a catalog does not fit, [`codec::encode`] returns
+//! [`Error::TooLarge`] with the encoded size and the service, instance and node counts, and
+//! nothing is published; the snapshot is deliberately not split over several keys, so a
+//! follower can never see half of one.
+//!
+//! # Modules
+//!
+//! - [`codec`]: the envelope (deterministic encoding, checksum, signature, zip-bomb guard).
+//! - [`keys`]: Ed25519 key files.
+//! - [`store`]: atomic save/load in the state dir.
+//! - [`hosts`]: the lock-free in-memory view and the dnsmasq `addn-hosts` export.
+//! - [`metrics`]: metric names and descriptions.
+//! - [`publisher`], [`follower`]: the Consul side.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod codec;
+mod error;
+pub mod follower;
+pub mod hosts;
+pub mod keys;
+pub mod metrics;
+mod model;
+pub mod publisher;
+pub mod store;
+
+pub use codec::{Verified, decode, encode};
+pub use error::Error;
+pub use hosts::{Hosts, to_hosts_file};
+pub use model::{Instance, InstanceStatus, NodeEntry, Snapshot};
+
+/// Re-exported so callers can name key types without depending on `ed25519-dalek`.
+pub use ed25519_dalek::{SigningKey, VerifyingKey};

@@ -1,0 +1,81 @@
+//! Metric names of the snapshot publisher and follower, and their descriptions.
+
+use metrics::{counter, describe_counter, describe_gauge, gauge};
+
+/// Generation of the snapshot currently in memory.
+pub const GENERATION: &str = "snapshot.generation";
+/// Age of the snapshot in memory (now − created), in seconds.
+pub const AGE_SECONDS: &str = "snapshot.age_seconds";
+/// Encoded size of the last applied or published snapshot, in bytes.
+pub const SIZE_BYTES: &str = "snapshot.size_bytes";
+/// Snapshots a follower refused, tagged `reason` ([`crate::Error::reason`] or e.g. `rollback`).
+pub const REJECTED: &str = "snapshot.rejected";
+/// Snapshots a follower verified, stored and swapped in.
+pub const APPLIED: &str = "snapshot.applied";
+/// Snapshots a publisher wrote to Consul.
+pub const PUBLISHED: &str = "snapshot.published";
+/// Publishes skipped, tagged `reason` (unchanged, min_interval, too_small, shrink_guard, kill_switch, ...).
+pub const PUBLISH_SKIPPED: &str = "snapshot.publish_skipped";
+
+/// Registers descriptions with the installed recorder.
+pub fn describe() {
+    describe_gauge!(GENERATION, "Generation of the hosts snapshot in memory");
+    describe_gauge!(
+        AGE_SECONDS,
+        metrics::Unit::Seconds,
+        "Age of the hosts snapshot in memory"
+    );
+    describe_gauge!(
+        SIZE_BYTES,
+        metrics::Unit::Bytes,
+        "Encoded size of the hosts snapshot"
+    );
+    describe_counter!(
+        REJECTED,
+        "Hosts snapshots refused by the follower, by reason"
+    );
+    describe_counter!(APPLIED, "Hosts snapshots applied by the follower");
+    describe_counter!(
+        PUBLISHED,
+        "Hosts snapshots written to Consul by the publisher"
+    );
+    describe_counter!(
+        PUBLISH_SKIPPED,
+        "Hosts snapshot publishes skipped, by reason"
+    );
+}
+
+/// Sets [`GENERATION`].
+pub fn set_generation(generation: u64) {
+    gauge!(GENERATION).set(generation as f64);
+}
+
+/// Sets [`AGE_SECONDS`].
+pub fn set_age_seconds(age_seconds: f64) {
+    gauge!(AGE_SECONDS).set(age_seconds);
+}
+
+/// Sets [`SIZE_BYTES`].
+pub fn set_size_bytes(size_bytes: usize) {
+    gauge!(SIZE_BYTES).set(size_bytes as f64);
+}
+
+/// Counts one [`REJECTED`] snapshot.
+pub fn rejected(reason: &'static str) {
+    counter!(REJECTED, "reason" => reason).increment(1);
+}
+
+/// Counts one [`APPLIED`] snapshot.
+pub fn applied() {
+    counter!(APPLIED).increment(1);
+}
+
+/// Counts one [`PUBLISHED`] snapshot.
+pub fn published() {
+    counter!(PUBLISHED).increment(1);
+}
+
+/// Counts one [`PUBLISH_SKIPPED`] publish.
+pub fn publish_skipped(reason: &'static str) {
+    counter!(PUBLISH_SKIPPED, "reason" => reason).increment(1);
+}

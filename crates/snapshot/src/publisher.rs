@@ -1,0 +1,919 @@
+//! The publisher: one elected writer per datacenter turns the catalog into a snapshot and
+//! writes it to the snapshot key, only when the content changed.
+//!
+//! # Election
+//!
+//! Consul's lock pattern (`api/lock.go`, `consul lock`): create a session (TTL,
+//! behavior `release`, lock delay), then `PUT KEY.lock?acquire=SESSION` with the identity as
+//! value. Not acquired: block on the lock key until its `Session` is empty, then try again.
+//! The session is renewed every TTL/2; if a renewal reports it gone (or renewals keep failing
+//! for a whole TTL), or the lock key shows another holder, the publisher steps down and starts
+//! over with a new session. On shutdown the lock is released and the session destroyed; a
+//! publisher that dies without that loses the lock when Consul expires its session (after up
+//! to 2×TTL), and another one takes over.
+//!
+//! # Publishing
+//!
+//! While leader: a blocking query on `/v1/catalog/services`; each time it returns (a change,
+//! or the `catalog_wait` timeout, since check status changes do not move that index) and
+//! never more often than [`PublisherConfig::min_interval`], the publisher checks the kill switch, builds a
+//! [`Snapshot`] (healthy instances of every service under the DNS health rule, every node,
+//! datacenter, Consul index, time, identity), and writes it only when:
+//!
+//! - its [`Snapshot::content_checksum`] differs from the published one;
+//! - it has at least [`PublisherConfig::min_services`] services with a healthy instance, and
+//!   does not drop more than [`PublisherConfig::max_drop_fraction`] of the published
+//!   services that had one (both guards are bypassed by [`PublisherConfig::force`]);
+//! - it fits in one value ([`crate::codec::MAX_VALUE_SIZE`]; otherwise an error with the
+//!   numbers is logged and nothing is written).
+//!
+//! The write is a check-and-set on the published value's `ModifyIndex` (0 when none), with
+//! generation = published generation + 1. A published value that does not decode (corrupt or
+//! signed with another key) is overwritten with generation = its `ModifyIndex` + 1: every
+//! good generation was at most the raft index of its own write, so this is still higher than
+//! anything a follower has applied. A lost check-and-set is retried on the next round.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::convert::Infallible;
+use std::fmt;
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use dnsfront_consul::{
+    self as consul, KvPutOptions, QueryOptions, ServiceEntry, SessionBehavior, SessionRequest,
+    next_index,
+};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+use crate::follower::{Backoff, DEFAULT_KEY, lock_key_for, stop_key_for};
+use crate::{Error, Instance, InstanceStatus, NodeEntry, SigningKey, Snapshot, codec, metrics};
+
+/// Default minimum time between two snapshot builds (and so between two writes).
+pub const DEFAULT_MIN_INTERVAL: Duration = Duration::from_secs(10);
+/// Default session TTL (Consul accepts 10s..24h).
+pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(15);
+/// Default lock delay after the session is invalidated (Consul's default).
+pub const DEFAULT_LOCK_DELAY: Duration = Duration::from_secs(15);
+/// Default blocking wait on the catalog.
+pub const DEFAULT_CATALOG_WAIT: Duration = Duration::from_secs(5 * 60);
+/// Default share of the published services a new snapshot may drop.
+pub const DEFAULT_MAX_DROP_FRACTION: f64 = 0.5;
+/// Name of the publisher's sessions in `/v1/session/list`.
+pub const SESSION_NAME: &str = "dnsfront-publisher";
+
+/// Backoff bounds after a failed Consul call.
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Minimum time between two reads of the lock key (blocking reads return on any change).
+const LOCK_READ_INTERVAL: Duration = Duration::from_millis(250);
+/// Retry delay after failing to acquire a lock that looks free (lock delay in force).
+const LOCK_RETRY_MIN: Duration = Duration::from_millis(500);
+const LOCK_RETRY_MAX: Duration = Duration::from_secs(5);
+/// Renewal retry delay after a failed renewal.
+const RENEW_RETRY: Duration = Duration::from_secs(1);
+/// Health reads in flight while building a snapshot.
+const BUILD_CONCURRENCY: usize = 8;
+
+/// Settings of a [`Publisher`].
+#[derive(Clone)]
+pub struct PublisherConfig {
+    /// KV key the snapshot is written to (default `dnsfront/hosts`).
+    pub key: String,
+    /// Lock key (default `KEY.lock`, see [`lock_key_for`]).
+    pub lock_key: String,
+    /// Kill-switch key (default `KEY-stop`, see [`stop_key_for`]); non-empty = do not write.
+    pub stop_key: String,
+    /// Who publishes (node name or hostname); stored in the lock key and the snapshot.
+    pub identity: String,
+    /// Signs snapshots when set; followers configured with the public key require it.
+    pub signing_key: Option<SigningKey>,
+    /// Minimum time between two snapshot builds and writes (default 10s).
+    pub min_interval: Duration,
+    /// Session TTL (default 15s; Consul accepts 10s..24h).
+    pub session_ttl: Duration,
+    /// Lock delay of the session (default 15s; 0..60s).
+    pub lock_delay: Duration,
+    /// Fewest services with a healthy instance a snapshot must have to be written (default 1).
+    pub min_services: usize,
+    /// Largest share (0..=1) of the published services a new snapshot may drop (default 0.5).
+    pub max_drop_fraction: f64,
+    /// Write even when a guard (`min_services`, `max_drop_fraction`) says no.
+    pub force: bool,
+    /// Drop instances with a warning check too (Consul's `dns_config.only_passing`).
+    pub only_passing: bool,
+    /// Blocking wait on the catalog (default 5m).
+    pub catalog_wait: Duration,
+}
+
+impl PublisherConfig {
+    /// Defaults for the key `dnsfront/hosts`, publishing as `identity`.
+    pub fn new(identity: impl Into<String>) -> Self {
+        Self {
+            key: DEFAULT_KEY.to_owned(),
+            lock_key: lock_key_for(DEFAULT_KEY),
+            stop_key: stop_key_for(DEFAULT_KEY),
+            identity: identity.into(),
+            signing_key: None,
+            min_interval: DEFAULT_MIN_INTERVAL,
+            session_ttl: DEFAULT_SESSION_TTL,
+            lock_delay: DEFAULT_LOCK_DELAY,
+            min_services: 1,
+            max_drop_fraction: DEFAULT_MAX_DROP_FRACTION,
+            force: false,
+            only_passing: false,
+            catalog_wait: DEFAULT_CATALOG_WAIT,
+        }
+    }
+}
+
+impl fmt::Debug for PublisherConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PublisherConfig")
+            .field("key", &self.key)
+            .field("lock_key", &self.lock_key)
+            .field("stop_key", &self.stop_key)
+            .field("identity", &self.identity)
+            .field(
+                "signing_key",
+                &self.signing_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("min_interval", &self.min_interval)
+            .field("session_ttl", &self.session_ttl)
+            .field("lock_delay", &self.lock_delay)
+            .field("min_services", &self.min_services)
+            .field("max_drop_fraction", &self.max_drop_fraction)
+            .field("force", &self.force)
+            .field("only_passing", &self.only_passing)
+            .field("catalog_wait", &self.catalog_wait)
+            .finish()
+    }
+}
+
+/// Elects itself with a Consul session lock and publishes the catalog snapshot while leader.
+#[derive(Debug)]
+pub struct Publisher {
+    config: PublisherConfig,
+    client: consul::Client,
+}
+
+/// What the publisher knows about the value currently in the key.
+struct Published {
+    /// `ModifyIndex` of the key (the check-and-set index).
+    modify_index: u64,
+    /// The decoded snapshot, `None` when the value does not decode.
+    snapshot: Option<Snapshot>,
+}
+
+/// Result of one publish round.
+enum Round {
+    /// Written, unchanged, or refused by a guard: wait for the next catalog change.
+    Done,
+    /// Kill switch, lost check-and-set or a Consul error: try again after `min_interval`.
+    Retry,
+}
+
+/// State that survives leadership changes: log-once flags and the build rate limit.
+struct LeaderState {
+    leader: bool,
+    next_build: Instant,
+    /// Reason of the last skipped round, so each distinct reason is logged once.
+    skipped: Option<&'static str>,
+    consul_failures: u32,
+    datacenter: Option<String>,
+    backoff: Backoff,
+}
+
+impl Publisher {
+    /// A publisher using `client` (writes always go to the leader; reads may be stale).
+    pub fn new(config: PublisherConfig, client: consul::Client) -> Self {
+        Self { config, client }
+    }
+
+    /// Runs the election and, while leader, the publish loop, until `shutdown` is cancelled;
+    /// then releases the lock and destroys the session. Consul errors are retried with
+    /// backoff, so this returns `Ok` once shut down.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
+        let span = tracing::info_span!(
+            "snapshot_publisher",
+            key = %self.config.key,
+            identity = %self.config.identity
+        );
+        self.run_inner(shutdown).instrument(span).await;
+        Ok(())
+    }
+
+    async fn run_inner(&self, shutdown: CancellationToken) {
+        let mut state = LeaderState {
+            leader: false,
+            next_build: Instant::now(),
+            skipped: None,
+            consul_failures: 0,
+            datacenter: None,
+            backoff: Backoff::new(BACKOFF_MIN, BACKOFF_MAX),
+        };
+        let request = SessionRequest {
+            name: SESSION_NAME.to_owned(),
+            ttl: self.config.session_ttl,
+            behavior: SessionBehavior::Release,
+            lock_delay: self.config.lock_delay,
+        };
+        loop {
+            let created = tokio::select! {
+                () = shutdown.cancelled() => return,
+                created = self.client.session_create(&request) => created,
+            };
+            let session = match created {
+                Ok(session) => {
+                    state.consul_ok();
+                    session
+                }
+                Err(error) => {
+                    state.consul_failed("creating the lock session", &error);
+                    if !state.sleep_backoff(&shutdown).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            tracing::debug!(session = %session, "Created the lock session");
+            let lost = tokio::select! {
+                () = shutdown.cancelled() => None,
+                reason = self.keep_session(&session) => Some(reason),
+                reason = self.lead(&session, &mut state) => Some(reason),
+            };
+            let was_leader = std::mem::replace(&mut state.leader, false);
+            match lost {
+                None => {
+                    self.release(&session, was_leader).await;
+                    return;
+                }
+                Some(reason) => {
+                    if was_leader {
+                        tracing::warn!(reason, "Lost the publisher lock, stepping down");
+                    } else {
+                        tracing::warn!(reason, "Lock session lost while waiting for the lock");
+                    }
+                    // Best effort: the session is most likely gone already.
+                    let _ = self.client.session_destroy(&session).await;
+                }
+            }
+        }
+    }
+
+    /// Releases the lock and destroys the session (shutdown).
+    async fn release(&self, session: &str, was_leader: bool) {
+        let options = KvPutOptions {
+            release: Some(session.to_owned()),
+            ..KvPutOptions::default()
+        };
+        if let Err(error) = self
+            .client
+            .kv_put(
+                &self.config.lock_key,
+                self.config.identity.as_bytes(),
+                &options,
+            )
+            .await
+        {
+            tracing::warn!(error = %error, "Releasing the publisher lock failed; it expires with the session");
+        }
+        if let Err(error) = self.client.session_destroy(session).await {
+            tracing::warn!(error = %error, "Destroying the lock session failed; it expires with its TTL");
+        }
+        if was_leader {
+            tracing::info!("Released the publisher lock");
+        }
+    }
+
+    /// Renews the session every TTL/2; returns why it is lost.
+    async fn keep_session(&self, session: &str) -> &'static str {
+        let ttl = self.config.session_ttl;
+        if ttl.is_zero() {
+            return std::future::pending().await;
+        }
+        let period = ttl / 2;
+        let mut last_renewed = Instant::now();
+        let mut delay = period;
+        loop {
+            tokio::time::sleep(delay).await;
+            match self.client.session_renew(session).await {
+                Ok(true) => {
+                    last_renewed = Instant::now();
+                    delay = period;
+                }
+                Ok(false) => return "the session expired",
+                Err(error) => {
+                    if last_renewed.elapsed() >= ttl {
+                        tracing::warn!(error = %error, "Session renewals failed for a whole TTL");
+                        return "session renewals failed for a whole TTL";
+                    }
+                    tracing::debug!(error = %error, "Session renewal failed, retrying");
+                    delay = RENEW_RETRY.min(period);
+                }
+            }
+        }
+    }
+
+    /// Acquires the lock, then publishes while watching it; returns why leadership ended.
+    async fn lead(&self, session: &str, state: &mut LeaderState) -> &'static str {
+        let options = KvPutOptions {
+            acquire: Some(session.to_owned()),
+            ..KvPutOptions::default()
+        };
+        loop {
+            let acquired = self
+                .client
+                .kv_put(
+                    &self.config.lock_key,
+                    self.config.identity.as_bytes(),
+                    &options,
+                )
+                .await;
+            match acquired {
+                Ok(true) => {
+                    state.consul_ok();
+                    break;
+                }
+                Ok(false) => {
+                    state.consul_ok();
+                    self.wait_for_free_lock(state).await;
+                }
+                Err(error) => {
+                    state.consul_failed("acquiring the publisher lock", &error);
+                    let delay = state.backoff.next_delay();
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+        state.leader = true;
+        tracing::info!(lock_key = %self.config.lock_key, "Acquired the publisher lock, publishing");
+        let session_owned = session.to_owned();
+        tokio::select! {
+            reason = self.watch_lock(&session_owned) => reason,
+            never = self.publish_loop(state) => match never {},
+        }
+    }
+
+    /// Blocks on the lock key until nobody holds it.
+    async fn wait_for_free_lock(&self, state: &mut LeaderState) {
+        let mut index = 0;
+        let mut first = true;
+        let mut next_read = Instant::now();
+        loop {
+            tokio::time::sleep_until(next_read).await;
+            next_read = Instant::now() + LOCK_READ_INTERVAL;
+            let options = QueryOptions {
+                index: Some(index),
+                wait: Some(self.config.catalog_wait),
+                ..QueryOptions::default()
+            };
+            match self.client.kv_get(&self.config.lock_key, &options).await {
+                Ok(response) => {
+                    state.consul_ok();
+                    index = next_index(index, response.meta.index);
+                    let holder = response.value.and_then(|pair| pair.session);
+                    if holder.is_none() {
+                        if first {
+                            // Free, yet the acquire failed: the lock delay is in force.
+                            let delay =
+                                self.config.lock_delay.clamp(LOCK_RETRY_MIN, LOCK_RETRY_MAX);
+                            tokio::time::sleep(delay).await;
+                        }
+                        return;
+                    }
+                    first = false;
+                }
+                Err(error) => {
+                    state.consul_failed("watching the publisher lock", &error);
+                    let delay = state.backoff.next_delay();
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    /// Watches the lock key while leader; returns when another session holds it or it is gone.
+    async fn watch_lock(&self, session: &str) -> &'static str {
+        let mut index = 0;
+        // X-Consul-Index at which the key was seen held by us; older (stale) answers are ignored.
+        let mut held_at: Option<u64> = None;
+        let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
+        let mut next_read = Instant::now();
+        loop {
+            tokio::time::sleep_until(next_read).await;
+            next_read = Instant::now() + LOCK_READ_INTERVAL;
+            let options = QueryOptions {
+                index: Some(index),
+                wait: Some(self.config.catalog_wait),
+                ..QueryOptions::default()
+            };
+            match self.client.kv_get(&self.config.lock_key, &options).await {
+                Ok(response) => {
+                    backoff.reset();
+                    index = next_index(index, response.meta.index);
+                    let ours = response
+                        .value
+                        .as_ref()
+                        .and_then(|pair| pair.session.as_deref())
+                        == Some(session);
+                    if ours {
+                        held_at = Some(response.meta.index);
+                    } else if held_at.is_some_and(|held| response.meta.index >= held) {
+                        return "the lock key shows another holder or was deleted";
+                    }
+                }
+                Err(error) => {
+                    tracing::debug!(error = %error, "Watching the publisher lock failed, retrying");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+            }
+        }
+    }
+
+    /// The leader's loop: blocking query on the catalog, a publish round per change.
+    async fn publish_loop(&self, state: &mut LeaderState) -> Infallible {
+        let mut index = 0;
+        let mut retry = false;
+        loop {
+            let wait = if retry {
+                self.config.min_interval.max(Duration::from_millis(100))
+            } else {
+                self.config.catalog_wait
+            };
+            let options = QueryOptions {
+                index: Some(index),
+                wait: Some(wait),
+                ..QueryOptions::default()
+            };
+            let services = match self.client.catalog_services(&options).await {
+                Ok(response) => {
+                    state.consul_ok();
+                    response
+                }
+                Err(error) => {
+                    state.consul_failed("watching the catalog", &error);
+                    let delay = state.backoff.next_delay();
+                    tokio::time::sleep(delay).await;
+                    continue;
+                }
+            };
+            // Every return is a round, also a timeout without change: health changes do not
+            // move the catalog index, so this is what refreshes them (at least every
+            // `catalog_wait`); an unchanged snapshot costs reads but no write.
+            index = next_index(index, services.meta.index);
+            let now = Instant::now();
+            if now < state.next_build {
+                tokio::time::sleep_until(state.next_build).await;
+                // Read the catalog again without blocking: it may have moved while we slept.
+                index = 0;
+                continue;
+            }
+            state.next_build = now + self.config.min_interval;
+            let names: Vec<String> = services.value.into_keys().collect();
+            retry = match self.publish_round(names, index, state).await {
+                Round::Done => false,
+                Round::Retry => true,
+            };
+        }
+    }
+
+    /// Builds the snapshot and writes it if every check passes.
+    async fn publish_round(
+        &self,
+        service_names: Vec<String>,
+        consul_index: u64,
+        state: &mut LeaderState,
+    ) -> Round {
+        match self.stop_reason().await {
+            Err(error) => {
+                state.consul_failed("reading the kill-switch key", &error);
+                return Round::Retry;
+            }
+            Ok(Some(reason)) => {
+                if state.skipped != Some("kill_switch") {
+                    tracing::warn!(
+                        stop_key = %self.config.stop_key,
+                        reason = %reason,
+                        "Snapshot kill switch is set, not publishing"
+                    );
+                }
+                state.skip("kill_switch");
+                return Round::Retry;
+            }
+            Ok(None) => {}
+        }
+        let mut snapshot = match self.build(service_names, consul_index, state).await {
+            Ok(snapshot) => snapshot,
+            Err(error) => {
+                state.consul_failed("reading the catalog", &error);
+                return Round::Retry;
+            }
+        };
+        let published = match self.read_published().await {
+            Ok(published) => published,
+            Err(error) => {
+                state.consul_failed("reading the published snapshot", &error);
+                return Round::Retry;
+            }
+        };
+        let previous = published.as_ref().and_then(|p| p.snapshot.as_ref());
+        if let Some(previous) = previous
+            && previous.content_checksum() == snapshot.content_checksum()
+        {
+            tracing::debug!(
+                generation = previous.generation,
+                "Catalog unchanged since the published snapshot"
+            );
+            metrics::publish_skipped("unchanged");
+            state.skipped = None;
+            return Round::Done;
+        }
+        if !self.config.force
+            && let Some((reason, detail)) = self.guard(&snapshot, previous)
+        {
+            if state.skipped != Some(reason) {
+                tracing::warn!(
+                    reason,
+                    detail = %detail,
+                    "Snapshot not published: guard refused it (set force to override)"
+                );
+            }
+            state.skip(reason);
+            return Round::Done;
+        }
+        snapshot.generation = match &published {
+            None => 1,
+            Some(Published {
+                snapshot: Some(previous),
+                ..
+            }) => previous.generation + 1,
+            Some(Published {
+                modify_index,
+                snapshot: None,
+            }) => modify_index + 1,
+        };
+        let encoded = match codec::encode(&snapshot, self.config.signing_key.as_ref()) {
+            Ok(encoded) => encoded,
+            Err(error) => {
+                if state.skipped != Some(error.reason()) {
+                    tracing::error!(error = %error, "Snapshot not published: encoding failed");
+                }
+                state.skip(error.reason());
+                return Round::Done;
+            }
+        };
+        let options = KvPutOptions {
+            cas: Some(published.as_ref().map_or(0, |p| p.modify_index)),
+            ..KvPutOptions::default()
+        };
+        match self
+            .client
+            .kv_put(&self.config.key, &encoded, &options)
+            .await
+        {
+            Ok(true) => {
+                state.consul_ok();
+                state.skipped = None;
+                metrics::published();
+                metrics::set_size_bytes(encoded.len());
+                tracing::info!(
+                    generation = snapshot.generation,
+                    size = encoded.len(),
+                    services = snapshot.services.len(),
+                    nodes = snapshot.nodes.len(),
+                    consul_index,
+                    "Hosts snapshot published"
+                );
+                Round::Done
+            }
+            Ok(false) => {
+                tracing::debug!("Snapshot key changed under us (check-and-set failed), retrying");
+                state.skip("cas_conflict");
+                Round::Retry
+            }
+            Err(error) => {
+                state.consul_failed("writing the snapshot", &error);
+                Round::Retry
+            }
+        }
+    }
+
+    /// The size and shrink guards: `Some((reason, detail))` when the snapshot must not be written.
+    fn guard(
+        &self,
+        snapshot: &Snapshot,
+        previous: Option<&Snapshot>,
+    ) -> Option<(&'static str, String)> {
+        let current = healthy_services(snapshot);
+        if current.len() < self.config.min_services {
+            return Some((
+                "too_small",
+                format!(
+                    "{} services with a healthy instance, minimum {}",
+                    current.len(),
+                    self.config.min_services
+                ),
+            ));
+        }
+        let before = previous.map(healthy_services).unwrap_or_default();
+        if before.is_empty() {
+            return None;
+        }
+        let dropped = before.difference(&current).count();
+        let fraction = dropped as f64 / before.len() as f64;
+        (fraction > self.config.max_drop_fraction).then(|| {
+            (
+                "shrink_guard",
+                format!(
+                    "drops {dropped} of {} published services ({:.0}%), maximum {:.0}%",
+                    before.len(),
+                    fraction * 100.0,
+                    self.config.max_drop_fraction * 100.0
+                ),
+            )
+        })
+    }
+
+    /// The kill-switch reason: `None` when the stop key is missing or empty.
+    async fn stop_reason(&self) -> Result<Option<String>, consul::Error> {
+        let response = self
+            .client
+            .kv_get(&self.config.stop_key, &QueryOptions::default())
+            .await?;
+        let Some(value) = response.value.and_then(|pair| pair.value) else {
+            return Ok(None);
+        };
+        let reason = String::from_utf8_lossy(&value).trim().to_owned();
+        Ok((!reason.is_empty()).then_some(reason))
+    }
+
+    /// Reads and decodes the value currently in the snapshot key.
+    async fn read_published(&self) -> Result<Option<Published>, consul::Error> {
+        let response = self
+            .client
+            .kv_get(&self.config.key, &QueryOptions::default())
+            .await?;
+        let Some(pair) = response.value else {
+            return Ok(None);
+        };
+        let verifying_key = self
+            .config
+            .signing_key
+            .as_ref()
+            .map(SigningKey::verifying_key);
+        let bytes = pair.value.unwrap_or_default();
+        let snapshot = match codec::decode(&bytes, verifying_key.as_ref()) {
+            Ok(verified) => Some(verified.snapshot),
+            Err(error) => {
+                tracing::warn!(
+                    error = %error,
+                    modify_index = pair.modify_index,
+                    "The published snapshot does not decode, it will be replaced"
+                );
+                None
+            }
+        };
+        Ok(Some(Published {
+            modify_index: pair.modify_index,
+            snapshot,
+        }))
+    }
+
+    /// Reads every service's instances and every node, and builds a normalized snapshot.
+    async fn build(
+        &self,
+        service_names: Vec<String>,
+        consul_index: u64,
+        state: &mut LeaderState,
+    ) -> Result<Snapshot, consul::Error> {
+        let datacenter = match &state.datacenter {
+            Some(datacenter) => datacenter.clone(),
+            None => {
+                let datacenter = self.client.agent_self().await?.datacenter;
+                state.datacenter = Some(datacenter.clone());
+                datacenter
+            }
+        };
+        let mut services: BTreeMap<String, Vec<Instance>> = BTreeMap::new();
+        let mut pending = service_names.into_iter();
+        let mut reads = JoinSet::new();
+        loop {
+            while reads.len() < BUILD_CONCURRENCY {
+                let Some(name) = pending.next() else {
+                    break;
+                };
+                let client = self.client.clone();
+                reads.spawn(async move {
+                    let response = client.health_service(&name, &QueryOptions::default()).await;
+                    (name, response)
+                });
+            }
+            let Some(joined) = reads.join_next().await else {
+                break;
+            };
+            let (name, response) = joined.expect("health reads never panic");
+            let entries = response?.value;
+            let instances = entries
+                .iter()
+                .filter(|entry| entry.passes_dns_health(self.config.only_passing))
+                .map(instance)
+                .collect();
+            services.insert(name, instances);
+        }
+        let nodes = self
+            .client
+            .catalog_nodes(&QueryOptions::default())
+            .await?
+            .value
+            .into_iter()
+            .map(|node| {
+                let entry = NodeEntry {
+                    address: node.address.parse().ok(),
+                    name: node.node,
+                };
+                (entry.name.clone(), entry)
+            })
+            .collect();
+        let created_unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| {
+                u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+            });
+        let mut snapshot = Snapshot {
+            generation: 0,
+            consul_index,
+            created_unix_ms,
+            publisher: self.config.identity.clone(),
+            datacenter,
+            services,
+            nodes,
+        };
+        snapshot.normalize();
+        Ok(snapshot)
+    }
+}
+
+/// One healthy entry as a snapshot instance (weights as Consul DNS uses them).
+fn instance(entry: &ServiceEntry) -> Instance {
+    let warning = entry.has_warning();
+    let weight = match entry.service.weights {
+        Some(weights) if warning => weights.warning,
+        Some(weights) => weights.passing,
+        None => 1,
+    };
+    Instance {
+        node: entry.node.node.clone(),
+        node_address: entry.node.address.parse::<IpAddr>().ok(),
+        service_address: entry.service.address.parse::<IpAddr>().ok(),
+        port: entry.service.port,
+        tags: entry.service.tags.clone(),
+        weight,
+        status: if warning {
+            InstanceStatus::Warning
+        } else {
+            InstanceStatus::Passing
+        },
+    }
+}
+
+/// Names of the services that have at least one healthy instance.
+fn healthy_services(snapshot: &Snapshot) -> BTreeSet<&str> {
+    snapshot
+        .services
+        .iter()
+        .filter(|(_, instances)| !instances.is_empty())
+        .map(|(name, _)| name.as_str())
+        .collect()
+}
+
+impl LeaderState {
+    /// Records a skipped round (counted every time, logged by the caller on change).
+    fn skip(&mut self, reason: &'static str) {
+        metrics::publish_skipped(reason);
+        self.skipped = Some(reason);
+    }
+
+    fn consul_failed(&mut self, what: &'static str, error: &consul::Error) {
+        self.consul_failures += 1;
+        if self.consul_failures == 1 {
+            tracing::warn!(error = %error, what, "Consul call failed, retrying");
+        } else {
+            tracing::debug!(error = %error, what, attempt = self.consul_failures, "Consul call failed again");
+        }
+    }
+
+    fn consul_ok(&mut self) {
+        if self.consul_failures > 0 {
+            tracing::info!(
+                failed_attempts = self.consul_failures,
+                "Consul reachable again"
+            );
+            self.consul_failures = 0;
+            self.backoff.reset();
+        }
+    }
+
+    /// Sleeps one backoff step; false when shutdown was requested.
+    async fn sleep_backoff(&mut self, shutdown: &CancellationToken) -> bool {
+        let delay = self.backoff.next_delay();
+        tokio::select! {
+            () = shutdown.cancelled() => false,
+            () = tokio::time::sleep(delay) => true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot_with(services: &[(&str, usize)]) -> Snapshot {
+        let mut snapshot = Snapshot::default();
+        for (name, count) in services {
+            let instances = (0..*count)
+                .map(|n| Instance {
+                    node: format!("n{n}"),
+                    node_address: Some(IpAddr::from([10, 0, 0, 1])),
+                    service_address: None,
+                    port: 80,
+                    tags: Vec::new(),
+                    weight: 1,
+                    status: InstanceStatus::Passing,
+                })
+                .collect();
+            snapshot.services.insert((*name).to_owned(), instances);
+        }
+        snapshot
+    }
+
+    fn publisher(config: PublisherConfig) -> Publisher {
+        let client = consul::Client::new(consul::Config::default()).expect("default config");
+        Publisher::new(config, client)
+    }
+
+    #[test]
+    fn guard_refuses_too_few_services() {
+        let publisher = publisher(PublisherConfig {
+            min_services: 2,
+            ..PublisherConfig::new("p")
+        });
+        let one = snapshot_with(&[("web", 1), ("db", 0)]);
+        assert_eq!(publisher.guard(&one, None).map(|g| g.0), Some("too_small"));
+        let two = snapshot_with(&[("web", 1), ("db", 1)]);
+        assert_eq!(publisher.guard(&two, None), None);
+    }
+
+    #[test]
+    fn guard_refuses_dropping_more_than_the_fraction() {
+        let publisher = publisher(PublisherConfig::new("p"));
+        let before = snapshot_with(&[("a", 1), ("b", 1), ("c", 1), ("d", 1)]);
+        let half = snapshot_with(&[("a", 1), ("b", 1)]);
+        assert_eq!(
+            publisher.guard(&half, Some(&before)),
+            None,
+            "50% is allowed"
+        );
+        let quarter = snapshot_with(&[("a", 1), ("b", 0), ("c", 0), ("e", 1)]);
+        assert_eq!(
+            publisher.guard(&quarter, Some(&before)).map(|g| g.0),
+            Some("shrink_guard")
+        );
+    }
+
+    #[test]
+    fn instance_weight_follows_health() {
+        let mut entry = ServiceEntry::default();
+        entry.node.node = "n1".into();
+        entry.node.address = "10.0.0.1".into();
+        entry.service.address = "web.example".into();
+        entry.service.weights = Some(consul::Weights {
+            passing: 10,
+            warning: 2,
+        });
+        let passing = instance(&entry);
+        assert_eq!(passing.weight, 10);
+        assert_eq!(passing.status, InstanceStatus::Passing);
+        assert_eq!(passing.service_address, None, "hostnames are not addresses");
+        assert_eq!(passing.address(), Some(IpAddr::from([10, 0, 0, 1])));
+        entry.checks.push(consul::HealthCheck {
+            status: consul::HealthStatus::Warning,
+            ..consul::HealthCheck::default()
+        });
+        let warning = instance(&entry);
+        assert_eq!(warning.weight, 2);
+        assert_eq!(warning.status, InstanceStatus::Warning);
+    }
+
+    #[test]
+    fn debug_redacts_the_signing_key() {
+        let config = PublisherConfig {
+            signing_key: Some(SigningKey::from_bytes(&[7; 32])),
+            ..PublisherConfig::new("p")
+        };
+        let debug = format!("{config:?}");
+        assert!(debug.contains("<redacted>"), "{debug}");
+    }
+}

@@ -1,0 +1,624 @@
+//! Publisher and follower against consul-sim over real HTTP on 127.0.0.1.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use consul_sim::{Registration, Sim, SimServer};
+use dnsfront_consul as consul;
+use dnsfront_snapshot::follower::{Follower, FollowerConfig};
+use dnsfront_snapshot::publisher::{Publisher, PublisherConfig};
+use dnsfront_snapshot::{Hosts, SigningKey, Snapshot, codec, metrics as names, store};
+use test_support::{DebuggingRecorder, Recorded};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+const KEY: &str = "dnsfront/hosts";
+const LOCK_KEY: &str = "dnsfront/hosts.lock";
+const STOP_KEY: &str = "dnsfront/hosts-stop";
+const DATA_PATH: &str = "/v1/kv/dnsfront/hosts";
+
+async fn start(sim: &Sim) -> SimServer {
+    sim.serve("127.0.0.1:0".parse().expect("valid address"))
+        .await
+        .expect("bind consul-sim")
+}
+
+fn client(server: &SimServer) -> consul::Client {
+    consul::Client::new(consul::Config {
+        address: server.url(),
+        request_timeout: Duration::from_secs(5),
+        ..consul::Config::default()
+    })
+    .expect("valid client config")
+}
+
+fn register(sim: &Sim, service: &str, node: &str, address: &str) {
+    sim.register(
+        Registration::new(service)
+            .id(&format!("{service}-{node}"))
+            .node(node, address)
+            .port(80)
+            .check(&format!("service:{service}-{node}"), "passing"),
+    );
+}
+
+fn publisher_config(identity: &str) -> PublisherConfig {
+    PublisherConfig {
+        min_interval: Duration::from_millis(100),
+        session_ttl: Duration::from_secs(10),
+        lock_delay: Duration::ZERO,
+        catalog_wait: Duration::from_secs(30),
+        ..PublisherConfig::new(identity)
+    }
+}
+
+fn follower_config(dir: &Path) -> FollowerConfig {
+    FollowerConfig {
+        min_interval: Duration::from_millis(20),
+        wait: Duration::from_secs(30),
+        backoff_max: Duration::from_secs(1),
+        ..FollowerConfig::new(dir.to_owned())
+    }
+}
+
+fn spawn_publisher(
+    server: &SimServer,
+    config: PublisherConfig,
+    shutdown: &CancellationToken,
+) -> JoinHandle<Result<(), dnsfront_snapshot::Error>> {
+    tokio::spawn(Publisher::new(config, client(server)).run(shutdown.clone()))
+}
+
+fn spawn_follower(
+    server: &SimServer,
+    config: FollowerConfig,
+    hosts: &Hosts,
+    shutdown: &CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(Follower::new(config, client(server), hosts.clone()).run(shutdown.clone()))
+}
+
+/// Polls `condition` every 10 ms until it holds; panics with `what` after `timeout`.
+async fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The snapshot currently in the KV key (verified without a key).
+fn published(sim: &Sim) -> Option<Snapshot> {
+    let bytes = sim.kv_get(KEY)?;
+    codec::decode(&bytes, None)
+        .ok()
+        .map(|verified| verified.snapshot)
+}
+
+fn published_generation(sim: &Sim) -> u64 {
+    published(sim).map_or(0, |snapshot| snapshot.generation)
+}
+
+/// PUTs on the snapshot key (not the lock or stop keys).
+fn data_puts(sim: &Sim) -> usize {
+    sim.requests()
+        .iter()
+        .filter(|record| record.method == "PUT" && record.path == DATA_PATH)
+        .count()
+}
+
+/// Accumulates counters across `DebuggingRecorder` snapshots (each snapshot resets them).
+struct Counters<'a> {
+    recorder: &'a DebuggingRecorder,
+    totals: HashMap<(String, String), u64>,
+}
+
+impl<'a> Counters<'a> {
+    fn new(recorder: &'a DebuggingRecorder) -> Self {
+        Self {
+            recorder,
+            totals: HashMap::new(),
+        }
+    }
+
+    /// Total of counter `name{reason}` so far.
+    fn get(&mut self, name: &str, reason: &str) -> u64 {
+        let recorded = Recorded::take(&self.recorder.snapshotter());
+        for tracked in [names::REJECTED, names::PUBLISH_SKIPPED] {
+            for known in [
+                "bad_magic",
+                "checksum",
+                "decompress",
+                "malformed",
+                "bad_signature",
+                "unsigned",
+                "truncated",
+                "rollback",
+                "kill_switch",
+                "too_small",
+                "shrink_guard",
+                "unchanged",
+            ] {
+                let count = recorded.counter(tracked, &[("reason", known)]);
+                *self
+                    .totals
+                    .entry((tracked.to_owned(), known.to_owned()))
+                    .or_default() += count;
+            }
+        }
+        self.totals
+            .get(&(name.to_owned(), reason.to_owned()))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    async fn wait_for(&mut self, name: &str, reason: &str, at_least: u64) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.get(name, reason) < at_least {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {name}{{reason={reason}}} >= {at_least}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+fn encoded(generation: u64, services: &[&str], key: Option<&SigningKey>) -> Vec<u8> {
+    let mut snapshot = Snapshot {
+        generation,
+        datacenter: "dc1".to_owned(),
+        publisher: "test".to_owned(),
+        ..Snapshot::default()
+    };
+    for service in services {
+        snapshot.services.insert((*service).to_owned(), Vec::new());
+    }
+    codec::encode(&snapshot, key).expect("encodes")
+}
+
+fn on_disk(dir: &Path) -> Option<Vec<u8>> {
+    store::load(dir).expect("state dir readable")
+}
+
+async fn within<T>(timeout: Duration, what: &str, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(timeout, future)
+        .await
+        .unwrap_or_else(|_| panic!("timed out: {what}"))
+}
+
+#[tokio::test]
+async fn snapshot_reaches_follower_disk_within_a_second_of_a_catalog_change() {
+    let sim = Sim::new();
+    register(&sim, "web", "n1", "10.0.0.1");
+    let server = start(&sim).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hosts = Hosts::new();
+    let shutdown = CancellationToken::new();
+    let publisher = spawn_publisher(&server, publisher_config("pub-a"), &shutdown);
+    let follower = spawn_follower(&server, follower_config(dir.path()), &hosts, &shutdown);
+
+    wait_until(Duration::from_secs(5), "first snapshot applied", || {
+        hosts.generation() == Some(1)
+    })
+    .await;
+
+    register(&sim, "api", "n2", "10.0.0.2");
+    let changed_at = Instant::now();
+    wait_until(Duration::from_secs(1), "api in the state dir", || {
+        on_disk(dir.path())
+            .and_then(|bytes| codec::decode(&bytes, None).ok())
+            .is_some_and(|verified| verified.snapshot.service("api").is_some())
+    })
+    .await;
+    assert!(changed_at.elapsed() < Duration::from_secs(1));
+
+    let current = hosts.current().expect("snapshot in memory");
+    assert_eq!(current.generation, 2);
+    assert_eq!(current.datacenter, "dc1");
+    assert_eq!(current.publisher, "pub-a");
+    let api = current.service("api").expect("api instances");
+    assert_eq!(api.len(), 1);
+    assert_eq!(api[0].address(), Some("10.0.0.2".parse().expect("ip")));
+    assert_eq!(api[0].port, 80);
+    assert!(current.node("n2").is_some());
+
+    shutdown.cancel();
+    within(Duration::from_secs(5), "publisher stops", publisher)
+        .await
+        .expect("joins")
+        .expect("publisher ends cleanly");
+    within(Duration::from_secs(5), "follower stops", follower)
+        .await
+        .expect("joins");
+    assert_eq!(sim.kv_session(LOCK_KEY), None, "lock released on shutdown");
+}
+
+#[tokio::test]
+async fn two_publishers_elect_exactly_one_writer() {
+    let sim = Sim::new();
+    register(&sim, "web", "n1", "10.0.0.1");
+    let server = start(&sim).await;
+    let shutdown = CancellationToken::new();
+    let _a = spawn_publisher(&server, publisher_config("pub-a"), &shutdown);
+    let _b = spawn_publisher(&server, publisher_config("pub-b"), &shutdown);
+
+    wait_until(Duration::from_secs(5), "generation 1", || {
+        published_generation(&sim) == 1
+    })
+    .await;
+    let writer = published(&sim).expect("published").publisher;
+    register(&sim, "api", "n2", "10.0.0.2");
+    wait_until(Duration::from_secs(5), "generation 2", || {
+        published_generation(&sim) == 2
+    })
+    .await;
+    register(&sim, "db", "n3", "10.0.0.3");
+    wait_until(Duration::from_secs(5), "generation 3", || {
+        published_generation(&sim) == 3
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    assert_eq!(data_puts(&sim), 3, "one PUT per change, from one writer");
+    assert_eq!(published(&sim).expect("published").publisher, writer);
+    assert!(sim.kv_session(LOCK_KEY).is_some());
+    assert_eq!(
+        sim.kv_get(LOCK_KEY).as_deref(),
+        Some(writer.as_bytes()),
+        "the lock holder is the writer"
+    );
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn standby_takes_over_after_the_leader_dies_without_releasing() {
+    let sim = Sim::new();
+    sim.set_session_ttl_multiplier(1);
+    register(&sim, "web", "n1", "10.0.0.1");
+    let server = start(&sim).await;
+    let shutdown = CancellationToken::new();
+    let leader = spawn_publisher(&server, publisher_config("pub-a"), &shutdown);
+    wait_until(Duration::from_secs(5), "pub-a publishes", || {
+        published(&sim).is_some_and(|snapshot| snapshot.publisher == "pub-a")
+    })
+    .await;
+    let _standby = spawn_publisher(&server, publisher_config("pub-b"), &shutdown);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    leader.abort();
+    let killed_at = Instant::now();
+    register(&sim, "api", "n2", "10.0.0.2");
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        published(&sim).is_some_and(|snapshot| snapshot.service("api").is_none()),
+        "nobody writes while the dead leader's session is alive"
+    );
+    wait_until(Duration::from_secs(14), "pub-b takes over", || {
+        published(&sim).is_some_and(|snapshot| {
+            snapshot.publisher == "pub-b" && snapshot.service("api").is_some()
+        })
+    })
+    .await;
+    assert!(killed_at.elapsed() >= Duration::from_secs(2));
+    assert_eq!(published_generation(&sim), 2);
+    assert_eq!(sim.kv_get(LOCK_KEY).as_deref(), Some(&b"pub-b"[..]));
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn shutdown_releases_the_lock_for_the_standby_at_once() {
+    let sim = Sim::new();
+    register(&sim, "web", "n1", "10.0.0.1");
+    let server = start(&sim).await;
+    let first = CancellationToken::new();
+    let second = CancellationToken::new();
+    let leader = spawn_publisher(&server, publisher_config("pub-a"), &first);
+    wait_until(Duration::from_secs(5), "pub-a publishes", || {
+        published_generation(&sim) == 1
+    })
+    .await;
+    let _standby = spawn_publisher(&server, publisher_config("pub-b"), &second);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    first.cancel();
+    within(Duration::from_secs(5), "pub-a stops", leader)
+        .await
+        .expect("joins")
+        .expect("clean shutdown");
+    wait_until(Duration::from_secs(3), "pub-b holds the lock", || {
+        sim.kv_get(LOCK_KEY).as_deref() == Some(&b"pub-b"[..])
+    })
+    .await;
+    register(&sim, "api", "n2", "10.0.0.2");
+    wait_until(Duration::from_secs(3), "pub-b publishes", || {
+        published(&sim).is_some_and(|snapshot| snapshot.publisher == "pub-b")
+    })
+    .await;
+    assert_eq!(published_generation(&sim), 2);
+    second.cancel();
+}
+
+#[tokio::test]
+async fn unchanged_catalog_is_not_rewritten() {
+    let recorder = DebuggingRecorder::new();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let mut counters = Counters::new(&recorder);
+    let sim = Sim::new();
+    register(&sim, "web", "n1", "10.0.0.1");
+    let server = start(&sim).await;
+    let shutdown = CancellationToken::new();
+    let _publisher = spawn_publisher(&server, publisher_config("pub-a"), &shutdown);
+    wait_until(Duration::from_secs(5), "generation 1", || {
+        published_generation(&sim) == 1
+    })
+    .await;
+    let unchanged_before = counters.get(names::PUBLISH_SKIPPED, "unchanged");
+
+    // Moves the catalog index without changing what a snapshot holds (node meta is not in it).
+    sim.register(
+        Registration::new("web")
+            .id("web-n1")
+            .node("n1", "10.0.0.1")
+            .node_meta("rack", "r1")
+            .port(80)
+            .check("service:web-n1", "passing"),
+    );
+    counters
+        .wait_for(names::PUBLISH_SKIPPED, "unchanged", unchanged_before + 1)
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(data_puts(&sim), 1, "no write for an unchanged catalog");
+    assert_eq!(published_generation(&sim), 1);
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn follower_rejects_bad_values_and_keeps_the_previous_snapshot() {
+    let recorder = DebuggingRecorder::new();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let mut counters = Counters::new(&recorder);
+    let key = SigningKey::from_bytes(&[1; 32]);
+    let other_key = SigningKey::from_bytes(&[2; 32]);
+    let sim = Sim::new();
+    let server = start(&sim).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hosts = Hosts::new();
+    let shutdown = CancellationToken::new();
+    let config = FollowerConfig {
+        verifying_key: Some(key.verifying_key()),
+        ..follower_config(dir.path())
+    };
+    let _follower = spawn_follower(&server, config, &hosts, &shutdown);
+
+    let good = encoded(5, &["web"], Some(&key));
+    sim.kv_put(KEY, good.clone());
+    wait_until(Duration::from_secs(5), "generation 5 applied", || {
+        hosts.generation() == Some(5)
+    })
+    .await;
+    assert_eq!(on_disk(dir.path()).as_deref(), Some(good.as_slice()));
+
+    let mut corrupt = encoded(6, &["web", "evil"], Some(&key));
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 0xff;
+    let truncated = {
+        let full = encoded(6, &["web", "evil"], Some(&key));
+        full[..full.len() / 2].to_vec()
+    };
+    let cases: Vec<(&str, &[&str], Vec<u8>)> = vec![
+        ("garbage", &["bad_magic"], b"not a snapshot".to_vec()),
+        (
+            "corrupt payload",
+            &["checksum", "decompress", "malformed"],
+            corrupt,
+        ),
+        (
+            "wrong signature",
+            &["bad_signature"],
+            encoded(6, &["web", "evil"], Some(&other_key)),
+        ),
+        (
+            "unsigned",
+            &["unsigned"],
+            encoded(6, &["web", "evil"], None),
+        ),
+        ("truncated", &["truncated"], truncated),
+        (
+            "older generation",
+            &["rollback"],
+            encoded(4, &["web", "evil"], Some(&key)),
+        ),
+    ];
+    for (what, reasons, value) in cases {
+        let before: u64 = reasons
+            .iter()
+            .map(|reason| counters.get(names::REJECTED, reason))
+            .sum();
+        sim.kv_put(KEY, value);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let now: u64 = reasons
+                .iter()
+                .map(|reason| counters.get(names::REJECTED, reason))
+                .sum();
+            if now > before {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{what}: not rejected");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(hosts.generation(), Some(5), "{what}: memory unchanged");
+        assert!(
+            hosts
+                .current()
+                .is_some_and(|snapshot| snapshot.service("evil").is_none()),
+            "{what}: memory unchanged"
+        );
+        assert_eq!(
+            on_disk(dir.path()).as_deref(),
+            Some(good.as_slice()),
+            "{what}: file unchanged"
+        );
+    }
+
+    // Still following: the next good value is applied.
+    let next = encoded(6, &["web", "api"], Some(&key));
+    sim.kv_put(KEY, next.clone());
+    wait_until(Duration::from_secs(5), "generation 6 applied", || {
+        hosts.generation() == Some(6)
+    })
+    .await;
+    assert_eq!(on_disk(dir.path()).as_deref(), Some(next.as_slice()));
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn guards_refuse_an_emptying_or_shrinking_catalog() {
+    let recorder = DebuggingRecorder::new();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let mut counters = Counters::new(&recorder);
+    let sim = Sim::new();
+    for (service, node) in [
+        ("a", "n1"),
+        ("b", "n2"),
+        ("c", "n2"),
+        ("d", "n2"),
+        ("e", "n3"),
+    ] {
+        register(&sim, service, node, "10.0.0.1");
+    }
+    let server = start(&sim).await;
+    let shutdown = CancellationToken::new();
+    let config = PublisherConfig {
+        min_interval: Duration::from_millis(1500),
+        ..publisher_config("pub-a")
+    };
+    let _publisher = spawn_publisher(&server, config, &shutdown);
+    wait_until(Duration::from_secs(5), "generation 1", || {
+        published_generation(&sim) == 1
+    })
+    .await;
+
+    // Dropping one of five (20%) is a normal change.
+    sim.deregister("n3", "e-n3");
+    wait_until(Duration::from_secs(5), "generation 2", || {
+        published_generation(&sim) == 2
+    })
+    .await;
+    // Within min_interval of that write, so the publisher sees all three removals at once:
+    // three of four (75%) is more than max_drop_fraction.
+    for service in ["b", "c", "d"] {
+        sim.deregister("n2", &format!("{service}-n2"));
+    }
+    counters
+        .wait_for(names::PUBLISH_SKIPPED, "shrink_guard", 1)
+        .await;
+    assert_eq!(published_generation(&sim), 2);
+    assert_eq!(
+        published(&sim).expect("published").services.len(),
+        4,
+        "the last good snapshot stays"
+    );
+
+    // An empty catalog is below min_services.
+    sim.deregister("n1", "a-n1");
+    counters
+        .wait_for(names::PUBLISH_SKIPPED, "too_small", 1)
+        .await;
+    assert_eq!(published_generation(&sim), 2);
+    assert_eq!(data_puts(&sim), 2);
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn kill_switch_stops_publisher_and_follower_until_cleared() {
+    let recorder = DebuggingRecorder::new();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let mut counters = Counters::new(&recorder);
+    let sim = Sim::new();
+    register(&sim, "web", "n1", "10.0.0.1");
+    let server = start(&sim).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hosts = Hosts::new();
+    let shutdown = CancellationToken::new();
+    let _publisher = spawn_publisher(&server, publisher_config("pub-a"), &shutdown);
+    let _follower = spawn_follower(&server, follower_config(dir.path()), &hosts, &shutdown);
+    wait_until(Duration::from_secs(5), "generation 1 applied", || {
+        hosts.generation() == Some(1)
+    })
+    .await;
+    let file_before = on_disk(dir.path());
+
+    sim.kv_put(STOP_KEY, "incident 42: bad catalog");
+    register(&sim, "api", "n2", "10.0.0.2");
+    counters
+        .wait_for(names::PUBLISH_SKIPPED, "kill_switch", 1)
+        .await;
+    assert_eq!(data_puts(&sim), 1, "publisher does not write");
+
+    // A value written by hand is not applied either.
+    sim.kv_put(KEY, encoded(2, &["web", "manual"], None));
+    counters.wait_for(names::REJECTED, "kill_switch", 1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(hosts.generation(), Some(1));
+    assert_eq!(on_disk(dir.path()), file_before);
+
+    // Cleared: the follower applies again and the publisher writes the pending change.
+    sim.kv_put(STOP_KEY, "");
+    wait_until(Duration::from_secs(5), "api applied after clearing", || {
+        hosts
+            .current()
+            .is_some_and(|snapshot| snapshot.service("api").is_some())
+    })
+    .await;
+    assert_eq!(
+        hosts.generation(),
+        Some(3),
+        "publisher wrote on top of generation 2"
+    );
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn load_from_disk_fills_hosts_without_consul() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = SigningKey::from_bytes(&[9; 32]);
+    // Nothing listens here: loading from disk must not need Consul.
+    let unreachable = consul::Client::new(consul::Config {
+        address: "http://127.0.0.1:9".to_owned(),
+        ..consul::Config::default()
+    })
+    .expect("valid config");
+    let config = FollowerConfig {
+        verifying_key: Some(key.verifying_key()),
+        ..follower_config(dir.path())
+    };
+    let hosts = Hosts::new();
+    let follower = Follower::new(config, unreachable, hosts.clone());
+    assert_eq!(follower.load_from_disk().expect("empty dir is fine"), None);
+    assert!(hosts.current().is_none());
+
+    store::save(dir.path(), &encoded(7, &["web"], Some(&key))).expect("save");
+    assert_eq!(follower.load_from_disk().expect("loads"), Some(7));
+    let current: Arc<Snapshot> = hosts.current().expect("loaded");
+    assert_eq!(current.generation, 7);
+    assert!(current.service("web").is_some());
+
+    // A corrupt file is reported and leaves memory alone.
+    store::save(dir.path(), b"DNSFSNAP garbage").expect("save");
+    assert!(follower.load_from_disk().is_err());
+    assert_eq!(hosts.generation(), Some(7));
+    // So is a file signed by someone else.
+    let other = SigningKey::from_bytes(&[8; 32]);
+    store::save(dir.path(), &encoded(8, &["evil"], Some(&other))).expect("save");
+    assert!(matches!(
+        follower.load_from_disk(),
+        Err(dnsfront_snapshot::Error::BadSignature)
+    ));
+    assert_eq!(hosts.generation(), Some(7));
+}

@@ -1,0 +1,215 @@
+//! `[snapshot]` (every resolver follows the KV hosts snapshot) and `[publish]`
+//! (server nodes write it) tables.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{ConfigError, invalid};
+
+use dnsfront_snapshot::follower::{DEFAULT_KEY, stop_key_for};
+
+/// `[snapshot]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSnapshot {
+    /// Follow the snapshot key and keep it in `state.dir` (the outage fallback).
+    pub follow: bool,
+    /// The ONE Consul KV key holding the snapshot.
+    pub key: String,
+    /// Kill switch: while this key holds a non-empty value (the reason),
+    /// publishers do not write and followers do not apply.
+    pub stop_key: String,
+    /// Ed25519 public key (base64, one line). When set, unsigned or badly
+    /// signed snapshots are rejected.
+    pub public_key_file: Option<PathBuf>,
+    /// Longest blocking wait on the key.
+    #[serde(with = "humantime_serde")]
+    pub wait: Duration,
+}
+
+impl Default for RawSnapshot {
+    fn default() -> Self {
+        Self {
+            follow: true,
+            key: DEFAULT_KEY.to_owned(),
+            stop_key: stop_key_for(DEFAULT_KEY),
+            public_key_file: None,
+            wait: Duration::from_secs(300),
+        }
+    }
+}
+
+/// `[publish]` (used by `dnsfront publish` on Consul server nodes).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawPublish {
+    /// Ed25519 private key (base64 seed, one line); snapshots are signed when set.
+    pub signing_key_file: Option<PathBuf>,
+    /// Name written into each snapshot (default: the Consul agent's node name).
+    pub identity: Option<String>,
+    /// Never write more often than this.
+    #[serde(with = "humantime_serde")]
+    pub min_interval: Duration,
+    /// TTL of the Consul session holding the publisher lock.
+    #[serde(with = "humantime_serde")]
+    pub session_ttl: Duration,
+    /// Consul's lock-delay after the lock holder's session is invalidated.
+    #[serde(with = "humantime_serde")]
+    pub lock_delay: Duration,
+    /// A snapshot with fewer services is not published (guard against an empty catalog read).
+    pub min_services: usize,
+    /// A snapshot dropping more than this share of the published services is not
+    /// published without `--force`.
+    pub max_drop_fraction: f64,
+}
+
+impl Default for RawPublish {
+    fn default() -> Self {
+        Self {
+            signing_key_file: None,
+            identity: None,
+            min_interval: Duration::from_secs(10),
+            session_ttl: Duration::from_secs(15),
+            lock_delay: Duration::from_secs(15),
+            min_services: 1,
+            max_drop_fraction: 0.5,
+        }
+    }
+}
+
+/// Validated `[snapshot]`: what a follower needs.
+#[derive(Debug, Clone)]
+pub struct FollowSettings {
+    /// The KV key.
+    pub key: String,
+    /// The kill-switch key.
+    pub stop_key: String,
+    /// Public key to verify signatures with (then unsigned data is rejected).
+    pub verifying_key: Option<dnsfront_snapshot::VerifyingKey>,
+    /// Longest blocking wait.
+    pub wait: Duration,
+}
+
+/// Validated `[publish]` plus the snapshot keys.
+#[derive(Debug, Clone)]
+pub struct PublishSettings {
+    /// The KV key.
+    pub key: String,
+    /// The kill-switch key.
+    pub stop_key: String,
+    /// Signing key, when snapshots are signed.
+    pub signing_key: Option<dnsfront_snapshot::SigningKey>,
+    /// Identity written into snapshots (None: the agent's node name).
+    pub identity: Option<String>,
+    /// Minimum interval between writes.
+    pub min_interval: Duration,
+    /// Lock session TTL.
+    pub session_ttl: Duration,
+    /// Lock delay.
+    pub lock_delay: Duration,
+    /// Minimum number of services to publish.
+    pub min_services: usize,
+    /// Largest share of published services a new snapshot may drop.
+    pub max_drop_fraction: f64,
+}
+
+fn check_key(table: &str, name: &str, key: &str) -> Result<(), ConfigError> {
+    if key.is_empty() || key.starts_with('/') || key.ends_with('/') {
+        return Err(invalid(
+            format!("{table}.{name}"),
+            format!("{key:?} is not a Consul KV key (non-empty, no leading or trailing '/')"),
+        ));
+    }
+    Ok(())
+}
+
+impl RawSnapshot {
+    /// `None` when following is off.
+    pub(super) fn validate(&self) -> Result<Option<FollowSettings>, ConfigError> {
+        check_key("snapshot", "key", &self.key)?;
+        check_key("snapshot", "stop_key", &self.stop_key)?;
+        if self.stop_key == self.key {
+            return Err(invalid(
+                "snapshot.stop_key",
+                "must differ from snapshot.key",
+            ));
+        }
+        if self.wait < Duration::from_secs(1) || self.wait > Duration::from_secs(600) {
+            return Err(invalid(
+                "snapshot.wait",
+                "must be between 1s and 10m (Consul caps blocking queries at 10m)",
+            ));
+        }
+        if !self.follow {
+            return Ok(None);
+        }
+        let verifying_key = self
+            .public_key_file
+            .as_deref()
+            .map(|path| {
+                dnsfront_snapshot::keys::load_verifying_key(path)
+                    .map_err(|error| invalid("snapshot.public_key_file", error.to_string()))
+            })
+            .transpose()?;
+        Ok(Some(FollowSettings {
+            key: self.key.clone(),
+            stop_key: self.stop_key.clone(),
+            verifying_key,
+            wait: self.wait,
+        }))
+    }
+}
+
+impl RawPublish {
+    pub(super) fn validate(&self, snapshot: &RawSnapshot) -> Result<PublishSettings, ConfigError> {
+        snapshot.validate()?;
+        if self.min_interval < Duration::from_secs(1) {
+            return Err(invalid("publish.min_interval", "must be at least 1s"));
+        }
+        // Consul accepts session TTLs from 10s to 24h.
+        if self.session_ttl < Duration::from_secs(10)
+            || self.session_ttl > Duration::from_secs(86_400)
+        {
+            return Err(invalid(
+                "publish.session_ttl",
+                "must be between 10s and 24h (Consul's range)",
+            ));
+        }
+        if self.lock_delay > Duration::from_secs(60) {
+            return Err(invalid(
+                "publish.lock_delay",
+                "must be at most 60s (Consul's range)",
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.max_drop_fraction) {
+            return Err(invalid(
+                "publish.max_drop_fraction",
+                format!(
+                    "must be between 0.0 and 1.0, got {}",
+                    self.max_drop_fraction
+                ),
+            ));
+        }
+        let signing_key = self
+            .signing_key_file
+            .as_deref()
+            .map(|path| {
+                dnsfront_snapshot::keys::load_signing_key(path)
+                    .map_err(|error| invalid("publish.signing_key_file", error.to_string()))
+            })
+            .transpose()?;
+        Ok(PublishSettings {
+            key: snapshot.key.clone(),
+            stop_key: snapshot.stop_key.clone(),
+            signing_key,
+            identity: self.identity.clone(),
+            min_interval: self.min_interval,
+            session_ttl: self.session_ttl,
+            lock_delay: self.lock_delay,
+            min_services: self.min_services,
+            max_drop_fraction: self.max_drop_fraction,
+        })
+    }
+}
