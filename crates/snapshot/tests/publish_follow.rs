@@ -209,11 +209,17 @@ async fn snapshot_reaches_follower_disk_within_a_second_of_a_catalog_change() {
 
     register(&sim, "api", "n2", "10.0.0.2");
     let changed_at = Instant::now();
-    wait_until(Duration::from_secs(1), "api in the state dir", || {
-        on_disk(dir.path())
-            .and_then(|bytes| codec::decode(&bytes, None).ok())
-            .is_some_and(|verified| verified.snapshot.service("api").is_some())
-    })
+    // The file is saved first, then swapped into memory: wait for both.
+    wait_until(
+        Duration::from_secs(1),
+        "api in the state dir and memory",
+        || {
+            on_disk(dir.path())
+                .and_then(|bytes| codec::decode(&bytes, None).ok())
+                .is_some_and(|verified| verified.snapshot.service("api").is_some())
+                && hosts.generation() == Some(2)
+        },
+    )
     .await;
     assert!(changed_at.elapsed() < Duration::from_secs(1));
 
