@@ -20,9 +20,25 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .await
         .context("starting the simulated Consul")?;
 
+    // A publisher, as on a Consul server node, so the demo shows the whole
+    // snapshot chain: KV key → follower → state dir.
+    let publisher_client = dnsfront_consul::Client::new(dnsfront_consul::Config {
+        address: consul.url(),
+        ..dnsfront_consul::Config::default()
+    })?;
+    let publisher = dnsfront_snapshot::publisher::Publisher::new(
+        dnsfront_snapshot::publisher::PublisherConfig {
+            lock_delay: std::time::Duration::ZERO,
+            ..dnsfront_snapshot::publisher::PublisherConfig::new("demo-publisher")
+        },
+        publisher_client,
+    );
+    let state_dir = std::env::temp_dir().join(format!("dnsfront-demo-{}", std::process::id()));
+
     let mut raw = RawConfig::default();
     raw.dns.listen = args.listen.clone();
     raw.consul.address = Some(consul.url());
+    raw.state.dir = state_dir.clone();
     raw.forward.upstreams = if args.upstream.is_empty() {
         demo_upstreams()
     } else {

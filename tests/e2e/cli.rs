@@ -56,7 +56,7 @@ pub(crate) async fn spawn(args: &[&str]) -> Running {
     Running { child, dns }
 }
 
-fn sigterm(child: &Child) {
+pub(crate) fn sigterm(child: &Child) {
     let pid = child.id().expect("pid").to_string();
     let status = std::process::Command::new("kill")
         .args(["-TERM", &pid])

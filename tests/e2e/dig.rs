@@ -51,5 +51,7 @@ async fn dig_resolves_demo_names_over_udp_and_tcp() {
     });
     assert!(full.contains("status: NXDOMAIN"), "{full}");
     assert!(full.contains("SOA"), "{full}");
-    let _ = running.child.kill().await;
+    // SIGTERM, so the demo removes its temporary state dir.
+    crate::cli::sigterm(&running.child);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), running.child.wait()).await;
 }
