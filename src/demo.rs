@@ -87,12 +87,20 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     writeln!(
         stdout,
-        "  dig @{host} -p {port} +tcp web.service.consul SRV   # the same over TCP\n\nCtrl-C stops it."
+        "  dig @{host} -p {port} +tcp web.service.consul SRV   # the same over TCP"
+    )?;
+    writeln!(
+        stdout,
+        "\nThe outage fallback (hosts snapshot published to Consul KV, followed into the state dir):\n  dnsfront snapshot show --state-dir {0}\n  dnsfront snapshot export --state-dir {0}\n\nCtrl-C stops it.",
+        state_dir.display()
     )?;
     drop(stdout);
 
     let shutdown = shutdown_on_signals()?;
+    let publishing = tokio::spawn(publisher.run(shutdown.child_token()));
     app.run(shutdown).await?;
+    let _ = publishing.await;
+    let _ = std::fs::remove_dir_all(&state_dir);
     consul.shutdown().await;
     Ok(())
 }

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod demo;
+pub mod systemd;
 pub mod telemetry;
 
 use std::net::SocketAddr;
@@ -34,6 +35,7 @@ pub struct App {
     catalog: catalog::Cache,
     hosts: snapshot::Hosts,
     follower: Option<snapshot::follower::Follower>,
+    forwarder: Option<forward::Forwarder>,
     router: dns::Router,
 }
 
@@ -79,13 +81,14 @@ impl App {
             hosts.clone(),
             settings.catalog.only_passing,
         );
-        let router = dns::Router::new(settings.dns.clone(), view, forwarder);
+        let router = dns::Router::new(settings.dns.clone(), view, forwarder.clone());
         Ok(Self {
             settings,
             listeners,
             catalog,
             hosts,
             follower,
+            forwarder,
             router,
         })
     }
@@ -115,12 +118,22 @@ impl App {
     /// Serves until `shutdown` is cancelled, then stops accepting and lets
     /// in-flight queries finish (bounded by a grace period).
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        self.spawn_stats_on_sigusr1(shutdown.child_token())?;
         let addrs = self.local_addrs();
         let server = dns::serve(self.router, self.listeners, self.settings.server.clone())?;
         let refresher = tokio::spawn(self.catalog.clone().run(shutdown.child_token()));
         let follower = self
             .follower
             .map(|follower| tokio::spawn(follower.run(shutdown.child_token())));
+        systemd::ready(&format!(
+            "serving on {}",
+            addrs
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        systemd::spawn_watchdog(shutdown.child_token());
         info!(
             listen = ?addrs,
             consul = %self.settings.consul.address,
@@ -131,6 +144,7 @@ impl App {
         );
         shutdown.cancelled().await;
         info!("Shutting down: no new queries, finishing in-flight ones");
+        systemd::stopping();
         if tokio::time::timeout(SHUTDOWN_GRACE, server.shutdown())
             .await
             .is_err()
@@ -141,6 +155,37 @@ impl App {
         if let Some(follower) = follower {
             follower.abort();
         }
+        Ok(())
+    }
+}
+
+impl App {
+    /// SIGUSR1 writes cache, Consul and snapshot statistics to the log (a
+    /// dnsmasq habit operators and their scripts rely on).
+    fn spawn_stats_on_sigusr1(&self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut usr1 = signal(SignalKind::user_defined1()).context("installing SIGUSR1 handler")?;
+        let catalog = self.catalog.clone();
+        let hosts = self.hosts.clone();
+        let forwarder = self.forwarder.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    received = usr1.recv() => if received.is_none() { return },
+                }
+                let snapshot = hosts.current();
+                info!(
+                    catalog_entries = catalog.entry_count(),
+                    consul_unavailable = catalog.consul_unavailable(),
+                    forward_cache_entries = forwarder.as_ref().map_or(0, forward::Forwarder::cached_entries),
+                    upstreams = ?forwarder.as_ref().map(|f| f.config().upstreams.clone()).unwrap_or_default(),
+                    snapshot_generation = snapshot.as_ref().map(|s| s.generation),
+                    snapshot_services = snapshot.as_ref().map(|s| s.services.len()),
+                    "Statistics (SIGUSR1)"
+                );
+            }
+        });
         Ok(())
     }
 }

@@ -26,8 +26,14 @@ pub(crate) struct Running {
 
 /// Starts the binary and waits for its machine-readable listening line.
 pub(crate) async fn spawn(args: &[&str]) -> Running {
+    spawn_with_env(args, &[]).await
+}
+
+/// [`spawn`] with extra environment variables.
+pub(crate) async fn spawn_with_env(args: &[&str], env: &[(&str, &str)]) -> Running {
     let mut child = Command::new(BIN)
         .args(args)
+        .envs(env.iter().copied())
         .env_remove("CONSUL_HTTP_ADDR")
         .env_remove("CONSUL_HTTP_TOKEN")
         .stdout(Stdio::piped())

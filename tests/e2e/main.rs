@@ -10,3 +10,4 @@ mod forwarding;
 mod harness;
 mod robustness;
 pub(crate) mod snapshot;
+mod systemd;
