@@ -27,6 +27,12 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<()> {
         args.log_level.as_deref().unwrap_or(&raw.log.level),
         args.log_format.unwrap_or(raw.log.format),
     );
+    // The publisher sends StatsD only: the HTTP endpoint belongs to `serve`,
+    // which may run on the same node with the same config file.
+    let _metrics = telemetry::init_metrics(&crate::config::MetricsSettings {
+        prometheus_listen: None,
+        ..raw.metrics.validate()?
+    })?;
     telemetry::describe_metrics();
     let client = consul::Client::new(consul_config).context("consul")?;
     let identity = match publish.identity.clone() {

@@ -92,15 +92,36 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         args.log_level.as_deref().unwrap_or(&settings.log_level),
         args.log_format.unwrap_or(settings.log_format),
     );
+    let metrics = telemetry::init_metrics(&settings.metrics)?;
     telemetry::describe_metrics();
     let app = App::build(settings)?;
+    let shutdown = shutdown_on_signals()?;
+    let ready = telemetry::Readiness::default();
+    let metrics_http = metrics
+        .serve_http(ready.clone(), shutdown.child_token())
+        .await?;
     {
+        let mut line: serde_json::Value = serde_json::from_str(&app.listening_line())?;
+        if let Some(addr) = metrics_http {
+            line["metrics_http"] = addr.to_string().into();
+        }
         let mut stdout = std::io::stdout().lock();
-        writeln!(stdout, "{}", app.listening_line())?;
+        writeln!(stdout, "{line}")?;
         stdout.flush()?;
     }
-    let shutdown = shutdown_on_signals()?;
-    app.run(shutdown).await
+    // The sockets are bound and `run` starts serving them at once; /health
+    // turns 503 as soon as shutdown begins.
+    ready.set(true);
+    let not_ready = ready.clone();
+    let stopping = shutdown.clone();
+    tokio::spawn(async move {
+        stopping.cancelled().await;
+        not_ready.set(false);
+    });
+    let result = app.run(shutdown).await;
+    ready.set(false);
+    metrics.flush();
+    result
 }
 
 fn with_runtime<F, Fut>(f: F) -> ExitCode

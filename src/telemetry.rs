@@ -1,8 +1,24 @@
-//! Logging setup and metric descriptions.
+//! Logging setup, metrics exporters (StatsD, Prometheus) and metric descriptions.
 
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs as _, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use cadence::{BufferedUdpMetricSink, MetricSink, QueuingMetricSink};
+use metrics::{
+    Counter, Gauge, GaugeFn, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit,
+};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_statsd::{StatsdBuilder, StatsdRecorder};
+use metrics_util::layers::{FanoutBuilder, Layer as _, Prefix, PrefixLayer};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogFormat;
+use crate::config::{ConfigError, LogFormat, MetricsSettings};
 
 /// Per-query logs of hickory's server are INFO; they would drown a busy node's
 /// journal and cost latency, so they are held at WARN unless asked for.
@@ -37,4 +53,435 @@ pub fn describe_metrics() {
     dnsfront_dns::metrics::describe();
     dnsfront_forward::metrics::describe();
     dnsfront_snapshot::metrics::describe();
+    metrics::describe_gauge!(BUILD_INFO, "Always 1, tagged with the running version");
+}
+
+// === Metrics ===
+
+/// Gauge that is always 1, tagged `version` (the running build).
+pub const BUILD_INFO: &str = "build_info";
+
+/// How often buffered StatsD lines are sent at the latest.
+///
+/// cadence's `BufferedUdpMetricSink` only sends a datagram when its buffer is
+/// full (or on drop), so on a quiet node a counter could sit in memory for
+/// minutes. We keep the buffer (one datagram per ~1.4 KB instead of one per
+/// metric: a busy resolver emits several lines per query) and flush it on
+/// this period, which bounds the delay of any line to about one second.
+/// The `QueuingMetricSink` in front keeps the socket write off the query path.
+const STATSD_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+/// Gauges are re-sent on this period: a StatsD agent reports a gauge only for
+/// the flush windows in which it received a value (DogStatsD: 10 s), so a
+/// gauge set once (build info, circuit state) would otherwise vanish.
+const GAUGE_REPEAT_INTERVAL: Duration = Duration::from_secs(10);
+/// Largest datagram: fits a 1500-byte MTU after IP and UDP headers (the
+/// DogStatsD recommendation for UDP).
+const STATSD_DATAGRAM_BYTES: usize = 1432;
+/// Lines waiting for the sender thread; beyond it new lines are dropped.
+const STATSD_QUEUE_LINES: usize = 5000;
+/// How often the Prometheus recorder drains its histogram buffers.
+const PROMETHEUS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+/// Histogram buckets for the Prometheus endpoint (every histogram is in seconds).
+const PROMETHEUS_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// The installed exporters. Dropping it flushes buffered StatsD lines.
+#[derive(Default)]
+pub struct Metrics {
+    statsd_sink: Option<Arc<BufferedUdpMetricSink>>,
+    prometheus: Option<PrometheusHandle>,
+    prometheus_listen: Option<SocketAddr>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics")
+            .field("statsd", &self.statsd_sink.is_some())
+            .field("prometheus_listen", &self.prometheus_listen)
+            .finish()
+    }
+}
+
+/// Installs the metrics exporters `settings` asks for, as the global recorder,
+/// and emits `build_info`. Must run inside a tokio runtime (it spawns the
+/// flush tasks). With every exporter off it does nothing: no socket, no recorder.
+///
+/// Fails naming `metrics.statsd_address` when the address does not resolve.
+pub fn init_metrics(settings: &MetricsSettings) -> anyhow::Result<Metrics> {
+    if settings.is_disabled() {
+        return Ok(Metrics::default());
+    }
+    let mut metrics = Metrics::default();
+    metrics.prometheus_listen = settings.prometheus_listen;
+
+    let statsd = match &settings.statsd_address {
+        Some(address) => {
+            let (recorder, sink, gauges) = statsd_recorder(address, settings)?;
+            let flushed = Arc::clone(&sink);
+            tokio::spawn(async move {
+                let mut flush = tokio::time::interval(STATSD_FLUSH_INTERVAL);
+                flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut ticks: u32 = 0;
+                let repeat_every = (GAUGE_REPEAT_INTERVAL.as_millis()
+                    / STATSD_FLUSH_INTERVAL.as_millis())
+                .max(1) as u32;
+                loop {
+                    flush.tick().await;
+                    ticks = ticks.wrapping_add(1);
+                    if ticks.is_multiple_of(repeat_every) {
+                        gauges.repeat();
+                    }
+                    // Errors (agent not running: ECONNREFUSED) are not worth a log line per second.
+                    let _ = flushed.flush();
+                }
+            });
+            metrics.statsd_sink = Some(sink);
+            Some(recorder)
+        }
+        None => None,
+    };
+
+    let prometheus = match settings.prometheus_listen {
+        Some(_) => {
+            let mut builder = PrometheusBuilder::new()
+                .set_buckets(PROMETHEUS_BUCKETS)
+                .context("prometheus histogram buckets")?;
+            for (key, value) in &settings.tags {
+                builder = builder.add_global_label(key.clone(), value.clone());
+            }
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            let upkeep = handle.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(PROMETHEUS_UPKEEP_INTERVAL);
+                loop {
+                    tick.tick().await;
+                    upkeep.run_upkeep();
+                }
+            });
+            metrics.prometheus = Some(handle);
+            Some(recorder)
+        }
+        None => None,
+    };
+
+    let installed = match (statsd, prometheus) {
+        (Some(statsd), Some(prometheus)) => {
+            let prometheus = with_prefix(&settings.prefix, prometheus);
+            install(
+                FanoutBuilder::default()
+                    .add_recorder(statsd)
+                    .add_recorder(prometheus)
+                    .build(),
+            )
+        }
+        (Some(statsd), None) => install(statsd),
+        (None, Some(prometheus)) => install(with_prefix(&settings.prefix, prometheus)),
+        (None, None) => Ok(()),
+    };
+    installed?;
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    info!(
+        statsd = ?settings.statsd_address,
+        prometheus = ?settings.prometheus_listen,
+        prefix = %settings.prefix,
+        "Metrics enabled"
+    );
+    if let Some(listen) = settings.prometheus_listen
+        && !listen.ip().is_loopback()
+    {
+        warn!(listen = %listen, "The metrics endpoint listens beyond loopback and has no authentication");
+    }
+    Ok(metrics)
+}
+
+impl Metrics {
+    /// Sends the buffered StatsD lines now.
+    pub fn flush(&self) {
+        if let Some(sink) = &self.statsd_sink {
+            let _ = sink.flush();
+        }
+    }
+
+    /// Binds `metrics.prometheus_listen` and serves `GET /metrics` (Prometheus
+    /// text) and `GET /health` (200 `ok` while `ready` is set, else 503) until
+    /// `shutdown`. Returns the bound address, or `None` when the endpoint is off.
+    pub async fn serve_http(
+        &self,
+        ready: Readiness,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Option<SocketAddr>> {
+        let (Some(listen), Some(handle)) = (self.prometheus_listen, self.prometheus.clone()) else {
+            return Ok(None);
+        };
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("metrics.prometheus_listen: binding {listen}"))?;
+        let local = listener.local_addr().context("metrics endpoint address")?;
+        let app = axum::Router::new()
+            .route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let handle = handle.clone();
+                    async move {
+                        (
+                            [(
+                                axum::http::header::CONTENT_TYPE,
+                                "text/plain; version=0.0.4; charset=utf-8",
+                            )],
+                            handle.render(),
+                        )
+                    }
+                }),
+            )
+            .route(
+                "/health",
+                axum::routing::get(move || {
+                    let ready = ready.clone();
+                    async move {
+                        if ready.is_ready() {
+                            (axum::http::StatusCode::OK, "ok\n")
+                        } else {
+                            (axum::http::StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                        }
+                    }
+                }),
+            );
+        tokio::spawn(async move {
+            let server =
+                axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned());
+            if let Err(error) = server.await {
+                warn!(error = %error, "Metrics endpoint stopped");
+            }
+        });
+        info!(listen = %local, "Metrics endpoint listening (/metrics, /health)");
+        Ok(Some(local))
+    }
+}
+
+impl Drop for Metrics {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+/// Whether the DNS server is serving (for `/health`). Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct Readiness(Arc<AtomicBool>);
+
+impl Readiness {
+    /// Marks the server as serving (true) or not (false).
+    pub fn set(&self, ready: bool) {
+        self.0.store(ready, Ordering::Relaxed);
+    }
+
+    /// True while the server is serving.
+    pub fn is_ready(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+fn install<R: Recorder + Sync + 'static>(recorder: R) -> anyhow::Result<()> {
+    metrics::set_global_recorder(recorder)
+        .map_err(|_| anyhow::anyhow!("a metrics recorder is already installed"))
+}
+
+fn with_prefix<R: Recorder>(prefix: &str, recorder: R) -> Prefixed<R> {
+    if prefix.is_empty() {
+        Prefixed::Plain(recorder)
+    } else {
+        Prefixed::With(PrefixLayer::new(prefix.to_owned()).layer(recorder))
+    }
+}
+
+/// A recorder with or without [`PrefixLayer`] (the layer cannot take an empty prefix).
+enum Prefixed<R> {
+    Plain(R),
+    With(Prefix<R>),
+}
+
+macro_rules! delegate {
+    ($self:ident, $inner:ident => $call:expr) => {
+        match $self {
+            Prefixed::Plain($inner) => $call,
+            Prefixed::With($inner) => $call,
+        }
+    };
+}
+
+impl<R: Recorder> Recorder for Prefixed<R> {
+    fn describe_counter(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        delegate!(self, inner => inner.describe_counter(key, unit, description))
+    }
+    fn describe_gauge(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        delegate!(self, inner => inner.describe_gauge(key, unit, description))
+    }
+    fn describe_histogram(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        delegate!(self, inner => inner.describe_histogram(key, unit, description))
+    }
+    fn register_counter(&self, key: &Key, metadata: &Metadata<'_>) -> Counter {
+        delegate!(self, inner => inner.register_counter(key, metadata))
+    }
+    fn register_gauge(&self, key: &Key, metadata: &Metadata<'_>) -> Gauge {
+        delegate!(self, inner => inner.register_gauge(key, metadata))
+    }
+    fn register_histogram(&self, key: &Key, metadata: &Metadata<'_>) -> Histogram {
+        delegate!(self, inner => inner.register_histogram(key, metadata))
+    }
+}
+
+/// A cadence sink shared between the exporter and our flush task.
+struct SharedSink(Arc<BufferedUdpMetricSink>);
+
+impl MetricSink for SharedSink {
+    fn emit(&self, metric: &str) -> std::io::Result<usize> {
+        self.0.emit(metric)
+    }
+
+    fn flush(&self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+type StatsdParts = (
+    RepeatGauges<StatsdRecorder>,
+    Arc<BufferedUdpMetricSink>,
+    RepeatGauges<()>,
+);
+
+fn statsd_recorder(address: &str, settings: &MetricsSettings) -> anyhow::Result<StatsdParts> {
+    let target = address
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| ConfigError::Invalid {
+            key: "metrics.statsd_address".to_owned(),
+            reason: format!("{address:?} does not resolve to an address"),
+        })?;
+    let local: SocketAddr = if target.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = UdpSocket::bind(local).context("binding the StatsD client socket")?;
+    socket
+        .set_nonblocking(true)
+        .context("StatsD client socket")?;
+    let sink = Arc::new(
+        BufferedUdpMetricSink::with_capacity(target, socket, STATSD_DATAGRAM_BYTES)
+            .context("metrics.statsd_address")?,
+    );
+    let queue = QueuingMetricSink::with_capacity(SharedSink(Arc::clone(&sink)), STATSD_QUEUE_LINES);
+    // Histograms are sent as DogStatsD distributions (`|d`): the Datadog
+    // backend aggregates them across hosts, so fleet-wide percentiles are
+    // true percentiles (agent-side `|h` histograms or `|ms` timers would give
+    // per-host percentiles that cannot be combined). Values stay in seconds.
+    let mut builder = StatsdBuilder::from("", 0)
+        .with_sink(queue)
+        .histogram_is_distribution();
+    for (key, value) in &settings.tags {
+        builder = builder.with_default_tag(key, value);
+    }
+    let recorder = builder
+        .build(Some(&settings.prefix))
+        .context("building the StatsD exporter")?;
+    let repeating = RepeatGauges::new(recorder);
+    let handle = repeating.handle();
+    Ok((repeating, sink, handle))
+}
+
+/// Wraps a recorder and remembers the last value of every gauge, so that
+/// [`RepeatGauges::repeat`] can send them again.
+struct RepeatGauges<R> {
+    inner: R,
+    gauges: Arc<Mutex<HashMap<Key, Arc<RepeatedGauge>>>>,
+}
+
+impl<R> RepeatGauges<R> {
+    fn new(inner: R) -> Self {
+        Self {
+            inner,
+            gauges: Arc::default(),
+        }
+    }
+
+    /// A second handle on the same gauges, for the flush task.
+    fn handle(&self) -> RepeatGauges<()> {
+        RepeatGauges {
+            inner: (),
+            gauges: Arc::clone(&self.gauges),
+        }
+    }
+
+    /// Sends the last value of every gauge that was ever set.
+    fn repeat(&self) {
+        let gauges: Vec<Arc<RepeatedGauge>> = self
+            .gauges
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        for gauge in gauges {
+            if gauge.was_set.load(Ordering::Relaxed) {
+                gauge
+                    .inner
+                    .set(f64::from_bits(gauge.last.load(Ordering::Relaxed)));
+            }
+        }
+    }
+}
+
+struct RepeatedGauge {
+    inner: Gauge,
+    last: AtomicU64,
+    was_set: AtomicBool,
+}
+
+impl GaugeFn for RepeatedGauge {
+    // StatsD cannot add to a gauge (house style: only `set`); forwarded as is.
+    fn increment(&self, value: f64) {
+        self.inner.increment(value);
+    }
+
+    fn decrement(&self, value: f64) {
+        self.inner.decrement(value);
+    }
+
+    fn set(&self, value: f64) {
+        self.last.store(value.to_bits(), Ordering::Relaxed);
+        self.was_set.store(true, Ordering::Relaxed);
+        self.inner.set(value);
+    }
+}
+
+impl<R: Recorder> Recorder for RepeatGauges<R> {
+    fn describe_counter(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.inner.describe_counter(key, unit, description);
+    }
+    fn describe_gauge(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.inner.describe_gauge(key, unit, description);
+    }
+    fn describe_histogram(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.inner.describe_histogram(key, unit, description);
+    }
+    fn register_counter(&self, key: &Key, metadata: &Metadata<'_>) -> Counter {
+        self.inner.register_counter(key, metadata)
+    }
+    fn register_histogram(&self, key: &Key, metadata: &Metadata<'_>) -> Histogram {
+        self.inner.register_histogram(key, metadata)
+    }
+    fn register_gauge(&self, key: &Key, metadata: &Metadata<'_>) -> Gauge {
+        // Gauge keys are bounded (no query names in tags), so is this map.
+        let mut gauges = self.gauges.lock().unwrap_or_else(PoisonError::into_inner);
+        let gauge = gauges.entry(key.clone()).or_insert_with(|| {
+            Arc::new(RepeatedGauge {
+                inner: self.inner.register_gauge(key, metadata),
+                last: AtomicU64::new(0),
+                was_set: AtomicBool::new(false),
+            })
+        });
+        Gauge::from_arc(Arc::clone(gauge))
+    }
 }

@@ -31,7 +31,7 @@ fn empty_file_gives_documented_defaults() {
 #[test]
 fn every_table_rejects_unknown_keys_and_names_the_path() {
     for table in [
-        "dns", "consul", "catalog", "forward", "state", "snapshot", "publish", "log",
+        "dns", "consul", "catalog", "forward", "state", "snapshot", "publish", "log", "metrics",
     ] {
         let message = error_of(&format!("[{table}]\nno_such_key = 1\n"));
         assert!(
@@ -215,4 +215,61 @@ fn publish_settings_are_validated_with_key_paths() {
         .expect("defaults are valid");
     assert_eq!(publish.key, "dnsfront/hosts");
     assert_eq!(publish.stop_key, "dnsfront/hosts-stop");
+}
+
+#[test]
+fn metrics_default_to_statsd_on_loopback_and_no_http_endpoint() {
+    let settings = parse("").expect("defaults are valid");
+    assert_eq!(
+        settings.metrics,
+        MetricsSettings {
+            statsd_address: Some("127.0.0.1:8125".to_owned()),
+            prefix: "dnsfront".to_owned(),
+            tags: Vec::new(),
+            prometheus_listen: None,
+        }
+    );
+    let off = parse("[metrics]\nstatsd = false\n").expect("valid");
+    assert!(off.metrics.is_disabled());
+}
+
+#[test]
+fn metrics_keys_are_validated_with_their_paths() {
+    let settings = parse(
+        "[metrics]\nstatsd_address = \"statsd.local:9125\"\nprefix = \"edge.dns\"\n\
+         tags = { env = \"prod\", az = \"b\" }\nprometheus_listen = \"127.0.0.1:9153\"\n",
+    )
+    .expect("valid");
+    assert_eq!(
+        settings.metrics.statsd_address.as_deref(),
+        Some("statsd.local:9125")
+    );
+    assert_eq!(settings.metrics.prefix, "edge.dns");
+    assert_eq!(
+        settings.metrics.tags,
+        vec![
+            ("az".to_owned(), "b".to_owned()),
+            ("env".to_owned(), "prod".to_owned())
+        ]
+    );
+    assert_eq!(
+        settings.metrics.prometheus_listen,
+        Some("127.0.0.1:9153".parse().expect("addr"))
+    );
+
+    let cases = [
+        ("statsd_address = \"localhost\"", "metrics.statsd_address"),
+        ("statsd_address = \"127.0.0.1:0\"", "metrics.statsd_address"),
+        ("prefix = \"bad prefix\"", "metrics.prefix"),
+        ("tags = { \"1env\" = \"x\" }", "metrics.tags.1env"),
+        ("tags = { env = \"a,b\" }", "metrics.tags.env"),
+        (
+            "prometheus_listen = \"localhost\"",
+            "metrics.prometheus_listen",
+        ),
+    ];
+    for (line, key) in cases {
+        let message = error_of(&format!("[metrics]\n{line}\n"));
+        assert!(message.starts_with(key), "{line}: {message}");
+    }
 }

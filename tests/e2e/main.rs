@@ -8,6 +8,7 @@ mod consul_answers;
 mod dig;
 mod forwarding;
 mod harness;
+mod metrics;
 mod robustness;
 pub(crate) mod snapshot;
 mod systemd;

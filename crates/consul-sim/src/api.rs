@@ -536,6 +536,12 @@ async fn route(
     }
     let is_get = *method == Method::GET || *method == Method::HEAD;
     let is_put = *method == Method::PUT;
+    if let Some(check_state) = path.strip_prefix("/v1/health/state/") {
+        if !is_get {
+            return method_not_allowed(method, "GET");
+        }
+        return health_state(sim, check_state, params).await;
+    }
     if let Some(name) = path.strip_prefix("/v1/health/service/") {
         if !is_get {
             return method_not_allowed(method, "GET");
@@ -793,6 +799,35 @@ async fn health_service(
         Read::json(dc.service_query_index(name), &entries)
     })
     .await
+}
+
+/// `/v1/health/state/:state`. As in Consul 1.16, only an empty state is refused; any other
+/// unknown state matches no check (Consul looks it up in the status index), so it is `200 []`.
+async fn health_state(sim: &Sim, check_state: &str, params: &Params) -> Resp {
+    if check_state.is_empty() {
+        return bad_request("Missing check state");
+    }
+    let node_meta = node_meta_filters(params);
+    blocking_read(sim, params, None, |dc| {
+        Read::json(
+            dc.checks_index,
+            &model::health_state(dc, check_state, &node_meta),
+        )
+    })
+    .await
+}
+
+/// `?node-meta=key:value` filters (all must match); a pair without `:` has an empty value,
+/// as Consul's `parseMetaPair`.
+fn node_meta_filters(params: &Params) -> Vec<(String, String)> {
+    params
+        .all("node-meta")
+        .into_iter()
+        .map(|filter| {
+            let (key, value) = filter.split_once(':').unwrap_or((filter, ""));
+            (key.to_owned(), value.to_owned())
+        })
+        .collect()
 }
 
 async fn catalog_services(sim: &Sim, params: &Params) -> Resp {

@@ -242,6 +242,37 @@ pub(crate) fn health_service<'a>(
     entries
 }
 
+/// Body of `/v1/health/state/:state`: every check in `state` (`any` = all), ordered by node
+/// then check ID; `node_meta` pairs must all be on the check's node.
+pub(crate) fn health_state<'a>(
+    dc: &'a Dc,
+    state: &str,
+    node_meta: &[(String, String)],
+) -> Vec<CheckJson<'a>> {
+    dc.checks
+        .values()
+        .filter(|check| state == "any" || check.status == state)
+        .filter(|check| {
+            node_meta.is_empty()
+                || dc.nodes.get(&check.node).is_some_and(|node| {
+                    node_meta
+                        .iter()
+                        .all(|(key, value)| node.meta.get(key) == Some(value))
+                })
+        })
+        .map(|check| {
+            let tags = if check.service_id.is_empty() {
+                EMPTY_TAGS
+            } else {
+                dc.services
+                    .get(&(check.node.clone(), check.service_id.clone()))
+                    .map_or(EMPTY_TAGS, |service| service.tags.as_slice())
+            };
+            CheckJson::new(check, tags)
+        })
+        .collect()
+}
+
 /// One flat `structs.ServiceNode` of `/v1/catalog/service/:service`.
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]

@@ -15,7 +15,9 @@ use tokio::time::Instant;
 
 use crate::config::{Config, Token};
 use crate::error::{BoxError, Error, classify_status};
-use crate::model::{AgentSelf, AgentSelfWire, CatalogNode, KvPair, NodeInfo, ServiceEntry};
+use crate::model::{
+    AgentSelf, AgentSelfWire, CatalogNode, HealthCheck, KvPair, NodeInfo, ServiceEntry,
+};
 use crate::query::{DEFAULT_WAIT, MAX_WAIT, QueryMeta, QueryOptions, Response};
 use crate::write::{KvPutOptions, SessionRequest};
 
@@ -28,6 +30,7 @@ const LAST_CONTACT_HEADER: &str = "x-consul-lastcontact";
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Endpoint {
     HealthService,
+    HealthState,
     CatalogNode,
     CatalogServices,
     CatalogNodes,
@@ -43,6 +46,7 @@ impl Endpoint {
     fn tag(self) -> &'static str {
         match self {
             Endpoint::HealthService => "health_service",
+            Endpoint::HealthState => "health_state",
             Endpoint::CatalogNode => "catalog_node",
             Endpoint::CatalogServices => "catalog_services",
             Endpoint::CatalogNodes => "catalog_nodes",
@@ -222,6 +226,31 @@ impl Client {
         self.run(call, |path, raw| {
             Ok(Response {
                 value: decode(path, &raw.body)?,
+                meta: meta(&raw.headers),
+            })
+        })
+        .await
+    }
+
+    /// `GET /v1/health/state/:state`: every check in `state` (`passing`, `warning`,
+    /// `critical`, or `any` for all). Its index is the checks table's: it moves on any check
+    /// change, so blocking on `any` wakes on health changes the catalog indexes miss.
+    /// Consul answers an unknown state with an empty list, not an error.
+    pub async fn health_state(
+        &self,
+        state: &str,
+        opts: &QueryOptions,
+    ) -> Result<Response<Vec<HealthCheck>>, Error> {
+        let call = self.read_call(
+            Endpoint::HealthState,
+            vec!["v1", "health", "state", state],
+            opts,
+            false,
+        );
+        self.run(call, |path, raw| {
+            let checks: Option<Vec<HealthCheck>> = decode(path, &raw.body)?;
+            Ok(Response {
+                value: checks.unwrap_or_default(),
                 meta: meta(&raw.headers),
             })
         })

@@ -1037,3 +1037,95 @@ fn requests_are_counted_by_endpoint_and_outcome() {
         1
     );
 }
+
+// === health state ===
+
+#[test]
+fn health_state_decodes_checks_blocks_on_check_changes_and_is_counted() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let ((), recorded) = capture_metrics(|| {
+        runtime.block_on(async {
+            let (sim, server) = start().await;
+            let client = client_with(&server, |config| {
+                config.request_timeout = Duration::from_millis(200)
+            });
+
+            let critical = bounded(client.health_state("critical", &QueryOptions::default()))
+                .await
+                .expect("critical checks");
+            let ids: Vec<&str> = critical
+                .value
+                .iter()
+                .map(|check| check.check_id.as_str())
+                .collect();
+            assert_eq!(ids, ["service:web-2"]);
+            assert_eq!(critical.value[0].node, "n2");
+            assert_eq!(critical.value[0].status, HealthStatus::Critical);
+            assert_eq!(critical.value[0].service_id, "web-2");
+            assert_eq!(critical.value[0].service_name, "web");
+            assert!(last_query(&sim, "/v1/health/state/critical").contains("stale"));
+
+            let all = bounded(client.health_state("any", &QueryOptions::default()))
+                .await
+                .expect("all checks");
+            assert_eq!(all.value.len(), 2);
+            assert!(all.meta.index >= 1);
+
+            // Blocks past the request timeout and wakes on a check change, which does not
+            // move the catalog services index.
+            let services = bounded(client.catalog_services(&QueryOptions::default()))
+                .await
+                .expect("services");
+            let opts = QueryOptions {
+                index: Some(all.meta.index),
+                wait: Some(Duration::from_secs(5)),
+                ..QueryOptions::default()
+            };
+            let waiting = tokio::spawn({
+                let client = client.clone();
+                async move { client.health_state("any", &opts).await }
+            });
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert!(!waiting.is_finished(), "waits for a check change");
+            sim.set_check("n1", "service:web-1", "critical");
+            let changed = bounded(waiting)
+                .await
+                .expect("task joined")
+                .expect("blocking read");
+            assert!(changed.meta.index > all.meta.index);
+            assert_eq!(
+                next_index(all.meta.index, changed.meta.index),
+                changed.meta.index
+            );
+            assert!(
+                changed
+                    .value
+                    .iter()
+                    .all(|check| check.status == HealthStatus::Critical)
+            );
+            let query = last_query(&sim, "/v1/health/state/any");
+            assert!(
+                query.contains(&format!("index={}", all.meta.index)),
+                "{query}"
+            );
+            let services_after = bounded(client.catalog_services(&QueryOptions::default()))
+                .await
+                .expect("services");
+            assert_eq!(
+                services_after.meta.index, services.meta.index,
+                "the catalog index did not see the check change"
+            );
+        });
+    });
+
+    assert_eq!(
+        recorded.counter(
+            "consul.requests",
+            &[("endpoint", "health_state"), ("outcome", "ok")]
+        ),
+        3
+    );
+}

@@ -2,7 +2,9 @@
 //!
 //! Tags are bounded: `zone` (consul, forward, none), `qtype` (A, AAAA, SRV, ANY,
 //! TXT, SOA, PTR, other), `rcode` (NOERROR, NXDOMAIN, SERVFAIL, REFUSED,
-//! FORMERR, NOTIMP, other), `source` (fresh, stale, upstream, cache, none).
+//! FORMERR, NOTIMP, other), `source` (fresh, stale, snapshot, upstream, cache,
+//! none). `zone` is `none` for requests that never reached routing (FORMERR,
+//! NOTIMP, BADVERS).
 
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;

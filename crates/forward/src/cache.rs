@@ -124,6 +124,7 @@ impl ResponseCache {
             moka::sync::Cache::builder()
                 .max_capacity(config.cache_size)
                 .time_to_live(backstop)
+                .eviction_listener(|_, _, cause| crate::metrics::cache_eviction(cause))
                 .build()
         });
         Self { entries }
@@ -155,6 +156,7 @@ impl ResponseCache {
                     ttl,
                 }),
             );
+            crate::metrics::cache_entries(entries.entry_count());
         }
     }
 

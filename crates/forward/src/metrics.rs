@@ -17,6 +17,10 @@ pub const UPSTREAM_DURATION_SECONDS: &str = "forward.upstream_duration_seconds";
 pub const OVERLOADED: &str = "forward.overloaded";
 /// Cache misses that joined an identical query already in flight.
 pub const COALESCED: &str = "forward.coalesced";
+/// Approximate number of responses in the cache (gauge, set on every insert).
+pub const CACHE_ENTRIES: &str = "forward.cache_entries";
+/// Responses evicted to make room (the cache was full), not by expiry.
+pub const CACHE_EVICTIONS: &str = "forward.cache_evictions";
 
 /// Tag key naming the upstream (`ip:port`).
 pub const TAG_UPSTREAM: &str = "upstream";
@@ -61,9 +65,31 @@ pub fn describe() {
         Unit::Count,
         "Forwarded queries refused because too many upstream queries were in flight"
     );
+    metrics::describe_gauge!(
+        CACHE_ENTRIES,
+        Unit::Count,
+        "Responses held by the forwarder's cache (approximate)"
+    );
+    describe_counter!(
+        CACHE_EVICTIONS,
+        Unit::Count,
+        "Responses evicted from the forwarder's cache because it was full"
+    );
     describe_counter!(
         COALESCED,
         Unit::Count,
         "Cache misses that shared an identical upstream query already in flight"
     );
+}
+
+/// Counts one [`CACHE_EVICTIONS`] when moka evicted an entry for room.
+pub(crate) fn cache_eviction(cause: moka::notification::RemovalCause) {
+    if cause == moka::notification::RemovalCause::Size {
+        metrics::counter!(CACHE_EVICTIONS).increment(1);
+    }
+}
+
+/// Sets [`CACHE_ENTRIES`].
+pub(crate) fn cache_entries(count: u64) {
+    metrics::gauge!(CACHE_ENTRIES).set(count as f64);
 }

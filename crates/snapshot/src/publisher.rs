@@ -14,9 +14,12 @@
 //!
 //! # Publishing
 //!
-//! While leader: a blocking query on `/v1/catalog/services`; each time it returns (a change,
-//! or the `catalog_wait` timeout, since check status changes do not move that index) and
-//! never more often than [`PublisherConfig::min_interval`], the publisher checks the kill switch, builds a
+//! While leader: two blocking queries in flight side by side, `/v1/catalog/services` (its
+//! index moves on service registration changes) and `/v1/health/state/any` (the checks table
+//! index, which moves on every check state change; the catalog index does not). Each time the
+//! catalog query returns (a change, or the `catalog_wait` timeout, which bounds the age of
+//! changes neither index shows) or the health index moves, and never more often than
+//! [`PublisherConfig::min_interval`], the publisher checks the kill switch, builds a
 //! [`Snapshot`] (healthy instances of every service under the DNS health rule, every node,
 //! datacenter, Consul index, time, identity), and writes it only when:
 //!
@@ -57,7 +60,7 @@ pub const DEFAULT_MIN_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(15);
 /// Default lock delay after the session is invalidated (Consul's default).
 pub const DEFAULT_LOCK_DELAY: Duration = Duration::from_secs(15);
-/// Default blocking wait on the catalog.
+/// Default blocking wait of the catalog and health-check watches.
 pub const DEFAULT_CATALOG_WAIT: Duration = Duration::from_secs(5 * 60);
 /// Default share of the published services a new snapshot may drop.
 pub const DEFAULT_MAX_DROP_FRACTION: f64 = 0.5;
@@ -104,7 +107,7 @@ pub struct PublisherConfig {
     pub force: bool,
     /// Drop instances with a warning check too (Consul's `dns_config.only_passing`).
     pub only_passing: bool,
-    /// Blocking wait on the catalog (default 5m).
+    /// Blocking wait of the catalog and health-check watches (default 5m).
     pub catalog_wait: Duration,
 }
 
@@ -169,7 +172,7 @@ struct Published {
 
 /// Result of one publish round.
 enum Round {
-    /// Written, unchanged, or refused by a guard: wait for the next catalog change.
+    /// Written, unchanged, or refused by a guard: wait for the next catalog or check change.
     Done,
     /// Kill switch, lost check-and-set or a Consul error: try again after `min_interval`.
     Retry,
@@ -184,6 +187,57 @@ struct LeaderState {
     consul_failures: u32,
     datacenter: Option<String>,
     backoff: Backoff,
+}
+
+/// One blocking query of the publish loop: its next index and its own failure backoff.
+struct Watch {
+    what: &'static str,
+    index: u64,
+    failures: u32,
+    backoff: Backoff,
+}
+
+impl Watch {
+    fn new(what: &'static str) -> Self {
+        Self {
+            what,
+            index: 0,
+            failures: 0,
+            backoff: Backoff::new(BACKOFF_MIN, BACKOFF_MAX),
+        }
+    }
+
+    /// Takes the returned index (Consul's rules); true when it moved.
+    fn answered(&mut self, returned: u64) -> bool {
+        if self.failures > 0 {
+            tracing::info!(
+                what = self.what,
+                failed_attempts = self.failures,
+                "Consul reachable again"
+            );
+            self.failures = 0;
+            self.backoff.reset();
+        }
+        let previous = self.index;
+        self.index = next_index(previous, returned);
+        self.index != previous
+    }
+
+    /// Logs the failure (the first one as a warning) and returns the delay before retrying.
+    fn failed(&mut self, error: &consul::Error) -> Duration {
+        self.failures += 1;
+        if self.failures == 1 {
+            tracing::warn!(error = %error, what = self.what, "Consul call failed, retrying");
+        } else {
+            tracing::debug!(
+                error = %error,
+                what = self.what,
+                attempt = self.failures,
+                "Consul call failed again"
+            );
+        }
+        self.backoff.next_delay()
+    }
 }
 
 impl Publisher {
@@ -433,51 +487,107 @@ impl Publisher {
         }
     }
 
-    /// The leader's loop: blocking query on the catalog, a publish round per change.
+    /// The leader's loop: two blocking queries kept in flight side by side, the catalog's
+    /// service list and every check's state, and a publish round whenever either moves
+    /// (coalesced and rate-limited by `min_interval`).
+    ///
+    /// Both futures live across iterations: when one returns, only that one is re-armed with
+    /// its new index, so the other keeps its place; dropping this future (leadership lost)
+    /// cancels both requests.
     async fn publish_loop(&self, state: &mut LeaderState) -> Infallible {
-        let mut index = 0;
-        let mut retry = false;
+        let mut catalog_watch = Watch::new("watching the catalog");
+        let mut health_watch = Watch::new("watching health checks");
+        let catalog = self.catalog_call(0, Duration::ZERO);
+        let health = self.health_call(0, Duration::ZERO);
+        tokio::pin!(catalog, health);
+        // Service names from the latest catalog answer; a round needs them.
+        let mut names: Option<Vec<String>> = None;
+        // The first health answer (or failure) is in: the first round then sees both indexes.
+        let mut health_seen = false;
+        let mut due = false;
         loop {
-            let wait = if retry {
-                self.config.min_interval.max(Duration::from_millis(100))
-            } else {
-                self.config.catalog_wait
-            };
-            let options = QueryOptions {
-                index: Some(index),
-                wait: Some(wait),
-                ..QueryOptions::default()
-            };
-            let services = match self.client.catalog_services(&options).await {
-                Ok(response) => {
-                    state.consul_ok();
-                    response
+            let ready = due && health_seen && names.is_some();
+            tokio::select! {
+                biased;
+                result = &mut catalog => {
+                    let delay = match result {
+                        Ok(response) => {
+                            // Every catalog return is a round, also a timeout without change:
+                            // it bounds the age of anything neither index reflects (node
+                            // address changes) by `catalog_wait`; an unchanged snapshot costs
+                            // reads but no write.
+                            catalog_watch.answered(response.meta.index);
+                            due = true;
+                            names = Some(response.value.into_keys().collect());
+                            Duration::ZERO
+                        }
+                        Err(error) => catalog_watch.failed(&error),
+                    };
+                    catalog.set(self.catalog_call(catalog_watch.index, delay));
                 }
-                Err(error) => {
-                    state.consul_failed("watching the catalog", &error);
-                    let delay = state.backoff.next_delay();
-                    tokio::time::sleep(delay).await;
-                    continue;
+                result = &mut health => {
+                    health_seen = true;
+                    let delay = match result {
+                        Ok(response) => {
+                            // Check states do not move the catalog index; this one does.
+                            due |= health_watch.answered(response.meta.index);
+                            Duration::ZERO
+                        }
+                        Err(error) => health_watch.failed(&error),
+                    };
+                    health.set(self.health_call(health_watch.index, delay));
                 }
-            };
-            // Every return is a round, also a timeout without change: health changes do not
-            // move the catalog index, so this is what refreshes them (at least every
-            // `catalog_wait`); an unchanged snapshot costs reads but no write.
-            index = next_index(index, services.meta.index);
-            let now = Instant::now();
-            if now < state.next_build {
-                tokio::time::sleep_until(state.next_build).await;
-                // Read the catalog again without blocking: it may have moved while we slept.
-                index = 0;
-                continue;
+                () = tokio::time::sleep_until(state.next_build), if ready => {
+                    due = false;
+                    state.next_build = Instant::now() + self.config.min_interval;
+                    let service_names = names.clone().unwrap_or_default();
+                    let consul_index = catalog_watch.index.max(health_watch.index);
+                    if let Round::Retry = self.publish_round(service_names, consul_index, state).await {
+                        due = true;
+                        state.next_build = state
+                            .next_build
+                            .max(Instant::now() + Duration::from_millis(100));
+                    }
+                }
             }
-            state.next_build = now + self.config.min_interval;
-            let names: Vec<String> = services.value.into_keys().collect();
-            retry = match self.publish_round(names, index, state).await {
-                Round::Done => false,
-                Round::Retry => true,
-            };
         }
+    }
+
+    /// Blocking options for a watch at `index` (0: answer at once).
+    fn watch_options(&self, index: u64) -> QueryOptions {
+        QueryOptions {
+            index: Some(index),
+            wait: Some(self.config.catalog_wait),
+            ..QueryOptions::default()
+        }
+    }
+
+    /// After `delay`, a blocking `/v1/catalog/services` at `index`.
+    async fn catalog_call(
+        &self,
+        index: u64,
+        delay: Duration,
+    ) -> Result<consul::Response<BTreeMap<String, Vec<String>>>, consul::Error> {
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        self.client
+            .catalog_services(&self.watch_options(index))
+            .await
+    }
+
+    /// After `delay`, a blocking `/v1/health/state/any` at `index` (the checks table index).
+    async fn health_call(
+        &self,
+        index: u64,
+        delay: Duration,
+    ) -> Result<consul::Response<Vec<consul::HealthCheck>>, consul::Error> {
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        self.client
+            .health_state("any", &self.watch_options(index))
+            .await
     }
 
     /// Builds the snapshot and writes it if every check passes.

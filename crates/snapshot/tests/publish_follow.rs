@@ -245,6 +245,88 @@ async fn snapshot_reaches_follower_disk_within_a_second_of_a_catalog_change() {
 }
 
 #[tokio::test]
+async fn check_state_changes_reach_the_follower_within_seconds() {
+    let sim = Sim::new();
+    register(&sim, "web", "n1", "10.0.0.1");
+    register(&sim, "web", "n2", "10.0.0.2");
+    let server = start(&sim).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hosts = Hosts::new();
+    let shutdown = CancellationToken::new();
+    // catalog_wait (30s) is far longer than the test: only the health watch can wake it.
+    let config = PublisherConfig {
+        min_interval: Duration::from_secs(1),
+        ..publisher_config("pub-a")
+    };
+    let _publisher = spawn_publisher(&server, config, &shutdown);
+    let _follower = spawn_follower(&server, follower_config(dir.path()), &hosts, &shutdown);
+    let web_nodes = |hosts: &Hosts| -> Vec<String> {
+        hosts
+            .current()
+            .and_then(|snapshot| {
+                snapshot
+                    .service("web")
+                    .map(|instances| instances.iter().map(|i| i.node.clone()).collect())
+            })
+            .unwrap_or_default()
+    };
+    wait_until(Duration::from_secs(5), "first snapshot applied", || {
+        web_nodes(&hosts) == ["n1", "n2"]
+    })
+    .await;
+    let catalog_index = consul::Client::new(consul::Config {
+        address: server.url(),
+        ..consul::Config::default()
+    })
+    .expect("client")
+    .catalog_services(&consul::QueryOptions::default())
+    .await
+    .expect("catalog read")
+    .meta
+    .index;
+
+    sim.set_check("n2", "service:web-n2", "critical");
+    wait_until(
+        Duration::from_millis(2500),
+        "the critical instance leaves the follower's snapshot",
+        || web_nodes(&hosts) == ["n1"],
+    )
+    .await;
+    let on_file = on_disk(dir.path())
+        .and_then(|bytes| codec::decode(&bytes, None).ok())
+        .expect("snapshot on disk");
+    assert_eq!(
+        on_file.snapshot.service("web").map(<[_]>::len),
+        Some(1),
+        "saved to the state dir too"
+    );
+
+    sim.set_check("n2", "service:web-n2", "passing");
+    wait_until(
+        Duration::from_millis(2500),
+        "the instance returns once passing",
+        || web_nodes(&hosts) == ["n1", "n2"],
+    )
+    .await;
+    assert_eq!(published_generation(&sim), 3);
+    let after = consul::Client::new(consul::Config {
+        address: server.url(),
+        ..consul::Config::default()
+    })
+    .expect("client")
+    .catalog_services(&consul::QueryOptions::default())
+    .await
+    .expect("catalog read")
+    .meta
+    .index;
+    assert_eq!(
+        after, catalog_index,
+        "check changes alone, the catalog index never moved"
+    );
+    shutdown.cancel();
+}
+
+#[tokio::test]
 async fn two_publishers_elect_exactly_one_writer() {
     let sim = Sim::new();
     register(&sim, "web", "n1", "10.0.0.1");

@@ -1,0 +1,355 @@
+//! Metrics leave the real `dnsfront` binary: DogStatsD datagrams on a UDP
+//! socket the test owns, and the optional Prometheus `/metrics` + `/health`
+//! endpoint.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RecordType;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::process::{Child, Command};
+
+use crate::cli::sigterm;
+
+const BIN: &str = env!("CARGO_BIN_EXE_dnsfront");
+
+/// One StatsD line: `name:value|type|#tag:value,...`.
+#[derive(Debug)]
+struct Line {
+    name: String,
+    value: f64,
+    kind: String,
+    tags: BTreeMap<String, String>,
+}
+
+fn parse_line(line: &str) -> Line {
+    let (name, rest) = line
+        .split_once(':')
+        .unwrap_or_else(|| panic!("no ':' in {line:?}"));
+    let mut fields = rest.split('|');
+    let value = fields
+        .next()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("bad value in {line:?}"));
+    let kind = fields
+        .next()
+        .unwrap_or_else(|| panic!("no type in {line:?}"))
+        .to_owned();
+    let mut tags = BTreeMap::new();
+    for field in fields {
+        if let Some(list) = field.strip_prefix('#') {
+            for tag in list.split(',') {
+                let (key, value) = tag.split_once(':').unwrap_or((tag, ""));
+                tags.insert(key.to_owned(), value.to_owned());
+            }
+        }
+    }
+    Line {
+        name: name.to_owned(),
+        value,
+        kind,
+        tags,
+    }
+}
+
+fn has_tags(line: &Line, expected: &[(&str, &str)]) -> bool {
+    expected
+        .iter()
+        .all(|(key, value)| line.tags.get(*key).map(String::as_str) == Some(*value))
+}
+
+/// A named expectation on one StatsD line.
+type Wanted<'a> = (&'a str, &'a dyn Fn(&Line) -> bool);
+
+/// Receives datagrams until every `wanted` predicate matched a line (or 10 s pass).
+async fn receive_until(socket: &UdpSocket, lines: &mut Vec<Line>, wanted: &[Wanted<'_>]) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut buffer = vec![0u8; 65_536];
+    loop {
+        let missing: Vec<&str> = wanted
+            .iter()
+            .filter(|(_, matches)| !lines.iter().any(matches))
+            .map(|(what, _)| *what)
+            .collect();
+        if missing.is_empty() {
+            return;
+        }
+        let received = tokio::time::timeout_at(deadline, socket.recv(&mut buffer)).await;
+        let Ok(Ok(size)) = received else {
+            let names: Vec<&str> = lines.iter().map(|line| line.name.as_str()).collect();
+            panic!("no StatsD line for {missing:?} within 10s; received {names:?}");
+        };
+        let text = std::str::from_utf8(&buffer[..size]).expect("StatsD datagrams are UTF-8");
+        lines.extend(
+            text.split('\n')
+                .filter(|line| !line.is_empty())
+                .map(parse_line),
+        );
+    }
+}
+
+/// Starts `dnsfront serve --config FILE`; returns the child and its listening line.
+async fn spawn_serve(config: &std::path::Path) -> (Child, serde_json::Value) {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config", config.to_str().expect("utf8 path")])
+        .env_remove("CONSUL_HTTP_ADDR")
+        .env_remove("CONSUL_HTTP_TOKEN")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn dnsfront");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .expect("listening line within 20s")
+        .expect("read stdout")
+        .expect("a line on stdout");
+    let value: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {line:?}: {e}"));
+    assert_eq!(value["event"], "listening", "{line}");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, value)
+}
+
+fn dns_addr(listening: &serde_json::Value) -> SocketAddr {
+    listening["dns"][0]
+        .as_str()
+        .expect("dns address")
+        .parse()
+        .expect("socket address")
+}
+
+fn write_config(dir: &std::path::Path, consul: &str, metrics: &str) -> std::path::PathBuf {
+    let path = dir.join("dnsfront.toml");
+    let text = format!(
+        "[dns]\nlisten = [\"127.0.0.1:0\"]\n\
+         [consul]\naddress = \"{consul}\"\n\
+         [forward]\nresolv_file = \"/nonexistent/dnsfront-tests/resolv.conf\"\n\
+         [state]\ndir = \"{state}\"\n\
+         [metrics]\n{metrics}\n",
+        state = dir.display(),
+    );
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+async fn stop(mut child: Child) {
+    sigterm(&child);
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .expect("wait");
+    assert!(status.success(), "exit status {status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statsd_datagrams_carry_names_types_and_tags_after_real_queries() {
+    let sim = crate::harness::standard_sim();
+    let consul = sim
+        .serve("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("sim");
+    let statsd = UdpSocket::bind("127.0.0.1:0").await.expect("bind statsd");
+    let statsd_addr = statsd.local_addr().expect("statsd addr");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(
+        dir.path(),
+        &consul.url(),
+        &format!("statsd_address = \"{statsd_addr}\"\ntags = {{ env = \"e2e\" }}"),
+    );
+    let (child, listening) = spawn_serve(&config).await;
+    assert!(
+        listening.get("metrics_http").is_none(),
+        "no HTTP endpoint unless asked: {listening}"
+    );
+    let dns = dns_addr(&listening);
+
+    let (answer, _) = test_support::udp(
+        dns,
+        &test_support::Ask::new("web.service.consul.", RecordType::A),
+    )
+    .await;
+    assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
+    let (missing, _) = test_support::udp(
+        dns,
+        &test_support::Ask::new("nosuch.service.consul.", RecordType::AAAA),
+    )
+    .await;
+    assert_eq!(missing.metadata.response_code, ResponseCode::NXDomain);
+
+    let version = env!("CARGO_PKG_VERSION");
+    let query_ok = |line: &Line| {
+        line.name == "dnsfront.dns.queries"
+            && line.kind == "c"
+            && line.value >= 1.0
+            && has_tags(
+                line,
+                &[
+                    ("zone", "consul"),
+                    ("qtype", "A"),
+                    ("rcode", "NOERROR"),
+                    ("source", "fresh"),
+                    ("env", "e2e"),
+                ],
+            )
+    };
+    let query_nxdomain = |line: &Line| {
+        line.name == "dnsfront.dns.queries"
+            && line.kind == "c"
+            && has_tags(
+                line,
+                &[("zone", "consul"), ("qtype", "AAAA"), ("rcode", "NXDOMAIN")],
+            )
+    };
+    let duration = |line: &Line| {
+        line.name == "dnsfront.dns.query_duration_seconds"
+            && line.kind == "d"
+            && line.value >= 0.0
+            && line.value < 10.0
+            && has_tags(line, &[("zone", "consul"), ("env", "e2e")])
+    };
+    let build_info = |line: &Line| {
+        line.name == "dnsfront.build_info"
+            && line.kind == "g"
+            && line.value == 1.0
+            && has_tags(line, &[("version", version), ("env", "e2e")])
+    };
+    let consul_request = |line: &Line| {
+        line.name == "dnsfront.consul.requests"
+            && line.kind == "c"
+            && has_tags(line, &[("outcome", "ok")])
+            && line.tags.contains_key("endpoint")
+    };
+    let consul_duration = |line: &Line| {
+        line.name == "dnsfront.consul.request_duration_seconds"
+            && line.kind == "d"
+            && line.tags.contains_key("endpoint")
+    };
+    let mut lines = Vec::new();
+    receive_until(
+        &statsd,
+        &mut lines,
+        &[
+            ("dns.queries A NOERROR fresh", &query_ok),
+            ("dns.queries AAAA NXDOMAIN", &query_nxdomain),
+            ("dns.query_duration_seconds", &duration),
+            ("build_info", &build_info),
+            ("consul.requests ok", &consul_request),
+            ("consul.request_duration_seconds", &consul_duration),
+        ],
+    )
+    .await;
+    for line in &lines {
+        assert!(
+            line.name.starts_with("dnsfront."),
+            "every metric carries the prefix: {line:?}"
+        );
+        assert!(
+            ["c", "g", "d"].contains(&line.kind.as_str()),
+            "only counters, gauges and distributions: {line:?}"
+        );
+        assert_eq!(
+            line.tags.get("env").map(String::as_str),
+            Some("e2e"),
+            "{line:?}"
+        );
+    }
+
+    stop(child).await;
+    consul.shutdown().await;
+}
+
+/// A plain HTTP/1.1 GET; returns the status code and the body.
+async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("send request");
+    let mut response = String::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut response))
+        .await
+        .expect("response within 5s")
+        .expect("read response");
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {response:?}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_endpoint_serves_metrics_and_health_when_enabled() {
+    let sim = crate::harness::standard_sim();
+    let consul = sim
+        .serve("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("sim");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(
+        dir.path(),
+        &consul.url(),
+        "statsd = false\nprometheus_listen = \"127.0.0.1:0\"\ntags = { env = \"e2e\" }",
+    );
+    let (child, listening) = spawn_serve(&config).await;
+    let http: SocketAddr = listening["metrics_http"]
+        .as_str()
+        .unwrap_or_else(|| panic!("metrics_http in the listening line: {listening}"))
+        .parse()
+        .expect("socket address");
+    let dns = dns_addr(&listening);
+
+    let (status, body) = http_get(http, "/health").await;
+    assert_eq!((status, body.trim()), (200, "ok"));
+
+    let (answer, _) = test_support::udp(
+        dns,
+        &test_support::Ask::new("api.service.consul.", RecordType::A),
+    )
+    .await;
+    assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
+
+    let (status, body) = http_get(http, "/metrics").await;
+    assert_eq!(status, 200, "{body}");
+    let query_line = body
+        .lines()
+        .find(|line| {
+            line.starts_with("dnsfront_dns_queries{")
+                && line.contains("zone=\"consul\"")
+                && line.contains("qtype=\"A\"")
+                && line.contains("rcode=\"NOERROR\"")
+                && line.contains("source=\"fresh\"")
+                && line.contains("env=\"e2e\"")
+        })
+        .unwrap_or_else(|| panic!("no dnsfront_dns_queries sample in:\n{body}"));
+    assert!(query_line.ends_with(" 1"), "{query_line}");
+    assert!(
+        body.lines()
+            .any(|line| line.starts_with("dnsfront_build_info{")
+                && line.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION")))
+                && line.ends_with(" 1")),
+        "{body}"
+    );
+    assert!(
+        body.contains("dnsfront_dns_query_duration_seconds_bucket{"),
+        "{body}"
+    );
+    let (status, _) = http_get(http, "/nope").await;
+    assert_eq!(status, 404);
+
+    stop(child).await;
+    consul.shutdown().await;
+}
