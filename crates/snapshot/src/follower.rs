@@ -149,10 +149,12 @@ impl Follower {
     /// Follows the key until `shutdown` is cancelled; never fails (every error is retried).
     pub async fn run(self, shutdown: CancellationToken) {
         let mut worker = Worker {
-            backoff: Backoff::new(self.config.min_interval, self.config.backoff_max),
+            retry: ConsulRetry::new(Backoff::new(
+                self.config.min_interval,
+                self.config.backoff_max,
+            )),
             follower: self,
             problem: None,
-            consul_failures: 0,
             missing_logged: false,
         };
         let span = tracing::info_span!("snapshot_follower", key = %worker.follower.config.key);
@@ -163,11 +165,10 @@ impl Follower {
 /// The follower's loop and its log-once state.
 struct Worker {
     follower: Follower,
-    backoff: Backoff,
+    /// Backoff and log-once state of failing Consul calls.
+    retry: ConsulRetry,
     /// Reason of the last refusal, so each distinct reason is logged once.
     problem: Option<String>,
-    /// Consecutive failed Consul calls (logged on the first one and on recovery).
-    consul_failures: u32,
     /// The key was found missing and that was logged.
     missing_logged: bool,
 }
@@ -227,7 +228,7 @@ impl Worker {
             {
                 Outcome::Settled => {
                     settled = Some(pair.modify_index);
-                    self.backoff.reset();
+                    self.retry.backoff.reset();
                 }
                 Outcome::Retry => {
                     index = 0;
@@ -401,32 +402,20 @@ impl Worker {
     }
 
     fn consul_failed(&mut self, what: &'static str, error: &consul::Error) {
-        self.consul_failures += 1;
-        if self.consul_failures == 1 {
-            tracing::warn!(error = %error, what, "Consul call failed, keeping the current snapshot and retrying");
-        } else {
-            tracing::debug!(error = %error, what, attempt = self.consul_failures, "Consul call failed again");
-        }
+        self.retry.failed(
+            what,
+            error,
+            "Consul call failed, keeping the current snapshot and retrying",
+        );
     }
 
     fn consul_ok(&mut self) {
-        if self.consul_failures > 0 {
-            tracing::info!(
-                failed_attempts = self.consul_failures,
-                "Consul reachable again"
-            );
-            self.consul_failures = 0;
-            self.backoff.reset();
-        }
+        self.retry.ok();
     }
 
     /// Sleeps one backoff step; false when shutdown was requested.
     async fn sleep_backoff(&mut self, shutdown: &CancellationToken) -> bool {
-        let delay = self.backoff.next_delay();
-        tokio::select! {
-            () = shutdown.cancelled() => false,
-            () = tokio::time::sleep(delay) => true,
-        }
+        self.retry.sleep(shutdown).await
     }
 }
 
@@ -452,6 +441,54 @@ fn age_seconds(snapshot: &Snapshot) -> f64 {
             u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
         });
     now_ms.saturating_sub(snapshot.created_unix_ms) as f64 / 1000.0
+}
+
+/// Backoff after failed Consul calls, logging the first failure and the
+/// recovery once each (state changes, not every retry). Shared by the follower
+/// and the publisher.
+pub(crate) struct ConsulRetry {
+    pub(crate) backoff: Backoff,
+    failures: u32,
+}
+
+impl ConsulRetry {
+    pub(crate) fn new(backoff: Backoff) -> Self {
+        Self {
+            backoff,
+            failures: 0,
+        }
+    }
+
+    pub(crate) fn failed(
+        &mut self,
+        what: &'static str,
+        error: &consul::Error,
+        message: &'static str,
+    ) {
+        self.failures += 1;
+        if self.failures == 1 {
+            tracing::warn!(error = %error, what, "{message}");
+        } else {
+            tracing::debug!(error = %error, what, attempt = self.failures, "Consul call failed again");
+        }
+    }
+
+    pub(crate) fn ok(&mut self) {
+        if self.failures > 0 {
+            tracing::info!(failed_attempts = self.failures, "Consul reachable again");
+            self.failures = 0;
+            self.backoff.reset();
+        }
+    }
+
+    /// Sleeps one backoff step; false when shutdown was requested.
+    pub(crate) async fn sleep(&mut self, shutdown: &CancellationToken) -> bool {
+        let delay = self.backoff.next_delay();
+        tokio::select! {
+            () = shutdown.cancelled() => false,
+            () = tokio::time::sleep(delay) => true,
+        }
+    }
 }
 
 /// Jittered exponential backoff: each step doubles up to `max`, and the actual delay is drawn

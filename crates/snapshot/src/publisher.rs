@@ -51,7 +51,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::follower::{Backoff, DEFAULT_KEY, lock_key_for, stop_key_for};
+use crate::follower::{Backoff, ConsulRetry, DEFAULT_KEY, lock_key_for, stop_key_for};
 use crate::{Error, Instance, InstanceStatus, NodeEntry, SigningKey, Snapshot, codec, metrics};
 
 /// Default minimum time between two snapshot builds (and so between two writes).
@@ -184,9 +184,9 @@ struct LeaderState {
     next_build: Instant,
     /// Reason of the last skipped round, so each distinct reason is logged once.
     skipped: Option<&'static str>,
-    consul_failures: u32,
     datacenter: Option<String>,
-    backoff: Backoff,
+    /// Backoff and log-once state of failing Consul calls.
+    retry: ConsulRetry,
 }
 
 /// One blocking query of the publish loop: its next index and its own failure backoff.
@@ -264,9 +264,8 @@ impl Publisher {
             leader: false,
             next_build: Instant::now(),
             skipped: None,
-            consul_failures: 0,
             datacenter: None,
-            backoff: Backoff::new(BACKOFF_MIN, BACKOFF_MAX),
+            retry: ConsulRetry::new(Backoff::new(BACKOFF_MIN, BACKOFF_MAX)),
         };
         let request = SessionRequest {
             name: SESSION_NAME.to_owned(),
@@ -397,7 +396,7 @@ impl Publisher {
                 }
                 Err(error) => {
                     state.consul_failed("acquiring the publisher lock", &error);
-                    let delay = state.backoff.next_delay();
+                    let delay = state.retry.backoff.next_delay();
                     tokio::time::sleep(delay).await;
                 }
             }
@@ -442,7 +441,7 @@ impl Publisher {
                 }
                 Err(error) => {
                     state.consul_failed("watching the publisher lock", &error);
-                    let delay = state.backoff.next_delay();
+                    let delay = state.retry.backoff.next_delay();
                     tokio::time::sleep(delay).await;
                 }
             }
@@ -907,32 +906,17 @@ impl LeaderState {
     }
 
     fn consul_failed(&mut self, what: &'static str, error: &consul::Error) {
-        self.consul_failures += 1;
-        if self.consul_failures == 1 {
-            tracing::warn!(error = %error, what, "Consul call failed, retrying");
-        } else {
-            tracing::debug!(error = %error, what, attempt = self.consul_failures, "Consul call failed again");
-        }
+        self.retry
+            .failed(what, error, "Consul call failed, retrying");
     }
 
     fn consul_ok(&mut self) {
-        if self.consul_failures > 0 {
-            tracing::info!(
-                failed_attempts = self.consul_failures,
-                "Consul reachable again"
-            );
-            self.consul_failures = 0;
-            self.backoff.reset();
-        }
+        self.retry.ok();
     }
 
     /// Sleeps one backoff step; false when shutdown was requested.
     async fn sleep_backoff(&mut self, shutdown: &CancellationToken) -> bool {
-        let delay = self.backoff.next_delay();
-        tokio::select! {
-            () = shutdown.cancelled() => false,
-            () = tokio::time::sleep(delay) => true,
-        }
+        self.retry.sleep(shutdown).await
     }
 }
 
