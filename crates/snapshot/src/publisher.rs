@@ -14,11 +14,13 @@
 //!
 //! # Publishing
 //!
-//! While leader: two blocking queries in flight side by side, `/v1/catalog/services` (its
-//! index moves on service registration changes) and `/v1/health/state/any` (the checks table
-//! index, which moves on every check state change; the catalog index does not). Each time the
-//! catalog query returns (a change, or the `catalog_wait` timeout, which bounds the age of
-//! changes neither index shows) or the health index moves, and never more often than
+//! While leader: three blocking queries in flight side by side, `/v1/catalog/services` (its
+//! index moves on service registration changes), `/v1/health/state/any` (the checks table
+//! index, which moves on every check state change; the catalog index does not) and
+//! `/v1/catalog/nodes` (the nodes table index, which moves when a node's address changes;
+//! neither of the others does). Each time the catalog query returns (a change, or the
+//! `catalog_wait` timeout, which bounds the age of anything no index shows) or the health or
+//! nodes index moves, and never more often than
 //! [`PublisherConfig::min_interval`], the publisher checks the kill switch, builds a
 //! [`Snapshot`] (healthy instances of every service under the DNS health rule, every node,
 //! datacenter, Consul index, time, identity), and writes it only when:
@@ -486,19 +488,21 @@ impl Publisher {
         }
     }
 
-    /// The leader's loop: two blocking queries kept in flight side by side, the catalog's
-    /// service list and every check's state, and a publish round whenever either moves
-    /// (coalesced and rate-limited by `min_interval`).
+    /// The leader's loop: three blocking queries kept in flight side by side (the catalog's
+    /// service list, every check's state, the node list), and a publish round whenever one
+    /// moves (coalesced and rate-limited by `min_interval`).
     ///
-    /// Both futures live across iterations: when one returns, only that one is re-armed with
-    /// its new index, so the other keeps its place; dropping this future (leadership lost)
-    /// cancels both requests.
+    /// The futures live across iterations: when one returns, only that one is re-armed with
+    /// its new index, so the others keep their place; dropping this future (leadership lost)
+    /// cancels every request.
     async fn publish_loop(&self, state: &mut LeaderState) -> Infallible {
         let mut catalog_watch = Watch::new("watching the catalog");
         let mut health_watch = Watch::new("watching health checks");
+        let mut nodes_watch = Watch::new("watching catalog nodes");
         let catalog = self.catalog_call(0, Duration::ZERO);
         let health = self.health_call(0, Duration::ZERO);
-        tokio::pin!(catalog, health);
+        let nodes = self.nodes_call(0, Duration::ZERO);
+        tokio::pin!(catalog, health, nodes);
         // Service names from the latest catalog answer; a round needs them.
         let mut names: Option<Vec<String>> = None;
         // The first health answer (or failure) is in: the first round then sees both indexes.
@@ -536,11 +540,27 @@ impl Publisher {
                     };
                     health.set(self.health_call(health_watch.index, delay));
                 }
+                result = &mut nodes => {
+                    let delay = match result {
+                        Ok(response) => {
+                            // A node address change moves only the nodes index. The first
+                            // answer moves it from 0 too; the catalog's first answer
+                            // already made a round due, so that costs nothing extra.
+                            due |= nodes_watch.answered(response.meta.index);
+                            Duration::ZERO
+                        }
+                        Err(error) => nodes_watch.failed(&error),
+                    };
+                    nodes.set(self.nodes_call(nodes_watch.index, delay));
+                }
                 () = tokio::time::sleep_until(state.next_build), if ready => {
                     due = false;
                     state.next_build = Instant::now() + self.config.min_interval;
                     let service_names = names.clone().unwrap_or_default();
-                    let consul_index = catalog_watch.index.max(health_watch.index);
+                    let consul_index = catalog_watch
+                        .index
+                        .max(health_watch.index)
+                        .max(nodes_watch.index);
                     if let Round::Retry = self.publish_round(service_names, consul_index, state).await {
                         due = true;
                         state.next_build = state
@@ -587,6 +607,18 @@ impl Publisher {
         self.client
             .health_state("any", &self.watch_options(index))
             .await
+    }
+
+    /// After `delay`, a blocking `/v1/catalog/nodes` at `index` (the nodes table index).
+    async fn nodes_call(
+        &self,
+        index: u64,
+        delay: Duration,
+    ) -> Result<consul::Response<Vec<consul::NodeInfo>>, consul::Error> {
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        self.client.catalog_nodes(&self.watch_options(index)).await
     }
 
     /// Builds the snapshot and writes it if every check passes.

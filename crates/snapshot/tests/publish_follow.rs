@@ -327,6 +327,41 @@ async fn check_state_changes_reach_the_follower_within_seconds() {
 }
 
 #[tokio::test]
+async fn node_address_changes_reach_the_follower_within_seconds() {
+    let sim = Sim::new();
+    register(&sim, "web", "n1", "10.0.0.1");
+    let server = start(&sim).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hosts = Hosts::new();
+    let shutdown = CancellationToken::new();
+    // catalog_wait (30s) is far longer than the test, and a node address change moves
+    // neither the services nor the checks index: only the nodes watch can wake it.
+    let _publisher = spawn_publisher(&server, publisher_config("pub-a"), &shutdown);
+    let _follower = spawn_follower(&server, follower_config(dir.path()), &hosts, &shutdown);
+    let n1_address = |hosts: &Hosts| -> Option<String> {
+        hosts.current().and_then(|snapshot| {
+            snapshot
+                .node("n1")
+                .and_then(|node| node.address)
+                .map(|a| a.to_string())
+        })
+    };
+    wait_until(Duration::from_secs(5), "first snapshot applied", || {
+        n1_address(&hosts).as_deref() == Some("10.0.0.1")
+    })
+    .await;
+
+    sim.set_node_address("n1", "10.0.0.99");
+    wait_until(
+        Duration::from_millis(2500),
+        "the new node address reaches the follower's snapshot",
+        || n1_address(&hosts).as_deref() == Some("10.0.0.99"),
+    )
+    .await;
+    shutdown.cancel();
+}
+
+#[tokio::test]
 async fn two_publishers_elect_exactly_one_writer() {
     let sim = Sim::new();
     register(&sim, "web", "n1", "10.0.0.1");
