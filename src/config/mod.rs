@@ -87,6 +87,8 @@ pub struct RawConfig {
     pub snapshot: RawSnapshot,
     /// `[publish]`: writing the snapshot (`dnsfront publish`, server nodes).
     pub publish: RawPublish,
+    /// `[hosts]`: local hosts files answered authoritatively.
+    pub hosts: RawHosts,
     /// `[log]`: logging.
     pub log: RawLog,
     /// `[metrics]`: StatsD (DogStatsD) export and the optional Prometheus endpoint.
@@ -262,6 +264,54 @@ pub struct RawForward {
     pub negative_max_ttl: Duration,
     /// Bound on concurrent upstream queries.
     pub max_in_flight: usize,
+    /// Per-domain upstreams (dnsmasq `server=/zone/ip`); the longest zone wins.
+    pub rules: Vec<RawDomainRule>,
+    /// `sequential` (failover in order) or `race` (all at once, first answer wins).
+    pub strategy: RawStrategy,
+    /// Every upstream query over TCP.
+    pub tcp_only: bool,
+    /// Consecutive timeouts that mark an upstream down.
+    pub max_fails: u32,
+    /// How often a down upstream is probed.
+    #[serde(with = "humantime_serde")]
+    pub probe_interval: Duration,
+    /// Never forward single-label names (NXDOMAIN locally).
+    pub domain_needed: bool,
+    /// Never forward reverse lookups of private ranges (NXDOMAIN locally).
+    pub bogus_priv: bool,
+    /// Drop private addresses from answers for public names.
+    pub rebind_protection: bool,
+    /// Domains exempt from rebind protection.
+    pub rebind_allow: Vec<String>,
+    /// RFC 8767 max-stale window (0 disables serve-stale).
+    #[serde(with = "humantime_serde")]
+    pub serve_stale: Duration,
+    /// TTL of stale answers.
+    #[serde(with = "humantime_serde")]
+    pub stale_answer_ttl: Duration,
+    /// Refresh hot entries in the last 10 % of their TTL.
+    pub prefetch: bool,
+}
+
+/// One `[[forward.rules]]` entry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDomainRule {
+    /// The zone, e.g. `corp.example` or `10.in-addr.arpa`.
+    pub zone: String,
+    /// Its upstreams (`IP` or `IP:PORT`).
+    pub upstreams: Vec<String>,
+}
+
+/// `forward.strategy`
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawStrategy {
+    /// One upstream at a time, in order.
+    #[default]
+    Sequential,
+    /// Every healthy upstream at once.
+    Race,
 }
 
 impl Default for RawForward {
@@ -277,6 +327,18 @@ impl Default for RawForward {
             max_ttl: f.max_ttl,
             negative_max_ttl: f.negative_max_ttl,
             max_in_flight: f.max_in_flight,
+            rules: Vec::new(),
+            strategy: RawStrategy::Sequential,
+            tcp_only: f.tcp_only,
+            max_fails: f.max_fails,
+            probe_interval: f.probe_interval,
+            domain_needed: f.domain_needed,
+            bogus_priv: f.bogus_priv,
+            rebind_protection: f.rebind_protection,
+            rebind_allow: Vec::new(),
+            serve_stale: f.serve_stale,
+            stale_answer_ttl: f.stale_answer_ttl,
+            prefetch: f.prefetch,
         }
     }
 }
@@ -305,6 +367,10 @@ pub struct RawLog {
     pub level: String,
     /// `text` or `json`.
     pub format: LogFormat,
+    /// One line per (sampled) query, like dnsmasq's `log-queries`.
+    pub queries: bool,
+    /// Fraction of queries the query log writes (0.0 to 1.0).
+    pub query_sample: f64,
 }
 
 impl Default for RawLog {
@@ -312,8 +378,46 @@ impl Default for RawLog {
         Self {
             level: "info".to_owned(),
             format: LogFormat::Text,
+            queries: false,
+            query_sample: dns::QueryLog::default().sample,
         }
     }
+}
+
+/// Default hosts file read by `[hosts]`.
+pub const DEFAULT_HOSTS_FILE: &str = "/etc/hosts";
+
+/// `[hosts]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawHosts {
+    /// hosts(5)-format files (`/etc/hosts`, dnsmasq's `addn-hosts`); `[]` turns this off.
+    pub files: Vec<PathBuf>,
+    /// TTL of answers from these files (dnsmasq `local-ttl`).
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// How often the files are checked for changes.
+    #[serde(with = "humantime_serde")]
+    pub watch_interval: Duration,
+}
+
+impl Default for RawHosts {
+    fn default() -> Self {
+        Self {
+            files: vec![PathBuf::from(DEFAULT_HOSTS_FILE)],
+            ttl: dns::Config::default().local_ttl,
+            watch_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Validated `[hosts]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostsSettings {
+    /// Files to read; empty: no local hosts.
+    pub files: Vec<PathBuf>,
+    /// How often they are checked for changes.
+    pub watch_interval: Duration,
 }
 
 /// Default DogStatsD agent address.
@@ -592,6 +696,8 @@ pub struct Settings {
     pub state_dir: PathBuf,
     /// Snapshot following; None when `snapshot.follow = false`.
     pub follow: Option<FollowSettings>,
+    /// Local hosts files.
+    pub hosts: HostsSettings,
     /// Log filter and format.
     pub log_level: String,
     /// Log format.
@@ -686,7 +792,30 @@ impl RawConfig {
             max_answer_records: (self.dns.max_answer_records > 0)
                 .then_some(self.dns.max_answer_records),
             max_udp_payload: self.dns.max_udp_payload,
+            local_ttl: self.hosts.ttl,
+            query_log: dns::QueryLog {
+                enabled: self.log.queries,
+                sample: self.log.query_sample,
+            },
         };
+        check_ttl("hosts.ttl", self.hosts.ttl)?;
+        if !(0.0..=1.0).contains(&self.log.query_sample) {
+            return Err(invalid(
+                "log.query_sample",
+                format!(
+                    "must be a fraction between 0.0 and 1.0, got {}",
+                    self.log.query_sample
+                ),
+            ));
+        }
+        if self.hosts.watch_interval < Duration::from_millis(100)
+            || self.hosts.watch_interval > Duration::from_secs(300)
+        {
+            return Err(invalid(
+                "hosts.watch_interval",
+                "must be between 100ms and 5m",
+            ));
+        }
 
         let consul = self.consul_config(env)?;
         let catalog = self.catalog_config()?;
@@ -705,6 +834,10 @@ impl RawConfig {
             upstream_origin,
             state_dir: self.state.dir.clone(),
             follow: self.snapshot.validate()?,
+            hosts: HostsSettings {
+                files: self.hosts.files.clone(),
+                watch_interval: self.hosts.watch_interval,
+            },
             log_level: self.log.level.clone(),
             log_format: self.log.format,
             metrics: self.metrics.validate()?,
@@ -795,6 +928,7 @@ impl RawConfig {
             only_passing: c.only_passing,
             backoff_min: c.backoff_min,
             backoff_max: c.backoff_max,
+            ..catalog::Config::default()
         };
         config.validate().map_err(|error| match error {
             catalog::Error::InvalidConfig { key, reason } => {
@@ -846,16 +980,55 @@ impl RawConfig {
                 .collect::<Result<Vec<_>, _>>()?;
             (parsed, "configuration".to_owned())
         };
-        for upstream in &upstreams {
+        let check_loop = |key: &str, upstream: &SocketAddr| {
             if listen.iter().any(|own| is_same_endpoint(own, upstream)) {
-                return Err(invalid(
-                    "forward.upstreams",
+                Err(invalid(
+                    key,
                     format!(
                         "{upstream} is one of dnsfront's own listen addresses: that would be a forwarding loop"
                     ),
-                ));
+                ))
+            } else {
+                Ok(())
             }
+        };
+        for upstream in &upstreams {
+            check_loop("forward.upstreams", upstream)?;
         }
+        let mut rules = Vec::with_capacity(f.rules.len());
+        for (index, rule) in f.rules.iter().enumerate() {
+            let zone = hickory_server::proto::rr::Name::from_ascii(&rule.zone).map_err(|error| {
+                invalid(
+                    format!("forward.rules[{index}].zone"),
+                    format!("{:?} is not a domain name: {error}", rule.zone),
+                )
+            })?;
+            let key = format!("forward.rules[{index}].upstreams");
+            let mut rule_upstreams = Vec::with_capacity(rule.upstreams.len());
+            for upstream in &rule.upstreams {
+                let addr = parse_upstream(upstream)
+                    .ok_or_else(|| invalid(&key, format!("{upstream:?} is not IP or IP:PORT")))?;
+                check_loop(&key, &addr)?;
+                rule_upstreams.push(addr);
+            }
+            rules.push(forward::DomainRule {
+                zone,
+                upstreams: rule_upstreams,
+            });
+        }
+        let rebind_allow = f
+            .rebind_allow
+            .iter()
+            .enumerate()
+            .map(|(index, domain)| {
+                hickory_server::proto::rr::Name::from_ascii(domain).map_err(|error| {
+                    invalid(
+                        format!("forward.rebind_allow[{index}]"),
+                        format!("{domain:?} is not a domain name: {error}"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let config = forward::Config {
             upstreams,
             attempt_timeout: f.attempt_timeout,
@@ -865,7 +1038,22 @@ impl RawConfig {
             max_ttl: f.max_ttl,
             negative_max_ttl: f.negative_max_ttl,
             max_in_flight: f.max_in_flight,
-            ..forward::Config::default()
+            rules,
+            strategy: match f.strategy {
+                RawStrategy::Sequential => forward::Strategy::Sequential,
+                RawStrategy::Race => forward::Strategy::Race,
+            },
+            tcp_only: f.tcp_only,
+            max_fails: f.max_fails,
+            probe_interval: f.probe_interval,
+            domain_needed: f.domain_needed,
+            bogus_priv: f.bogus_priv,
+            rebind_protection: f.rebind_protection,
+            rebind_allow,
+            serve_stale: f.serve_stale,
+            stale_answer_ttl: f.stale_answer_ttl,
+            prefetch: f.prefetch,
+            udp_payload: forward::config::UDP_PAYLOAD.default,
         };
         // The forwarder owns its bounds (DefMinMax consts); its keys are already
         // the file's key paths.

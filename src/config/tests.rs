@@ -31,7 +31,8 @@ fn empty_file_gives_documented_defaults() {
 #[test]
 fn every_table_rejects_unknown_keys_and_names_the_path() {
     for table in [
-        "dns", "consul", "catalog", "forward", "state", "snapshot", "publish", "log", "metrics",
+        "dns", "consul", "catalog", "forward", "state", "snapshot", "publish", "hosts", "log",
+        "metrics",
     ] {
         let message = error_of(&format!("[{table}]\nno_such_key = 1\n"));
         assert!(
@@ -272,4 +273,67 @@ fn metrics_keys_are_validated_with_their_paths() {
         let message = error_of(&format!("[metrics]\n{line}\n"));
         assert!(message.starts_with(key), "{line}: {message}");
     }
+}
+
+#[test]
+fn forward_rules_and_policies_are_parsed_and_checked_with_key_paths() {
+    let settings = parse(
+        r#"
+[dns]
+listen = ["127.0.0.1:53"]
+[forward]
+upstreams = ["192.0.2.1"]
+strategy = "race"
+serve_stale = "2h"
+rebind_protection = true
+rebind_allow = ["corp.example"]
+[[forward.rules]]
+zone = "Query.Consul"
+upstreams = ["127.0.0.1:8600"]
+[[forward.rules]]
+zone = "10.in-addr.arpa"
+upstreams = ["10.0.0.2", "10.0.0.3:5353"]
+"#,
+    )
+    .expect("valid");
+    let forward = &settings.forward;
+    assert_eq!(forward.strategy, forward::Strategy::Race);
+    assert_eq!(forward.serve_stale, Duration::from_secs(7200));
+    assert_eq!(forward.rules.len(), 2);
+    assert_eq!(
+        forward.rules[1].upstreams,
+        vec![
+            "10.0.0.2:53".parse::<SocketAddr>().expect("addr"),
+            "10.0.0.3:5353".parse().expect("addr")
+        ]
+    );
+
+    let message = error_of("[[forward.rules]]\nzone = \"a..b\"\nupstreams = [\"10.0.0.1\"]\n");
+    assert!(message.contains("forward.rules[0].zone"), "{message}");
+    let message = error_of("[[forward.rules]]\nzone = \"x.example\"\nupstreams = [\"nope\"]\n");
+    assert!(message.contains("forward.rules[0].upstreams"), "{message}");
+    let message = error_of(
+        "[dns]\nlisten = [\"127.0.0.1:53\"]\n[[forward.rules]]\nzone = \"x.example\"\nupstreams = [\"127.0.0.1:53\"]\n",
+    );
+    assert!(message.contains("forwarding loop"), "{message}");
+    let message = error_of("[forward]\nstrategy = \"random\"\n");
+    assert!(message.contains("forward.strategy"), "{message}");
+}
+
+#[test]
+fn hosts_and_query_log_keys_are_checked() {
+    let settings = parse("[hosts]\nfiles = []\nttl = \"10s\"\n[log]\nqueries = true\nquery_sample = 0.25\n")
+        .expect("valid");
+    assert!(settings.hosts.files.is_empty());
+    assert_eq!(settings.dns.local_ttl, Duration::from_secs(10));
+    assert!(settings.dns.query_log.enabled);
+    assert!((settings.dns.query_log.sample - 0.25).abs() < f64::EPSILON);
+    assert_eq!(
+        parse("").expect("defaults").hosts.files,
+        vec![PathBuf::from("/etc/hosts")]
+    );
+    let message = error_of("[log]\nquery_sample = 1.5\n");
+    assert!(message.contains("log.query_sample"), "{message}");
+    let message = error_of("[hosts]\nwatch_interval = \"1ms\"\n");
+    assert!(message.contains("hosts.watch_interval"), "{message}");
 }

@@ -88,3 +88,38 @@ async fn no_upstreams_means_servfail_for_other_names_but_consul_still_works() {
     assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
     h.stop().await;
 }
+
+#[tokio::test]
+async fn a_rule_sends_a_consul_sub_zone_to_its_own_upstream() {
+    // `query.consul` (prepared queries) is not ours to answer: a rule sends it to the
+    // Consul agent's DNS port, here a fake upstream. The rest of the domain stays Consul's.
+    let default_upstream = FakeUpstream::start().await;
+    let agent_dns = FakeUpstream::start().await;
+    agent_dns.set("geo-web.query.consul", &["192.0.2.77"], 0);
+    let (default_up, agent_up) = (
+        default_upstream.addr().to_string(),
+        agent_dns.addr().to_string(),
+    );
+    let h = Harness::start_with(standard_sim(), |raw| {
+        raw.forward.upstreams = vec![default_up];
+        raw.forward.rules = vec![dnsfront::config::RawDomainRule {
+            zone: "Query.Consul".to_owned(),
+            upstreams: vec![agent_up],
+        }];
+    })
+    .await;
+    let (answer, _) = udp(h.dns, &Ask::new("geo-web.query.consul.", RecordType::A)).await;
+    assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(
+        sorted_addresses(&answer),
+        vec!["192.0.2.77".parse::<std::net::IpAddr>().expect("ip")]
+    );
+    assert_eq!(agent_dns.queries(), 1);
+
+    let (answer, _) = udp(h.dns, &Ask::new("web.service.consul.", RecordType::A)).await;
+    assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
+    assert!(answer.metadata.authoritative, "still answered from the catalog");
+    assert_eq!(agent_dns.queries(), 1);
+    assert_eq!(default_upstream.queries(), 0);
+    h.stop().await;
+}

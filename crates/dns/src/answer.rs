@@ -27,6 +27,11 @@ pub(crate) enum Source {
     Upstream,
     /// The forwarder's response cache.
     Cache,
+    /// The local hosts files.
+    Local,
+    /// A forwarding policy answered without asking upstream (`domain_needed`,
+    /// `bogus_priv`) or emptied the answer (`rebind_protection`).
+    Policy,
     /// No data source (synthesised, invalid name, failure).
     None,
 }
@@ -39,6 +44,8 @@ impl Source {
             Self::Snapshot => "snapshot",
             Self::Upstream => "upstream",
             Self::Cache => "cache",
+            Self::Local => "local",
+            Self::Policy => "policy",
             Self::None => "none",
         }
     }
@@ -346,7 +353,12 @@ impl Zone {
 }
 
 /// An A or AAAA record for `ip` when `qtype` asks for its family (ANY asks for both).
-fn address_record(owner: Name, ttl: u32, ip: IpAddr, qtype: RecordType) -> Option<Record> {
+pub(crate) fn address_record(
+    owner: Name,
+    ttl: u32,
+    ip: IpAddr,
+    qtype: RecordType,
+) -> Option<Record> {
     let rdata = match (ip, qtype) {
         (IpAddr::V4(v4), RecordType::A | RecordType::ANY) => RData::A(A(v4)),
         (IpAddr::V6(v6), RecordType::AAAA | RecordType::ANY) => RData::AAAA(AAAA(v6)),

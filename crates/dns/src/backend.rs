@@ -10,6 +10,7 @@ use dnsfront_catalog::{Cache, Freshness, Lookup, Node, ServiceInstance};
 use dnsfront_forward::{Answer, Forwarder};
 use dnsfront_snapshot::{Hosts, InstanceStatus, Snapshot};
 use hickory_proto::op::Query;
+use hickory_proto::rr::Name;
 
 /// Read access to the Consul catalog, as the router needs it.
 ///
@@ -56,9 +57,19 @@ pub trait Upstream: Clone + Send + Sync + Unpin + 'static {
         query: &Query,
         dnssec_ok: bool,
     ) -> impl Future<Output = Result<Answer, dnsfront_forward::Error>> + Send;
+
+    /// True when a per-domain rule sends `name` upstream even though it lies in the
+    /// Consul domain (`query.consul` to the agent's DNS port).
+    fn has_rule_for(&self, _name: &Name) -> bool {
+        false
+    }
 }
 
 impl Upstream for Forwarder {
+    fn has_rule_for(&self, name: &Name) -> bool {
+        Forwarder::has_rule_for(self, name)
+    }
+
     fn resolve(
         &self,
         query: &Query,

@@ -24,6 +24,31 @@ pub struct Config {
     pub max_answer_records: Option<usize>,
     /// Largest UDP response we send to EDNS clients (and advertise in our OPT).
     pub max_udp_payload: u16,
+    /// TTL of answers from the local hosts files (dnsmasq's `local-ttl`, default 0:
+    /// an edited hosts file takes effect at once, as with dnsmasq).
+    pub local_ttl: Duration,
+    /// The optional per-query log (dnsmasq's `log-queries`).
+    pub query_log: QueryLog,
+}
+
+/// The per-query log: one `info!` line per sampled query at target
+/// `dnsfront::query` (fields `client`, `protocol`, `name`, `qtype`, `rcode`,
+/// `zone`, `source`, `answers`, `duration_us`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QueryLog {
+    /// Off by default; when off the query path pays one branch and nothing else.
+    pub enabled: bool,
+    /// Fraction of queries logged, 0.0 to 1.0 (values outside are clamped; NaN is 0).
+    pub sample: f64,
+}
+
+impl Default for QueryLog {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            sample: 1.0,
+        }
+    }
 }
 
 impl Default for Config {
@@ -37,6 +62,8 @@ impl Default for Config {
             stale_ttl: Duration::from_secs(5),
             max_answer_records: None,
             max_udp_payload: 1232,
+            local_ttl: Duration::ZERO,
+            query_log: QueryLog::default(),
         }
     }
 }

@@ -1,6 +1,12 @@
 //! The DNS front of dnsfront: a hickory-server [`RequestHandler`](hickory_server::server::RequestHandler)
-//! that answers the Consul domain from the catalog cache and forwards every
+//! that answers the Consul domain from the catalog cache, names in the local
+//! hosts files from them ([`Router::with_local_hosts`]), and forwards every
 //! other name, plus the UDP/TCP listener setup.
+//!
+//! Settings change live with [`Router::reload`]; [`Router::explain`] routes a
+//! question like a query and says where the answer came from; the optional
+//! query log ([`QueryLog`]) writes one line per sampled query at target
+//! `dnsfront::query`.
 //!
 //! The query path does no blocking I/O and no HTTP: it reads the catalog cache
 //! and the forwarder through [`CatalogView`] and [`Upstream`].
@@ -15,7 +21,10 @@
 //!   NOERROR (Consul puts the record in Additional);
 //! - answers built from stale catalog data carry EDE 3 (Stale Answer) and a capped TTL;
 //! - SOA answers carry no NS records (we are not Consul's servers);
-//! - names outside the domain with no forwarder get SERVFAIL, not REFUSED.
+//! - names outside the domain with no forwarder get SERVFAIL, not REFUSED;
+//! - a name in the local hosts files is owned by them: A/AAAA/ANY get its
+//!   addresses, PTR of a listed address its names, and every other type NODATA
+//!   (AA, no SOA); dnsmasq forwards types other than A/AAAA/PTR instead.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -23,14 +32,17 @@
 mod answer;
 mod backend;
 mod config;
+mod explain;
 mod listen;
+mod local;
 pub mod metrics;
 mod name;
 mod router;
 mod trim;
 
 pub use backend::{CatalogView, CatalogWithFallback, Upstream};
-pub use config::Config;
+pub use config::{Config, QueryLog};
+pub use explain::Explanation;
 pub use listen::{Listeners, ServerHandle, ServerOptions, serve};
 pub use router::Router;
 

@@ -1,9 +1,9 @@
 //! Metric names of the DNS front and their descriptions.
 //!
-//! Tags are bounded: `zone` (consul, forward, none), `qtype` (A, AAAA, SRV, ANY,
+//! Tags are bounded: `zone` (consul, local, forward, none), `qtype` (A, AAAA, SRV, ANY,
 //! TXT, SOA, PTR, other), `rcode` (NOERROR, NXDOMAIN, SERVFAIL, REFUSED,
 //! FORMERR, NOTIMP, other), `source` (fresh, stale, snapshot, upstream, cache,
-//! none). `zone` is `none` for requests that never reached routing (FORMERR,
+//! local, none). `zone` is `none` for requests that never reached routing (FORMERR,
 //! NOTIMP, BADVERS).
 
 use hickory_proto::op::ResponseCode;
@@ -46,6 +46,20 @@ pub(crate) fn qtype_tag(qtype: RecordType) -> &'static str {
         RecordType::SOA => "SOA",
         RecordType::PTR => "PTR",
         _ => "other",
+    }
+}
+
+/// The mnemonic of a response code (`NOERROR`, `BADVERS`, or the number).
+pub(crate) fn rcode_name(response_code: ResponseCode) -> std::borrow::Cow<'static, str> {
+    match rcode_tag(response_code) {
+        "other" => match response_code {
+            ResponseCode::YXDomain => "YXDOMAIN".into(),
+            ResponseCode::NotAuth => "NOTAUTH".into(),
+            ResponseCode::NotZone => "NOTZONE".into(),
+            ResponseCode::BADVERS => "BADVERS".into(),
+            other => u16::from(other).to_string().into(),
+        },
+        tag => tag.into(),
     }
 }
 

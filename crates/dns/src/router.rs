@@ -1,27 +1,33 @@
-//! The request handler: routes a question to the Consul zone or the forwarder,
-//! then encodes the reply within the transport's size limit.
+//! The request handler: routes a question to the Consul zone, the local hosts
+//! files or the forwarder, then encodes the reply within the transport's size limit.
 
 use std::iter;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use dnsfront_forward::{Forwarder, Source as ForwardSource};
+use dnsfront_hosts::LocalHosts;
 use hickory_server::net::runtime::Time;
 use hickory_server::net::xfer::Protocol;
 use hickory_server::proto::op::{
     Edns, Header, HeaderCounts, Metadata, OpCode, Query, ResponseCode,
 };
 use hickory_server::proto::rr::rdata::opt::EdnsOption;
-use hickory_server::proto::rr::{Name, Record, RecordType};
+use hickory_server::proto::rr::{Name, RData, Record, RecordType};
 use hickory_server::proto::serialize::binary::BinEncoder;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::{MessageResponseBuilder, Queries};
 use tokio::time::Instant;
-use tracing::trace;
+use tracing::{info, trace};
 
 use crate::answer::{Reply, Source, Zone};
 use crate::backend::{CatalogView, CatalogWithFallback, Upstream};
-use crate::config::Config;
-use crate::metrics::{QUERIES, QUERY_DURATION_SECONDS, TRUNCATED, qtype_tag, rcode_tag};
+use crate::config::{Config, ttl_secs};
+use crate::explain::Explanation;
+use crate::local;
+use crate::metrics::{
+    QUERIES, QUERY_DURATION_SECONDS, TRUNCATED, qtype_tag, rcode_name, rcode_tag,
+};
 use crate::trim;
 
 /// RFC 8914 Extended DNS Error option code.
@@ -30,20 +36,63 @@ const EDE_OPTION_CODE: u16 = 15;
 const EDE_STALE_ANSWER: u16 = 3;
 /// RFC 1035 §4.2.1: the UDP limit for clients without EDNS.
 const PLAIN_UDP_LIMIT: u16 = 512;
+/// Log target of the per-query log.
+const QUERY_LOG_TARGET: &str = "dnsfront::query";
 
 /// The DNS front's request handler (implements hickory's [`RequestHandler`]).
 ///
 /// Names at or under the Consul domain are answered from the catalog and are
-/// never forwarded; everything else goes to the forwarder.
+/// never forwarded; names in the local hosts files (if any) are answered from
+/// them; everything else goes to the forwarder. Clones share everything,
+/// including [`reload`](Self::reload)ed settings.
 pub struct Router<C = CatalogWithFallback, F = Forwarder> {
     inner: Arc<Inner<C, F>>,
 }
 
 struct Inner<C, F> {
-    zone: Zone,
-    max_udp_payload: u16,
+    settings: ArcSwap<Settings>,
     catalog: C,
     forwarder: Option<F>,
+    hosts: Option<LocalHosts>,
+}
+
+/// Everything [`Router::reload`] can change, swapped as one.
+struct Settings {
+    zone: Zone,
+    max_udp_payload: u16,
+    local_ttl: u32,
+    /// `Some(sample fraction)` when the query log is on.
+    query_log: Option<f64>,
+}
+
+impl Settings {
+    fn new(config: &Config) -> Self {
+        let query_log = config.query_log.enabled.then(|| {
+            let sample = config.query_log.sample;
+            if sample.is_nan() {
+                0.0
+            } else {
+                sample.clamp(0.0, 1.0)
+            }
+        });
+        Self {
+            zone: Zone::new(config),
+            max_udp_payload: config.max_udp_payload.max(PLAIN_UDP_LIMIT),
+            local_ttl: ttl_secs(config.local_ttl),
+            query_log,
+        }
+    }
+
+    /// The OPT we attach for an EDNS client: our payload limit, the client's DO bit.
+    fn response_edns(&self, request_edns: &Edns) -> Edns {
+        let mut edns = Edns::new();
+        let payload = request_edns
+            .max_payload()
+            .clamp(PLAIN_UDP_LIMIT, self.max_udp_payload);
+        edns.set_max_payload(payload);
+        edns.set_dnssec_ok(request_edns.flags().dnssec_ok);
+        edns
+    }
 }
 
 impl<C, F> Clone for Router<C, F> {
@@ -62,22 +111,142 @@ impl Router {
     }
 }
 
+/// Which part answered, plus a remark for `explain`.
+struct Routed {
+    zone: &'static str,
+    reply: Reply,
+    note: Option<Note>,
+}
+
+/// Why the forwarder gave no answer (kept as data: formatted only by `explain`).
+enum Note {
+    NoForwarder,
+    ForwardFailed(dnsfront_forward::Error),
+}
+
+impl Note {
+    fn describe(&self) -> String {
+        match self {
+            Self::NoForwarder => "no upstream resolvers configured: SERVFAIL".to_owned(),
+            Self::ForwardFailed(error) => format!("forwarding failed: {error}"),
+        }
+    }
+}
+
 impl<C: CatalogView, F: Upstream> Router<C, F> {
     /// Builds the router over any catalog view and upstream (tests use fakes).
     pub fn with_backends(config: Config, catalog: C, forwarder: Option<F>) -> Self {
         Self {
             inner: Arc::new(Inner {
-                zone: Zone::new(&config),
-                max_udp_payload: config.max_udp_payload.max(PLAIN_UDP_LIMIT),
+                settings: ArcSwap::from_pointee(Settings::new(&config)),
                 catalog,
                 forwarder,
+                hosts: None,
             }),
         }
     }
 
-    async fn forward(&self, query: &Query, dnssec_ok: bool) -> Reply {
+    /// Answers names listed in `hosts` (outside the Consul domain) from them,
+    /// authoritatively, before forwarding. Call it while building: the result
+    /// no longer shares state with clones made earlier.
+    pub fn with_local_hosts(self, hosts: LocalHosts) -> Self {
+        let inner = &*self.inner;
+        Self {
+            inner: Arc::new(Inner {
+                settings: ArcSwap::new(inner.settings.load_full()),
+                catalog: inner.catalog.clone(),
+                forwarder: inner.forwarder.clone(),
+                hosts: Some(hosts),
+            }),
+        }
+    }
+
+    /// Applies new answer settings at once (TTLs, overrides, the domain, max
+    /// answers, the query log, the UDP payload limit) for every clone of this
+    /// router, without dropping queries in flight (they finish with the old
+    /// settings). Returns the config keys that need a restart to change:
+    /// currently none, every key of [`Config`] is live.
+    pub fn reload(&self, config: Config) -> Vec<&'static str> {
+        self.inner.settings.store(Arc::new(Settings::new(&config)));
+        Vec::new()
+    }
+
+    /// Routes `name`/`qtype` exactly like a query (it may hit the caches and
+    /// Consul as a query would) and says where the answer came from.
+    pub async fn explain(&self, name: &str, qtype: RecordType) -> Explanation {
+        // ASCII names keep their case (owner names echo it); others go through IDNA.
+        let parsed = if name.is_ascii() {
+            Name::from_ascii(name)
+        } else {
+            Name::from_utf8(name)
+        };
+        let mut asked = match parsed {
+            Ok(asked) => asked,
+            Err(error) => return Explanation::invalid_name(error.to_string()),
+        };
+        asked.set_fqdn(true);
+        let lower = asked.to_lowercase();
+        let query = Query::query(asked, qtype);
+        let settings = self.inner.settings.load_full();
+        let routed = self.route(&settings, &lower, &query, false).await;
+        Explanation::new(
+            routed.zone,
+            &routed.reply,
+            routed.note.as_ref().map(Note::describe),
+        )
+    }
+
+    /// The routing shared by queries and `explain`: `lower` is the lower-cased
+    /// question name, `query` the question as the client wrote it.
+    async fn route(
+        &self,
+        settings: &Settings,
+        lower: &Name,
+        query: &Query,
+        dnssec_ok: bool,
+    ) -> Routed {
+        let qtype = query.query_type();
+        let forwarded_by_rule = || {
+            self.inner
+                .forwarder
+                .as_ref()
+                .is_some_and(|forwarder| forwarder.has_rule_for(lower))
+        };
+        if settings.zone.domain().zone_of(lower) && !forwarded_by_rule() {
+            let reply = settings
+                .zone
+                .answer(&self.inner.catalog, lower, query.name(), qtype)
+                .await;
+            return Routed {
+                zone: "consul",
+                reply,
+                note: None,
+            };
+        }
+        if let Some(hosts) = &self.inner.hosts
+            && !hosts.is_empty()
+            && let Some(lookup) = hosts.lookup(&lower.to_ascii())
+        {
+            return Routed {
+                zone: "local",
+                reply: local::reply(&lookup, query.name(), qtype, settings.local_ttl),
+                note: None,
+            };
+        }
+        let (reply, note) = self.forward(query, dnssec_ok).await;
+        Routed {
+            zone: "forward",
+            reply,
+            note,
+        }
+    }
+
+    async fn forward(&self, query: &Query, dnssec_ok: bool) -> (Reply, Option<Note>) {
         let Some(forwarder) = &self.inner.forwarder else {
-            return Reply::empty(ResponseCode::ServFail, false);
+            return (
+                Reply::empty(ResponseCode::ServFail, false),
+                Some(Note::NoForwarder),
+            );
         };
         match forwarder.resolve(query, dnssec_ok).await {
             Ok(answer) => {
@@ -89,7 +258,7 @@ impl<C: CatalogView, F: Upstream> Router<C, F> {
                         record.name = asked.clone();
                     }
                 }
-                Reply {
+                let reply = Reply {
                     response_code: answer.response_code,
                     authoritative: false,
                     authentic_data: answer.authentic_data,
@@ -99,29 +268,26 @@ impl<C: CatalogView, F: Upstream> Router<C, F> {
                     source: match answer.source {
                         ForwardSource::Cache => Source::Cache,
                         ForwardSource::Upstream => Source::Upstream,
+                        // RFC 8767 serve-stale: the forwarder already set the 30 s TTL;
+                        // `Stale` adds EDE 3 like a stale catalog answer.
+                        ForwardSource::Stale => Source::Stale,
+                        ForwardSource::Policy(_) => Source::Policy,
                     },
-                }
+                };
+                (reply, None)
             }
             Err(error) => {
                 trace!(error = %error, "forwarding failed");
-                Reply::empty(ResponseCode::ServFail, false)
+                (
+                    Reply::empty(ResponseCode::ServFail, false),
+                    Some(Note::ForwardFailed(error)),
+                )
             }
         }
     }
-
-    /// The OPT we attach for an EDNS client: our payload limit, the client's DO bit.
-    fn response_edns(&self, request_edns: &Edns) -> Edns {
-        let mut edns = Edns::new();
-        let payload = request_edns
-            .max_payload()
-            .clamp(PLAIN_UDP_LIMIT, self.inner.max_udp_payload);
-        edns.set_max_payload(payload);
-        edns.set_dnssec_ok(request_edns.flags().dnssec_ok);
-        edns
-    }
 }
 
-/// What one handled request amounted to, for metrics.
+/// What one handled request amounted to, for metrics and the query log.
 struct Outcome {
     zone: &'static str,
     qtype: Option<RecordType>,
@@ -137,7 +303,11 @@ impl<C: CatalogView, F: Upstream> RequestHandler for Router<C, F> {
         mut response_handle: R,
     ) -> ResponseInfo {
         let started = Instant::now();
-        let mut edns = request.edns.as_ref().map(|edns| self.response_edns(edns));
+        let settings = self.inner.settings.load_full();
+        let mut edns = request
+            .edns
+            .as_ref()
+            .map(|edns| settings.response_edns(edns));
         let mut outcome = Outcome {
             zone: "none",
             qtype: None,
@@ -158,22 +328,14 @@ impl<C: CatalogView, F: Upstream> RequestHandler for Router<C, F> {
                     let original = info.query.original();
                     let qtype = info.query.query_type();
                     outcome.qtype = Some(qtype);
-                    let reply = if self.inner.zone.domain().zone_of(lower) {
-                        outcome.zone = "consul";
-                        self.inner
-                            .zone
-                            .answer(&self.inner.catalog, lower, original.name(), qtype)
-                            .await
-                    } else {
-                        outcome.zone = "forward";
-                        let dnssec_ok = request
-                            .edns
-                            .as_ref()
-                            .is_some_and(|edns| edns.flags().dnssec_ok);
-                        self.forward(original, dnssec_ok).await
-                    };
-                    trace!(name = %original.name(), %qtype, response_code = %reply.response_code, "answered");
-                    reply
+                    let dnssec_ok = request
+                        .edns
+                        .as_ref()
+                        .is_some_and(|edns| edns.flags().dnssec_ok);
+                    let routed = self.route(&settings, lower, original, dnssec_ok).await;
+                    outcome.zone = routed.zone;
+                    trace!(name = %original.name(), %qtype, response_code = %routed.reply.response_code, "answered");
+                    routed.reply
                 }
             }
         };
@@ -191,8 +353,45 @@ impl<C: CatalogView, F: Upstream> RequestHandler for Router<C, F> {
         let (info, truncated) = send(request, &mut response_handle, reply, edns.as_ref()).await;
         outcome.truncated = truncated;
         record_metrics(&outcome, response_code, started);
+        if let Some(sample) = settings.query_log
+            && sampled(sample)
+        {
+            log_query(request, &outcome, response_code, &info, started);
+        }
         info
     }
+}
+
+fn sampled(sample: f64) -> bool {
+    sample >= 1.0 || (sample > 0.0 && rand::random::<f64>() < sample)
+}
+
+fn log_query(
+    request: &Request,
+    outcome: &Outcome,
+    response_code: ResponseCode,
+    info: &ResponseInfo,
+    started: Instant,
+) {
+    let info_query = request.request_info().ok();
+    let name = info_query.as_ref().map(|info| info.query.original().name());
+    let qtype = outcome
+        .qtype
+        .map_or_else(|| "-".to_owned(), |qtype| qtype.to_string());
+    let duration_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    info!(
+        target: QUERY_LOG_TARGET,
+        client = %request.src(),
+        protocol = %request.protocol(),
+        name = %name.map_or_else(|| "-".to_owned(), ToString::to_string),
+        qtype = %qtype,
+        rcode = %rcode_name(response_code),
+        zone = %outcome.zone,
+        source = %outcome.source.tag(),
+        answers = info.counts().answers,
+        duration_us,
+        "query"
+    );
 }
 
 fn record_metrics(outcome: &Outcome, response_code: ResponseCode, started: Instant) {
@@ -214,6 +413,10 @@ fn record_metrics(outcome: &Outcome, response_code: ResponseCode, started: Insta
 
 /// Encodes and sends `reply`, trimmed to the transport's limit; returns the
 /// response info and whether Answer/Authority records were cut (TC).
+///
+/// A response whose uncompressed size bound fits the limit is sent as it is,
+/// so the common case encodes once; only a response that may not fit is
+/// measured by trial encodes (and trimmed).
 async fn send<R: ResponseHandler>(
     request: &Request,
     response_handle: &mut R,
@@ -230,22 +433,25 @@ async fn send<R: ResponseHandler>(
         Protocol::Udp => edns.map_or(PLAIN_UDP_LIMIT, Edns::max_payload),
         _ => u16::MAX,
     };
-    let truncated = trim::fit(
-        usize::from(limit),
-        &mut reply.answers,
-        &mut reply.authorities,
-        &mut reply.additionals,
-        |answers, authorities, additionals| {
-            encoded_len(
-                &request.queries,
-                metadata,
-                edns,
-                answers,
-                authorities,
-                additionals,
-            )
-        },
-    );
+    let surely_fits =
+        size_bound(&request.queries, edns, &reply).is_some_and(|bound| bound <= usize::from(limit));
+    let truncated = !surely_fits
+        && trim::fit(
+            usize::from(limit),
+            &mut reply.answers,
+            &mut reply.authorities,
+            &mut reply.additionals,
+            |answers, authorities, additionals| {
+                encoded_len(
+                    &request.queries,
+                    metadata,
+                    edns,
+                    answers,
+                    authorities,
+                    additionals,
+                )
+            },
+        );
     metadata.truncation = truncated;
 
     let mut builder = MessageResponseBuilder::new(&request.queries, None);
@@ -271,6 +477,54 @@ async fn send<R: ResponseHandler>(
             (ResponseInfo::from(header), truncated)
         }
     }
+}
+
+/// Header (12 bytes).
+const HEADER_LEN: usize = 12;
+/// OPT record without options: root name, type, class, TTL, RDLENGTH.
+const OPT_LEN: usize = 11;
+/// Per record after the owner name: type, class, TTL, RDLENGTH.
+const RECORD_FIXED_LEN: usize = 10;
+
+/// An upper bound on the encoded size (no name compression assumed), or
+/// `None` when a record type is not covered and the response must be measured.
+fn size_bound(queries: &Queries, edns: Option<&Edns>, reply: &Reply) -> Option<usize> {
+    let mut total = HEADER_LEN + queries.as_bytes().len();
+    if let Some(edns) = edns {
+        total += OPT_LEN;
+        for (_, option) in &edns.options().options {
+            total += 4 + usize::from(option.len());
+        }
+    }
+    for record in reply
+        .answers
+        .iter()
+        .chain(&reply.authorities)
+        .chain(&reply.additionals)
+    {
+        total += name_bound(&record.name) + RECORD_FIXED_LEN + rdata_bound(&record.data)?;
+    }
+    Some(total)
+}
+
+/// A name's wire length without compression is at most its presentation length + 1.
+fn name_bound(name: &Name) -> usize {
+    name.len() + 1
+}
+
+fn rdata_bound(data: &RData) -> Option<usize> {
+    Some(match data {
+        RData::A(_) => 4,
+        RData::AAAA(_) => 16,
+        RData::CNAME(name) => name_bound(&name.0),
+        RData::NS(name) => name_bound(&name.0),
+        RData::PTR(name) => name_bound(&name.0),
+        RData::MX(mx) => 2 + name_bound(&mx.exchange),
+        RData::SRV(srv) => 6 + name_bound(&srv.target),
+        RData::SOA(soa) => name_bound(&soa.mname) + name_bound(&soa.rname) + 20,
+        RData::TXT(txt) => txt.txt_data.iter().map(|text| 1 + text.len()).sum(),
+        _ => return None,
+    })
 }
 
 /// Exact encoded size of a response, as hickory will encode it (usize::MAX if
@@ -299,5 +553,95 @@ fn encoded_len(
     match response.destructive_emit(&mut encoder) {
         Ok(header) if !header.truncation => buffer.len(),
         _ => usize::MAX,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use hickory_server::proto::op::{Message, MessageType};
+    use hickory_server::proto::rr::rdata::{A, AAAA, MX, SOA, SRV, TXT};
+    use hickory_server::proto::rr::rdata::{CNAME, PTR};
+    use hickory_server::proto::serialize::binary::BinDecoder;
+
+    use super::*;
+
+    fn name(text: &str) -> Name {
+        Name::from_ascii(text).expect("name literal")
+    }
+
+    /// The bound is never below the real encoding, for every record type it covers.
+    #[test]
+    fn size_bound_is_an_upper_bound() {
+        let owner = name("Some-Name.Example.ORG.");
+        let target = name("target.example.org.");
+        let records = [
+            Record::from_rdata(owner.clone(), 5, RData::A(A(Ipv4Addr::LOCALHOST))),
+            Record::from_rdata(
+                owner.clone(),
+                5,
+                RData::AAAA(AAAA::new(1, 0, 0, 0, 0, 0, 0, 1)),
+            ),
+            Record::from_rdata(owner.clone(), 5, RData::CNAME(CNAME(target.clone()))),
+            Record::from_rdata(owner.clone(), 5, RData::PTR(PTR(name("x.")))),
+            Record::from_rdata(owner.clone(), 5, RData::MX(MX::new(10, target.clone()))),
+            Record::from_rdata(
+                owner.clone(),
+                5,
+                RData::SRV(SRV::new(1, 1, 80, target.clone())),
+            ),
+            Record::from_rdata(
+                owner.clone(),
+                5,
+                RData::TXT(TXT::new(vec!["a".repeat(200), String::new()])),
+            ),
+            Record::from_rdata(
+                Name::root(),
+                5,
+                RData::SOA(SOA::new(
+                    name("ns.consul."),
+                    name("h.consul."),
+                    1,
+                    2,
+                    3,
+                    4,
+                    5,
+                )),
+            ),
+        ];
+        let mut query = Message::new(7, MessageType::Query, OpCode::Query);
+        query.add_query(Query::query(owner, RecordType::ANY));
+        let bytes = query.to_vec().expect("encode query");
+        let mut decoder = BinDecoder::new(&bytes[HEADER_LEN..]);
+        let queries = Queries::read(&mut decoder, 1).expect("queries");
+        let mut edns = Edns::new();
+        edns.options_mut()
+            .insert(EdnsOption::Unknown(EDE_OPTION_CODE, vec![0, 3]));
+
+        for count in 0..=records.len() {
+            let reply = Reply {
+                response_code: ResponseCode::NoError,
+                authoritative: true,
+                authentic_data: false,
+                answers: records[..count].to_vec(),
+                authorities: Vec::new(),
+                additionals: records[count..].to_vec(),
+                source: Source::None,
+            };
+            for edns in [None, Some(&edns)] {
+                let metadata = Metadata::new(7, MessageType::Response, OpCode::Query);
+                let exact = encoded_len(
+                    &queries,
+                    metadata,
+                    edns,
+                    &reply.answers,
+                    &reply.authorities,
+                    &reply.additionals,
+                );
+                let bound = size_bound(&queries, edns, &reply).expect("covered types");
+                assert!(bound >= exact, "bound {bound} < exact {exact} ({count})");
+            }
+        }
     }
 }

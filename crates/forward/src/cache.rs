@@ -2,9 +2,17 @@
 //! rendering of a cached response into an [`Answer`] with counted-down TTLs.
 //!
 //! Freshness lives in our [`Entry`] (`inserted_at` on the tokio clock) because moka's
-//! clock cannot be paused; moka's own `time_to_live` is only a memory backstop.
+//! clock cannot be paused; moka's per-entry expiry (`keep_for` = TTL + the serve-stale
+//! window at insert time) is only a memory backstop, so expired entries stay around
+//! for serve-stale until their window ends.
+//!
+//! A negative response that replaces a positive one remembers it (`last_positive`):
+//! when every upstream fails, the last known good answer is served stale rather than
+//! the later NXDOMAIN/NODATA (CoreDNS's `serve_stale_policy prefer_positive`), so a
+//! name that was once positive does not get stuck on a negative during an outage.
 
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use hickory_proto::op::{Query, ResponseCode};
@@ -41,6 +49,11 @@ impl Key {
     pub(crate) fn dnssec_ok(&self) -> bool {
         self.dnssec_ok
     }
+
+    /// The question name (lower case, absolute).
+    pub(crate) fn name(&self) -> &Name {
+        &self.name
+    }
 }
 
 /// An upstream's answer, stripped of the header and OPT.
@@ -54,6 +67,37 @@ pub(crate) struct Response {
 }
 
 impl Response {
+    /// NXDOMAIN, or NOERROR without answers (NODATA).
+    pub(crate) fn is_negative(&self) -> bool {
+        self.response_code == ResponseCode::NXDomain
+            || (self.response_code == ResponseCode::NoError && self.answers.is_empty())
+    }
+
+    /// Renders a stale copy (RFC 8767): every TTL set to `ttl`, RRsets shuffled.
+    pub(crate) fn to_stale_answer(&self, ttl: Duration) -> Answer {
+        let ttl = secs(ttl);
+        let with_ttl = |records: &[Record]| -> Vec<Record> {
+            records
+                .iter()
+                .map(|record| {
+                    let mut record = record.clone();
+                    record.ttl = ttl;
+                    record
+                })
+                .collect()
+        };
+        let mut answers = with_ttl(&self.answers);
+        shuffle_rrsets(&mut answers);
+        Answer {
+            response_code: self.response_code,
+            answers,
+            authorities: with_ttl(&self.authorities),
+            additionals: with_ttl(&self.additionals),
+            authentic_data: self.authentic_data,
+            source: Source::Stale,
+        }
+    }
+
     /// Renders the response for a client: TTLs counted down by `age`, RRsets shuffled.
     pub(crate) fn to_answer(&self, age: Duration, source: Source) -> Answer {
         let elapsed = u32::try_from(age.as_secs()).unwrap_or(u32::MAX);
@@ -86,12 +130,54 @@ pub(crate) struct Entry {
     pub(crate) response: Response,
     pub(crate) inserted_at: Instant,
     pub(crate) ttl: Duration,
+    /// How long moka keeps the entry (TTL + serve-stale window, at insert time).
+    keep_for: Duration,
+    /// The upstream that answered.
+    pub(crate) upstream: Option<SocketAddr>,
+    /// For a negative entry: the positive one it replaced, kept for serve-stale.
+    pub(crate) last_positive: Option<Arc<Entry>>,
+    /// After a failed refresh: stale data is served without asking upstream until then.
+    retry_after: Mutex<Option<Instant>>,
 }
 
 impl Entry {
     /// How long ago the entry was stored (zero if the clock went backwards).
     pub(crate) fn age(&self, now: Instant) -> Duration {
         now.saturating_duration_since(self.inserted_at)
+    }
+
+    /// Whether the entry is fresh or within `serve_stale` past its TTL at `now`.
+    pub(crate) fn within_window(&self, now: Instant, serve_stale: Duration) -> bool {
+        self.age(now) < self.ttl.saturating_add(serve_stale)
+    }
+
+    /// What to serve from this expired entry when upstreams fail: the last positive
+    /// response if it is still within the window, else this one if it is.
+    pub(crate) fn stale_choice(&self, now: Instant, serve_stale: Duration) -> Option<&Entry> {
+        if serve_stale.is_zero() {
+            return None;
+        }
+        let positive = self
+            .last_positive
+            .as_deref()
+            .filter(|positive| positive.within_window(now, serve_stale));
+        positive.or_else(|| self.within_window(now, serve_stale).then_some(self))
+    }
+
+    /// When the next refresh may be tried after a failed one (`None`: never failed).
+    pub(crate) fn retry_after(&self) -> Option<Instant> {
+        *self
+            .retry_after
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records that a refresh failed: stale data is served without waiting until `at`.
+    pub(crate) fn set_retry_after(&self, at: Instant) {
+        *self
+            .retry_after
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(at);
     }
 }
 
@@ -100,10 +186,45 @@ impl Entry {
 pub(crate) enum Lookup {
     /// A fresh entry and its age.
     Fresh(Arc<Entry>, Duration),
-    /// An entry past its TTL (kept for a later serve-stale; a miss for now).
-    Expired,
+    /// An entry past its TTL; it may hold something to serve stale.
+    Expired(Arc<Entry>),
     /// Nothing stored.
     Absent,
+}
+
+/// Per-entry moka expiry: TTL plus the serve-stale window (`Entry::keep_for`).
+struct KeepFor;
+
+impl moka::Expiry<Key, Arc<Entry>> for KeepFor {
+    fn expire_after_create(
+        &self,
+        _key: &Key,
+        value: &Arc<Entry>,
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(value.keep_for)
+    }
+
+    fn expire_after_update(
+        &self,
+        _key: &Key,
+        value: &Arc<Entry>,
+        _updated_at: std::time::Instant,
+        _duration_until_expiry: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(value.keep_for)
+    }
+}
+
+/// What [`ResponseCache::insert`] stores besides the response.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct InsertOptions {
+    /// Freshness lifetime (may be zero: stored for serve-stale only).
+    pub(crate) ttl: Duration,
+    /// The serve-stale window in force.
+    pub(crate) serve_stale: Duration,
+    /// The upstream that answered.
+    pub(crate) upstream: Option<SocketAddr>,
 }
 
 /// Bounded response cache on moka.
@@ -116,14 +237,10 @@ pub(crate) struct ResponseCache {
 impl ResponseCache {
     /// Builds a cache bounded by `config.cache_size` entries.
     pub(crate) fn new(config: &Config) -> Self {
-        let backstop = config
-            .max_ttl
-            .max(config.negative_max_ttl)
-            .max(Duration::from_secs(1));
         let entries = (config.cache_size > 0).then(|| {
             moka::sync::Cache::builder()
                 .max_capacity(config.cache_size)
-                .time_to_live(backstop)
+                .expire_after(KeepFor)
                 .eviction_listener(|_, _, cause| crate::metrics::cache_eviction(cause))
                 .build()
         });
@@ -137,7 +254,7 @@ impl ResponseCache {
             Some(entry) => {
                 let age = entry.age(now);
                 if age >= entry.ttl {
-                    Lookup::Expired
+                    Lookup::Expired(entry)
                 } else {
                     Lookup::Fresh(entry, age)
                 }
@@ -145,19 +262,52 @@ impl ResponseCache {
         }
     }
 
-    /// Stores a response for `ttl`.
-    pub(crate) fn insert(&self, key: Key, response: Response, ttl: Duration, now: Instant) {
-        if let Some(entries) = &self.entries {
-            entries.insert(
-                key,
-                Arc::new(Entry {
-                    response,
-                    inserted_at: now,
-                    ttl,
-                }),
-            );
-            crate::metrics::cache_entries(entries.entry_count());
+    /// Stores a response; a negative one keeps the positive entry it replaces (or the
+    /// one that entry kept) while that is still servable stale.
+    pub(crate) fn insert(
+        &self,
+        key: Key,
+        response: Response,
+        options: InsertOptions,
+        now: Instant,
+    ) {
+        let Some(entries) = &self.entries else {
+            return;
+        };
+        let last_positive = if response.is_negative() && !options.serve_stale.is_zero() {
+            entries.get(&key).and_then(|previous| {
+                if previous.response.is_negative() {
+                    previous.last_positive.clone()
+                } else {
+                    Some(previous)
+                }
+            })
+        } else {
+            None
+        };
+        let last_positive =
+            last_positive.filter(|positive| positive.within_window(now, options.serve_stale));
+        let mut keep_for = options.ttl.saturating_add(options.serve_stale);
+        if let Some(positive) = &last_positive {
+            let positive_end = positive
+                .ttl
+                .saturating_add(options.serve_stale)
+                .saturating_sub(positive.age(now));
+            keep_for = keep_for.max(positive_end);
         }
+        entries.insert(
+            key,
+            Arc::new(Entry {
+                response,
+                inserted_at: now,
+                ttl: options.ttl,
+                keep_for: keep_for.max(Duration::from_secs(1)),
+                upstream: options.upstream,
+                last_positive,
+                retry_after: Mutex::new(None),
+            }),
+        );
+        crate::metrics::cache_entries(entries.entry_count());
     }
 
     /// Approximate number of stored entries (fresh or expired).
@@ -171,15 +321,15 @@ impl ResponseCache {
 /// Applies the TTL policy to a fresh upstream response.
 ///
 /// Returns the response with record TTLs adjusted as clients should see them, and how
-/// long it may be cached (`None`: do not cache).
+/// long it is fresh (`None`: never cache; `Some(ZERO)`: not fresh at all, cached only
+/// for serve-stale).
 pub(crate) fn apply_ttl_policy(
     mut response: Response,
     config: &Config,
 ) -> (Response, Option<Duration>) {
     let min_ttl = secs(config.min_ttl);
     let max_ttl = secs(config.max_ttl);
-    let negative = response.response_code == ResponseCode::NXDomain
-        || (response.response_code == ResponseCode::NoError && response.answers.is_empty());
+    let negative = response.is_negative();
 
     if !negative {
         if response.response_code != ResponseCode::NoError {
@@ -234,7 +384,7 @@ pub(crate) fn apply_ttl_policy(
 }
 
 fn cacheable(ttl_secs: u32) -> Option<Duration> {
-    (ttl_secs > 0).then(|| Duration::from_secs(u64::from(ttl_secs)))
+    Some(Duration::from_secs(u64::from(ttl_secs)))
 }
 
 fn secs(duration: Duration) -> u32 {
@@ -362,7 +512,11 @@ mod tests {
     #[test]
     fn zero_ttl_is_cached_only_with_a_min_ttl() {
         let reply = response(ResponseCode::NoError, vec![a("www.example.", 0, 1)], vec![]);
-        assert_eq!(apply_ttl_policy(reply.clone(), &config()).1, None);
+        // fresh for no time at all: stored only when serve-stale is on
+        assert_eq!(
+            apply_ttl_policy(reply.clone(), &config()).1,
+            Some(Duration::ZERO)
+        );
         let floored = Config {
             min_ttl: Duration::from_secs(5),
             ..config()
@@ -393,11 +547,11 @@ mod tests {
             Some(Duration::from_secs(900))
         );
 
-        // no SOA, no caching; SOA with MINIMUM 0 (Consul's default), no caching
+        // no SOA, no caching; SOA with MINIMUM 0 (Consul's default): never fresh
         let bare = response(ResponseCode::NXDomain, vec![], vec![]);
         assert_eq!(apply_ttl_policy(bare, &config()).1, None);
         let consul = response(ResponseCode::NXDomain, vec![], vec![soa(0, 0)]);
-        assert_eq!(apply_ttl_policy(consul, &config()).1, None);
+        assert_eq!(apply_ttl_policy(consul, &config()).1, Some(Duration::ZERO));
 
         let servfail = response(ResponseCode::ServFail, vec![], vec![soa(600, 600)]);
         assert_eq!(apply_ttl_policy(servfail, &config()).1, None);
@@ -413,7 +567,7 @@ mod tests {
             vec![a("www.example.", 10, 1)],
             vec![],
         );
-        cache.insert(key.clone(), reply, Duration::from_secs(10), Instant::now());
+        cache.insert(key.clone(), reply, options(10), Instant::now());
 
         // lookups ignore the case of the name
         let lower = Key::new(&Query::query(name("www.example."), RecordType::A), false);
@@ -433,8 +587,96 @@ mod tests {
         tokio::time::advance(Duration::from_millis(6_500)).await;
         assert!(matches!(
             cache.lookup(&key, Instant::now()),
-            Lookup::Expired
+            Lookup::Expired(_)
         ));
+    }
+
+    fn options(ttl_secs: u64) -> InsertOptions {
+        InsertOptions {
+            ttl: Duration::from_secs(ttl_secs),
+            serve_stale: Duration::from_secs(3_600),
+            upstream: None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stale_window_and_last_positive() {
+        let cache = ResponseCache::new(&config());
+        let key = Key::new(&Query::query(name("www.example."), RecordType::A), false);
+        let positive = response(
+            ResponseCode::NoError,
+            vec![a("www.example.", 10, 1)],
+            vec![],
+        );
+        let negative = response(ResponseCode::NXDomain, vec![], vec![soa(5, 5)]);
+        cache.insert(key.clone(), positive, options(10), Instant::now());
+        tokio::time::advance(Duration::from_secs(11)).await;
+        cache.insert(key.clone(), negative.clone(), options(5), Instant::now());
+        tokio::time::advance(Duration::from_secs(6)).await;
+
+        let Lookup::Expired(entry) = cache.lookup(&key, Instant::now()) else {
+            panic!("negative entry must be expired");
+        };
+        assert!(entry.response.is_negative());
+        let chosen = entry
+            .stale_choice(Instant::now(), Duration::from_secs(3_600))
+            .expect("servable");
+        assert_eq!(
+            chosen.response.response_code,
+            ResponseCode::NoError,
+            "the last positive wins over a stale NXDOMAIN"
+        );
+        // a second negative keeps the remembered positive
+        cache.insert(key.clone(), negative.clone(), options(5), Instant::now());
+        tokio::time::advance(Duration::from_secs(6)).await;
+        let Lookup::Expired(entry) = cache.lookup(&key, Instant::now()) else {
+            panic!("expired");
+        };
+        assert!(entry.last_positive.is_some());
+        // serve-stale off: nothing to serve
+        assert!(entry.stale_choice(Instant::now(), Duration::ZERO).is_none());
+        // past the positive's window: the stale negative is all there is
+        tokio::time::advance(Duration::from_secs(3_600)).await;
+        assert!(
+            entry
+                .stale_choice(Instant::now(), Duration::from_secs(3_600))
+                .is_none(),
+            "both past the window"
+        );
+        // a fresh positive forgets it all
+        let positive = response(
+            ResponseCode::NoError,
+            vec![a("www.example.", 10, 2)],
+            vec![],
+        );
+        cache.insert(key.clone(), positive, options(10), Instant::now());
+        let Lookup::Fresh(entry, _) = cache.lookup(&key, Instant::now()) else {
+            panic!("fresh");
+        };
+        assert!(entry.last_positive.is_none());
+    }
+
+    #[test]
+    fn moka_keeps_entries_for_ttl_plus_the_stale_window() {
+        // moka runs on the real clock: a zero-TTL entry with a stale window is kept,
+        // one without a window (kept for the 1 s minimum) goes after it.
+        let cache = ResponseCache::new(&config());
+        let kept = Key::new(&Query::query(name("kept.example."), RecordType::A), false);
+        let gone = Key::new(&Query::query(name("gone.example."), RecordType::A), false);
+        let reply = response(ResponseCode::NoError, vec![a("x.example.", 0, 1)], vec![]);
+        let now = Instant::now();
+        cache.insert(kept.clone(), reply.clone(), options(0), now);
+        let no_window = InsertOptions {
+            ttl: Duration::ZERO,
+            serve_stale: Duration::ZERO,
+            upstream: None,
+        };
+        cache.insert(gone.clone(), reply, no_window, now);
+        std::thread::sleep(Duration::from_millis(1_100));
+        let entries = cache.entries.as_ref().expect("cache on");
+        entries.run_pending_tasks();
+        assert!(entries.get(&kept).is_some(), "kept for the stale window");
+        assert!(entries.get(&gone).is_none(), "expired by moka");
     }
 
     #[test]

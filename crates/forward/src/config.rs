@@ -1,7 +1,10 @@
 //! Forwarder settings and their bounds.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Duration;
+
+use hickory_proto::rr::Name;
 
 /// A default with the inclusive range a configured value must fall in.
 ///
@@ -81,6 +84,69 @@ pub const MAX_IN_FLIGHT: DefMinMax<usize> = DefMinMax {
     max: 65_536,
 };
 
+/// Consecutive failures (timeouts, socket errors) before an upstream is marked down;
+/// 3 sits between CoreDNS's `max_fails 2` and a single lost packet being enough.
+pub const MAX_FAILS: DefMinMax<u32> = DefMinMax {
+    default: 3,
+    min: 1,
+    max: 100,
+};
+
+/// How often one real query is let through to a down upstream; dnsmasq re-tests every
+/// 20 s, CoreDNS health-checks every 0.5 s while failing; 2 s keeps the cost of a dead
+/// upstream at one attempt timeout every 2 s.
+pub const PROBE_INTERVAL: DefMinMax<Duration> = DefMinMax {
+    default: Duration::from_secs(2),
+    min: Duration::from_millis(100),
+    max: Duration::from_secs(300),
+};
+
+/// Max-stale window (RFC 8767 §5 suggests 1 to 3 days; dnsmasq and Unbound use 1 day); 0 disables serve-stale.
+pub const SERVE_STALE: DefMinMax<Duration> = DefMinMax {
+    default: Duration::from_secs(86_400),
+    min: Duration::ZERO,
+    max: Duration::from_secs(7 * 86_400),
+};
+
+/// TTL of stale answers, also how long after a failed refresh stale data is served
+/// without asking upstream again (RFC 8767 §4 and §5 recommend 30 s for both).
+pub const STALE_ANSWER_TTL: DefMinMax<Duration> = DefMinMax {
+    default: Duration::from_secs(30),
+    min: Duration::from_secs(1),
+    max: Duration::from_secs(300),
+};
+
+/// Entries whose TTL is below this are not prefetched: a refresh in the last 10 % of a
+/// 5 s TTL would double the upstream load for a saving of half a second.
+pub const PREFETCH_MIN_TTL: Duration = Duration::from_secs(10);
+
+/// A hit in the last 1/`PREFETCH_FRACTION` of the TTL triggers a prefetch (10 %, as
+/// Unbound's `prefetch` and CoreDNS's `prefetch ... 10%`).
+pub const PREFETCH_FRACTION: u32 = 10;
+
+/// Per-domain forwarding (dnsmasq `server=/example.com/10.0.0.1`, CoreDNS per-zone
+/// `forward`): names at or under `zone` go to `upstreams` instead of the default list.
+///
+/// The longest matching zone wins; reverse zones (`10.in-addr.arpa.`) work the same way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainRule {
+    /// The zone; matched case-insensitively, made absolute by the forwarder.
+    pub zone: Name,
+    /// Upstreams for the zone (at least one), with the same failover as the default list.
+    pub upstreams: Vec<SocketAddr>,
+}
+
+/// How the upstreams of one set are asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Strategy {
+    /// One at a time in configured order (healthy first); the next one on failure.
+    #[default]
+    Sequential,
+    /// All healthy upstreams at once; the first NOERROR/NXDOMAIN wins, the rest are
+    /// cancelled (dnsmasq `--all-servers`).
+    Race,
+}
+
 /// Forwarder settings (validated by `src/config`; not serde).
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -95,9 +161,11 @@ pub struct Config {
     /// Floor on cached positive TTLs; answer records below it are raised to it.
     ///
     /// With the default of 0, answers whose smallest TTL is 0 (Consul's default for
-    /// every record) are passed through but **not cached**, as dnsmasq and Unbound do.
-    /// Set it above 0 to cache them for that long (CoreDNS and Knot use 5 s); clients
-    /// then see the raised TTL too. It does not apply to negative answers.
+    /// every record) are passed through and **never answered from the cache**, as
+    /// dnsmasq and Unbound do; with `serve_stale` on they are still stored, only to be
+    /// served stale when every upstream fails (dnsmasq's `--use-stale-cache` does the
+    /// same). Set it above 0 to cache them for that long (CoreDNS and Knot use 5 s);
+    /// clients then see the raised TTL too. It does not apply to negative answers.
     pub min_ttl: Duration,
     /// Ceiling on cached TTLs; record TTLs handed out are capped to it as well.
     pub max_ttl: Duration,
@@ -107,6 +175,41 @@ pub struct Config {
     pub udp_payload: u16,
     /// Bound on concurrent upstream queries; beyond it queries fail fast.
     pub max_in_flight: usize,
+    /// Per-domain upstreams; the longest matching zone wins over `upstreams`.
+    pub rules: Vec<DomainRule>,
+    /// Sequential failover (default) or a race between all healthy upstreams.
+    pub strategy: Strategy,
+    /// Ask upstreams over TCP only (dnsmasq/resolv.conf `use-vc`, CoreDNS `force_tcp`).
+    pub tcp_only: bool,
+    /// Consecutive failures that mark an upstream down.
+    pub max_fails: u32,
+    /// How often a down upstream gets one probe query.
+    pub probe_interval: Duration,
+    /// Never forward single-label names (`myhost.`): answer NXDOMAIN locally.
+    ///
+    /// dnsmasq's `--domain-needed` does the same ("Do NOT forward queries with no domain
+    /// part"), answering NXDOMAIN unless a `server=/label/` rule names it; here too a
+    /// per-domain rule covering the name wins over this setting.
+    pub domain_needed: bool,
+    /// Never forward reverse lookups for private ranges (RFC 1918, 100.64/10,
+    /// 169.254/16, 127/8, fc00::/7, fe80::/10, ::1): answer NXDOMAIN locally, as
+    /// dnsmasq's `--bogus-priv`. A per-domain rule covering the reverse zone wins.
+    pub bogus_priv: bool,
+    /// Drop private and loopback A/AAAA records from answers for public names
+    /// (dnsmasq `--stop-dns-rebind`). Names under `rebind_allow` or covered by a
+    /// per-domain rule are exempt.
+    pub rebind_protection: bool,
+    /// Domains whose answers may hold private addresses (dnsmasq `--rebind-domain-ok`).
+    pub rebind_allow: Vec<Name>,
+    /// How long past its TTL a cached response may still be served when every upstream
+    /// fails (RFC 8767 max-stale); 0 disables serve-stale.
+    pub serve_stale: Duration,
+    /// TTL of stale answers, and how long after a failed refresh stale data is served
+    /// straight away before the next background refresh.
+    pub stale_answer_ttl: Duration,
+    /// Refresh an entry in the background when it is hit in the last 10 % of its TTL
+    /// (TTLs of at least 10 s only).
+    pub prefetch: bool,
 }
 
 impl Default for Config {
@@ -121,6 +224,18 @@ impl Default for Config {
             negative_max_ttl: NEGATIVE_MAX_TTL.default,
             udp_payload: UDP_PAYLOAD.default,
             max_in_flight: MAX_IN_FLIGHT.default,
+            rules: Vec::new(),
+            strategy: Strategy::Sequential,
+            tcp_only: false,
+            max_fails: MAX_FAILS.default,
+            probe_interval: PROBE_INTERVAL.default,
+            domain_needed: true,
+            bogus_priv: true,
+            rebind_protection: false,
+            rebind_allow: Vec::new(),
+            serve_stale: SERVE_STALE.default,
+            stale_answer_ttl: STALE_ANSWER_TTL.default,
+            prefetch: true,
         }
     }
 }
@@ -128,26 +243,38 @@ impl Default for Config {
 impl Config {
     /// Checks every field against its bounds and the cross-field rules.
     ///
-    /// Errors name the field (`forward.<field>: ...`), so `src/config` can show them as is.
-    /// An empty upstream list is accepted here (a node may forward nothing); such a
-    /// forwarder answers every query with [`Error::NoUpstreams`](crate::Error::NoUpstreams).
+    /// Errors name the field (`forward.<field>: ...`, `forward.rules[2].zone: ...`), so
+    /// `src/config` can show them as is. An empty upstream list is accepted here (a node
+    /// may forward nothing, or only through rules); such a forwarder answers names no
+    /// rule covers with [`Error::NoUpstreams`](crate::Error::NoUpstreams).
     pub fn validate(&self) -> Result<(), crate::Error> {
         fn check<T: PartialOrd + Copy + std::fmt::Debug>(
-            key: &'static str,
+            key: &str,
             bounds: DefMinMax<T>,
             value: T,
         ) -> Result<(), crate::Error> {
             if bounds.contains(value) {
                 Ok(())
             } else {
-                Err(crate::Error::InvalidConfig {
+                Err(invalid(
                     key,
-                    reason: format!(
+                    format!(
                         "must be between {:?} and {:?}, got {:?}",
                         bounds.min, bounds.max, value
                     ),
-                })
+                ))
             }
+        }
+        fn check_upstreams(key: &str, upstreams: &[SocketAddr]) -> Result<(), crate::Error> {
+            for (index, upstream) in upstreams.iter().enumerate() {
+                if upstream.port() == 0 || upstream.ip().is_unspecified() {
+                    return Err(invalid(
+                        key,
+                        format!("entry {index} is not a usable address: {upstream}"),
+                    ));
+                }
+            }
+            Ok(())
         }
         check(
             "forward.attempt_timeout",
@@ -165,33 +292,86 @@ impl Config {
         )?;
         check("forward.udp_payload", UDP_PAYLOAD, self.udp_payload)?;
         check("forward.max_in_flight", MAX_IN_FLIGHT, self.max_in_flight)?;
+        check("forward.max_fails", MAX_FAILS, self.max_fails)?;
+        check(
+            "forward.probe_interval",
+            PROBE_INTERVAL,
+            self.probe_interval,
+        )?;
+        check("forward.serve_stale", SERVE_STALE, self.serve_stale)?;
+        check(
+            "forward.stale_answer_ttl",
+            STALE_ANSWER_TTL,
+            self.stale_answer_ttl,
+        )?;
         if self.min_ttl > self.max_ttl {
-            return Err(crate::Error::InvalidConfig {
-                key: "forward.min_ttl",
-                reason: format!(
+            return Err(invalid(
+                "forward.min_ttl",
+                format!(
                     "must not exceed forward.max_ttl ({:?}), got {:?}",
                     self.max_ttl, self.min_ttl
                 ),
-            });
+            ));
         }
         if self.deadline < self.attempt_timeout {
-            return Err(crate::Error::InvalidConfig {
-                key: "forward.deadline",
-                reason: format!(
+            return Err(invalid(
+                "forward.deadline",
+                format!(
                     "must be at least forward.attempt_timeout ({:?}), got {:?}",
                     self.attempt_timeout, self.deadline
                 ),
-            });
+            ));
         }
-        for (index, upstream) in self.upstreams.iter().enumerate() {
-            if upstream.port() == 0 || upstream.ip().is_unspecified() {
-                return Err(crate::Error::InvalidConfig {
-                    key: "forward.upstreams",
-                    reason: format!("entry {index} is not a usable address: {upstream}"),
-                });
+        check_upstreams("forward.upstreams", &self.upstreams)?;
+        let mut zones = HashSet::new();
+        for (index, rule) in self.rules.iter().enumerate() {
+            let zone = normalize(&rule.zone);
+            if zone.is_root() {
+                return Err(invalid(
+                    format!("forward.rules[{index}].zone"),
+                    "must not be the root: use forward.upstreams for the default",
+                ));
+            }
+            if !zones.insert(zone.clone()) {
+                return Err(invalid(
+                    format!("forward.rules[{index}].zone"),
+                    format!("{zone} appears in an earlier rule"),
+                ));
+            }
+            if rule.upstreams.is_empty() {
+                return Err(invalid(
+                    format!("forward.rules[{index}].upstreams"),
+                    "must name at least one upstream",
+                ));
+            }
+            check_upstreams(
+                &format!("forward.rules[{index}].upstreams"),
+                &rule.upstreams,
+            )?;
+        }
+        for (index, domain) in self.rebind_allow.iter().enumerate() {
+            if domain.is_root() {
+                return Err(invalid(
+                    format!("forward.rebind_allow[{index}]"),
+                    "must not be the root: set forward.rebind_protection = false instead",
+                ));
             }
         }
         Ok(())
+    }
+}
+
+/// Lower-case, absolute form of a configured zone or domain.
+pub(crate) fn normalize(name: &Name) -> Name {
+    let mut name = name.to_lowercase();
+    name.set_fqdn(true);
+    name
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> crate::Error {
+    crate::Error::InvalidConfig {
+        key: key.into(),
+        reason: reason.into(),
     }
 }
 
@@ -235,5 +415,104 @@ mod tests {
             ..Config::default()
         };
         assert!(zero_port.validate().is_err());
+    }
+
+    fn rule(zone: &str, upstreams: &[&str]) -> DomainRule {
+        DomainRule {
+            zone: zone.parse().expect("zone literal"),
+            upstreams: upstreams
+                .iter()
+                .map(|addr| addr.parse().expect("addr literal"))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn rule_errors_name_the_rule() {
+        let config = Config {
+            rules: vec![
+                rule("example.com.", &["10.0.0.1:53"]),
+                rule("10.in-addr.arpa", &["10.0.0.2:53"]),
+                rule("Example.COM", &["10.0.0.3:53"]),
+            ],
+            ..Config::default()
+        };
+        let error = config.validate().expect_err("duplicate zone");
+        assert_eq!(
+            error.to_string(),
+            "forward.rules[2].zone: example.com. appears in an earlier rule"
+        );
+
+        let empty = Config {
+            rules: vec![rule("corp.example.", &[])],
+            ..Config::default()
+        };
+        let error = empty.validate().expect_err("no upstreams");
+        assert!(
+            error.to_string().starts_with("forward.rules[0].upstreams:"),
+            "{error}"
+        );
+
+        let unusable = Config {
+            rules: vec![
+                rule("a.example.", &["10.0.0.1:53"]),
+                rule("b.example.", &["10.0.0.1:0"]),
+            ],
+            ..Config::default()
+        };
+        let error = unusable.validate().expect_err("port 0");
+        assert!(
+            error.to_string().starts_with("forward.rules[1].upstreams:"),
+            "{error}"
+        );
+
+        let root = Config {
+            rules: vec![rule(".", &["10.0.0.1:53"])],
+            ..Config::default()
+        };
+        assert!(root.validate().is_err());
+    }
+
+    #[test]
+    fn new_numeric_settings_are_bounded() {
+        let cases = [
+            (
+                Config {
+                    max_fails: 0,
+                    ..Config::default()
+                },
+                "forward.max_fails",
+            ),
+            (
+                Config {
+                    probe_interval: Duration::from_millis(10),
+                    ..Config::default()
+                },
+                "forward.probe_interval",
+            ),
+            (
+                Config {
+                    serve_stale: Duration::from_secs(30 * 86_400),
+                    ..Config::default()
+                },
+                "forward.serve_stale",
+            ),
+            (
+                Config {
+                    stale_answer_ttl: Duration::ZERO,
+                    ..Config::default()
+                },
+                "forward.stale_answer_ttl",
+            ),
+        ];
+        for (config, key) in cases {
+            let error = config.validate().expect_err(key);
+            assert!(error.to_string().starts_with(key), "{error}");
+        }
+        let disabled = Config {
+            serve_stale: Duration::ZERO,
+            ..Config::default()
+        };
+        disabled.validate().expect("serve_stale 0 disables it");
     }
 }

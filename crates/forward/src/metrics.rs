@@ -1,9 +1,9 @@
 //! Metric names of the forwarder and their descriptions.
 //!
-//! Tags are bounded: `upstream` takes only configured `ip:port` values and `outcome`
-//! only the `OUTCOME_*` values below.
+//! Tags are bounded: `upstream` takes only configured `ip:port` values, `outcome`
+//! only the `OUTCOME_*` values below and `policy` only [`crate::Policy::as_str`] values.
 
-use metrics::{Unit, describe_counter, describe_histogram};
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 
 /// Queries answered from the response cache.
 pub const CACHE_HITS: &str = "forward.cache_hits";
@@ -22,6 +22,19 @@ pub const CACHE_ENTRIES: &str = "forward.cache_entries";
 /// Responses evicted to make room (the cache was full), not by expiry.
 pub const CACHE_EVICTIONS: &str = "forward.cache_evictions";
 
+/// Failed exchanges with one upstream (timeout, socket error, failure rcode), tagged `upstream`.
+pub const UPSTREAM_FAILURES: &str = "forward.upstream_failures";
+/// 1 while an upstream is marked down, 0 while up (gauge), tagged `upstream`.
+pub const UPSTREAM_DOWN: &str = "forward.upstream_down";
+/// Background refreshes started for entries hit in the last 10 % of their TTL.
+pub const PREFETCHES: &str = "forward.prefetches";
+/// Answers served from expired cache entries because upstreams failed (RFC 8767).
+pub const STALE_ANSWERS: &str = "forward.stale_answers";
+/// Queries answered or answers changed by local policy, tagged `policy`.
+pub const POLICY_ANSWERS: &str = "forward.policy_answers";
+
+/// Tag key naming the policy (`domain_needed`, `bogus_priv`, `rebind`).
+pub const TAG_POLICY: &str = "policy";
 /// Tag key naming the upstream (`ip:port`).
 pub const TAG_UPSTREAM: &str = "upstream";
 /// Tag key naming how an exchange ended.
@@ -65,7 +78,32 @@ pub fn describe() {
         Unit::Count,
         "Forwarded queries refused because too many upstream queries were in flight"
     );
-    metrics::describe_gauge!(
+    describe_counter!(
+        UPSTREAM_FAILURES,
+        Unit::Count,
+        "Failed exchanges with an upstream resolver (timeout, socket error, failure rcode)"
+    );
+    describe_gauge!(
+        UPSTREAM_DOWN,
+        Unit::Count,
+        "1 while an upstream resolver is marked down after consecutive failures, else 0"
+    );
+    describe_counter!(
+        PREFETCHES,
+        Unit::Count,
+        "Background refreshes of cache entries hit in the last 10% of their TTL"
+    );
+    describe_counter!(
+        STALE_ANSWERS,
+        Unit::Count,
+        "Answers served from expired cache entries because every upstream failed"
+    );
+    describe_counter!(
+        POLICY_ANSWERS,
+        Unit::Count,
+        "Queries answered locally or answers filtered by policy (domain_needed, bogus_priv, rebind)"
+    );
+    describe_gauge!(
         CACHE_ENTRIES,
         Unit::Count,
         "Responses held by the forwarder's cache (approximate)"

@@ -13,6 +13,7 @@ use dnsfront_dns::{
     CatalogView, Config, Listeners, Router, ServerHandle, ServerOptions, Upstream, serve,
 };
 use dnsfront_forward::{Answer, Source};
+use dnsfront_hosts::LocalHosts;
 use hickory_proto::op::{Message, Query, ResponseCode};
 use hickory_proto::rr::Record;
 use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption};
@@ -184,24 +185,39 @@ pub struct TestServer {
     pub catalog: FakeCatalog,
     pub upstream: FakeUpstream,
     pub handle: ServerHandle,
+    /// A clone of the router being served (shares settings with it).
+    pub router: Router<FakeCatalog, FakeUpstream>,
 }
 
 pub async fn start(config: Config, options: ServerOptions, with_upstream: bool) -> TestServer {
+    start_with_hosts(config, options, with_upstream, None).await
+}
+
+pub async fn start_with_hosts(
+    config: Config,
+    options: ServerOptions,
+    with_upstream: bool,
+    hosts: Option<LocalHosts>,
+) -> TestServer {
     let catalog = FakeCatalog::default();
     let upstream = FakeUpstream::default();
-    let router = Router::with_backends(
+    let mut router = Router::with_backends(
         config,
         catalog.clone(),
         with_upstream.then(|| upstream.clone()),
     );
+    if let Some(hosts) = hosts {
+        router = router.with_local_hosts(hosts);
+    }
     let listeners = Listeners::bind(&["127.0.0.1:0".parse().expect("literal")]).expect("bind");
     let addr = listeners.local_addrs()[0];
-    let handle = serve(router, listeners, options).expect("serve");
+    let handle = serve(router.clone(), listeners, options).expect("serve");
     TestServer {
         addr,
         catalog,
         upstream,
         handle,
+        router,
     }
 }
 
