@@ -36,6 +36,13 @@ pub enum Command {
         #[command(subcommand)]
         command: SnapshotCommand,
     },
+    /// Check the installation: config, Consul (leader, ACL token), listen
+    /// sockets, the running server, the hosts snapshot and each upstream.
+    /// One `ok|warn|fail` line per check; exit 0 when nothing failed, else 1.
+    Check(CheckArgs),
+    /// Ask the running server where the answer for NAME comes from right now
+    /// (over its control socket).
+    Explain(ExplainArgs),
     /// Print the effective configuration (defaults filled in) as TOML.
     PrintConfig {
         /// The config file (defaults only when omitted).
@@ -84,6 +91,36 @@ impl ServeArgs {
             domain: self.domain.clone(),
         }
     }
+}
+
+/// `dnsfront check`
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Config file (default /etc/dnsfront/dnsfront.toml when it exists, else the defaults).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The running server's control socket (default: found from the config).
+    #[arg(long, value_name = "PATH")]
+    pub control: Option<PathBuf>,
+}
+
+/// `dnsfront explain`
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// The name to explain, e.g. web.service.consul.
+    pub name: String,
+    /// Record type (default A).
+    #[arg(value_name = "TYPE")]
+    pub qtype: Option<String>,
+    /// Config file, to find the control socket (default /etc/dnsfront/dnsfront.toml when it exists).
+    #[arg(long, value_name = "FILE", conflicts_with = "control")]
+    pub config: Option<PathBuf>,
+    /// The control socket of the running server.
+    #[arg(long, value_name = "PATH")]
+    pub control: Option<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `dnsfront demo`

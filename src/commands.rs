@@ -4,7 +4,7 @@ use std::io::Write as _;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use dnsfront_consul as consul;
 use dnsfront_snapshot as snapshot;
 use tracing::info;
@@ -142,14 +142,25 @@ pub fn snapshot(command: SnapshotCommand) -> anyhow::Result<()> {
 }
 
 fn load_state(state_dir: &Path) -> anyhow::Result<snapshot::Verified> {
-    let Some(bytes) = snapshot::store::load(state_dir)? else {
-        bail!(
+    verify_state(state_dir, None)?.with_context(|| {
+        format!(
             "no snapshot in {} (expected {})",
             state_dir.display(),
             snapshot::store::path(state_dir).display()
-        );
+        )
+    })
+}
+
+/// Reads and verifies the snapshot in `state_dir` (format, checksum, and the
+/// signature when `key` is given); `Ok(None)` when there is none.
+pub(crate) fn verify_state(
+    state_dir: &Path,
+    key: Option<&snapshot::VerifyingKey>,
+) -> anyhow::Result<Option<snapshot::Verified>> {
+    let Some(bytes) = snapshot::store::load(state_dir)? else {
+        return Ok(None);
     };
-    snapshot::decode(&bytes, None).with_context(|| {
+    snapshot::decode(&bytes, key).map(Some).with_context(|| {
         format!(
             "{} is not a valid snapshot",
             snapshot::store::path(state_dir).display()
@@ -157,12 +168,17 @@ fn load_state(state_dir: &Path) -> anyhow::Result<snapshot::Verified> {
     })
 }
 
-fn describe(out: &mut impl std::io::Write, verified: &snapshot::Verified) -> anyhow::Result<()> {
-    let snapshot = &verified.snapshot;
+/// How long ago the publisher built `snapshot` (whole seconds).
+pub(crate) fn snapshot_age(snapshot: &snapshot::Snapshot) -> Duration {
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    let age = Duration::from_secs(now_ms.saturating_sub(snapshot.created_unix_ms) / 1000);
+    Duration::from_secs(now_ms.saturating_sub(snapshot.created_unix_ms) / 1000)
+}
+
+fn describe(out: &mut impl std::io::Write, verified: &snapshot::Verified) -> anyhow::Result<()> {
+    let snapshot = &verified.snapshot;
+    let age = snapshot_age(snapshot);
     writeln!(out, "generation:   {}", snapshot.generation)?;
     writeln!(out, "age:          {}", humantime::format_duration(age))?;
     writeln!(out, "datacenter:   {}", snapshot.datacenter)?;

@@ -4,14 +4,18 @@
 //! Phases: parse (CLI + file → [`config::Settings`]) → build (bind sockets, no
 //! traffic yet) → run (serve until the shutdown token fires).
 
+pub mod check;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod control;
 pub mod demo;
+pub mod reload;
 pub mod systemd;
 pub mod telemetry;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -35,8 +39,16 @@ pub struct App {
     catalog: catalog::Cache,
     hosts: snapshot::Hosts,
     follower: Option<snapshot::follower::Follower>,
-    forwarder: Option<forward::Forwarder>,
+    /// Always built, even without upstreams (then it answers SERVFAIL), so
+    /// that a reload can give it upstreams.
+    forwarder: forward::Forwarder,
     router: dns::Router,
+    /// Re-read on SIGHUP and on `reload`; None = no live reload.
+    reload_source: Option<reload::ConfigSource>,
+    /// The upstream resolv file to watch (when upstreams come from it).
+    resolv_file: Option<PathBuf>,
+    /// Where the control socket goes; None = no control channel.
+    control_socket: Option<PathBuf>,
 }
 
 impl App {
@@ -66,22 +78,20 @@ impl App {
             follower
         });
         let catalog = catalog::Cache::new(settings.catalog.clone(), client).context("catalog")?;
-        let forwarder = if settings.forward.upstreams.is_empty() {
+        if settings.forward.upstreams.is_empty() {
             warn!(
                 origin = %settings.upstream_origin,
                 "No upstream resolvers: names outside the Consul domain will get SERVFAIL"
             );
-            None
-        } else {
-            Some(forward::Forwarder::new(settings.forward.clone()))
-        };
+        }
+        let forwarder = forward::Forwarder::new(settings.forward.clone());
         let listeners = dns::Listeners::bind(&settings.listen)?;
         let view = dns::CatalogWithFallback::new(
             catalog.clone(),
             hosts.clone(),
             settings.catalog.only_passing,
         );
-        let router = dns::Router::new(settings.dns.clone(), view, forwarder.clone());
+        let router = dns::Router::new(settings.dns.clone(), view, Some(forwarder.clone()));
         Ok(Self {
             settings,
             listeners,
@@ -90,7 +100,29 @@ impl App {
             follower,
             forwarder,
             router,
+            reload_source: None,
+            resolv_file: None,
+            control_socket: None,
         })
+    }
+
+    /// Enables live reload (SIGHUP, the control channel's `reload`, and the
+    /// resolv file poll) from where `loaded` came from.
+    pub fn with_reload(mut self, source: reload::ConfigSource, loaded: &reload::Loaded) -> Self {
+        self.reload_source = Some(source);
+        self.resolv_file = loaded.resolv_file.clone();
+        self
+    }
+
+    /// Opens the control channel on `path` when serving (see [`control`]).
+    pub fn with_control_socket(mut self, path: PathBuf) -> Self {
+        self.control_socket = Some(path);
+        self
+    }
+
+    /// The forwarder (for diagnostics and tests).
+    pub fn forwarder(&self) -> &forward::Forwarder {
+        &self.forwarder
     }
 
     /// The bound DNS addresses (UDP and TCP share each one).
@@ -120,6 +152,46 @@ impl App {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         self.spawn_stats_on_sigusr1(shutdown.child_token())?;
         let addrs = self.local_addrs();
+        let started = tokio::time::Instant::now();
+        let domain = std::sync::Arc::new(std::sync::RwLock::new(self.settings.dns.domain.clone()));
+        let reload = match self.reload_source.clone() {
+            Some(source) => reload::spawn(
+                source,
+                self.settings.clone(),
+                self.resolv_file.clone(),
+                reload::Live {
+                    forwarder: self.forwarder.clone(),
+                    router: self.router.clone(),
+                    domain: std::sync::Arc::clone(&domain),
+                },
+                shutdown.child_token(),
+            )?,
+            None => reload::ReloadHandle::default(),
+        };
+        let control = self.control_socket.as_deref().and_then(|path| {
+            let context = control::Context {
+                catalog: self.catalog.clone(),
+                hosts: self.hosts.clone(),
+                forwarder: self.forwarder.clone(),
+                router: self.router.clone(),
+                listen: addrs.clone(),
+                domain,
+                reload,
+                config_file: self
+                    .reload_source
+                    .as_ref()
+                    .and_then(|source| source.file.clone()),
+                started,
+            };
+            match control::ControlServer::bind(path, context) {
+                Ok(server) => Some(tokio::spawn(server.run(shutdown.child_token()))),
+                Err(error) => {
+                    // Diagnostics must never keep the resolver from serving.
+                    warn!(error = %format!("{error:#}"), "Control socket not available; explain and reload over it will not work");
+                    None
+                }
+            }
+        });
         let server = dns::serve(self.router, self.listeners, self.settings.server.clone())?;
         let refresher = tokio::spawn(self.catalog.clone().run(shutdown.child_token()));
         let follower = self
@@ -155,6 +227,10 @@ impl App {
         if let Some(follower) = follower {
             follower.abort();
         }
+        if let Some(control) = control {
+            // It removes its socket file as it stops.
+            let _ = tokio::time::timeout(Duration::from_secs(1), control).await;
+        }
         Ok(())
     }
 }
@@ -178,8 +254,8 @@ impl App {
                 info!(
                     catalog_entries = catalog.entry_count(),
                     consul_unavailable = catalog.consul_unavailable(),
-                    forward_cache_entries = forwarder.as_ref().map_or(0, forward::Forwarder::cached_entries),
-                    upstreams = ?forwarder.as_ref().map(|f| f.config().upstreams.clone()).unwrap_or_default(),
+                    forward_cache_entries = forwarder.cached_entries(),
+                    upstreams = ?forwarder.config().upstreams,
                     snapshot_generation = snapshot.as_ref().map(|s| s.generation),
                     snapshot_services = snapshot.as_ref().map(|s| s.services.len()),
                     "Statistics (SIGUSR1)"

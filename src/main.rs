@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use dnsfront::cli::{Cli, Command, ServeArgs};
 use dnsfront::config::{ConfigError, Env, RawConfig};
-use dnsfront::{App, commands, demo, shutdown_on_signals, telemetry};
+use dnsfront::reload::ConfigSource;
+use dnsfront::{App, check, commands, control, demo, shutdown_on_signals, telemetry};
 
 /// Exit code for bad command lines and configs (sysexits EX_USAGE).
 const EXIT_USAGE: u8 = 64;
@@ -30,6 +31,14 @@ fn main() -> ExitCode {
         Command::PrintConfig { config } => print_config(config.as_deref()),
         Command::Serve(args) => with_runtime(|| serve(args)),
         Command::Publish(args) => with_runtime(|| commands::publish(args)),
+        Command::Check(args) => with_runtime(|| async move {
+            if check::run(args).await? {
+                Ok(())
+            } else {
+                Err(anyhow::Error::new(Unhealthy))
+            }
+        }),
+        Command::Explain(args) => with_runtime(|| control::run_explain(args)),
         Command::Snapshot { command } => match commands::snapshot(command) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
@@ -46,6 +55,18 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// `dnsfront check` found a failing check (the report names it).
+#[derive(Debug)]
+struct Unhealthy;
+
+impl std::fmt::Display for Unhealthy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("unhealthy")
+    }
+}
+
+impl std::error::Error for Unhealthy {}
 
 fn check_config(file: &std::path::Path) -> ExitCode {
     let result = RawConfig::load(file).and_then(|raw| raw.validate(&Env::from_process()));
@@ -82,19 +103,24 @@ fn print_config(file: Option<&std::path::Path>) -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let mut raw = match &args.config {
-        Some(path) => RawConfig::load(path)?,
-        None => RawConfig::default(),
+    // The same source is re-read on SIGHUP: the file and the same flags.
+    let source = ConfigSource {
+        file: args.config.clone(),
+        overrides: args.overrides(),
+        log_level_flag: args.log_level.clone(),
     };
-    raw.apply(&args.overrides());
-    let settings = raw.validate(&Env::from_process())?;
+    let loaded = source.load()?;
+    let settings = loaded.settings.clone();
     telemetry::init_logging(
-        args.log_level.as_deref().unwrap_or(&settings.log_level),
+        source.log_level(&settings),
         args.log_format.unwrap_or(settings.log_format),
     );
     let metrics = telemetry::init_metrics(&settings.metrics)?;
     telemetry::describe_metrics();
-    let app = App::build(settings)?;
+    let control_socket = control::socket_path(&settings.state_dir);
+    let app = App::build(settings)?
+        .with_reload(source, &loaded)
+        .with_control_socket(control_socket);
     let shutdown = shutdown_on_signals()?;
     let ready = telemetry::Readiness::default();
     let metrics_http = metrics
@@ -141,6 +167,8 @@ where
     };
     match runtime.block_on(f()) {
         Ok(()) => ExitCode::SUCCESS,
+        // The report already said what failed.
+        Err(error) if error.downcast_ref::<Unhealthy>().is_some() => ExitCode::from(EXIT_FAILURE),
         Err(error) => {
             eprintln!("dnsfront: {error:#}");
             if error.downcast_ref::<ConfigError>().is_some() {

@@ -25,25 +25,61 @@ use crate::config::{ConfigError, LogFormat, MetricsSettings};
 const QUIET_LIBRARIES: &str = "hickory_server=warn,hickory_proto=warn,hickory_net=warn";
 
 /// Installs the tracing subscriber on stderr. `RUST_LOG` wins over `level`.
+///
+/// The filter sits behind a reload layer, so [`reload_log_level`] can change
+/// it on SIGHUP without restarting.
 pub fn init_logging(level: &str, format: LogFormat) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let filter = log_filter(level).unwrap_or_else(|error| {
+        eprintln!("dnsfront: {error}; using info");
+        EnvFilter::new(format!("info,{QUIET_LIBRARIES}"))
+    });
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let registry = tracing_subscriber::registry().with(filter);
+    let layer = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_target(true);
+    let result = match format {
+        LogFormat::Text => registry.with(layer.with_ansi(false)).try_init(),
+        LogFormat::Json => registry.with(layer.json()).try_init(),
+    };
+    // Already installed (tests build several apps in one process): keep the first.
+    if result.is_ok() {
+        let _ = LOG_FILTER.set(handle);
+    }
+}
+
+/// The reload handle of the installed log filter (set by [`init_logging`]).
+static LOG_FILTER: std::sync::OnceLock<
+    tracing_subscriber::reload::Handle<EnvFilter, tracing_subscriber::Registry>,
+> = std::sync::OnceLock::new();
+
+/// `RUST_LOG` when set, else `level` plus the quiet-libraries directives.
+fn log_filter(level: &str) -> anyhow::Result<EnvFilter> {
     let filter = std::env::var("RUST_LOG")
         .ok()
         .filter(|value| !value.is_empty())
         .unwrap_or_else(|| format!("{level},{QUIET_LIBRARIES}"));
-    let filter = EnvFilter::try_new(&filter).unwrap_or_else(|error| {
-        eprintln!("dnsfront: invalid log filter {filter:?} ({error}); using info");
-        EnvFilter::new(format!("info,{QUIET_LIBRARIES}"))
-    });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(true);
-    let result = match format {
-        LogFormat::Text => builder.with_ansi(false).try_init(),
-        LogFormat::Json => builder.json().try_init(),
+    EnvFilter::try_new(&filter).with_context(|| format!("invalid log filter {filter:?}"))
+}
+
+/// Replaces the log filter installed by [`init_logging`] (SIGHUP reload).
+///
+/// Returns `Ok(false)` when nothing changed: `RUST_LOG` is set (it wins), or
+/// no subscriber of ours is installed. Fails on an invalid filter.
+pub fn reload_log_level(level: &str) -> anyhow::Result<bool> {
+    if std::env::var("RUST_LOG").is_ok_and(|value| !value.is_empty()) {
+        return Ok(false);
+    }
+    let filter = log_filter(level)?;
+    let Some(handle) = LOG_FILTER.get() else {
+        return Ok(false);
     };
-    // Already installed (tests build several apps in one process): keep the first.
-    let _ = result;
+    handle
+        .reload(filter)
+        .context("the log subscriber is gone")?;
+    Ok(true)
 }
 
 /// Describes every crate's metrics to the installed recorder.

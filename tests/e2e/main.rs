@@ -5,10 +5,13 @@
 mod catalog;
 mod cli;
 mod consul_answers;
+mod diagnostics;
 mod dig;
 mod forwarding;
 mod harness;
 mod metrics;
+mod reload;
 mod robustness;
 pub(crate) mod snapshot;
 mod systemd;
+mod upstream_auth;

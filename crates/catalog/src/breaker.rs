@@ -24,6 +24,46 @@ pub(crate) struct Breaker {
     backoff_min: Duration,
     backoff_max: Duration,
     state: Mutex<State>,
+    /// Bumped each time the circuit closes again, so that waiting watch loops
+    /// resume at once instead of sleeping out their backoff.
+    closed: tokio::sync::watch::Sender<u64>,
+}
+
+/// The answer to "may a request go to Consul now?".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Admission {
+    /// Closed: go ahead.
+    Go,
+    /// Open, and this request is the one probe: it must be quick (never a
+    /// blocking query), report its outcome, or give the slot back.
+    Probe,
+    /// Open: hold back.
+    Denied,
+}
+
+/// The circuit breaker as `explain` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct BreakerState {
+    /// `closed`, `open` (holding requests back) or `probing` (one request in flight).
+    pub state: CircuitState,
+    /// Failed Consul requests in a row.
+    pub consecutive_failures: u32,
+    /// Pause the next failure opens the circuit for, before jitter (milliseconds).
+    pub backoff_ms: u64,
+    /// While open: time until the next probe may go (milliseconds; 0 = now).
+    pub retry_in_ms: Option<u64>,
+}
+
+/// Circuit breaker position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CircuitState {
+    /// Requests flow.
+    Closed,
+    /// Requests are held back until the backoff ends.
+    Open,
+    /// Open, with one probe request in flight.
+    Probing,
 }
 
 #[derive(Debug)]
@@ -46,6 +86,7 @@ impl Breaker {
                 probe_started: None,
                 backoff: backoff_min,
             }),
+            closed: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -63,20 +104,56 @@ impl Breaker {
     /// May a request go to Consul now? Closed: yes. Open: only one probe once
     /// the backoff has passed.
     pub(crate) fn allow_request(&self) -> bool {
+        self.admit() != Admission::Denied
+    }
+
+    /// Like [`Breaker::allow_request`], telling a probe from a normal request.
+    pub(crate) fn admit(&self) -> Admission {
         let now = Instant::now();
         let mut state = self.lock();
         let Some(open_until) = state.open_until else {
-            return true;
+            return Admission::Go;
         };
         if now < open_until {
-            return false;
+            return Admission::Denied;
         }
         match state.probe_started {
-            Some(started) if now.saturating_duration_since(started) < PROBE_EXPIRY => false,
+            Some(started) if now.saturating_duration_since(started) < PROBE_EXPIRY => {
+                Admission::Denied
+            }
             _ => {
                 state.probe_started = Some(now);
-                true
+                Admission::Probe
             }
+        }
+    }
+
+    /// A receiver that changes each time the circuit closes again.
+    pub(crate) fn subscribe_closed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.closed.subscribe()
+    }
+
+    /// A snapshot for diagnostics.
+    pub(crate) fn snapshot(&self) -> BreakerState {
+        let now = Instant::now();
+        let state = self.lock();
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let probing = state
+            .probe_started
+            .is_some_and(|started| now.saturating_duration_since(started) < PROBE_EXPIRY);
+        let (position, retry_in_ms) = match state.open_until {
+            None => (CircuitState::Closed, None),
+            Some(_) if probing => (CircuitState::Probing, Some(0)),
+            Some(until) => (
+                CircuitState::Open,
+                Some(millis(until.saturating_duration_since(now))),
+            ),
+        };
+        BreakerState {
+            state: position,
+            consecutive_failures: state.consecutive_failures,
+            backoff_ms: millis(state.backoff),
+            retry_in_ms,
         }
     }
 
@@ -100,6 +177,7 @@ impl Breaker {
         if was_open {
             info!("Consul reachable again, answers are fresh");
             metrics::circuit_open(false);
+            self.closed.send_modify(|generation| *generation += 1);
         }
     }
 

@@ -1,8 +1,45 @@
 use std::time::Duration;
 
+/// How hot names are kept current.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RefreshMode {
+    /// Re-read every hot name every `refresh_interval` (±jitter).
+    #[default]
+    Poll,
+    /// Keep a blocking query (`?index=&wait=`) open per hot name, so changes
+    /// arrive within milliseconds and an unchanged name costs one read per `watch_wait`.
+    Watch,
+}
+
+impl RefreshMode {
+    /// `poll` or `watch`, as in the config file and the metric tag.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Poll => "poll",
+            Self::Watch => "watch",
+        }
+    }
+}
+
+/// Consul's cap on a blocking query's `wait` (`max_query_time`).
+pub const MAX_WATCH_WAIT: Duration = Duration::from_secs(600);
+
 /// Catalog cache settings (validated by `src/config`; not serde).
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Poll hot names, or watch them with blocking queries.
+    pub refresh: RefreshMode,
+    /// Watch mode: the `wait` of each blocking query, i.e. how long an unchanged
+    /// name costs one read (Consul adds up to `wait/16`, caps at 10 minutes).
+    pub watch_wait: Duration,
+    /// Watch mode: minimum time between the starts of two requests of one
+    /// watched name, so a burst of changes does not become a burst of reads.
+    pub watch_min_interval: Duration,
+    /// Watch mode: most names watched at once (each holds one HTTP connection to
+    /// the agent, which allows 200 per client IP by default); hot names beyond
+    /// this are polled.
+    pub max_watches: usize,
     /// How often an entry that is being asked for is re-read from Consul.
     pub refresh_interval: Duration,
     /// Fraction of `refresh_interval` added or removed at random per refresh (0.0–0.5).
@@ -28,6 +65,10 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
+            refresh: RefreshMode::Poll,
+            watch_wait: Duration::from_secs(300),
+            watch_min_interval: Duration::from_secs(1),
+            max_watches: 100,
             refresh_interval: Duration::from_secs(10),
             refresh_jitter: 0.1,
             first_fetch_timeout: Duration::from_secs(2),
@@ -81,6 +122,39 @@ impl Config {
             return invalid(
                 "backoff_max",
                 "backoff_min must be > 0 and backoff_max >= backoff_min".into(),
+            );
+        }
+        if self.refresh == RefreshMode::Watch {
+            self.validate_watch()?;
+        }
+        Ok(())
+    }
+
+    /// The watch settings; only checked in watch mode (poll mode ignores them).
+    fn validate_watch(&self) -> Result<(), crate::Error> {
+        let invalid = |key, reason: String| Err(crate::Error::InvalidConfig { key, reason });
+        if self.watch_wait < Duration::from_millis(100) || self.watch_wait > MAX_WATCH_WAIT {
+            return invalid(
+                "watch_wait",
+                format!(
+                    "must be between 100ms and 10m (Consul's max_query_time), got {:?}",
+                    self.watch_wait
+                ),
+            );
+        }
+        if self.watch_min_interval < Duration::from_millis(10)
+            || self.watch_min_interval > self.refresh_interval
+        {
+            return invalid(
+                "watch_min_interval",
+                "must be at least 10ms (a watch must never busy-loop) and at most refresh_interval"
+                    .into(),
+            );
+        }
+        if self.max_watches == 0 {
+            return invalid(
+                "max_watches",
+                "must be at least 1 (use refresh = \"poll\" to watch nothing)".into(),
             );
         }
         Ok(())

@@ -10,6 +10,14 @@ pub const FIRST_FETCHES: &str = "catalog.first_fetches";
 pub const ENTRIES: &str = "catalog.entries";
 /// 1 while the circuit breaker holds Consul requests back, else 0.
 pub const CIRCUIT_OPEN: &str = "catalog.consul_circuit_open";
+/// Consul requests sent by the cache, tagged `endpoint` (`health_service` or
+/// `catalog_node`), `mode` (`poll`: first fetches and periodic re-reads;
+/// `watch`: requests of a blocking-query loop) and `outcome` (ok or a Consul error kind).
+pub const CONSUL_REQUESTS: &str = "catalog.consul_requests";
+/// Names currently watched with a blocking query.
+pub const WATCHES: &str = "catalog.watches";
+/// Watch loops that reset their index to 0 because Consul's went backwards.
+pub const WATCH_INDEX_RESETS: &str = "catalog.watch_index_resets";
 
 /// Registers descriptions with the installed recorder.
 pub fn describe() {
@@ -26,6 +34,28 @@ pub fn describe() {
         CIRCUIT_OPEN,
         "1 while Consul requests are held back by the circuit breaker"
     );
+    describe_counter!(
+        CONSUL_REQUESTS,
+        "Consul requests sent by the catalog cache, by endpoint, mode (poll or watch) and outcome"
+    );
+    describe_gauge!(WATCHES, "Names kept current by a blocking-query watch");
+    describe_counter!(
+        WATCH_INDEX_RESETS,
+        "Watch loops that restarted from index 0 because Consul's index went backwards"
+    );
+}
+
+pub(crate) fn consul_request(endpoint: &'static str, mode: &'static str, outcome: &'static str) {
+    counter!(CONSUL_REQUESTS, "endpoint" => endpoint, "mode" => mode, "outcome" => outcome)
+        .increment(1);
+}
+
+pub(crate) fn watches(count: usize) {
+    gauge!(WATCHES).set(count as f64);
+}
+
+pub(crate) fn watch_index_reset() {
+    counter!(WATCH_INDEX_RESETS).increment(1);
 }
 
 pub(crate) fn refresh(outcome: &'static str) {

@@ -2,6 +2,8 @@
 //! and TCP sockets, a fake upstream DNS server, a metrics recorder, and a
 //! `dig` runner. Dev-dependency only.
 
+mod authoritative;
+mod dnsmasq;
 mod recorder;
 mod upstream;
 
@@ -14,6 +16,8 @@ use hickory_proto::rr::{Name, RData, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
+pub use authoritative::{BIG_RRSET_LEN, Nsd, OTHER_ZONE, SOA_MINIMUM, ZONE, other_zone, test_zone};
+pub use dnsmasq::Dnsmasq;
 pub use recorder::{DebuggingRecorder, Recorded, capture_metrics};
 pub use upstream::{
     FakeUpstream, Knobs, Reply, a_records, closed_port, name_of, negative, positive,
