@@ -15,7 +15,6 @@ pub mod systemd;
 pub mod telemetry;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -23,6 +22,7 @@ use dnsfront_catalog as catalog;
 use dnsfront_consul as consul;
 use dnsfront_dns as dns;
 use dnsfront_forward as forward;
+use dnsfront_hosts::LocalHosts;
 use dnsfront_snapshot as snapshot;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -38,17 +38,18 @@ pub struct App {
     listeners: dns::Listeners,
     catalog: catalog::Cache,
     hosts: snapshot::Hosts,
+    /// `/etc/hosts` and the other `hosts.files`, answered before forwarding.
+    local_hosts: LocalHosts,
     follower: Option<snapshot::follower::Follower>,
     /// Always built, even without upstreams (then it answers SERVFAIL), so
     /// that a reload can give it upstreams.
     forwarder: forward::Forwarder,
     router: dns::Router,
-    /// Re-read on SIGHUP and on `reload`; None = no live reload.
-    reload_source: Option<reload::ConfigSource>,
-    /// The upstream resolv file to watch (when upstreams come from it).
-    resolv_file: Option<PathBuf>,
-    /// Where the control socket goes; None = no control channel.
-    control_socket: Option<PathBuf>,
+    /// Re-read on SIGHUP and on `reload`, and what it gave at start; None =
+    /// no live reload.
+    reload_source: Option<(reload::ConfigSource, reload::Loaded)>,
+    /// The bound control socket; None = no control channel.
+    control_socket: Option<control::ControlSocket>,
 }
 
 impl App {
@@ -85,38 +86,50 @@ impl App {
             );
         }
         let forwarder = forward::Forwarder::new(settings.forward.clone());
+        // A missing file is only a warning (it is read once it appears); an
+        // unreadable or oversized one stops the start, naming the file.
+        let local_hosts = LocalHosts::load(settings.hosts.files.clone()).context("hosts.files")?;
         let listeners = dns::Listeners::bind(&settings.listen)?;
         let view = dns::CatalogWithFallback::new(
             catalog.clone(),
             hosts.clone(),
             settings.catalog.only_passing,
         );
-        let router = dns::Router::new(settings.dns.clone(), view, Some(forwarder.clone()));
+        let router = dns::Router::new(settings.dns.clone(), view, Some(forwarder.clone()))
+            .with_local_hosts(local_hosts.clone());
         Ok(Self {
             settings,
             listeners,
             catalog,
             hosts,
+            local_hosts,
             follower,
             forwarder,
             router,
             reload_source: None,
-            resolv_file: None,
             control_socket: None,
         })
     }
 
     /// Enables live reload (SIGHUP, the control channel's `reload`, and the
     /// resolv file poll) from where `loaded` came from.
-    pub fn with_reload(mut self, source: reload::ConfigSource, loaded: &reload::Loaded) -> Self {
-        self.reload_source = Some(source);
-        self.resolv_file = loaded.resolv_file.clone();
+    /// `loaded` must be what the app's settings came from.
+    pub fn with_reload(mut self, source: reload::ConfigSource, loaded: reload::Loaded) -> Self {
+        self.reload_source = Some((source, loaded));
         self
     }
 
-    /// Opens the control channel on `path` when serving (see [`control`]).
-    pub fn with_control_socket(mut self, path: PathBuf) -> Self {
-        self.control_socket = Some(path);
+    /// Binds the control socket at `path` now (it is served by [`App::run`];
+    /// see [`control`]). Failing to bind is logged, never fatal: diagnostics
+    /// must not keep the resolver from serving.
+    pub fn with_control_socket(mut self, path: &std::path::Path) -> Self {
+        match control::ControlSocket::bind(path) {
+            Ok(socket) => self.control_socket = Some(socket),
+            Err(error) => warn!(
+                error = %format!("{error:#}"),
+                "Control socket not available: explain, check and reload over it will not work"
+            ),
+        }
         self
     }
 
@@ -135,6 +148,11 @@ impl App {
         &self.catalog
     }
 
+    /// The local hosts files (for diagnostics and tests).
+    pub fn local_hosts(&self) -> &LocalHosts {
+        &self.local_hosts
+    }
+
     /// The hosts snapshot currently in memory (for diagnostics and tests).
     pub fn hosts(&self) -> &snapshot::Hosts {
         &self.hosts
@@ -149,26 +167,30 @@ impl App {
 
     /// Serves until `shutdown` is cancelled, then stops accepting and lets
     /// in-flight queries finish (bounded by a grace period).
-    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
         self.spawn_stats_on_sigusr1(shutdown.child_token())?;
         let addrs = self.local_addrs();
         let started = tokio::time::Instant::now();
         let domain = std::sync::Arc::new(std::sync::RwLock::new(self.settings.dns.domain.clone()));
-        let reload = match self.reload_source.clone() {
-            Some(source) => reload::spawn(
+        let config_file = self
+            .reload_source
+            .as_ref()
+            .and_then(|(source, _)| source.file.clone());
+        let reload = match self.reload_source.take() {
+            Some((source, loaded)) => reload::spawn(
                 source,
-                self.settings.clone(),
-                self.resolv_file.clone(),
+                loaded,
                 reload::Live {
                     forwarder: self.forwarder.clone(),
                     router: self.router.clone(),
+                    local_hosts: self.local_hosts.clone(),
                     domain: std::sync::Arc::clone(&domain),
                 },
                 shutdown.child_token(),
             )?,
             None => reload::ReloadHandle::default(),
         };
-        let control = self.control_socket.as_deref().and_then(|path| {
+        let control = self.control_socket.take().and_then(|socket| {
             let context = control::Context {
                 catalog: self.catalog.clone(),
                 hosts: self.hosts.clone(),
@@ -177,23 +199,24 @@ impl App {
                 listen: addrs.clone(),
                 domain,
                 reload,
-                config_file: self
-                    .reload_source
-                    .as_ref()
-                    .and_then(|source| source.file.clone()),
+                config_file,
                 started,
             };
-            match control::ControlServer::bind(path, context) {
+            match control::ControlServer::new(socket, context) {
                 Ok(server) => Some(tokio::spawn(server.run(shutdown.child_token()))),
                 Err(error) => {
-                    // Diagnostics must never keep the resolver from serving.
-                    warn!(error = %format!("{error:#}"), "Control socket not available; explain and reload over it will not work");
+                    warn!(error = %format!("{error:#}"), "Control socket not available");
                     None
                 }
             }
         });
         let server = dns::serve(self.router, self.listeners, self.settings.server.clone())?;
         let refresher = tokio::spawn(self.catalog.clone().run(shutdown.child_token()));
+        let hosts_watch = tokio::spawn(
+            self.local_hosts
+                .clone()
+                .watch(self.settings.hosts.watch_interval, shutdown.child_token()),
+        );
         let follower = self
             .follower
             .map(|follower| tokio::spawn(follower.run(shutdown.child_token())));
@@ -224,6 +247,7 @@ impl App {
             warn!(grace = ?SHUTDOWN_GRACE, "In-flight queries did not finish in time; exiting anyway");
         }
         refresher.abort();
+        hosts_watch.abort();
         if let Some(follower) = follower {
             follower.abort();
         }

@@ -119,8 +119,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     telemetry::describe_metrics();
     let control_socket = control::socket_path(&settings.state_dir);
     let app = App::build(settings)?
-        .with_reload(source, &loaded)
-        .with_control_socket(control_socket);
+        .with_reload(source, loaded)
+        .with_control_socket(&control_socket);
     let shutdown = shutdown_on_signals()?;
     let ready = telemetry::Readiness::default();
     let metrics_http = metrics

@@ -997,12 +997,13 @@ impl RawConfig {
         }
         let mut rules = Vec::with_capacity(f.rules.len());
         for (index, rule) in f.rules.iter().enumerate() {
-            let zone = hickory_server::proto::rr::Name::from_ascii(&rule.zone).map_err(|error| {
-                invalid(
-                    format!("forward.rules[{index}].zone"),
-                    format!("{:?} is not a domain name: {error}", rule.zone),
-                )
-            })?;
+            let zone =
+                hickory_server::proto::rr::Name::from_ascii(&rule.zone).map_err(|error| {
+                    invalid(
+                        format!("forward.rules[{index}].zone"),
+                        format!("{:?} is not a domain name: {error}", rule.zone),
+                    )
+                })?;
             let key = format!("forward.rules[{index}].upstreams");
             let mut rule_upstreams = Vec::with_capacity(rule.upstreams.len());
             for upstream in &rule.upstreams {

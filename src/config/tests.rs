@@ -322,8 +322,9 @@ upstreams = ["10.0.0.2", "10.0.0.3:5353"]
 
 #[test]
 fn hosts_and_query_log_keys_are_checked() {
-    let settings = parse("[hosts]\nfiles = []\nttl = \"10s\"\n[log]\nqueries = true\nquery_sample = 0.25\n")
-        .expect("valid");
+    let settings =
+        parse("[hosts]\nfiles = []\nttl = \"10s\"\n[log]\nqueries = true\nquery_sample = 0.25\n")
+            .expect("valid");
     assert!(settings.hosts.files.is_empty());
     assert_eq!(settings.dns.local_ttl, Duration::from_secs(10));
     assert!(settings.dns.query_log.enabled);

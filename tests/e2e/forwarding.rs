@@ -118,7 +118,10 @@ async fn a_rule_sends_a_consul_sub_zone_to_its_own_upstream() {
 
     let (answer, _) = udp(h.dns, &Ask::new("web.service.consul.", RecordType::A)).await;
     assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
-    assert!(answer.metadata.authoritative, "still answered from the catalog");
+    assert!(
+        answer.metadata.authoritative,
+        "still answered from the catalog"
+    );
     assert_eq!(agent_dns.queries(), 1);
     assert_eq!(default_upstream.queries(), 0);
     h.stop().await;

@@ -1,0 +1,444 @@
+//! `dnsfront check`: a short health report of the installation, one
+//! `ok|warn|fail` line per check. Every check is bounded by [`CHECK_TIMEOUT`].
+//!
+//! Checks: the config file; Consul (leader known? the ACL token accepted by
+//! `/v1/agent/self`?); each listen socket (free to bind, or answering DNS);
+//! the running server over its control socket; the hosts snapshot in the
+//! state dir (verified with the configured public key); each upstream (a
+//! query for [`PROBE_NAME`] NS, with its round trip).
+
+use std::fmt;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use dnsfront_consul as consul;
+use hickory_server::proto::rr::{Name, RecordType};
+
+use crate::cli::CheckArgs;
+use crate::config::{RawConfig, Settings};
+use crate::control;
+use crate::reload::ConfigSource;
+
+/// The config file `check` and `explain` read when not told.
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/dnsfront/dnsfront.toml";
+/// Longest wait of one check.
+pub const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+/// The name each upstream is asked for (type NS): the root, which every
+/// recursive resolver answers.
+pub const PROBE_NAME: &str = ".";
+/// A snapshot older than this is reported as a warning.
+pub const SNAPSHOT_WARN_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// The verdict of one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Status {
+    /// Healthy.
+    Ok,
+    /// Degraded or not checkable; does not fail the report.
+    Warn,
+    /// Broken: the exit code is 1.
+    Fail,
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // `pad`, so that `{:<4}` lines the report up.
+        f.pad(match self {
+            Self::Ok => "ok",
+            Self::Warn => "warn",
+            Self::Fail => "fail",
+        })
+    }
+}
+
+/// One line of the report.
+#[derive(Debug, Clone)]
+pub struct Line {
+    /// Verdict.
+    pub status: Status,
+    /// What was checked, e.g. `consul leader`.
+    pub what: String,
+    /// What was found.
+    pub detail: String,
+}
+
+impl Line {
+    fn new(status: Status, what: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            what: what.into(),
+            detail: detail.into(),
+        }
+    }
+}
+
+impl fmt::Display for Line {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:<4} {}: {}", self.status, self.what, self.detail)
+    }
+}
+
+/// `dnsfront check`: prints the report; `Ok(true)` when no check failed.
+pub async fn run(args: CheckArgs) -> anyhow::Result<bool> {
+    let mut stdout = std::io::stdout().lock();
+    let mut healthy = true;
+    for line in checks(&args).await {
+        healthy &= line.status != Status::Fail;
+        writeln!(stdout, "{line}")?;
+        stdout.flush()?;
+    }
+    Ok(healthy)
+}
+
+/// Runs every check and returns the lines, in report order.
+pub async fn checks(args: &CheckArgs) -> Vec<Line> {
+    let file = args.config.clone().or_else(|| {
+        let default = PathBuf::from(DEFAULT_CONFIG_FILE);
+        default.exists().then_some(default)
+    });
+    let source = ConfigSource {
+        file: file.clone(),
+        ..ConfigSource::default()
+    };
+    let settings = match source.load() {
+        Ok(loaded) => loaded.settings,
+        Err(error) => return vec![Line::new(Status::Fail, "config", error.to_string())],
+    };
+    let mut lines = vec![Line::new(
+        Status::Ok,
+        "config",
+        match &file {
+            Some(path) => format!("{} is valid", path.display()),
+            None => format!("defaults ({DEFAULT_CONFIG_FILE} does not exist)"),
+        },
+    )];
+    let token_origin = token_origin(file.as_deref());
+    lines.extend(check_consul(&settings, token_origin).await);
+    for addr in &settings.listen {
+        lines.push(check_listen(*addr, &settings.dns.domain).await);
+    }
+    lines.push(check_server(args.control.as_deref(), &settings).await);
+    lines.push(check_snapshot(&settings));
+    lines.extend(check_upstreams(&settings).await);
+    lines
+}
+
+/// Where the token comes from, named without its value.
+fn token_origin(file: Option<&Path>) -> Option<String> {
+    let raw = file.and_then(|path| RawConfig::load(path).ok())?;
+    if raw.consul.token.is_some() {
+        Some("consul.token".to_owned())
+    } else {
+        raw.consul
+            .token_file
+            .map(|path| format!("consul.token_file {}", path.display()))
+    }
+    .or_else(|| {
+        std::env::var("CONSUL_HTTP_TOKEN")
+            .is_ok_and(|token| !token.is_empty())
+            .then(|| "CONSUL_HTTP_TOKEN".to_owned())
+    })
+}
+
+async fn check_consul(settings: &Settings, token_origin: Option<String>) -> Vec<Line> {
+    let config = consul::Config {
+        request_timeout: settings.consul.request_timeout.min(CHECK_TIMEOUT),
+        ..settings.consul.clone()
+    };
+    let address = config.address.clone();
+    let has_token = config.token.is_some();
+    let client = match consul::Client::new(config) {
+        Ok(client) => client,
+        Err(error) => return vec![Line::new(Status::Fail, "consul", error.to_string())],
+    };
+    let mut lines = Vec::new();
+    let reachable = match bounded(client.status_leader()).await {
+        Ok(leader) if leader.is_empty() => {
+            lines.push(Line::new(
+                Status::Fail,
+                "consul leader",
+                format!("{address} answers but the cluster has no leader"),
+            ));
+            true
+        }
+        Ok(leader) => {
+            lines.push(Line::new(
+                Status::Ok,
+                "consul leader",
+                format!("{leader} (asked {address})"),
+            ));
+            true
+        }
+        Err(error) => {
+            lines.push(Line::new(
+                Status::Fail,
+                "consul leader",
+                format!("{address}: {error}"),
+            ));
+            false
+        }
+    };
+    if !reachable {
+        lines.push(Line::new(
+            Status::Warn,
+            "consul acl",
+            "not checked (Consul unreachable)",
+        ));
+        return lines;
+    }
+    let origin = token_origin.unwrap_or_else(|| "the configuration".to_owned());
+    lines.push(match bounded(client.agent_self()).await {
+        Ok(agent) => Line::new(
+            Status::Ok,
+            "consul acl",
+            if has_token {
+                format!(
+                    "token from {origin} accepted (agent {}, datacenter {})",
+                    agent.node_name, agent.datacenter
+                )
+            } else {
+                format!(
+                    "no token configured; the agent's default token is accepted (agent {}, datacenter {})",
+                    agent.node_name, agent.datacenter
+                )
+            },
+        ),
+        Err(consul::Error::Forbidden { .. }) => Line::new(
+            Status::Fail,
+            "consul acl",
+            if has_token {
+                format!("token rejected (403 from /v1/agent/self; the token comes from {origin})")
+            } else {
+                "anonymous requests rejected (403 from /v1/agent/self): set consul.token_file"
+                    .to_owned()
+            },
+        ),
+        Err(error) => Line::new(Status::Fail, "consul acl", error.to_string()),
+    });
+    lines
+}
+
+/// A Consul call bounded by [`CHECK_TIMEOUT`] (on top of the client's own deadline).
+async fn bounded<T>(
+    call: impl Future<Output = Result<T, consul::Error>>,
+) -> Result<T, consul::Error> {
+    tokio::time::timeout(CHECK_TIMEOUT + Duration::from_millis(200), call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(consul::Error::Timeout {
+                endpoint: "consul".to_owned(),
+            })
+        })
+}
+
+async fn check_listen(addr: SocketAddr, domain: &Name) -> Line {
+    let what = format!("listen {addr}");
+    if addr.port() == 0 {
+        return Line::new(Status::Ok, what, "port 0: the kernel picks a port at start");
+    }
+    let target = if addr.ip().is_unspecified() {
+        let ip: std::net::IpAddr = if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        };
+        SocketAddr::new(ip, addr.port())
+    } else {
+        addr
+    };
+    // Something answering there (a running dnsfront, or the resolver it replaces)?
+    if let Ok(answer) =
+        control::query(target, domain, RecordType::SOA, Duration::from_secs(1)).await
+    {
+        return Line::new(
+            Status::Ok,
+            what,
+            format!(
+                "in use and answering DNS ({} for {domain} SOA in {} ms)",
+                answer.rcode, answer.rtt_ms
+            ),
+        );
+    }
+    let bound = std::net::UdpSocket::bind(addr).and_then(|udp| {
+        let tcp = std::net::TcpListener::bind(addr)?;
+        drop((udp, tcp));
+        Ok(())
+    });
+    match bound {
+        Ok(()) => Line::new(Status::Ok, what, "free: dnsfront can bind it (UDP and TCP)"),
+        Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => Line::new(
+            Status::Fail,
+            what,
+            "in use by something that does not answer DNS",
+        ),
+        Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => Line::new(
+            Status::Warn,
+            what,
+            "nothing answers DNS there, and binding it needs root or CAP_NET_BIND_SERVICE (not tested as this user)",
+        ),
+        Err(error) => Line::new(Status::Fail, what, format!("cannot bind: {error}")),
+    }
+}
+
+async fn check_server(control_path: Option<&Path>, settings: &Settings) -> Line {
+    let path = match control_path {
+        Some(path) => path.to_owned(),
+        None => match control::client_candidates(&settings.state_dir)
+            .into_iter()
+            .find(|path| path.exists())
+        {
+            Some(path) => path,
+            None => {
+                return Line::new(
+                    Status::Warn,
+                    "server",
+                    "no running dnsfront found (no control socket)",
+                );
+            }
+        },
+    };
+    match control::request(&path, &control::Request::Stats, CHECK_TIMEOUT).await {
+        Ok(value) => match serde_json::from_value::<control::Stats>(value) {
+            Ok(stats) => Line::new(
+                if stats.consul_unavailable {
+                    Status::Warn
+                } else {
+                    Status::Ok
+                },
+                "server",
+                format!(
+                    "dnsfront {} (pid {}) up {}, listening on {}, {} cached Consul names, Consul {}{}",
+                    stats.version,
+                    stats.pid,
+                    humantime::format_duration(Duration::from_secs(stats.uptime_seconds)),
+                    stats.listen.join(", "),
+                    stats.catalog_entries,
+                    if stats.consul_unavailable {
+                        "unavailable (serving stale data or the snapshot)"
+                    } else {
+                        "reachable"
+                    },
+                    stats
+                        .snapshot
+                        .map(|s| format!(", snapshot generation {}", s.generation))
+                        .unwrap_or_default()
+                ),
+            ),
+            Err(error) => Line::new(Status::Warn, "server", format!("malformed stats: {error}")),
+        },
+        Err(error) => Line::new(Status::Warn, "server", format!("{error:#}")),
+    }
+}
+
+fn check_snapshot(settings: &Settings) -> Line {
+    let Some(follow) = &settings.follow else {
+        return Line::new(
+            Status::Ok,
+            "snapshot",
+            "not followed (snapshot.follow = false)",
+        );
+    };
+    let dir = &settings.state_dir;
+    match crate::commands::verify_state(dir, follow.verifying_key.as_ref()) {
+        Ok(None) => Line::new(
+            Status::Warn,
+            "snapshot",
+            format!(
+                "none in {} yet (the resolver fetches one from Consul; without it a Consul outage means SERVFAIL for names not cached)",
+                dir.display()
+            ),
+        ),
+        Ok(Some(verified)) => {
+            let age = crate::commands::snapshot_age(&verified.snapshot);
+            let signature = match (verified.signed, follow.verifying_key.is_some()) {
+                (true, true) => "signature verified",
+                (true, false) => "signed, no public key configured",
+                (false, _) => "unsigned",
+            };
+            Line::new(
+                if age > SNAPSHOT_WARN_AGE {
+                    Status::Warn
+                } else {
+                    Status::Ok
+                },
+                "snapshot",
+                format!(
+                    "generation {}, {} old, {signature}, {} services, {} nodes",
+                    verified.snapshot.generation,
+                    humantime::format_duration(age),
+                    verified.snapshot.services.len(),
+                    verified.snapshot.nodes.len()
+                ),
+            )
+        }
+        Err(error) => Line::new(Status::Fail, "snapshot", format!("{error:#}")),
+    }
+}
+
+async fn check_upstreams(settings: &Settings) -> Vec<Line> {
+    let upstreams = settings.forward.upstreams.clone();
+    if upstreams.is_empty() {
+        return vec![Line::new(
+            Status::Warn,
+            "upstreams",
+            format!(
+                "none ({}): names outside the Consul domain get SERVFAIL",
+                settings.upstream_origin
+            ),
+        )];
+    }
+    let Ok(probe) = Name::from_ascii(PROBE_NAME) else {
+        return Vec::new();
+    };
+    let mut probes = tokio::task::JoinSet::new();
+    for (index, upstream) in upstreams.iter().copied().enumerate() {
+        let probe = probe.clone();
+        probes.spawn(async move {
+            let result = control::query(upstream, &probe, RecordType::NS, CHECK_TIMEOUT).await;
+            (index, upstream, result)
+        });
+    }
+    let mut results = probes.join_all().await;
+    results.sort_by_key(|(index, _, _)| *index);
+    let answering = results
+        .iter()
+        .filter(|(_, _, result)| {
+            result
+                .as_ref()
+                .is_ok_and(|answer| matches!(answer.rcode.as_str(), "NOERROR" | "NXDOMAIN"))
+        })
+        .count();
+    results
+        .into_iter()
+        .map(|(_, upstream, result)| {
+            let what = format!("upstream {upstream}");
+            // One dead upstream among live ones is degraded (failover works); all dead is a failure.
+            let failed = if answering == 0 {
+                Status::Fail
+            } else {
+                Status::Warn
+            };
+            match result {
+                Ok(answer) if matches!(answer.rcode.as_str(), "NOERROR" | "NXDOMAIN") => Line::new(
+                    Status::Ok,
+                    what,
+                    format!(
+                        "{} for {PROBE_NAME} NS in {} ms",
+                        answer.rcode, answer.rtt_ms
+                    ),
+                ),
+                Ok(answer) => Line::new(
+                    failed,
+                    what,
+                    format!(
+                        "{} for {PROBE_NAME} NS in {} ms",
+                        answer.rcode, answer.rtt_ms
+                    ),
+                ),
+                Err(error) => Line::new(failed, what, format!("{error:#}")),
+            }
+        })
+        .collect()
+}

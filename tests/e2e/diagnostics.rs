@@ -1,0 +1,318 @@
+//! `dnsfront check` and `dnsfront explain` against the real binary, the
+//! simulator and a fake upstream.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+use std::time::Duration;
+
+use dnsfront::control;
+use test_support::FakeUpstream;
+
+use crate::harness::{eventually, standard_sim};
+use crate::reload::{Server, base_config, write};
+
+const BIN: &str = env!("CARGO_BIN_EXE_dnsfront");
+
+/// Runs the binary to completion without blocking the runtime that serves the simulator.
+async fn run(args: &[&str]) -> (Option<i32>, String, String) {
+    let output = tokio::process::Command::new(BIN)
+        .args(args)
+        .env_remove("CONSUL_HTTP_ADDR")
+        .env_remove("CONSUL_HTTP_TOKEN")
+        .env_remove("RUNTIME_DIRECTORY")
+        .env_remove("RUST_LOG")
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(30), output)
+        .await
+        .expect("finishes within 30s")
+        .expect("run dnsfront");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// The report line for `what`, asserting there is exactly one.
+fn line<'a>(report: &'a str, what: &str) -> &'a str {
+    let lines: Vec<&str> = report
+        .lines()
+        .filter(|line| line.get(5..).is_some_and(|rest| rest.starts_with(what)))
+        .collect();
+    assert_eq!(lines.len(), 1, "one {what:?} line in:\n{report}");
+    lines[0]
+}
+
+fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|socket| socket.local_addr())
+        .expect("free port")
+        .port()
+}
+
+fn path_arg(path: &Path) -> &str {
+    path.to_str().expect("utf8 path")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_is_healthy_with_a_running_server_and_fails_when_consul_is_down() {
+    let sim = standard_sim();
+    let consul = sim
+        .serve("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("sim");
+    let upstream = FakeUpstream::start().await;
+    let dead = test_support::closed_port().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let config = dir.path().join("dnsfront.toml");
+    let port = free_port();
+    write(
+        &config,
+        &format!(
+            "{}\n[dns]\nlisten = [\"127.0.0.1:{port}\"]\n\n[forward]\nupstreams = [\"{}\", \"{dead}\"]\n",
+            base_config(&consul.url(), &state),
+            upstream.addr()
+        ),
+    );
+
+    // Before the server runs: its port is free, nothing answers on the control socket.
+    let (code, report, stderr) = run(&["check", "--config", path_arg(&config)]).await;
+    assert_eq!(code, Some(0), "healthy:\n{report}\n{stderr}");
+    assert!(
+        line(&report, "config").starts_with("ok   config: "),
+        "{report}"
+    );
+    assert!(
+        line(&report, "consul leader").starts_with("ok "),
+        "{report}"
+    );
+    assert!(line(&report, "consul acl").starts_with("ok "), "{report}");
+    let listen = line(&report, &format!("listen 127.0.0.1:{port}"));
+    assert!(
+        listen.starts_with("ok ") && listen.contains("free"),
+        "{listen}"
+    );
+    assert!(line(&report, "server").starts_with("warn "), "{report}");
+    assert!(line(&report, "snapshot").starts_with("warn "), "{report}");
+    let good = line(&report, &format!("upstream {}", upstream.addr()));
+    assert!(good.starts_with("ok ") && good.contains(" ms"), "{good}");
+    // One dead upstream beside a live one is degraded, not failed.
+    assert!(
+        line(&report, &format!("upstream {dead}")).starts_with("warn "),
+        "{report}"
+    );
+
+    let server = Server::start(&config).await;
+    let (code, report, _) = run(&["check", "--config", path_arg(&config)]).await;
+    assert_eq!(code, Some(0), "healthy with the server:\n{report}");
+    let listen = line(&report, &format!("listen 127.0.0.1:{port}"));
+    assert!(
+        listen.starts_with("ok ") && listen.contains("answering DNS"),
+        "{listen}"
+    );
+    let running = line(&report, "server");
+    assert!(
+        running.starts_with("ok ") && running.contains(&format!("127.0.0.1:{port}")),
+        "{running}"
+    );
+
+    consul.set_down(true);
+    let (code, report, _) = run(&["check", "--config", path_arg(&config)]).await;
+    assert_eq!(code, Some(1), "Consul down fails the check:\n{report}");
+    assert!(
+        line(&report, "consul leader").starts_with("fail "),
+        "{report}"
+    );
+    assert!(line(&report, "consul acl").starts_with("warn "), "{report}");
+    server.stop().await;
+    consul.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_reports_a_rejected_token_without_printing_it() {
+    let sim = standard_sim();
+    sim.set_acl_tokens(&["the-right-token"]);
+    let consul = sim
+        .serve("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("sim");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let config = dir.path().join("dnsfront.toml");
+    let secret = "wrong-secret-8a7f";
+    let text = |token: &str| {
+        format!(
+            "{}\n[dns]\nlisten = [\"127.0.0.1:0\"]\n\n[forward]\nresolv_file = \"/nonexistent/dnsfront-tests/resolv.conf\"\n",
+            base_config(&consul.url(), &state)
+        )
+        .replace("[consul]\n", &format!("[consul]\ntoken = \"{token}\"\n"))
+    };
+    write(&config, &text(secret));
+    let (code, report, stderr) = run(&["check", "--config", path_arg(&config)]).await;
+    assert_eq!(code, Some(1), "{report}");
+    let acl = line(&report, "consul acl");
+    assert!(
+        acl.starts_with("fail ") && acl.contains("token rejected") && acl.contains("consul.token"),
+        "{acl}"
+    );
+    assert!(
+        !report.contains(secret) && !stderr.contains(secret),
+        "the token was printed:\n{report}\n{stderr}"
+    );
+    // Upstreams: none configured is a warning, not a failure.
+    assert!(line(&report, "upstreams").starts_with("warn "), "{report}");
+
+    write(&config, &text("the-right-token"));
+    let (code, report, _) = run(&["check", "--config", path_arg(&config)]).await;
+    assert_eq!(code, Some(0), "{report}");
+    assert!(line(&report, "consul acl").contains("accepted"), "{report}");
+    consul.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_tells_fresh_from_stale_and_forwarded_from_cached() {
+    let sim = standard_sim();
+    let consul = sim
+        .serve("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("sim");
+    let upstream = FakeUpstream::start().await;
+    upstream.set("www.example", &["192.0.2.80"], 300);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let config = dir.path().join("dnsfront.toml");
+    write(
+        &config,
+        &format!(
+            "{}\n[dns]\nlisten = [\"127.0.0.1:0\"]\n\n[forward]\nupstreams = [\"{}\"]\n",
+            base_config(&consul.url(), &state),
+            upstream.addr()
+        ),
+    );
+    let server = Server::start(&config).await;
+    let socket = state.join(control::SOCKET_FILE);
+    let mode = std::fs::metadata(&socket)
+        .expect("control socket exists")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "control socket is private");
+
+    let explain = |args: Vec<String>| async move {
+        let mut full = vec!["explain".to_owned()];
+        full.extend(args);
+        let refs: Vec<&str> = full.iter().map(String::as_str).collect();
+        run(&refs).await
+    };
+    let config_arg = path_arg(&config).to_owned();
+    let json = |name: &str, qtype: &str| {
+        vec![
+            name.to_owned(),
+            qtype.to_owned(),
+            "--config".to_owned(),
+            config_arg.clone(),
+            "--json".to_owned(),
+        ]
+    };
+
+    let (code, out, err) = explain(json("web.service.consul", "A")).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).expect("JSON report");
+    assert_eq!(report["zone"], "consul", "{report}");
+    assert_eq!(report["kind"], "service");
+    assert_eq!(report["source"], "fresh", "{report}");
+    assert_eq!(report["answer"]["rcode"], "NOERROR");
+    assert_eq!(
+        report["answer"]["answers"].as_array().map(Vec::len),
+        Some(2)
+    );
+    assert_eq!(report["answer"]["ede"], serde_json::json!([]));
+    assert_eq!(report["catalog"]["state"], "fresh");
+    assert_eq!(report["catalog"]["instances"], 2);
+    assert_eq!(report["consul_unavailable"], false);
+
+    // The human form, with the socket given directly.
+    let (code, text, _) = explain(vec![
+        "web.service.consul".to_owned(),
+        "--control".to_owned(),
+        path_arg(&socket).to_owned(),
+    ])
+    .await;
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("answer:    NOERROR"), "{text}");
+    assert!(text.contains("source:    fresh"), "{text}");
+    assert!(
+        text.contains("catalog:   service web: fresh, 2 healthy"),
+        "{text}"
+    );
+
+    // Forwarded: first from the upstream, then from the cache.
+    let (_, out, _) = explain(json("www.example", "A")).await;
+    let report: serde_json::Value = serde_json::from_str(&out).expect("JSON report");
+    assert_eq!(report["zone"], "forward", "{report}");
+    assert_eq!(report["source"], "upstream", "{report}");
+    assert_eq!(report["answer"]["answers"][0]["data"], "192.0.2.80");
+    let (_, out, _) = explain(json("www.example", "A")).await;
+    let report: serde_json::Value = serde_json::from_str(&out).expect("JSON report");
+    assert_eq!(report["source"], "cache", "{report}");
+    assert_eq!(report["forward_cache"]["state"], "fresh", "{report}");
+
+    // Consul goes away: past two refresh periods the same name is stale, with EDE 3.
+    consul.set_down(true);
+    let stale = eventually(Duration::from_secs(8), || {
+        let args = json("web.service.consul", "A");
+        async move {
+            let (_, out, _) = explain(args).await;
+            serde_json::from_str::<serde_json::Value>(&out)
+                .is_ok_and(|report| report["source"] == "stale")
+        }
+    })
+    .await;
+    assert!(stale, "explain never reported stale data");
+    let (_, out, _) = explain(json("web.service.consul", "A")).await;
+    let report: serde_json::Value = serde_json::from_str(&out).expect("JSON report");
+    assert_eq!(report["answer"]["rcode"], "NOERROR", "{report}");
+    assert_eq!(report["answer"]["ede"], serde_json::json!([3]), "{report}");
+    assert_eq!(report["catalog"]["state"], "stale", "{report}");
+    assert!(
+        report["note"].as_str().is_some_and(|n| n.contains("stale")),
+        "{report}"
+    );
+
+    // A name nobody asked before the outage: SERVFAIL, no data.
+    let (_, out, _) = explain(json("other.service.consul", "A")).await;
+    let report: serde_json::Value = serde_json::from_str(&out).expect("JSON report");
+    assert_eq!(report["answer"]["rcode"], "SERVFAIL", "{report}");
+    assert_eq!(report["source"], "none", "{report}");
+
+    server.stop().await;
+    assert!(
+        !socket.exists(),
+        "the control socket is removed on shutdown"
+    );
+    consul.shutdown().await;
+}
+
+#[tokio::test]
+async fn explain_without_a_server_says_where_it_looked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("dnsfront.toml");
+    let state = dir.path().join("state");
+    write(
+        &config,
+        &format!("[state]\ndir = \"{}\"\n", state.display()),
+    );
+    let (code, _, stderr) = run(&[
+        "explain",
+        "web.service.consul",
+        "--config",
+        path_arg(&config),
+    ])
+    .await;
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains("no control socket found") && stderr.contains(path_arg(&state)),
+        "{stderr}"
+    );
+}
