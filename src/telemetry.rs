@@ -22,7 +22,10 @@ use crate::config::{ConfigError, LogFormat, MetricsSettings};
 
 /// Per-query logs of hickory's server are INFO; they would drown a busy node's
 /// journal and cost latency, so they are held at WARN unless asked for.
-const QUIET_LIBRARIES: &str = "hickory_server=warn,hickory_proto=warn,hickory_net=warn";
+/// `dnsfront::query=info` too: the query log is switched by `log.queries`, not by the
+/// level, so `level = "warn"` with `queries = true` still writes it.
+const QUIET_LIBRARIES: &str =
+    "hickory_server=warn,hickory_proto=warn,hickory_net=warn,dnsfront::query=info";
 
 /// Installs the tracing subscriber on stderr. `RUST_LOG` wins over `level`.
 ///
