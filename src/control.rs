@@ -152,6 +152,10 @@ pub struct CatalogDetails {
     pub age_seconds: Option<f64>,
     /// Consul index of the cached data (when the catalog can tell).
     pub consul_index: Option<u64>,
+    /// How the entry is kept current: watching, polling or idle.
+    pub refresh: Option<String>,
+    /// The most recent failed Consul request for it, if any.
+    pub last_error: Option<String>,
 }
 
 /// The hosts snapshot in memory.
@@ -556,11 +560,10 @@ fn classify(labels: &[&str]) -> ConsulName {
 /// The catalog cache's view of the Consul key behind a name.
 ///
 /// Today this asks the cache the way a query does (`Cache::service` /
-/// `Cache::node`), which gives the freshness and the instance count but not
-/// the entry's age or Consul index; explain calls it right after its DNS
-/// query, so the entry is already cached and no extra Consul request is
-/// made. Once `Cache::describe_service` / `describe_node` exist, fill
-/// `age_seconds` and `consul_index` (and the state) from their `EntryInfo`.
+/// `Cache::node`) for the freshness and instance count, then the entry's
+/// bookkeeping (`describe_service`/`describe_node`: age, Consul index, refresh
+/// state, last error). Explain calls it right after its DNS query, so the
+/// entry is already cached and no extra Consul request is made.
 async fn catalog_details(cache: &catalog::Cache, name: &ConsulName) -> Option<CatalogDetails> {
     fn freshness(freshness: catalog::Freshness) -> &'static str {
         match freshness {
@@ -610,14 +613,29 @@ async fn catalog_details(cache: &catalog::Cache, name: &ConsulName) -> Option<Ca
         }
         ConsulName::Addr | ConsulName::Other => return None,
     };
+    // The entry's bookkeeping (no I/O): age, Consul index, refresh state.
+    let info = match kind {
+        "service" => cache.describe_service(key, datacenter.as_deref()),
+        _ => cache.describe_node(key, datacenter.as_deref()),
+    };
     Some(CatalogDetails {
         kind: kind.to_owned(),
         name: key.clone(),
         datacenter: datacenter.clone(),
         state,
         instances,
-        age_seconds: None,
-        consul_index: None,
+        age_seconds: info.as_ref().map(|i| i.age_ms as f64 / 1000.0),
+        consul_index: info.as_ref().map(|i| i.consul_index),
+        refresh: info.as_ref().map(|i| {
+            serde_json::to_value(i.refresh)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default()
+        }),
+        last_error: info
+            .as_ref()
+            .and_then(|i| i.last_error.as_ref())
+            .map(|e| format!("{} ({}s ago): {}", e.kind, e.age_ms / 1000, e.message)),
     })
 }
 
@@ -1027,7 +1045,13 @@ pub fn render_explain(report: &ExplainReport) -> String {
         if let Some(index) = catalog.consul_index {
             let _ = write!(line, ", Consul index {index}");
         }
+        if let Some(refresh) = &catalog.refresh {
+            let _ = write!(line, ", {refresh}");
+        }
         let _ = writeln!(out, "{line}");
+        if let Some(error) = &catalog.last_error {
+            let _ = writeln!(out, "  last error: {error}");
+        }
     }
     if report.zone == "consul" {
         let _ = writeln!(

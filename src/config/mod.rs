@@ -217,6 +217,27 @@ pub struct RawCatalog {
     /// Longest pause between attempts while Consul fails.
     #[serde(with = "humantime_serde")]
     pub backoff_max: Duration,
+    /// `poll` (re-read every refresh_interval) or `watch` (blocking queries).
+    pub refresh: RawRefreshMode,
+    /// `wait` of each blocking query in watch mode.
+    #[serde(with = "humantime_serde")]
+    pub watch_wait: Duration,
+    /// Least time between two requests of one watched name.
+    #[serde(with = "humantime_serde")]
+    pub watch_min_interval: Duration,
+    /// Most names watched at once; the rest are polled.
+    pub max_watches: usize,
+}
+
+/// `catalog.refresh`
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawRefreshMode {
+    /// Re-read hot names every `refresh_interval`.
+    #[default]
+    Poll,
+    /// Keep a blocking query open per hot name.
+    Watch,
 }
 
 impl Default for RawCatalog {
@@ -233,6 +254,10 @@ impl Default for RawCatalog {
             only_passing: c.only_passing,
             backoff_min: c.backoff_min,
             backoff_max: c.backoff_max,
+            refresh: RawRefreshMode::Poll,
+            watch_wait: c.watch_wait,
+            watch_min_interval: c.watch_min_interval,
+            max_watches: c.max_watches,
         }
     }
 }
@@ -928,7 +953,13 @@ impl RawConfig {
             only_passing: c.only_passing,
             backoff_min: c.backoff_min,
             backoff_max: c.backoff_max,
-            ..catalog::Config::default()
+            refresh: match c.refresh {
+                RawRefreshMode::Poll => catalog::RefreshMode::Poll,
+                RawRefreshMode::Watch => catalog::RefreshMode::Watch,
+            },
+            watch_wait: c.watch_wait,
+            watch_min_interval: c.watch_min_interval,
+            max_watches: c.max_watches,
         };
         config.validate().map_err(|error| match error {
             catalog::Error::InvalidConfig { key, reason } => {

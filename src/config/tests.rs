@@ -338,3 +338,20 @@ fn hosts_and_query_log_keys_are_checked() {
     let message = error_of("[hosts]\nwatch_interval = \"1ms\"\n");
     assert!(message.contains("hosts.watch_interval"), "{message}");
 }
+
+#[test]
+fn catalog_watch_mode_keys_are_parsed_and_checked() {
+    let settings = parse("[catalog]\nrefresh = \"watch\"\nwatch_wait = \"2m\"\nmax_watches = 50\n")
+        .expect("valid");
+    assert_eq!(settings.catalog.refresh, catalog::RefreshMode::Watch);
+    assert_eq!(settings.catalog.watch_wait, Duration::from_secs(120));
+    assert_eq!(settings.catalog.max_watches, 50);
+    assert_eq!(
+        parse("").expect("defaults").catalog.refresh,
+        catalog::RefreshMode::Poll
+    );
+    let message = error_of("[catalog]\nrefresh = \"watch\"\nwatch_wait = \"11m\"\n");
+    assert!(message.contains("catalog.watch_wait"), "{message}");
+    let message = error_of("[catalog]\nrefresh = \"sometimes\"\n");
+    assert!(message.contains("catalog.refresh"), "{message}");
+}

@@ -230,6 +230,19 @@ async fn explain_tells_fresh_from_stale_and_forwarded_from_cached() {
     assert_eq!(report["answer"]["ede"], serde_json::json!([]));
     assert_eq!(report["catalog"]["state"], "fresh");
     assert_eq!(report["catalog"]["instances"], 2);
+    assert!(
+        report["catalog"]["consul_index"]
+            .as_u64()
+            .is_some_and(|index| index > 0),
+        "the Consul index of the cached data: {report}"
+    );
+    assert!(
+        report["catalog"]["age_seconds"]
+            .as_f64()
+            .is_some_and(|age| age < 10.0),
+        "{report}"
+    );
+    assert_eq!(report["catalog"]["refresh"], "polling", "{report}");
     assert_eq!(report["consul_unavailable"], false);
 
     // The human form, with the socket given directly.
@@ -275,6 +288,10 @@ async fn explain_tells_fresh_from_stale_and_forwarded_from_cached() {
     assert_eq!(report["answer"]["rcode"], "NOERROR", "{report}");
     assert_eq!(report["answer"]["ede"], serde_json::json!([3]), "{report}");
     assert_eq!(report["catalog"]["state"], "stale", "{report}");
+    assert!(
+        report["catalog"]["last_error"].is_string(),
+        "the failed refresh is shown: {report}"
+    );
     assert!(
         report["note"].as_str().is_some_and(|n| n.contains("stale")),
         "{report}"

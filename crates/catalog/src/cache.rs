@@ -1,22 +1,31 @@
 //! The catalog cache: one slot per key, coalesced first fetches, background
-//! refresh of entries that are being asked for, stale-on-error.
+//! refresh of entries that are being asked for (polled, or watched with
+//! blocking queries), stale-on-error.
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use dnsfront_consul as consul;
 use rand::Rng;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::breaker::Breaker;
+use crate::breaker::{Admission, Breaker, BreakerState, CircuitState};
+use crate::config::RefreshMode;
+use crate::info::{EntryFreshness, EntryInfo, ErrorInfo, RefreshState};
 use crate::metrics;
+use crate::pace::Pace;
 use crate::{Config, Error, Freshness, Lookup, Node, ServiceInstance};
+
+/// `mode` tag of requests sent by a watch loop.
+const MODE_WATCH: &str = "watch";
+/// `mode` tag of every other read (first fetches, periodic and on-demand re-reads).
+const MODE_POLL: &str = "poll";
 
 /// Bound on background refreshes running at once, so a burst of due entries
 /// becomes a steady trickle of Consul reads rather than a spike.
@@ -36,6 +45,8 @@ struct Inner {
     /// Reference point for the slots' `last_access` timestamps.
     epoch: Instant,
     refresh_permits: Arc<Semaphore>,
+    /// One permit per running watch loop (`max_watches`).
+    watch_permits: Arc<Semaphore>,
 }
 
 /// What a slot caches: a service in a datacenter, or a node.
@@ -69,14 +80,37 @@ struct Entry {
     next_refresh: Instant,
     /// The last attempt to refresh failed (Consul trouble).
     last_refresh_failed: bool,
+    /// `X-Consul-Index` of `value` (0 when Consul sent none).
+    index: u64,
+    /// The most recent failure, kept after later successes for `describe`.
+    last_error: Option<Arc<LastError>>,
+}
+
+/// A failed request, for `describe`.
+#[derive(Debug)]
+struct LastError {
+    kind: &'static str,
+    message: String,
+    at: Instant,
+}
+
+/// A decoded Consul answer and its index (`None` when there was no response
+/// to take one from, e.g. an unknown datacenter).
+struct Fetched {
+    value: Value,
+    index: Option<u64>,
 }
 
 struct Slot {
     entry: ArcSwap<Entry>,
     /// Milliseconds since `Inner::epoch` of the last query for this key.
     last_access_ms: AtomicU64,
-    /// Held while a refresh of this key is in flight: one request per key.
+    /// Held while a (non-blocking) refresh of this key is in flight: one request per key.
     refresh_lock: tokio::sync::Mutex<()>,
+    /// True while a watch loop keeps this slot current.
+    watching: AtomicBool,
+    /// Cancelled when the slot leaves the cache: stops its watch loop.
+    removed: CancellationToken,
 }
 
 impl Cache {
@@ -85,8 +119,12 @@ impl Cache {
         config.validate()?;
         let slots = moka::future::Cache::builder()
             .max_capacity(config.max_entries)
+            .eviction_listener(|_key, slot: Arc<Slot>, _cause| slot.removed.cancel())
             .build();
         let breaker = Breaker::new(config.backoff_min, config.backoff_max);
+        let watch_permits = Arc::new(Semaphore::new(
+            config.max_watches.min(Semaphore::MAX_PERMITS),
+        ));
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
@@ -95,6 +133,7 @@ impl Cache {
                 breaker,
                 epoch: Instant::now(),
                 refresh_permits: Arc::new(Semaphore::new(MAX_CONCURRENT_REFRESHES)),
+                watch_permits,
             }),
         })
     }
@@ -145,11 +184,43 @@ impl Cache {
         self.inner.slots.entry_count()
     }
 
+    /// The circuit breaker's position and backoff (no I/O).
+    pub fn breaker_state(&self) -> BreakerState {
+        self.inner.breaker.snapshot()
+    }
+
+    /// Number of names currently watched with a blocking query.
+    pub fn watch_count(&self) -> usize {
+        self.inner.watch_count()
+    }
+
+    /// What the cache holds for `service` in `datacenter` (None = the agent's),
+    /// or `None` when it is not cached. No I/O; a linear scan, for diagnostics.
+    pub fn describe_service(&self, service: &str, datacenter: Option<&str>) -> Option<EntryInfo> {
+        let key = Key::Service {
+            name: service.to_ascii_lowercase().into(),
+            datacenter: datacenter.map(|dc| dc.to_ascii_lowercase().into()),
+        };
+        self.inner.describe(&key)
+    }
+
+    /// What the cache holds for `node` in `datacenter` (None = the agent's),
+    /// or `None` when it is not cached. No I/O; a linear scan, for diagnostics.
+    pub fn describe_node(&self, node: &str, datacenter: Option<&str>) -> Option<EntryInfo> {
+        let key = Key::Node {
+            name: node.to_ascii_lowercase().into(),
+            datacenter: datacenter.map(|dc| dc.to_ascii_lowercase().into()),
+        };
+        self.inner.describe(&key)
+    }
+
     /// Runs the background refresher until `shutdown` is cancelled.
     ///
     /// Every tick it refreshes the entries that are due and were asked for within
     /// `idle_timeout`, drops entries older than `max_stale` that nobody asks for,
-    /// and never has more than a few refreshes in flight.
+    /// and never has more than a few refreshes in flight. In watch mode it starts
+    /// a watch loop for each hot name (up to `max_watches`; the rest are polled);
+    /// a loop ends when its name goes idle, leaves the cache, or on shutdown.
     pub async fn run(self, shutdown: CancellationToken) {
         let tick = (self.inner.config.refresh_interval / 10)
             .clamp(Duration::from_millis(50), Duration::from_secs(1));
@@ -158,7 +229,7 @@ impl Cache {
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                _ = interval.tick() => self.inner.refresh_due().await,
+                _ = interval.tick() => self.inner.refresh_due(&shutdown).await,
             }
         }
     }
@@ -186,9 +257,11 @@ impl Inner {
         let result = self
             .slots
             .try_get_with(key, async move {
-                let fetched =
-                    tokio::time::timeout(this.config.first_fetch_timeout, this.fetch(&init_key))
-                        .await;
+                let fetched = tokio::time::timeout(
+                    this.config.first_fetch_timeout,
+                    this.fetch(&init_key, MODE_POLL, 0),
+                )
+                .await;
                 match fetched {
                     Ok(Ok(value)) => {
                         this.breaker.record_success();
@@ -228,7 +301,7 @@ impl Inner {
     async fn answer_from_slot(&self, key: &Key, slot: &Slot) -> Lookup<Value> {
         let entry = slot.entry.load_full();
         let age = Instant::now().saturating_duration_since(entry.fetched_at);
-        if age <= self.fresh_window(&entry.value) {
+        if age <= self.fresh_window(&entry, slot.watching.load(Ordering::Relaxed)) {
             return to_lookup(&entry.value, Freshness::Fresh);
         }
         if !entry.last_refresh_failed && self.breaker.allow_request() {
@@ -277,19 +350,11 @@ impl Inner {
 
     /// The refresh itself; the caller holds the slot's refresh lock.
     async fn refresh_locked(&self, key: &Key, slot: &Slot) -> bool {
-        let result = self.fetch(key).await;
-        let now = Instant::now();
-        match result {
-            Ok(value) => {
+        match self.fetch(key, MODE_POLL, 0).await {
+            Ok(fetched) => {
                 self.breaker.record_success();
                 metrics::refresh("ok");
-                let next_refresh = now + self.jittered(self.refresh_period(&value));
-                slot.entry.store(Arc::new(Entry {
-                    value,
-                    fetched_at: now,
-                    next_refresh,
-                    last_refresh_failed: false,
-                }));
+                self.store_success(slot, fetched);
                 true
             }
             Err(error) => {
@@ -297,43 +362,88 @@ impl Inner {
                 debug!(key = ?key, error = %error, "Consul refresh failed, keeping last good data");
                 self.breaker
                     .record_failure(error.is_retryable(), error.kind(), &error);
-                let old = slot.entry.load();
                 let retry_in = self.jittered(self.breaker.current_backoff());
-                slot.entry.store(Arc::new(Entry {
-                    value: old.value.clone(),
-                    fetched_at: old.fetched_at,
-                    next_refresh: now + retry_in,
-                    last_refresh_failed: true,
-                }));
+                self.store_failure(slot, &error, retry_in);
                 false
             }
         }
     }
 
-    /// One background pass over the slots.
-    async fn refresh_due(self: &Arc<Self>) {
+    /// Replaces a slot's data with a successful answer.
+    fn store_success(&self, slot: &Slot, fetched: Fetched) {
         let now = Instant::now();
-        let now_ms = self.millis_since_epoch(now);
-        let idle_ms = u64::try_from(self.config.idle_timeout.as_millis()).unwrap_or(u64::MAX);
+        let old = slot.entry.load();
+        let next_refresh = now + self.jittered(self.refresh_period(&fetched.value));
+        slot.entry.store(Arc::new(Entry {
+            value: fetched.value,
+            fetched_at: now,
+            next_refresh,
+            last_refresh_failed: false,
+            index: fetched.index.unwrap_or(0),
+            last_error: old.last_error.clone(),
+        }));
+    }
+
+    /// Keeps a slot's last good data, marked failed, retried after `retry_in`.
+    fn store_failure(&self, slot: &Slot, error: &consul::Error, retry_in: Duration) {
+        let now = Instant::now();
+        let old = slot.entry.load();
+        slot.entry.store(Arc::new(Entry {
+            value: old.value.clone(),
+            fetched_at: old.fetched_at,
+            next_refresh: now + retry_in,
+            last_refresh_failed: true,
+            index: old.index,
+            last_error: Some(Arc::new(LastError {
+                kind: error.kind(),
+                message: error.to_string(),
+                at: now,
+            })),
+        }));
+    }
+
+    /// One background pass over the slots.
+    async fn refresh_due(self: &Arc<Self>, shutdown: &CancellationToken) {
+        let now = Instant::now();
         let consul_healthy = !self.breaker.is_open();
+        let watch_mode = self.config.refresh == RefreshMode::Watch;
         let mut expired = Vec::new();
         let mut due = Vec::new();
+        let mut to_watch = Vec::new();
         for (key, slot) in self.slots.iter() {
             let entry = slot.entry.load();
-            let idle = now_ms.saturating_sub(slot.last_access_ms.load(Ordering::Relaxed)) > idle_ms;
-            if idle {
-                // Nobody asks: stop costing Consul anything. Keep the data as a
-                // stale fallback until it is too old to be of use.
+            if self.is_idle(&slot, now) {
+                // Nobody asks: stop costing Consul anything (a watch loop ends by
+                // itself). Keep the data as a stale fallback until it is too old.
                 if now.saturating_duration_since(entry.fetched_at) > self.config.max_stale {
                     expired.push(Arc::clone(&key));
                 }
                 continue;
+            }
+            if watch_mode {
+                if slot.watching.load(Ordering::Acquire) {
+                    continue; // its loop keeps it current
+                }
+                if let Ok(permit) = Arc::clone(&self.watch_permits).try_acquire_owned() {
+                    if !slot.watching.swap(true, Ordering::AcqRel) {
+                        to_watch.push((key, slot, permit));
+                    }
+                    continue;
+                }
+                // More hot names than `max_watches`: this one is polled.
             }
             // Once Consul answers again, entries that failed are retried at once
             // rather than after their (long) backoff: answers turn fresh quickly.
             if now >= entry.next_refresh || (entry.last_refresh_failed && consul_healthy) {
                 due.push((key, slot));
             }
+        }
+        for (key, slot, permit) in to_watch {
+            let this = Arc::clone(self);
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                this.watch(Key::clone(&key), slot, permit, shutdown).await;
+            });
         }
         for (key, slot) in due {
             if !self.breaker.allow_request() {
@@ -360,17 +470,255 @@ impl Inner {
             self.slots.invalidate(&*key).await;
         }
         metrics::entries(self.slots.entry_count());
+        if watch_mode {
+            metrics::watches(self.watch_count());
+        }
     }
 
-    async fn fetch(&self, key: &Key) -> Result<Value, consul::Error> {
+    /// Keeps one slot current with blocking queries until its name goes idle,
+    /// it leaves the cache, or `shutdown`.
+    ///
+    /// Consul's rules (reference §b.3): the first request (and the first after a
+    /// reset) is a non-blocking read; each later one blocks on the last
+    /// `X-Consul-Index`, an index that went backwards resets to 0, one below 1 is
+    /// clamped to 1 ([`consul::next_index`]). Requests are paced by [`Pace`]
+    /// (no wait in the happy case, burst of 2, then one per `refresh_interval`
+    /// while the result churns, never closer than `watch_min_interval`), and
+    /// every request passes the shared circuit breaker; a probe through an open
+    /// breaker is non-blocking so that it reports back at once.
+    async fn watch(
+        self: Arc<Self>,
+        key: Key,
+        slot: Arc<Slot>,
+        permit: OwnedSemaphorePermit,
+        shutdown: CancellationToken,
+    ) {
+        let _permit = permit;
+        let _watching = WatchingFlag(Arc::clone(&slot));
+        let stop = self.watch_stopped(&slot, &shutdown);
+        tokio::pin!(stop);
+        let mut closed = self.breaker.subscribe_closed();
+        let mut pace = Pace::new(
+            self.config.watch_min_interval,
+            self.config.refresh_interval,
+            Instant::now(),
+        );
+        let mut index = slot.entry.load().index;
+        debug!(key = ?key, index, "Watching Consul for changes");
+        loop {
+            let start_at = pace.next_start(Instant::now());
+            if start_at > Instant::now() {
+                tokio::select! {
+                    () = &mut stop => break,
+                    () = tokio::time::sleep_until(start_at) => {}
+                }
+            }
+            let admission = self.breaker.admit();
+            if admission == Admission::Denied {
+                closed.borrow_and_update();
+                // Wake when the next probe may go (whichever loop wakes first
+                // sends it); while a probe is in flight, wait for it to close
+                // the circuit, or a backoff.
+                let breaker = self.breaker.snapshot();
+                let pause = match (breaker.state, breaker.retry_in_ms) {
+                    (CircuitState::Open, Some(ms)) if ms > 0 => {
+                        let spread = self
+                            .config
+                            .backoff_min
+                            .mul_f64(rand::rng().random_range(0.0..=0.5));
+                        Duration::from_millis(ms) + spread
+                    }
+                    _ => self.jittered(self.breaker.current_backoff()),
+                };
+                tokio::select! {
+                    () = &mut stop => break,
+                    () = self.backoff_pause(pause, &mut closed) => {}
+                }
+                continue;
+            }
+            let send_index = if admission == Admission::Probe {
+                0
+            } else {
+                index
+            };
+            pace.started(Instant::now());
+            let result = tokio::select! {
+                () = &mut stop => {
+                    if admission == Admission::Probe {
+                        self.breaker.cancel_probe();
+                    }
+                    break;
+                }
+                result = self.fetch(&key, MODE_WATCH, send_index) => result,
+            };
+            match result {
+                Ok(fetched) => {
+                    self.breaker.record_success();
+                    metrics::refresh("ok");
+                    let returned = fetched.index;
+                    let poll_in = self.jittered(self.refresh_period(&fetched.value));
+                    self.store_success(&slot, fetched);
+                    let Some(returned) = returned else {
+                        // No index to block on (e.g. unknown datacenter): poll.
+                        index = 0;
+                        tokio::select! {
+                            () = &mut stop => break,
+                            () = tokio::time::sleep(poll_in) => {}
+                        }
+                        continue;
+                    };
+                    let next = consul::next_index(index, returned);
+                    if next == 0 {
+                        metrics::watch_index_reset();
+                        debug!(key = ?key, previous = index, returned, "Consul index went backwards, re-reading from scratch");
+                    }
+                    index = next;
+                }
+                Err(error) => {
+                    metrics::refresh(error.kind());
+                    debug!(key = ?key, error = %error, "Consul watch failed, keeping last good data");
+                    self.breaker
+                        .record_failure(error.is_retryable(), error.kind(), &error);
+                    let pause = self.jittered(self.breaker.current_backoff());
+                    self.store_failure(&slot, &error, pause);
+                    closed.borrow_and_update();
+                    tokio::select! {
+                        () = &mut stop => break,
+                        () = self.backoff_pause(pause, &mut closed) => {}
+                    }
+                }
+            }
+        }
+        debug!(key = ?key, "Stopped watching");
+    }
+
+    /// Completes when a watch loop must end.
+    async fn watch_stopped(&self, slot: &Slot, shutdown: &CancellationToken) {
+        tokio::select! {
+            () = shutdown.cancelled() => {}
+            () = slot.removed.cancelled() => {}
+            () = self.until_idle(slot) => {}
+        }
+    }
+
+    /// Completes once nobody asked for the slot during `idle_timeout`.
+    async fn until_idle(&self, slot: &Slot) {
+        loop {
+            let last_access =
+                self.epoch + Duration::from_millis(slot.last_access_ms.load(Ordering::Relaxed));
+            let deadline = last_access + self.config.idle_timeout + Duration::from_millis(1);
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+
+    /// Sleeps `pause`, cut short when the circuit closes again (then after a
+    /// random spread, so that the watch loops do not resume in lockstep).
+    async fn backoff_pause(&self, pause: Duration, closed: &mut tokio::sync::watch::Receiver<u64>) {
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            Ok(()) = closed.changed() => {
+                let spread = self
+                    .config
+                    .backoff_min
+                    .min(pause)
+                    .mul_f64(rand::rng().random_range(0.0..=1.0));
+                tokio::time::sleep(spread).await;
+            }
+        }
+    }
+
+    fn watch_count(&self) -> usize {
+        self.config
+            .max_watches
+            .min(Semaphore::MAX_PERMITS)
+            .saturating_sub(self.watch_permits.available_permits())
+    }
+
+    fn is_idle(&self, slot: &Slot, now: Instant) -> bool {
+        let idle_ms = u64::try_from(self.config.idle_timeout.as_millis()).unwrap_or(u64::MAX);
+        self.millis_since_epoch(now)
+            .saturating_sub(slot.last_access_ms.load(Ordering::Relaxed))
+            > idle_ms
+    }
+
+    /// A diagnostic view of one key (linear scan: `get` would count as a read).
+    fn describe(&self, key: &Key) -> Option<EntryInfo> {
+        let (_, slot) = self.slots.iter().find(|(cached, _)| **cached == *key)?;
+        let now = Instant::now();
+        let entry = slot.entry.load();
+        let watching = slot.watching.load(Ordering::Relaxed);
+        let age = now.saturating_duration_since(entry.fetched_at);
+        let freshness = if entry.last_refresh_failed {
+            EntryFreshness::Failed
+        } else if age > self.fresh_window(&entry, watching) {
+            EntryFreshness::Stale
+        } else if matches!(entry.value, Value::Missing) {
+            EntryFreshness::Negative
+        } else {
+            EntryFreshness::Fresh
+        };
+        let refresh = if watching {
+            RefreshState::Watching
+        } else if self.is_idle(&slot, now) {
+            RefreshState::Idle
+        } else {
+            RefreshState::Polling
+        };
+        let (kind, name, datacenter) = match key {
+            Key::Service { name, datacenter } => ("service", name, datacenter),
+            Key::Node { name, datacenter } => ("node", name, datacenter),
+        };
+        let last_query_ms = self
+            .millis_since_epoch(now)
+            .saturating_sub(slot.last_access_ms.load(Ordering::Relaxed));
+        Some(EntryInfo {
+            kind,
+            name: name.to_string(),
+            datacenter: datacenter.as_deref().map(str::to_owned),
+            freshness,
+            age_ms: millis(age),
+            consul_index: entry.index,
+            instances: match &entry.value {
+                Value::Services(instances) => instances.len(),
+                Value::Node(_) => 1,
+                Value::Missing => 0,
+            },
+            refresh,
+            last_query_ms,
+            last_error: entry.last_error.as_ref().map(|error| ErrorInfo {
+                kind: error.kind,
+                message: error.message.clone(),
+                age_ms: millis(now.saturating_duration_since(error.at)),
+            }),
+        })
+    }
+
+    /// One read of `key`; blocking on `index` (with `watch_wait`) when it is above 0.
+    async fn fetch(
+        &self,
+        key: &Key,
+        mode: &'static str,
+        index: u64,
+    ) -> Result<Fetched, consul::Error> {
+        let (index, wait) = if index > 0 {
+            (Some(index), Some(self.config.watch_wait))
+        } else {
+            (None, None)
+        };
         match key {
             Key::Service { name, datacenter } => {
                 let options = consul::QueryOptions {
                     datacenter: datacenter.as_deref().map(str::to_owned),
                     passing: self.config.only_passing,
-                    ..Default::default()
+                    index,
+                    wait,
                 };
-                match self.client.health_service(name, &options).await {
+                let result = self.client.health_service(name, &options).await;
+                metrics::consul_request("health_service", mode, outcome(&result));
+                match result {
                     Ok(response) => {
                         let instances: Vec<ServiceInstance> = response
                             .value
@@ -378,49 +726,73 @@ impl Inner {
                             .filter(|entry| entry.passes_dns_health(self.config.only_passing))
                             .map(to_instance)
                             .collect();
-                        if instances.is_empty() {
-                            Ok(Value::Missing)
+                        let value = if instances.is_empty() {
+                            Value::Missing
                         } else {
-                            Ok(Value::Services(instances.into()))
-                        }
+                            Value::Services(instances.into())
+                        };
+                        Ok(Fetched {
+                            value,
+                            index: Some(response.meta.index),
+                        })
                     }
-                    Err(consul::Error::UnknownDatacenter { .. }) => Ok(Value::Missing),
+                    Err(consul::Error::UnknownDatacenter { .. }) => Ok(Fetched {
+                        value: Value::Missing,
+                        index: None,
+                    }),
                     Err(error) => Err(error),
                 }
             }
             Key::Node { name, datacenter } => {
                 let options = consul::QueryOptions {
                     datacenter: datacenter.as_deref().map(str::to_owned),
+                    index,
+                    wait,
                     ..Default::default()
                 };
-                match self.client.catalog_node(name, &options).await {
-                    Ok(response) => Ok(match response.value {
-                        Some(catalog_node) => Value::Node(Arc::new(Node {
-                            name: catalog_node.node.node.clone(),
-                            datacenter: catalog_node.node.datacenter.clone(),
-                            address: parse_ip(&catalog_node.node.address),
-                        })),
-                        None => Value::Missing,
+                let result = self.client.catalog_node(name, &options).await;
+                metrics::consul_request("catalog_node", mode, outcome(&result));
+                match result {
+                    Ok(response) => {
+                        let value = match response.value {
+                            Some(catalog_node) => Value::Node(Arc::new(Node {
+                                name: catalog_node.node.node.clone(),
+                                datacenter: catalog_node.node.datacenter.clone(),
+                                address: parse_ip(&catalog_node.node.address),
+                            })),
+                            None => Value::Missing,
+                        };
+                        Ok(Fetched {
+                            value,
+                            index: Some(response.meta.index),
+                        })
+                    }
+                    Err(consul::Error::UnknownDatacenter { .. }) => Ok(Fetched {
+                        value: Value::Missing,
+                        index: None,
                     }),
-                    Err(consul::Error::UnknownDatacenter { .. }) => Ok(Value::Missing),
                     Err(error) => Err(error),
                 }
             }
         }
     }
 
-    fn new_slot(&self, value: Value) -> Slot {
+    fn new_slot(&self, fetched: Fetched) -> Slot {
         let now = Instant::now();
-        let next_refresh = now + self.jittered(self.refresh_period(&value));
+        let next_refresh = now + self.jittered(self.refresh_period(&fetched.value));
         Slot {
             entry: ArcSwap::from_pointee(Entry {
-                value,
+                value: fetched.value,
                 fetched_at: now,
                 next_refresh,
                 last_refresh_failed: false,
+                index: fetched.index.unwrap_or(0),
+                last_error: None,
             }),
             last_access_ms: AtomicU64::new(self.millis_since_epoch(now)),
             refresh_lock: tokio::sync::Mutex::new(()),
+            watching: AtomicBool::new(false),
+            removed: CancellationToken::new(),
         }
     }
 
@@ -433,9 +805,17 @@ impl Inner {
     }
 
     /// Data stays "fresh" until two refresh periods passed without a
-    /// successful refresh: one failed refresh does not mark answers stale.
-    fn fresh_window(&self, value: &Value) -> Duration {
-        self.refresh_period(value) * 2
+    /// successful refresh: one failed refresh does not mark answers stale. A
+    /// healthy watch answers at least every `watch_wait` (+ Consul's wait/16
+    /// jitter), so a watched entry whose last request did not fail gets that long on top.
+    fn fresh_window(&self, entry: &Entry, watching: bool) -> Duration {
+        let poll_window = self.refresh_period(&entry.value) * 2;
+        if watching && !entry.last_refresh_failed {
+            let wait = self.config.watch_wait;
+            poll_window + wait + wait / 16
+        } else {
+            poll_window
+        }
     }
 
     fn jittered(&self, period: Duration) -> Duration {
@@ -455,6 +835,26 @@ impl Inner {
     fn millis_since_epoch(&self, at: Instant) -> u64 {
         u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
     }
+}
+
+/// Clears a slot's `watching` flag when its watch loop ends, however it ends.
+struct WatchingFlag(Arc<Slot>);
+
+impl Drop for WatchingFlag {
+    fn drop(&mut self) {
+        self.0.watching.store(false, Ordering::Release);
+    }
+}
+
+fn outcome<T>(result: &Result<T, consul::Error>) -> &'static str {
+    match result {
+        Ok(_) => "ok",
+        Err(error) => error.kind(),
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn to_lookup(value: &Value, freshness: Freshness) -> Lookup<Value> {

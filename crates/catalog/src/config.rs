@@ -160,3 +160,59 @@ impl Config {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_poll() {
+        let config = Config::default();
+        assert_eq!(config.refresh, RefreshMode::Poll);
+        assert!(config.validate().is_ok());
+        let watch = Config {
+            refresh: RefreshMode::Watch,
+            ..Config::default()
+        };
+        assert!(watch.validate().is_ok());
+    }
+
+    #[test]
+    fn watch_settings_are_checked_in_watch_mode_only() {
+        let key_of = |config: Config| match config.validate() {
+            Err(crate::Error::InvalidConfig { key, .. }) => Some(key),
+            Ok(()) => None,
+        };
+        let watch = |edit: fn(&mut Config)| {
+            let mut config = Config {
+                refresh: RefreshMode::Watch,
+                ..Config::default()
+            };
+            edit(&mut config);
+            config
+        };
+        assert_eq!(
+            key_of(watch(|c| c.watch_wait = Duration::from_secs(601))),
+            Some("watch_wait")
+        );
+        assert_eq!(
+            key_of(watch(|c| c.watch_wait = Duration::from_millis(10))),
+            Some("watch_wait")
+        );
+        assert_eq!(
+            key_of(watch(|c| c.watch_min_interval = Duration::ZERO)),
+            Some("watch_min_interval")
+        );
+        assert_eq!(
+            key_of(watch(|c| c.watch_min_interval = Duration::from_secs(11))),
+            Some("watch_min_interval")
+        );
+        assert_eq!(key_of(watch(|c| c.max_watches = 0)), Some("max_watches"));
+        let poll = Config {
+            max_watches: 0,
+            watch_wait: Duration::ZERO,
+            ..Config::default()
+        };
+        assert_eq!(key_of(poll), None, "poll mode ignores watch settings");
+    }
+}

@@ -8,6 +8,11 @@
 //! `max_stale`, and a shared circuit breaker with jittered exponential backoff
 //! keeps this node from hammering a struggling Consul.
 //!
+//! Two refresh modes ([`RefreshMode`]): `poll` re-reads each hot name every
+//! `refresh_interval`; `watch` keeps one rate-limited blocking query open per hot
+//! name (`?index=&wait=`), so a change arrives within milliseconds and an
+//! unchanged name costs one read per `watch_wait`.
+//!
 //! Data leaves this crate as plain Rust types ([`ServiceInstance`], [`Node`]);
 //! building DNS messages is the `dns` crate's job.
 
@@ -94,8 +99,12 @@ mod breaker;
 mod cache;
 mod config;
 mod error;
+mod info;
 pub mod metrics;
+mod pace;
 
+pub use breaker::{BreakerState, CircuitState};
 pub use cache::Cache;
-pub use config::Config;
+pub use config::{Config, MAX_WATCH_WAIT, RefreshMode};
 pub use error::Error;
+pub use info::{EntryFreshness, EntryInfo, ErrorInfo, RefreshState};

@@ -1,0 +1,628 @@
+//! Refresh modes against consul-sim over real HTTP on 127.0.0.1: watch mode
+//! (blocking queries) and poll mode, counted with the simulator's request log.
+
+use std::future::Future;
+use std::time::Duration;
+
+use consul_sim::{Fault, Registration, RequestRecord, Sim, SimServer};
+use dnsfront_catalog::{
+    Cache, CircuitState, Config, EntryFreshness, Lookup, RefreshMode, RefreshState,
+};
+use dnsfront_consul as consul;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+const WEB: &str = "/v1/health/service/web";
+
+/// Upper bound for any single wait, so a broken watch fails instead of hanging.
+async fn bounded<T>(future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(15), future)
+        .await
+        .expect("step finished within 15s")
+}
+
+/// Polls `check` every 10 ms until it holds; panics after `limit`.
+async fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    loop {
+        if check() {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "timed out after {limit:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn start_sim() -> (Sim, SimServer) {
+    let sim = Sim::new();
+    sim.register(
+        Registration::new("web")
+            .id("web-1")
+            .node("n1", "10.0.0.1")
+            .port(80)
+            .check("service:web-1", "passing"),
+    );
+    let server = sim
+        .serve("127.0.0.1:0".parse().expect("valid addr"))
+        .await
+        .expect("sim serves");
+    (sim, server)
+}
+
+fn client(server: &SimServer) -> consul::Client {
+    consul::Client::new(consul::Config {
+        address: server.url(),
+        // Much shorter than the waits below: blocking queries must outlive it.
+        request_timeout: Duration::from_millis(500),
+        ..consul::Config::default()
+    })
+    .expect("valid client config")
+}
+
+/// Watch mode with short waits so that tests take seconds.
+fn watch_config() -> Config {
+    Config {
+        refresh: RefreshMode::Watch,
+        watch_wait: Duration::from_millis(300),
+        watch_min_interval: Duration::from_millis(50),
+        refresh_interval: Duration::from_millis(200),
+        refresh_jitter: 0.0,
+        first_fetch_timeout: Duration::from_secs(1),
+        negative_ttl: Duration::from_millis(500),
+        idle_timeout: Duration::from_secs(30),
+        backoff_min: Duration::from_millis(100),
+        backoff_max: Duration::from_millis(400),
+        ..Config::default()
+    }
+}
+
+/// Builds the cache and starts its background refresher.
+fn start_cache(config: Config, server: &SimServer) -> (Cache, CancellationToken) {
+    let cache = Cache::new(config, client(server)).expect("valid cache config");
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cache.clone().run(shutdown.clone()));
+    (cache, shutdown)
+}
+
+fn requests_to(sim: &Sim, path: &str) -> Vec<RequestRecord> {
+    sim.requests()
+        .into_iter()
+        .filter(|record| record.path == path)
+        .collect()
+}
+
+fn count(sim: &Sim, path: &str) -> usize {
+    requests_to(sim, path).len()
+}
+
+fn param<'a>(record: &'a RequestRecord, name: &str) -> Option<&'a str> {
+    record.query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (key == name).then_some(value)
+    })
+}
+
+async fn instances(cache: &Cache, service: &str) -> usize {
+    match cache.service(service, None).await {
+        Lookup::Found(instances, _) => instances.len(),
+        Lookup::NotFound(_) => 0,
+        Lookup::Unavailable => panic!("{service} unavailable"),
+    }
+}
+
+fn watched(cache: &Cache, service: &str) -> bool {
+    cache
+        .describe_service(service, None)
+        .is_some_and(|info| info.refresh == RefreshState::Watching)
+}
+
+/// Keeps `services` hot by asking for them every 50 ms until cancelled.
+fn keep_asking(cache: &Cache, services: &[&str]) -> CancellationToken {
+    let stop = CancellationToken::new();
+    let cache = cache.clone();
+    let services: Vec<String> = services.iter().map(|s| (*s).to_owned()).collect();
+    let token = stop.clone();
+    tokio::spawn(async move {
+        while !token.is_cancelled() {
+            for service in &services {
+                let _ = cache.service(service, None).await;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    stop
+}
+
+#[tokio::test]
+async fn changes_reach_the_cache_within_a_second_in_watch_mode() {
+    let (sim, server) = start_sim().await;
+    // Long wait and the default 10 s refresh interval: only a blocking query
+    // woken by the change can explain an update within a second or two.
+    let config = Config {
+        refresh: RefreshMode::Watch,
+        watch_wait: Duration::from_secs(60),
+        watch_min_interval: Duration::from_millis(100),
+        ..Config::default()
+    };
+    let (cache, shutdown) = start_cache(config, &server);
+    assert_eq!(bounded(instances(&cache, "web")).await, 1);
+    assert!(matches!(
+        bounded(cache.node("n1", None)).await,
+        Lookup::Found(..)
+    ));
+    eventually(Duration::from_secs(3), "web and n1 watched", || {
+        watched(&cache, "web")
+            && cache
+                .describe_node("n1", None)
+                .is_some_and(|info| info.refresh == RefreshState::Watching)
+    })
+    .await;
+    // Let the loops' first blocking requests reach the simulator.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    sim.register(
+        Registration::new("web")
+            .id("web-2")
+            .node("n2", "10.0.0.2")
+            .port(80)
+            .check("service:web-2", "passing"),
+    );
+    let mut seen = 0;
+    let new_instance = eventually(Duration::from_secs(2), "new instance visible", || {
+        seen = cache
+            .describe_service("web", None)
+            .map_or(0, |info| info.instances);
+        seen == 2
+    })
+    .await;
+
+    sim.set_check("n2", "service:web-2", "critical");
+    let critical = eventually(Duration::from_secs(2), "critical instance dropped", || {
+        cache
+            .describe_service("web", None)
+            .is_some_and(|info| info.instances == 1)
+    })
+    .await;
+
+    sim.set_node_address("n1", "10.0.0.99");
+    let started = Instant::now();
+    loop {
+        let address = match cache.node("n1", None).await {
+            Lookup::Found(node, _) => node.address,
+            other => panic!("n1 lost: {other:?}"),
+        };
+        if address == Some("10.0.0.99".parse().expect("ip")) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "node address change not seen"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let node_change = started.elapsed();
+    eprintln!(
+        "watch latency: new instance {new_instance:?}, critical check {critical:?}, node address {node_change:?}"
+    );
+    let info = cache.describe_service("web", None).expect("cached");
+    assert_eq!(info.freshness, EntryFreshness::Fresh);
+    assert!(info.consul_index > 0);
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn an_unchanged_service_costs_one_request_per_wait() {
+    let (sim, server) = start_sim().await;
+    let (cache, shutdown) = start_cache(watch_config(), &server);
+    assert_eq!(bounded(instances(&cache, "web")).await, 1);
+    let asking = keep_asking(&cache, &["web"]);
+    eventually(Duration::from_secs(2), "web watched", || {
+        watched(&cache, "web")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let before = count(&sim, WEB);
+    let window = Duration::from_secs(3);
+    tokio::time::sleep(window).await;
+    let records = requests_to(&sim, WEB);
+    let during = &records[before..];
+    eprintln!(
+        "watch mode: {} requests in {window:?} with wait=300ms ({} for the first fetch and start)",
+        during.len(),
+        before
+    );
+    // One per wait period (3 s / 300 ms = 10), give or take scheduling.
+    assert!(
+        (7..=12).contains(&during.len()),
+        "{} requests: {during:?}",
+        during.len()
+    );
+    for record in during {
+        assert!(param(record, "index").is_some_and(|index| index != "0"));
+        assert_eq!(param(record, "wait"), Some("300ms"));
+        assert!(param(record, "stale").is_some(), "stale as configured");
+    }
+    asking.cancel();
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn index_going_backwards_resets_to_a_non_blocking_read_and_recovers() {
+    let (sim, server) = start_sim().await;
+    let config = Config {
+        refresh_interval: Duration::from_millis(500),
+        ..watch_config()
+    };
+    let (cache, shutdown) = start_cache(config, &server);
+    assert_eq!(bounded(instances(&cache, "web")).await, 1);
+    let asking = keep_asking(&cache, &["web"]);
+    eventually(Duration::from_secs(2), "web watched", || {
+        watched(&cache, "web")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let before = count(&sim, WEB);
+
+    sim.inject(Fault::index_backwards(WEB));
+    let window = Duration::from_secs(2);
+    tokio::time::sleep(window).await;
+    let records = requests_to(&sim, WEB);
+    let during = &records[before..];
+    eprintln!(
+        "index backwards: {} requests in {window:?}: {:?}",
+        during.len(),
+        during.iter().map(|r| r.query.as_str()).collect::<Vec<_>>()
+    );
+    assert!(
+        during
+            .windows(2)
+            .any(|pair| param(&pair[0], "index").is_some() && param(&pair[1], "index").is_none()),
+        "a backwards index must reset to a non-blocking read"
+    );
+    assert!(
+        records.iter().all(|r| param(r, "index") != Some("0")),
+        "never index=0"
+    );
+    // The fault makes every reply return at once: the loop must degrade to
+    // about one request per refresh_interval (500 ms) after a burst of 2, not spin.
+    assert!(
+        during.len() <= 9,
+        "{} requests while churning",
+        during.len()
+    );
+
+    sim.clear_faults();
+    sim.register(
+        Registration::new("web")
+            .id("web-2")
+            .node("n2", "10.0.0.2")
+            .port(80),
+    );
+    eventually(
+        Duration::from_secs(2),
+        "change visible after recovery",
+        || {
+            cache
+                .describe_service("web", None)
+                .is_some_and(|info| info.instances == 2)
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let settled = count(&sim, WEB);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let after = count(&sim, WEB) - settled;
+    let last = requests_to(&sim, WEB).pop().expect("requests");
+    assert_eq!(
+        param(&last, "index"),
+        Some(sim.raft_index().to_string().as_str()),
+        "blocking on the real index again"
+    );
+    assert!(after <= 7, "{after} requests in 1.5 s after recovery");
+    asking.cancel();
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn index_zero_is_clamped_to_one_and_rate_limited() {
+    let (sim, server) = start_sim().await;
+    let config = Config {
+        refresh_interval: Duration::from_millis(500),
+        ..watch_config()
+    };
+    let (cache, shutdown) = start_cache(config, &server);
+    sim.inject(Fault::index_zero(WEB));
+    assert_eq!(bounded(instances(&cache, "web")).await, 1);
+    let asking = keep_asking(&cache, &["web"]);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let records = requests_to(&sim, WEB);
+    assert!(records.len() >= 2, "{records:?}");
+    // The first fetch stored index 0, which is "no index": the loop starts with a
+    // non-blocking read; from then on a returned 0 is clamped to 1.
+    assert!(
+        param(&records[0], "index").is_none(),
+        "first read non-blocking"
+    );
+    assert!(
+        records
+            .iter()
+            .filter_map(|r| param(r, "index"))
+            .all(|index| index == "1"),
+        "index clamped to 1: {records:?}"
+    );
+    assert!(
+        records.iter().any(|r| param(r, "index") == Some("1")),
+        "blocks on index 1: {records:?}"
+    );
+    // First fetch + burst of 2 + one per 500 ms (unlimited, it would spin).
+    assert!(records.len() <= 7, "{} requests in 1.5 s", records.len());
+    asking.cancel();
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn idle_names_stop_being_watched_and_resume_when_asked_again() {
+    let (sim, server) = start_sim().await;
+    let config = Config {
+        watch_wait: Duration::from_secs(5),
+        idle_timeout: Duration::from_millis(600),
+        ..watch_config()
+    };
+    let (cache, shutdown) = start_cache(config, &server);
+    assert_eq!(bounded(instances(&cache, "web")).await, 1);
+    eventually(Duration::from_secs(2), "web watched", || {
+        watched(&cache, "web")
+    })
+    .await;
+    // Nobody asks any more: the loop ends, abandoning its 5 s blocking query.
+    eventually(Duration::from_secs(2), "watch stopped", || {
+        cache.watch_count() == 0
+    })
+    .await;
+    let info = cache.describe_service("web", None).expect("still cached");
+    assert_eq!(info.refresh, RefreshState::Idle);
+    let stopped_at = count(&sim, WEB);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(count(&sim, WEB), stopped_at, "no requests for an idle name");
+
+    assert_eq!(bounded(instances(&cache, "web")).await, 1);
+    eventually(Duration::from_secs(2), "watched again", || {
+        watched(&cache, "web")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(count(&sim, WEB) > stopped_at);
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn consul_failing_backs_off_without_a_storm_then_recovers() {
+    let (sim, server) = start_sim().await;
+    let names: Vec<String> = (0..10).map(|i| format!("svc-{i}")).collect();
+    for (i, name) in names.iter().enumerate() {
+        sim.register(
+            Registration::new(name)
+                .id(&format!("{name}-1"))
+                .node(&format!("m{i}"), &format!("10.1.0.{i}"))
+                .port(80),
+        );
+    }
+    let (cache, shutdown) = start_cache(watch_config(), &server);
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    for name in &refs {
+        assert_eq!(bounded(instances(&cache, name)).await, 1);
+    }
+    let asking = keep_asking(&cache, &refs);
+    eventually(Duration::from_secs(2), "all watched", || {
+        cache.watch_count() == 10
+    })
+    .await;
+
+    sim.reset_requests();
+    sim.inject(Fault::no_cluster_leader("/v1/"));
+    // Blocking queries already in flight end within one wait (300 ms).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mid = sim.requests().len();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let total = sim.requests().len();
+    let last_second = total - mid;
+    eprintln!(
+        "Consul failing: {total} requests in 2.5 s for 10 watched names, {last_second} in the last second"
+    );
+    // Without the shared breaker each of the 10 loops would retry every
+    // 100–400 ms (25+ per second); with it, one probe per backoff (>= 200 ms).
+    assert!(
+        last_second <= 6,
+        "{last_second} requests in the last second"
+    );
+    assert!(total <= 30, "{total} requests in 2.5 s");
+    let breaker = cache.breaker_state();
+    assert_ne!(breaker.state, CircuitState::Closed, "{breaker:?}");
+    let info = cache.describe_service("svc-0", None).expect("cached");
+    assert_eq!(info.freshness, EntryFreshness::Failed);
+    assert_eq!(info.last_error.as_ref().map(|e| e.kind), Some("no_leader"));
+    // Answers keep coming from the last good data.
+    assert!(matches!(
+        cache.service("svc-0", None).await,
+        Lookup::Found(..)
+    ));
+    let json = serde_json::to_string(&info).expect("serializable");
+    assert!(json.contains("\"freshness\":\"failed\""), "{json}");
+
+    sim.clear_faults();
+    eventually(Duration::from_secs(3), "all fresh again", || {
+        cache.breaker_state().state == CircuitState::Closed
+            && refs.iter().all(|name| {
+                cache.describe_service(name, None).is_some_and(|info| {
+                    info.freshness == EntryFreshness::Fresh
+                        && info.refresh == RefreshState::Watching
+                })
+            })
+    })
+    .await;
+    sim.register(
+        Registration::new("svc-3")
+            .id("svc-3-2")
+            .node("m3b", "10.1.1.3")
+            .port(80),
+    );
+    eventually(Duration::from_secs(2), "change after recovery", || {
+        cache
+            .describe_service("svc-3", None)
+            .is_some_and(|info| info.instances == 2)
+    })
+    .await;
+    asking.cancel();
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn agent_down_backs_off_and_recovers() {
+    let (sim, server) = start_sim().await;
+    let (cache, shutdown) = start_cache(watch_config(), &server);
+    assert_eq!(bounded(instances(&cache, "web")).await, 1);
+    let asking = keep_asking(&cache, &["web"]);
+    eventually(Duration::from_secs(2), "web watched", || {
+        watched(&cache, "web")
+    })
+    .await;
+    server.set_down(true);
+    eventually(Duration::from_secs(3), "breaker opens", || {
+        cache.breaker_state().state != CircuitState::Closed
+    })
+    .await;
+    let info = cache.describe_service("web", None).expect("cached");
+    assert_eq!(info.freshness, EntryFreshness::Failed);
+    assert_eq!(
+        info.last_error.as_ref().map(|e| e.kind),
+        Some("unreachable")
+    );
+    server.set_down(false);
+    sim.register(
+        Registration::new("web")
+            .id("web-2")
+            .node("n2", "10.0.0.2")
+            .port(80),
+    );
+    eventually(Duration::from_secs(3), "recovered with the change", || {
+        cache.breaker_state().state == CircuitState::Closed
+            && cache
+                .describe_service("web", None)
+                .is_some_and(|info| info.instances == 2 && info.freshness == EntryFreshness::Fresh)
+    })
+    .await;
+    asking.cancel();
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn max_watches_bounds_the_loops_and_the_rest_are_polled() {
+    let (sim, server) = start_sim().await;
+    for name in ["api", "db"] {
+        sim.register(
+            Registration::new(name)
+                .id(&format!("{name}-1"))
+                .node("n1", "10.0.0.1")
+                .port(80),
+        );
+    }
+    let config = Config {
+        max_watches: 2,
+        ..watch_config()
+    };
+    let (cache, shutdown) = start_cache(config, &server);
+    let names = ["web", "api", "db"];
+    for name in names {
+        assert_eq!(bounded(instances(&cache, name)).await, 1);
+    }
+    let asking = keep_asking(&cache, &names);
+    eventually(Duration::from_secs(2), "two watched", || {
+        cache.watch_count() == 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let states: Vec<RefreshState> = names
+        .iter()
+        .map(|name| cache.describe_service(name, None).expect("cached").refresh)
+        .collect();
+    assert_eq!(
+        states
+            .iter()
+            .filter(|state| **state == RefreshState::Watching)
+            .count(),
+        2,
+        "{states:?}"
+    );
+    assert!(states.contains(&RefreshState::Polling), "{states:?}");
+    asking.cancel();
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn unknown_names_are_watched_as_negatives() {
+    let (sim, server) = start_sim().await;
+    let (cache, shutdown) = start_cache(watch_config(), &server);
+    assert_eq!(bounded(instances(&cache, "later")).await, 0);
+    let info = cache.describe_service("later", None).expect("cached");
+    assert_eq!(info.freshness, EntryFreshness::Negative);
+    assert_eq!(info.instances, 0);
+    assert!(
+        info.consul_index > 0,
+        "Consul sends an index for a missing service"
+    );
+    let asking = keep_asking(&cache, &["later"]);
+    eventually(Duration::from_secs(2), "watched", || {
+        watched(&cache, "later")
+    })
+    .await;
+    sim.register(
+        Registration::new("later")
+            .id("later-1")
+            .node("n1", "10.0.0.1")
+            .port(80),
+    );
+    eventually(Duration::from_secs(2), "appears", || {
+        cache
+            .describe_service("later", None)
+            .is_some_and(|info| info.freshness == EntryFreshness::Fresh && info.instances == 1)
+    })
+    .await;
+    assert!(cache.describe_service("never-asked", None).is_none());
+    asking.cancel();
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn poll_mode_is_unchanged() {
+    let (sim, server) = start_sim().await;
+    let config = Config {
+        refresh: RefreshMode::Poll,
+        ..watch_config()
+    };
+    let (cache, shutdown) = start_cache(config, &server);
+    assert_eq!(bounded(instances(&cache, "web")).await, 1);
+    let asking = keep_asking(&cache, &["web"]);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let records = requests_to(&sim, WEB);
+    eprintln!(
+        "poll mode: {} requests in 1.1 s with refresh_interval=200ms",
+        records.len()
+    );
+    // First fetch + one per 200 ms.
+    assert!((4..=8).contains(&records.len()), "{records:?}");
+    assert!(
+        records
+            .iter()
+            .all(|r| param(r, "index").is_none() && param(r, "wait").is_none()),
+        "poll mode never blocks: {records:?}"
+    );
+    assert_eq!(cache.watch_count(), 0);
+    let info = cache.describe_service("web", None).expect("cached");
+    assert_eq!(info.refresh, RefreshState::Polling);
+    assert_eq!(info.freshness, EntryFreshness::Fresh);
+    asking.cancel();
+    shutdown.cancel();
+}
