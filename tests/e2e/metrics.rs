@@ -183,6 +183,13 @@ async fn statsd_datagrams_carry_names_types_and_tags_after_real_queries() {
     )
     .await;
     assert_eq!(missing.metadata.response_code, ResponseCode::NXDomain);
+    // Asked again: answered from the catalog cache.
+    let (again, _) = test_support::udp(
+        dns,
+        &test_support::Ask::new("web.service.consul.", RecordType::A),
+    )
+    .await;
+    assert_eq!(again.metadata.response_code, ResponseCode::NoError);
 
     let version = env!("CARGO_PKG_VERSION");
     let query_ok = |line: &Line| {
@@ -232,6 +239,9 @@ async fn statsd_datagrams_carry_names_types_and_tags_after_real_queries() {
             && line.kind == "d"
             && line.tags.contains_key("endpoint")
     };
+    let catalog_hit = |line: &Line| {
+        line.name == "dnsfront.catalog.cache_hits" && line.kind == "c" && line.value >= 1.0
+    };
     let mut lines = Vec::new();
     receive_until(
         &statsd,
@@ -243,6 +253,7 @@ async fn statsd_datagrams_carry_names_types_and_tags_after_real_queries() {
             ("build_info", &build_info),
             ("consul.requests ok", &consul_request),
             ("consul.request_duration_seconds", &consul_duration),
+            ("catalog.cache_hits", &catalog_hit),
         ],
     )
     .await;

@@ -119,7 +119,12 @@ impl Cache {
         config.validate()?;
         let slots = moka::future::Cache::builder()
             .max_capacity(config.max_entries)
-            .eviction_listener(|_key, slot: Arc<Slot>, _cause| slot.removed.cancel())
+            .eviction_listener(|_key, slot: Arc<Slot>, cause| {
+                if cause == moka::notification::RemovalCause::Size {
+                    metrics::eviction();
+                }
+                slot.removed.cancel();
+            })
             .build();
         let breaker = Breaker::new(config.backoff_min, config.backoff_max);
         let watch_permits = Arc::new(Semaphore::new(
@@ -240,6 +245,7 @@ impl Cache {
 impl Inner {
     async fn lookup(self: &Arc<Self>, key: Key) -> Lookup<Value> {
         if let Some(slot) = self.slots.get(&key).await {
+            metrics::cache_hit();
             self.touch(&slot);
             return self.answer_from_slot(&key, &slot).await;
         }

@@ -14,6 +14,10 @@ pub const CIRCUIT_OPEN: &str = "catalog.consul_circuit_open";
 /// `catalog_node`), `mode` (`poll`: first fetches and periodic re-reads;
 /// `watch`: requests of a blocking-query loop) and `outcome` (ok or a Consul error kind).
 pub const CONSUL_REQUESTS: &str = "catalog.consul_requests";
+/// Lookups answered from a cached key (fresh, stale or negative); misses are `FIRST_FETCHES`.
+pub const CACHE_HITS: &str = "catalog.cache_hits";
+/// Keys evicted because the cache was full (`catalog.max_entries`).
+pub const EVICTIONS: &str = "catalog.evictions";
 /// Names currently watched with a blocking query.
 pub const WATCHES: &str = "catalog.watches";
 /// Watch loops that reset their index to 0 because Consul's went backwards.
@@ -30,6 +34,14 @@ pub fn describe() {
         "First fetches of a never-seen name, by outcome"
     );
     describe_gauge!(ENTRIES, "Cached services and nodes");
+    describe_counter!(
+        CACHE_HITS,
+        "Lookups answered from a cached service or node (misses are first fetches)"
+    );
+    describe_counter!(
+        EVICTIONS,
+        "Cached services and nodes evicted because catalog.max_entries was reached"
+    );
     describe_gauge!(
         CIRCUIT_OPEN,
         "1 while Consul requests are held back by the circuit breaker"
@@ -72,4 +84,12 @@ pub(crate) fn entries(count: u64) {
 
 pub(crate) fn circuit_open(open: bool) {
     gauge!(CIRCUIT_OPEN).set(if open { 1.0 } else { 0.0 });
+}
+
+pub(crate) fn cache_hit() {
+    counter!(CACHE_HITS).increment(1);
+}
+
+pub(crate) fn eviction() {
+    counter!(EVICTIONS).increment(1);
 }
