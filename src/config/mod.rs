@@ -799,14 +799,12 @@ impl RawConfig {
                 ),
             ));
         }
-        if self.dns.tcp_idle_timeout < Duration::from_millis(100)
-            || self.dns.tcp_idle_timeout > Duration::from_secs(600)
-        {
-            return Err(invalid(
-                "dns.tcp_idle_timeout",
-                "must be between 100ms and 10m",
-            ));
-        }
+        check_duration_range(
+            "dns.tcp_idle_timeout",
+            self.dns.tcp_idle_timeout,
+            Duration::from_millis(100),
+            Duration::from_secs(600),
+        )?;
         let dns_config = dns::Config {
             domain: domain_name,
             service_ttl: self.dns.service_ttl,
@@ -833,14 +831,12 @@ impl RawConfig {
                 ),
             ));
         }
-        if self.hosts.watch_interval < Duration::from_millis(100)
-            || self.hosts.watch_interval > Duration::from_secs(300)
-        {
-            return Err(invalid(
-                "hosts.watch_interval",
-                "must be between 100ms and 5m",
-            ));
-        }
+        check_duration_range(
+            "hosts.watch_interval",
+            self.hosts.watch_interval,
+            Duration::from_millis(100),
+            Duration::from_secs(300),
+        )?;
 
         let consul = self.consul_config(env)?;
         let catalog = self.catalog_config()?;
@@ -1095,6 +1091,26 @@ impl RawConfig {
         })?;
         Ok((config, origin))
     }
+}
+
+fn check_duration_range(
+    key: &str,
+    value: Duration,
+    min: Duration,
+    max: Duration,
+) -> Result<(), ConfigError> {
+    if (min..=max).contains(&value) {
+        return Ok(());
+    }
+    Err(invalid(
+        key,
+        format!(
+            "must be between {} and {}, got {}",
+            humantime::format_duration(min),
+            humantime::format_duration(max),
+            humantime::format_duration(value)
+        ),
+    ))
 }
 
 fn check_ttl(key: &str, ttl: Duration) -> Result<(), ConfigError> {
