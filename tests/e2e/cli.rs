@@ -1,75 +1,13 @@
 //! The `dnsfront` binary: exit codes, messages, the listening line, signals.
 
-use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_dnsfront");
-
-fn run(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(BIN)
-        .args(args)
-        .env_remove("CONSUL_HTTP_ADDR")
-        .env_remove("CONSUL_HTTP_TOKEN")
-        .output()
-        .expect("run dnsfront")
-}
-
-/// A running `dnsfront` process and the addresses from its listening line.
-pub(crate) struct Running {
-    pub(crate) child: Child,
-    pub(crate) dns: Vec<SocketAddr>,
-}
-
-/// Starts the binary and waits for its machine-readable listening line.
-pub(crate) async fn spawn(args: &[&str]) -> Running {
-    spawn_with_env(args, &[]).await
-}
-
-/// [`spawn`] with extra environment variables.
-pub(crate) async fn spawn_with_env(args: &[&str], env: &[(&str, &str)]) -> Running {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .envs(env.iter().copied())
-        .env_remove("CONSUL_HTTP_ADDR")
-        .env_remove("CONSUL_HTTP_TOKEN")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn dnsfront");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-        .await
-        .expect("listening line within 20s")
-        .expect("read stdout")
-        .expect("a line on stdout");
-    let value: serde_json::Value =
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {line:?}: {e}"));
-    assert_eq!(value["event"], "listening", "{line}");
-    let dns = value["dns"]
-        .as_array()
-        .expect("dns array")
-        .iter()
-        .map(|a| a.as_str().expect("str").parse().expect("socket addr"))
-        .collect();
-    // Keep draining stdout so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Running { child, dns }
-}
-
-pub(crate) fn sigterm(child: &Child) {
-    let pid = child.id().expect("pid").to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-}
+// dig, systemd and metrics start the binary through this module.
+use crate::binary::{command, run, terminate};
+pub(crate) use crate::binary::{sigterm, spawn, spawn_with_env};
+use crate::harness::{eventually, serve, standard_sim};
 
 #[test]
 fn check_config_accepts_the_example_and_names_bad_keys() {
@@ -139,11 +77,8 @@ fn print_config_shows_defaults_without_secrets() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_prints_its_addresses_answers_and_exits_promptly_on_sigterm() {
-    let sim = crate::harness::standard_sim();
-    let consul = sim
-        .serve("127.0.0.1:0".parse().expect("addr"))
-        .await
-        .expect("sim");
+    let sim = standard_sim();
+    let consul = serve(&sim).await;
     let mut running = spawn(&[
         "serve",
         "--listen",
@@ -175,12 +110,7 @@ async fn serve_prints_its_addresses_answers_and_exits_promptly_on_sigterm() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.to_lowercase().contains("in use"), "{stderr}");
 
-    sigterm(&running.child);
-    let status = tokio::time::timeout(Duration::from_secs(5), running.child.wait())
-        .await
-        .expect("exits within 5s of SIGTERM")
-        .expect("wait");
-    assert!(status.success(), "exit status {status:?}");
+    terminate(&mut running.child, Duration::from_secs(5)).await;
     consul.shutdown().await;
 }
 
@@ -339,11 +269,8 @@ fn snapshot_commands_show_export_verify_and_keygen() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_process_feeds_a_resolver_that_survives_a_consul_outage() {
-    let sim = crate::harness::standard_sim();
-    let consul = sim
-        .serve("127.0.0.1:0".parse().expect("addr"))
-        .await
-        .expect("sim");
+    let sim = standard_sim();
+    let consul = serve(&sim).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("publish.toml");
     std::fs::write(
@@ -351,19 +278,16 @@ async fn publish_process_feeds_a_resolver_that_survives_a_consul_outage() {
         "[publish]\nmin_interval = \"1s\"\nlock_delay = \"0s\"\n",
     )
     .expect("write");
-    let mut publisher = Command::new(BIN)
-        .args([
-            "publish",
-            "--consul",
-            &consul.url(),
-            "--config",
-            config.to_str().expect("utf8"),
-        ])
-        .env_remove("CONSUL_HTTP_ADDR")
-        .env_remove("CONSUL_HTTP_TOKEN")
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn publisher");
+    let mut publisher = Command::from(command(&[
+        "publish",
+        "--consul",
+        &consul.url(),
+        "--config",
+        config.to_str().expect("utf8"),
+    ]))
+    .kill_on_drop(true)
+    .spawn()
+    .expect("spawn publisher");
     let state = dir.path().join("state");
     let mut running = spawn(&[
         "serve",
@@ -377,7 +301,7 @@ async fn publish_process_feeds_a_resolver_that_survives_a_consul_outage() {
     .await;
     let file = dnsfront_snapshot::store::path(&state);
     assert!(
-        crate::harness::eventually(Duration::from_secs(10), || async { file.exists() }).await,
+        eventually(Duration::from_secs(10), || async { file.exists() }).await,
         "the published snapshot never reached the resolver's state dir"
     );
     let dns = running.dns[0];

@@ -5,34 +5,10 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::time::Duration;
 
-use dnsfront::control;
 use test_support::FakeUpstream;
 
+use crate::binary::{Server, Setup, run_async as run, write};
 use crate::harness::{eventually, standard_sim};
-use crate::reload::{Server, base_config, write};
-
-const BIN: &str = env!("CARGO_BIN_EXE_dnsfront");
-
-/// Runs the binary to completion without blocking the runtime that serves the simulator.
-async fn run(args: &[&str]) -> (Option<i32>, String, String) {
-    let output = tokio::process::Command::new(BIN)
-        .args(args)
-        .env_remove("CONSUL_HTTP_ADDR")
-        .env_remove("CONSUL_HTTP_TOKEN")
-        .env_remove("RUNTIME_DIRECTORY")
-        .env_remove("RUST_LOG")
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(30), output)
-        .await
-        .expect("finishes within 30s")
-        .expect("run dnsfront");
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
 
 /// The report line for `what`, asserting there is exactly one.
 fn line<'a>(report: &'a str, what: &str) -> &'a str {
@@ -57,28 +33,17 @@ fn path_arg(path: &Path) -> &str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_is_healthy_with_a_running_server_and_fails_when_consul_is_down() {
-    let sim = standard_sim();
-    let consul = sim
-        .serve("127.0.0.1:0".parse().expect("addr"))
-        .await
-        .expect("sim");
+    let setup = Setup::start().await;
     let upstream = FakeUpstream::start().await;
     let dead = test_support::closed_port().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let state = dir.path().join("state");
-    let config = dir.path().join("dnsfront.toml");
     let port = free_port();
-    write(
-        &config,
-        &format!(
-            "{}\n[dns]\nlisten = [\"127.0.0.1:{port}\"]\n\n[forward]\nupstreams = [\"{}\", \"{dead}\"]\n",
-            base_config(&consul.url(), &state),
-            upstream.addr()
-        ),
-    );
+    setup.write_config(&format!(
+        "[dns]\nlisten = [\"127.0.0.1:{port}\"]\n\n[forward]\nupstreams = [\"{}\", \"{dead}\"]\n",
+        upstream.addr()
+    ));
 
     // Before the server runs: its port is free, nothing answers on the control socket.
-    let (code, report, stderr) = run(&["check", "--config", path_arg(&config)]).await;
+    let (code, report, stderr) = run(&["check", "--config", path_arg(&setup.config)]).await;
     assert_eq!(code, Some(0), "healthy:\n{report}\n{stderr}");
     assert!(
         line(&report, "config").starts_with("ok   config: "),
@@ -104,8 +69,8 @@ async fn check_is_healthy_with_a_running_server_and_fails_when_consul_is_down() 
         "{report}"
     );
 
-    let server = Server::start(&config).await;
-    let (code, report, _) = run(&["check", "--config", path_arg(&config)]).await;
+    let server = Server::start(&setup.config).await;
+    let (code, report, _) = run(&["check", "--config", path_arg(&setup.config)]).await;
     assert_eq!(code, Some(0), "healthy with the server:\n{report}");
     let listen = line(&report, &format!("listen 127.0.0.1:{port}"));
     assert!(
@@ -118,8 +83,8 @@ async fn check_is_healthy_with_a_running_server_and_fails_when_consul_is_down() 
         "{running}"
     );
 
-    consul.set_down(true);
-    let (code, report, _) = run(&["check", "--config", path_arg(&config)]).await;
+    setup.consul.set_down(true);
+    let (code, report, _) = run(&["check", "--config", path_arg(&setup.config)]).await;
     assert_eq!(code, Some(1), "Consul down fails the check:\n{report}");
     assert!(
         line(&report, "consul leader").starts_with("fail "),
@@ -127,30 +92,24 @@ async fn check_is_healthy_with_a_running_server_and_fails_when_consul_is_down() 
     );
     assert!(line(&report, "consul acl").starts_with("warn "), "{report}");
     server.stop().await;
-    consul.shutdown().await;
+    setup.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_reports_a_rejected_token_without_printing_it() {
     let sim = standard_sim();
     sim.set_acl_tokens(&["the-right-token"]);
-    let consul = sim
-        .serve("127.0.0.1:0".parse().expect("addr"))
-        .await
-        .expect("sim");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let state = dir.path().join("state");
-    let config = dir.path().join("dnsfront.toml");
+    let setup = Setup::with_sim(sim).await;
     let secret = "wrong-secret-8a7f";
     let text = |token: &str| {
         format!(
             "{}\n[dns]\nlisten = [\"127.0.0.1:0\"]\n\n[forward]\nresolv_file = \"/nonexistent/dnsfront-tests/resolv.conf\"\n",
-            base_config(&consul.url(), &state)
+            setup.base()
         )
         .replace("[consul]\n", &format!("[consul]\ntoken = \"{token}\"\n"))
     };
-    write(&config, &text(secret));
-    let (code, report, stderr) = run(&["check", "--config", path_arg(&config)]).await;
+    write(&setup.config, &text(secret));
+    let (code, report, stderr) = run(&["check", "--config", path_arg(&setup.config)]).await;
     assert_eq!(code, Some(1), "{report}");
     let acl = line(&report, "consul acl");
     assert!(
@@ -164,35 +123,24 @@ async fn check_reports_a_rejected_token_without_printing_it() {
     // Upstreams: none configured is a warning, not a failure.
     assert!(line(&report, "upstreams").starts_with("warn "), "{report}");
 
-    write(&config, &text("the-right-token"));
-    let (code, report, _) = run(&["check", "--config", path_arg(&config)]).await;
+    write(&setup.config, &text("the-right-token"));
+    let (code, report, _) = run(&["check", "--config", path_arg(&setup.config)]).await;
     assert_eq!(code, Some(0), "{report}");
     assert!(line(&report, "consul acl").contains("accepted"), "{report}");
-    consul.shutdown().await;
+    setup.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explain_tells_fresh_from_stale_and_forwarded_from_cached() {
-    let sim = standard_sim();
-    let consul = sim
-        .serve("127.0.0.1:0".parse().expect("addr"))
-        .await
-        .expect("sim");
+    let setup = Setup::start().await;
     let upstream = FakeUpstream::start().await;
     upstream.set("www.example", &["192.0.2.80"], 300);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let state = dir.path().join("state");
-    let config = dir.path().join("dnsfront.toml");
-    write(
-        &config,
-        &format!(
-            "{}\n[dns]\nlisten = [\"127.0.0.1:0\"]\n\n[forward]\nupstreams = [\"{}\"]\n",
-            base_config(&consul.url(), &state),
-            upstream.addr()
-        ),
-    );
-    let server = Server::start(&config).await;
-    let socket = state.join(control::SOCKET_FILE);
+    setup.write_config(&format!(
+        "[dns]\nlisten = [\"127.0.0.1:0\"]\n\n[forward]\nupstreams = [\"{}\"]\n",
+        upstream.addr()
+    ));
+    let server = Server::start(&setup.config).await;
+    let socket = setup.socket();
     let mode = std::fs::metadata(&socket)
         .expect("control socket exists")
         .permissions()
@@ -205,7 +153,7 @@ async fn explain_tells_fresh_from_stale_and_forwarded_from_cached() {
         let refs: Vec<&str> = full.iter().map(String::as_str).collect();
         run(&refs).await
     };
-    let config_arg = path_arg(&config).to_owned();
+    let config_arg = path_arg(&setup.config).to_owned();
     let json = |name: &str, qtype: &str| {
         vec![
             name.to_owned(),
@@ -272,7 +220,7 @@ async fn explain_tells_fresh_from_stale_and_forwarded_from_cached() {
     assert_eq!(report["forward_cache"]["state"], "fresh", "{report}");
 
     // Consul goes away: past two refresh periods the same name is stale, with EDE 3.
-    consul.set_down(true);
+    setup.consul.set_down(true);
     let stale = eventually(Duration::from_secs(8), || {
         let args = json("web.service.consul", "A");
         async move {
@@ -308,7 +256,7 @@ async fn explain_tells_fresh_from_stale_and_forwarded_from_cached() {
         !socket.exists(),
         "the control socket is removed on shutdown"
     );
-    consul.shutdown().await;
+    setup.stop().await;
 }
 
 #[tokio::test]

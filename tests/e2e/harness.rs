@@ -1,6 +1,6 @@
 //! Starts an in-process dnsfront against a simulated Consul.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -31,10 +31,7 @@ impl Harness {
     }
 
     pub(crate) async fn start_with(sim: Sim, tweak: impl FnOnce(&mut RawConfig)) -> Self {
-        let consul = sim
-            .serve("127.0.0.1:0".parse().expect("addr"))
-            .await
-            .expect("sim serves");
+        let consul = serve(&sim).await;
         let mut raw = RawConfig::default();
         raw.dns.listen = vec!["127.0.0.1:0".into()];
         raw.consul.address = Some(consul.url());
@@ -71,6 +68,18 @@ impl Harness {
         let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
         self.consul.shutdown().await;
     }
+}
+
+/// Serves `sim` on a free loopback port.
+pub(crate) async fn serve(sim: &Sim) -> SimServer {
+    sim.serve("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("sim serves")
+}
+
+/// Parses a test address.
+pub(crate) fn ip(text: &str) -> IpAddr {
+    text.parse().expect("test address")
 }
 
 /// web: 3 instances (one warning, one critical); api: 2 with own addresses;

@@ -2,6 +2,7 @@
 //! against the Consul simulator over HTTP, queried over real UDP and TCP
 //! sockets with a real DNS client (and `dig`).
 
+mod binary;
 mod catalog;
 mod cli;
 mod consul_answers;

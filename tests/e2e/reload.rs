@@ -2,133 +2,17 @@
 //! and the upstream resolv file poll.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dnsfront::control::{self, Request};
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 use test_support::{Ask, FakeUpstream, sorted_addresses, udp};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
-use crate::cli::sigterm;
-use crate::harness::{eventually, standard_sim};
-
-const BIN: &str = env!("CARGO_BIN_EXE_dnsfront");
-
-/// A running `dnsfront serve` whose stderr (the log) is captured.
-pub(crate) struct Server {
-    pub(crate) child: Child,
-    pub(crate) dns: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Server {
-    /// Starts `dnsfront serve --config FILE` and waits for its listening line.
-    pub(crate) async fn start(config: &Path) -> Self {
-        let mut child = Command::new(BIN)
-            .args(["serve", "--config", config.to_str().expect("utf8")])
-            .env_remove("CONSUL_HTTP_ADDR")
-            .env_remove("CONSUL_HTTP_TOKEN")
-            .env_remove("RUST_LOG")
-            .env_remove("RUNTIME_DIRECTORY")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn dnsfront");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().expect("stderr");
-        let sink = Arc::clone(&log);
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                eprintln!("[dnsfront] {line}");
-                sink.lock().expect("log lock").push(line);
-            }
-        });
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-            .await
-            .expect("listening line within 20s")
-            .expect("read stdout")
-            .expect("a line on stdout");
-        let value: serde_json::Value = serde_json::from_str(&line).expect("listening line is JSON");
-        let dns = value["dns"][0]
-            .as_str()
-            .expect("dns address")
-            .parse()
-            .expect("socket address");
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Self { child, dns, log }
-    }
-
-    /// Every log line so far.
-    pub(crate) fn log(&self) -> Vec<String> {
-        self.log.lock().expect("log lock").clone()
-    }
-
-    /// Log lines containing `needle`.
-    pub(crate) fn lines_with(&self, needle: &str) -> Vec<String> {
-        self.log()
-            .into_iter()
-            .filter(|line| line.contains(needle))
-            .collect()
-    }
-
-    /// Waits until `count` log lines contain `needle`; returns the last of them.
-    pub(crate) async fn wait_for(&self, needle: &str, count: usize, within: Duration) -> String {
-        let found = eventually(within, || async { self.lines_with(needle).len() >= count }).await;
-        assert!(
-            found,
-            "no log line #{count} with {needle:?} within {within:?}; log:\n{}",
-            self.log().join("\n")
-        );
-        self.lines_with(needle)
-            .into_iter()
-            .nth(count - 1)
-            .expect("counted")
-    }
-
-    pub(crate) fn hangup(&self) {
-        let pid = self.child.id().expect("pid").to_string();
-        let status = std::process::Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .expect("kill");
-        assert!(status.success());
-    }
-
-    /// Sends SIGTERM and expects exit 0 within 10 s.
-    pub(crate) async fn stop(mut self) {
-        sigterm(&self.child);
-        let status = tokio::time::timeout(Duration::from_secs(10), self.child.wait())
-            .await
-            .expect("exits within 10s of SIGTERM")
-            .expect("wait");
-        assert!(status.success(), "exit status {status:?}");
-    }
-}
-
-/// The `[consul]`, `[state]` and `[catalog]` part every test config shares.
-pub(crate) fn base_config(consul: &str, state: &Path) -> String {
-    format!(
-        "[consul]\naddress = \"{consul}\"\n\n[state]\ndir = \"{}\"\n\n[catalog]\nrefresh_interval = \"400ms\"\nrefresh_jitter = 0.0\nnegative_cache_ttl = \"400ms\"\nidle_timeout = \"60s\"\nbackoff_min = \"200ms\"\nbackoff_max = \"1s\"\n\n[metrics]\nstatsd = false\n",
-        state.display()
-    )
-}
-
-pub(crate) fn write(path: &Path, text: &str) {
-    // Write-then-rename, as editors and config management do.
-    let temp = path.with_extension("tmp");
-    std::fs::write(&temp, text).expect("write config");
-    std::fs::rename(&temp, path).expect("rename config");
-}
+use crate::binary::{Server, Setup, write};
+use crate::harness::ip;
 
 /// Sends queries until stopped; counts those that got no NOERROR answer.
 struct QueryLoad {
@@ -176,43 +60,29 @@ impl QueryLoad {
     }
 }
 
-fn socket_of(state: &Path) -> PathBuf {
-    state.join(control::SOCKET_FILE)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_applies_log_level_and_upstreams_and_names_restart_only_keys() {
-    let sim = standard_sim();
-    let consul = sim
-        .serve("127.0.0.1:0".parse().expect("addr"))
-        .await
-        .expect("sim");
+    let setup = Setup::start().await;
     let old_upstream = FakeUpstream::start().await;
     old_upstream.set("before.example", &["192.0.2.10"], 300);
     old_upstream.set("after.example", &["192.0.2.11"], 300);
     let new_upstream = FakeUpstream::start().await;
     new_upstream.set("after.example", &["192.0.2.21"], 300);
 
-    let dir = tempfile::tempdir().expect("tempdir");
-    let state = dir.path().join("state");
-    let config = dir.path().join("dnsfront.toml");
-    let base = base_config(&consul.url(), &state);
+    let base = setup.base();
     write(
-        &config,
+        &setup.config,
         &format!(
             "{base}\n[dns]\nlisten = [\"127.0.0.1:0\"]\n\n[forward]\nupstreams = [\"{}\"]\n\n[log]\nlevel = \"info\"\n",
             old_upstream.addr()
         ),
     );
-    let server = Server::start(&config).await;
+    let server = Server::start(&setup.config).await;
     let (answer, _) = udp(server.dns, &Ask::new("before.example.", RecordType::A)).await;
-    assert_eq!(
-        sorted_addresses(&answer),
-        vec!["192.0.2.10".parse::<std::net::IpAddr>().expect("ip")]
-    );
+    assert_eq!(sorted_addresses(&answer), vec![ip("192.0.2.10")]);
 
     // At info, control requests (logged at debug) leave no line.
-    let socket = socket_of(&state);
+    let socket = setup.socket();
     control::request(&socket, &Request::Stats, Duration::from_secs(5))
         .await
         .expect("stats");
@@ -221,7 +91,7 @@ async fn sighup_applies_log_level_and_upstreams_and_names_restart_only_keys() {
     let load = QueryLoad::start(server.dns);
     tokio::time::sleep(Duration::from_millis(200)).await;
     write(
-        &config,
+        &setup.config,
         &format!(
             "{base}\n[dns]\nlisten = [\"127.0.0.1:5399\"]\n\n[forward]\nupstreams = [\"{}\"]\n\n[log]\nlevel = \"info,dnsfront::control=debug\"\n",
             new_upstream.addr()
@@ -258,7 +128,7 @@ async fn sighup_applies_log_level_and_upstreams_and_names_restart_only_keys() {
     let (answer, _) = udp(server.dns, &Ask::new("after.example.", RecordType::A)).await;
     assert_eq!(
         sorted_addresses(&answer),
-        vec!["192.0.2.21".parse::<std::net::IpAddr>().expect("ip")],
+        vec![ip("192.0.2.21")],
         "forward.upstreams applied live"
     );
     let before_queries = old_upstream.queries();
@@ -288,20 +158,13 @@ async fn sighup_applies_log_level_and_upstreams_and_names_restart_only_keys() {
         .await;
     assert!(restart.contains("dns.listen"), "{restart}");
     server.stop().await;
-    consul.shutdown().await;
+    setup.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_config_on_sighup_is_logged_once_and_serving_goes_on() {
-    let sim = standard_sim();
-    let consul = sim
-        .serve("127.0.0.1:0".parse().expect("addr"))
-        .await
-        .expect("sim");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let state = dir.path().join("state");
-    let config = dir.path().join("dnsfront.toml");
-    let base = base_config(&consul.url(), &state);
+    let setup = Setup::start().await;
+    let base = setup.base();
     let secret = "s3cret-token-4711";
     let valid = format!(
         "{base}\n[dns]\nlisten = [\"127.0.0.1:0\"]\n\n[forward]\nresolv_file = \"/nonexistent/dnsfront-tests/resolv.conf\"\n"
@@ -310,15 +173,15 @@ async fn invalid_config_on_sighup_is_logged_once_and_serving_goes_on() {
         "[consul]\n",
         &format!("[consul]\ntoken = \"{secret}\"\n"),
     );
-    write(&config, &valid);
-    let server = Server::start(&config).await;
+    write(&setup.config, &valid);
+    let server = Server::start(&setup.config).await;
     let web = Ask::new("web.service.consul.", RecordType::A);
     let (answer, _) = udp(server.dns, &web).await;
     assert_eq!(answer.answers.len(), 2);
 
     // An out-of-range value, and the token beside it.
     write(
-        &config,
+        &setup.config,
         &valid.replace("refresh_interval = \"400ms\"", "refresh_interval = \"0s\""),
     );
     server.hangup();
@@ -343,13 +206,13 @@ async fn invalid_config_on_sighup_is_logged_once_and_serving_goes_on() {
 
     // A TOML syntax error on the token line: named, never quoted.
     write(
-        &config,
+        &setup.config,
         &valid.replace(
             &format!("token = \"{secret}\""),
             &format!("token = {secret}"),
         ),
     );
-    let error = control::request(&socket_of(&state), &Request::Reload, Duration::from_secs(5))
+    let error = control::request(&setup.socket(), &Request::Reload, Duration::from_secs(5))
         .await
         .expect_err("an invalid file fails the reload");
     assert!(!error.to_string().contains(secret), "{error}");
@@ -358,8 +221,8 @@ async fn invalid_config_on_sighup_is_logged_once_and_serving_goes_on() {
         .await;
 
     // Fixed: the next reload goes through, with nothing changed.
-    write(&config, &valid);
-    let outcome = control::request(&socket_of(&state), &Request::Reload, Duration::from_secs(5))
+    write(&setup.config, &valid);
+    let outcome = control::request(&setup.socket(), &Request::Reload, Duration::from_secs(5))
         .await
         .expect("reload");
     assert_eq!(outcome["trigger"], "control");
@@ -370,30 +233,19 @@ async fn invalid_config_on_sighup_is_logged_once_and_serving_goes_on() {
     let log = server.log().join("\n");
     assert!(!log.contains(secret), "the token leaked into the log");
     server.stop().await;
-    consul.shutdown().await;
+    setup.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_edited_resolv_file_is_picked_up_without_a_signal() {
-    let sim = standard_sim();
-    let consul = sim
-        .serve("127.0.0.1:0".parse().expect("addr"))
-        .await
-        .expect("sim");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let state = dir.path().join("state");
-    let config = dir.path().join("dnsfront.toml");
-    let resolv = dir.path().join("resolv.conf");
+    let setup = Setup::start().await;
+    let resolv = setup.dir.path().join("resolv.conf");
     write(&resolv, "nameserver 192.0.2.1\n");
-    write(
-        &config,
-        &format!(
-            "{}\n[dns]\nlisten = [\"127.0.0.1:0\"]\n\n[forward]\nresolv_file = \"{}\"\n",
-            base_config(&consul.url(), &state),
-            resolv.display()
-        ),
-    );
-    let server = Server::start(&config).await;
+    setup.write_config(&format!(
+        "[dns]\nlisten = [\"127.0.0.1:0\"]\n\n[forward]\nresolv_file = \"{}\"\n",
+        resolv.display()
+    ));
+    let server = Server::start(&setup.config).await;
     // Same length, other content: the content hash sees it.
     write(&resolv, "nameserver 192.0.2.2\n");
     let reloaded = server
@@ -401,7 +253,7 @@ async fn an_edited_resolv_file_is_picked_up_without_a_signal() {
         .await;
     assert!(reloaded.contains("resolv file"), "{reloaded}");
     assert!(reloaded.contains("forward.upstreams"), "{reloaded}");
-    let stats = control::request(&socket_of(&state), &Request::Stats, Duration::from_secs(5))
+    let stats = control::request(&setup.socket(), &Request::Stats, Duration::from_secs(5))
         .await
         .expect("stats");
     assert_eq!(stats["upstreams"], serde_json::json!(["192.0.2.2:53"]));
@@ -412,21 +264,14 @@ async fn an_edited_resolv_file_is_picked_up_without_a_signal() {
     let (answer, _) = udp(server.dns, &Ask::new("web.service.consul.", RecordType::A)).await;
     assert_eq!(answer.answers.len(), 2);
     server.stop().await;
-    consul.shutdown().await;
+    setup.stop().await;
 }
 
 #[tokio::test]
 async fn hosts_files_are_answered_and_sighup_re_reads_them() {
-    let sim = standard_sim();
-    let consul = sim
-        .serve("127.0.0.1:0".parse().expect("addr"))
-        .await
-        .expect("sim");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let state = dir.path().join("state");
-    let config = dir.path().join("dnsfront.toml");
-    let hosts = dir.path().join("hosts");
-    let extra = dir.path().join("addn-hosts");
+    let setup = Setup::start().await;
+    let hosts = setup.dir.path().join("hosts");
+    let extra = setup.dir.path().join("addn-hosts");
     write(
         &hosts,
         "# local names\n192.0.2.50 build-box build-box.lan\n",
@@ -436,11 +281,14 @@ async fn hosts_files_are_answered_and_sighup_re_reads_them() {
     let config_text = |files: &str| {
         format!(
             "{}\n[dns]\nlisten = [\"127.0.0.1:0\"]\n\n[hosts]\nfiles = [{files}]\nwatch_interval = \"5m\"\n",
-            base_config(&consul.url(), &state),
+            setup.base(),
         )
     };
-    write(&config, &config_text(&format!("\"{}\"", hosts.display())));
-    let server = Server::start(&config).await;
+    write(
+        &setup.config,
+        &config_text(&format!("\"{}\"", hosts.display())),
+    );
+    let server = Server::start(&setup.config).await;
     let ask = Ask::new("Build-Box.lan.", RecordType::A);
     let (answer, _) = udp(server.dns, &ask).await;
     assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
@@ -448,10 +296,7 @@ async fn hosts_files_are_answered_and_sighup_re_reads_them() {
         answer.metadata.authoritative,
         "hosts answers are authoritative"
     );
-    assert_eq!(
-        sorted_addresses(&answer),
-        vec!["192.0.2.50".parse::<std::net::IpAddr>().expect("ip")]
-    );
+    assert_eq!(sorted_addresses(&answer), vec![ip("192.0.2.50")]);
 
     write(&hosts, "192.0.2.51 build-box.lan\n");
     server.hangup();
@@ -459,14 +304,11 @@ async fn hosts_files_are_answered_and_sighup_re_reads_them() {
         .wait_for("Hosts files re-read", 1, Duration::from_secs(8))
         .await;
     let (answer, _) = udp(server.dns, &ask).await;
-    assert_eq!(
-        sorted_addresses(&answer),
-        vec!["192.0.2.51".parse::<std::net::IpAddr>().expect("ip")]
-    );
+    assert_eq!(sorted_addresses(&answer), vec![ip("192.0.2.51")]);
 
     // A second file added to hosts.files applies live, without a restart warning.
     write(
-        &config,
+        &setup.config,
         &config_text(&format!("\"{}\", \"{}\"", hosts.display(), extra.display())),
     );
     server.hangup();
@@ -475,15 +317,12 @@ async fn hosts_files_are_answered_and_sighup_re_reads_them() {
         .await;
     assert!(reloaded.contains("hosts.files"), "{reloaded}");
     let (answer, _) = udp(server.dns, &Ask::new("printer.lan.", RecordType::A)).await;
-    assert_eq!(
-        sorted_addresses(&answer),
-        vec!["192.0.2.60".parse::<std::net::IpAddr>().expect("ip")]
-    );
+    assert_eq!(sorted_addresses(&answer), vec![ip("192.0.2.60")]);
     assert!(
         server.lines_with("restart_required").is_empty(),
         "{:?}",
         server.lines_with("restart_required")
     );
     server.stop().await;
-    consul.shutdown().await;
+    setup.stop().await;
 }

@@ -14,7 +14,8 @@ use test_support::{
     tcp, test_zone, udp,
 };
 
-use crate::harness::{Harness, eventually, standard_sim};
+use crate::binary::{sigterm, spawn, write};
+use crate::harness::{Harness, eventually, ip, serve, standard_sim};
 
 /// dnsfront forwarding to `upstreams`, with short timeouts (300 ms per try,
 /// 1 s in all) so that dead upstreams cost little; `tweak` adjusts `[forward]`.
@@ -61,10 +62,6 @@ fn authority_soas(message: &Message) -> Vec<(String, u32, u32)> {
             _ => None,
         })
         .collect()
-}
-
-fn ip(text: &str) -> IpAddr {
-    text.parse().expect("test address")
 }
 
 fn name(label: &str) -> String {
@@ -451,17 +448,14 @@ async fn a_changed_resolv_file_switches_upstreams_while_running() {
     let first = Nsd::start_at(first_addr, &[&test_zone()]).await;
     let second = Nsd::start_at(second_addr, &[&other_zone()]).await;
     let sim = standard_sim();
-    let consul = sim
-        .serve("127.0.0.1:0".parse().expect("addr"))
-        .await
-        .expect("sim serves");
+    let consul = serve(&sim).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let resolv = dir.path().join("resolv.conf");
     let config = dir.path().join("dnsfront.toml");
-    std::fs::write(&resolv, format!("nameserver {}\n", first.addr().ip())).expect("write");
-    std::fs::write(
+    write(&resolv, &format!("nameserver {}\n", first.addr().ip()));
+    write(
         &config,
-        format!(
+        &format!(
             "[dns]\nlisten = [\"127.0.0.1:0\"]\n\n[consul]\naddress = \"{}\"\n\n[state]\ndir = \"{}\"\n\n\
              [metrics]\nstatsd = false\n\n[forward]\nresolv_file = \"{}\"\n\
              attempt_timeout = \"300ms\"\ndeadline = \"1s\"\n",
@@ -469,29 +463,25 @@ async fn a_changed_resolv_file_switches_upstreams_while_running() {
             dir.path().join("state").display(),
             resolv.display()
         ),
-    )
-    .expect("write config");
+    );
     let config = config.display().to_string();
-    let mut running = crate::cli::spawn(&["serve", "--config", &config]).await;
+    let mut running = spawn(&["serve", "--config", &config]).await;
     let dns = running.dns[0];
     let (answer, _) = udp(dns, &Ask::new(&name("www"), RecordType::A)).await;
     assert_eq!(sorted_addresses(&answer), vec![ip("192.0.2.1")]);
 
     // rewritten as editors do: a new file renamed over the old one
-    let temp = resolv.with_extension("tmp");
-    std::fs::write(
-        &temp,
-        format!("# rewritten\nnameserver {}\n", second.addr().ip()),
-    )
-    .expect("rewrite");
-    std::fs::rename(&temp, &resolv).expect("rename");
+    write(
+        &resolv,
+        &format!("# rewritten\nnameserver {}\n", second.addr().ip()),
+    );
     let switched = eventually(Duration::from_secs(8), || async move {
         let (answer, _) = udp(dns, &Ask::new("www.other.test.", RecordType::A)).await;
         sorted_addresses(&answer) == vec![ip("192.0.2.201")]
     })
     .await;
     assert!(switched, "the upstream named by the rewritten file is used");
-    crate::cli::sigterm(&running.child);
+    sigterm(&running.child);
     let _ = tokio::time::timeout(Duration::from_secs(10), running.child.wait()).await;
     consul.shutdown().await;
 }

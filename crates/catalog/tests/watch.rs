@@ -119,6 +119,33 @@ fn watched(cache: &Cache, service: &str) -> bool {
         .is_some_and(|info| info.refresh == RefreshState::Watching)
 }
 
+/// Waits up to 2 s for `service` to be watched.
+async fn until_watched(cache: &Cache, service: &str) {
+    eventually(
+        Duration::from_secs(2),
+        &format!("{service} watched"),
+        || watched(cache, service),
+    )
+    .await;
+}
+
+/// How many instances the cache holds for `service` (0 when not cached).
+fn cached_instances(cache: &Cache, service: &str) -> usize {
+    cache
+        .describe_service(service, None)
+        .map_or(0, |info| info.instances)
+}
+
+/// Registers one more instance of `service`, without checks.
+fn register(sim: &Sim, service: &str, id: &str, node: &str, address: &str) {
+    sim.register(
+        Registration::new(service)
+            .id(id)
+            .node(node, address)
+            .port(80),
+    );
+}
+
 /// Keeps `services` hot by asking for them every 50 ms until cancelled.
 fn keep_asking(cache: &Cache, services: &[&str]) -> CancellationToken {
     let stop = CancellationToken::new();
@@ -172,18 +199,14 @@ async fn changes_reach_the_cache_within_a_second_in_watch_mode() {
     );
     let mut seen = 0;
     let new_instance = eventually(Duration::from_secs(2), "new instance visible", || {
-        seen = cache
-            .describe_service("web", None)
-            .map_or(0, |info| info.instances);
+        seen = cached_instances(&cache, "web");
         seen == 2
     })
     .await;
 
     sim.set_check("n2", "service:web-2", "critical");
     let critical = eventually(Duration::from_secs(2), "critical instance dropped", || {
-        cache
-            .describe_service("web", None)
-            .is_some_and(|info| info.instances == 1)
+        cached_instances(&cache, "web") == 1
     })
     .await;
 
@@ -219,10 +242,7 @@ async fn an_unchanged_service_costs_one_request_per_wait() {
     let (cache, shutdown) = start_cache(watch_config(), &server);
     assert_eq!(bounded(instances(&cache, "web")).await, 1);
     let asking = keep_asking(&cache, &["web"]);
-    eventually(Duration::from_secs(2), "web watched", || {
-        watched(&cache, "web")
-    })
-    .await;
+    until_watched(&cache, "web").await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     let before = count(&sim, WEB);
     let window = Duration::from_secs(3);
@@ -259,10 +279,7 @@ async fn index_going_backwards_resets_to_a_non_blocking_read_and_recovers() {
     let (cache, shutdown) = start_cache(config, &server);
     assert_eq!(bounded(instances(&cache, "web")).await, 1);
     let asking = keep_asking(&cache, &["web"]);
-    eventually(Duration::from_secs(2), "web watched", || {
-        watched(&cache, "web")
-    })
-    .await;
+    until_watched(&cache, "web").await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let before = count(&sim, WEB);
 
@@ -295,20 +312,11 @@ async fn index_going_backwards_resets_to_a_non_blocking_read_and_recovers() {
     );
 
     sim.clear_faults();
-    sim.register(
-        Registration::new("web")
-            .id("web-2")
-            .node("n2", "10.0.0.2")
-            .port(80),
-    );
+    register(&sim, "web", "web-2", "n2", "10.0.0.2");
     eventually(
         Duration::from_secs(2),
         "change visible after recovery",
-        || {
-            cache
-                .describe_service("web", None)
-                .is_some_and(|info| info.instances == 2)
-        },
+        || cached_instances(&cache, "web") == 2,
     )
     .await;
     tokio::time::sleep(Duration::from_millis(700)).await;
@@ -373,10 +381,7 @@ async fn idle_names_stop_being_watched_and_resume_when_asked_again() {
     };
     let (cache, shutdown) = start_cache(config, &server);
     assert_eq!(bounded(instances(&cache, "web")).await, 1);
-    eventually(Duration::from_secs(2), "web watched", || {
-        watched(&cache, "web")
-    })
-    .await;
+    until_watched(&cache, "web").await;
     // Nobody asks any more: the loop ends, abandoning its 5 s blocking query.
     eventually(Duration::from_secs(2), "watch stopped", || {
         cache.watch_count() == 0
@@ -389,10 +394,7 @@ async fn idle_names_stop_being_watched_and_resume_when_asked_again() {
     assert_eq!(count(&sim, WEB), stopped_at, "no requests for an idle name");
 
     assert_eq!(bounded(instances(&cache, "web")).await, 1);
-    eventually(Duration::from_secs(2), "watched again", || {
-        watched(&cache, "web")
-    })
-    .await;
+    until_watched(&cache, "web").await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(count(&sim, WEB) > stopped_at);
     shutdown.cancel();
@@ -403,11 +405,12 @@ async fn consul_failing_backs_off_without_a_storm_then_recovers() {
     let (sim, server) = start_sim().await;
     let names: Vec<String> = (0..10).map(|i| format!("svc-{i}")).collect();
     for (i, name) in names.iter().enumerate() {
-        sim.register(
-            Registration::new(name)
-                .id(&format!("{name}-1"))
-                .node(&format!("m{i}"), &format!("10.1.0.{i}"))
-                .port(80),
+        register(
+            &sim,
+            name,
+            &format!("{name}-1"),
+            &format!("m{i}"),
+            &format!("10.1.0.{i}"),
         );
     }
     let (cache, shutdown) = start_cache(watch_config(), &server);
@@ -463,16 +466,9 @@ async fn consul_failing_backs_off_without_a_storm_then_recovers() {
             })
     })
     .await;
-    sim.register(
-        Registration::new("svc-3")
-            .id("svc-3-2")
-            .node("m3b", "10.1.1.3")
-            .port(80),
-    );
+    register(&sim, "svc-3", "svc-3-2", "m3b", "10.1.1.3");
     eventually(Duration::from_secs(2), "change after recovery", || {
-        cache
-            .describe_service("svc-3", None)
-            .is_some_and(|info| info.instances == 2)
+        cached_instances(&cache, "svc-3") == 2
     })
     .await;
     asking.cancel();
@@ -485,10 +481,7 @@ async fn agent_down_backs_off_and_recovers() {
     let (cache, shutdown) = start_cache(watch_config(), &server);
     assert_eq!(bounded(instances(&cache, "web")).await, 1);
     let asking = keep_asking(&cache, &["web"]);
-    eventually(Duration::from_secs(2), "web watched", || {
-        watched(&cache, "web")
-    })
-    .await;
+    until_watched(&cache, "web").await;
     server.set_down(true);
     eventually(Duration::from_secs(3), "breaker opens", || {
         cache.breaker_state().state != CircuitState::Closed
@@ -501,12 +494,7 @@ async fn agent_down_backs_off_and_recovers() {
         Some("unreachable")
     );
     server.set_down(false);
-    sim.register(
-        Registration::new("web")
-            .id("web-2")
-            .node("n2", "10.0.0.2")
-            .port(80),
-    );
+    register(&sim, "web", "web-2", "n2", "10.0.0.2");
     eventually(Duration::from_secs(3), "recovered with the change", || {
         cache.breaker_state().state == CircuitState::Closed
             && cache
@@ -522,12 +510,7 @@ async fn agent_down_backs_off_and_recovers() {
 async fn max_watches_bounds_the_loops_and_the_rest_are_polled() {
     let (sim, server) = start_sim().await;
     for name in ["api", "db"] {
-        sim.register(
-            Registration::new(name)
-                .id(&format!("{name}-1"))
-                .node("n1", "10.0.0.1")
-                .port(80),
-        );
+        register(&sim, name, &format!("{name}-1"), "n1", "10.0.0.1");
     }
     let config = Config {
         max_watches: 2,
@@ -574,16 +557,8 @@ async fn unknown_names_are_watched_as_negatives() {
         "Consul sends an index for a missing service"
     );
     let asking = keep_asking(&cache, &["later"]);
-    eventually(Duration::from_secs(2), "watched", || {
-        watched(&cache, "later")
-    })
-    .await;
-    sim.register(
-        Registration::new("later")
-            .id("later-1")
-            .node("n1", "10.0.0.1")
-            .port(80),
-    );
+    until_watched(&cache, "later").await;
+    register(&sim, "later", "later-1", "n1", "10.0.0.1");
     eventually(Duration::from_secs(2), "appears", || {
         cache
             .describe_service("later", None)

@@ -2,9 +2,11 @@
 
 use std::collections::HashSet;
 use std::net::IpAddr;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use dnsfront_catalog::{Freshness, Lookup, ServiceInstance};
+use dnsfront_catalog::{Freshness, Lookup, Node, ServiceInstance};
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::{A, AAAA, SOA, SRV};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
@@ -74,6 +76,102 @@ pub(crate) struct Reply {
     pub(crate) authorities: Vec<Record>,
     pub(crate) additionals: Vec<Record>,
     pub(crate) source: Source,
+    /// The fresh catalog data the reply was built from, for the fast path to
+    /// check a cached copy against (`None`: not from a catalog lookup).
+    pub(crate) basis: Option<Arc<Basis>>,
+}
+
+/// A fresh catalog lookup an answer was built from: a cached copy of the
+/// answer stays valid while the same lookup still gives the same data, fresh.
+#[derive(Debug)]
+pub(crate) enum Basis {
+    /// `<name>.service[.<dc>]`: the instance list (`None`: not found).
+    Service {
+        name: String,
+        datacenter: Option<String>,
+        data: Option<Arc<[ServiceInstance]>>,
+    },
+    /// `<name>.node[.<dc>]`: the node (`None`: not found).
+    Node {
+        name: String,
+        datacenter: Option<String>,
+        data: Option<Arc<Node>>,
+    },
+}
+
+impl Basis {
+    fn service(
+        name: String,
+        datacenter: Option<String>,
+        lookup: Lookup<Arc<[ServiceInstance]>>,
+    ) -> Option<Arc<Self>> {
+        let data = match lookup {
+            Lookup::Found(data, Freshness::Fresh) => Some(data),
+            Lookup::NotFound(Freshness::Fresh) => None,
+            _ => return None,
+        };
+        Some(Arc::new(Self::Service {
+            name,
+            datacenter,
+            data,
+        }))
+    }
+
+    fn node(
+        name: String,
+        datacenter: Option<String>,
+        lookup: Lookup<Arc<Node>>,
+    ) -> Option<Arc<Self>> {
+        let data = match lookup {
+            Lookup::Found(data, Freshness::Fresh) => Some(data),
+            Lookup::NotFound(Freshness::Fresh) => None,
+            _ => return None,
+        };
+        Some(Arc::new(Self::Node {
+            name,
+            datacenter,
+            data,
+        }))
+    }
+
+    /// Whether `catalog` still gives the same data, fresh, without waiting:
+    /// the lookup is polled once (a lookup that would wait counts as changed).
+    pub(crate) fn still_holds<C: CatalogView>(&self, catalog: &C) -> bool {
+        match self {
+            Self::Service {
+                name,
+                datacenter,
+                data,
+            } => match poll_once(catalog.service(name, datacenter.as_deref())) {
+                Some(Lookup::Found(now, Freshness::Fresh)) => {
+                    data.as_ref().is_some_and(|data| Arc::ptr_eq(data, &now))
+                }
+                Some(Lookup::NotFound(Freshness::Fresh)) => data.is_none(),
+                _ => false,
+            },
+            Self::Node {
+                name,
+                datacenter,
+                data,
+            } => match poll_once(catalog.node(name, datacenter.as_deref())) {
+                Some(Lookup::Found(now, Freshness::Fresh)) => {
+                    data.as_ref().is_some_and(|data| Arc::ptr_eq(data, &now))
+                }
+                Some(Lookup::NotFound(Freshness::Fresh)) => data.is_none(),
+                _ => false,
+            },
+        }
+    }
+}
+
+/// Polls `future` once; `None` if it is not ready (it is then dropped).
+fn poll_once<F: Future>(future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    let mut context = Context::from_waker(Waker::noop());
+    match future.as_mut().poll(&mut context) {
+        Poll::Ready(output) => Some(output),
+        Poll::Pending => None,
+    }
 }
 
 impl Reply {
@@ -86,6 +184,7 @@ impl Reply {
             authorities: Vec::new(),
             additionals: Vec::new(),
             source: Source::None,
+            basis: None,
         }
     }
 
@@ -129,6 +228,11 @@ impl Zone {
             max_answer_records: config.max_answer_records,
             domain,
         }
+    }
+
+    /// Whether `max_answer_records` may cut service answers.
+    pub(crate) fn caps_answers(&self) -> bool {
+        self.max_answer_records.is_some()
     }
 
     pub(crate) fn domain(&self) -> &Name {
@@ -194,43 +298,50 @@ impl Zone {
                 reply
             }
             Parsed::Node { name, datacenter } => {
-                match catalog.node(&name, datacenter.as_deref()).await {
-                    Lookup::Unavailable => Reply::empty(ResponseCode::ServFail, true),
-                    Lookup::NotFound(freshness) => {
-                        self.negative(ResponseCode::NXDomain, Source::from_freshness(freshness))
-                    }
-                    Lookup::Found(node, freshness) => {
-                        // Wrong family or another qtype: NOERROR, empty, no SOA (as Consul).
-                        let mut reply = Reply::empty(ResponseCode::NoError, true);
-                        reply.source = Source::from_freshness(freshness);
-                        if let Some(record) = node
-                            .address
-                            .and_then(|ip| address_record(asked.clone(), self.node_ttl, ip, qtype))
-                        {
-                            reply.answers.push(record);
+                let lookup = catalog.node(&name, datacenter.as_deref()).await;
+                let mut reply =
+                    match &lookup {
+                        Lookup::Unavailable => Reply::empty(ResponseCode::ServFail, true),
+                        Lookup::NotFound(freshness) => self
+                            .negative(ResponseCode::NXDomain, Source::from_freshness(*freshness)),
+                        Lookup::Found(node, freshness) => {
+                            // Wrong family or another qtype: NOERROR, empty, no SOA (as Consul).
+                            let mut reply = Reply::empty(ResponseCode::NoError, true);
+                            reply.source = Source::from_freshness(*freshness);
+                            if let Some(record) = node.address.and_then(|ip| {
+                                address_record(asked.clone(), self.node_ttl, ip, qtype)
+                            }) {
+                                reply.answers.push(record);
+                            }
+                            reply
                         }
-                        reply
-                    }
-                }
+                    };
+                reply.basis = Basis::node(name, datacenter, lookup);
+                reply
             }
             Parsed::Service {
                 name,
                 tag,
                 datacenter,
-            } => match catalog.service(&name, datacenter.as_deref()).await {
-                Lookup::Unavailable => Reply::empty(ResponseCode::ServFail, true),
-                Lookup::NotFound(freshness) => {
-                    self.negative(ResponseCode::NXDomain, Source::from_freshness(freshness))
-                }
-                Lookup::Found(instances, freshness) => self.service_reply(
-                    &instances,
-                    tag.as_deref(),
-                    &name,
-                    asked,
-                    qtype,
-                    Source::from_freshness(freshness),
-                ),
-            },
+            } => {
+                let lookup = catalog.service(&name, datacenter.as_deref()).await;
+                let mut reply = match &lookup {
+                    Lookup::Unavailable => Reply::empty(ResponseCode::ServFail, true),
+                    Lookup::NotFound(freshness) => {
+                        self.negative(ResponseCode::NXDomain, Source::from_freshness(*freshness))
+                    }
+                    Lookup::Found(instances, freshness) => self.service_reply(
+                        instances,
+                        tag.as_deref(),
+                        &name,
+                        asked,
+                        qtype,
+                        Source::from_freshness(*freshness),
+                    ),
+                };
+                reply.basis = Basis::service(name, datacenter, lookup);
+                reply
+            }
         }
     }
 

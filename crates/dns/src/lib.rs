@@ -11,6 +11,22 @@
 //! The query path does no blocking I/O and no HTTP: it reads the catalog cache
 //! and the forwarder through [`CatalogView`] and [`Upstream`].
 //!
+//! UDP is served by our own loops ([`serve_with`], [`UdpOptions`]): several
+//! `SO_REUSEPORT` sockets per address, and a wire answer cache (the fast
+//! path) in front of the router: a cacheable UDP answer (NOERROR/NXDOMAIN
+//! from fresh Consul data, the forwarder or the local hosts files, at most
+//! 512 bytes, no TC, every TTL above 0) is kept encoded for at most 1 s and
+//! repeated questions get a copy with their ID and name case patched and the
+//! Answer records shuffled. A cached Consul answer is re-checked on every hit:
+//! the catalog lookup it was built from must still give the same data, fresh
+//! (else the general path answers), so Consul changes and outages show at
+//! once; forwarded and local answers may show the forwarder's TTL countdown
+//! up to 1 s late. [`Router::reload`] clears the cache at
+//! once, and the query log (when on) turns it off. Fast-path answers count in
+//! `dns.queries` and `dns.fast_path_hits` in batches (at most 1 s late) and
+//! feed `dns.query_duration_seconds` with one sample per 64 answers. TCP
+//! stays on hickory's server and never uses the cache.
+//!
 //! Behaviour follows Consul 1.16's DNS interface with deliberate differences:
 //! - truncation sets TC (never Consul's silent 3-record UDP trim); EDNS clients
 //!   get at most `min(their size, max_udp_payload)` and our OPT;
@@ -33,17 +49,19 @@ mod answer;
 mod backend;
 mod config;
 mod explain;
+mod fast;
 mod listen;
 mod local;
 pub mod metrics;
 mod name;
 mod router;
 mod trim;
+mod udp;
 
 pub use backend::{CatalogView, CatalogWithFallback, Upstream};
 pub use config::{Config, QueryLog};
 pub use explain::Explanation;
-pub use listen::{Listeners, ServerHandle, ServerOptions, serve};
+pub use listen::{Listeners, ServerHandle, ServerOptions, UdpOptions, serve, serve_with};
 pub use router::Router;
 
 use std::net::SocketAddr;

@@ -1,19 +1,23 @@
-//! Binding the UDP/TCP sockets and running hickory's server over them.
+//! Binding the UDP/TCP sockets; our UDP loops ([`crate::udp`]) and hickory's
+//! server (TCP) over them.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_server::Server;
 use ipnet::IpNet;
 use socket2::{Domain, Protocol as SocketProtocol, Socket, Type};
-use tokio::task::JoinHandle;
+use tokio::sync::Semaphore;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::Error;
 use crate::backend::{CatalogView, Upstream};
 use crate::router::Router;
+use crate::udp;
 
 /// How many times `bind` tries a fresh port-0 UDP port when TCP's twin is taken.
 const PORT_ZERO_ATTEMPTS: usize = 16;
@@ -21,6 +25,10 @@ const PORT_ZERO_ATTEMPTS: usize = 16;
 const TCP_BACKLOG: i32 = 1024;
 /// Outgoing responses queued per TCP connection.
 const TCP_RESPONSE_BUFFER: usize = 32;
+/// Most UDP sockets bound per listen address by default.
+const MAX_DEFAULT_UDP_SOCKETS: usize = 8;
+/// Default bound on UDP queries on the general path at once.
+const DEFAULT_MAX_IN_FLIGHT: usize = 4096;
 /// How long `shutdown` waits for the server tasks before aborting them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -33,7 +41,10 @@ pub struct Listeners {
 impl Listeners {
     /// Binds UDP + TCP on every address. For port 0, UDP is bound first and TCP
     /// then takes the same port (retrying with a new UDP port if it is taken),
-    /// so each address has one port for both protocols.
+    /// so each address has one port for both protocols. UDP sockets set
+    /// `SO_REUSEPORT` so that [`serve_with`] can add more on the same port (a
+    /// second instance of the same user would then share UDP, but its TCP bind
+    /// fails and it exits).
     pub fn bind(addrs: &[SocketAddr]) -> Result<Self, Error> {
         let mut pairs = Vec::with_capacity(addrs.len());
         for &address in addrs {
@@ -105,6 +116,9 @@ fn bind_udp(address: SocketAddr) -> Result<std::net::UdpSocket, Error> {
     if address.is_ipv6() {
         socket.set_only_v6(true).map_err(fail)?;
     }
+    // Several sockets per address (one loop each) let the kernel spread queries.
+    #[cfg(unix)]
+    socket.set_reuse_port(true).map_err(fail)?;
     socket.set_nonblocking(true).map_err(fail)?;
     socket.bind(&address.into()).map_err(fail)?;
     Ok(socket.into())
@@ -147,6 +161,29 @@ impl Default for ServerOptions {
                 IpNet::new(IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]), 128)
                     .expect("valid prefix length"),
             ],
+        }
+    }
+}
+
+/// Settings of the UDP serving loops.
+#[derive(Debug, Clone)]
+pub struct UdpOptions {
+    /// UDP sockets bound per listen address with `SO_REUSEPORT` (one loop task
+    /// each; the kernel spreads clients over them). At least 1. Default: the
+    /// available parallelism, at most 8.
+    pub sockets: usize,
+    /// Most UDP queries on the general path (cache misses, forwarding) at once;
+    /// datagrams beyond it are dropped unanswered (`dns.udp_overload_drops`),
+    /// so a flood cannot grow memory without bound. At least 1. Default 4096.
+    pub max_in_flight: usize,
+}
+
+impl Default for UdpOptions {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        Self {
+            sockets: cores.clamp(1, MAX_DEFAULT_UDP_SOCKETS),
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
         }
     }
 }
@@ -216,34 +253,99 @@ async fn finish(
     }
 }
 
-/// Starts serving `router` on `listeners`. Must be called inside a Tokio runtime.
+/// Starts serving `router` on `listeners` with the default [`UdpOptions`].
+/// Must be called inside a Tokio runtime.
 pub fn serve<C: CatalogView, F: Upstream>(
     router: Router<C, F>,
     listeners: Listeners,
     options: ServerOptions,
 ) -> Result<ServerHandle, Error> {
+    serve_with(router, listeners, options, UdpOptions::default())
+}
+
+/// Starts serving `router` on `listeners`: UDP on our own loops with the wire
+/// answer cache, TCP on hickory's server. Must be called inside a Tokio runtime.
+pub fn serve_with<C: CatalogView, F: Upstream>(
+    router: Router<C, F>,
+    listeners: Listeners,
+    options: ServerOptions,
+    udp_options: UdpOptions,
+) -> Result<ServerHandle, Error> {
     let local_addrs = listeners.local_addrs();
     let denied = denied_networks(&options.allowed_networks);
-    let mut server = Server::with_access(router, denied, options.allowed_networks.iter().copied());
+    let mut server = Server::with_access(
+        router.clone(),
+        denied,
+        options.allowed_networks.iter().copied(),
+    );
+    let shutdown = server.shutdown_token().clone();
+    let max_in_flight = udp_options.max_in_flight.clamp(1, Semaphore::MAX_PERMITS);
+    let in_flight = Arc::new(Semaphore::new(max_in_flight));
+    let shared = Arc::new(udp::Shared {
+        router,
+        allowed: options.allowed_networks.clone(),
+        in_flight: Arc::clone(&in_flight),
+        shutdown: shutdown.clone(),
+    });
+    let register = |source| Error::Register {
+        protocol: "udp",
+        source,
+    };
+    let mut loops = JoinSet::new();
     for (udp, tcp) in listeners.pairs {
-        let address = udp.local_addr().map_err(|source| Error::Register {
-            protocol: "udp",
-            source,
-        })?;
-        let udp = tokio::net::UdpSocket::from_std(udp).map_err(|source| Error::Register {
-            protocol: "udp",
-            source,
-        })?;
+        let address = udp.local_addr().map_err(register)?;
+        let mut sockets = vec![udp];
+        for _ in 1..udp_options.sockets.max(1) {
+            sockets.push(bind_udp(address)?);
+        }
+        for socket in sockets {
+            let socket = tokio::net::UdpSocket::from_std(socket).map_err(register)?;
+            loops.spawn(udp::run(Arc::new(socket), Arc::clone(&shared)));
+        }
         let tcp = tokio::net::TcpListener::from_std(tcp).map_err(|source| Error::Register {
             protocol: "tcp",
             source,
         })?;
-        server.register_socket(udp);
         server.register_listener(tcp, options.tcp_idle_timeout, TCP_RESPONSE_BUFFER);
-        info!(address = %address, "DNS listening on UDP and TCP");
+        info!(address = %address, udp_sockets = udp_options.sockets.max(1), "DNS listening on UDP and TCP");
     }
-    let shutdown = server.shutdown_token().clone();
-    let task = tokio::spawn(async move { server.block_until_done().await });
+    let sweeper = {
+        let shared = Arc::clone(&shared);
+        async move {
+            let period = crate::fast::MAX_AGE;
+            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = shared.shutdown.cancelled() => break,
+                    _ = ticks.tick() => shared.router.fast().sweep(),
+                }
+            }
+        }
+    };
+    let task = tokio::spawn(async move {
+        let udp = async {
+            let mut result = Ok(());
+            while let Some(joined) = loops.join_next().await {
+                match joined {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => result = Err(error),
+                    Err(join_error) => {
+                        result = Err(hickory_server::net::NetError::from(format!(
+                            "UDP loop failed: {join_error}"
+                        )));
+                    }
+                }
+            }
+            result
+        };
+        let (tcp, udp, ()) = tokio::join!(server.block_until_done(), udp, sweeper);
+        // Queries already on the general path finish before we report done.
+        let permits = u32::try_from(max_in_flight).unwrap_or(u32::MAX);
+        drop(in_flight.acquire_many(permits).await);
+        shared.router.fast().sweep();
+        tcp.and(udp)
+    });
     Ok(ServerHandle {
         shutdown,
         task,

@@ -10,12 +10,19 @@ use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 use metrics::{Unit, describe_counter, describe_histogram};
 
-/// Counter: queries answered, tagged `zone`, `qtype`, `rcode`, `source`.
+/// Counter: queries answered, tagged `zone`, `qtype`, `rcode`, `source`
+/// (UDP fast-path answers are added in batches, at most 1 s late).
 pub const QUERIES: &str = "dns.queries";
-/// Histogram: time from request to response sent, tagged `zone`.
+/// Histogram: time from request to response sent, tagged `zone` (UDP
+/// fast-path answers: one sample per 64, from receive to the answer's copy).
 pub const QUERY_DURATION_SECONDS: &str = "dns.query_duration_seconds";
 /// Counter: responses that had Answer/Authority records cut to fit (TC=1), tagged `zone`.
 pub const TRUNCATED: &str = "dns.truncated";
+
+/// Counter: UDP queries answered from the fast path's wire cache (also counted in `dns.queries`).
+pub const FAST_PATH_HITS: &str = "dns.fast_path_hits";
+/// Counter: UDP queries dropped unanswered because too many were in progress.
+pub const UDP_OVERLOAD_DROPS: &str = "dns.udp_overload_drops";
 
 /// Registers descriptions for every metric of this crate.
 pub fn describe() {
@@ -28,6 +35,16 @@ pub fn describe() {
         QUERY_DURATION_SECONDS,
         Unit::Seconds,
         "Time to answer a DNS query"
+    );
+    describe_counter!(
+        FAST_PATH_HITS,
+        Unit::Count,
+        "UDP queries answered from the wire answer cache (also in dns.queries)"
+    );
+    describe_counter!(
+        UDP_OVERLOAD_DROPS,
+        Unit::Count,
+        "UDP queries dropped because too many queries were in progress"
     );
     describe_counter!(
         TRUNCATED,

@@ -20,10 +20,11 @@ use hickory_server::zone_handler::{MessageResponseBuilder, Queries};
 use tokio::time::Instant;
 use tracing::{info, trace};
 
-use crate::answer::{Reply, Source, Zone};
+use crate::answer::{Basis, Reply, Source, Zone};
 use crate::backend::{CatalogView, CatalogWithFallback, Upstream};
 use crate::config::{Config, ttl_secs};
 use crate::explain::Explanation;
+use crate::fast::FastCache;
 use crate::local;
 use crate::metrics::{
     QUERIES, QUERY_DURATION_SECONDS, TRUNCATED, qtype_tag, rcode_name, rcode_tag,
@@ -51,6 +52,8 @@ pub struct Router<C = CatalogWithFallback, F = Forwarder> {
 
 struct Inner<C, F> {
     settings: ArcSwap<Settings>,
+    /// The UDP fast path's wire answer cache (cleared by `reload`).
+    fast: FastCache,
     catalog: C,
     forwarder: Option<F>,
     hosts: Option<LocalHosts>,
@@ -138,6 +141,7 @@ impl<C: CatalogView, F: Upstream> Router<C, F> {
     pub fn with_backends(config: Config, catalog: C, forwarder: Option<F>) -> Self {
         Self {
             inner: Arc::new(Inner {
+                fast: FastCache::new(!config.query_log.enabled),
                 settings: ArcSwap::from_pointee(Settings::new(&config)),
                 catalog,
                 forwarder,
@@ -153,6 +157,7 @@ impl<C: CatalogView, F: Upstream> Router<C, F> {
         let inner = &*self.inner;
         Self {
             inner: Arc::new(Inner {
+                fast: FastCache::new(inner.fast.enabled()),
                 settings: ArcSwap::new(inner.settings.load_full()),
                 catalog: inner.catalog.clone(),
                 forwarder: inner.forwarder.clone(),
@@ -168,7 +173,18 @@ impl<C: CatalogView, F: Upstream> Router<C, F> {
     /// currently none, every key of [`Config`] is live.
     pub fn reload(&self, config: Config) -> Vec<&'static str> {
         self.inner.settings.store(Arc::new(Settings::new(&config)));
+        self.inner.fast.reset(!config.query_log.enabled);
         Vec::new()
+    }
+
+    /// The UDP fast path's answer cache.
+    pub(crate) fn fast(&self) -> &FastCache {
+        &self.inner.fast
+    }
+
+    /// The catalog view answers are built from.
+    pub(crate) fn catalog(&self) -> &C {
+        &self.inner.catalog
     }
 
     /// Routes `name`/`qtype` exactly like a query (it may hit the caches and
@@ -273,6 +289,7 @@ impl<C: CatalogView, F: Upstream> Router<C, F> {
                         ForwardSource::Stale => Source::Stale,
                         ForwardSource::Policy(_) => Source::Policy,
                     },
+                    basis: None,
                 };
                 (reply, None)
             }
@@ -295,6 +312,16 @@ struct Outcome {
     truncated: bool,
 }
 
+/// The tags of an answer the fast path may keep (its wire form is checked there).
+pub(crate) struct Cacheable {
+    /// For Consul answers: the catalog lookup a cached copy is checked against.
+    pub(crate) basis: Option<Arc<Basis>>,
+    pub(crate) zone: &'static str,
+    pub(crate) qtype: &'static str,
+    pub(crate) rcode: &'static str,
+    pub(crate) source: &'static str,
+}
+
 #[async_trait::async_trait]
 impl<C: CatalogView, F: Upstream> RequestHandler for Router<C, F> {
     async fn handle_request<R: ResponseHandler, T: Time>(
@@ -302,6 +329,18 @@ impl<C: CatalogView, F: Upstream> RequestHandler for Router<C, F> {
         request: &Request,
         mut response_handle: R,
     ) -> ResponseInfo {
+        self.handle(request, &mut response_handle).await.0
+    }
+}
+
+impl<C: CatalogView, F: Upstream> Router<C, F> {
+    /// Answers `request` through `response_handle`; also says whether the
+    /// answer may be kept by the UDP fast path.
+    pub(crate) async fn handle<R: ResponseHandler>(
+        &self,
+        request: &Request,
+        response_handle: &mut R,
+    ) -> (ResponseInfo, Option<Cacheable>) {
         let started = Instant::now();
         let settings = self.inner.settings.load_full();
         let mut edns = request
@@ -315,7 +354,7 @@ impl<C: CatalogView, F: Upstream> RequestHandler for Router<C, F> {
             truncated: false,
         };
 
-        let reply = if request.metadata.op_code != OpCode::Query {
+        let mut reply = if request.metadata.op_code != OpCode::Query {
             Reply::empty(ResponseCode::NotImp, false)
         } else if request.edns.as_ref().is_some_and(|edns| edns.version() > 0) {
             // RFC 6891 §6.1.3: we only speak EDNS version 0.
@@ -340,6 +379,7 @@ impl<C: CatalogView, F: Upstream> RequestHandler for Router<C, F> {
             }
         };
         outcome.source = reply.source;
+        let basis = reply.basis.take();
 
         if reply.source.is_degraded()
             && let Some(edns) = edns.as_mut()
@@ -350,7 +390,7 @@ impl<C: CatalogView, F: Upstream> RequestHandler for Router<C, F> {
         }
 
         let response_code = reply.response_code;
-        let (info, truncated) = send(request, &mut response_handle, reply, edns.as_ref()).await;
+        let (info, truncated) = send(request, response_handle, reply, edns.as_ref()).await;
         outcome.truncated = truncated;
         record_metrics(&outcome, response_code, started);
         if let Some(sample) = settings.query_log
@@ -358,7 +398,28 @@ impl<C: CatalogView, F: Upstream> RequestHandler for Router<C, F> {
         {
             log_query(request, &outcome, response_code, &info, started);
         }
-        info
+        let cacheable = (settings.query_log.is_none()
+            && request.protocol() == Protocol::Udp
+            && !outcome.truncated
+            && matches!(
+                response_code,
+                ResponseCode::NoError | ResponseCode::NXDomain
+            )
+            && matches!(
+                outcome.source,
+                Source::Fresh | Source::Cache | Source::Upstream | Source::Local
+            )
+            // A capped answer picks a random subset each time: keep that. Other
+            // Consul answers are kept only with the lookup to re-check them by.
+            && !(outcome.zone == "consul" && (settings.zone.caps_answers() || basis.is_none())))
+        .then(|| Cacheable {
+            basis,
+            zone: outcome.zone,
+            qtype: outcome.qtype.map_or("other", qtype_tag),
+            rcode: rcode_tag(response_code),
+            source: outcome.source.tag(),
+        });
+        (info, cacheable)
     }
 }
 
@@ -628,6 +689,7 @@ mod tests {
                 authorities: Vec::new(),
                 additionals: records[count..].to_vec(),
                 source: Source::None,
+                basis: None,
             };
             for edns in [None, Some(&edns)] {
                 let metadata = Metadata::new(7, MessageType::Response, OpCode::Query);

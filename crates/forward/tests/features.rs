@@ -5,28 +5,28 @@
 //! it and resuming it: the forwarder's freshness runs on the tokio clock, while the
 //! sockets and attempt timeouts keep running in real time.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use common::{addresses, answer_a, ask, config_with, question};
 use dnsfront_forward::{
-    Answer, CacheState, Config, DomainRule, Error, Forwarder, Policy, Source, Strategy,
-    UpstreamStats, metrics as names,
+    CacheState, Config, DomainRule, Error, Forwarder, Policy, Source, Strategy, UpstreamStats,
+    metrics as names,
 };
 use hickory_proto::op::{Query, ResponseCode};
 use hickory_proto::rr::rdata::PTR;
 use hickory_proto::rr::{RData, Record, RecordType};
-use test_support::{
-    DebuggingRecorder, FakeUpstream, Knobs, Recorded, a_records, name_of, negative, positive,
-};
+use test_support::{DebuggingRecorder, FakeUpstream, Knobs, Recorded, name_of, negative, positive};
 use tokio::time::Instant;
 
 fn config(upstreams: &[SocketAddr]) -> Config {
-    Config {
-        upstreams: upstreams.to_vec(),
-        attempt_timeout: Duration::from_millis(200),
-        deadline: Duration::from_millis(600),
-        ..Config::default()
-    }
+    config_with(
+        upstreams,
+        Duration::from_millis(200),
+        Duration::from_millis(600),
+    )
 }
 
 fn rule(zone: &str, upstreams: &[SocketAddr]) -> DomainRule {
@@ -34,18 +34,6 @@ fn rule(zone: &str, upstreams: &[SocketAddr]) -> DomainRule {
         zone: name_of(zone),
         upstreams: upstreams.to_vec(),
     }
-}
-
-fn question(name: &str) -> Query {
-    Query::query(name_of(name), RecordType::A)
-}
-
-fn addresses(answer: &Answer) -> Vec<String> {
-    answer
-        .answers
-        .iter()
-        .map(|record| record.data.to_string())
-        .collect()
 }
 
 /// Moves the tokio clock forward by `by` without waiting.
@@ -104,18 +92,13 @@ async fn rules_route_by_longest_suffix_including_reverse_zones() {
         ..config(&[default.addr()])
     });
 
-    let other = forwarder
-        .resolve(&question("www.other."), false)
-        .await
-        .expect("default");
+    let other = ask(&forwarder, "www.other.").await.expect("default");
     assert_eq!(addresses(&other), ["192.0.2.1"]);
-    let host = forwarder
-        .resolve(&question("HOST.Corp.Example."), false)
+    let host = ask(&forwarder, "HOST.Corp.Example.")
         .await
         .expect("corp rule");
     assert_eq!(addresses(&host), ["192.0.2.2"]);
-    let db = forwarder
-        .resolve(&question("db.eu.corp.example."), false)
+    let db = ask(&forwarder, "db.eu.corp.example.")
         .await
         .expect("longest rule");
     assert_eq!(addresses(&db), ["192.0.2.3"]);
@@ -168,10 +151,7 @@ async fn single_label_names_are_answered_locally_unless_a_rule_covers_them() {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     let _guard = metrics::set_default_local_recorder(&recorder);
-    let local = forwarder
-        .resolve(&question("myhost."), false)
-        .await
-        .expect("policy answer");
+    let local = ask(&forwarder, "myhost.").await.expect("policy answer");
     assert_eq!(local.response_code, ResponseCode::NXDomain);
     assert_eq!(local.source, Source::Policy(Policy::DomainNeeded));
     assert!(local.answers.is_empty() && local.authorities.is_empty());
@@ -190,10 +170,7 @@ async fn single_label_names_are_answered_locally_unless_a_rule_covers_them() {
         Some(Policy::DomainNeeded)
     );
 
-    let routed = forwarder
-        .resolve(&question("lan."), false)
-        .await
-        .expect("rule wins");
+    let routed = ask(&forwarder, "lan.").await.expect("rule wins");
     assert_eq!(addresses(&routed), ["192.0.2.8"]);
 
     // both policies off: forwarded (the fake answers NXDOMAIN for unknown names)
@@ -202,10 +179,7 @@ async fn single_label_names_are_answered_locally_unless_a_rule_covers_them() {
         bogus_priv: false,
         ..config(&[default.addr()])
     });
-    let forwarded = open
-        .resolve(&question("myhost."), false)
-        .await
-        .expect("answer");
+    let forwarded = ask(&open, "myhost.").await.expect("answer");
     assert_eq!(forwarded.source, Source::Upstream);
     let reverse = open
         .resolve(
@@ -232,10 +206,7 @@ async fn rebind_protection_drops_private_addresses_for_public_names() {
         ..config(&[upstream.addr()])
     });
 
-    let mixed = forwarder
-        .resolve(&question("mixed.example."), false)
-        .await
-        .expect("answer");
+    let mixed = ask(&forwarder, "mixed.example.").await.expect("answer");
     assert_eq!(addresses(&mixed), ["192.0.2.5"], "only the public address");
     assert_eq!(mixed.source, Source::Upstream);
 
@@ -254,22 +225,15 @@ async fn rebind_protection_drops_private_addresses_for_public_names() {
         "the second of each was a (filtered) cache hit"
     );
 
-    let allowed = forwarder
-        .resolve(&question("db.allowed.example."), false)
+    let allowed = ask(&forwarder, "db.allowed.example.")
         .await
         .expect("answer");
     assert_eq!(addresses(&allowed), ["10.1.1.1"]);
-    let routed = forwarder
-        .resolve(&question("db.corp.example."), false)
-        .await
-        .expect("answer");
+    let routed = ask(&forwarder, "db.corp.example.").await.expect("answer");
     assert_eq!(addresses(&routed), ["10.2.2.2"], "rule zones are internal");
 
     let off = Forwarder::new(config(&[upstream.addr()]));
-    let unfiltered = off
-        .resolve(&question("internal.example."), false)
-        .await
-        .expect("answer");
+    let unfiltered = ask(&off, "internal.example.").await.expect("answer");
     assert_eq!(addresses(&unfiltered), ["192.168.1.1"]);
 }
 
@@ -296,8 +260,7 @@ async fn a_failing_upstream_is_marked_down_skipped_probed_and_brought_back_up() 
     let _guard = metrics::set_default_local_recorder(&recorder);
 
     for index in 0..2 {
-        forwarder
-            .resolve(&question(&format!("n{index}.example.")), false)
+        ask(&forwarder, &format!("n{index}.example."))
             .await
             .expect("failover answer");
     }
@@ -310,17 +273,13 @@ async fn a_failing_upstream_is_marked_down_skipped_probed_and_brought_back_up() 
     assert!(healthy.last_rtt.is_some());
 
     // down and not due for a probe: skipped
-    forwarder
-        .resolve(&question("n2.example."), false)
-        .await
-        .expect("answer");
+    ask(&forwarder, "n2.example.").await.expect("answer");
     assert_eq!(flaky.queries(), 2, "a down upstream is skipped");
 
     // due: exactly one query goes to it, however many clients ask
     tokio::time::sleep(Duration::from_millis(350)).await;
     for index in 3..6 {
-        let answer = forwarder
-            .resolve(&question(&format!("n{index}.example.")), false)
+        let answer = ask(&forwarder, &format!("n{index}.example."))
             .await
             .expect("answer");
         assert_eq!(answer.source, Source::Upstream);
@@ -335,19 +294,13 @@ async fn a_failing_upstream_is_marked_down_skipped_probed_and_brought_back_up() 
     // it recovers: the next probe brings it back, then it is asked first again
     flaky.set_silent(false);
     tokio::time::sleep(Duration::from_millis(350)).await;
-    forwarder
-        .resolve(&question("n6.example."), false)
-        .await
-        .expect("answer");
+    ask(&forwarder, "n6.example.").await.expect("answer");
     eventually("the probe to mark it up", || {
         stats_of(&forwarder, flaky.addr()).up
     })
     .await;
     let answered_before = good.queries();
-    forwarder
-        .resolve(&question("n7.example."), false)
-        .await
-        .expect("answer");
+    ask(&forwarder, "n7.example.").await.expect("answer");
     assert_eq!(good.queries(), answered_before, "first upstream used again");
     assert_eq!(stats_of(&forwarder, flaky.addr()).consecutive_failures, 0);
 
@@ -380,16 +333,12 @@ async fn when_every_upstream_is_down_they_are_still_tried() {
         probe_interval: Duration::from_secs(60),
         ..config(&[only.addr()])
     });
-    let error = forwarder
-        .resolve(&question("www.example."), false)
-        .await
-        .expect_err("silent");
+    let error = ask(&forwarder, "www.example.").await.expect_err("silent");
     assert!(matches!(error, Error::AllFailed { .. }), "{error}");
     assert!(!stats_of(&forwarder, only.addr()).up);
 
     only.set_silent(false);
-    let answer = forwarder
-        .resolve(&question("www.example."), false)
+    let answer = ask(&forwarder, "www.example.")
         .await
         .expect("tried although down");
     assert_eq!(addresses(&answer), ["192.0.2.1"]);
@@ -437,10 +386,7 @@ async fn one_failing_upstream_does_not_fail_coalesced_waiters_or_mark_others_dow
         ..Knobs::default()
     });
     good.set("other.example.", &["192.0.2.5"], 60);
-    forwarder
-        .resolve(&question("other.example."), false)
-        .await
-        .expect("answer");
+    ask(&forwarder, "other.example.").await.expect("answer");
     assert!(!stats_of(&forwarder, failing.addr()).up);
     assert!(stats_of(&forwarder, good.addr()).up);
 }
@@ -461,10 +407,7 @@ async fn race_takes_the_first_answer_and_cancels_the_rest() {
         ..config(&[slow.addr(), fast.addr()])
     });
 
-    let answer = forwarder
-        .resolve(&question("www.example."), false)
-        .await
-        .expect("answer");
+    let answer = ask(&forwarder, "www.example.").await.expect("answer");
     assert_eq!(
         addresses(&answer),
         ["192.0.2.2"],
@@ -482,10 +425,7 @@ async fn race_takes_the_first_answer_and_cancels_the_rest() {
         attempt_timeout: Duration::from_millis(500),
         ..config(&[slow.addr(), fast.addr()])
     });
-    let answer = sequential
-        .resolve(&question("www.example."), false)
-        .await
-        .expect("answer");
+    let answer = ask(&sequential, "www.example.").await.expect("answer");
     assert_eq!(addresses(&answer), ["192.0.2.1"]);
     assert_eq!(fast.queries(), 1);
 }
@@ -498,10 +438,7 @@ async fn tcp_only_sends_every_query_over_tcp() {
         tcp_only: true,
         ..config(&[upstream.addr()])
     });
-    let answer = forwarder
-        .resolve(&question("www.example."), false)
-        .await
-        .expect("answer");
+    let answer = ask(&forwarder, "www.example.").await.expect("answer");
     assert_eq!(addresses(&answer), ["192.0.2.6"]);
     assert_eq!((upstream.udp_queries(), upstream.tcp_queries()), (0, 1));
 }
@@ -513,30 +450,21 @@ async fn serves_stale_when_every_upstream_fails_and_refreshes_in_the_background(
     let upstream = FakeUpstream::start().await;
     upstream.set("www.example.", &["192.0.2.1"], 60);
     let forwarder = Forwarder::new(config(&[upstream.addr()]));
-    forwarder
-        .resolve(&question("www.example."), false)
-        .await
-        .expect("warm");
+    ask(&forwarder, "www.example.").await.expect("warm");
 
     skip(Duration::from_secs(61)).await;
     upstream.set_silent(true);
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     let _guard = metrics::set_default_local_recorder(&recorder);
-    let stale = forwarder
-        .resolve(&question("www.example."), false)
-        .await
-        .expect("stale answer");
+    let stale = ask(&forwarder, "www.example.").await.expect("stale answer");
     assert_eq!(stale.source, Source::Stale);
     assert_eq!(addresses(&stale), ["192.0.2.1"]);
     assert_eq!(stale.answers[0].ttl, 30, "RFC 8767 stale TTL");
     assert_eq!(upstream.queries(), 2);
 
     // within the recheck window: stale at once, no upstream query
-    let again = forwarder
-        .resolve(&question("www.example."), false)
-        .await
-        .expect("stale answer");
+    let again = ask(&forwarder, "www.example.").await.expect("stale answer");
     assert_eq!(again.source, Source::Stale);
     assert_eq!(upstream.queries(), 2);
     let info = forwarder.explain(&question("www.example."), false);
@@ -549,19 +477,13 @@ async fn serves_stale_when_every_upstream_fails_and_refreshes_in_the_background(
     upstream.set_silent(false);
     upstream.set("www.example.", &["192.0.2.9"], 60);
     skip(Duration::from_secs(31)).await;
-    let during_refresh = forwarder
-        .resolve(&question("www.example."), false)
-        .await
-        .expect("stale answer");
+    let during_refresh = ask(&forwarder, "www.example.").await.expect("stale answer");
     assert_eq!(during_refresh.source, Source::Stale);
     eventually("the background refresh", || {
         forwarder.explain(&question("www.example."), false).state == CacheState::Fresh
     })
     .await;
-    let fresh = forwarder
-        .resolve(&question("www.example."), false)
-        .await
-        .expect("fresh");
+    let fresh = ask(&forwarder, "www.example.").await.expect("fresh");
     assert_eq!(fresh.source, Source::Cache);
     assert_eq!(addresses(&fresh), ["192.0.2.9"]);
     assert_eq!(upstream.queries(), 3);
@@ -573,16 +495,9 @@ async fn a_stale_nxdomain_does_not_shadow_the_last_positive_answer() {
     // restarting, a zone reload), then every upstream goes away. The client must get
     // the last positive answer, not a day of NXDOMAIN served from stale data.
     let upstream = FakeUpstream::start().await;
-    upstream.answer(
-        "svc.example.",
-        RecordType::A,
-        positive(a_records("svc.example.", 60, &[1])),
-    );
+    answer_a(&upstream, "svc.example.", 60, &[1]);
     let forwarder = Forwarder::new(config(&[upstream.addr()]));
-    let first = forwarder
-        .resolve(&question("svc.example."), false)
-        .await
-        .expect("positive");
+    let first = ask(&forwarder, "svc.example.").await.expect("positive");
     assert_eq!(addresses(&first), ["192.0.2.1"]);
 
     // a fresh NXDOMAIN replaces the expired positive: that is correct
@@ -592,18 +507,12 @@ async fn a_stale_nxdomain_does_not_shadow_the_last_positive_answer() {
         RecordType::A,
         negative(ResponseCode::NXDomain, Some((60, 60))),
     );
-    let gone = forwarder
-        .resolve(&question("svc.example."), false)
-        .await
-        .expect("negative");
+    let gone = ask(&forwarder, "svc.example.").await.expect("negative");
     assert_eq!(
         (gone.response_code, gone.source),
         (ResponseCode::NXDomain, Source::Upstream)
     );
-    let cached = forwarder
-        .resolve(&question("svc.example."), false)
-        .await
-        .expect("negative");
+    let cached = ask(&forwarder, "svc.example.").await.expect("negative");
     assert_eq!(
         (cached.response_code, cached.source),
         (ResponseCode::NXDomain, Source::Cache)
@@ -612,10 +521,7 @@ async fn a_stale_nxdomain_does_not_shadow_the_last_positive_answer() {
     // the negative expires and the upstream dies: the last positive is served stale
     skip(Duration::from_secs(61)).await;
     upstream.set_silent(true);
-    let stale = forwarder
-        .resolve(&question("svc.example."), false)
-        .await
-        .expect("stale");
+    let stale = ask(&forwarder, "svc.example.").await.expect("stale");
     assert_eq!(stale.source, Source::Stale);
     assert_eq!(stale.response_code, ResponseCode::NoError);
     assert_eq!(addresses(&stale), ["192.0.2.1"]);
@@ -625,24 +531,16 @@ async fn a_stale_nxdomain_does_not_shadow_the_last_positive_answer() {
 
     // back up with a positive answer: the refresh replaces everything
     upstream.set_silent(false);
-    upstream.answer(
-        "svc.example.",
-        RecordType::A,
-        positive(a_records("svc.example.", 60, &[2])),
-    );
+    answer_a(&upstream, "svc.example.", 60, &[2]);
     skip(Duration::from_secs(31)).await;
-    forwarder
-        .resolve(&question("svc.example."), false)
+    ask(&forwarder, "svc.example.")
         .await
         .expect("stale while refreshing");
     eventually("the background refresh", || {
         forwarder.explain(&question("svc.example."), false).state == CacheState::Fresh
     })
     .await;
-    let fresh = forwarder
-        .resolve(&question("svc.example."), false)
-        .await
-        .expect("fresh");
+    let fresh = ask(&forwarder, "svc.example.").await.expect("fresh");
     assert_eq!(
         (fresh.source, addresses(&fresh)),
         (Source::Cache, vec!["192.0.2.2".to_owned()])
@@ -654,14 +552,10 @@ async fn a_stale_nxdomain_does_not_shadow_the_last_positive_answer() {
         RecordType::A,
         negative(ResponseCode::NXDomain, Some((60, 60))),
     );
-    forwarder
-        .resolve(&question("never.example."), false)
-        .await
-        .expect("negative");
+    ask(&forwarder, "never.example.").await.expect("negative");
     skip(Duration::from_secs(61)).await;
     upstream.set_silent(true);
-    let stale_negative = forwarder
-        .resolve(&question("never.example."), false)
+    let stale_negative = ask(&forwarder, "never.example.")
         .await
         .expect("stale negative");
     assert_eq!(
@@ -678,14 +572,10 @@ async fn serve_stale_zero_disables_it() {
         serve_stale: Duration::ZERO,
         ..config(&[upstream.addr()])
     });
-    forwarder
-        .resolve(&question("www.example."), false)
-        .await
-        .expect("warm");
+    ask(&forwarder, "www.example.").await.expect("warm");
     skip(Duration::from_secs(61)).await;
     upstream.set_silent(true);
-    let error = forwarder
-        .resolve(&question("www.example."), false)
+    let error = ask(&forwarder, "www.example.")
         .await
         .expect_err("nothing stale");
     assert!(matches!(error, Error::AllFailed { .. }), "{error}");
@@ -697,18 +587,12 @@ async fn ttl_zero_answers_are_kept_for_serve_stale_only() {
     upstream.set("zero.example.", &["192.0.2.3"], 0);
     let forwarder = Forwarder::new(config(&[upstream.addr()]));
     for _ in 0..2 {
-        let answer = forwarder
-            .resolve(&question("zero.example."), false)
-            .await
-            .expect("answer");
+        let answer = ask(&forwarder, "zero.example.").await.expect("answer");
         assert_eq!(answer.source, Source::Upstream, "never answered from cache");
     }
     assert_eq!(upstream.queries(), 2);
     upstream.set_silent(true);
-    let stale = forwarder
-        .resolve(&question("zero.example."), false)
-        .await
-        .expect("stale");
+    let stale = ask(&forwarder, "zero.example.").await.expect("stale");
     assert_eq!(stale.source, Source::Stale);
     assert_eq!(addresses(&stale), ["192.0.2.3"]);
 }
@@ -725,23 +609,14 @@ async fn hot_entry_is_prefetched_once_in_the_last_tenth_of_its_ttl() {
     let snapshotter = recorder.snapshotter();
     let _guard = metrics::set_default_local_recorder(&recorder);
     for name in ["hot.example.", "short.example."] {
-        forwarder
-            .resolve(&question(name), false)
-            .await
-            .expect("warm");
+        ask(&forwarder, name).await.expect("warm");
     }
 
     skip(Duration::from_millis(4_600)).await;
-    let short = forwarder
-        .resolve(&question("short.example."), false)
-        .await
-        .expect("hit");
+    let short = ask(&forwarder, "short.example.").await.expect("hit");
     assert_eq!(short.source, Source::Cache);
     skip(Duration::from_secs(46)).await;
-    let hit = forwarder
-        .resolve(&question("hot.example."), false)
-        .await
-        .expect("hit");
+    let hit = ask(&forwarder, "hot.example.").await.expect("hit");
     assert_eq!(hit.source, Source::Cache);
     assert_eq!(
         upstream.queries(),
@@ -752,10 +627,7 @@ async fn hot_entry_is_prefetched_once_in_the_last_tenth_of_its_ttl() {
     upstream.set("hot.example.", &["192.0.2.2"], 100);
     skip(Duration::from_secs(41)).await;
     for _ in 0..3 {
-        let hit = forwarder
-            .resolve(&question("hot.example."), false)
-            .await
-            .expect("hit");
+        let hit = ask(&forwarder, "hot.example.").await.expect("hit");
         assert_eq!(hit.source, Source::Cache);
         assert_eq!(addresses(&hit), ["192.0.2.1"], "served while prefetching");
     }
@@ -767,10 +639,7 @@ async fn hot_entry_is_prefetched_once_in_the_last_tenth_of_its_ttl() {
             .is_some_and(|secs| secs > 90)
     })
     .await;
-    let refreshed = forwarder
-        .resolve(&question("hot.example."), false)
-        .await
-        .expect("hit");
+    let refreshed = ask(&forwarder, "hot.example.").await.expect("hit");
     assert_eq!(refreshed.source, Source::Cache);
     assert_eq!(addresses(&refreshed), ["192.0.2.2"]);
     assert_eq!(upstream.queries(), 3, "one prefetch for three hits");
@@ -789,10 +658,7 @@ async fn reconfigure_swaps_upstreams_and_keeps_the_cache_and_queries_in_flight()
     new.set("fresh.example.", &["192.0.2.2"], 300);
     let forwarder = Forwarder::new(config(&[old.addr()]));
     let started_with = forwarder.config();
-    forwarder
-        .resolve(&question("cached.example."), false)
-        .await
-        .expect("warm");
+    ask(&forwarder, "cached.example.").await.expect("warm");
 
     old.set_knobs(Knobs {
         delay: Duration::from_millis(150),
@@ -800,7 +666,7 @@ async fn reconfigure_swaps_upstreams_and_keeps_the_cache_and_queries_in_flight()
     });
     let in_flight = tokio::spawn({
         let forwarder = forwarder.clone();
-        async move { forwarder.resolve(&question("slow.example."), false).await }
+        async move { ask(&forwarder, "slow.example.").await }
     });
     eventually("the slow query upstream", || old.queries() == 2).await;
 
@@ -822,13 +688,9 @@ async fn reconfigure_swaps_upstreams_and_keeps_the_cache_and_queries_in_flight()
         .expect("task")
         .expect("in-flight query finished");
     assert_eq!(addresses(&slow), ["192.0.2.7"]);
-    let cached = forwarder
-        .resolve(&question("cached.example."), false)
-        .await
-        .expect("kept");
+    let cached = ask(&forwarder, "cached.example.").await.expect("kept");
     assert_eq!(cached.source, Source::Cache);
-    let fresh = forwarder
-        .resolve(&question("fresh.example."), false)
+    let fresh = ask(&forwarder, "fresh.example.")
         .await
         .expect("new upstream");
     assert_eq!(addresses(&fresh), ["192.0.2.2"]);
@@ -860,10 +722,7 @@ async fn explain_reports_cache_route_and_policy_as_json() {
     assert_eq!(absent.upstreams, [upstream.addr()]);
     assert_eq!(upstream.queries(), 0, "explain does no I/O");
 
-    forwarder
-        .resolve(&question("WWW.example."), false)
-        .await
-        .expect("answer");
+    ask(&forwarder, "WWW.example.").await.expect("answer");
     skip(Duration::from_secs(100)).await;
     let info = forwarder.explain(&question("www.example."), false);
     let json = serde_json::to_value(&info).expect("serializable");

@@ -1,40 +1,24 @@
 //! Forwarder behaviour against fake upstream resolvers on real 127.0.0.1 sockets.
 
+mod common;
+
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use dnsfront_forward::{Answer, Config, Error, Forwarder, Source, metrics as names};
-use hickory_proto::op::{Query, ResponseCode};
+use common::{addresses, answer_a, ask, config_with, question};
+use dnsfront_forward::{Config, Error, Forwarder, Source, metrics as names};
+use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{RData, RecordType};
-use test_support::{
-    DebuggingRecorder, FakeUpstream, Knobs, Recorded, a_records, closed_port, name_of, negative,
-    positive,
-};
+use test_support::{DebuggingRecorder, FakeUpstream, Knobs, Recorded, closed_port, negative};
 use tokio::time::Instant;
 
 fn config(upstreams: &[SocketAddr]) -> Config {
-    Config {
-        upstreams: upstreams.to_vec(),
-        attempt_timeout: Duration::from_millis(300),
-        deadline: Duration::from_secs(1),
-        ..Config::default()
-    }
-}
-
-fn question(name: &str) -> Query {
-    Query::query(name_of(name), RecordType::A)
-}
-
-fn addresses(answer: &Answer) -> Vec<String> {
-    answer
-        .answers
-        .iter()
-        .map(|record| match &record.data {
-            RData::A(a) => a.to_string(),
-            other => other.to_string(),
-        })
-        .collect()
+    config_with(
+        upstreams,
+        Duration::from_millis(300),
+        Duration::from_secs(1),
+    )
 }
 
 fn sorted(mut values: Vec<String>) -> Vec<String> {
@@ -45,22 +29,11 @@ fn sorted(mut values: Vec<String>) -> Vec<String> {
 #[tokio::test]
 async fn answer_is_cached_and_ttls_count_down() {
     let upstream = FakeUpstream::start().await;
-    upstream.answer(
-        "www.example.",
-        RecordType::A,
-        positive(a_records("www.example.", 300, &[1])),
-    );
-    upstream.answer(
-        "short.example.",
-        RecordType::A,
-        positive(a_records("short.example.", 1, &[9])),
-    );
+    answer_a(&upstream, "www.example.", 300, &[1]);
+    answer_a(&upstream, "short.example.", 1, &[9]);
     let forwarder = Forwarder::new(config(&[upstream.addr()]));
 
-    let first = forwarder
-        .resolve(&question("www.example."), false)
-        .await
-        .expect("answer");
+    let first = ask(&forwarder, "www.example.").await.expect("answer");
     assert_eq!(first.source, Source::Upstream);
     assert_eq!(first.response_code, ResponseCode::NoError);
     assert_eq!(addresses(&first), ["192.0.2.1"]);
@@ -74,8 +47,7 @@ async fn answer_is_cached_and_ttls_count_down() {
     assert_eq!(edns.max_payload(), 1232);
     assert!(!edns.flags().dnssec_ok);
 
-    forwarder
-        .resolve(&question("short.example."), false)
+    ask(&forwarder, "short.example.")
         .await
         .expect("short answer");
     assert_eq!(upstream.udp_queries(), 2);
@@ -83,10 +55,7 @@ async fn answer_is_cached_and_ttls_count_down() {
     tokio::time::sleep(Duration::from_millis(1_100)).await;
 
     // a hit, in another letter case, with the TTL counted down
-    let second = forwarder
-        .resolve(&question("WWW.Example."), false)
-        .await
-        .expect("cached");
+    let second = ask(&forwarder, "WWW.Example.").await.expect("cached");
     assert_eq!(second.source, Source::Cache);
     assert_eq!(addresses(&second), ["192.0.2.1"]);
     assert!(
@@ -96,10 +65,7 @@ async fn answer_is_cached_and_ttls_count_down() {
     );
 
     // the 1 s entry has expired: a miss that goes upstream again
-    let again = forwarder
-        .resolve(&question("short.example."), false)
-        .await
-        .expect("refetched");
+    let again = ask(&forwarder, "short.example.").await.expect("refetched");
     assert_eq!(again.source, Source::Upstream);
     assert_eq!(upstream.udp_queries(), 3);
 }
@@ -107,17 +73,10 @@ async fn answer_is_cached_and_ttls_count_down() {
 #[tokio::test]
 async fn dnssec_ok_sets_the_do_bit_and_is_cached_separately() {
     let upstream = FakeUpstream::start().await;
-    upstream.answer(
-        "www.example.",
-        RecordType::A,
-        positive(a_records("www.example.", 300, &[1])),
-    );
+    answer_a(&upstream, "www.example.", 300, &[1]);
     let forwarder = Forwarder::new(config(&[upstream.addr()]));
 
-    let plain = forwarder
-        .resolve(&question("www.example."), false)
-        .await
-        .expect("answer");
+    let plain = ask(&forwarder, "www.example.").await.expect("answer");
     assert!(!plain.authentic_data);
     let secure = forwarder
         .resolve(&question("www.example."), true)
@@ -165,33 +124,21 @@ async fn nxdomain_is_negatively_cached_for_the_soa_ttl() {
     );
     let forwarder = Forwarder::new(config(&[upstream.addr()]));
 
-    let first = forwarder
-        .resolve(&question("gone.example."), false)
-        .await
-        .expect("answer");
+    let first = ask(&forwarder, "gone.example.").await.expect("answer");
     assert_eq!(first.response_code, ResponseCode::NXDomain);
     assert_eq!(
         first.authorities[0].ttl, 60,
         "SOA TTL set to min(SOA TTL, MINIMUM)"
     );
-    let second = forwarder
-        .resolve(&question("gone.example."), false)
-        .await
-        .expect("cached");
+    let second = ask(&forwarder, "gone.example.").await.expect("cached");
     assert_eq!(second.source, Source::Cache);
     assert_eq!(second.response_code, ResponseCode::NXDomain);
     assert!(matches!(second.authorities[0].data, RData::SOA(_)));
 
-    let nodata = forwarder
-        .resolve(&question("nodata.example."), false)
-        .await
-        .expect("answer");
+    let nodata = ask(&forwarder, "nodata.example.").await.expect("answer");
     assert_eq!(nodata.response_code, ResponseCode::NoError);
     assert!(nodata.answers.is_empty());
-    let nodata = forwarder
-        .resolve(&question("nodata.example."), false)
-        .await
-        .expect("cached");
+    let nodata = ask(&forwarder, "nodata.example.").await.expect("cached");
     assert_eq!(nodata.source, Source::Cache);
     assert!(nodata.authorities[0].ttl <= 30);
     assert_eq!(upstream.udp_queries(), 2);
@@ -207,10 +154,7 @@ async fn nxdomain_without_soa_is_not_cached() {
     );
     let forwarder = Forwarder::new(config(&[upstream.addr()]));
     for _ in 0..2 {
-        let answer = forwarder
-            .resolve(&question("unknown.example."), false)
-            .await
-            .expect("answer");
+        let answer = ask(&forwarder, "unknown.example.").await.expect("answer");
         assert_eq!(answer.response_code, ResponseCode::NXDomain);
         assert!(answer.authorities.is_empty(), "the fake sent no SOA");
         assert_eq!(answer.source, Source::Upstream);
@@ -221,18 +165,11 @@ async fn nxdomain_without_soa_is_not_cached() {
 #[tokio::test]
 async fn ttl_zero_is_cached_only_with_a_min_ttl() {
     let upstream = FakeUpstream::start().await;
-    upstream.answer(
-        "zero.example.",
-        RecordType::A,
-        positive(a_records("zero.example.", 0, &[5])),
-    );
+    answer_a(&upstream, "zero.example.", 0, &[5]);
 
     let forwarder = Forwarder::new(config(&[upstream.addr()]));
     for _ in 0..2 {
-        let answer = forwarder
-            .resolve(&question("zero.example."), false)
-            .await
-            .expect("answer");
+        let answer = ask(&forwarder, "zero.example.").await.expect("answer");
         assert_eq!(answer.source, Source::Upstream);
         assert_eq!(answer.answers[0].ttl, 0);
     }
@@ -242,15 +179,9 @@ async fn ttl_zero_is_cached_only_with_a_min_ttl() {
         min_ttl: Duration::from_secs(5),
         ..config(&[upstream.addr()])
     });
-    let first = floored
-        .resolve(&question("zero.example."), false)
-        .await
-        .expect("answer");
+    let first = ask(&floored, "zero.example.").await.expect("answer");
     assert_eq!(first.answers[0].ttl, 5, "the floor is what clients see");
-    let second = floored
-        .resolve(&question("zero.example."), false)
-        .await
-        .expect("cached");
+    let second = ask(&floored, "zero.example.").await.expect("cached");
     assert_eq!(second.source, Source::Cache);
     assert_eq!(upstream.udp_queries(), 3);
 }
@@ -263,20 +194,13 @@ async fn fails_over_when_the_first_upstream_times_out() {
         ..Knobs::default()
     });
     let good = FakeUpstream::start().await;
-    good.answer(
-        "www.example.",
-        RecordType::A,
-        positive(a_records("www.example.", 60, &[2])),
-    );
+    answer_a(&good, "www.example.", 60, &[2]);
     let forwarder = Forwarder::new(config(&[silent.addr(), good.addr()]));
 
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     let _guard = metrics::set_default_local_recorder(&recorder);
-    let answer = forwarder
-        .resolve(&question("www.example."), false)
-        .await
-        .expect("answer");
+    let answer = ask(&forwarder, "www.example.").await.expect("answer");
     assert_eq!(addresses(&answer), ["192.0.2.2"]);
     assert_eq!((silent.udp_queries(), good.udp_queries()), (1, 1));
     let recorded = Recorded::take(&snapshotter);
@@ -303,18 +227,11 @@ async fn fails_over_on_servfail_and_on_a_closed_port() {
     });
     let closed = closed_port().await;
     let good = FakeUpstream::start().await;
-    good.answer(
-        "www.example.",
-        RecordType::A,
-        positive(a_records("www.example.", 60, &[3])),
-    );
+    answer_a(&good, "www.example.", 60, &[3]);
     let forwarder = Forwarder::new(config(&[failing.addr(), closed, good.addr()]));
 
     let started = Instant::now();
-    let answer = forwarder
-        .resolve(&question("www.example."), false)
-        .await
-        .expect("answer");
+    let answer = ask(&forwarder, "www.example.").await.expect("answer");
     assert_eq!(addresses(&answer), ["192.0.2.3"]);
     assert_eq!((failing.udp_queries(), good.udp_queries()), (1, 1));
     // neither SERVFAIL nor ICMP port-unreachable waits for the attempt timeout
@@ -337,11 +254,7 @@ async fn all_failed_within_the_deadline_and_not_cached() {
         drop: true,
         ..Knobs::default()
     });
-    second.answer(
-        "www.example.",
-        RecordType::A,
-        positive(a_records("www.example.", 60, &[4])),
-    );
+    answer_a(&second, "www.example.", 60, &[4]);
     let forwarder = Forwarder::new(Config {
         attempt_timeout: Duration::from_millis(300),
         deadline: Duration::from_millis(500),
@@ -349,10 +262,7 @@ async fn all_failed_within_the_deadline_and_not_cached() {
     });
 
     let started = Instant::now();
-    let error = forwarder
-        .resolve(&question("www.example."), false)
-        .await
-        .expect_err("all fail");
+    let error = ask(&forwarder, "www.example.").await.expect_err("all fail");
     let elapsed = started.elapsed();
     assert!(matches!(error, Error::AllFailed { .. }), "{error}");
     assert!(
@@ -370,10 +280,7 @@ async fn all_failed_within_the_deadline_and_not_cached() {
     );
 
     second.set_knobs(Knobs::default());
-    let answer = forwarder
-        .resolve(&question("www.example."), false)
-        .await
-        .expect("recovered");
+    let answer = ask(&forwarder, "www.example.").await.expect("recovered");
     assert_eq!(
         answer.source,
         Source::Upstream,
@@ -388,20 +295,13 @@ async fn truncated_udp_answer_is_retried_over_tcp() {
         truncate_udp: true,
         ..Knobs::default()
     });
-    upstream.answer(
-        "big.example.",
-        RecordType::A,
-        positive(a_records("big.example.", 60, &[1, 2, 3])),
-    );
+    answer_a(&upstream, "big.example.", 60, &[1, 2, 3]);
     let forwarder = Forwarder::new(config(&[upstream.addr()]));
 
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     let _guard = metrics::set_default_local_recorder(&recorder);
-    let answer = forwarder
-        .resolve(&question("big.example."), false)
-        .await
-        .expect("answer");
+    let answer = ask(&forwarder, "big.example.").await.expect("answer");
     assert_eq!(
         sorted(addresses(&answer)),
         ["192.0.2.1", "192.0.2.2", "192.0.2.3"]
@@ -423,17 +323,10 @@ async fn mismatched_replies_are_ignored() {
         wrong_first: true,
         ..Knobs::default()
     });
-    upstream.answer(
-        "www.example.",
-        RecordType::A,
-        positive(a_records("www.example.", 60, &[7])),
-    );
+    answer_a(&upstream, "www.example.", 60, &[7]);
     let forwarder = Forwarder::new(config(&[upstream.addr()]));
 
-    let answer = forwarder
-        .resolve(&question("www.example."), false)
-        .await
-        .expect("answer");
+    let answer = ask(&forwarder, "www.example.").await.expect("answer");
     assert_eq!(addresses(&answer), ["192.0.2.7"]);
     assert_eq!(upstream.udp_queries(), 1);
 }
@@ -445,11 +338,7 @@ async fn concurrent_identical_misses_share_one_upstream_query() {
         delay: Duration::from_millis(200),
         ..Knobs::default()
     });
-    upstream.answer(
-        "www.example.",
-        RecordType::A,
-        positive(a_records("www.example.", 60, &[8])),
-    );
+    answer_a(&upstream, "www.example.", 60, &[8]);
     let forwarder = Forwarder::new(config(&[upstream.addr()]));
 
     let recorder = DebuggingRecorder::new();
@@ -475,11 +364,7 @@ async fn coalesced_failure_reaches_every_waiter_and_is_not_cached() {
         delay: Duration::from_millis(100),
         ..Knobs::default()
     });
-    upstream.answer(
-        "www.example.",
-        RecordType::A,
-        positive(a_records("www.example.", 60, &[9])),
-    );
+    answer_a(&upstream, "www.example.", 60, &[9]);
     let forwarder = Forwarder::new(config(&[upstream.addr()]));
 
     let query = question("www.example.");
@@ -515,11 +400,7 @@ async fn overload_fails_fast() {
         delay: Duration::from_millis(400),
         ..Knobs::default()
     });
-    upstream.answer(
-        "one.example.",
-        RecordType::A,
-        positive(a_records("one.example.", 60, &[1])),
-    );
+    answer_a(&upstream, "one.example.", 60, &[1]);
     let forwarder = Forwarder::new(Config {
         max_in_flight: 1,
         attempt_timeout: Duration::from_millis(900),
@@ -528,7 +409,7 @@ async fn overload_fails_fast() {
 
     let busy = tokio::spawn({
         let forwarder = forwarder.clone();
-        async move { forwarder.resolve(&question("one.example."), false).await }
+        async move { ask(&forwarder, "one.example.").await }
     });
     let waiting_since = Instant::now();
     while upstream.udp_queries() == 0 {
@@ -540,8 +421,7 @@ async fn overload_fails_fast() {
     }
 
     let started = Instant::now();
-    let error = forwarder
-        .resolve(&question("two.example."), false)
+    let error = ask(&forwarder, "two.example.")
         .await
         .expect_err("overloaded");
     assert!(matches!(error, Error::Overloaded), "{error}");
@@ -550,10 +430,7 @@ async fn overload_fails_fast() {
         "must not queue"
     );
     // an identical query still joins the one in flight instead of being refused
-    let joined = forwarder
-        .resolve(&question("one.example."), false)
-        .await
-        .expect("joined");
+    let joined = ask(&forwarder, "one.example.").await.expect("joined");
     assert_eq!(addresses(&joined), ["192.0.2.1"]);
 
     let first = busy.await.expect("task").expect("first answer");
@@ -564,19 +441,12 @@ async fn overload_fails_fast() {
 #[tokio::test]
 async fn rrsets_are_shuffled_on_cache_hits() {
     let upstream = FakeUpstream::start().await;
-    upstream.answer(
-        "pool.example.",
-        RecordType::A,
-        positive(a_records("pool.example.", 300, &[1, 2, 3, 4])),
-    );
+    answer_a(&upstream, "pool.example.", 300, &[1, 2, 3, 4]);
     let forwarder = Forwarder::new(config(&[upstream.addr()]));
 
     let mut orders = HashSet::new();
     for _ in 0..50 {
-        let answer = forwarder
-            .resolve(&question("pool.example."), false)
-            .await
-            .expect("answer");
+        let answer = ask(&forwarder, "pool.example.").await.expect("answer");
         assert_eq!(
             sorted(addresses(&answer)),
             ["192.0.2.1", "192.0.2.2", "192.0.2.3", "192.0.2.4"]
@@ -590,9 +460,6 @@ async fn rrsets_are_shuffled_on_cache_hits() {
 #[tokio::test]
 async fn no_upstreams_is_an_error() {
     let forwarder = Forwarder::new(config(&[]));
-    let error = forwarder
-        .resolve(&question("www.example."), false)
-        .await
-        .expect_err("none");
+    let error = ask(&forwarder, "www.example.").await.expect_err("none");
     assert!(matches!(error, Error::NoUpstreams));
 }

@@ -82,6 +82,37 @@ fn spawn_follower(
     tokio::spawn(Follower::new(config, client(server), hosts.clone()).run(shutdown.clone()))
 }
 
+/// A sim with `web` on n1, publisher `pub-a` and a follower with a temporary state dir.
+struct Pair {
+    sim: Sim,
+    _server: SimServer,
+    dir: tempfile::TempDir,
+    hosts: Hosts,
+    shutdown: CancellationToken,
+    publisher: JoinHandle<Result<(), dnsfront_snapshot::Error>>,
+    follower: JoinHandle<()>,
+}
+
+async fn start_pair() -> Pair {
+    let sim = Sim::new();
+    register(&sim, "web", "n1", "10.0.0.1");
+    let server = start(&sim).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hosts = Hosts::new();
+    let shutdown = CancellationToken::new();
+    let publisher = spawn_publisher(&server, publisher_config("pub-a"), &shutdown);
+    let follower = spawn_follower(&server, follower_config(dir.path()), &hosts, &shutdown);
+    Pair {
+        sim,
+        _server: server,
+        dir,
+        hosts,
+        shutdown,
+        publisher,
+        follower,
+    }
+}
+
 /// Polls `condition` every 10 ms until it holds; panics with `what` after `timeout`.
 async fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
@@ -193,37 +224,30 @@ async fn within<T>(timeout: Duration, what: &str, future: impl Future<Output = T
 
 #[tokio::test]
 async fn snapshot_reaches_follower_disk_within_a_second_of_a_catalog_change() {
-    let sim = Sim::new();
-    register(&sim, "web", "n1", "10.0.0.1");
-    let server = start(&sim).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let hosts = Hosts::new();
-    let shutdown = CancellationToken::new();
-    let publisher = spawn_publisher(&server, publisher_config("pub-a"), &shutdown);
-    let follower = spawn_follower(&server, follower_config(dir.path()), &hosts, &shutdown);
+    let pair = start_pair().await;
 
     wait_until(Duration::from_secs(5), "first snapshot applied", || {
-        hosts.generation() == Some(1)
+        pair.hosts.generation() == Some(1)
     })
     .await;
 
-    register(&sim, "api", "n2", "10.0.0.2");
+    register(&pair.sim, "api", "n2", "10.0.0.2");
     let changed_at = Instant::now();
     // The file is saved first, then swapped into memory: wait for both.
     wait_until(
         Duration::from_secs(1),
         "api in the state dir and memory",
         || {
-            on_disk(dir.path())
+            on_disk(pair.dir.path())
                 .and_then(|bytes| codec::decode(&bytes, None).ok())
                 .is_some_and(|verified| verified.snapshot.service("api").is_some())
-                && hosts.generation() == Some(2)
+                && pair.hosts.generation() == Some(2)
         },
     )
     .await;
     assert!(changed_at.elapsed() < Duration::from_secs(1));
 
-    let current = hosts.current().expect("snapshot in memory");
+    let current = pair.hosts.current().expect("snapshot in memory");
     assert_eq!(current.generation, 2);
     assert_eq!(current.datacenter, "dc1");
     assert_eq!(current.publisher, "pub-a");
@@ -233,15 +257,19 @@ async fn snapshot_reaches_follower_disk_within_a_second_of_a_catalog_change() {
     assert_eq!(api[0].port, 80);
     assert!(current.node("n2").is_some());
 
-    shutdown.cancel();
-    within(Duration::from_secs(5), "publisher stops", publisher)
+    pair.shutdown.cancel();
+    within(Duration::from_secs(5), "publisher stops", pair.publisher)
         .await
         .expect("joins")
         .expect("publisher ends cleanly");
-    within(Duration::from_secs(5), "follower stops", follower)
+    within(Duration::from_secs(5), "follower stops", pair.follower)
         .await
         .expect("joins");
-    assert_eq!(sim.kv_session(LOCK_KEY), None, "lock released on shutdown");
+    assert_eq!(
+        pair.sim.kv_session(LOCK_KEY),
+        None,
+        "lock released on shutdown"
+    );
 }
 
 #[tokio::test]
@@ -328,16 +356,9 @@ async fn check_state_changes_reach_the_follower_within_seconds() {
 
 #[tokio::test]
 async fn node_address_changes_reach_the_follower_within_seconds() {
-    let sim = Sim::new();
-    register(&sim, "web", "n1", "10.0.0.1");
-    let server = start(&sim).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let hosts = Hosts::new();
-    let shutdown = CancellationToken::new();
     // catalog_wait (30s) is far longer than the test, and a node address change moves
     // neither the services nor the checks index: only the nodes watch can wake it.
-    let _publisher = spawn_publisher(&server, publisher_config("pub-a"), &shutdown);
-    let _follower = spawn_follower(&server, follower_config(dir.path()), &hosts, &shutdown);
+    let pair = start_pair().await;
     let n1_address = |hosts: &Hosts| -> Option<String> {
         hosts.current().and_then(|snapshot| {
             snapshot
@@ -347,18 +368,18 @@ async fn node_address_changes_reach_the_follower_within_seconds() {
         })
     };
     wait_until(Duration::from_secs(5), "first snapshot applied", || {
-        n1_address(&hosts).as_deref() == Some("10.0.0.1")
+        n1_address(&pair.hosts).as_deref() == Some("10.0.0.1")
     })
     .await;
 
-    sim.set_node_address("n1", "10.0.0.99");
+    pair.sim.set_node_address("n1", "10.0.0.99");
     wait_until(
         Duration::from_millis(2500),
         "the new node address reaches the follower's snapshot",
-        || n1_address(&hosts).as_deref() == Some("10.0.0.99"),
+        || n1_address(&pair.hosts).as_deref() == Some("10.0.0.99"),
     )
     .await;
-    shutdown.cancel();
+    pair.shutdown.cancel();
 }
 
 #[tokio::test]
@@ -663,48 +684,41 @@ async fn kill_switch_stops_publisher_and_follower_until_cleared() {
     let recorder = DebuggingRecorder::new();
     let _guard = metrics::set_default_local_recorder(&recorder);
     let mut counters = Counters::new(&recorder);
-    let sim = Sim::new();
-    register(&sim, "web", "n1", "10.0.0.1");
-    let server = start(&sim).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let hosts = Hosts::new();
-    let shutdown = CancellationToken::new();
-    let _publisher = spawn_publisher(&server, publisher_config("pub-a"), &shutdown);
-    let _follower = spawn_follower(&server, follower_config(dir.path()), &hosts, &shutdown);
+    let pair = start_pair().await;
     wait_until(Duration::from_secs(5), "generation 1 applied", || {
-        hosts.generation() == Some(1)
+        pair.hosts.generation() == Some(1)
     })
     .await;
-    let file_before = on_disk(dir.path());
+    let file_before = on_disk(pair.dir.path());
 
-    sim.kv_put(STOP_KEY, "incident 42: bad catalog");
-    register(&sim, "api", "n2", "10.0.0.2");
+    pair.sim.kv_put(STOP_KEY, "incident 42: bad catalog");
+    register(&pair.sim, "api", "n2", "10.0.0.2");
     counters
         .wait_for(names::PUBLISH_SKIPPED, "kill_switch", 1)
         .await;
-    assert_eq!(data_puts(&sim), 1, "publisher does not write");
+    assert_eq!(data_puts(&pair.sim), 1, "publisher does not write");
 
     // A value written by hand is not applied either.
-    sim.kv_put(KEY, encoded(2, &["web", "manual"], None));
+    pair.sim.kv_put(KEY, encoded(2, &["web", "manual"], None));
     counters.wait_for(names::REJECTED, "kill_switch", 1).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(hosts.generation(), Some(1));
-    assert_eq!(on_disk(dir.path()), file_before);
+    assert_eq!(pair.hosts.generation(), Some(1));
+    assert_eq!(on_disk(pair.dir.path()), file_before);
 
     // Cleared: the follower applies again and the publisher writes the pending change.
-    sim.kv_put(STOP_KEY, "");
+    pair.sim.kv_put(STOP_KEY, "");
     wait_until(Duration::from_secs(5), "api applied after clearing", || {
-        hosts
+        pair.hosts
             .current()
             .is_some_and(|snapshot| snapshot.service("api").is_some())
     })
     .await;
     assert_eq!(
-        hosts.generation(),
+        pair.hosts.generation(),
         Some(3),
         "publisher wrote on top of generation 2"
     );
-    shutdown.cancel();
+    pair.shutdown.cancel();
 }
 
 #[tokio::test]

@@ -1,0 +1,678 @@
+//! The UDP fast path: a short-lived cache of encoded responses.
+//!
+//! After the general path answers a plain UDP query with a cacheable reply
+//! (NOERROR/NXDOMAIN from fresh Consul data, the forwarder or the local hosts
+//! files; no TC, no EDNS options, at most 512 bytes, every TTL above 0), the
+//! encoded response is kept for [`MAX_AGE`] under the question (lower-cased
+//! name, type, class), the RD and CD bits, and the client's EDNS presence,
+//! payload size and DO bit. A later identical question is answered by copying
+//! those bytes, patching the ID and the question name's letter case and
+//! shuffling the Answer records: no task, no full decode, no allocation.
+//!
+//! Only requests of the plainest form are looked up (parsed by hand, strictly
+//! bounds-checked): one question, opcode QUERY, no compression in the name,
+//! no Answer/Authority records, and at most an OPT of version 0 without options.
+//! Everything else takes the general path.
+//!
+//! A Consul answer is re-checked on every hit against the catalog lookup it
+//! was built from ([`Basis`]); forwarded and local answers may lag the
+//! forwarder's TTL countdown by at most [`MAX_AGE`].
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use metrics::{Counter, Histogram};
+use tokio::time::Instant;
+
+use crate::answer::Basis;
+
+/// How long an encoded response is served from the cache at most.
+pub(crate) const MAX_AGE: Duration = Duration::from_secs(1);
+/// Largest response kept (valid for every client buffer size).
+pub(crate) const MAX_RESPONSE: usize = 512;
+/// Hits are added to the counters in batches of this many (a metrics
+/// exporter such as statsd formats and queues every increment), and one
+/// duration sample is recorded per batch; [`FastCache::sweep`] adds the rest.
+const FLUSH_EVERY: u64 = 64;
+/// Entries kept at most, over all shards.
+const DEFAULT_CAPACITY: usize = 8192;
+/// Independent locks, to keep the sockets' loops from contending.
+const SHARDS: usize = 16;
+/// Header length.
+const HEADER: usize = 12;
+/// Longest name on the wire.
+const MAX_NAME: usize = 255;
+/// Key: name, type, class, flags, payload.
+const MAX_KEY: usize = MAX_NAME + 7;
+/// Wire type of OPT.
+const TYPE_OPT: u16 = 41;
+const TYPE_A: u16 = 1;
+const TYPE_AAAA: u16 = 28;
+/// A pointer to the question name (offset 12).
+const QUESTION_POINTER: [u8; 2] = [0xc0, 0x0c];
+
+/// The lookup key of a plain query, built without allocating.
+pub(crate) struct Key {
+    bytes: [u8; MAX_KEY],
+    len: usize,
+    /// Wire length of the question name (including the root label).
+    name_len: usize,
+}
+
+impl Key {
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+fn u16_at(packet: &[u8], at: usize) -> Option<u16> {
+    let bytes = packet.get(at..at.checked_add(2)?)?;
+    Some(u16::from_be_bytes([bytes[0], bytes[1]]))
+}
+
+/// Parses a plain query; `None` when it must take the general path.
+pub(crate) fn parse_query(packet: &[u8]) -> Option<Key> {
+    let header = packet.get(..HEADER)?;
+    // QR=0 and opcode QUERY; RCODE 0.
+    if header[2] & 0xf8 != 0 || header[3] & 0x0f != 0 {
+        return None;
+    }
+    let counts = [
+        u16_at(header, 4)?,
+        u16_at(header, 6)?,
+        u16_at(header, 8)?,
+        u16_at(header, 10)?,
+    ];
+    if counts[0] != 1 || counts[1] != 0 || counts[2] != 0 || counts[3] > 1 {
+        return None;
+    }
+    let mut key = Key {
+        bytes: [0; MAX_KEY],
+        len: 0,
+        name_len: 0,
+    };
+    let mut at = HEADER;
+    loop {
+        let label = usize::from(*packet.get(at)?);
+        if label == 0 {
+            key.bytes[key.len] = 0;
+            key.len += 1;
+            at += 1;
+            break;
+        }
+        // No compression, no extended label types, at most 63 bytes.
+        if label > 63 {
+            return None;
+        }
+        let end = at + 1 + label;
+        if end - HEADER >= MAX_NAME {
+            return None;
+        }
+        let bytes = packet.get(at..end)?;
+        key.bytes[key.len] = bytes[0];
+        for (slot, byte) in key.bytes[key.len + 1..key.len + 1 + label]
+            .iter_mut()
+            .zip(&bytes[1..])
+        {
+            *slot = byte.to_ascii_lowercase();
+        }
+        key.len += 1 + label;
+        at = end;
+    }
+    key.name_len = key.len;
+    let fixed = packet.get(at..at + 4)?;
+    key.bytes[key.len..key.len + 4].copy_from_slice(fixed);
+    key.len += 4;
+    at += 4;
+    // Flags: RD, CD, EDNS, DO; then the advertised payload.
+    let mut flags = (header[2] & 0x01) | (header[3] & 0x10);
+    let mut payload = [0u8; 2];
+    if counts[3] == 1 {
+        // OPT: root owner, type 41, class = payload, TTL = ext-rcode, version,
+        // flags; no options (cookies, ECS, … go the general way).
+        let opt = packet.get(at..at + 11)?;
+        if opt[0] != 0 || u16_at(opt, 1)? != TYPE_OPT || opt[5] != 0 || opt[6] != 0 {
+            return None;
+        }
+        if u16_at(opt, 9)? != 0 {
+            return None;
+        }
+        payload = [opt[3], opt[4]];
+        flags |= 0x02;
+        if opt[7] & 0x80 != 0 {
+            flags |= 0x04;
+        }
+        at += 11;
+    }
+    if at != packet.len() {
+        return None;
+    }
+    key.bytes[key.len] = flags;
+    key.bytes[key.len + 1..key.len + 3].copy_from_slice(&payload);
+    key.len += 3;
+    Some(key)
+}
+
+/// Metric handles of one cached answer, resolved when it was stored.
+pub(crate) struct Meters {
+    /// `dns.queries` with the answer's tags.
+    pub(crate) queries: Counter,
+    /// `dns.query_duration_seconds` with the answer's zone.
+    pub(crate) duration: Histogram,
+    /// `dns.fast_path_hits`.
+    pub(crate) hits: Counter,
+}
+
+struct Entry {
+    response: Box<[u8]>,
+    expires: Instant,
+    /// Consul answers: re-checked against the catalog on every hit.
+    basis: Option<Arc<Basis>>,
+    answers: Layout,
+    meters: Meters,
+    /// Hits not yet added to the counters (see [`FLUSH_EVERY`]).
+    pending: AtomicU64,
+}
+
+impl Entry {
+    /// Adds the pending hits to `dns.queries` and `dns.fast_path_hits`.
+    fn flush(&self) {
+        let hits = self.pending.swap(0, Ordering::Relaxed);
+        if hits > 0 {
+            self.meters.queries.increment(hits);
+            self.meters.hits.increment(hits);
+        }
+    }
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+/// Where the Answer records are, to shuffle them and patch their owners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Layout {
+    /// Offset of the first Answer record.
+    first: usize,
+    /// Length of each record (all equal when `count` ≥ 2).
+    size: usize,
+    /// Answer records; 2 or more are shuffled per response.
+    count: usize,
+    /// The owners are written out as the question name (not a pointer to it),
+    /// so they get the client's case too.
+    literal_owner: bool,
+}
+
+/// Why a response cannot be kept (for tests and traces).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Uncacheable {
+    /// Too big, truncated, odd rcode, TTL 0, malformed, or mixed Answer records.
+    Shape,
+    /// The cache is off (query log) or was cleared since the query started.
+    Off,
+}
+
+/// One lock's worth of entries.
+type Shard = RwLock<HashMap<Box<[u8]>, Entry>>;
+
+/// The wire answer cache shared by every UDP socket of a router.
+pub(crate) struct FastCache {
+    shards: Box<[Shard]>,
+    hasher: RandomState,
+    per_shard: usize,
+    enabled: AtomicBool,
+    generation: AtomicU64,
+}
+
+impl std::fmt::Debug for FastCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FastCache")
+            .field("enabled", &self.enabled.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl FastCache {
+    /// An empty cache (`enabled` false: every lookup misses, nothing is stored).
+    pub(crate) fn new(enabled: bool) -> Self {
+        Self::with_capacity(enabled, DEFAULT_CAPACITY)
+    }
+
+    fn with_capacity(enabled: bool, capacity: usize) -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            hasher: RandomState::new(),
+            per_shard: capacity.div_ceil(SHARDS).max(1),
+            enabled: AtomicBool::new(enabled),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn enabled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+    }
+
+    /// Drops every entry and turns the cache on or off (settings changed).
+    pub(crate) fn reset(&self, enabled: bool) {
+        self.enabled.store(enabled, Ordering::Relaxed);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        for shard in &*self.shards {
+            shard
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clear();
+        }
+    }
+
+    /// Changes with every [`reset`](Self::reset): an answer computed under an
+    /// older generation is not stored.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    fn shard(&self, key: &[u8]) -> &Shard {
+        let index = usize::try_from(self.hasher.hash_one(key) % SHARDS as u64).unwrap_or(0);
+        &self.shards[index]
+    }
+
+    /// Writes the cached answer to `key` into `out` (ID and name case patched
+    /// from `query`, answers shuffled) and counts it; returns its length, or
+    /// `None` on a miss.
+    pub(crate) fn answer(
+        &self,
+        key: &Key,
+        query: &[u8],
+        now: Instant,
+        out: &mut [u8; MAX_RESPONSE],
+        still_holds: impl FnOnce(&Basis) -> bool,
+    ) -> Option<usize> {
+        let shard = self.shard(key.as_bytes());
+        let guard = shard.read().unwrap_or_else(PoisonError::into_inner);
+        let entry = guard.get(key.as_bytes())?;
+        if entry.expires <= now
+            || entry
+                .basis
+                .as_deref()
+                .is_some_and(|basis| !still_holds(basis))
+        {
+            return None;
+        }
+        let len = entry.response.len();
+        out[..len].copy_from_slice(&entry.response);
+        let layout = entry.answers;
+        let pending = entry.pending.fetch_add(1, Ordering::Relaxed) + 1;
+        let sample = (pending >= FLUSH_EVERY).then(|| {
+            entry.flush();
+            entry.meters.duration.clone()
+        });
+        drop(guard);
+        out[..2].copy_from_slice(&query[..2]);
+        let name = HEADER..HEADER + key.name_len;
+        out[name.clone()].copy_from_slice(&query[name.clone()]);
+        let Layout {
+            first,
+            size,
+            count,
+            literal_owner,
+        } = layout;
+        if count > 1 {
+            shuffle_blocks(&mut out[first..first + size * count], size);
+        }
+        if literal_owner {
+            for block in 0..count {
+                let owner = first + block * size;
+                out[owner..owner + key.name_len].copy_from_slice(&query[name.clone()]);
+            }
+        }
+        if let Some(duration) = sample {
+            duration.record(now.elapsed().as_secs_f64());
+        }
+        Some(len)
+    }
+
+    /// Stores `response` (the general path's answer to the query with `key`).
+    pub(crate) fn insert(
+        &self,
+        key: &Key,
+        response: &[u8],
+        generation: u64,
+        basis: Option<Arc<Basis>>,
+        meters: impl FnOnce() -> Meters,
+    ) -> Result<(), Uncacheable> {
+        if !self.enabled() || generation != self.generation() {
+            return Err(Uncacheable::Off);
+        }
+        let normalized;
+        let (response, answers) = match inspect(response, key.name_len) {
+            Some((answers, _)) => (response, answers),
+            None => {
+                normalized = normalize(response, key.name_len).ok_or(Uncacheable::Shape)?;
+                let (answers, _) = inspect(&normalized, key.name_len).ok_or(Uncacheable::Shape)?;
+                (&normalized[..], answers)
+            }
+        };
+        let entry = Entry {
+            response: response.into(),
+            expires: Instant::now() + MAX_AGE,
+            basis,
+            answers,
+            meters: meters(),
+            pending: AtomicU64::new(0),
+        };
+        let shard = self.shard(key.as_bytes());
+        let mut map = shard.write().unwrap_or_else(PoisonError::into_inner);
+        if map.len() >= self.per_shard && !map.contains_key(key.as_bytes()) {
+            let now = Instant::now();
+            map.retain(|_, entry| entry.expires > now);
+            if map.len() >= self.per_shard {
+                // Full of live entries: a flood of distinct names; start over.
+                map.clear();
+            }
+        }
+        map.insert(key.as_bytes().into(), entry);
+        Ok(())
+    }
+}
+
+impl FastCache {
+    /// Drops expired entries and adds every entry's pending hits to the
+    /// counters (run every [`MAX_AGE`] and at shutdown).
+    pub(crate) fn sweep(&self) {
+        let now = Instant::now();
+        for shard in &*self.shards {
+            let mut map = shard.write().unwrap_or_else(PoisonError::into_inner);
+            map.retain(|_, entry| entry.expires > now);
+            for entry in map.values() {
+                entry.flush();
+            }
+        }
+    }
+}
+
+/// Fisher-Yates over equal-sized blocks.
+fn shuffle_blocks(section: &mut [u8], size: usize) {
+    let count = section.len() / size;
+    for i in (1..count).rev() {
+        let j = rand::random_range(0..=i);
+        if i != j {
+            let (low, high) = section.split_at_mut(i * size);
+            low[j * size..(j + 1) * size].swap_with_slice(&mut high[..size]);
+        }
+    }
+}
+
+/// Skips a (possibly compressed) name; returns the offset after it.
+fn skip_name(message: &[u8], mut at: usize) -> Option<usize> {
+    loop {
+        let label = *message.get(at)?;
+        match label {
+            0 => return Some(at + 1),
+            1..=63 => at += 1 + usize::from(label),
+            0xc0..=0xff => {
+                message.get(at + 1)?;
+                return Some(at + 2);
+            }
+            _ => return None,
+        }
+    }
+}
+
+/// Checks that an encoded response may be cached: returns the Answer layout
+/// and the smallest TTL.
+fn inspect(message: &[u8], name_len: usize) -> Option<(Layout, u32)> {
+    if message.len() > MAX_RESPONSE || message.len() < HEADER + name_len + 4 {
+        return None;
+    }
+    // QR=1, TC=0, RCODE NOERROR or NXDOMAIN.
+    if message[2] & 0x82 != 0x80 || !matches!(message[3] & 0x0f, 0 | 3) {
+        return None;
+    }
+    if u16_at(message, 4)? != 1 {
+        return None;
+    }
+    let answers = usize::from(u16_at(message, 6)?);
+    let others = usize::from(u16_at(message, 8)?) + usize::from(u16_at(message, 10)?);
+    let first = HEADER + name_len + 4;
+    let mut at = first;
+    let mut min_ttl = u32::MAX;
+    let mut size = 0;
+    let mut rtype = 0;
+    let mut uniform = true;
+    let mut literal_owner = false;
+    let question = message.get(HEADER..HEADER + name_len)?;
+    for index in 0..answers + others {
+        let start = at;
+        at = skip_name(message, at)?;
+        let owner_end = at;
+        let fixed = message.get(at..at + 10)?;
+        let record_type = u16::from_be_bytes([fixed[0], fixed[1]]);
+        let ttl = u32::from_be_bytes([fixed[4], fixed[5], fixed[6], fixed[7]]);
+        let rdlength = usize::from(u16::from_be_bytes([fixed[8], fixed[9]]));
+        at += 10;
+        message.get(at..at + rdlength)?;
+        at += rdlength;
+        if record_type == TYPE_OPT {
+            // Our OPT: options (EDE) mean a degraded answer.
+            if rdlength != 0 {
+                return None;
+            }
+            continue;
+        }
+        min_ttl = min_ttl.min(ttl);
+        if index < answers {
+            let owner = &message[start..owner_end];
+            let literal = owner == question;
+            if index == 0 {
+                size = at - start;
+                rtype = record_type;
+                literal_owner = literal;
+            }
+            uniform &= (owner == QUESTION_POINTER || literal)
+                && literal == literal_owner
+                && matches!(record_type, TYPE_A | TYPE_AAAA)
+                && record_type == rtype
+                && at - start == size;
+        }
+    }
+    if at != message.len() || min_ttl == 0 || min_ttl == u32::MAX {
+        return None;
+    }
+    if answers > 1 && !uniform {
+        return None;
+    }
+    let layout = Layout {
+        first,
+        size,
+        count: answers,
+        literal_owner,
+    };
+    Some((layout, min_ttl))
+}
+
+/// Rewrites a response whose Answer holds only A/AAAA records owned by the
+/// question name (written out, or a pointer to the question or to the first
+/// owner, as hickory encodes them) so that every owner is a pointer to the
+/// question: equal-length records that can be shuffled. Only when nothing but
+/// an OPT follows, so that no pointer can lead into the rewritten part.
+fn normalize(message: &[u8], name_len: usize) -> Option<Vec<u8>> {
+    let answers = usize::from(u16_at(message, 6)?);
+    if answers < 2 || u16_at(message, 4)? != 1 || u16_at(message, 8)? != 0 {
+        return None;
+    }
+    let first = HEADER + name_len + 4;
+    let question = message.get(HEADER..HEADER + name_len)?;
+    let to_first = [
+        0xc0 | u8::try_from(first >> 8).ok()?,
+        u8::try_from(first & 0xff).ok()?,
+    ];
+    let mut out = Vec::with_capacity(message.len());
+    out.extend_from_slice(message.get(..first)?);
+    let mut at = first;
+    for index in 0..answers {
+        let owner_end = skip_name(message, at)?;
+        let owner = &message[at..owner_end];
+        let known = owner == QUESTION_POINTER
+            || owner == question
+            || (index > 0
+                && owner == to_first
+                && message.get(first..first + name_len)? == question);
+        let fixed = message.get(owner_end..owner_end + 10)?;
+        let record_type = u16::from_be_bytes([fixed[0], fixed[1]]);
+        if !known || !matches!(record_type, TYPE_A | TYPE_AAAA) {
+            return None;
+        }
+        let end = owner_end + 10 + usize::from(u16::from_be_bytes([fixed[8], fixed[9]]));
+        out.extend_from_slice(&QUESTION_POINTER);
+        out.extend_from_slice(message.get(owner_end..end)?);
+        at = end;
+    }
+    let rest = message.get(at..)?;
+    match u16_at(message, 10)? {
+        0 if rest.is_empty() => {}
+        1 if rest.len() >= 3 && rest[0] == 0 && u16_at(rest, 1)? == TYPE_OPT => {}
+        _ => return None,
+    }
+    out.extend_from_slice(rest);
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `web.service.consul. A` with ID 0x1234, optionally with an OPT.
+    fn query(name: &[&str], opt: Option<[u8; 11]>) -> Vec<u8> {
+        let mut packet = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+        for label in name {
+            packet.push(u8::try_from(label.len()).expect("short"));
+            packet.extend_from_slice(label.as_bytes());
+        }
+        packet.extend_from_slice(&[0, 0, 1, 0, 1]);
+        if let Some(opt) = opt {
+            packet[11] = 1;
+            packet.extend_from_slice(&opt);
+        }
+        packet
+    }
+
+    const OPT: [u8; 11] = [0, 0, 41, 0x04, 0xd0, 0, 0, 0x80, 0, 0, 0];
+
+    #[test]
+    fn plain_queries_parse_and_fold_case() {
+        let lower = parse_query(&query(&["web", "service", "consul"], None)).expect("plain");
+        let upper = parse_query(&query(&["WeB", "SERVICE", "consul"], None)).expect("plain");
+        assert_eq!(lower.as_bytes(), upper.as_bytes());
+        assert_eq!(lower.name_len, 20);
+        let edns = parse_query(&query(&["web", "service", "consul"], Some(OPT))).expect("edns");
+        assert_ne!(edns.as_bytes(), lower.as_bytes(), "EDNS keyed apart");
+        let mut no_do = OPT;
+        no_do[7] = 0;
+        let plain_edns =
+            parse_query(&query(&["web", "service", "consul"], Some(no_do))).expect("edns");
+        assert_ne!(edns.as_bytes(), plain_edns.as_bytes(), "DO keyed apart");
+    }
+
+    #[test]
+    fn unusual_queries_take_the_general_path() {
+        let base = query(&["web", "consul"], None);
+        let mut cases: Vec<Vec<u8>> = Vec::new();
+        for (at, value) in [(2, 0x81), (2, 0x09), (5, 2), (7, 1), (9, 1), (3, 0x01)] {
+            let mut packet = base.clone();
+            packet[at] = value;
+            cases.push(packet);
+        }
+        let mut trailing = base.clone();
+        trailing.push(0);
+        cases.push(trailing);
+        cases.push(base[..base.len() - 1].to_vec());
+        cases.push(vec![
+            0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xc0, 0x0c, 0, 1, 0, 1,
+        ]);
+        let mut version = OPT;
+        version[6] = 1;
+        let mut options = query(&["web", "consul"], Some(OPT));
+        let len = options.len();
+        options[len - 1] = 4;
+        options.extend_from_slice(&[0, 10, 0, 0]);
+        cases.push(options);
+        cases.push(query(&["web", "consul"], Some(version)));
+        let long: Vec<String> = (0..5).map(|_| "a".repeat(63)).collect();
+        let long: Vec<&str> = long.iter().map(String::as_str).collect();
+        cases.push(query(&long, None));
+        for (index, case) in cases.iter().enumerate() {
+            assert!(parse_query(case).is_none(), "case {index}: {case:?}");
+        }
+        for cut in 0..base.len() {
+            assert!(parse_query(&base[..cut]).is_none(), "cut at {cut}");
+        }
+    }
+
+    fn response(answers: &[(u16, &[u8], u32)], rcode: u8) -> Vec<u8> {
+        let mut message = query(&["web", "consul"], None);
+        message[2] |= 0x80;
+        message[3] = 0x80 | rcode;
+        message[7] = u8::try_from(answers.len()).expect("few");
+        for (rtype, rdata, ttl) in answers {
+            message.extend_from_slice(&QUESTION_POINTER);
+            message.extend_from_slice(&rtype.to_be_bytes());
+            message.extend_from_slice(&[0, 1]);
+            message.extend_from_slice(&ttl.to_be_bytes());
+            message.extend_from_slice(&u16::try_from(rdata.len()).expect("short").to_be_bytes());
+            message.extend_from_slice(rdata);
+        }
+        message
+    }
+
+    #[test]
+    fn inspect_accepts_uniform_answers_only() {
+        let a = [10, 0, 0, 1];
+        let aaaa = [0u8; 16];
+        let ok = response(&[(1, &a, 5), (1, &a, 3)], 0);
+        let layout = Layout {
+            first: 28,
+            size: 16,
+            count: 2,
+            literal_owner: false,
+        };
+        assert_eq!(inspect(&ok, 12), Some((layout, 3)));
+        assert!(inspect(&response(&[(1, &a, 5), (28, &aaaa, 5)], 0), 12).is_none());
+        assert!(inspect(&response(&[(1, &a, 0)], 0), 12).is_none(), "TTL 0");
+        assert!(
+            inspect(&response(&[(1, &a, 5)], 2), 12).is_none(),
+            "SERVFAIL"
+        );
+        assert!(inspect(&response(&[], 0), 12).is_none(), "no TTL at all");
+        assert!(
+            inspect(&response(&[(5, &a, 5)], 3), 12).is_some(),
+            "one record"
+        );
+        let mut truncated = ok.clone();
+        truncated[2] |= 0x02;
+        assert!(inspect(&truncated, 12).is_none());
+        assert!(inspect(&ok[..ok.len() - 1], 12).is_none());
+    }
+
+    #[test]
+    fn shuffling_permutes_whole_blocks() {
+        let mut section: Vec<u8> = (0..8u8).flat_map(|i| [i; 4]).collect();
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..50 {
+            shuffle_blocks(&mut section, 4);
+            let mut blocks: Vec<u8> = section.chunks(4).map(|block| block[0]).collect();
+            assert!(
+                section
+                    .chunks(4)
+                    .all(|block| block.iter().all(|b| *b == block[0]))
+            );
+            seen.insert(blocks.clone());
+            blocks.sort_unstable();
+            assert_eq!(blocks, (0..8).collect::<Vec<u8>>());
+        }
+        assert!(seen.len() > 1);
+    }
+}
