@@ -58,9 +58,9 @@ fn launch(command: std::process::Command, stderr: Stdio) -> Child {
         .expect("spawn dnsfront")
 }
 
-/// Waits for the machine-readable listening line and returns its DNS addresses;
-/// then keeps draining stdout so the child never blocks on a full pipe.
-async fn listening_addresses(child: &mut Child) -> Vec<SocketAddr> {
+/// Waits for the machine-readable listening line and returns it with its DNS
+/// addresses; then keeps draining stdout so the child never blocks on a full pipe.
+async fn listening_line(child: &mut Child) -> (serde_json::Value, Vec<SocketAddr>) {
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
     let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
@@ -78,13 +78,15 @@ async fn listening_addresses(child: &mut Child) -> Vec<SocketAddr> {
         .map(|a| a.as_str().expect("str").parse().expect("socket addr"))
         .collect();
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    dns
+    (value, dns)
 }
 
 /// A running `dnsfront` process and the addresses from its listening line.
 pub(crate) struct Running {
     pub(crate) child: Child,
     pub(crate) dns: Vec<SocketAddr>,
+    /// The whole listening line (it also names e.g. `metrics_http`).
+    pub(crate) listening: serde_json::Value,
 }
 
 /// Starts the binary and waits for its machine-readable listening line.
@@ -97,8 +99,12 @@ pub(crate) async fn spawn_with_env(args: &[&str], env: &[(&str, &str)]) -> Runni
     let mut command = command(args);
     command.envs(env.iter().copied());
     let mut child = launch(command, Stdio::inherit());
-    let dns = listening_addresses(&mut child).await;
-    Running { child, dns }
+    let (listening, dns) = listening_line(&mut child).await;
+    Running {
+        child,
+        dns,
+        listening,
+    }
 }
 
 fn signal(child: &Child, signal: &str) {
@@ -148,7 +154,7 @@ impl Server {
                 sink.lock().expect("log lock").push(line);
             }
         });
-        let dns = listening_addresses(&mut child).await[0];
+        let dns = listening_line(&mut child).await.1[0];
         Self { child, dns, log }
     }
 

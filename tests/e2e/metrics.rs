@@ -4,18 +4,15 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::Duration;
 
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 use crate::cli::sigterm;
-
-const BIN: &str = env!("CARGO_BIN_EXE_dnsfront");
 
 /// One StatsD line: `name:value|type|#tag:value,...`.
 #[derive(Debug)]
@@ -92,40 +89,6 @@ async fn receive_until(socket: &UdpSocket, lines: &mut Vec<Line>, wanted: &[Want
     }
 }
 
-/// Starts `dnsfront serve --config FILE`; returns the child and its listening line.
-async fn spawn_serve(config: &std::path::Path) -> (Child, serde_json::Value) {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config", config.to_str().expect("utf8 path")])
-        .env_remove("CONSUL_HTTP_ADDR")
-        .env_remove("CONSUL_HTTP_TOKEN")
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn dnsfront");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-        .await
-        .expect("listening line within 20s")
-        .expect("read stdout")
-        .expect("a line on stdout");
-    let value: serde_json::Value =
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {line:?}: {e}"));
-    assert_eq!(value["event"], "listening", "{line}");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, value)
-}
-
-fn dns_addr(listening: &serde_json::Value) -> SocketAddr {
-    listening["dns"][0]
-        .as_str()
-        .expect("dns address")
-        .parse()
-        .expect("socket address")
-}
-
 fn write_config(dir: &std::path::Path, consul: &str, metrics: &str) -> std::path::PathBuf {
     let path = dir.join("dnsfront.toml");
     let text = format!(
@@ -164,12 +127,16 @@ async fn statsd_datagrams_carry_names_types_and_tags_after_real_queries() {
         &consul.url(),
         &format!("statsd_address = \"{statsd_addr}\"\ntags = {{ env = \"e2e\" }}"),
     );
-    let (child, listening) = spawn_serve(&config).await;
+    let crate::binary::Running {
+        child,
+        dns,
+        listening,
+    } = crate::binary::spawn(&["serve", "--config", config.to_str().expect("utf8 path")]).await;
+    let dns = dns[0];
     assert!(
         listening.get("metrics_http").is_none(),
         "no HTTP endpoint unless asked: {listening}"
     );
-    let dns = dns_addr(&listening);
 
     let (answer, _) = test_support::udp(
         dns,
@@ -315,13 +282,17 @@ async fn prometheus_endpoint_serves_metrics_and_health_when_enabled() {
         &consul.url(),
         "statsd = false\nprometheus_listen = \"127.0.0.1:0\"\ntags = { env = \"e2e\" }",
     );
-    let (child, listening) = spawn_serve(&config).await;
+    let crate::binary::Running {
+        child,
+        dns,
+        listening,
+    } = crate::binary::spawn(&["serve", "--config", config.to_str().expect("utf8 path")]).await;
+    let dns = dns[0];
     let http: SocketAddr = listening["metrics_http"]
         .as_str()
         .unwrap_or_else(|| panic!("metrics_http in the listening line: {listening}"))
         .parse()
         .expect("socket address");
-    let dns = dns_addr(&listening);
 
     let (status, body) = http_get(http, "/health").await;
     assert_eq!((status, body.trim()), (200, "ok"));
