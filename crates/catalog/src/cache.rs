@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use dnsfront_consul as consul;
+use futures::FutureExt as _;
 use rand::Rng;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -47,6 +48,10 @@ struct Inner {
     refresh_permits: Arc<Semaphore>,
     /// One permit per running watch loop (`max_watches`).
     watch_permits: Arc<Semaphore>,
+    /// Cache hits not yet reported to the metrics recorder: counted here and
+    /// flushed once per refresher tick, because a recorder call per hit costs
+    /// more than the hit itself on the DNS fast path.
+    pending_hits: AtomicU64,
 }
 
 /// What a slot caches: a service in a datacenter, or a node.
@@ -62,7 +67,7 @@ enum Key {
     },
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Value {
     Services(Arc<[ServiceInstance]>),
     Node(Arc<Node>),
@@ -111,6 +116,80 @@ struct Slot {
     watching: AtomicBool,
     /// Cancelled when the slot leaves the cache: stops its watch loop.
     removed: CancellationToken,
+    /// Set with `removed`: an atomic load for the query path, where the
+    /// token's `is_cancelled` takes a lock.
+    evicted: AtomicBool,
+    /// Milliseconds since `Inner::epoch` of the last read through moka (which
+    /// keeps the key's place in its eviction order); see [`Witness::holds`].
+    recency_ms: AtomicU64,
+}
+
+/// Proof, cheap to re-check, that a cached key held certain data fresh: the
+/// DNS fast path replays a stored answer only while [`Witness::holds`].
+///
+/// Re-checking costs a few atomic loads, where a full lookup lower-cases the
+/// name, hashes it and walks moka's tables.
+#[derive(Clone)]
+pub struct Witness {
+    inner: Arc<Inner>,
+    key: Key,
+    slot: Arc<Slot>,
+    value: Value,
+}
+
+impl std::fmt::Debug for Witness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Witness")
+            .field("key", &self.key)
+            .field("value", &self.value)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How often a key answered through witnesses is also read through moka, so
+/// that moka's eviction order sees it as used.
+const RECENCY_INTERVAL_MS: u64 = 1_000;
+
+impl Witness {
+    /// True while the key is still cached with the same data and that data is
+    /// fresh. A `true` counts as a cache hit and an access (it keeps the key
+    /// refreshed, as a lookup would); no I/O, never waits.
+    pub fn holds(&self) -> bool {
+        if self.slot.evicted.load(Ordering::Acquire) {
+            return false;
+        }
+        let entry = self.slot.entry.load();
+        if !same_value(&entry.value, &self.value) || entry.last_refresh_failed {
+            return false;
+        }
+        let inner = &self.inner;
+        let now = Instant::now();
+        let watching = self.slot.watching.load(Ordering::Relaxed);
+        if now.saturating_duration_since(entry.fetched_at) > inner.fresh_window(&entry, watching) {
+            return false;
+        }
+        let now_ms = inner.millis_since_epoch(now);
+        self.slot.last_access_ms.store(now_ms, Ordering::Relaxed);
+        let recency = self.slot.recency_ms.load(Ordering::Relaxed);
+        if now_ms.saturating_sub(recency) >= RECENCY_INTERVAL_MS {
+            self.slot.recency_ms.store(now_ms, Ordering::Relaxed);
+            // moka's `get` does not wait in practice; if it ever would, skip
+            // this round rather than block the query path.
+            let _ = inner.slots.get(&self.key).now_or_never();
+        }
+        inner.pending_hits.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+}
+
+/// The same data: the same allocation (cheap), or equal contents.
+fn same_value(current: &Value, witnessed: &Value) -> bool {
+    match (current, witnessed) {
+        (Value::Services(a), Value::Services(b)) => Arc::ptr_eq(a, b),
+        (Value::Node(a), Value::Node(b)) => Arc::ptr_eq(a, b),
+        (Value::Missing, Value::Missing) => true,
+        _ => false,
+    }
 }
 
 impl Cache {
@@ -123,6 +202,7 @@ impl Cache {
                 if cause == moka::notification::RemovalCause::Size {
                     metrics::eviction();
                 }
+                slot.evicted.store(true, Ordering::Release);
                 slot.removed.cancel();
             })
             .build();
@@ -139,6 +219,7 @@ impl Cache {
                 epoch: Instant::now(),
                 refresh_permits: Arc::new(Semaphore::new(MAX_CONCURRENT_REFRESHES)),
                 watch_permits,
+                pending_hits: AtomicU64::new(0),
             }),
         })
     }
@@ -219,6 +300,40 @@ impl Cache {
         self.inner.describe(&key)
     }
 
+    /// A [`Witness`] that `service` in `datacenter` is cached, fresh, with
+    /// exactly `data` (`None`: cached as not found), as a lookup just returned.
+    /// `None` when the cache holds anything else. No I/O.
+    pub fn service_witness(
+        &self,
+        service: &str,
+        datacenter: Option<&str>,
+        data: Option<&Arc<[ServiceInstance]>>,
+    ) -> Option<Witness> {
+        let key = Key::Service {
+            name: service.to_ascii_lowercase().into(),
+            datacenter: datacenter.map(|dc| dc.to_ascii_lowercase().into()),
+        };
+        let value = data.map_or(Value::Missing, |data| Value::Services(Arc::clone(data)));
+        self.inner.witness(key, value)
+    }
+
+    /// A [`Witness`] that `node` in `datacenter` is cached, fresh, with exactly
+    /// `data` (`None`: cached as not found). `None` when the cache holds
+    /// anything else. No I/O.
+    pub fn node_witness(
+        &self,
+        node: &str,
+        datacenter: Option<&str>,
+        data: Option<&Arc<Node>>,
+    ) -> Option<Witness> {
+        let key = Key::Node {
+            name: node.to_ascii_lowercase().into(),
+            datacenter: datacenter.map(|dc| dc.to_ascii_lowercase().into()),
+        };
+        let value = data.map_or(Value::Missing, |data| Value::Node(Arc::clone(data)));
+        self.inner.witness(key, value)
+    }
+
     /// Runs the background refresher until `shutdown` is cancelled.
     ///
     /// Every tick it refreshes the entries that are due and were asked for within
@@ -233,8 +348,14 @@ impl Cache {
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                () = shutdown.cancelled() => return,
-                _ = interval.tick() => self.inner.refresh_due(&shutdown).await,
+                () = shutdown.cancelled() => {
+                    self.inner.flush_hits();
+                    return;
+                }
+                _ = interval.tick() => {
+                    self.inner.flush_hits();
+                    self.inner.refresh_due(&shutdown).await;
+                }
             }
         }
     }
@@ -245,11 +366,33 @@ impl Cache {
 impl Inner {
     async fn lookup(self: &Arc<Self>, key: Key) -> Lookup<Value> {
         if let Some(slot) = self.slots.get(&key).await {
-            metrics::cache_hit();
+            self.pending_hits.fetch_add(1, Ordering::Relaxed);
             self.touch(&slot);
             return self.answer_from_slot(&key, &slot).await;
         }
         self.first_fetch(key).await
+    }
+
+    fn flush_hits(&self) {
+        let hits = self.pending_hits.swap(0, Ordering::Relaxed);
+        if hits > 0 {
+            metrics::cache_hits(hits);
+        }
+    }
+
+    fn witness(self: &Arc<Self>, key: Key, value: Value) -> Option<Witness> {
+        let slot = self.slots.get(&key).now_or_never()??;
+        let witness = Witness {
+            inner: Arc::clone(self),
+            key,
+            slot,
+            value,
+        };
+        let entry = witness.slot.entry.load();
+        let fresh = !entry.last_refresh_failed
+            && Instant::now().saturating_duration_since(entry.fetched_at)
+                <= self.fresh_window(&entry, witness.slot.watching.load(Ordering::Relaxed));
+        (fresh && same_value(&entry.value, &witness.value)).then_some(witness)
     }
 
     /// A key never seen (or evicted): fetch it once for all concurrent askers.
@@ -380,8 +523,15 @@ impl Inner {
         let now = Instant::now();
         let old = slot.entry.load();
         let next_refresh = now + self.jittered(self.refresh_period(&fetched.value));
+        // Unchanged data keeps its allocation, so witnesses of it (answers the
+        // fast path stored) stay valid across refreshes.
+        let value = if old.value == fetched.value {
+            old.value.clone()
+        } else {
+            fetched.value
+        };
         slot.entry.store(Arc::new(Entry {
-            value: fetched.value,
+            value,
             fetched_at: now,
             next_refresh,
             last_refresh_failed: false,
@@ -799,6 +949,8 @@ impl Inner {
             refresh_lock: tokio::sync::Mutex::new(()),
             watching: AtomicBool::new(false),
             removed: CancellationToken::new(),
+            evicted: AtomicBool::new(false),
+            recency_ms: AtomicU64::new(self.millis_since_epoch(now)),
         }
     }
 

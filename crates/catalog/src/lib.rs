@@ -104,7 +104,7 @@ pub mod metrics;
 mod pace;
 
 pub use breaker::{BreakerState, CircuitState};
-pub use cache::Cache;
+pub use cache::{Cache, Witness};
 pub use config::{Config, MAX_WATCH_WAIT, RefreshMode};
 pub use error::Error;
 pub use info::{EntryFreshness, EntryInfo, ErrorInfo, RefreshState};

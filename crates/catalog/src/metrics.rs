@@ -86,8 +86,8 @@ pub(crate) fn circuit_open(open: bool) {
     gauge!(CIRCUIT_OPEN).set(if open { 1.0 } else { 0.0 });
 }
 
-pub(crate) fn cache_hit() {
-    counter!(CACHE_HITS).increment(1);
+pub(crate) fn cache_hits(count: u64) {
+    counter!(CACHE_HITS).increment(count);
 }
 
 pub(crate) fn eviction() {

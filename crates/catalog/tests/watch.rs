@@ -1,5 +1,6 @@
 //! Refresh modes against consul-sim over real HTTP on 127.0.0.1: watch mode
-//! (blocking queries) and poll mode, counted with the simulator's request log.
+//! (blocking queries), poll mode and the fast path's witnesses, counted with the
+//! simulator's request log.
 
 use std::future::Future;
 use std::time::Duration;
@@ -600,4 +601,78 @@ async fn poll_mode_is_unchanged() {
     assert_eq!(info.freshness, EntryFreshness::Fresh);
     asking.cancel();
     shutdown.cancel();
+}
+
+/// The fast path's cheap re-check: a witness survives refreshes that bring the
+/// same data (in both modes), and fails once Consul's data changes or goes stale.
+#[tokio::test]
+async fn witnesses_hold_across_unchanged_refreshes_and_fail_on_change() {
+    for refresh in [RefreshMode::Poll, RefreshMode::Watch] {
+        let (sim, server) = start_sim().await;
+        let config = Config {
+            refresh,
+            ..watch_config()
+        };
+        let (cache, shutdown) = start_cache(config, &server);
+        let Lookup::Found(data, _) = bounded(cache.service("web", None)).await else {
+            panic!("web found");
+        };
+        let witness = cache
+            .service_witness("WEB", None, Some(&data))
+            .expect("fresh cached data has a witness");
+        let other: std::sync::Arc<[_]> = data.to_vec().into();
+        assert!(
+            cache.service_witness("web", None, Some(&other)).is_none(),
+            "a witness is only given for the very data the cache holds"
+        );
+        assert!(
+            cache
+                .service_witness("web", Some("dc9"), Some(&data))
+                .is_none()
+        );
+        let absent = match bounded(cache.service("nope", None)).await {
+            Lookup::NotFound(_) => cache
+                .service_witness("nope", None, None)
+                .expect("a cached negative has a witness"),
+            other => panic!("nope: {other:?}"),
+        };
+        let before = count(&sim, WEB);
+        // Several refreshes (or watch rounds) with the same data.
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert!(
+                witness.holds(),
+                "{refresh:?}: unchanged data keeps the witness"
+            );
+            assert!(absent.holds(), "{refresh:?}: unchanged negative");
+        }
+        assert!(
+            count(&sim, WEB) > before,
+            "{refresh:?}: the witness kept the name refreshed"
+        );
+        register(&sim, "web", "web-2", "n2", "10.0.0.2");
+        register(&sim, "nope", "nope-1", "n2", "10.0.0.2");
+        eventually(Duration::from_secs(2), "web witness fails", || {
+            !witness.holds()
+        })
+        .await;
+        eventually(Duration::from_secs(2), "nope witness fails", || {
+            !absent.holds()
+        })
+        .await;
+        assert_eq!(bounded(instances(&cache, "web")).await, 2);
+        // Consul gone: the data ages out of its fresh window and the witness with it.
+        let Lookup::Found(data, _) = bounded(cache.service("web", None)).await else {
+            panic!("web found");
+        };
+        let witness = cache
+            .service_witness("web", None, Some(&data))
+            .expect("witness");
+        drop(server);
+        eventually(Duration::from_secs(5), "stale witness fails", || {
+            !witness.holds()
+        })
+        .await;
+        shutdown.cancel();
+    }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use dnsfront_catalog::{Freshness, Lookup, Node, ServiceInstance};
+use dnsfront_catalog::{Freshness, Lookup, Node, ServiceInstance, Witness};
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::{A, AAAA, SOA, SRV};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
@@ -84,7 +84,14 @@ pub(crate) struct Reply {
 /// A fresh catalog lookup an answer was built from: a cached copy of the
 /// answer stays valid while the same lookup still gives the same data, fresh.
 #[derive(Debug)]
-pub(crate) enum Basis {
+pub(crate) struct Basis {
+    lookup: BasisLookup,
+    /// The catalog's cheap re-check of the same data, when it offers one.
+    witness: Option<Witness>,
+}
+
+#[derive(Debug)]
+enum BasisLookup {
     /// `<name>.service[.<dc>]`: the instance list (`None`: not found).
     Service {
         name: String,
@@ -100,7 +107,8 @@ pub(crate) enum Basis {
 }
 
 impl Basis {
-    fn service(
+    fn service<C: CatalogView>(
+        catalog: &C,
         name: String,
         datacenter: Option<String>,
         lookup: Lookup<Arc<[ServiceInstance]>>,
@@ -110,14 +118,19 @@ impl Basis {
             Lookup::NotFound(Freshness::Fresh) => None,
             _ => return None,
         };
-        Some(Arc::new(Self::Service {
-            name,
-            datacenter,
-            data,
+        let witness = catalog.service_witness(&name, datacenter.as_deref(), data.as_ref());
+        Some(Arc::new(Self {
+            lookup: BasisLookup::Service {
+                name,
+                datacenter,
+                data,
+            },
+            witness,
         }))
     }
 
-    fn node(
+    fn node<C: CatalogView>(
+        catalog: &C,
         name: String,
         datacenter: Option<String>,
         lookup: Lookup<Arc<Node>>,
@@ -127,18 +140,26 @@ impl Basis {
             Lookup::NotFound(Freshness::Fresh) => None,
             _ => return None,
         };
-        Some(Arc::new(Self::Node {
-            name,
-            datacenter,
-            data,
+        let witness = catalog.node_witness(&name, datacenter.as_deref(), data.as_ref());
+        Some(Arc::new(Self {
+            lookup: BasisLookup::Node {
+                name,
+                datacenter,
+                data,
+            },
+            witness,
         }))
     }
 
     /// Whether `catalog` still gives the same data, fresh, without waiting:
-    /// the lookup is polled once (a lookup that would wait counts as changed).
+    /// the witness when there is one, else the lookup polled once (a lookup
+    /// that would wait counts as changed).
     pub(crate) fn still_holds<C: CatalogView>(&self, catalog: &C) -> bool {
-        match self {
-            Self::Service {
+        if let Some(witness) = &self.witness {
+            return witness.holds();
+        }
+        match &self.lookup {
+            BasisLookup::Service {
                 name,
                 datacenter,
                 data,
@@ -149,7 +170,7 @@ impl Basis {
                 Some(Lookup::NotFound(Freshness::Fresh)) => data.is_none(),
                 _ => false,
             },
-            Self::Node {
+            BasisLookup::Node {
                 name,
                 datacenter,
                 data,
@@ -316,7 +337,7 @@ impl Zone {
                             reply
                         }
                     };
-                reply.basis = Basis::node(name, datacenter, lookup);
+                reply.basis = Basis::node(catalog, name, datacenter, lookup);
                 reply
             }
             Parsed::Service {
@@ -339,7 +360,7 @@ impl Zone {
                         Source::from_freshness(*freshness),
                     ),
                 };
-                reply.basis = Basis::service(name, datacenter, lookup);
+                reply.basis = Basis::service(catalog, name, datacenter, lookup);
                 reply
             }
         }

@@ -6,7 +6,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use dnsfront_catalog::{Cache, Freshness, Lookup, Node, ServiceInstance};
+use dnsfront_catalog::{Cache, Freshness, Lookup, Node, ServiceInstance, Witness};
 use dnsfront_forward::{Answer, Forwarder};
 use dnsfront_snapshot::{Hosts, InstanceStatus, Snapshot};
 use hickory_proto::op::Query;
@@ -29,6 +29,27 @@ pub trait CatalogView: Clone + Send + Sync + Unpin + 'static {
         node: &str,
         datacenter: Option<&str>,
     ) -> impl Future<Output = Lookup<Arc<Node>>> + Send;
+
+    /// A cheap re-check that `service` still gives `data` (what a lookup just
+    /// returned), fresh. `None`: none available; the fast path then repeats the lookup.
+    fn service_witness(
+        &self,
+        _service: &str,
+        _datacenter: Option<&str>,
+        _data: Option<&Arc<[ServiceInstance]>>,
+    ) -> Option<Witness> {
+        None
+    }
+
+    /// As [`CatalogView::service_witness`], for a node.
+    fn node_witness(
+        &self,
+        _node: &str,
+        _datacenter: Option<&str>,
+        _data: Option<&Arc<Node>>,
+    ) -> Option<Witness> {
+        None
+    }
 }
 
 impl CatalogView for Cache {
@@ -46,6 +67,24 @@ impl CatalogView for Cache {
         datacenter: Option<&str>,
     ) -> impl Future<Output = Lookup<Arc<Node>>> + Send {
         Cache::node(self, node, datacenter)
+    }
+
+    fn service_witness(
+        &self,
+        service: &str,
+        datacenter: Option<&str>,
+        data: Option<&Arc<[ServiceInstance]>>,
+    ) -> Option<Witness> {
+        Cache::service_witness(self, service, datacenter, data)
+    }
+
+    fn node_witness(
+        &self,
+        node: &str,
+        datacenter: Option<&str>,
+        data: Option<&Arc<Node>>,
+    ) -> Option<Witness> {
+        Cache::node_witness(self, node, datacenter, data)
     }
 }
 
@@ -180,5 +219,23 @@ impl CatalogView for CatalogWithFallback {
             Lookup::Unavailable => self.snapshot_node(node, datacenter),
             known => known,
         }
+    }
+
+    fn service_witness(
+        &self,
+        service: &str,
+        datacenter: Option<&str>,
+        data: Option<&Arc<[ServiceInstance]>>,
+    ) -> Option<Witness> {
+        self.cache.service_witness(service, datacenter, data)
+    }
+
+    fn node_witness(
+        &self,
+        node: &str,
+        datacenter: Option<&str>,
+        data: Option<&Arc<Node>>,
+    ) -> Option<Witness> {
+        self.cache.node_witness(node, datacenter, data)
     }
 }

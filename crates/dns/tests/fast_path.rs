@@ -429,3 +429,62 @@ async fn several_reuseport_sockets_share_one_port() {
     let probe = std::net::UdpSocket::bind(addr).expect("port free after shutdown");
     drop(probe);
 }
+
+/// Datagrams arriving together are read and answered in batches (recvmmsg /
+/// sendmmsg): every client still gets exactly its own answers, IDs and name
+/// case intact, fast-path hits and general-path misses mixed in one batch.
+#[tokio::test]
+async fn bursts_from_many_clients_get_each_their_own_answers() {
+    let server = web_server(Config::default(), ServerOptions::default(), &["10.0.0.1"]).await;
+    udp_raw(server.addr, &raw_query(1, "web.service.consul.", 1))
+        .await
+        .expect("warm-up answer");
+    let mut clients = Vec::new();
+    for client in 0..8u16 {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind client");
+        let mut sent = Vec::new();
+        for n in 0..20u16 {
+            let id = client * 100 + n;
+            // Every fourth query misses the fast path (an unknown service).
+            let name = if n % 4 == 3 {
+                format!("nope{id}.service.consul.")
+            } else if n % 2 == 0 {
+                "WEB.service.consul.".to_owned()
+            } else {
+                "web.Service.consul.".to_owned()
+            };
+            socket
+                .send_to(&raw_query(id, &name, 1), server.addr)
+                .await
+                .expect("send");
+            sent.push((id, name));
+        }
+        clients.push((socket, sent));
+    }
+    for (socket, sent) in clients {
+        let mut buffer = [0u8; 512];
+        let mut answered = HashSet::new();
+        while answered.len() < sent.len() {
+            let (len, _) = tokio::time::timeout(QUERY_TIMEOUT, socket.recv_from(&mut buffer))
+                .await
+                .expect("every query answered in time")
+                .expect("recv");
+            let reply = Message::from_vec(&buffer[..len]).expect("a valid reply");
+            let id = reply.metadata.id;
+            let (_, name) = sent
+                .iter()
+                .find(|(sent_id, _)| *sent_id == id)
+                .expect("an ID this client sent");
+            assert_eq!(reply.queries[0].name().to_string(), *name, "the case asked");
+            if name.starts_with("nope") {
+                assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain);
+            } else {
+                assert_eq!(addresses(&reply), vec![ip("10.0.0.1")], "{name}");
+            }
+            assert!(answered.insert(id), "one answer per query");
+        }
+    }
+    stop(server).await;
+}
