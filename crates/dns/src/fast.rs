@@ -3,8 +3,8 @@
 //! After the general path answers a plain UDP query with a cacheable reply
 //! (NOERROR/NXDOMAIN from fresh Consul data, the forwarder or the local hosts
 //! files; no TC, no EDNS options, at most 512 bytes, every TTL above 0), the
-//! encoded response is kept for [`MAX_AGE`] under the question (lower-cased
-//! name, type, class), the RD and CD bits, and the client's EDNS presence,
+//! encoded response is kept (how long: [`FastCache::insert`]) under the
+//! question (lower-cased name, type, class), the RD and CD bits, and the client's EDNS presence,
 //! payload size and DO bit. A later identical question is answered by copying
 //! those bytes, patching the ID and the question name's letter case and
 //! shuffling the Answer records: no task, no full decode, no allocation.
@@ -15,8 +15,10 @@
 //! Everything else takes the general path.
 //!
 //! A Consul answer is re-checked on every hit against the catalog lookup it
-//! was built from ([`Basis`]); forwarded and local answers may lag the
-//! forwarder's TTL countdown by at most [`MAX_AGE`].
+//! was built from ([`Basis`], through the catalog's cheap witness); a
+//! forwarded answer's TTLs are counted down in each copy, and the copy is
+//! dropped at 90 % of its TTL so that the forwarder sees the name again in
+//! time to prefetch it; local hosts answers are kept for [`MAX_AGE`].
 
 use std::collections::HashMap;
 use std::hash::BuildHasher as _;
@@ -33,7 +35,13 @@ use tokio::time::Instant;
 
 use crate::answer::Basis;
 
-/// How long an encoded response is served from the cache at most.
+/// How long a Consul answer is kept while its catalog data holds (it is
+/// re-checked on every hit; this only bounds the memory of names gone quiet).
+pub(crate) const BASIS_MAX_AGE: Duration = Duration::from_secs(60);
+/// The longest a forwarded answer is served before the forwarder is asked
+/// again (which also lets it prefetch names near expiry).
+pub(crate) const COUNTDOWN_MAX_AGE: Duration = Duration::from_secs(60);
+/// How long any other encoded response (local hosts files) is served.
 pub(crate) const MAX_AGE: Duration = Duration::from_secs(1);
 /// Largest response kept (valid for every client buffer size).
 pub(crate) const MAX_RESPONSE: usize = 512;
@@ -172,7 +180,10 @@ pub(crate) struct Meters {
 
 struct Entry {
     response: Box<[u8]>,
+    stored: Instant,
     expires: Instant,
+    /// Where the TTLs are, when they count down (forwarded answers); empty otherwise.
+    ttl_offsets: Box<[u16]>,
     /// Consul answers: re-checked against the catalog on every hit.
     basis: Option<Arc<Basis>>,
     answers: Layout,
@@ -195,6 +206,29 @@ impl Entry {
 impl Drop for Entry {
     fn drop(&mut self) {
         self.flush();
+    }
+}
+
+/// Lowers the TTLs copied into `out` by the whole seconds since `entry` was
+/// stored (no-op for fixed-TTL entries). Never to 0: entries expire first.
+fn count_down(entry: &Entry, now: Instant, out: &mut [u8; MAX_RESPONSE]) {
+    if entry.ttl_offsets.is_empty() {
+        return;
+    }
+    let elapsed = now.saturating_duration_since(entry.stored).as_secs();
+    let Ok(elapsed) = u32::try_from(elapsed) else {
+        return;
+    };
+    if elapsed == 0 {
+        return;
+    }
+    for &offset in &*entry.ttl_offsets {
+        let at = usize::from(offset);
+        let Some(field) = out.get_mut(at..at + 4) else {
+            continue;
+        };
+        let ttl = u32::from_be_bytes([field[0], field[1], field[2], field[3]]);
+        field.copy_from_slice(&ttl.saturating_sub(elapsed).max(1).to_be_bytes());
     }
 }
 
@@ -310,6 +344,7 @@ impl FastCache {
         }
         let len = entry.response.len();
         out[..len].copy_from_slice(&entry.response);
+        count_down(entry, now, out);
         let layout = entry.answers;
         let pending = entry.pending.fetch_add(1, Ordering::Relaxed) + 1;
         let sample = (pending >= FLUSH_EVERY).then(|| {
@@ -342,31 +377,49 @@ impl FastCache {
     }
 
     /// Stores `response` (the general path's answer to the query with `key`).
+    ///
+    /// How long it is served depends on where it came from: a Consul answer
+    /// (`basis`) while its catalog data holds, up to [`BASIS_MAX_AGE`] (its
+    /// TTLs are fixed); a forwarded one (`ttl_counts_down`) until 90 % of its
+    /// smallest TTL has passed, up to [`COUNTDOWN_MAX_AGE`], with the TTLs
+    /// counted down in every copy; anything else for [`MAX_AGE`].
     pub(crate) fn insert(
         &self,
         key: &Key,
         response: &[u8],
         generation: u64,
         basis: Option<Arc<Basis>>,
+        ttl_counts_down: bool,
         meters: impl FnOnce() -> Meters,
     ) -> Result<(), Uncacheable> {
         if !self.enabled() || generation != self.generation() {
             return Err(Uncacheable::Off);
         }
         let normalized;
-        let (response, answers) = match inspect(response, key.name_len) {
-            Some((answers, _)) => (response, answers),
+        let (response, (answers, min_ttl, ttl_offsets)) = match inspect(response, key.name_len) {
+            Some(inspected) => (response, inspected),
             None => {
                 normalized = normalize(response, key.name_len).ok_or(Uncacheable::Shape)?;
-                let (answers, _) = inspect(&normalized, key.name_len).ok_or(Uncacheable::Shape)?;
-                (&normalized[..], answers)
+                let inspected = inspect(&normalized, key.name_len).ok_or(Uncacheable::Shape)?;
+                (&normalized[..], inspected)
             }
+        };
+        let now = Instant::now();
+        let (life, ttl_offsets) = if basis.is_some() {
+            (BASIS_MAX_AGE, Box::default())
+        } else if ttl_counts_down {
+            let life = Duration::from_millis(u64::from(min_ttl) * 900).min(COUNTDOWN_MAX_AGE);
+            (life, ttl_offsets.into_boxed_slice())
+        } else {
+            (MAX_AGE, Box::default())
         };
         let entry = Entry {
             response: response.into(),
-            expires: Instant::now() + MAX_AGE,
+            stored: now,
+            expires: now + life,
             basis,
             answers,
+            ttl_offsets,
             meters: meters(),
             pending: AtomicU64::new(0),
         };
@@ -430,7 +483,7 @@ fn skip_name(message: &[u8], mut at: usize) -> Option<usize> {
 
 /// Checks that an encoded response may be cached: returns the Answer layout
 /// and the smallest TTL.
-fn inspect(message: &[u8], name_len: usize) -> Option<(Layout, u32)> {
+fn inspect(message: &[u8], name_len: usize) -> Option<(Layout, u32, Vec<u16>)> {
     if message.len() > MAX_RESPONSE || message.len() < HEADER + name_len + 4 {
         return None;
     }
@@ -450,6 +503,7 @@ fn inspect(message: &[u8], name_len: usize) -> Option<(Layout, u32)> {
     let mut rtype = 0;
     let mut uniform = true;
     let mut literal_owner = false;
+    let mut ttl_offsets = Vec::new();
     let question = message.get(HEADER..HEADER + name_len)?;
     for index in 0..answers + others {
         let start = at;
@@ -470,6 +524,8 @@ fn inspect(message: &[u8], name_len: usize) -> Option<(Layout, u32)> {
             continue;
         }
         min_ttl = min_ttl.min(ttl);
+        // Below MAX_RESPONSE (checked above), so it fits.
+        ttl_offsets.push(u16::try_from(owner_end + 4).ok()?);
         if index < answers {
             let owner = &message[start..owner_end];
             let literal = owner == question;
@@ -497,7 +553,7 @@ fn inspect(message: &[u8], name_len: usize) -> Option<(Layout, u32)> {
         count: answers,
         literal_owner,
     };
-    Some((layout, min_ttl))
+    Some((layout, min_ttl, ttl_offsets))
 }
 
 /// Rewrites a response whose Answer holds only A/AAAA records owned by the
@@ -645,7 +701,10 @@ mod tests {
             count: 2,
             literal_owner: false,
         };
-        assert_eq!(inspect(&ok, 12), Some((layout, 3)));
+        assert_eq!(
+            inspect(&ok, 12).map(|(layout, ttl, _)| (layout, ttl)),
+            Some((layout, 3))
+        );
         assert!(inspect(&response(&[(1, &a, 5), (28, &aaaa, 5)], 0), 12).is_none());
         assert!(inspect(&response(&[(1, &a, 0)], 0), 12).is_none(), "TTL 0");
         assert!(

@@ -299,8 +299,7 @@ pub fn serve_with<C: CatalogView, F: Upstream>(
             sockets.push(bind_udp(address)?);
         }
         for socket in sockets {
-            let socket = tokio::net::UdpSocket::from_std(socket).map_err(register)?;
-            loops.spawn(udp::run(Arc::new(socket), Arc::clone(&shared)));
+            loops.spawn(udp::spawn(socket, Arc::clone(&shared)).map_err(register)?);
         }
         let tcp = tokio::net::TcpListener::from_std(tcp).map_err(|source| Error::Register {
             protocol: "tcp",

@@ -320,6 +320,8 @@ pub(crate) struct Cacheable {
     pub(crate) qtype: &'static str,
     pub(crate) rcode: &'static str,
     pub(crate) source: &'static str,
+    /// A forwarded answer: its TTLs count down while it is cached.
+    pub(crate) ttl_counts_down: bool,
 }
 
 #[async_trait::async_trait]
@@ -418,6 +420,7 @@ impl<C: CatalogView, F: Upstream> Router<C, F> {
             qtype: outcome.qtype.map_or("other", qtype_tag),
             rcode: rcode_tag(response_code),
             source: outcome.source.tag(),
+            ttl_counts_down: matches!(outcome.source, Source::Cache | Source::Upstream),
         });
         (info, cacheable)
     }

@@ -11,10 +11,12 @@
 //! is dropped (counted in `dns.udp_overload_drops`), as a busy resolver's UDP
 //! socket would; the client retries.
 
+use std::future::Future;
 use std::io::{self, IoSlice, IoSliceMut};
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd as _;
 use std::sync::Arc;
+use std::time::Duration;
 
 use hickory_server::net::NetError;
 use hickory_server::net::xfer::Protocol;
@@ -28,9 +30,8 @@ use hickory_server::proto::serialize::binary::{
 use hickory_server::server::{Request, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder, Queries};
 use ipnet::IpNet;
-use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg};
-use tokio::io::Interest;
-use tokio::net::UdpSocket;
+use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg, sendto};
+
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -47,6 +48,11 @@ const RECEIVE_BUFFER: usize = 4096;
 /// already amortises the system calls; more would only cost memory
 /// (a receive buffer each).
 const BATCH: usize = 16;
+/// How often a UDP thread idle in `recvmmsg` looks at the shutdown token.
+const SHUTDOWN_CHECK: Duration = Duration::from_millis(100);
+/// Pause after an unexpected receive error, so that a persistent one cannot spin.
+const ERROR_PAUSE: Duration = Duration::from_millis(10);
+
 /// The RFC 1035 §4.2.1 limit for clients without EDNS.
 const PLAIN_UDP_LIMIT: u16 = 512;
 
@@ -64,40 +70,64 @@ impl<C, F> Shared<C, F> {
     }
 }
 
-/// Serves one socket until shutdown (Ok) or an unrecoverable socket error.
+/// Starts serving `socket` on a thread of its own; the future resolves when
+/// that thread has stopped (shutdown: Ok; an unrecoverable socket error: Err).
 ///
-/// Each wake-up reads up to [`BATCH`] datagrams with one `recvmmsg` and sends
-/// the fast-path answers among them with one `sendmmsg`: at cache-hit rates
-/// the two system calls per query, not the lookup, were the cost (see
-/// benches/README.md).
-pub(crate) async fn run<C: CatalogView, F: Upstream>(
-    socket: Arc<UdpSocket>,
+/// A dedicated thread blocked in `recvmmsg`, not a task woken by epoll: a
+/// query arriving at an idle server then costs two system calls (`recvmmsg`
+/// returning, `sendto`/`sendmmsg`) and no runtime hand-off, which is what sets
+/// the CPU cost and latency at moderate rates (see benches/README.md). Each
+/// wake-up reads up to [`BATCH`] datagrams and sends the fast-path answers
+/// among them with one `sendmmsg`. Misses go to the runtime as tasks.
+pub(crate) fn spawn<C: CatalogView, F: Upstream>(
+    socket: UdpSocket,
     shared: Arc<Shared<C, F>>,
+) -> io::Result<impl Future<Output = Result<(), NetError>> + Send + 'static> {
+    socket.set_nonblocking(false)?;
+    socket.set_read_timeout(Some(SHUTDOWN_CHECK))?;
+    let socket = Arc::new(socket);
+    let runtime = tokio::runtime::Handle::current();
+    let (done, stopped) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("dnsfront-udp".to_owned())
+        .spawn(move || {
+            // General-path tasks, the catalog and tokio's clock need the runtime.
+            let _runtime = runtime.enter();
+            let _ = done.send(serve(&socket, &shared));
+        })?;
+    Ok(async move {
+        stopped
+            .await
+            .unwrap_or_else(|_| Err(NetError::from("UDP thread ended without a result")))
+    })
+}
+
+/// The loop of one socket's thread.
+fn serve<C: CatalogView, F: Upstream>(
+    socket: &Arc<UdpSocket>,
+    shared: &Arc<Shared<C, F>>,
 ) -> Result<(), NetError> {
     let mut buffers = vec![[0u8; RECEIVE_BUFFER]; BATCH];
     let mut received: Vec<(usize, Option<SocketAddr>)> = Vec::with_capacity(BATCH);
     let mut outgoing = Outgoing::new();
-    // One future for the whole loop: a fresh `cancelled()` per wake-up takes
-    // the token's lock three times.
-    let shutdown = shared.shutdown.cancelled();
-    tokio::pin!(shutdown);
     loop {
-        tokio::select! {
-            biased;
-            () = &mut shutdown => return Ok(()),
-            ready = socket.readable() => {
-                if let Err(error) = ready {
-                    return Err(NetError::from(error));
-                }
-            }
+        if shared.shutdown.is_cancelled() {
+            return Ok(());
         }
         received.clear();
-        let result = socket.try_io(Interest::READABLE, || {
-            receive_batch(&socket, &mut buffers, &mut received)
-        });
-        match result {
+        match receive_batch(socket, &mut buffers, &mut received) {
             Ok(()) => {}
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+            // The read timeout expired (time to look at the shutdown token), or a signal.
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue;
+            }
             Err(error) => {
                 warn!(error = %error, "error receiving on UDP socket");
                 if matches!(
@@ -106,20 +136,23 @@ pub(crate) async fn run<C: CatalogView, F: Upstream>(
                 ) {
                     return Err(NetError::from(error));
                 }
+                // Whatever it is, do not spin on it.
+                std::thread::sleep(ERROR_PAUSE);
                 continue;
             }
         }
         let now = Instant::now();
         for (buffer, &(len, src)) in buffers.iter().zip(&received) {
             let Some(src) = src else { continue };
-            datagram(&socket, &shared, &buffer[..len], src, now, &mut outgoing);
+            datagram(socket, shared, &buffer[..len], src, now, &mut outgoing);
         }
-        outgoing.flush(&socket).await;
+        outgoing.flush(socket);
     }
 }
 
-/// One `recvmmsg` into `buffers`; the length and sender of each datagram read
-/// go to `received` (sender `None`: not an IP address).
+/// One blocking `recvmmsg` into `buffers` (it returns with the first datagram,
+/// or when the socket's read timeout expires); the length and sender of each
+/// datagram read go to `received` (sender `None`: not an IP address).
 fn receive_batch(
     socket: &UdpSocket,
     buffers: &mut [[u8; RECEIVE_BUFFER]],
@@ -130,11 +163,12 @@ fn receive_batch(
         .map(|buffer| [IoSliceMut::new(buffer)])
         .collect();
     let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(slices.len(), None);
+    // Blocks until one datagram is there, then takes what else is queued.
     let messages = recvmmsg(
         socket.as_raw_fd(),
         &mut headers,
         slices.iter_mut(),
-        MsgFlags::MSG_DONTWAIT,
+        MsgFlags::MSG_WAITFORONE,
         None,
     )
     .map_err(io::Error::from)?;
@@ -174,18 +208,18 @@ impl Outgoing {
         self.replies.push((len, dst));
     }
 
-    /// Sends the batch with `sendmmsg`; whatever it does not take (a full
-    /// socket buffer, an error on one destination) goes out one by one.
-    async fn flush(&mut self, socket: &UdpSocket) {
+    /// Sends the batch with `sendmmsg`; whatever it does not take (an error on
+    /// one destination) goes out one by one. Blocking: a full send buffer
+    /// slows the reading down, as it should.
+    fn flush(&mut self, socket: &UdpSocket) {
         let mut sent = 0;
         if self.replies.len() > 1 {
-            let result = socket.try_io(Interest::WRITABLE, || {
-                send_batch(socket, &self.buffers, &self.replies)
-            });
-            sent = result.unwrap_or(0);
+            sent = send_batch(socket, &self.buffers, &self.replies, MsgFlags::empty()).unwrap_or(0);
         }
         for (buffer, &(len, dst)) in self.buffers.iter().zip(&self.replies).skip(sent) {
-            send(socket, &buffer[..len], dst).await;
+            if let Err(error) = socket.send_to(&buffer[..len], dst) {
+                debug!(error = %error, client = %dst, "sending UDP response failed");
+            }
         }
         self.replies.clear();
     }
@@ -196,6 +230,7 @@ fn send_batch(
     socket: &UdpSocket,
     buffers: &[[u8; fast::MAX_RESPONSE]],
     replies: &[(usize, SocketAddr)],
+    flags: MsgFlags,
 ) -> io::Result<usize> {
     let slices: Vec<[IoSlice<'_>; 1]> = buffers
         .iter()
@@ -213,7 +248,7 @@ fn send_batch(
         &slices,
         &addresses,
         [],
-        MsgFlags::MSG_DONTWAIT,
+        flags,
     )
     .map_err(io::Error::from)?;
     Ok(sent.count())
@@ -270,11 +305,17 @@ fn answerable(src: SocketAddr) -> bool {
         }
 }
 
-async fn send(socket: &UdpSocket, bytes: &[u8], dst: SocketAddr) {
-    let result = match socket.try_send_to(bytes, dst) {
-        Err(error) if error.kind() == io::ErrorKind::WouldBlock => socket.send_to(bytes, dst).await,
-        other => other,
-    };
+/// Sends one answer from a runtime task. The socket blocks (its thread reads
+/// it), so this sends with `MSG_DONTWAIT`: when the send buffer is full the
+/// answer is dropped, as the kernel would drop it at a receiver that cannot
+/// keep up, and the client retries.
+fn send(socket: &UdpSocket, bytes: &[u8], dst: SocketAddr) {
+    let result = sendto(
+        socket.as_raw_fd(),
+        bytes,
+        &SockaddrStorage::from(dst),
+        MsgFlags::MSG_DONTWAIT,
+    );
     if let Err(error) = result {
         debug!(error = %error, client = %dst, "sending UDP response failed");
     }
@@ -321,10 +362,13 @@ async fn general<C: CatalogView, F: Upstream>(
     let (_, cacheable) = shared.router.handle(&request, &mut responder).await;
     if let (Some(key), Some(mut cacheable), Some(sent)) = (key, cacheable, responder.sent) {
         let basis = cacheable.basis.take();
-        let stored = shared
-            .router
-            .fast()
-            .insert(&key, &sent, generation, basis, || Meters {
+        let stored = shared.router.fast().insert(
+            &key,
+            &sent,
+            generation,
+            basis,
+            cacheable.ttl_counts_down,
+            || Meters {
                 queries: metrics::counter!(
                     QUERIES,
                     "zone" => cacheable.zone,
@@ -334,7 +378,8 @@ async fn general<C: CatalogView, F: Upstream>(
                 ),
                 duration: metrics::histogram!(QUERY_DURATION_SECONDS, "zone" => cacheable.zone),
                 hits: metrics::counter!(FAST_PATH_HITS),
-            });
+            },
+        );
         trace!(stored = ?stored, "fast path store");
     }
 }
@@ -403,7 +448,7 @@ impl ResponseHandler for UdpResponder {
                 ResponseInfo::from(header)
             }
         };
-        send(&self.socket, &bytes, self.dst).await;
+        send(&self.socket, &bytes, self.dst);
         self.sent = Some(bytes);
         Ok(info)
     }

@@ -222,15 +222,17 @@ async fn catalog_changes_show_at_once_and_reload_clears() {
     );
 }
 
+/// A forwarded answer is served from the wire cache with its TTL counted
+/// down, until 90 % of that TTL has passed; then the forwarder is asked again.
 #[tokio::test]
-async fn forwarded_answers_expire_within_a_second() {
+async fn forwarded_answers_count_their_ttl_down_and_expire_at_nine_tenths() {
     let server = start_default().await;
     let answer_with = |address: &str| {
         answer(
             ResponseCode::NoError,
             vec![hickory_proto::rr::Record::from_rdata(
                 hickory_proto::rr::Name::from_ascii("www.example.org.").expect("name"),
-                300,
+                3,
                 hickory_proto::rr::RData::A(hickory_proto::rr::rdata::A(
                     address.parse().expect("ip"),
                 )),
@@ -239,18 +241,27 @@ async fn forwarded_answers_expire_within_a_second() {
     };
     server.upstream.set_answer(Some(answer_with("192.0.2.1")));
     let ask = Ask::new("www.example.org.", RecordType::A);
-    assert_eq!(
-        sorted_addresses(&udp(server.addr, &ask).await.0),
-        vec![ip("192.0.2.1")]
-    );
+    let first = udp(server.addr, &ask).await.0;
+    assert_eq!(sorted_addresses(&first), vec![ip("192.0.2.1")]);
+    assert_eq!(first.answers[0].ttl, 3);
     server.upstream.set_answer(Some(answer_with("192.0.2.2")));
+    let cached = udp(server.addr, &ask).await.0;
     assert_eq!(
-        sorted_addresses(&udp(server.addr, &ask).await.0),
+        sorted_addresses(&cached),
         vec![ip("192.0.2.1")],
         "served from the wire cache"
     );
-    assert_eq!(server.upstream.asked().len(), 1);
+    assert_eq!(cached.answers[0].ttl, 3);
     tokio::time::sleep(Duration::from_millis(1100)).await;
+    let older = udp(server.addr, &ask).await.0;
+    assert_eq!(sorted_addresses(&older), vec![ip("192.0.2.1")]);
+    assert_eq!(
+        older.answers[0].ttl, 2,
+        "the TTL counts down in cached copies"
+    );
+    assert_eq!(server.upstream.asked().len(), 1);
+    // 2.7 s (90 % of 3 s) after it was stored, the copy is gone.
+    tokio::time::sleep(Duration::from_millis(1700)).await;
     assert_eq!(
         sorted_addresses(&udp(server.addr, &ask).await.0),
         vec![ip("192.0.2.2")]
