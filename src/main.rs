@@ -9,6 +9,11 @@ use dnsfront::config::{ConfigError, Env, RawConfig};
 use dnsfront::reload::ConfigSource;
 use dnsfront::{App, check, commands, control, demo, shutdown_on_signals, telemetry};
 
+/// jemalloc instead of glibc malloc: with the forwarder's cache churn glibc's arenas
+/// grew to two or three times the live heap (see benches/README.md).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Exit code for bad command lines and configs (sysexits EX_USAGE).
 const EXIT_USAGE: u8 = 64;
 /// Exit code for runtime failures (cannot bind, ...).

@@ -27,7 +27,7 @@ use std::hash::BuildHasher as _;
 // foldhash keeps a random per-map seed.
 use foldhash::fast::RandomState;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use metrics::{Counter, Histogram};
@@ -178,6 +178,18 @@ pub(crate) struct Meters {
     pub(crate) hits: Counter,
 }
 
+/// The tags of an answer's `dns.queries` counter: zone, qtype, rcode, source.
+pub(crate) type MeterTags = [&'static str; 4];
+
+/// Where an answer handed to [`FastCache::insert`] came from.
+pub(crate) struct Provenance {
+    /// Consul answers: the catalog data to re-check on every hit.
+    pub(crate) basis: Option<Arc<Basis>>,
+    /// Forwarded answers: TTLs count down while cached.
+    pub(crate) ttl_counts_down: bool,
+    pub(crate) tags: MeterTags,
+}
+
 struct Entry {
     response: Box<[u8]>,
     stored: Instant,
@@ -187,7 +199,9 @@ struct Entry {
     /// Consul answers: re-checked against the catalog on every hit.
     basis: Option<Arc<Basis>>,
     answers: Layout,
-    meters: Meters,
+    /// Shared by every entry with the same tags (a handle set is several
+    /// hundred bytes with the StatsD recorder).
+    meters: Arc<Meters>,
     /// Hits not yet added to the counters (see [`FLUSH_EVERY`]).
     pending: AtomicU64,
 }
@@ -265,6 +279,7 @@ pub(crate) struct FastCache {
     per_shard: usize,
     enabled: AtomicBool,
     generation: AtomicU64,
+    meter_sets: Mutex<HashMap<MeterTags, Arc<Meters>>>,
 }
 
 impl std::fmt::Debug for FastCache {
@@ -290,6 +305,7 @@ impl FastCache {
             per_shard: capacity.div_ceil(SHARDS).max(1),
             enabled: AtomicBool::new(enabled),
             generation: AtomicU64::new(0),
+            meter_sets: Mutex::new(HashMap::new()),
         }
     }
 
@@ -376,6 +392,14 @@ impl FastCache {
         Some(len)
     }
 
+    fn meters_for(&self, tags: MeterTags, make: impl FnOnce() -> Meters) -> Arc<Meters> {
+        let mut sets = self
+            .meter_sets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(sets.entry(tags).or_insert_with(|| Arc::new(make())))
+    }
+
     /// Stores `response` (the general path's answer to the query with `key`).
     ///
     /// How long it is served depends on where it came from: a Consul answer
@@ -388,10 +412,14 @@ impl FastCache {
         key: &Key,
         response: &[u8],
         generation: u64,
-        basis: Option<Arc<Basis>>,
-        ttl_counts_down: bool,
+        provenance: Provenance,
         meters: impl FnOnce() -> Meters,
     ) -> Result<(), Uncacheable> {
+        let Provenance {
+            basis,
+            ttl_counts_down,
+            tags,
+        } = provenance;
         if !self.enabled() || generation != self.generation() {
             return Err(Uncacheable::Off);
         }
@@ -420,7 +448,7 @@ impl FastCache {
             basis,
             answers,
             ttl_offsets,
-            meters: meters(),
+            meters: self.meters_for(tags, meters),
             pending: AtomicU64::new(0),
         };
         let shard = self.shard(key.as_bytes());

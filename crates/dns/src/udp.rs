@@ -366,8 +366,16 @@ async fn general<C: CatalogView, F: Upstream>(
             &key,
             &sent,
             generation,
-            basis,
-            cacheable.ttl_counts_down,
+            fast::Provenance {
+                basis,
+                ttl_counts_down: cacheable.ttl_counts_down,
+                tags: [
+                    cacheable.zone,
+                    cacheable.qtype,
+                    cacheable.rcode,
+                    cacheable.source,
+                ],
+            },
             || Meters {
                 queries: metrics::counter!(
                     QUERIES,

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use hickory_proto::op::{Query, ResponseCode};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder, BinEncodable, BinEncoder};
 use rand::seq::SliceRandom;
 use tokio::time::Instant;
 
@@ -69,65 +70,133 @@ pub(crate) struct Response {
 impl Response {
     /// NXDOMAIN, or NOERROR without answers (NODATA).
     pub(crate) fn is_negative(&self) -> bool {
-        self.response_code == ResponseCode::NXDomain
-            || (self.response_code == ResponseCode::NoError && self.answers.is_empty())
-    }
-
-    /// Renders a stale copy (RFC 8767): every TTL set to `ttl`, RRsets shuffled.
-    pub(crate) fn to_stale_answer(&self, ttl: Duration) -> Answer {
-        let ttl = secs(ttl);
-        let with_ttl = |records: &[Record]| -> Vec<Record> {
-            records
-                .iter()
-                .map(|record| {
-                    let mut record = record.clone();
-                    record.ttl = ttl;
-                    record
-                })
-                .collect()
-        };
-        let mut answers = with_ttl(&self.answers);
-        shuffle_rrsets(&mut answers);
-        Answer {
-            response_code: self.response_code,
-            answers,
-            authorities: with_ttl(&self.authorities),
-            additionals: with_ttl(&self.additionals),
-            authentic_data: self.authentic_data,
-            source: Source::Stale,
-        }
+        negative(self.response_code, self.answers.len())
     }
 
     /// Renders the response for a client: TTLs counted down by `age`, RRsets shuffled.
     pub(crate) fn to_answer(&self, age: Duration, source: Source) -> Answer {
+        let mut response = self.clone();
+        response.count_down(age);
+        response.into_answer(source)
+    }
+
+    /// Subtracts `age` (whole seconds) from every TTL, stopping at zero.
+    fn count_down(&mut self, age: Duration) {
         let elapsed = u32::try_from(age.as_secs()).unwrap_or(u32::MAX);
-        let count_down = |records: &[Record]| -> Vec<Record> {
-            records
-                .iter()
-                .map(|record| {
-                    let mut record = record.clone();
-                    record.decrement_ttl(elapsed);
-                    record
-                })
-                .collect()
-        };
-        let mut answers = count_down(&self.answers);
-        shuffle_rrsets(&mut answers);
+        for record in self.records_mut() {
+            record.decrement_ttl(elapsed);
+        }
+    }
+
+    fn records_mut(&mut self) -> impl Iterator<Item = &mut Record> {
+        self.answers
+            .iter_mut()
+            .chain(self.authorities.iter_mut())
+            .chain(self.additionals.iter_mut())
+    }
+
+    /// The answer for a client, with the answer RRsets shuffled.
+    fn into_answer(mut self, source: Source) -> Answer {
+        shuffle_rrsets(&mut self.answers);
         Answer {
             response_code: self.response_code,
-            answers,
-            authorities: count_down(&self.authorities),
-            additionals: count_down(&self.additionals),
+            answers: self.answers,
+            authorities: self.authorities,
+            additionals: self.additionals,
             authentic_data: self.authentic_data,
             source,
         }
     }
 }
 
+fn negative(response_code: ResponseCode, answers: usize) -> bool {
+    response_code == ResponseCode::NXDomain
+        || (response_code == ResponseCode::NoError && answers == 0)
+}
+
+/// A cached response in compact form: the records of the three sections encoded back
+/// to back in wire format (names compressed within the blob), decoded again on every
+/// hit. A typical answer takes about 100 bytes this way; as hickory `Record`s (272
+/// bytes each before any heap data) it took 800 and more.
+#[derive(Debug)]
+pub(crate) struct Stored {
+    pub(crate) response_code: ResponseCode,
+    authentic_data: bool,
+    /// Records in the answer, authority and additional sections.
+    counts: [u16; 3],
+    wire: Box<[u8]>,
+}
+
+impl Stored {
+    /// Encodes `response`; `None` if a record cannot be encoded (it is not cached).
+    pub(crate) fn encode(response: &Response) -> Option<Self> {
+        let mut wire = Vec::with_capacity(128);
+        let mut encoder = BinEncoder::new(&mut wire);
+        let sections = [
+            &response.answers,
+            &response.authorities,
+            &response.additionals,
+        ];
+        let mut counts = [0_u16; 3];
+        for (count, records) in counts.iter_mut().zip(sections) {
+            *count = u16::try_from(records.len()).ok()?;
+            for record in records {
+                record.emit(&mut encoder).ok()?;
+            }
+        }
+        Some(Self {
+            response_code: response.response_code,
+            authentic_data: response.authentic_data,
+            counts,
+            wire: wire.into_boxed_slice(),
+        })
+    }
+
+    /// Decodes the records again; `None` only if the stored bytes do not decode.
+    pub(crate) fn decode(&self) -> Option<Response> {
+        let mut decoder = BinDecoder::new(&self.wire);
+        let mut read = |count: u16| -> Option<Vec<Record>> {
+            (0..count)
+                .map(|_| Record::read(&mut decoder).ok())
+                .collect()
+        };
+        Some(Response {
+            response_code: self.response_code,
+            answers: read(self.counts[0])?,
+            authorities: read(self.counts[1])?,
+            additionals: read(self.counts[2])?,
+            authentic_data: self.authentic_data,
+        })
+    }
+
+    /// NXDOMAIN, or NOERROR without answers (NODATA).
+    pub(crate) fn is_negative(&self) -> bool {
+        negative(self.response_code, usize::from(self.counts[0]))
+    }
+
+    /// Renders the response for a client: TTLs counted down by `age`, RRsets shuffled.
+    /// `None` if the stored bytes do not decode (never expected: treat as absent).
+    pub(crate) fn to_answer(&self, age: Duration, source: Source) -> Option<Answer> {
+        let mut response = self.decode()?;
+        response.count_down(age);
+        Some(response.into_answer(source))
+    }
+
+    /// Renders a stale copy (RFC 8767): every TTL set to `ttl`, RRsets shuffled.
+    pub(crate) fn to_stale_answer(&self, ttl: Duration) -> Option<Answer> {
+        let ttl = secs(ttl);
+        let mut response = self.decode()?;
+        for record in response.records_mut() {
+            record.ttl = ttl;
+        }
+        Some(response.into_answer(Source::Stale))
+    }
+}
+
 /// One cached response and when it stops being fresh.
 #[derive(Debug)]
 pub(crate) struct Entry {
-    pub(crate) response: Response,
+    pub(crate) response: Stored,
     pub(crate) inserted_at: Instant,
     pub(crate) ttl: Duration,
     /// How long moka keeps the entry (TTL + serve-stale window, at insert time).
@@ -267,11 +336,15 @@ impl ResponseCache {
     pub(crate) fn insert(
         &self,
         key: Key,
-        response: Response,
+        response: &Response,
         options: InsertOptions,
         now: Instant,
     ) {
         let Some(entries) = &self.entries else {
+            return;
+        };
+        let Some(response) = Stored::encode(response) else {
+            tracing::debug!(name = %key.name, "Response not cached: cannot encode it");
             return;
         };
         let last_positive = if response.is_negative() && !options.serve_stale.is_zero() {
@@ -567,7 +640,7 @@ mod tests {
             vec![a("www.example.", 10, 1)],
             vec![],
         );
-        cache.insert(key.clone(), reply, options(10), Instant::now());
+        cache.insert(key.clone(), &reply, options(10), Instant::now());
 
         // lookups ignore the case of the name
         let lower = Key::new(&Query::query(name("www.example."), RecordType::A), false);
@@ -575,7 +648,10 @@ mod tests {
         let Lookup::Fresh(entry, age) = cache.lookup(&lower, Instant::now()) else {
             panic!("entry must be fresh after 3.5 s");
         };
-        let answer = entry.response.to_answer(age, Source::Cache);
+        let answer = entry
+            .response
+            .to_answer(age, Source::Cache)
+            .expect("decodes");
         assert_eq!(answer.answers[0].ttl, 7);
 
         // a different DO bit is a different key
@@ -609,9 +685,9 @@ mod tests {
             vec![],
         );
         let negative = response(ResponseCode::NXDomain, vec![], vec![soa(5, 5)]);
-        cache.insert(key.clone(), positive, options(10), Instant::now());
+        cache.insert(key.clone(), &positive, options(10), Instant::now());
         tokio::time::advance(Duration::from_secs(11)).await;
-        cache.insert(key.clone(), negative.clone(), options(5), Instant::now());
+        cache.insert(key.clone(), &negative, options(5), Instant::now());
         tokio::time::advance(Duration::from_secs(6)).await;
 
         let Lookup::Expired(entry) = cache.lookup(&key, Instant::now()) else {
@@ -627,7 +703,7 @@ mod tests {
             "the last positive wins over a stale NXDOMAIN"
         );
         // a second negative keeps the remembered positive
-        cache.insert(key.clone(), negative.clone(), options(5), Instant::now());
+        cache.insert(key.clone(), &negative, options(5), Instant::now());
         tokio::time::advance(Duration::from_secs(6)).await;
         let Lookup::Expired(entry) = cache.lookup(&key, Instant::now()) else {
             panic!("expired");
@@ -649,7 +725,7 @@ mod tests {
             vec![a("www.example.", 10, 2)],
             vec![],
         );
-        cache.insert(key.clone(), positive, options(10), Instant::now());
+        cache.insert(key.clone(), &positive, options(10), Instant::now());
         let Lookup::Fresh(entry, _) = cache.lookup(&key, Instant::now()) else {
             panic!("fresh");
         };
@@ -665,18 +741,71 @@ mod tests {
         let gone = Key::new(&Query::query(name("gone.example."), RecordType::A), false);
         let reply = response(ResponseCode::NoError, vec![a("x.example.", 0, 1)], vec![]);
         let now = Instant::now();
-        cache.insert(kept.clone(), reply.clone(), options(0), now);
+        cache.insert(kept.clone(), &reply, options(0), now);
         let no_window = InsertOptions {
             ttl: Duration::ZERO,
             serve_stale: Duration::ZERO,
             upstream: None,
         };
-        cache.insert(gone.clone(), reply, no_window, now);
+        cache.insert(gone.clone(), &reply, no_window, now);
         std::thread::sleep(Duration::from_millis(1_100));
         let entries = cache.entries.as_ref().expect("cache on");
         entries.run_pending_tasks();
         assert!(entries.get(&kept).is_some(), "kept for the stale window");
         assert!(entries.get(&gone).is_none(), "expired by moka");
+    }
+
+    #[test]
+    fn stored_responses_decode_to_the_same_records() {
+        let mut reply = response(
+            ResponseCode::NoError,
+            vec![
+                Record::from_rdata(
+                    name("WWW.Example."),
+                    300,
+                    RData::CNAME(CNAME(name("web.example."))),
+                ),
+                a("web.example.", 60, 1),
+                a("web.example.", 60, 2),
+            ],
+            vec![soa(600, 30)],
+        );
+        reply.additionals = vec![a("ns.example.", 120, 53)];
+        reply.authentic_data = true;
+        let stored = Stored::encode(&reply).expect("encodes");
+        assert!(stored.wire.len() < 200, "{} bytes", stored.wire.len());
+        let decoded = stored.decode().expect("decodes");
+        assert_eq!(decoded.answers, reply.answers);
+        assert_eq!(decoded.authorities, reply.authorities);
+        assert_eq!(decoded.additionals, reply.additionals);
+        assert!(decoded.authentic_data);
+        assert!(!stored.is_negative());
+
+        let answer = stored
+            .to_answer(Duration::from_secs(10), Source::Cache)
+            .expect("decodes");
+        assert_eq!(answer.answers[0], reply.answers[0], "the CNAME stays first");
+        assert_eq!(answer.answers[0].ttl, 290);
+        assert_eq!(answer.authorities[0].ttl, 590);
+        let stale = stored
+            .to_stale_answer(Duration::from_secs(30))
+            .expect("decodes");
+        assert!(
+            stale
+                .answers
+                .iter()
+                .chain(&stale.authorities)
+                .chain(&stale.additionals)
+                .all(|record| record.ttl == 30)
+        );
+
+        let nxdomain = response(ResponseCode::NXDomain, vec![], vec![soa(60, 60)]);
+        let stored = Stored::encode(&nxdomain).expect("encodes");
+        assert!(stored.is_negative());
+        assert_eq!(
+            stored.decode().expect("decodes").authorities,
+            nxdomain.authorities
+        );
     }
 
     #[test]

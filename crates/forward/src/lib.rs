@@ -247,7 +247,7 @@ impl std::fmt::Debug for Forwarder {
 /// What joining the in-flight map gave.
 enum Joined {
     /// A fresh entry appeared between the first look and taking the lock.
-    Cached(Arc<Entry>, Duration),
+    Cached(Answer),
     /// The upstream query to wait for (joined or just started).
     Wait(SharedQuery),
     /// No query could be started.
@@ -360,23 +360,26 @@ impl Forwarder {
         let now = Instant::now();
         match self.inner.cache.lookup(&key, now) {
             Lookup::Fresh(entry, age) => {
-                ::metrics::counter!(metrics::CACHE_HITS).increment(1);
-                if wants_prefetch(&entry, age, config) {
-                    self.inner
-                        .refresh(&settings, key.clone(), query, upstreams, true);
+                if let Some(answer) = entry.response.to_answer(age, Source::Cache) {
+                    ::metrics::counter!(metrics::CACHE_HITS).increment(1);
+                    if wants_prefetch(&entry, age, config) {
+                        self.inner
+                            .refresh(&settings, key.clone(), query, upstreams, true);
+                    }
+                    return Ok(filter(answer, rebind));
                 }
-                return Ok(filter(entry.response.to_answer(age, Source::Cache), rebind));
             }
             Lookup::Expired(entry) => {
                 // A refresh failed recently: serve stale now, refresh in the background.
                 if let Some(retry_at) = entry.retry_after()
                     && let Some(stale) = entry.stale_choice(now, config.serve_stale)
+                    && let Some(answer) = serve_stale(stale, config)
                 {
                     if now >= retry_at {
                         entry.set_retry_after(now + config.stale_answer_ttl);
                         self.inner.refresh(&settings, key, query, upstreams, false);
                     }
-                    return Ok(filter(serve_stale(stale, config), rebind));
+                    return Ok(filter(answer, rebind));
                 }
             }
             Lookup::Absent => {}
@@ -385,9 +388,7 @@ impl Forwarder {
             .inner
             .join_or_fetch(&settings, key.clone(), query, upstreams);
         let error = match joined {
-            Joined::Cached(entry, age) => {
-                return Ok(filter(entry.response.to_answer(age, Source::Cache), rebind));
-            }
+            Joined::Cached(answer) => return Ok(filter(answer, rebind)),
             Joined::Refused(error) => error,
             Joined::Wait(shared) => match shared.await {
                 Ok(response) => {
@@ -402,16 +403,23 @@ impl Forwarder {
         // Every upstream failed (or we are overloaded): RFC 8767 serve-stale.
         let now = Instant::now();
         match self.inner.cache.lookup(&key, now) {
-            Lookup::Fresh(entry, age) => {
-                Ok(filter(entry.response.to_answer(age, Source::Cache), rebind))
-            }
-            Lookup::Expired(entry) => match entry.stale_choice(now, config.serve_stale) {
-                Some(stale) => {
-                    entry.set_retry_after(now + config.stale_answer_ttl);
-                    Ok(filter(serve_stale(stale, config), rebind))
+            Lookup::Fresh(entry, age) => entry
+                .response
+                .to_answer(age, Source::Cache)
+                .map(|answer| filter(answer, rebind))
+                .ok_or(error),
+            Lookup::Expired(entry) => {
+                match entry
+                    .stale_choice(now, config.serve_stale)
+                    .and_then(|stale| serve_stale(stale, config))
+                {
+                    Some(answer) => {
+                        entry.set_retry_after(now + config.stale_answer_ttl);
+                        Ok(filter(answer, rebind))
+                    }
+                    None => Err(error),
                 }
-                None => Err(error),
-            },
+            }
             Lookup::Absent => Err(error),
         }
     }
@@ -492,9 +500,10 @@ fn wants_prefetch(entry: &Entry, age: Duration, config: &Config) -> bool {
 }
 
 /// Renders a stale answer and counts it.
-fn serve_stale(entry: &Entry, config: &Config) -> Answer {
+fn serve_stale(entry: &Entry, config: &Config) -> Option<Answer> {
+    let answer = entry.response.to_stale_answer(config.stale_answer_ttl)?;
     ::metrics::counter!(metrics::STALE_ANSWERS).increment(1);
-    entry.response.to_stale_answer(config.stale_answer_ttl)
+    Some(answer)
 }
 
 /// Applies rebind protection: private A/AAAA records are dropped; when no address is
@@ -536,10 +545,12 @@ impl Inner {
             ::metrics::counter!(metrics::COALESCED).increment(1);
             return Joined::Wait(running.clone());
         }
-        if let Lookup::Fresh(entry, age) = self.cache.lookup(&key, Instant::now()) {
+        if let Lookup::Fresh(entry, age) = self.cache.lookup(&key, Instant::now())
+            && let Some(answer) = entry.response.to_answer(age, Source::Cache)
+        {
             // The query that filled the cache finished between our two looks.
             ::metrics::counter!(metrics::CACHE_HITS).increment(1);
-            return Joined::Cached(entry, age);
+            return Joined::Cached(answer);
         }
         ::metrics::counter!(metrics::CACHE_MISSES).increment(1);
         let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
@@ -617,7 +628,7 @@ impl Inner {
                     };
                     inner
                         .cache
-                        .insert(key.clone(), response.clone(), options, Instant::now());
+                        .insert(key.clone(), &response, options, Instant::now());
                 }
                 Arc::new(response)
             });

@@ -8,6 +8,16 @@
 //! the server is reachable, so it costs a round trip rather than a timeout. A down
 //! upstream is tried after the healthy ones, and every `probe_interval` one real query
 //! is copied to it in the background (its answer is not used) until it answers.
+//!
+//! UDP sockets are pooled per upstream: each is bound to a random port chosen by the
+//! kernel and connected to the upstream (so the kernel drops datagrams from any other
+//! source and reports ICMP errors), serves one query at a time, goes back to the pool
+//! only after a matching answer, and is closed after [`SOCKET_MAX_USES`] queries or
+//! [`SOCKET_MAX_AGE`]: a fresh socket per query costs bind, connect, reactor
+//! registration and close, about a quarter of a forwarded query's CPU. Every query
+//! still gets a random ID, and a reply must match the ID and the question. Whatever
+//! arrived on a socket while it sat idle is discarded before its next query, so forged
+//! replies cannot be queued up in advance.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,6 +39,13 @@ use crate::metrics as names;
 
 /// Largest DNS message (the TCP length prefix is 16 bits).
 const MAX_MESSAGE: usize = u16::MAX as usize;
+/// A pooled UDP socket is closed after this many queries (its port changes).
+pub(crate) const SOCKET_MAX_USES: u32 = 100;
+/// A pooled UDP socket is not used any more once this old (its port changes).
+pub(crate) const SOCKET_MAX_AGE: Duration = Duration::from_secs(10);
+/// Idle UDP sockets kept per upstream at most (enough for a burst of concurrent
+/// misses: with fewer, most of a burst's sockets are opened and closed again).
+const SOCKET_POOL_IDLE: usize = 256;
 
 /// When an upstream counts as down and how often it is probed.
 #[derive(Debug, Clone, Copy)]
@@ -87,6 +104,8 @@ pub(crate) struct Upstream {
     health: Mutex<Health>,
     queries: AtomicU64,
     failures: AtomicU64,
+    /// Idle UDP sockets connected to `addr`, most recently used last.
+    sockets: Mutex<Vec<PooledSocket>>,
 }
 
 impl Upstream {
@@ -105,7 +124,40 @@ impl Upstream {
             }),
             queries: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            sockets: Mutex::new(Vec::new()),
         }
+    }
+
+    /// An idle pooled socket that is still young enough, if any.
+    fn checkout_socket(&self, now: Instant) -> Option<PooledSocket> {
+        let mut sockets = self.sockets.lock().unwrap_or_else(PoisonError::into_inner);
+        while let Some(socket) = sockets.pop() {
+            if socket.reusable(now) {
+                return Some(socket);
+            }
+        }
+        None
+    }
+
+    /// Returns a socket whose query got its answer, unless it is worn out or the pool
+    /// is full (then it is closed).
+    fn checkin_socket(&self, socket: PooledSocket) {
+        if !socket.reusable(Instant::now()) {
+            return;
+        }
+        let mut sockets = self.sockets.lock().unwrap_or_else(PoisonError::into_inner);
+        if sockets.len() < SOCKET_POOL_IDLE {
+            sockets.push(socket);
+        }
+    }
+
+    /// Number of idle pooled sockets (for tests).
+    #[cfg(test)]
+    fn idle_sockets(&self) -> usize {
+        self.sockets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
     fn health(&self) -> std::sync::MutexGuard<'_, Health> {
@@ -189,6 +241,54 @@ impl Upstream {
     fn record_failure(&self) {
         self.failures.fetch_add(1, Ordering::Relaxed);
         counter!(names::UPSTREAM_FAILURES, names::TAG_UPSTREAM => self.label.clone()).increment(1);
+    }
+}
+
+/// A UDP socket on a random port, connected to one upstream, with its receive buffer.
+#[derive(Debug)]
+struct PooledSocket {
+    socket: UdpSocket,
+    buffer: Vec<u8>,
+    opened: Instant,
+    uses: u32,
+}
+
+impl PooledSocket {
+    /// Binds a socket to a port the kernel picks at random and connects it to `upstream`.
+    async fn open(upstream: SocketAddr) -> std::io::Result<Self> {
+        let bind: SocketAddr = match upstream {
+            SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+            SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+        };
+        let socket = UdpSocket::bind(bind).await?;
+        socket.connect(upstream).await?;
+        Ok(Self {
+            socket,
+            buffer: Vec::with_capacity(MAX_MESSAGE),
+            opened: Instant::now(),
+            uses: 0,
+        })
+    }
+
+    /// Discards every datagram already queued (arrived while the socket was idle);
+    /// returns how many.
+    fn drain(&mut self) -> std::io::Result<usize> {
+        let mut drained = 0;
+        loop {
+            self.buffer.clear();
+            match self.socket.try_recv_buf(&mut self.buffer) {
+                Ok(_) => drained += 1,
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                    return Ok(drained);
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// Whether it may serve another query.
+    fn reusable(&self, now: Instant) -> bool {
+        self.uses < SOCKET_MAX_USES && now.saturating_duration_since(self.opened) < SOCKET_MAX_AGE
     }
 }
 
@@ -393,7 +493,7 @@ async fn exchange(
     let message = if plan.tcp_only {
         exchange_tcp(upstream.addr, request, attempt_deadline).await
     } else {
-        match exchange_udp(upstream.addr, request, attempt_deadline).await {
+        match exchange_udp(upstream, request, attempt_deadline).await {
             Ok(message) if message.metadata.truncation => {
                 upstream.record(names::OUTCOME_TRUNCATED_RETRY, started);
                 let started = Instant::now();
@@ -462,33 +562,48 @@ fn matches(message: &Message, id: u16, query: &Query) -> bool {
         && message.queries[0].name().eq_ignore_root(query.name())
 }
 
-/// UDP from a fresh socket on a random port, connected to the upstream; anything that is
-/// not our answer is ignored until the deadline.
+/// UDP over a pooled socket (or a fresh one); anything that is not our answer is
+/// ignored until the deadline. The socket goes back to the pool only after an answer:
+/// on a timeout, an error or cancellation it is closed, so a late reply can never reach
+/// another query (which would ignore it anyway: different ID or question).
 async fn exchange_udp(
-    upstream: SocketAddr,
+    upstream: &Upstream,
     request: Request<'_>,
     deadline: Instant,
 ) -> Result<Message, AttemptError> {
     let (id, bytes) = encode_query(request)?;
-    let bind: SocketAddr = match upstream {
-        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
-        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    let reused = upstream
+        .checkout_socket(Instant::now())
+        .and_then(|mut pooled| match pooled.drain() {
+            Ok(0) => Some(pooled),
+            Ok(drained) => {
+                trace!(upstream = %upstream.addr, drained, "Discarded datagrams queued on an idle socket");
+                Some(pooled)
+            }
+            // e.g. an ICMP error for an earlier query: start afresh
+            Err(_) => None,
+        });
+    let mut pooled = match reused {
+        Some(pooled) => pooled,
+        None => PooledSocket::open(upstream.addr).await?,
     };
-    let socket = UdpSocket::bind(bind).await?;
-    socket.connect(upstream).await?;
-    socket.send(&bytes).await?;
-    let mut buffer = vec![0_u8; MAX_MESSAGE];
+    pooled.uses += 1;
+    pooled.socket.send(&bytes).await?;
     loop {
-        let received = timeout_at(deadline, socket.recv(&mut buffer))
+        pooled.buffer.clear();
+        let received = timeout_at(deadline, pooled.socket.recv_buf(&mut pooled.buffer))
             .await
             .map_err(|_| AttemptError::Timeout)??;
-        match Message::from_vec(&buffer[..received]) {
-            Ok(message) if matches(&message, id, request.query) => return Ok(message),
+        match Message::from_vec(&pooled.buffer[..received]) {
+            Ok(message) if matches(&message, id, request.query) => {
+                upstream.checkin_socket(pooled);
+                return Ok(message);
+            }
             Ok(message) => {
-                trace!(%upstream, expected_id = id, id = message.metadata.id, "Ignoring mismatched UDP reply");
+                trace!(upstream = %upstream.addr, expected_id = id, id = message.metadata.id, "Ignoring mismatched UDP reply");
             }
             Err(error) => {
-                trace!(%upstream, error = %error, "Ignoring undecodable UDP reply");
+                trace!(upstream = %upstream.addr, error = %error, "Ignoring undecodable UDP reply");
             }
         }
     }
@@ -523,4 +638,177 @@ async fn exchange_tcp(
     timeout_at(deadline, exchange)
         .await
         .map_err(|_| AttemptError::Timeout)?
+}
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+
+    use hickory_proto::rr::rdata::A;
+    use hickory_proto::rr::{Name, RData, Record, RecordType};
+    use tokio::sync::mpsc;
+
+    use super::*;
+
+    fn question(name: &str) -> Query {
+        Query::query(Name::from_str(name).expect("test name"), RecordType::A)
+    }
+
+    fn plan(attempt_timeout: Duration) -> Plan {
+        Plan {
+            strategy: Strategy::Sequential,
+            tcp_only: false,
+            attempt_timeout,
+            deadline: Instant::now() + attempt_timeout,
+            health: HealthPolicy {
+                max_fails: 3,
+                probe_interval: Duration::from_secs(1),
+            },
+        }
+    }
+
+    /// A reply to `query` with `id` and one A record 192.0.2.`last`.
+    fn reply(query: &Message, id: u16, last: u8) -> Vec<u8> {
+        let mut message = Message::new(id, MessageType::Response, OpCode::Query);
+        let question = query.queries[0].clone();
+        let record = Record::from_rdata(
+            question.name().clone(),
+            60,
+            RData::A(A(Ipv4Addr::new(192, 0, 2, last))),
+        );
+        message.add_query(question);
+        message.add_answer(record);
+        message.to_vec().expect("encodes")
+    }
+
+    fn address(response: &Response) -> String {
+        response.answers[0].data.to_string()
+    }
+
+    /// A UDP upstream on 127.0.0.1 that reports each query's source port and answers
+    /// per `answer(query, from_port)`: (socket to send from: 0 = itself, 1 = another
+    /// port, id override, last octet), in order.
+    async fn upstream<F>(answer: F) -> (Arc<Upstream>, mpsc::UnboundedReceiver<u16>)
+    where
+        F: Fn(&Message) -> Vec<(u8, Option<u16>, u8)> + Send + 'static,
+    {
+        let server = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let other = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let addr = server.local_addr().expect("addr");
+        let (ports, port_rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut buffer = vec![0_u8; MAX_MESSAGE];
+            while let Ok((length, client)) = server.recv_from(&mut buffer).await {
+                let query = Message::from_vec(&buffer[..length]).expect("query");
+                let _ = ports.send(client.port());
+                for (from, id, last) in answer(&query) {
+                    let bytes = reply(&query, id.unwrap_or(query.metadata.id), last);
+                    let socket = if from == 0 { &server } else { &other };
+                    socket.send_to(&bytes, client).await.expect("send");
+                }
+            }
+        });
+        (Arc::new(Upstream::new(addr)), port_rx)
+    }
+
+    fn request(query: &Query) -> Request<'_> {
+        Request {
+            query,
+            dnssec_ok: false,
+            udp_payload: 1232,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pooled_socket_ignores_other_sources_and_ids_and_is_reused() {
+        // First a forged answer from another port (right ID and question), then one
+        // with the wrong ID, then the real one.
+        let (upstream, mut ports) = upstream(|query| {
+            let wrong_id = query.metadata.id.wrapping_add(1);
+            vec![(1, None, 66), (0, Some(wrong_id), 77), (0, None, 1)]
+        })
+        .await;
+        let query = question("www.example.");
+        for _ in 0..3 {
+            let response = exchange(&upstream, request(&query), plan(Duration::from_secs(2)))
+                .await
+                .expect("answer");
+            assert_eq!(address(&response), "192.0.2.1");
+        }
+        let used: Vec<u16> = (0..3).map(|_| ports.try_recv().expect("port")).collect();
+        assert!(used.iter().all(|&port| port == used[0]), "{used:?}");
+        assert_eq!(upstream.idle_sockets(), 1);
+    }
+
+    #[tokio::test]
+    async fn pooled_sockets_change_port_after_max_uses_and_after_a_timeout() {
+        let (upstream, mut ports) = upstream(|query| {
+            if query.queries[0].name().to_ascii().starts_with("drop") {
+                Vec::new()
+            } else {
+                vec![(0, None, 1)]
+            }
+        })
+        .await;
+        let query = question("www.example.");
+        for _ in 0..=SOCKET_MAX_USES {
+            exchange(&upstream, request(&query), plan(Duration::from_secs(2)))
+                .await
+                .expect("answer");
+        }
+        let used: Vec<u16> = (0..=SOCKET_MAX_USES)
+            .map(|_| ports.try_recv().expect("port"))
+            .collect();
+        let first = used[0];
+        assert!(
+            used[..usize::try_from(SOCKET_MAX_USES).expect("small")]
+                .iter()
+                .all(|&port| port == first)
+        );
+        let second = used[used.len() - 1];
+        assert_ne!(second, first, "a worn-out socket is replaced");
+
+        // A timed-out query closes its socket: no late reply can reach the next query.
+        let dropped = question("drop.example.");
+        let error = exchange(
+            &upstream,
+            request(&dropped),
+            plan(Duration::from_millis(100)),
+        )
+        .await
+        .expect_err("no answer");
+        assert!(matches!(error, AttemptError::Timeout), "{error}");
+        assert_eq!(upstream.idle_sockets(), 0);
+        exchange(&upstream, request(&query), plan(Duration::from_secs(2)))
+            .await
+            .expect("answer");
+        assert_eq!(ports.try_recv().expect("port"), second);
+        let fresh = ports.try_recv().expect("port");
+        assert_ne!(fresh, second, "the timed-out socket was not reused");
+    }
+
+    #[tokio::test]
+    async fn datagrams_queued_on_an_idle_socket_are_discarded() {
+        let server = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let mut pooled = PooledSocket::open(server.local_addr().expect("addr"))
+            .await
+            .expect("open");
+        let client = pooled.socket.local_addr().expect("addr");
+        for _ in 0..3 {
+            server.send_to(b"forged", client).await.expect("send");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(pooled.drain().expect("drain"), 3);
+        assert_eq!(pooled.drain().expect("drain"), 0);
+    }
+
+    #[tokio::test]
+    async fn old_sockets_are_not_reused() {
+        let socket = PooledSocket::open("127.0.0.1:53".parse().expect("addr"))
+            .await
+            .expect("open");
+        let now = Instant::now();
+        assert!(socket.reusable(now));
+        assert!(!socket.reusable(now + SOCKET_MAX_AGE));
+    }
 }
