@@ -26,7 +26,7 @@ use std::hash::BuildHasher as _;
 // foldhash, not SipHash: hashing the name was a visible share of a hit's CPU;
 // foldhash keeps a random per-map seed.
 use foldhash::fast::RandomState;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -267,7 +267,13 @@ pub(crate) enum Uncacheable {
     Shape,
     /// The cache is off (query log) or was cleared since the query started.
     Off,
+    /// A forwarded or local name asked for the first time (recently): kept
+    /// only when asked again, so a flood of distinct names costs no memory.
+    FirstSight,
 }
+
+/// Slots of the first-sight filter (64 KiB).
+const SEEN_SLOTS: usize = 16_384;
 
 /// One lock's worth of entries.
 type Shard = RwLock<HashMap<Box<[u8]>, Entry, RandomState>>;
@@ -280,6 +286,9 @@ pub(crate) struct FastCache {
     enabled: AtomicBool,
     generation: AtomicU64,
     meter_sets: Mutex<HashMap<MeterTags, Arc<Meters>>>,
+    /// Hash tags of keys seen once (see [`Uncacheable::FirstSight`]); a slot
+    /// overwritten by another key only delays that key's admission.
+    seen: Box<[AtomicU32]>,
 }
 
 impl std::fmt::Debug for FastCache {
@@ -306,6 +315,7 @@ impl FastCache {
             enabled: AtomicBool::new(enabled),
             generation: AtomicU64::new(0),
             meter_sets: Mutex::new(HashMap::new()),
+            seen: (0..SEEN_SLOTS).map(|_| AtomicU32::new(0)).collect(),
         }
     }
 
@@ -329,6 +339,16 @@ impl FastCache {
     /// older generation is not stored.
     pub(crate) fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
+    }
+
+    /// True when `key` was offered before (and its slot not taken since);
+    /// records it otherwise.
+    fn seen_before(&self, key: &[u8]) -> bool {
+        let hash = self.hasher.hash_one(key);
+        // Low bits pick the shard; the slot and tag come from the others.
+        let slot = usize::try_from((hash >> 8) % SEEN_SLOTS as u64).unwrap_or(0);
+        let tag = u32::try_from(hash >> 32).unwrap_or(u32::MAX) | 1;
+        self.seen[slot].swap(tag, Ordering::Relaxed) == tag
     }
 
     fn shard(&self, key: &[u8]) -> &Shard {
@@ -420,6 +440,10 @@ impl FastCache {
             ttl_counts_down,
             tags,
         } = provenance;
+        // Consul names are few and asked again; anything else must prove it.
+        if basis.is_none() && !self.seen_before(key.as_bytes()) {
+            return Err(Uncacheable::FirstSight);
+        }
         if !self.enabled() || generation != self.generation() {
             return Err(Uncacheable::Off);
         }
