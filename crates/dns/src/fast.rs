@@ -26,7 +26,7 @@ use std::hash::BuildHasher as _;
 // foldhash, not SipHash: hashing the name was a visible share of a hit's CPU;
 // foldhash keeps a random per-map seed.
 use foldhash::fast::RandomState;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -272,8 +272,8 @@ pub(crate) enum Uncacheable {
     FirstSight,
 }
 
-/// Slots of the first-sight filter (64 KiB).
-const SEEN_SLOTS: usize = 16_384;
+/// Bits of the first-sight filter (16 KiB).
+const SEEN_BITS: usize = 131_072;
 
 /// One lock's worth of entries.
 type Shard = RwLock<HashMap<Box<[u8]>, Entry, RandomState>>;
@@ -286,9 +286,11 @@ pub(crate) struct FastCache {
     enabled: AtomicBool,
     generation: AtomicU64,
     meter_sets: Mutex<HashMap<MeterTags, Arc<Meters>>>,
-    /// Hash tags of keys seen once (see [`Uncacheable::FirstSight`]); a slot
-    /// overwritten by another key only delays that key's admission.
-    seen: Box<[AtomicU32]>,
+    /// One bit per key hash offered once (see [`Uncacheable::FirstSight`]). A
+    /// collision only admits a key early; the bits are cleared when half are set.
+    seen: Box<[AtomicU64]>,
+    /// Bits set in `seen` since it was last cleared.
+    seen_count: AtomicUsize,
 }
 
 impl std::fmt::Debug for FastCache {
@@ -315,7 +317,8 @@ impl FastCache {
             enabled: AtomicBool::new(enabled),
             generation: AtomicU64::new(0),
             meter_sets: Mutex::new(HashMap::new()),
-            seen: (0..SEEN_SLOTS).map(|_| AtomicU32::new(0)).collect(),
+            seen: (0..SEEN_BITS / 64).map(|_| AtomicU64::new(0)).collect(),
+            seen_count: AtomicUsize::new(0),
         }
     }
 
@@ -341,14 +344,25 @@ impl FastCache {
         self.generation.load(Ordering::Acquire)
     }
 
-    /// True when `key` was offered before (and its slot not taken since);
+    /// True when `key` was offered before (since the filter was last cleared);
     /// records it otherwise.
     fn seen_before(&self, key: &[u8]) -> bool {
-        let hash = self.hasher.hash_one(key);
-        // Low bits pick the shard; the slot and tag come from the others.
-        let slot = usize::try_from((hash >> 8) % SEEN_SLOTS as u64).unwrap_or(0);
-        let tag = u32::try_from(hash >> 32).unwrap_or(u32::MAX) | 1;
-        self.seen[slot].swap(tag, Ordering::Relaxed) == tag
+        // Bits above the shard's pick the filter bit.
+        let hash = self.hasher.hash_one(key) >> 8;
+        let bit = usize::try_from(hash % SEEN_BITS as u64).unwrap_or(0);
+        let mask = 1u64 << (bit % 64);
+        if self.seen[bit / 64].fetch_or(mask, Ordering::Relaxed) & mask != 0 {
+            return true;
+        }
+        // Half full: a flood of distinct names; start over so that the filter
+        // keeps telling first sights apart.
+        if self.seen_count.fetch_add(1, Ordering::Relaxed) + 1 >= SEEN_BITS / 2 {
+            self.seen_count.store(0, Ordering::Relaxed);
+            for word in &*self.seen {
+                word.store(0, Ordering::Relaxed);
+            }
+        }
+        false
     }
 
     fn shard(&self, key: &[u8]) -> &Shard {
@@ -658,6 +672,26 @@ fn normalize(message: &[u8], name_len: usize) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_key_offered_twice_passes_the_first_sight_filter() {
+        let cache = FastCache::new(true);
+        let keys: Vec<Vec<u8>> = (0..5000).map(|n| format!("h-{n}").into_bytes()).collect();
+        let early = keys.iter().filter(|key| cache.seen_before(key)).count();
+        assert!(early < 200, "{early} keys looked seen on first sight");
+        assert!(
+            keys.iter().all(|key| cache.seen_before(key)),
+            "no key is kept out"
+        );
+        // A flood clears the filter before it is too full to tell first sights apart.
+        for n in 0..SEEN_BITS {
+            cache.seen_before(format!("flood-{n}").as_bytes());
+        }
+        let fresh = (0..1000)
+            .filter(|n| cache.seen_before(format!("new-{n}").as_bytes()))
+            .count();
+        assert!(fresh < 600, "{fresh} of 1000 new keys looked seen");
+    }
 
     /// `web.service.consul. A` with ID 0x1234, optionally with an OPT.
     fn query(name: &[&str], opt: Option<[u8; 11]>) -> Vec<u8> {

@@ -168,7 +168,7 @@ impl Default for ServerOptions {
 /// Settings of the UDP serving loops.
 #[derive(Debug, Clone)]
 pub struct UdpOptions {
-    /// UDP sockets bound per listen address with `SO_REUSEPORT` (one loop task
+    /// UDP sockets bound per listen address with `SO_REUSEPORT` (one thread
     /// each; the kernel spreads clients over them). At least 1. Default: the
     /// available parallelism, at most 8.
     pub sockets: usize,
