@@ -23,37 +23,75 @@ use tokio::time::Instant;
 
 use crate::{Answer, Config, Source};
 
-/// Cache key: the question (name lower-cased) and whether DNSSEC records were asked for.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// Cache key: the question (name lower-cased) and whether DNSSEC records were asked for,
+/// in wire form: the name's labels, type, class and the DO bit. Bytes rather than a
+/// hickory `Name`, whose hashing and comparison walk the labels (≈ 7 % of a forwarded
+/// miss's CPU) and which takes 80 bytes before its heap part.
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub(crate) struct Key {
-    name: Name,
-    record_type: RecordType,
-    dns_class: DNSClass,
-    dnssec_ok: bool,
+    bytes: Box<[u8]>,
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Key")
+            .field("name", &self.name())
+            .field("dnssec_ok", &self.dnssec_ok())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The question's name as routing and policy see it: lower case, absolute.
+pub(crate) fn question_name(query: &Query) -> Name {
+    let mut name = query.name().to_lowercase();
+    // The wire form is always absolute; "example.com" and "example.com." are one key.
+    name.set_fqdn(true);
+    name
 }
 
 impl Key {
     /// Builds the key of one question.
+    #[cfg(test)]
     pub(crate) fn new(query: &Query, dnssec_ok: bool) -> Self {
-        let mut name = query.name().to_lowercase();
-        // The wire form is always absolute; "example.com" and "example.com." are one key.
-        name.set_fqdn(true);
-        Self {
-            name,
-            record_type: query.query_type(),
-            dns_class: query.query_class(),
+        Self::for_name(
+            &question_name(query),
+            query.query_type(),
+            query.query_class(),
             dnssec_ok,
+        )
+    }
+
+    /// The key of a question whose name is already lower case and absolute.
+    pub(crate) fn for_name(
+        name: &Name,
+        record_type: RecordType,
+        dns_class: DNSClass,
+        dnssec_ok: bool,
+    ) -> Self {
+        let mut bytes = Vec::with_capacity(name.len() + 6);
+        for label in name.iter() {
+            // Labels are at most 63 bytes (hickory checks when building a Name).
+            bytes.push(u8::try_from(label.len()).unwrap_or(u8::MAX));
+            bytes.extend_from_slice(label);
+        }
+        bytes.push(0);
+        bytes.extend_from_slice(&u16::from(record_type).to_be_bytes());
+        bytes.extend_from_slice(&u16::from(dns_class).to_be_bytes());
+        bytes.push(u8::from(dnssec_ok));
+        Self {
+            bytes: bytes.into_boxed_slice(),
         }
     }
 
     /// Whether the question asked for DNSSEC records (DO bit).
     pub(crate) fn dnssec_ok(&self) -> bool {
-        self.dnssec_ok
+        self.bytes.last() == Some(&1)
     }
 
-    /// The question name (lower case, absolute).
-    pub(crate) fn name(&self) -> &Name {
-        &self.name
+    /// The question name (lower case, absolute), for diagnostics.
+    pub(crate) fn name(&self) -> Name {
+        let labels = &self.bytes[..self.bytes.len().saturating_sub(5)];
+        Name::read(&mut BinDecoder::new(labels)).unwrap_or_else(|_| Name::root())
     }
 }
 
@@ -344,7 +382,7 @@ impl ResponseCache {
             return;
         };
         let Some(response) = Stored::encode(response) else {
-            tracing::debug!(name = %key.name, "Response not cached: cannot encode it");
+            tracing::debug!(name = %key.name(), "Response not cached: cannot encode it");
             return;
         };
         let last_positive = if response.is_negative() && !options.serve_stale.is_zero() {
@@ -753,6 +791,30 @@ mod tests {
         entries.run_pending_tasks();
         assert!(entries.get(&kept).is_some(), "kept for the stale window");
         assert!(entries.get(&gone).is_none(), "expired by moka");
+    }
+
+    #[test]
+    fn keys_ignore_case_and_the_final_dot_and_keep_the_do_bit() {
+        let upper = Key::new(&Query::query(name("WWW.Example.COM"), RecordType::A), false);
+        let lower = Key::new(
+            &Query::query(name("www.example.com."), RecordType::A),
+            false,
+        );
+        assert_eq!(upper, lower);
+        assert_eq!(upper.name(), name("www.example.com."));
+        assert!(!upper.dnssec_ok());
+        let signed = Key::new(&Query::query(name("www.example.com."), RecordType::A), true);
+        assert_ne!(signed, lower);
+        assert!(signed.dnssec_ok());
+        let aaaa = Key::new(
+            &Query::query(name("www.example.com."), RecordType::AAAA),
+            false,
+        );
+        assert_ne!(aaaa, lower);
+        // "a.bc" and "ab.c" have the same letters: the length bytes keep them apart.
+        let one = Key::new(&Query::query(name("a.bc."), RecordType::A), false);
+        let two = Key::new(&Query::query(name("ab.c."), RecordType::A), false);
+        assert_ne!(one, two);
     }
 
     #[test]

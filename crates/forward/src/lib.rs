@@ -343,10 +343,11 @@ impl Forwarder {
     /// unless an expired entry within the serve-stale window can be served instead.
     pub async fn resolve(&self, query: &Query, dnssec_ok: bool) -> Result<Answer, Error> {
         let settings = self.inner.settings.load_full();
-        let key = Key::new(query, dnssec_ok);
-        let (route, upstreams) = settings.route(key.name());
+        let name = cache::question_name(query);
+        let key = Key::for_name(&name, query.query_type(), query.query_class(), dnssec_ok);
+        let (route, upstreams) = settings.route(&name);
         if route.is_none()
-            && let Some(policy) = settings.blocked(key.name())
+            && let Some(policy) = settings.blocked(&name)
         {
             ::metrics::counter!(metrics::POLICY_ANSWERS, metrics::TAG_POLICY => policy.as_str())
                 .increment(1);
@@ -355,7 +356,7 @@ impl Forwarder {
         if upstreams.is_empty() {
             return Err(Error::NoUpstreams);
         }
-        let rebind = settings.rebind_applies(key.name(), route.is_some());
+        let rebind = settings.rebind_applies(&name, route.is_some());
         let config = &settings.config;
         let now = Instant::now();
         match self.inner.cache.lookup(&key, now) {
@@ -428,12 +429,10 @@ impl Forwarder {
     /// effect on the cache's counters beyond one read).
     pub fn explain(&self, query: &Query, dnssec_ok: bool) -> CacheInfo {
         let settings = self.inner.settings.load();
-        let key = Key::new(query, dnssec_ok);
-        let (route, upstreams) = settings.route(key.name());
-        let policy = route
-            .is_none()
-            .then(|| settings.blocked(key.name()))
-            .flatten();
+        let name = cache::question_name(query);
+        let key = Key::for_name(&name, query.query_type(), query.query_class(), dnssec_ok);
+        let (route, upstreams) = settings.route(&name);
+        let policy = route.is_none().then(|| settings.blocked(&name)).flatten();
         let in_flight = self
             .inner
             .in_flight
@@ -441,11 +440,11 @@ impl Forwarder {
             .unwrap_or_else(PoisonError::into_inner)
             .contains_key(&key);
         let mut info = CacheInfo {
-            name: key.name().to_string(),
+            name: name.to_string(),
             record_type: query.query_type().to_string(),
             dnssec_ok,
             policy,
-            rebind_filtered: settings.rebind_applies(key.name(), route.is_some()),
+            rebind_filtered: settings.rebind_applies(&name, route.is_some()),
             rule: route.map(|route| route.zone.to_string()),
             upstreams: upstreams.iter().map(|upstream| upstream.addr).collect(),
             state: CacheState::Absent,
