@@ -1,6 +1,6 @@
-//! Our own UDP serving loop (TCP stays on hickory's `Server`).
+//! Our own UDP serving threads (TCP stays on hickory's `Server`).
 //!
-//! Per datagram, in the socket's loop task: drop it when shorter than a header,
+//! Per datagram, in the socket's thread: drop it when shorter than a header,
 //! a response (QR=1) or from an address that cannot be answered; then, for an
 //! allowed client, try the wire answer cache ([`crate::fast`]). Everything
 //! else (misses, refused clients, malformed or unusual queries) becomes a task
