@@ -1,10 +1,10 @@
 //! The response cache: keys, TTL policy (clamps, RFC 2308 negative caching) and the
 //! rendering of a cached response into an [`Answer`] with counted-down TTLs.
 //!
-//! Freshness lives in our [`Entry`] (`inserted_at` on the tokio clock) because moka's
-//! clock cannot be paused; moka's per-entry expiry (`keep_for` = TTL + the serve-stale
-//! window at insert time) is only a memory backstop, so expired entries stay around
-//! for serve-stale until their window ends.
+//! Freshness lives in our [`Entry`] (`inserted_at` on the tokio clock, which tests can
+//! pause); an entry is kept readable for `keep_for` = TTL + the serve-stale window at
+//! insert time, so expired entries stay around for serve-stale until their window
+//! ends, and the store (quick_cache) bounds their number.
 //!
 //! A negative response that replaces a positive one remembers it (`last_positive`):
 //! when every upstream fails, the last known good answer is served stale rather than
@@ -237,7 +237,7 @@ pub(crate) struct Entry {
     pub(crate) response: Stored,
     pub(crate) inserted_at: Instant,
     pub(crate) ttl: Duration,
-    /// How long moka keeps the entry (TTL + serve-stale window, at insert time).
+    /// How long the entry stays readable (TTL + serve-stale window, at insert time).
     keep_for: Duration,
     /// The upstream that answered.
     pub(crate) upstream: Option<SocketAddr>,
@@ -299,29 +299,31 @@ pub(crate) enum Lookup {
     Absent,
 }
 
-/// Per-entry moka expiry: TTL plus the serve-stale window (`Entry::keep_for`).
-struct KeepFor;
+/// Counts capacity evictions (`forward.cache_evictions`).
+#[derive(Debug, Clone, Copy)]
+struct CountEvictions;
 
-impl moka::Expiry<Key, Arc<Entry>> for KeepFor {
-    fn expire_after_create(
-        &self,
-        _key: &Key,
-        value: &Arc<Entry>,
-        _created_at: std::time::Instant,
-    ) -> Option<Duration> {
-        Some(value.keep_for)
-    }
+impl quick_cache::Lifecycle<Key, Arc<Entry>> for CountEvictions {
+    type RequestState = ();
 
-    fn expire_after_update(
-        &self,
-        _key: &Key,
-        value: &Arc<Entry>,
-        _updated_at: std::time::Instant,
-        _duration_until_expiry: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(value.keep_for)
+    fn begin_request(&self) -> Self::RequestState {}
+
+    fn on_evict(&self, _state: &mut Self::RequestState, _key: Key, _entry: Arc<Entry>) {
+        crate::metrics::cache_eviction();
     }
 }
+
+/// The store: bounded by entry count; an entry older than its `keep_for` is treated
+/// as absent when read and replaced or evicted in time. quick_cache rather than moka:
+/// it costs tens of bytes per entry where moka's bookkeeping took about 220
+/// (benches/README.md), and freshness lives in our entries anyway.
+type Store = quick_cache::sync::Cache<
+    Key,
+    Arc<Entry>,
+    quick_cache::UnitWeighter,
+    quick_cache::DefaultHashBuilder,
+    CountEvictions,
+>;
 
 /// What [`ResponseCache::insert`] stores besides the response.
 #[derive(Debug, Clone, Copy)]
@@ -334,22 +336,33 @@ pub(crate) struct InsertOptions {
     pub(crate) upstream: Option<SocketAddr>,
 }
 
-/// Bounded response cache on moka.
-#[derive(Debug, Clone)]
+/// Bounded response cache.
+#[derive(Clone)]
 pub(crate) struct ResponseCache {
     /// `None` when `cache_size` is 0 (caching off).
-    entries: Option<moka::sync::Cache<Key, Arc<Entry>>>,
+    entries: Option<Arc<Store>>,
+}
+
+impl std::fmt::Debug for ResponseCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseCache")
+            .field("entries", &self.entry_count())
+            .finish()
+    }
 }
 
 impl ResponseCache {
     /// Builds a cache bounded by `config.cache_size` entries.
     pub(crate) fn new(config: &Config) -> Self {
         let entries = (config.cache_size > 0).then(|| {
-            moka::sync::Cache::builder()
-                .max_capacity(config.cache_size)
-                .expire_after(KeepFor)
-                .eviction_listener(|_, _, cause| crate::metrics::cache_eviction(cause))
-                .build()
+            let capacity = usize::try_from(config.cache_size).unwrap_or(usize::MAX);
+            Arc::new(Store::with(
+                capacity,
+                config.cache_size,
+                quick_cache::UnitWeighter,
+                quick_cache::DefaultHashBuilder::default(),
+                CountEvictions,
+            ))
         });
         Self { entries }
     }
@@ -358,6 +371,8 @@ impl ResponseCache {
     pub(crate) fn lookup(&self, key: &Key, now: Instant) -> Lookup {
         match self.entries.as_ref().and_then(|entries| entries.get(key)) {
             None => Lookup::Absent,
+            // Past TTL and serve-stale window: as good as gone.
+            Some(entry) if entry.age(now) >= entry.keep_for => Lookup::Absent,
             Some(entry) => {
                 let age = entry.age(now);
                 if age >= entry.ttl {
@@ -387,6 +402,9 @@ impl ResponseCache {
         };
         let last_positive = if response.is_negative() && !options.serve_stale.is_zero() {
             entries.get(&key).and_then(|previous| {
+                if previous.age(now) >= previous.keep_for {
+                    return None;
+                }
                 if previous.response.is_negative() {
                     previous.last_positive.clone()
                 } else {
@@ -418,14 +436,14 @@ impl ResponseCache {
                 retry_after: Mutex::new(None),
             }),
         );
-        crate::metrics::cache_entries(entries.entry_count());
+        crate::metrics::cache_entries(entries.len() as u64);
     }
 
     /// Approximate number of stored entries (fresh or expired).
     pub(crate) fn entry_count(&self) -> u64 {
         self.entries
             .as_ref()
-            .map_or(0, moka::sync::Cache::entry_count)
+            .map_or(0, |entries| entries.len() as u64)
     }
 }
 
@@ -771,9 +789,9 @@ mod tests {
     }
 
     #[test]
-    fn moka_keeps_entries_for_ttl_plus_the_stale_window() {
-        // moka runs on the real clock: a zero-TTL entry with a stale window is kept,
-        // one without a window (kept for the 1 s minimum) goes after it.
+    fn entries_are_kept_for_ttl_plus_the_stale_window_and_bounded_in_number() {
+        // A zero-TTL entry with a stale window stays readable (expired, for serve-stale);
+        // one without a window (kept for the 1 s minimum) is gone after it.
         let cache = ResponseCache::new(&config());
         let kept = Key::new(&Query::query(name("kept.example."), RecordType::A), false);
         let gone = Key::new(&Query::query(name("gone.example."), RecordType::A), false);
@@ -786,11 +804,23 @@ mod tests {
             upstream: None,
         };
         cache.insert(gone.clone(), &reply, no_window, now);
-        std::thread::sleep(Duration::from_millis(1_100));
-        let entries = cache.entries.as_ref().expect("cache on");
-        entries.run_pending_tasks();
-        assert!(entries.get(&kept).is_some(), "kept for the stale window");
-        assert!(entries.get(&gone).is_none(), "expired by moka");
+        let later = now + Duration::from_millis(1_100);
+        assert!(matches!(cache.lookup(&kept, later), Lookup::Expired(_)));
+        assert!(matches!(cache.lookup(&gone, later), Lookup::Absent));
+
+        let small = ResponseCache::new(&Config {
+            cache_size: 100,
+            ..config()
+        });
+        for n in 0..1_000 {
+            let key = Key::new(
+                &Query::query(name(&format!("n{n}.example.")), RecordType::A),
+                false,
+            );
+            small.insert(key, &reply, options(60), now);
+        }
+        assert!(small.entry_count() <= 100, "{}", small.entry_count());
+        assert!(small.entry_count() >= 50, "{}", small.entry_count());
     }
 
     #[test]

@@ -16,7 +16,7 @@
 //! [`Forwarder::reconfigure`] swaps settings without dropping the cache;
 //! [`Forwarder::explain`] and [`Forwarder::upstream_stats`] report state.
 //!
-//! Module map: [`config`] (settings and bounds), `cache` (keys, TTL policy, moka,
+//! Module map: [`config`] (settings and bounds), `cache` (keys, TTL policy, quick_cache store,
 //! stale entries), `upstream` (UDP/TCP exchanges, health, failover and race), `policy`
 //! (domain-needed, bogus-priv, rebind), `explain` ([`CacheInfo`]), [`metrics`] (names
 //! and descriptions).

@@ -120,11 +120,9 @@ pub fn describe() {
     );
 }
 
-/// Counts one [`CACHE_EVICTIONS`] when moka evicted an entry for room.
-pub(crate) fn cache_eviction(cause: moka::notification::RemovalCause) {
-    if cause == moka::notification::RemovalCause::Size {
-        metrics::counter!(CACHE_EVICTIONS).increment(1);
-    }
+/// Counts one [`CACHE_EVICTIONS`]: an entry evicted for room.
+pub(crate) fn cache_eviction() {
+    metrics::counter!(CACHE_EVICTIONS).increment(1);
 }
 
 /// Sets [`CACHE_ENTRIES`].

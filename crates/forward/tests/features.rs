@@ -749,11 +749,17 @@ async fn explain_reports_cache_route_and_policy_as_json() {
     let json = serde_json::to_value(&reverse).expect("serializable");
     assert_eq!(json["policy"], "bogus_priv");
 
-    // past TTL + serve_stale: expired
-    skip(Duration::from_secs(200 + 86_400)).await;
+    // past TTL, within serve_stale: stale (kept for serve-stale)
+    skip(Duration::from_secs(260)).await;
     assert_eq!(
         forwarder.explain(&question("www.example."), false).state,
-        CacheState::Expired
+        CacheState::Stale
+    );
+    // past TTL + serve_stale: gone
+    skip(Duration::from_secs(86_400)).await;
+    assert_eq!(
+        forwarder.explain(&question("www.example."), false).state,
+        CacheState::Absent
     );
 
     let stats = serde_json::to_value(forwarder.upstream_stats()).expect("serializable");
