@@ -96,14 +96,7 @@ async fn bench_consul_sim_counts_requests_and_scripts_delays_and_checks() {
 
     let entries = health(http.clone()).await;
     assert_eq!(entries.as_array().expect("array").len(), 1);
-    let counts: serde_json::Value = http
-        .get(format!("{debug}/debug/requests"))
-        .send()
-        .await
-        .expect("counts")
-        .json()
-        .await
-        .expect("counts json");
+    let counts = request_counts(&http, &debug).await;
     assert_eq!(counts["total"], 1);
     assert_eq!(counts["paths"]["/v1/health/service/web"], 1);
 
@@ -126,15 +119,19 @@ async fn bench_consul_sim_counts_requests_and_scripts_delays_and_checks() {
     post(&http, &format!("{debug}/debug/clear-faults")).await;
 
     post(&http, &format!("{debug}/debug/requests/reset")).await;
-    let counts: serde_json::Value = http
-        .get(format!("{debug}/debug/requests"))
+    let counts = request_counts(&http, &debug).await;
+    assert_eq!(counts["total"], 0);
+}
+
+/// The simulator's request counters (`GET /debug/requests`).
+async fn request_counts(http: &reqwest::Client, debug: &str) -> serde_json::Value {
+    http.get(format!("{debug}/debug/requests"))
         .send()
         .await
         .expect("counts")
         .json()
         .await
-        .expect("counts json");
-    assert_eq!(counts["total"], 0);
+        .expect("counts json")
 }
 
 async fn post(http: &reqwest::Client, url: &str) {

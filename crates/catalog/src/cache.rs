@@ -155,6 +155,11 @@ impl Witness {
     /// fresh. A `true` counts as a cache hit and an access (it keeps the key
     /// refreshed, as a lookup would); no I/O, never waits.
     pub fn holds(&self) -> bool {
+        self.holds_at(Instant::now())
+    }
+
+    /// [`Witness::holds`] with the caller's clock reading (one per batch of queries).
+    pub fn holds_at(&self, now: Instant) -> bool {
         if self.slot.evicted.load(Ordering::Acquire) {
             return false;
         }
@@ -163,7 +168,6 @@ impl Witness {
             return false;
         }
         let inner = &self.inner;
-        let now = Instant::now();
         let watching = self.slot.watching.load(Ordering::Relaxed);
         if now.saturating_duration_since(entry.fetched_at) > inner.fresh_window(&entry, watching) {
             return false;

@@ -154,6 +154,15 @@ impl Sim {
             .map_or(0, |dc| dc.raft_index)
     }
 
+    /// A simulator whose agent lives in the fixture's `datacenter` (`dc1` when it
+    /// names none), with the fixture loaded.
+    pub fn from_fixture(json: &str) -> Result<Self, FixtureError> {
+        let fixture: fixture::Fixture = serde_json::from_str(json)?;
+        let sim = Self::with_datacenter(fixture.datacenter.as_deref().unwrap_or("dc1"));
+        sim.load_fixture(json)?;
+        Ok(sim)
+    }
+
     /// Loads a JSON fixture (see the crate's `fixtures/demo.json` for the format).
     pub fn load_fixture(&self, json: &str) -> Result<(), FixtureError> {
         let fixture: fixture::Fixture = serde_json::from_str(json)?;

@@ -11,6 +11,7 @@ use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::{A, AAAA, SOA, SRV};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use rand::seq::SliceRandom;
+use tokio::time::Instant;
 
 use crate::backend::CatalogView;
 use crate::config::{Config, ServiceTtls, ttl_secs};
@@ -151,12 +152,12 @@ impl Basis {
         }))
     }
 
-    /// Whether `catalog` still gives the same data, fresh, without waiting:
-    /// the witness when there is one, else the lookup polled once (a lookup
+    /// Whether `catalog` still gives the same data, fresh at `now`, without
+    /// waiting: the witness when there is one, else the lookup polled once (a lookup
     /// that would wait counts as changed).
-    pub(crate) fn still_holds<C: CatalogView>(&self, catalog: &C) -> bool {
+    pub(crate) fn still_holds<C: CatalogView>(&self, catalog: &C, now: Instant) -> bool {
         if let Some(witness) = &self.witness {
-            return witness.holds();
+            return witness.holds_at(now);
         }
         match &self.lookup {
             BasisLookup::Service {

@@ -162,6 +162,8 @@ fn receive_batch(
         .iter_mut()
         .map(|buffer| [IoSliceMut::new(buffer)])
         .collect();
+    // Fresh headers per call: nix leaves each header's address length as the
+    // kernel last wrote it, so reused headers could truncate a longer address.
     let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(slices.len(), None);
     // Blocks until one datagram is there, then takes what else is queued.
     let messages = recvmmsg(
@@ -277,7 +279,7 @@ fn datagram<C: CatalogView, F: Upstream>(
     };
     if let Some(key) = &key
         && let Some(len) = cache.answer(key, packet, now, outgoing.next_buffer(), |basis| {
-            basis.still_holds(shared.router.catalog())
+            basis.still_holds(shared.router.catalog(), now)
         })
     {
         outgoing.push(len, src);

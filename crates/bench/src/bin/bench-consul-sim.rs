@@ -110,16 +110,11 @@ async fn main() -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let datacenter = fixture
-        .as_deref()
-        .and_then(|json| serde_json::from_str::<serde_json::Value>(json).ok())
-        .and_then(|value| value.get("datacenter")?.as_str().map(str::to_owned))
-        .unwrap_or_else(|| "dc1".to_owned());
-    let sim = Sim::with_datacenter(&datacenter);
+    let sim = match &fixture {
+        Some(json) => Sim::from_fixture(json).context("loading fixture")?,
+        None => Sim::new(),
+    };
     sim.set_jitter(!cli.no_jitter);
-    if let Some(json) = &fixture {
-        sim.load_fixture(json).context("loading fixture")?;
-    }
     let server = sim
         .serve(cli.listen)
         .await
