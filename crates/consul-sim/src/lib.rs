@@ -425,7 +425,7 @@ impl Sim {
         let dc_name = state.default_dc.clone();
         let dc = state.dc_mut(&dc_name);
         let index = dc.next_index();
-        api::kv_write(dc, key, value, 0, index);
+        dc.kv_set(key, value, 0, index);
         drop(state);
         self.notify();
     }

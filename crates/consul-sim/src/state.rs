@@ -426,6 +426,33 @@ impl Dc {
         if index == 0 { self.kvs_index } else { index }
     }
 
+    /// A plain KV set: keeps `LockIndex` and `Session`, replaces value and flags.
+    pub(crate) fn kv_set(&mut self, key: &str, value: Bytes, flags: u64, index: u64) {
+        match self.kv.get_mut(key) {
+            Some(entry) => {
+                entry.value = value;
+                entry.flags = flags;
+                entry.modify_index = index;
+            }
+            None => {
+                self.kv.insert(
+                    key.to_owned(),
+                    KvEntry {
+                        key: key.to_owned(),
+                        value,
+                        flags,
+                        lock_index: 0,
+                        session: None,
+                        create_index: index,
+                        modify_index: index,
+                    },
+                );
+            }
+        }
+        self.tombstones.remove(key);
+        self.kvs_index = index;
+    }
+
     /// Deletes one key, leaving a tombstone.
     pub(crate) fn kv_delete_key(&mut self, key: &str, index: u64) -> bool {
         if self.kv.remove(key).is_some() {
