@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+use crate::state::{Check, KvEntry, Service, State};
+
 /// Why a fixture could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum FixtureError {
@@ -28,10 +30,10 @@ pub enum FixtureError {
     },
 }
 
+/// A fixture document; a missing `Option` field is `None` (no `#[serde(default)]` needed).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Fixture {
-    #[serde(default)]
     pub(crate) datacenter: Option<String>,
     #[serde(default)]
     pub(crate) nodes: Vec<FixtureNode>,
@@ -48,9 +50,7 @@ pub(crate) struct Fixture {
 pub(crate) struct FixtureNode {
     pub(crate) node: String,
     pub(crate) address: String,
-    #[serde(default)]
     pub(crate) datacenter: Option<String>,
-    #[serde(default)]
     pub(crate) id: Option<String>,
     #[serde(default)]
     pub(crate) meta: BTreeMap<String, String>,
@@ -60,7 +60,6 @@ pub(crate) struct FixtureNode {
 #[serde(deny_unknown_fields)]
 pub(crate) struct FixtureService {
     pub(crate) node: String,
-    #[serde(default)]
     pub(crate) id: Option<String>,
     pub(crate) service: String,
     #[serde(default)]
@@ -96,17 +95,13 @@ fn default_weights() -> Option<FixtureWeights> {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct FixtureCheck {
-    #[serde(default)]
     pub(crate) node: Option<String>,
     pub(crate) id: String,
     pub(crate) status: String,
-    #[serde(default)]
     pub(crate) name: Option<String>,
-    #[serde(default)]
     pub(crate) output: Option<String>,
-    #[serde(default)]
     pub(crate) notes: Option<String>,
-    #[serde(default, rename = "type")]
+    #[serde(rename = "type")]
     pub(crate) check_type: Option<String>,
 }
 
@@ -118,6 +113,170 @@ pub(crate) struct FixtureKv {
     pub(crate) value: String,
     #[serde(default)]
     pub(crate) flags: u64,
+}
+
+impl Fixture {
+    /// Validates the whole fixture, then applies it: nodes, node checks, services with their
+    /// checks, KV, each write at its own raft index. A fixture with an error changes nothing.
+    pub(crate) fn apply(&self, state: &mut State) -> Result<(), FixtureError> {
+        let default_dc = self
+            .datacenter
+            .clone()
+            .unwrap_or_else(|| state.default_dc.clone());
+        let node_dcs = self.node_datacenters(&default_dc);
+        self.validate(&node_dcs)?;
+        self.apply_nodes(state, &node_dcs);
+        self.apply_node_checks(state, &node_dcs);
+        self.apply_services(state, &node_dcs);
+        self.apply_kv(state, &default_dc);
+        Ok(())
+    }
+
+    /// Node name → the datacenter it lives in.
+    fn node_datacenters(&self, default_dc: &str) -> BTreeMap<String, String> {
+        self.nodes
+            .iter()
+            .map(|node| {
+                let dc_name = node.datacenter.as_deref().unwrap_or(default_dc);
+                (node.node.clone(), dc_name.to_owned())
+            })
+            .collect()
+    }
+
+    /// Every service and check names a node of the fixture, and every status is valid.
+    fn validate(&self, node_dcs: &BTreeMap<String, String>) -> Result<(), FixtureError> {
+        let known = |what: String, node: &str| {
+            if node_dcs.contains_key(node) {
+                Ok(())
+            } else {
+                Err(FixtureError::UnknownNode {
+                    what,
+                    node: node.to_owned(),
+                })
+            }
+        };
+        for service in &self.services {
+            let id = service.id.as_deref().unwrap_or(&service.service);
+            known(format!("service {id}"), &service.node)?;
+            for check in &service.checks {
+                check.validate_status()?;
+            }
+        }
+        for check in &self.node_checks {
+            known(
+                format!("check {}", check.id),
+                check.node.as_deref().unwrap_or_default(),
+            )?;
+            check.validate_status()?;
+        }
+        Ok(())
+    }
+
+    fn apply_nodes(&self, state: &mut State, node_dcs: &BTreeMap<String, String>) {
+        for node in &self.nodes {
+            let dc = state.dc_mut(&node_dcs[&node.node]);
+            let index = dc.next_index();
+            dc.upsert_node(
+                &node.node,
+                Some(&node.address),
+                Some(&node.meta),
+                node.id.as_deref(),
+                index,
+            );
+        }
+    }
+
+    fn apply_node_checks(&self, state: &mut State, node_dcs: &BTreeMap<String, String>) {
+        for check in &self.node_checks {
+            let node = check.node.as_deref().unwrap_or_default();
+            let dc = state.dc_mut(&node_dcs[node]);
+            let index = dc.next_index();
+            dc.upsert_check(check.to_check(node, None), index);
+        }
+    }
+
+    /// Each service and its checks share one raft index, as one agent registration does.
+    fn apply_services(&self, state: &mut State, node_dcs: &BTreeMap<String, String>) {
+        for service in &self.services {
+            let dc = state.dc_mut(&node_dcs[&service.node]);
+            let index = dc.next_index();
+            let record = service.to_service();
+            let owner = (record.id.clone(), record.service.clone());
+            dc.upsert_service(record, index);
+            for check in &service.checks {
+                let check = check.to_check(&service.node, Some((&owner.0, &owner.1)));
+                dc.upsert_check(check, index);
+            }
+        }
+    }
+
+    /// KV entries go to the fixture's datacenter.
+    fn apply_kv(&self, state: &mut State, default_dc: &str) {
+        let dc = state.dc_mut(default_dc);
+        for kv in &self.kv {
+            let index = dc.next_index();
+            let create_index = dc.kv.get(&kv.key).map_or(index, |old| old.create_index);
+            dc.kv.insert(
+                kv.key.clone(),
+                KvEntry {
+                    key: kv.key.clone(),
+                    value: kv.value.clone().into(),
+                    flags: kv.flags,
+                    lock_index: 0,
+                    session: None,
+                    create_index,
+                    modify_index: index,
+                },
+            );
+            dc.kvs_index = index;
+        }
+    }
+}
+
+impl FixtureService {
+    fn to_service(&self) -> Service {
+        Service {
+            node: self.node.clone(),
+            id: self.id.clone().unwrap_or_else(|| self.service.clone()),
+            service: self.service.clone(),
+            tags: self.tags.clone(),
+            address: self.address.clone(),
+            meta: self.meta.clone(),
+            port: self.port,
+            weights: self.weights.map(|w| (w.passing, w.warning)),
+            enable_tag_override: self.enable_tag_override,
+            create_index: 0,
+            modify_index: 0,
+        }
+    }
+}
+
+impl FixtureCheck {
+    fn validate_status(&self) -> Result<(), FixtureError> {
+        if valid_status(&self.status) {
+            Ok(())
+        } else {
+            Err(FixtureError::InvalidStatus {
+                check_id: self.id.clone(),
+                status: self.status.clone(),
+            })
+        }
+    }
+
+    /// The check on `node` (of `service`: instance ID and name), with the fixture's optional
+    /// name, output, notes and type over the agent's defaults.
+    fn to_check(&self, node: &str, service: Option<(&str, &str)>) -> Check {
+        let mut check = Check::new(node, &self.id, &self.status, service);
+        if let Some(name) = &self.name {
+            check.name.clone_from(name);
+        }
+        if let Some(output) = &self.output {
+            check.output.clone_from(output);
+        }
+        check.notes = self.notes.clone().unwrap_or_default();
+        check.check_type = self.check_type.clone().unwrap_or_default();
+        check
+    }
 }
 
 /// Whether a status is one a check may have.

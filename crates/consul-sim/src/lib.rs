@@ -29,7 +29,6 @@ mod registration;
 mod server;
 mod state;
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
@@ -40,7 +39,7 @@ pub use fixture::FixtureError;
 pub use registration::Registration;
 pub use server::SimServer;
 
-use state::{Check, Dc, KvEntry, Service, State};
+use state::{Check, Dc, Service, State};
 
 /// A small realistic catalog for `dnsfront demo` (dc1: web, api, db, redis).
 pub const DEMO_FIXTURE: &str = include_str!("../fixtures/demo.json");
@@ -163,143 +162,11 @@ impl Sim {
         Ok(sim)
     }
 
-    /// Loads a JSON fixture (see the crate's `fixtures/demo.json` for the format).
+    /// Loads a JSON fixture (see the crate's `fixtures/demo.json` for the format); a fixture
+    /// with an error changes nothing.
     pub fn load_fixture(&self, json: &str) -> Result<(), FixtureError> {
         let fixture: fixture::Fixture = serde_json::from_str(json)?;
-        let mut state = self.lock();
-        let default_dc = fixture
-            .datacenter
-            .clone()
-            .unwrap_or_else(|| state.default_dc.clone());
-        let mut node_dcs: BTreeMap<String, String> = BTreeMap::new();
-        for node in &fixture.nodes {
-            let dc_name = node
-                .datacenter
-                .clone()
-                .unwrap_or_else(|| default_dc.clone());
-            node_dcs.insert(node.node.clone(), dc_name);
-        }
-        for service in &fixture.services {
-            if !node_dcs.contains_key(&service.node) {
-                return Err(FixtureError::UnknownNode {
-                    what: format!(
-                        "service {}",
-                        service.id.as_deref().unwrap_or(&service.service)
-                    ),
-                    node: service.node.clone(),
-                });
-            }
-            for check in &service.checks {
-                if !fixture::valid_status(&check.status) {
-                    return Err(FixtureError::InvalidStatus {
-                        check_id: check.id.clone(),
-                        status: check.status.clone(),
-                    });
-                }
-            }
-        }
-        for check in &fixture.node_checks {
-            let node = check.node.clone().unwrap_or_default();
-            if !node_dcs.contains_key(&node) {
-                return Err(FixtureError::UnknownNode {
-                    what: format!("check {}", check.id),
-                    node,
-                });
-            }
-            if !fixture::valid_status(&check.status) {
-                return Err(FixtureError::InvalidStatus {
-                    check_id: check.id.clone(),
-                    status: check.status.clone(),
-                });
-            }
-        }
-        for node in &fixture.nodes {
-            let dc = state.dc_mut(&node_dcs[&node.node]);
-            let index = dc.next_index();
-            dc.upsert_node(
-                &node.node,
-                Some(&node.address),
-                Some(&node.meta),
-                node.id.as_deref(),
-                index,
-            );
-        }
-        for check in &fixture.node_checks {
-            let node = check.node.clone().unwrap_or_default();
-            let dc = state.dc_mut(&node_dcs[&node]);
-            let index = dc.next_index();
-            dc.upsert_check(
-                make_check(
-                    &node,
-                    &check.id,
-                    &check.status,
-                    None,
-                    check.name.as_deref(),
-                    check.output.as_deref(),
-                    check.notes.as_deref(),
-                    check.check_type.as_deref(),
-                ),
-                index,
-            );
-        }
-        for service in &fixture.services {
-            let dc = state.dc_mut(&node_dcs[&service.node]);
-            let index = dc.next_index();
-            let service_id = service
-                .id
-                .clone()
-                .unwrap_or_else(|| service.service.clone());
-            dc.upsert_service(
-                Service {
-                    node: service.node.clone(),
-                    id: service_id.clone(),
-                    service: service.service.clone(),
-                    tags: service.tags.clone(),
-                    address: service.address.clone(),
-                    meta: service.meta.clone(),
-                    port: service.port,
-                    weights: service.weights.map(|w| (w.passing, w.warning)),
-                    enable_tag_override: service.enable_tag_override,
-                    create_index: 0,
-                    modify_index: 0,
-                },
-                index,
-            );
-            for check in &service.checks {
-                dc.upsert_check(
-                    make_check(
-                        &service.node,
-                        &check.id,
-                        &check.status,
-                        Some((&service_id, &service.service)),
-                        check.name.as_deref(),
-                        check.output.as_deref(),
-                        check.notes.as_deref(),
-                        check.check_type.as_deref(),
-                    ),
-                    index,
-                );
-            }
-        }
-        for kv in &fixture.kv {
-            let dc = state.dc_mut(&default_dc);
-            let index = dc.next_index();
-            let create_index = dc.kv.get(&kv.key).map_or(index, |old| old.create_index);
-            dc.kv.insert(
-                kv.key.clone(),
-                KvEntry {
-                    key: kv.key.clone(),
-                    value: Bytes::from(kv.value.clone().into_bytes()),
-                    flags: kv.flags,
-                    lock_index: 0,
-                    session: None,
-                    create_index,
-                    modify_index: index,
-                },
-            );
-            dc.kvs_index = index;
-        }
-        drop(state);
+        fixture.apply(&mut self.lock())?;
         self.notify();
         Ok(())
     }
@@ -321,10 +188,7 @@ impl Sim {
             index,
         );
         for (check_id, status) in &reg.node_checks {
-            dc.upsert_check(
-                make_check(&reg.node, check_id, status, None, None, None, None, None),
-                index,
-            );
+            dc.upsert_check(Check::new(&reg.node, check_id, status, None), index);
         }
         let service_id = reg.service_id();
         dc.upsert_service(
@@ -345,15 +209,11 @@ impl Sim {
         );
         for (check_id, status) in &reg.checks {
             dc.upsert_check(
-                make_check(
+                Check::new(
                     &reg.node,
                     check_id,
                     status,
                     Some((&service_id, &reg.service)),
-                    None,
-                    None,
-                    None,
-                    None,
                 ),
                 index,
             );
@@ -547,44 +407,5 @@ fn invalidate_sessions_for_check(
         .collect();
     for session_id in doomed {
         dc.invalidate_session(&session_id, now);
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn make_check(
-    node: &str,
-    check_id: &str,
-    status: &str,
-    service: Option<(&str, &str)>,
-    name: Option<&str>,
-    output: Option<&str>,
-    notes: Option<&str>,
-    check_type: Option<&str>,
-) -> Check {
-    let (service_id, service_name) = service.unwrap_or(("", ""));
-    let default_name = if check_id == "serfHealth" {
-        "Serf Health Status".to_owned()
-    } else if service.is_some() {
-        format!("Service '{service_name}' check")
-    } else {
-        check_id.to_owned()
-    };
-    let default_output = if check_id == "serfHealth" && status == "passing" {
-        "Agent alive and reachable"
-    } else {
-        ""
-    };
-    Check {
-        node: node.to_owned(),
-        check_id: check_id.to_owned(),
-        name: name.map_or(default_name, str::to_owned),
-        status: status.to_owned(),
-        notes: notes.unwrap_or_default().to_owned(),
-        output: output.unwrap_or(default_output).to_owned(),
-        service_id: service_id.to_owned(),
-        service_name: service_name.to_owned(),
-        check_type: check_type.unwrap_or_default().to_owned(),
-        create_index: 0,
-        modify_index: 0,
     }
 }

@@ -136,6 +136,45 @@ pub(crate) struct Check {
     pub(crate) modify_index: u64,
 }
 
+impl Check {
+    /// A check as an agent registers it: Consul's default name (and output for a passing
+    /// `serfHealth`), no notes, no type. `service` is the (instance ID, service name) of a
+    /// service check, `None` for a node check.
+    pub(crate) fn new(
+        node: &str,
+        check_id: &str,
+        status: &str,
+        service: Option<(&str, &str)>,
+    ) -> Self {
+        let (service_id, service_name) = service.unwrap_or(("", ""));
+        let name = if check_id == "serfHealth" {
+            "Serf Health Status".to_owned()
+        } else if service.is_some() {
+            format!("Service '{service_name}' check")
+        } else {
+            check_id.to_owned()
+        };
+        let output = if check_id == "serfHealth" && status == "passing" {
+            "Agent alive and reachable"
+        } else {
+            ""
+        };
+        Self {
+            node: node.to_owned(),
+            check_id: check_id.to_owned(),
+            name,
+            status: status.to_owned(),
+            notes: String::new(),
+            output: output.to_owned(),
+            service_id: service_id.to_owned(),
+            service_name: service_name.to_owned(),
+            check_type: String::new(),
+            create_index: 0,
+            modify_index: 0,
+        }
+    }
+}
+
 /// A KV entry.
 #[derive(Debug, Clone)]
 pub(crate) struct KvEntry {
