@@ -39,7 +39,7 @@ pub use fixture::FixtureError;
 pub use registration::Registration;
 pub use server::SimServer;
 
-use state::{Check, Dc, Service, State};
+use state::{Check, Dc, State};
 
 /// A small realistic catalog for `dnsfront demo` (dc1: web, api, db, redis).
 pub const DEMO_FIXTURE: &str = include_str!("../fixtures/demo.json");
@@ -112,6 +112,14 @@ impl Sim {
         self.inner.changed.subscribe()
     }
 
+    /// Applies `change` under the lock, then wakes blocking queries if it reports a change.
+    fn update(&self, change: impl FnOnce(&mut State) -> bool) {
+        let changed = change(&mut self.lock());
+        if changed {
+            self.notify();
+        }
+    }
+
     /// Wakes blocking queries after a state change.
     pub(crate) fn notify(&self) {
         self.inner
@@ -146,11 +154,7 @@ impl Sim {
 
     /// The current raft index of the agent's datacenter.
     pub fn raft_index(&self) -> u64 {
-        let state = self.lock();
-        state
-            .dcs
-            .get(&state.default_dc)
-            .map_or(0, |dc| dc.raft_index)
+        self.lock().agent_dc().map_or(0, |dc| dc.raft_index)
     }
 
     /// A simulator whose agent lives in the fixture's `datacenter` (`dc1` when it
@@ -173,53 +177,32 @@ impl Sim {
 
     /// Upserts a node, a service instance on it and their checks (one raft index).
     pub fn register(&self, reg: Registration) {
-        let mut state = self.lock();
-        let dc_name = reg
-            .datacenter
-            .clone()
-            .unwrap_or_else(|| state.default_dc.clone());
-        let dc = state.dc_mut(&dc_name);
-        let index = dc.next_index();
-        dc.upsert_node(
-            &reg.node,
-            reg.node_address.as_deref(),
-            reg.node_meta.as_ref(),
-            None,
-            index,
-        );
-        for (check_id, status) in &reg.node_checks {
-            dc.upsert_check(Check::new(&reg.node, check_id, status, None), index);
-        }
-        let service_id = reg.service_id();
-        dc.upsert_service(
-            Service {
-                node: reg.node.clone(),
-                id: service_id.clone(),
-                service: reg.service.clone(),
-                tags: reg.tags.clone(),
-                address: reg.address.clone(),
-                meta: reg.meta.clone(),
-                port: reg.port,
-                weights: reg.weights,
-                enable_tag_override: reg.enable_tag_override,
-                create_index: 0,
-                modify_index: 0,
-            },
-            index,
-        );
-        for (check_id, status) in &reg.checks {
-            dc.upsert_check(
-                Check::new(
-                    &reg.node,
-                    check_id,
-                    status,
-                    Some((&service_id, &reg.service)),
-                ),
+        self.update(|state| {
+            let dc_name = reg
+                .datacenter
+                .clone()
+                .unwrap_or_else(|| state.default_dc.clone());
+            let dc = state.dc_mut(&dc_name);
+            let index = dc.next_index();
+            dc.upsert_node(
+                &reg.node,
+                reg.node_address.as_deref(),
+                reg.node_meta.as_ref(),
+                None,
                 index,
             );
-        }
-        drop(state);
-        self.notify();
+            for (check_id, status) in &reg.node_checks {
+                dc.upsert_check(Check::new(&reg.node, check_id, status, None), index);
+            }
+            let service = reg.to_service();
+            let owner = (service.id.clone(), service.service.clone());
+            dc.upsert_service(service, index);
+            for (check_id, status) in &reg.checks {
+                let check = Check::new(&reg.node, check_id, status, Some((&owner.0, &owner.1)));
+                dc.upsert_check(check, index);
+            }
+            true
+        });
     }
 
     /// Shorthand for [`Registration::new`]; pass the result to [`Sim::register`].
@@ -229,13 +212,7 @@ impl Sim {
 
     /// Removes a service instance and its checks from the agent's datacenter.
     pub fn deregister(&self, node: &str, service_id: &str) {
-        let mut state = self.lock();
-        let dc_name = state.default_dc.clone();
-        let changed = state.dc_mut(&dc_name).remove_service(node, service_id);
-        drop(state);
-        if changed {
-            self.notify();
-        }
+        self.update(|state| state.agent_dc_mut().remove_service(node, service_id));
     }
 
     /// Sets a check's status (`passing`, `warning` or `critical`) in any datacenter; bumps indexes.
@@ -245,69 +222,57 @@ impl Sim {
             tracing::warn!(node, check_id, status, "Ignoring invalid check status");
             return;
         }
-        let mut state = self.lock();
-        let now = tokio::time::Instant::now();
-        let mut changed = false;
-        for dc in state.dcs.values_mut() {
-            if dc.set_check_status(node, check_id, status) {
-                changed = true;
-                if status == "critical" {
-                    invalidate_sessions_for_check(dc, node, check_id, now);
+        self.update(|state| {
+            let now = tokio::time::Instant::now();
+            let mut changed = false;
+            for dc in state.dcs.values_mut() {
+                if dc.set_check_status(node, check_id, status) {
+                    changed = true;
+                    if status == "critical" {
+                        invalidate_sessions_for_check(dc, node, check_id, now);
+                    }
                 }
             }
-        }
-        drop(state);
-        if changed {
-            self.notify();
-        }
+            changed
+        });
     }
 
     /// Changes a node's address in any datacenter; bumps the indexes of its services.
     pub fn set_node_address(&self, node: &str, address: &str) {
-        let mut state = self.lock();
-        let mut changed = false;
-        for dc in state.dcs.values_mut() {
-            if dc.nodes.contains_key(node) {
-                let index = dc.next_index();
-                changed |= dc.upsert_node(node, Some(address), None, None, index);
+        self.update(|state| {
+            let mut changed = false;
+            for dc in state.dcs.values_mut() {
+                if dc.nodes.contains_key(node) {
+                    let index = dc.next_index();
+                    changed |= dc.upsert_node(node, Some(address), None, None, index);
+                }
             }
-        }
-        drop(state);
-        if changed {
-            self.notify();
-        }
+            changed
+        });
     }
 
     /// Writes a KV entry in the agent's datacenter (like a plain `PUT`; keeps any lock).
     pub fn kv_put(&self, key: &str, value: impl Into<Bytes>) {
         let value = value.into();
-        let mut state = self.lock();
-        let dc_name = state.default_dc.clone();
-        let dc = state.dc_mut(&dc_name);
-        let index = dc.next_index();
-        dc.kv_set(key, value, 0, index);
-        drop(state);
-        self.notify();
+        self.update(|state| {
+            let dc = state.agent_dc_mut();
+            let index = dc.next_index();
+            dc.kv_set(key, value, 0, index);
+            true
+        });
     }
 
     /// Reads a KV value from the agent's datacenter.
     pub fn kv_get(&self, key: &str) -> Option<Bytes> {
         let state = self.lock();
-        state
-            .dcs
-            .get(&state.default_dc)
-            .and_then(|dc| dc.kv.get(key))
-            .map(|entry| entry.value.clone())
+        let entry = state.agent_dc()?.kv.get(key)?;
+        Some(entry.value.clone())
     }
 
     /// The session holding a KV key's lock, if any.
     pub fn kv_session(&self, key: &str) -> Option<String> {
         let state = self.lock();
-        state
-            .dcs
-            .get(&state.default_dc)
-            .and_then(|dc| dc.kv.get(key))
-            .and_then(|entry| entry.session.clone())
+        state.agent_dc()?.kv.get(key)?.session.clone()
     }
 
     /// Sets the valid ACL tokens; an empty list turns ACLs off (the default).
@@ -317,14 +282,18 @@ impl Sim {
 
     /// Activates a fault.
     pub fn inject(&self, fault: Fault) {
-        self.lock().faults.push(fault);
-        self.notify();
+        self.update(|state| {
+            state.faults.push(fault);
+            true
+        });
     }
 
     /// Removes every fault.
     pub fn clear_faults(&self) {
-        self.lock().faults.clear();
-        self.notify();
+        self.update(|state| {
+            state.faults.clear();
+            true
+        });
     }
 
     /// The request log in arrival order.
@@ -375,21 +344,22 @@ impl Sim {
     }
 
     pub(crate) fn expire_session(&self, dc_name: &str, session_id: &str) {
-        let mut state = self.lock();
-        let now = tokio::time::Instant::now();
-        let Some(dc) = state.dcs.get_mut(dc_name) else {
-            return;
-        };
-        let expired = dc
-            .sessions
-            .get(session_id)
-            .and_then(|session| session.expires_at)
-            .is_some_and(|expires_at| expires_at <= now);
-        if expired && dc.invalidate_session(session_id, now) {
-            tracing::debug!(session = session_id, "Session TTL expired");
-            drop(state);
-            self.notify();
-        }
+        self.update(|state| {
+            let now = tokio::time::Instant::now();
+            let Some(dc) = state.dcs.get_mut(dc_name) else {
+                return false;
+            };
+            let expired = dc
+                .sessions
+                .get(session_id)
+                .and_then(|session| session.expires_at)
+                .is_some_and(|expires_at| expires_at <= now);
+            let invalidated = expired && dc.invalidate_session(session_id, now);
+            if invalidated {
+                tracing::debug!(session = session_id, "Session TTL expired");
+            }
+            invalidated
+        });
     }
 }
 

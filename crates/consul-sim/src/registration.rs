@@ -2,6 +2,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::state::Service;
+
 /// A node + service instance + checks to upsert with [`crate::Sim::register`].
 ///
 /// ```
@@ -160,5 +162,22 @@ impl Registration {
     /// The instance ID this registration will use.
     pub fn service_id(&self) -> String {
         self.id.clone().unwrap_or_else(|| self.service.clone())
+    }
+
+    /// The service instance record (its indexes are set when it is upserted).
+    pub(crate) fn to_service(&self) -> Service {
+        Service {
+            node: self.node.clone(),
+            id: self.service_id(),
+            service: self.service.clone(),
+            tags: self.tags.clone(),
+            address: self.address.clone(),
+            meta: self.meta.clone(),
+            port: self.port,
+            weights: self.weights,
+            enable_tag_override: self.enable_tag_override,
+            create_index: 0,
+            modify_index: 0,
+        }
     }
 }

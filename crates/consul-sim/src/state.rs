@@ -65,6 +65,17 @@ impl State {
             .unwrap_or(0)
     }
 
+    /// The agent's own datacenter (always present: created with the state, never removed).
+    pub(crate) fn agent_dc(&self) -> Option<&Dc> {
+        self.dcs.get(&self.default_dc)
+    }
+
+    pub(crate) fn agent_dc_mut(&mut self) -> &mut Dc {
+        let name = self.default_dc.clone();
+        self.dc_mut(&name)
+    }
+
+    /// A datacenter, created empty when unknown.
     pub(crate) fn dc_mut(&mut self, name: &str) -> &mut Dc {
         self.dcs
             .entry(name.to_owned())
