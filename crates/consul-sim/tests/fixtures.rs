@@ -2,28 +2,20 @@
 
 use consul_sim::{DEMO_FIXTURE, FixtureError, Sim};
 
+mod common;
+
+use common::call;
+
 #[tokio::test]
 async fn demo_fixture_has_the_documented_services() {
     let sim = Sim::new();
     sim.load_fixture(DEMO_FIXTURE).expect("demo fixture loads");
-    let response = sim
-        .handle(
-            http::Request::get("/v1/catalog/services")
-                .body(bytes::Bytes::new())
-                .expect("request"),
-        )
-        .await;
+    let response = call(&sim, "GET", "/v1/catalog/services", "").await;
     let services: serde_json::Value = serde_json::from_slice(response.body()).expect("json");
     for name in ["web", "api", "db", "redis"] {
         assert!(services.get(name).is_some(), "demo has {name}");
     }
-    let nodes = sim
-        .handle(
-            http::Request::get("/v1/catalog/nodes")
-                .body(bytes::Bytes::new())
-                .expect("request"),
-        )
-        .await;
+    let nodes = call(&sim, "GET", "/v1/catalog/nodes", "").await;
     let nodes: serde_json::Value = serde_json::from_slice(nodes.body()).expect("json");
     let addresses: Vec<&str> = nodes
         .as_array()
@@ -66,13 +58,7 @@ async fn fixture_weights_may_be_null_and_nodes_may_live_in_other_datacenters() {
             "services":[{"node":"e1","id":"web-e1","service":"web","port":80,"weights":null}]}"#,
     )
     .expect("loads");
-    let response = sim
-        .handle(
-            http::Request::get("/v1/health/service/web?dc=dc2")
-                .body(bytes::Bytes::new())
-                .expect("request"),
-        )
-        .await;
+    let response = call(&sim, "GET", "/v1/health/service/web?dc=dc2", "").await;
     let body: serde_json::Value = serde_json::from_slice(response.body()).expect("json");
     assert_eq!(body[0]["Service"]["ID"], "web-e1");
     assert!(body[0]["Service"]["Weights"].is_null());

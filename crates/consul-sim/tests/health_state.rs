@@ -1,31 +1,11 @@
 //! `/v1/health/state/:state` over real HTTP on 127.0.0.1:0.
 
-use std::time::Duration;
-
-use consul_sim::{DEMO_FIXTURE, Fault, Registration, Sim, SimServer};
+use consul_sim::{Fault, Registration, Sim, SimServer};
 use serde_json::Value;
 
 mod common;
 
-use common::{client, get, start};
-
-async fn demo() -> (Sim, SimServer) {
-    let sim = Sim::new();
-    sim.load_fixture(DEMO_FIXTURE).expect("demo fixture loads");
-    let server = start(&sim).await;
-    (sim, server)
-}
-
-fn index_of(response: &reqwest::Response) -> u64 {
-    response
-        .headers()
-        .get("x-consul-index")
-        .expect("X-Consul-Index present")
-        .to_str()
-        .expect("ascii")
-        .parse()
-        .expect("numeric index")
-}
+use common::{blocking_answer, client, demo, get, index_of, start, start_blocking_get};
 
 /// `(Node, CheckID, Status)` of every check in a body, in body order.
 fn checks(body: &Value) -> Vec<(String, String, String)> {
@@ -230,22 +210,13 @@ async fn blocking_query_wakes_on_a_check_change_only() {
     assert_eq!(response.status(), 200);
     assert_eq!(index_of(&response), index);
 
-    let url = format!(
-        "{}/v1/health/state/critical?index={index}&wait=60s",
-        server.url()
-    );
-    let waiter = tokio::spawn(async move { client().get(url).send().await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(
-        !waiter.is_finished(),
-        "blocking query must wait for a change"
-    );
+    let waiter = start_blocking_get(
+        &server,
+        &format!("/v1/health/state/critical?index={index}&wait=60s"),
+    )
+    .await;
     sim.set_check("node-1", "service:web-1", "critical");
-    let response = tokio::time::timeout(Duration::from_secs(10), waiter)
-        .await
-        .expect("blocking query returned before its wait")
-        .expect("task")
-        .expect("response");
+    let response = blocking_answer(waiter).await;
     assert!(index_of(&response) > index);
     let body: Value = response.json().await.expect("json");
     assert!(

@@ -2,30 +2,12 @@
 
 use std::time::Duration;
 
-use consul_sim::{DEMO_FIXTURE, Fault, Registration, Sim, SimServer};
+use consul_sim::{Fault, Registration, Sim};
 use serde_json::Value;
 
 mod common;
 
-use common::{client, get, start};
-
-async fn demo() -> (Sim, SimServer) {
-    let sim = Sim::new();
-    sim.load_fixture(DEMO_FIXTURE).expect("demo fixture loads");
-    let server = start(&sim).await;
-    (sim, server)
-}
-
-fn index_of(response: &reqwest::Response) -> u64 {
-    response
-        .headers()
-        .get("x-consul-index")
-        .expect("X-Consul-Index present")
-        .to_str()
-        .expect("ascii")
-        .parse()
-        .expect("numeric index")
-}
+use common::{blocking_answer, client, demo, get, index_of, start, start_blocking_get};
 
 fn header<'a>(response: &'a reqwest::Response, name: &str) -> &'a str {
     response
@@ -296,22 +278,13 @@ async fn cached_reads_report_miss_then_hit() {
 async fn blocking_query_returns_when_the_service_changes() {
     let (sim, server) = demo().await;
     let index = index_of(&get(&server, "/v1/health/service/web").await);
-    let url = format!(
-        "{}/v1/health/service/web?index={index}&wait=60s",
-        server.url()
-    );
-    let waiter = tokio::spawn(async move { client().get(url).send().await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(
-        !waiter.is_finished(),
-        "blocking query must wait for a change"
-    );
+    let waiter = start_blocking_get(
+        &server,
+        &format!("/v1/health/service/web?index={index}&wait=60s"),
+    )
+    .await;
     sim.set_check("node-2", "service:web-2", "critical");
-    let response = tokio::time::timeout(Duration::from_secs(10), waiter)
-        .await
-        .expect("blocking query returned before its wait")
-        .expect("task")
-        .expect("response");
+    let response = blocking_answer(waiter).await;
     assert!(index_of(&response) > index);
     let body: Value = response.json().await.expect("json");
     let web2 = body

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 mod common;
 
-use common::{client, get, start};
+use common::{call, client, get, start};
 
 async fn put(
     server: &SimServer,
@@ -208,15 +208,6 @@ async fn no_leader_fails_writes() {
     let response = put(&server, "/v1/kv/k", "v").await;
     assert_eq!(response.status(), 500);
     assert_eq!(response.text().await.expect("body"), "No cluster leader");
-}
-
-async fn call(sim: &Sim, method: &str, uri: &str, body: &'static str) -> http::Response<Bytes> {
-    let request = http::Request::builder()
-        .method(method)
-        .uri(uri)
-        .body(Bytes::from_static(body.as_bytes()))
-        .expect("request");
-    sim.handle(request).await
 }
 
 fn json(response: &http::Response<Bytes>) -> Value {
