@@ -488,6 +488,15 @@ async fn counts_requests_by_path_prefix() {
     assert_eq!(sim.request_count("/"), 0);
 }
 
+async fn get_with_header(url: &str, name: &str, value: &str) -> reqwest::Response {
+    client()
+        .get(url)
+        .header(name, value)
+        .send()
+        .await
+        .expect("response")
+}
+
 #[tokio::test]
 async fn acl_tokens_are_required_when_configured() {
     let (sim, server) = demo().await;
@@ -497,26 +506,11 @@ async fn acl_tokens_are_required_when_configured() {
     assert_eq!(response.status(), 403);
     assert_eq!(header(&response, "x-consul-default-acl-policy"), "deny");
     assert_eq!(response.text().await.expect("body"), "ACL not found");
-    let response = client()
-        .get(&url)
-        .header("X-Consul-Token", "wrong")
-        .send()
-        .await
-        .expect("response");
+    let response = get_with_header(&url, "X-Consul-Token", "wrong").await;
     assert_eq!(response.status(), 403);
-    let response = client()
-        .get(&url)
-        .header("X-Consul-Token", "s3cret")
-        .send()
-        .await
-        .expect("response");
+    let response = get_with_header(&url, "X-Consul-Token", "s3cret").await;
     assert_eq!(response.status(), 200);
-    let response = client()
-        .get(&url)
-        .header("Authorization", "bearer s3cret")
-        .send()
-        .await
-        .expect("response");
+    let response = get_with_header(&url, "Authorization", "bearer s3cret").await;
     assert_eq!(response.status(), 200);
     sim.set_acl_tokens(&[]);
     assert_eq!(
