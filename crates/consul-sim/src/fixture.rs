@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::state::{Check, KvEntry, Service, State};
+use crate::state::{Check, Service, State};
 
 /// Why a fixture could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -210,25 +210,13 @@ impl Fixture {
         }
     }
 
-    /// KV entries go to the fixture's datacenter.
+    /// KV entries go to the fixture's datacenter, each written like a plain `PUT` (a held
+    /// lock stays held, as with [`crate::Sim::kv_put`]).
     fn apply_kv(&self, state: &mut State, default_dc: &str) {
         let dc = state.dc_mut(default_dc);
         for kv in &self.kv {
             let index = dc.next_index();
-            let create_index = dc.kv.get(&kv.key).map_or(index, |old| old.create_index);
-            dc.kv.insert(
-                kv.key.clone(),
-                KvEntry {
-                    key: kv.key.clone(),
-                    value: kv.value.clone().into(),
-                    flags: kv.flags,
-                    lock_index: 0,
-                    session: None,
-                    create_index,
-                    modify_index: index,
-                },
-            );
-            dc.kvs_index = index;
+            dc.kv_set(&kv.key, kv.value.clone().into(), kv.flags, index);
         }
     }
 }

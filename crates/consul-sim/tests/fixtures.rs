@@ -63,3 +63,22 @@ async fn fixture_weights_may_be_null_and_nodes_may_live_in_other_datacenters() {
     assert_eq!(body[0]["Service"]["ID"], "web-e1");
     assert!(body[0]["Service"]["Weights"].is_null());
 }
+
+#[tokio::test]
+async fn fixture_kv_is_written_like_a_plain_put_and_keeps_a_held_lock() {
+    let sim = Sim::new();
+    let created = call(&sim, "PUT", "/v1/session/create", "").await;
+    let created: serde_json::Value = serde_json::from_slice(created.body()).expect("json");
+    let session = created["ID"].as_str().expect("ID").to_owned();
+    let acquired = call(&sim, "PUT", &format!("/v1/kv/k?acquire={session}"), "old").await;
+    assert_eq!(acquired.body().as_ref(), b"true");
+
+    sim.load_fixture(r#"{"kv":[{"key":"k","value":"new","flags":3}]}"#)
+        .expect("loads");
+    assert_eq!(sim.kv_get("k"), Some(bytes::Bytes::from_static(b"new")));
+    assert_eq!(sim.kv_session("k").as_deref(), Some(session.as_str()));
+    let entry = call(&sim, "GET", "/v1/kv/k", "").await;
+    let entry: serde_json::Value = serde_json::from_slice(entry.body()).expect("json");
+    assert_eq!(entry[0]["LockIndex"], 1);
+    assert_eq!(entry[0]["Flags"], 3);
+}
