@@ -8,7 +8,7 @@ pub(super) const JSON: &str = "application/json";
 pub(super) const TEXT: &str = "text/plain; charset=utf-8";
 
 /// A finished response.
-pub(crate) type Resp = Response<Bytes>;
+pub(super) type Resp = Response<Bytes>;
 
 /// What an endpoint returns: `Err` carries an early error response, so `?` ends a handler
 /// with it; [`super::handle`] answers either side.
