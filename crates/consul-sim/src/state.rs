@@ -83,6 +83,8 @@ impl State {
     }
 }
 
+// === records ===
+
 /// A catalog node.
 #[derive(Debug, Clone)]
 pub(crate) struct Node {
@@ -229,6 +231,8 @@ pub(crate) struct Session {
     pub(crate) create_index: u64,
     pub(crate) modify_index: u64,
 }
+
+// === impl Dc ===
 
 /// One datacenter's replicated state.
 #[derive(Debug)]
@@ -549,7 +553,6 @@ impl Dc {
     }
 }
 
-/// A stable UUID-shaped node ID derived from the node name (FNV-1a).
 /// The entries of a key-sorted map whose keys start with `prefix`, in key order.
 pub(crate) fn under_prefix<'a, V>(
     map: &'a BTreeMap<String, V>,
@@ -559,6 +562,9 @@ pub(crate) fn under_prefix<'a, V>(
         .take_while(move |(key, _)| key.starts_with(prefix))
 }
 
+// === ids ===
+
+/// A stable UUID-shaped node ID derived from the node name (FNV-1a).
 pub(crate) fn node_id_for(name: &str) -> String {
     let mut first: u64 = 0xcbf2_9ce4_8422_2325;
     let mut second: u64 = 0x8422_2325_cbf2_9ce4;
