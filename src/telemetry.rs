@@ -91,6 +91,7 @@ pub fn describe_metrics() {
     dnsfront_consul::metrics::describe();
     dnsfront_dns::metrics::describe();
     dnsfront_forward::metrics::describe();
+    dnsfront_hosts::metrics::describe();
     dnsfront_snapshot::metrics::describe();
     metrics::describe_gauge!(BUILD_INFO, "Always 1, tagged with the running version");
 }
@@ -522,5 +523,71 @@ impl<R: Recorder> Recorder for RepeatGauges<R> {
             })
         });
         Gauge::from_arc(Arc::clone(gauge))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records the names given a description, and nothing else.
+    #[derive(Default)]
+    struct Described(Mutex<Vec<String>>);
+
+    impl Described {
+        fn push(&self, key: KeyName) {
+            self.0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(key.as_str().to_owned());
+        }
+    }
+
+    impl Recorder for Described {
+        fn describe_counter(&self, key: KeyName, _: Option<Unit>, _: SharedString) {
+            self.push(key);
+        }
+        fn describe_gauge(&self, key: KeyName, _: Option<Unit>, _: SharedString) {
+            self.push(key);
+        }
+        fn describe_histogram(&self, key: KeyName, _: Option<Unit>, _: SharedString) {
+            self.push(key);
+        }
+        fn register_counter(&self, _: &Key, _: &Metadata<'_>) -> Counter {
+            Counter::noop()
+        }
+        fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
+            Gauge::noop()
+        }
+        fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+            Histogram::noop()
+        }
+    }
+
+    /// The metric names of the README's metrics table, without the default prefix.
+    fn readme_metric_names() -> Vec<String> {
+        include_str!("../README.md")
+            .lines()
+            .filter_map(|line| line.strip_prefix("| `dnsfront."))
+            .filter_map(|rest| rest.split_once('`'))
+            .map(|(name, _)| name.to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn every_metric_in_the_readme_is_described() {
+        let recorder = Described::default();
+        metrics::with_local_recorder(&recorder, describe_metrics);
+        let described = recorder
+            .0
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner);
+        let names = readme_metric_names();
+        assert!(names.len() > 30, "README table found: {names:?}");
+        let missing: Vec<_> = names
+            .iter()
+            .filter(|name| !described.contains(name))
+            .collect();
+        assert!(missing.is_empty(), "no description: {missing:?}");
     }
 }
