@@ -1,3 +1,10 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use dnsfront_catalog as catalog;
+use dnsfront_forward as forward;
+
 use super::*;
 
 fn parse(text: &str) -> Result<Settings, ConfigError> {
