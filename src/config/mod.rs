@@ -11,6 +11,7 @@ mod consul;
 mod dns;
 mod forward;
 mod hosts;
+pub mod keys;
 mod log;
 mod metrics;
 mod raw;
