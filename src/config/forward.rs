@@ -235,12 +235,9 @@ impl RawConfig {
             prefetch: f.prefetch,
             udp_payload: forward::config::UDP_PAYLOAD.default,
         };
-        // The forwarder owns its bounds (DefMinMax consts); its keys are already
-        // the file's key paths.
-        config.validate().map_err(|error| match error {
-            forward::Error::InvalidConfig { key, reason } => invalid(key, reason),
-            other => invalid("forward", other.to_string()),
-        })?;
+        // The forwarder owns its bounds (DefMinMax consts) and names fields;
+        // the key paths are ours.
+        config.validate().map_err(invalid_forward)?;
         Ok((config, origin))
     }
 }
@@ -262,4 +259,65 @@ fn is_same_endpoint(own: &SocketAddr, upstream: &SocketAddr) -> bool {
     own.ip() == upstream.ip()
         || (own.ip().is_unspecified()
             && (upstream.ip().is_loopback() || upstream.ip().is_unspecified()))
+}
+
+/// The file's key path of a forwarder setting.
+fn key_path(field: forward::Field) -> String {
+    use forward::Field;
+    let name = match field {
+        Field::RuleZone(index) => return format!("forward.rules[{index}].zone"),
+        Field::RuleUpstreams(index) => return format!("forward.rules[{index}].upstreams"),
+        Field::RebindAllow(index) => return format!("forward.rebind_allow[{index}]"),
+        Field::Upstreams => "upstreams",
+        Field::AttemptTimeout => "attempt_timeout",
+        Field::Deadline => "deadline",
+        Field::CacheSize => "cache_size",
+        Field::MinTtl => "min_ttl",
+        Field::MaxTtl => "max_ttl",
+        Field::NegativeMaxTtl => "negative_max_ttl",
+        // Not in the file (always the default); named for completeness.
+        Field::UdpPayload => "udp_payload",
+        Field::MaxInFlight => "max_in_flight",
+        Field::MaxFails => "max_fails",
+        Field::ProbeInterval => "probe_interval",
+        Field::ServeStale => "serve_stale",
+        Field::StaleAnswerTtl => "stale_answer_ttl",
+    };
+    format!("forward.{name}")
+}
+
+/// A rejected forwarder setting, named by its key path.
+pub(super) fn invalid_forward(error: forward::InvalidConfig) -> ConfigError {
+    use forward::{Field, InvalidConfig};
+    let reason = match &error {
+        InvalidConfig::OutOfRange {
+            min, max, value, ..
+        } => format!("must be between {min} and {max}, got {value}"),
+        InvalidConfig::MinTtlAboveMaxTtl { min_ttl, max_ttl } => format!(
+            "must not exceed {} ({max_ttl:?}), got {min_ttl:?}",
+            key_path(Field::MaxTtl)
+        ),
+        InvalidConfig::DeadlineBelowAttemptTimeout {
+            deadline,
+            attempt_timeout,
+        } => format!(
+            "must be at least {} ({attempt_timeout:?}), got {deadline:?}",
+            key_path(Field::AttemptTimeout)
+        ),
+        InvalidConfig::UnusableUpstream {
+            index, upstream, ..
+        } => format!("entry {index} is not a usable address: {upstream}"),
+        InvalidConfig::RootZone { .. } => format!(
+            "must not be the root: use {} for the default",
+            key_path(Field::Upstreams)
+        ),
+        InvalidConfig::DuplicateZone { zone, .. } => {
+            format!("{zone} appears in an earlier rule")
+        }
+        InvalidConfig::RuleWithoutUpstreams { .. } => "must name at least one upstream".to_owned(),
+        InvalidConfig::RootRebindAllow { .. } => {
+            "must not be the root: set forward.rebind_protection = false instead".to_owned()
+        }
+    };
+    invalid(key_path(error.field()), reason)
 }

@@ -567,3 +567,154 @@ fn readme_names_only_keys_that_exist() {
         }
     }
 }
+
+// === forwarder errors, named by key path (moved from crates/forward) ===
+
+fn forward_error(config: &forward::Config) -> String {
+    let error = config.validate().expect_err("invalid forwarder config");
+    super::forward::invalid_forward(error).to_string()
+}
+
+#[test]
+fn forwarder_errors_name_the_key_path() {
+    let bad_payload = forward::Config {
+        udp_payload: 100,
+        ..forward::Config::default()
+    };
+    let error = forward_error(&bad_payload);
+    assert!(error.contains("forward.udp_payload"), "{error}");
+    assert_eq!(
+        error,
+        "forward.udp_payload: must be between 512 and 4096, got 100"
+    );
+
+    let inverted = forward::Config {
+        min_ttl: Duration::from_secs(600),
+        max_ttl: Duration::from_secs(60),
+        ..forward::Config::default()
+    };
+    let error = forward_error(&inverted);
+    assert!(error.contains("forward.min_ttl"), "{error}");
+    assert_eq!(
+        error,
+        "forward.min_ttl: must not exceed forward.max_ttl (60s), got 600s"
+    );
+
+    let short_deadline = forward::Config {
+        deadline: Duration::from_millis(100),
+        attempt_timeout: Duration::from_millis(500),
+        ..forward::Config::default()
+    };
+    assert_eq!(
+        forward_error(&short_deadline),
+        "forward.deadline: must be at least forward.attempt_timeout (500ms), got 100ms"
+    );
+
+    let zero_port = forward::Config {
+        upstreams: vec!["127.0.0.1:0".parse().expect("literal")],
+        ..forward::Config::default()
+    };
+    assert_eq!(
+        forward_error(&zero_port),
+        "forward.upstreams: entry 0 is not a usable address: 127.0.0.1:0"
+    );
+}
+
+fn rule(zone: &str, upstreams: &[&str]) -> forward::DomainRule {
+    forward::DomainRule {
+        zone: zone.parse().expect("zone literal"),
+        upstreams: upstreams
+            .iter()
+            .map(|addr| addr.parse().expect("addr literal"))
+            .collect(),
+    }
+}
+
+#[test]
+fn forwarder_rule_errors_name_the_rule() {
+    let config = forward::Config {
+        rules: vec![
+            rule("example.com.", &["10.0.0.1:53"]),
+            rule("10.in-addr.arpa", &["10.0.0.2:53"]),
+            rule("Example.COM", &["10.0.0.3:53"]),
+        ],
+        ..forward::Config::default()
+    };
+    assert_eq!(
+        forward_error(&config),
+        "forward.rules[2].zone: example.com. appears in an earlier rule"
+    );
+
+    let empty = forward::Config {
+        rules: vec![rule("corp.example.", &[])],
+        ..forward::Config::default()
+    };
+    let error = forward_error(&empty);
+    assert!(error.starts_with("forward.rules[0].upstreams:"), "{error}");
+
+    let unusable = forward::Config {
+        rules: vec![
+            rule("a.example.", &["10.0.0.1:53"]),
+            rule("b.example.", &["10.0.0.1:0"]),
+        ],
+        ..forward::Config::default()
+    };
+    let error = forward_error(&unusable);
+    assert!(error.starts_with("forward.rules[1].upstreams:"), "{error}");
+
+    let root = forward::Config {
+        rules: vec![rule(".", &["10.0.0.1:53"])],
+        ..forward::Config::default()
+    };
+    assert_eq!(
+        forward_error(&root),
+        "forward.rules[0].zone: must not be the root: use forward.upstreams for the default"
+    );
+
+    let root_allowed = forward::Config {
+        rebind_allow: vec![".".parse().expect("root")],
+        ..forward::Config::default()
+    };
+    assert_eq!(
+        forward_error(&root_allowed),
+        "forward.rebind_allow[0]: must not be the root: set forward.rebind_protection = false instead"
+    );
+}
+
+#[test]
+fn forwarder_numeric_settings_name_their_key() {
+    let cases = [
+        (
+            forward::Config {
+                max_fails: 0,
+                ..forward::Config::default()
+            },
+            "forward.max_fails",
+        ),
+        (
+            forward::Config {
+                probe_interval: Duration::from_millis(10),
+                ..forward::Config::default()
+            },
+            "forward.probe_interval",
+        ),
+        (
+            forward::Config {
+                serve_stale: Duration::from_secs(30 * 86_400),
+                ..forward::Config::default()
+            },
+            "forward.serve_stale",
+        ),
+        (
+            forward::Config {
+                stale_answer_ttl: Duration::ZERO,
+                ..forward::Config::default()
+            },
+            "forward.stale_answer_ttl",
+        ),
+    ];
+    for (config, key) in cases {
+        let error = forward_error(&config);
+        assert!(error.starts_with(key), "{error}");
+    }
+}
