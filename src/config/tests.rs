@@ -718,3 +718,42 @@ fn forwarder_numeric_settings_name_their_key() {
         assert!(error.starts_with(key), "{error}");
     }
 }
+
+/// Every key path a validation message spells (`"dns.listen"`,
+/// `"forward.rules[{index}].zone"`, `"metrics.tags.{key}"`) is a registered key.
+#[test]
+fn validation_messages_name_registered_keys() {
+    let tables = expected_fields("no_such_table = 1\n");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/config");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).expect("src/config").flatten() {
+        let name = entry.file_name();
+        if name == "tests.rs" {
+            continue;
+        }
+        let text = std::fs::read_to_string(entry.path()).expect("read");
+        for literal in text.split('"').skip(1).step_by(2) {
+            let Some((table, rest)) = literal.split_once('.') else {
+                continue;
+            };
+            if !tables.iter().any(|t| t == table) {
+                continue;
+            }
+            let field: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect();
+            let path = format!("{table}.{field}");
+            if field.is_empty() || name == "keys.rs" {
+                continue;
+            }
+            assert!(
+                registry_keys().contains(&path),
+                "{}: {literal:?} names no registered key",
+                name.to_string_lossy()
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 30, "only {checked} key paths found");
+}
