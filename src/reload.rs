@@ -428,6 +428,63 @@ mod tests {
         );
     }
 
+    /// Restart-only keys keep their running value and are named; live ones are
+    /// applied to the running parts, in the same reload.
+    #[tokio::test]
+    async fn apply_splits_live_and_restart_only_keys_by_the_registry() {
+        let state = tempfile::tempdir().expect("tempdir");
+        let base = format!(
+            "[state]\ndir = {:?}\n[snapshot]\nfollow = false\n[hosts]\nfiles = []\n\
+             [metrics]\nstatsd = false\n[dns]\nlisten = [\"127.0.0.1:0\"]\n",
+            state.path().display().to_string()
+        );
+        let running = settings(&format!("{base}[forward]\nupstreams = [\"192.0.2.1\"]\n"));
+        let new = settings(&format!(
+            "{base}[forward]\nupstreams = [\"192.0.2.2\"]\ncache_size = 5\nmax_in_flight = 7\n\
+             [catalog]\nmax_entries = 5\n[log]\nquery_sample = 0.5\n"
+        ));
+        let app = crate::App::build(running.clone()).expect("app builds");
+        let live = Live {
+            forwarder: app.forwarder.clone(),
+            router: app.router.clone(),
+            local_hosts: app.local_hosts.clone(),
+            domain: Arc::new(RwLock::new(running.dns.domain.clone())),
+        };
+        let (outcome, in_effect) = apply(&live, &ConfigSource::default(), &running, &new, "test");
+        assert_eq!(
+            outcome.changed,
+            [
+                "catalog.max_entries",
+                "forward.upstreams",
+                "forward.cache_size",
+                "forward.max_in_flight",
+                "log.query_sample"
+            ]
+        );
+        assert_eq!(outcome.applied, ["forward.upstreams", "log.query_sample"]);
+        assert_eq!(
+            outcome.restart_required,
+            [
+                "catalog.max_entries",
+                "forward.cache_size",
+                "forward.max_in_flight"
+            ]
+        );
+        let forward = live.forwarder.config();
+        assert_eq!(forward.upstreams, new.forward.upstreams, "applied live");
+        assert_eq!(forward.cache_size, running.forward.cache_size, "kept");
+        assert_eq!(in_effect.forward.cache_size, running.forward.cache_size);
+        assert_eq!(in_effect.forward.upstreams, new.forward.upstreams);
+        assert_eq!(in_effect.catalog.max_entries, running.catalog.max_entries);
+        assert!((in_effect.dns.query_log.sample - 0.5).abs() < f64::EPSILON);
+        // What is in effect now differs from the file only in restart-only keys.
+        let again: Vec<_> = keys::diff(&in_effect, &new)
+            .iter()
+            .map(|key| key.path)
+            .collect();
+        assert_eq!(again, outcome.restart_required);
+    }
+
     #[test]
     fn resolv_watch_sees_content_changes_of_equal_length() {
         let dir = tempfile::tempdir().expect("tempdir");
