@@ -3,12 +3,13 @@
 //! started with (the same file, the same command-line overrides), validate
 //! it, and apply what can change while serving. Caches are never dropped.
 //!
-//! Applied live: `log.level` (the tracing filter's reload handle), the
-//! answer-shaping `[dns]` keys (`Router::reload`: domain, TTLs, sizes, query
-//! log) and `[forward]` (`Forwarder::reconfigure`, see [`apply_forward`]),
-//! except what those report as fixed. Every other changed key is named in one
-//! `restart_required` warning and keeps its running value, so it is named
-//! again on the next reload until the process restarts.
+//! Which keys apply live, and how, is declared in
+//! [`config::keys::KEYS`](crate::config::keys::KEYS): `log.level` (the tracing
+//! filter's reload handle), the answer settings (`Router::reload`: domain,
+//! TTLs, sizes, query log), `[forward]` but its cache size and in-flight
+//! bound (`Forwarder::reconfigure`) and `hosts.files`. Every other changed key
+//! is named in one `restart_required` warning and keeps its running value, so
+//! it is named again on the next reload until the process restarts.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash as _, Hasher as _};
@@ -25,6 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::config::keys::{self, Key, Reload};
 use crate::config::{ConfigError, Env, Overrides, RawConfig, Settings};
 use crate::telemetry;
 
@@ -111,176 +113,12 @@ pub struct Live {
     pub domain: Arc<RwLock<Name>>,
 }
 
-// === diff ===
-
-type Field = (&'static str, fn(&Settings) -> String);
-
-/// Every key of [`Settings`], as the config file names it, and how to compare it.
-/// A table-level entry (`"snapshot"`) catches fields added later.
-const FIELDS: &[Field] = &[
-    ("dns.listen", |s| format!("{:?}", s.listen)),
-    ("dns.allowed_networks", |s| {
-        format!("{:?}", s.server.allowed_networks)
-    }),
-    ("dns.tcp_idle_timeout", |s| {
-        format!("{:?}", s.server.tcp_idle_timeout)
-    }),
-    ("dns.domain", |s| format!("{:?}", s.dns.domain)),
-    ("dns.service_ttl", |s| format!("{:?}", s.dns.service_ttl)),
-    ("dns.service_ttl_overrides", |s| {
-        format!("{:?}", s.dns.service_ttl_overrides)
-    }),
-    ("dns.node_ttl", |s| format!("{:?}", s.dns.node_ttl)),
-    ("dns.negative_ttl", |s| format!("{:?}", s.dns.negative_ttl)),
-    ("dns.stale_ttl", |s| format!("{:?}", s.dns.stale_ttl)),
-    ("dns.max_answer_records", |s| {
-        format!("{:?}", s.dns.max_answer_records)
-    }),
-    ("dns.max_udp_payload", |s| {
-        format!("{:?}", s.dns.max_udp_payload)
-    }),
-    // Fields of `dns::Config` that the file keeps in other tables.
-    ("hosts.ttl", |s| format!("{:?}", s.dns.local_ttl)),
-    ("log.queries", |s| format!("{:?}", s.dns.query_log.enabled)),
-    ("log.query_sample", |s| {
-        format!("{:?}", s.dns.query_log.sample)
-    }),
-    ("dns", |s| {
-        let mut dns = s.dns.clone();
-        dns.local_ttl = Duration::ZERO;
-        dns.query_log = dns::QueryLog::default();
-        format!("{dns:?}")
-    }),
-    ("consul.address", |s| s.consul.address.clone()),
-    ("consul.request_timeout", |s| {
-        format!("{:?}", s.consul.request_timeout)
-    }),
-    ("consul.stale", |s| format!("{:?}", s.consul.stale)),
-    ("consul.cached", |s| format!("{:?}", s.consul.cached)),
-    // consul.token is compared apart: its Debug form is redacted.
-    ("consul", |s| {
-        let mut consul = s.consul.clone();
-        consul.token = None;
-        format!("{consul:?}")
-    }),
-    ("catalog.refresh_interval", |s| {
-        format!("{:?}", s.catalog.refresh_interval)
-    }),
-    ("catalog.refresh_jitter", |s| {
-        format!("{:?}", s.catalog.refresh_jitter)
-    }),
-    ("catalog.first_fetch_timeout", |s| {
-        format!("{:?}", s.catalog.first_fetch_timeout)
-    }),
-    ("catalog.negative_cache_ttl", |s| {
-        format!("{:?}", s.catalog.negative_ttl)
-    }),
-    ("catalog.idle_timeout", |s| {
-        format!("{:?}", s.catalog.idle_timeout)
-    }),
-    ("catalog.max_stale", |s| {
-        format!("{:?}", s.catalog.max_stale)
-    }),
-    ("catalog.max_entries", |s| {
-        format!("{:?}", s.catalog.max_entries)
-    }),
-    ("catalog.only_passing", |s| {
-        format!("{:?}", s.catalog.only_passing)
-    }),
-    ("catalog.backoff_min", |s| {
-        format!("{:?}", s.catalog.backoff_min)
-    }),
-    ("catalog.backoff_max", |s| {
-        format!("{:?}", s.catalog.backoff_max)
-    }),
-    ("catalog", |s| format!("{:?}", s.catalog)),
-    ("forward.upstreams", |s| {
-        format!("{:?}", s.forward.upstreams)
-    }),
-    ("forward.attempt_timeout", |s| {
-        format!("{:?}", s.forward.attempt_timeout)
-    }),
-    ("forward.deadline", |s| format!("{:?}", s.forward.deadline)),
-    ("forward.cache_size", |s| {
-        format!("{:?}", s.forward.cache_size)
-    }),
-    ("forward.min_ttl", |s| format!("{:?}", s.forward.min_ttl)),
-    ("forward.max_ttl", |s| format!("{:?}", s.forward.max_ttl)),
-    ("forward.negative_max_ttl", |s| {
-        format!("{:?}", s.forward.negative_max_ttl)
-    }),
-    ("forward.max_in_flight", |s| {
-        format!("{:?}", s.forward.max_in_flight)
-    }),
-    ("forward", |s| format!("{:?}", s.forward)),
-    ("state.dir", |s| format!("{:?}", s.state_dir)),
-    ("snapshot", |s| format!("{:?}", s.follow)),
-    ("hosts.files", |s| format!("{:?}", s.hosts.files)),
-    ("hosts.watch_interval", |s| {
-        format!("{:?}", s.hosts.watch_interval)
-    }),
-    ("hosts", |s| format!("{:?}", s.hosts)),
-    ("log.level", |s| s.log_level.clone()),
-    ("log.format", |s| format!("{:?}", s.log_format)),
-    ("metrics.statsd_address", |s| {
-        format!("{:?}", s.metrics.statsd_address)
-    }),
-    ("metrics.prefix", |s| s.metrics.prefix.clone()),
-    ("metrics.tags", |s| format!("{:?}", s.metrics.tags)),
-    ("metrics.prometheus_listen", |s| {
-        format!("{:?}", s.metrics.prometheus_listen)
-    }),
-    ("metrics", |s| format!("{:?}", s.metrics)),
-];
-
-/// The keys whose values differ between `old` and `new`, in file order. A
-/// table name alone (`"catalog"`) means a field this list does not know yet.
-pub fn diff(old: &Settings, new: &Settings) -> Vec<&'static str> {
-    let mut changed: Vec<&'static str> = Vec::new();
-    for (key, render) in FIELDS {
-        if render(old) == render(new) {
-            continue;
-        }
-        let is_table = !key.contains('.');
-        if is_table && changed.iter().any(|k| k.starts_with(&format!("{key}."))) {
-            continue;
-        }
-        changed.push(key);
-    }
-    if old.consul.token != new.consul.token {
-        changed.push("consul.token");
-    }
-    changed
-}
-
 // === apply ===
 
-/// Keys of [`Settings::dns`] (answer shaping), which `Router::reload` applies.
-fn is_answer_key(key: &str) -> bool {
-    matches!(
-        key,
-        "dns" | "hosts.ttl" | "log.queries" | "log.query_sample"
-    ) || (key.starts_with("dns.")
-        && !matches!(
-            key,
-            "dns.listen" | "dns.allowed_networks" | "dns.tcp_idle_timeout"
-        ))
-}
-
-fn is_forward_key(key: &str) -> bool {
-    key == "forward" || key.starts_with("forward.")
-}
-
-/// Applies `new` to the running forwarder (cache, upstream health and
-/// queries in flight are kept); returns the keys it kept at their running
-/// value, which need a restart (`forward.cache_size`, `forward.max_in_flight`).
-pub fn apply_forward(forwarder: &forward::Forwarder, new: &forward::Config) -> Vec<&'static str> {
-    forwarder.reconfigure(new.clone())
-}
-
 /// Applies `new` over `running` (the settings in effect) and returns the
-/// outcome and the settings now in effect: applied keys take their new
-/// value, restart-only keys keep the running one.
+/// outcome and the settings now in effect: live keys (see
+/// [`keys::KEYS`](crate::config::keys::KEYS)) take their new value,
+/// restart-only keys keep the running one.
 fn apply(
     live: &Live,
     source: &ConfigSource,
@@ -288,73 +126,49 @@ fn apply(
     new: &Settings,
     trigger: &str,
 ) -> (Outcome, Settings) {
-    let changed = diff(running, new);
+    let changed = keys::diff(running, new);
+    let changes = |reload: Reload| changed.iter().any(|key| key.reload == reload);
     let mut in_effect = running.clone();
+    // Keys a component reports it could not change after all.
     let mut fixed: Vec<&'static str> = Vec::new();
 
-    if changed.iter().any(|key| is_forward_key(key)) {
-        let kept = apply_forward(&live.forwarder, &new.forward);
-        in_effect.forward = new.forward.clone();
+    if changes(Reload::Forwarder) {
+        // Cache, upstream health and queries in flight are kept; the
+        // restart-only keys (cache size, in-flight bound) keep their value.
+        live.forwarder.reconfigure(new.forward.clone());
+        in_effect.forward = (*live.forwarder.config()).clone();
         in_effect.upstream_origin = new.upstream_origin.clone();
-        for key in &kept {
-            match *key {
-                "forward.cache_size" => in_effect.forward.cache_size = running.forward.cache_size,
-                "forward.max_in_flight" => {
-                    in_effect.forward.max_in_flight = running.forward.max_in_flight;
-                }
-                _ => {}
-            }
-        }
-        fixed.extend(kept);
     }
-    if changed.iter().any(|key| is_answer_key(key)) {
+    if changes(Reload::Router) {
         fixed.extend(live.router.reload(new.dns.clone()));
         in_effect.dns = new.dns.clone();
         *live.domain.write().unwrap_or_else(PoisonError::into_inner) = new.dns.domain.clone();
     }
-    // SIGHUP re-reads the hosts files even when the config did not change
-    // (dnsmasq's habit); a changed file list is applied too. A failed read
-    // keeps the previous entries.
-    let hosts_result = if changed.contains(&"hosts.files") {
-        in_effect.hosts.files = new.hosts.files.clone();
-        live.local_hosts.set_paths(new.hosts.files.clone())
-    } else {
-        live.local_hosts.reload()
-    };
-    match hosts_result {
-        Ok(stats) => info!(
-            files = stats.files,
-            missing = stats.missing,
-            names = stats.names,
-            "Hosts files re-read"
-        ),
-        Err(error) => warn!(error = %error, "Hosts files not re-read; the previous entries stay"),
+    let new_files = changes(Reload::HostsFiles).then(|| new.hosts.files.clone());
+    if let Some(files) = &new_files {
+        in_effect.hosts.files = files.clone();
     }
-    let mut deferred_level = None;
-    if changed.contains(&"log.level") {
-        // Applied after the reload lines are written, so that a quieter
-        // level does not hide them.
-        deferred_level = Some(source.log_level(new).to_owned());
+    reload_hosts(&live.local_hosts, new_files);
+    // Applied after the reload lines are written, so that a quieter level
+    // does not hide them.
+    let deferred_level = changes(Reload::LogLevel).then(|| {
         in_effect.log_level = new.log_level.clone();
-    }
+        source.log_level(new).to_owned()
+    });
 
-    let live_key = |key: &str| {
-        is_forward_key(key) || is_answer_key(key) || matches!(key, "log.level" | "hosts.files")
+    let is_applied = |key: &&Key| key.reload.is_live() && !fixed.contains(&key.path);
+    let paths = |keep: &dyn Fn(&&Key) -> bool| -> Vec<String> {
+        changed
+            .iter()
+            .filter(|key| keep(key))
+            .map(|key| key.path.to_owned())
+            .collect()
     };
-    let restart_required: Vec<String> = changed
-        .iter()
-        .filter(|key| !live_key(key) || fixed.contains(key))
-        .map(|key| (*key).to_owned())
-        .collect();
     let outcome = Outcome {
         trigger: trigger.to_owned(),
-        changed: changed.iter().map(|k| (*k).to_owned()).collect(),
-        applied: changed
-            .iter()
-            .filter(|key| !restart_required.iter().any(|r| r == *key))
-            .map(|k| (*k).to_owned())
-            .collect(),
-        restart_required,
+        changed: paths(&|_| true),
+        applied: paths(&is_applied),
+        restart_required: paths(&|key| !is_applied(key)),
     };
     info!(
         trigger,
@@ -369,21 +183,43 @@ fn apply(
         );
     }
     if let Some(level) = deferred_level {
-        if source.log_level_flag.is_some() {
-            info!(
-                "log.level changed in the file, but --log-level overrides it; log filter unchanged"
-            );
-        } else {
-            match telemetry::reload_log_level(&level) {
-                Ok(true) => {}
-                Ok(false) => info!("RUST_LOG is set and wins over log.level; log filter unchanged"),
-                Err(error) => {
-                    warn!(key = "log.level", error = %format!("{error:#}"), "Log level not changed");
-                }
-            }
-        }
+        apply_log_level(source, &level);
     }
     (outcome, in_effect)
+}
+
+/// Re-reads the hosts files, from `new_files` when the list changed. SIGHUP
+/// re-reads them even when the config did not change (dnsmasq's habit). A
+/// failed read keeps the previous entries.
+fn reload_hosts(local_hosts: &dnsfront_hosts::LocalHosts, new_files: Option<Vec<PathBuf>>) {
+    let result = match new_files {
+        Some(files) => local_hosts.set_paths(files),
+        None => local_hosts.reload(),
+    };
+    match result {
+        Ok(stats) => info!(
+            files = stats.files,
+            missing = stats.missing,
+            names = stats.names,
+            "Hosts files re-read"
+        ),
+        Err(error) => warn!(error = %error, "Hosts files not re-read; the previous entries stay"),
+    }
+}
+
+/// Swaps the log filter for `level`, unless `--log-level` or `RUST_LOG` wins.
+fn apply_log_level(source: &ConfigSource, level: &str) {
+    if source.log_level_flag.is_some() {
+        info!("log.level changed in the file, but --log-level overrides it; log filter unchanged");
+        return;
+    }
+    match telemetry::reload_log_level(level) {
+        Ok(true) => {}
+        Ok(false) => info!("RUST_LOG is set and wins over log.level; log filter unchanged"),
+        Err(error) => {
+            warn!(key = "log.level", error = %format!("{error:#}"), "Log level not changed");
+        }
+    }
 }
 
 // === the reload task ===
@@ -570,6 +406,12 @@ mod tests {
     #[test]
     fn diff_names_each_changed_key_by_its_file_path() {
         let old = settings("");
+        let diff = |old, new| {
+            keys::diff(old, new)
+                .iter()
+                .map(|key| key.path)
+                .collect::<Vec<_>>()
+        };
         assert!(diff(&old, &old).is_empty());
         let new = settings(
             "[dns]\nlisten = [\"127.0.0.1:5300\"]\n[log]\nlevel = \"debug\"\n[forward]\nupstreams = [\"192.0.2.1\"]\n[catalog]\nnegative_cache_ttl = \"7s\"\n[consul]\ntoken = \"s3cret\"\n",
@@ -584,6 +426,63 @@ mod tests {
                 "consul.token"
             ]
         );
+    }
+
+    /// Restart-only keys keep their running value and are named; live ones are
+    /// applied to the running parts, in the same reload.
+    #[tokio::test]
+    async fn apply_splits_live_and_restart_only_keys_by_the_registry() {
+        let state = tempfile::tempdir().expect("tempdir");
+        let base = format!(
+            "[state]\ndir = {:?}\n[snapshot]\nfollow = false\n[hosts]\nfiles = []\n\
+             [metrics]\nstatsd = false\n[dns]\nlisten = [\"127.0.0.1:0\"]\n",
+            state.path().display().to_string()
+        );
+        let running = settings(&format!("{base}[forward]\nupstreams = [\"192.0.2.1\"]\n"));
+        let new = settings(&format!(
+            "{base}[forward]\nupstreams = [\"192.0.2.2\"]\ncache_size = 5\nmax_in_flight = 7\n\
+             [catalog]\nmax_entries = 5\n[log]\nquery_sample = 0.5\n"
+        ));
+        let app = crate::App::build(running.clone()).expect("app builds");
+        let live = Live {
+            forwarder: app.forwarder.clone(),
+            router: app.router.clone(),
+            local_hosts: app.local_hosts.clone(),
+            domain: Arc::new(RwLock::new(running.dns.domain.clone())),
+        };
+        let (outcome, in_effect) = apply(&live, &ConfigSource::default(), &running, &new, "test");
+        assert_eq!(
+            outcome.changed,
+            [
+                "catalog.max_entries",
+                "forward.upstreams",
+                "forward.cache_size",
+                "forward.max_in_flight",
+                "log.query_sample"
+            ]
+        );
+        assert_eq!(outcome.applied, ["forward.upstreams", "log.query_sample"]);
+        assert_eq!(
+            outcome.restart_required,
+            [
+                "catalog.max_entries",
+                "forward.cache_size",
+                "forward.max_in_flight"
+            ]
+        );
+        let forward = live.forwarder.config();
+        assert_eq!(forward.upstreams, new.forward.upstreams, "applied live");
+        assert_eq!(forward.cache_size, running.forward.cache_size, "kept");
+        assert_eq!(in_effect.forward.cache_size, running.forward.cache_size);
+        assert_eq!(in_effect.forward.upstreams, new.forward.upstreams);
+        assert_eq!(in_effect.catalog.max_entries, running.catalog.max_entries);
+        assert!((in_effect.dns.query_log.sample - 0.5).abs() < f64::EPSILON);
+        // What is in effect now differs from the file only in restart-only keys.
+        let again: Vec<_> = keys::diff(&in_effect, &new)
+            .iter()
+            .map(|key| key.path)
+            .collect();
+        assert_eq!(again, outcome.restart_required);
     }
 
     #[test]

@@ -13,6 +13,7 @@ use metrics::{
 };
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use metrics_exporter_statsd::{StatsdBuilder, StatsdRecorder};
+use metrics_util::MetricKind;
 use metrics_util::layers::{FanoutBuilder, Layer as _, Prefix, PrefixLayer};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -85,14 +86,36 @@ pub fn reload_log_level(level: &str) -> anyhow::Result<bool> {
     Ok(true)
 }
 
+/// One metric declaration: (name, kind, unit, description), as each crate's
+/// `metrics::METRICS` writes it.
+pub type MetricSpec = (&'static str, MetricKind, Unit, &'static str);
+
+/// Every metric dnsfront emits: one list per crate, and ours. A crate whose
+/// list is missing here has no descriptions (the tests below catch it).
+pub const ALL_METRICS: &[&[MetricSpec]] = &[
+    dnsfront_catalog::metrics::METRICS,
+    dnsfront_consul::metrics::METRICS,
+    dnsfront_dns::metrics::METRICS,
+    dnsfront_forward::metrics::METRICS,
+    dnsfront_hosts::metrics::METRICS,
+    dnsfront_snapshot::metrics::METRICS,
+    &[(
+        BUILD_INFO,
+        MetricKind::Gauge,
+        Unit::Count,
+        "Always 1, tagged with the running version",
+    )],
+];
+
 /// Describes every crate's metrics to the installed recorder.
 pub fn describe_metrics() {
-    dnsfront_catalog::metrics::describe();
-    dnsfront_consul::metrics::describe();
-    dnsfront_dns::metrics::describe();
-    dnsfront_forward::metrics::describe();
-    dnsfront_snapshot::metrics::describe();
-    metrics::describe_gauge!(BUILD_INFO, "Always 1, tagged with the running version");
+    for &(name, kind, unit, description) in ALL_METRICS.iter().copied().flatten() {
+        match kind {
+            MetricKind::Counter => metrics::describe_counter!(name, unit, description),
+            MetricKind::Gauge => metrics::describe_gauge!(name, unit, description),
+            MetricKind::Histogram => metrics::describe_histogram!(name, unit, description),
+        }
+    }
 }
 
 // === Metrics ===
@@ -522,5 +545,210 @@ impl<R: Recorder> Recorder for RepeatGauges<R> {
             })
         });
         Gauge::from_arc(Arc::clone(gauge))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records the names given a description, and nothing else.
+    #[derive(Default)]
+    struct Described(Mutex<Vec<String>>);
+
+    impl Described {
+        fn push(&self, key: KeyName) {
+            self.0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(key.as_str().to_owned());
+        }
+    }
+
+    impl Recorder for Described {
+        fn describe_counter(&self, key: KeyName, _: Option<Unit>, _: SharedString) {
+            self.push(key);
+        }
+        fn describe_gauge(&self, key: KeyName, _: Option<Unit>, _: SharedString) {
+            self.push(key);
+        }
+        fn describe_histogram(&self, key: KeyName, _: Option<Unit>, _: SharedString) {
+            self.push(key);
+        }
+        fn register_counter(&self, _: &Key, _: &Metadata<'_>) -> Counter {
+            Counter::noop()
+        }
+        fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
+            Gauge::noop()
+        }
+        fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+            Histogram::noop()
+        }
+    }
+
+    /// The README's metrics table: (name without the default prefix, type column).
+    fn readme_metrics() -> Vec<(String, String)> {
+        include_str!("../README.md")
+            .lines()
+            .filter_map(|line| line.strip_prefix("| `dnsfront."))
+            .filter_map(|rest| {
+                let (name, rest) = rest.split_once('`')?;
+                let kind = rest.split('|').nth(1)?.trim();
+                Some((name.to_owned(), kind.to_owned()))
+            })
+            .collect()
+    }
+
+    fn declared() -> Vec<MetricSpec> {
+        ALL_METRICS.iter().copied().flatten().copied().collect()
+    }
+
+    #[test]
+    fn every_metric_in_the_readme_is_described() {
+        let recorder = Described::default();
+        metrics::with_local_recorder(&recorder, describe_metrics);
+        let described = recorder
+            .0
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner);
+        let names = readme_metrics();
+        assert!(names.len() > 30, "README table found: {names:?}");
+        let missing: Vec<_> = names
+            .iter()
+            .filter(|(name, _)| !described.contains(name))
+            .collect();
+        assert!(missing.is_empty(), "no description: {missing:?}");
+    }
+
+    #[test]
+    fn readme_metrics_table_lists_exactly_the_declared_metrics_with_their_type() {
+        let declared = declared();
+        let mut names: Vec<_> = declared.iter().map(|(name, ..)| *name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), declared.len(), "a metric is declared twice");
+        let readme = readme_metrics();
+        for (name, kind, ..) in &declared {
+            let row = readme.iter().find(|(row, _)| row == name);
+            let expected = match kind {
+                MetricKind::Counter => "counter",
+                MetricKind::Gauge => "gauge",
+                // Sent as DogStatsD distributions.
+                MetricKind::Histogram => "distribution",
+            };
+            assert_eq!(
+                row.map(|(_, kind)| kind.as_str()),
+                Some(expected),
+                "README row of {name}"
+            );
+        }
+        for (row, _) in &readme {
+            assert!(
+                declared.iter().any(|(name, ..)| name == row),
+                "README names {row}, which no crate declares"
+            );
+        }
+    }
+
+    /// `pub const NAME: &str = "value";` lines of one file.
+    fn str_consts(text: &str) -> Vec<(String, String)> {
+        text.lines()
+            .filter_map(|line| line.trim().strip_prefix("pub const "))
+            .filter_map(|rest| {
+                let (name, rest) = rest.split_once(": &str = \"")?;
+                let (value, _) = rest.split_once('"')?;
+                Some((name.to_owned(), value.to_owned()))
+            })
+            .collect()
+    }
+
+    fn rust_files(dir: &std::path::Path, files: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).expect("read_dir").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                rust_files(&path, files);
+            } else if path.extension().is_some_and(|ext| ext == "rs") {
+                files.push(path);
+            }
+        }
+    }
+
+    /// Every `counter!`/`gauge!`/`histogram!` call outside tests names a
+    /// const of its crate's `metrics.rs` (or `BUILD_INFO`) that is declared
+    /// with that kind; every declared metric is emitted somewhere.
+    #[test]
+    fn every_emitted_metric_is_declared_with_its_kind_and_every_declared_one_is_emitted() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let declared = declared();
+        let mut sources = vec![root.join("src")];
+        for entry in std::fs::read_dir(root.join("crates"))
+            .expect("crates")
+            .flatten()
+        {
+            let name = entry.file_name();
+            // Test helpers and the simulator emit nothing dnsfront reports.
+            if !matches!(name.to_str(), Some("test-support" | "consul-sim" | "bench")) {
+                sources.push(entry.path().join("src"));
+            }
+        }
+        let mut emitted = Vec::new();
+        for source in sources {
+            let consts_file = if source == root.join("src") {
+                source.join("telemetry.rs")
+            } else {
+                source.join("metrics.rs")
+            };
+            let consts = str_consts(&std::fs::read_to_string(&consts_file).unwrap_or_default());
+            let mut files = Vec::new();
+            rust_files(&source, &mut files);
+            for file in files {
+                let text = std::fs::read_to_string(&file).expect("read source");
+                // Unit tests may emit what they like.
+                let text = text.split("#[cfg(test)]\nmod ").next().unwrap_or_default();
+                for (macro_name, kind) in [
+                    ("counter!(", MetricKind::Counter),
+                    ("gauge!(", MetricKind::Gauge),
+                    ("histogram!(", MetricKind::Histogram),
+                ] {
+                    for (at, _) in text.match_indices(macro_name) {
+                        let before = text[..at].chars().next_back().unwrap_or(' ');
+                        if before.is_alphanumeric() || before == '_' {
+                            continue; // describe_counter!( and the like
+                        }
+                        let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+                        if text[line_start..at].trim_start().starts_with("//") {
+                            continue;
+                        }
+                        let argument = text[at + macro_name.len()..]
+                            .split([',', ')'])
+                            .next()
+                            .unwrap_or_default()
+                            .trim();
+                        let place = format!("{}: {macro_name}{argument}", file.display());
+                        let const_name = argument.rsplit("::").next().unwrap_or_default();
+                        let value = consts
+                            .iter()
+                            .find(|(name, _)| name == const_name)
+                            .map(|(_, value)| value.as_str());
+                        let value = value.unwrap_or_else(|| {
+                            panic!("{place}: not a metric const of {}", consts_file.display())
+                        });
+                        let spec = declared.iter().find(|(name, ..)| *name == value);
+                        assert_eq!(
+                            spec.map(|(_, kind, ..)| *kind),
+                            Some(kind),
+                            "{place}: {value} must be declared in METRICS with this kind"
+                        );
+                        emitted.push(value.to_owned());
+                    }
+                }
+            }
+        }
+        for (name, ..) in &declared {
+            assert!(
+                emitted.iter().any(|emitted| emitted == name),
+                "{name} is declared but never emitted"
+            );
+        }
     }
 }

@@ -1,3 +1,10 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use dnsfront_catalog as catalog;
+use dnsfront_forward as forward;
+
 use super::*;
 
 fn parse(text: &str) -> Result<Settings, ConfigError> {
@@ -354,4 +361,399 @@ fn catalog_watch_mode_keys_are_parsed_and_checked() {
     assert!(message.contains("catalog.watch_wait"), "{message}");
     let message = error_of("[catalog]\nrefresh = \"sometimes\"\n");
     assert!(message.contains("catalog.refresh"), "{message}");
+}
+
+// === the key registry against the schema and the docs ===
+
+/// The field names serde expects where `text` put an unknown key, read from
+/// its "unknown field `x`, expected one of `a`, `b`" message.
+fn expected_fields(text: &str) -> Vec<String> {
+    let message = error_of(text);
+    let (_, expected) = message
+        .split_once("expected")
+        .unwrap_or_else(|| panic!("{text:?}: {message}"));
+    expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Every key path the serde structs accept (nested tables such as
+/// `forward.rules` count as one key).
+fn schema_keys() -> Vec<String> {
+    let mut paths = Vec::new();
+    for table in expected_fields("no_such_table = 1\n") {
+        for field in expected_fields(&format!("[{table}]\nno_such_key = 1\n")) {
+            paths.push(format!("{table}.{field}"));
+        }
+    }
+    paths
+}
+
+fn registry_keys() -> Vec<String> {
+    keys::KEYS.iter().map(|key| key.path.to_owned()).collect()
+}
+
+fn sorted(mut paths: Vec<String>) -> Vec<String> {
+    paths.sort();
+    paths.dedup();
+    paths
+}
+
+#[test]
+fn the_key_registry_names_exactly_the_keys_of_the_file_schema() {
+    let schema = sorted(schema_keys());
+    assert!(schema.len() > 60, "{schema:?}");
+    assert_eq!(keys::KEYS.len(), schema.len(), "a key is declared twice");
+    assert_eq!(sorted(registry_keys()), schema);
+}
+
+/// The keys `config/dnsfront.toml` shows, commented out or not: `key = ...`
+/// lines under a `[table]`, and nested `[table.key]` / `[[table.key]]` headers.
+fn documented_keys(text: &str) -> Vec<String> {
+    let mut paths = Vec::new();
+    let mut table = String::new();
+    for line in text.lines() {
+        let line = line.trim();
+        let uncommented = line.trim_start_matches('#').trim();
+        if line.starts_with('[') {
+            table = line.trim_matches(['[', ']']).to_owned();
+            if table.contains('.') {
+                paths.push(table.clone());
+            }
+            continue;
+        }
+        let Some((name, _)) = uncommented.split_once(" = ") else {
+            continue;
+        };
+        let is_key = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if is_key && !table.contains('.') {
+            paths.push(format!("{table}.{name}"));
+        }
+    }
+    paths
+}
+
+#[test]
+fn shipped_config_documents_every_key_and_no_other() {
+    let documented = sorted(documented_keys(include_str!("../../config/dnsfront.toml")));
+    assert_eq!(documented, sorted(registry_keys()));
+}
+
+#[test]
+fn shipped_config_shows_the_default_values() {
+    let shipped = RawConfig::parse(include_str!("../../config/dnsfront.toml"), "dnsfront.toml")
+        .expect("parses");
+    let as_value = |raw: &RawConfig| toml::Value::try_from(raw).expect("serializes");
+    let (shipped, default) = (as_value(&shipped), as_value(&RawConfig::default()));
+    for key in keys::KEYS {
+        // The one example that is not a default: query.consul to the agent.
+        if key.path == "forward.rules" {
+            continue;
+        }
+        let (table, name) = key.path.split_once('.').expect("table.key");
+        let get = |value: &toml::Value| value.get(table).and_then(|t| t.get(name)).cloned();
+        assert_eq!(get(&shipped), get(&default), "{}", key.path);
+    }
+}
+
+/// The README's "Need a restart:" list, tables (`[consul]`) expanded to their keys.
+fn readme_restart_keys(readme: &str) -> Vec<String> {
+    let start = readme.find("Need a restart:").expect("README restart list");
+    let list = &readme[start..];
+    let list = &list[..list.find("\n\n").unwrap_or(list.len())];
+    let mut paths = Vec::new();
+    for token in list.split('`').skip(1).step_by(2) {
+        match token.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
+            Some(table) => paths.extend(
+                registry_keys()
+                    .into_iter()
+                    .filter(|path| path.starts_with(&format!("{table}."))),
+            ),
+            None => paths.push(token.to_owned()),
+        }
+    }
+    paths
+}
+
+/// The first column of the README's "Applied live:" table.
+fn readme_live_entries(readme: &str) -> Vec<String> {
+    let start = readme.find("Applied live:").expect("README live table");
+    readme[start..]
+        .lines()
+        .skip(1)
+        .skip_while(|line| !line.starts_with('|'))
+        .take_while(|line| line.starts_with('|'))
+        .skip(2)
+        .filter_map(|line| line.split('|').nth(1))
+        .flat_map(|cell| {
+            cell.split('`')
+                .skip(1)
+                .step_by(2)
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[test]
+fn readme_reload_tables_agree_with_the_key_registry() {
+    let readme = include_str!("../../README.md");
+    let restart: Vec<String> = keys::KEYS
+        .iter()
+        .filter(|key| key.reload == keys::Reload::Restart)
+        .map(|key| key.path.to_owned())
+        .collect();
+    assert_eq!(sorted(readme_restart_keys(readme)), sorted(restart));
+
+    let live_entries = readme_live_entries(readme);
+    assert!(!live_entries.is_empty(), "README live table found");
+    for entry in &live_entries {
+        let known = registry_keys().contains(entry)
+            || registry_keys()
+                .iter()
+                .any(|path| path.starts_with(&format!("{}.", entry.trim_matches(['[', ']']))));
+        assert!(
+            known,
+            "README live table names {entry}, no such key or table"
+        );
+    }
+    for key in keys::KEYS.iter().filter(|key| key.reload.is_live()) {
+        let table = format!("[{}]", key.path.split_once('.').expect("table.key").0);
+        assert!(
+            live_entries
+                .iter()
+                .any(|entry| entry == key.path || *entry == table),
+            "{} applies live but the README's live table does not name it",
+            key.path
+        );
+    }
+    for entry in &live_entries {
+        let key = keys::KEYS.iter().find(|key| key.path == entry);
+        assert!(
+            key.is_none_or(|key| key.reload.is_live()),
+            "README says {entry} applies live, the registry says it needs a restart"
+        );
+    }
+}
+
+#[test]
+fn readme_names_only_keys_that_exist() {
+    let tables = expected_fields("no_such_table = 1\n");
+    let metrics: Vec<&str> = crate::telemetry::ALL_METRICS
+        .iter()
+        .copied()
+        .flatten()
+        .map(|(name, ..)| *name)
+        .collect();
+    let readme = include_str!("../../README.md");
+    for token in readme.split('`').skip(1).step_by(2) {
+        let Some((table, rest)) = token.split_once('.') else {
+            continue;
+        };
+        let is_key_like = tables.iter().any(|t| t == table)
+            && !rest.is_empty()
+            && rest.chars().all(|c| c.is_ascii_lowercase() || c == '_');
+        if is_key_like && !metrics.contains(&token) {
+            assert!(
+                registry_keys().iter().any(|path| path == token),
+                "README names `{token}`, which is no config key (nor metric)"
+            );
+        }
+    }
+}
+
+// === forwarder errors, named by key path (moved from crates/forward) ===
+
+fn forward_error(config: &forward::Config) -> String {
+    let error = config.validate().expect_err("invalid forwarder config");
+    super::forward::invalid_forward(error).to_string()
+}
+
+#[test]
+fn forwarder_errors_name_the_key_path() {
+    let bad_payload = forward::Config {
+        udp_payload: 100,
+        ..forward::Config::default()
+    };
+    let error = forward_error(&bad_payload);
+    assert!(error.contains("forward.udp_payload"), "{error}");
+    assert_eq!(
+        error,
+        "forward.udp_payload: must be between 512 and 4096, got 100"
+    );
+
+    let inverted = forward::Config {
+        min_ttl: Duration::from_secs(600),
+        max_ttl: Duration::from_secs(60),
+        ..forward::Config::default()
+    };
+    let error = forward_error(&inverted);
+    assert!(error.contains("forward.min_ttl"), "{error}");
+    assert_eq!(
+        error,
+        "forward.min_ttl: must not exceed forward.max_ttl (60s), got 600s"
+    );
+
+    let short_deadline = forward::Config {
+        deadline: Duration::from_millis(100),
+        attempt_timeout: Duration::from_millis(500),
+        ..forward::Config::default()
+    };
+    assert_eq!(
+        forward_error(&short_deadline),
+        "forward.deadline: must be at least forward.attempt_timeout (500ms), got 100ms"
+    );
+
+    let zero_port = forward::Config {
+        upstreams: vec!["127.0.0.1:0".parse().expect("literal")],
+        ..forward::Config::default()
+    };
+    assert_eq!(
+        forward_error(&zero_port),
+        "forward.upstreams: entry 0 is not a usable address: 127.0.0.1:0"
+    );
+}
+
+fn rule(zone: &str, upstreams: &[&str]) -> forward::DomainRule {
+    forward::DomainRule {
+        zone: zone.parse().expect("zone literal"),
+        upstreams: upstreams
+            .iter()
+            .map(|addr| addr.parse().expect("addr literal"))
+            .collect(),
+    }
+}
+
+#[test]
+fn forwarder_rule_errors_name_the_rule() {
+    let config = forward::Config {
+        rules: vec![
+            rule("example.com.", &["10.0.0.1:53"]),
+            rule("10.in-addr.arpa", &["10.0.0.2:53"]),
+            rule("Example.COM", &["10.0.0.3:53"]),
+        ],
+        ..forward::Config::default()
+    };
+    assert_eq!(
+        forward_error(&config),
+        "forward.rules[2].zone: example.com. appears in an earlier rule"
+    );
+
+    let empty = forward::Config {
+        rules: vec![rule("corp.example.", &[])],
+        ..forward::Config::default()
+    };
+    let error = forward_error(&empty);
+    assert!(error.starts_with("forward.rules[0].upstreams:"), "{error}");
+
+    let unusable = forward::Config {
+        rules: vec![
+            rule("a.example.", &["10.0.0.1:53"]),
+            rule("b.example.", &["10.0.0.1:0"]),
+        ],
+        ..forward::Config::default()
+    };
+    let error = forward_error(&unusable);
+    assert!(error.starts_with("forward.rules[1].upstreams:"), "{error}");
+
+    let root = forward::Config {
+        rules: vec![rule(".", &["10.0.0.1:53"])],
+        ..forward::Config::default()
+    };
+    assert_eq!(
+        forward_error(&root),
+        "forward.rules[0].zone: must not be the root: use forward.upstreams for the default"
+    );
+
+    let root_allowed = forward::Config {
+        rebind_allow: vec![".".parse().expect("root")],
+        ..forward::Config::default()
+    };
+    assert_eq!(
+        forward_error(&root_allowed),
+        "forward.rebind_allow[0]: must not be the root: set forward.rebind_protection = false instead"
+    );
+}
+
+#[test]
+fn forwarder_numeric_settings_name_their_key() {
+    let cases = [
+        (
+            forward::Config {
+                max_fails: 0,
+                ..forward::Config::default()
+            },
+            "forward.max_fails",
+        ),
+        (
+            forward::Config {
+                probe_interval: Duration::from_millis(10),
+                ..forward::Config::default()
+            },
+            "forward.probe_interval",
+        ),
+        (
+            forward::Config {
+                serve_stale: Duration::from_secs(30 * 86_400),
+                ..forward::Config::default()
+            },
+            "forward.serve_stale",
+        ),
+        (
+            forward::Config {
+                stale_answer_ttl: Duration::ZERO,
+                ..forward::Config::default()
+            },
+            "forward.stale_answer_ttl",
+        ),
+    ];
+    for (config, key) in cases {
+        let error = forward_error(&config);
+        assert!(error.starts_with(key), "{error}");
+    }
+}
+
+/// Every key path a validation message spells (`"dns.listen"`,
+/// `"forward.rules[{index}].zone"`, `"metrics.tags.{key}"`) is a registered key.
+#[test]
+fn validation_messages_name_registered_keys() {
+    let tables = expected_fields("no_such_table = 1\n");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/config");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).expect("src/config").flatten() {
+        let name = entry.file_name();
+        if name == "tests.rs" {
+            continue;
+        }
+        let text = std::fs::read_to_string(entry.path()).expect("read");
+        for literal in text.split('"').skip(1).step_by(2) {
+            let Some((table, rest)) = literal.split_once('.') else {
+                continue;
+            };
+            if !tables.iter().any(|t| t == table) {
+                continue;
+            }
+            let field: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect();
+            let path = format!("{table}.{field}");
+            if field.is_empty() || name == "keys.rs" {
+                continue;
+            }
+            assert!(
+                registry_keys().contains(&path),
+                "{}: {literal:?} names no registered key",
+                name.to_string_lossy()
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 30, "only {checked} key paths found");
 }

@@ -1,6 +1,7 @@
 //! Metric names of the catalog cache, and their descriptions.
 
-use metrics::{counter, describe_counter, describe_gauge, gauge};
+use metrics::{Unit, counter, gauge};
+use metrics_util::MetricKind;
 
 /// Background refreshes, tagged `outcome` (ok or a Consul error kind).
 pub const REFRESHES: &str = "catalog.refreshes";
@@ -23,39 +24,64 @@ pub const WATCHES: &str = "catalog.watches";
 /// Watch loops that reset their index to 0 because Consul's went backwards.
 pub const WATCH_INDEX_RESETS: &str = "catalog.watch_index_resets";
 
-/// Registers descriptions with the installed recorder.
-pub fn describe() {
-    describe_counter!(
+/// Every metric of this crate, declared once: (name, kind, unit, description).
+/// `src/telemetry.rs` describes them to the recorder; the README lists them.
+pub const METRICS: &[(&str, MetricKind, Unit, &str)] = &[
+    (
         REFRESHES,
-        "Background refreshes of cached Consul data, by outcome"
-    );
-    describe_counter!(
+        MetricKind::Counter,
+        Unit::Count,
+        "Background refreshes of cached Consul data, by outcome",
+    ),
+    (
         FIRST_FETCHES,
-        "First fetches of a never-seen name, by outcome"
-    );
-    describe_gauge!(ENTRIES, "Cached services and nodes");
-    describe_counter!(
+        MetricKind::Counter,
+        Unit::Count,
+        "First fetches of a never-seen name, by outcome",
+    ),
+    (
+        ENTRIES,
+        MetricKind::Gauge,
+        Unit::Count,
+        "Cached services and nodes",
+    ),
+    (
         CACHE_HITS,
-        "Lookups answered from a cached service or node (misses are first fetches)"
-    );
-    describe_counter!(
+        MetricKind::Counter,
+        Unit::Count,
+        "Lookups answered from a cached service or node (misses are first fetches)",
+    ),
+    (
         EVICTIONS,
-        "Cached services and nodes evicted because catalog.max_entries was reached"
-    );
-    describe_gauge!(
+        MetricKind::Counter,
+        Unit::Count,
+        "Cached services and nodes evicted because catalog.max_entries was reached",
+    ),
+    (
         CIRCUIT_OPEN,
-        "1 while Consul requests are held back by the circuit breaker"
-    );
-    describe_counter!(
+        MetricKind::Gauge,
+        Unit::Count,
+        "1 while Consul requests are held back by the circuit breaker",
+    ),
+    (
         CONSUL_REQUESTS,
-        "Consul requests sent by the catalog cache, by endpoint, mode (poll or watch) and outcome"
-    );
-    describe_gauge!(WATCHES, "Names kept current by a blocking-query watch");
-    describe_counter!(
+        MetricKind::Counter,
+        Unit::Count,
+        "Consul requests sent by the catalog cache, by endpoint, mode (poll or watch) and outcome",
+    ),
+    (
+        WATCHES,
+        MetricKind::Gauge,
+        Unit::Count,
+        "Names kept current by a blocking-query watch",
+    ),
+    (
         WATCH_INDEX_RESETS,
-        "Watch loops that restarted from index 0 because Consul's index went backwards"
-    );
-}
+        MetricKind::Counter,
+        Unit::Count,
+        "Watch loops that restarted from index 0 because Consul's index went backwards",
+    ),
+];
 
 pub(crate) fn consul_request(endpoint: &'static str, mode: &'static str, outcome: &'static str) {
     counter!(CONSUL_REQUESTS, "endpoint" => endpoint, "mode" => mode, "outcome" => outcome)

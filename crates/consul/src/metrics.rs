@@ -1,21 +1,27 @@
 //! Metric names emitted by the Consul client and their descriptions.
 
+use metrics::Unit;
+use metrics_util::MetricKind;
+
 /// Counter of HTTP calls to Consul, tagged `endpoint` and `outcome` (`ok` or [`crate::Error::kind`]).
 pub const REQUESTS: &str = "consul.requests";
 
 /// Histogram of HTTP call durations in seconds, tagged `endpoint`.
 pub const REQUEST_DURATION_SECONDS: &str = "consul.request_duration_seconds";
 
-/// Registers descriptions for every metric of this crate with the installed recorder.
-pub fn describe() {
-    ::metrics::describe_counter!(
+/// Every metric of this crate, declared once: (name, kind, unit, description).
+/// `src/telemetry.rs` describes them to the recorder; the README lists them.
+pub const METRICS: &[(&str, MetricKind, Unit, &str)] = &[
+    (
         REQUESTS,
-        ::metrics::Unit::Count,
-        "HTTP calls to the Consul API by endpoint and outcome"
-    );
-    ::metrics::describe_histogram!(
+        MetricKind::Counter,
+        Unit::Count,
+        "HTTP calls to the Consul API by endpoint and outcome",
+    ),
+    (
         REQUEST_DURATION_SECONDS,
-        ::metrics::Unit::Seconds,
-        "Duration of HTTP calls to the Consul API by endpoint"
-    );
-}
+        MetricKind::Histogram,
+        Unit::Seconds,
+        "Duration of HTTP calls to the Consul API by endpoint",
+    ),
+];

@@ -8,7 +8,8 @@
 
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
-use metrics::{Unit, describe_counter, describe_histogram};
+use metrics::Unit;
+use metrics_util::MetricKind;
 
 /// Counter: queries answered, tagged `zone`, `qtype`, `rcode`, `source`
 /// (UDP fast-path answers are added in batches, at most 1 s late).
@@ -24,34 +25,40 @@ pub const FAST_PATH_HITS: &str = "dns.fast_path_hits";
 /// Counter: UDP queries dropped unanswered because too many were in progress.
 pub const UDP_OVERLOAD_DROPS: &str = "dns.udp_overload_drops";
 
-/// Registers descriptions for every metric of this crate.
-pub fn describe() {
-    describe_counter!(
+/// Every metric of this crate, declared once: (name, kind, unit, description).
+/// `src/telemetry.rs` describes them to the recorder; the README lists them.
+pub const METRICS: &[(&str, MetricKind, Unit, &str)] = &[
+    (
         QUERIES,
+        MetricKind::Counter,
         Unit::Count,
-        "DNS queries answered, by zone, qtype, rcode and data source"
-    );
-    describe_histogram!(
+        "DNS queries answered, by zone, qtype, rcode and data source",
+    ),
+    (
         QUERY_DURATION_SECONDS,
+        MetricKind::Histogram,
         Unit::Seconds,
-        "Time to answer a DNS query"
-    );
-    describe_counter!(
+        "Time to answer a DNS query",
+    ),
+    (
         FAST_PATH_HITS,
+        MetricKind::Counter,
         Unit::Count,
-        "UDP queries answered from the wire answer cache (also in dns.queries)"
-    );
-    describe_counter!(
+        "UDP queries answered from the wire answer cache (also in dns.queries)",
+    ),
+    (
         UDP_OVERLOAD_DROPS,
+        MetricKind::Counter,
         Unit::Count,
-        "UDP queries dropped because too many queries were in progress"
-    );
-    describe_counter!(
+        "UDP queries dropped because too many queries were in progress",
+    ),
+    (
         TRUNCATED,
+        MetricKind::Counter,
         Unit::Count,
-        "DNS responses truncated to fit the transport (TC set)"
-    );
-}
+        "DNS responses truncated to fit the transport (TC set)",
+    ),
+];
 
 pub(crate) fn qtype_tag(qtype: RecordType) -> &'static str {
     match qtype {

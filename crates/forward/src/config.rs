@@ -240,122 +240,212 @@ impl Default for Config {
     }
 }
 
+/// A setting of [`Config`], as [`InvalidConfig`] and
+/// [`Forwarder::reconfigure`](crate::Forwarder::reconfigure) name it. The
+/// crate does not know the configuration file: `src/config` maps each field
+/// to the key path the operator wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    /// [`Config::upstreams`].
+    Upstreams,
+    /// [`Config::attempt_timeout`].
+    AttemptTimeout,
+    /// [`Config::deadline`].
+    Deadline,
+    /// [`Config::cache_size`].
+    CacheSize,
+    /// [`Config::min_ttl`].
+    MinTtl,
+    /// [`Config::max_ttl`].
+    MaxTtl,
+    /// [`Config::negative_max_ttl`].
+    NegativeMaxTtl,
+    /// [`Config::udp_payload`].
+    UdpPayload,
+    /// [`Config::max_in_flight`].
+    MaxInFlight,
+    /// [`Config::max_fails`].
+    MaxFails,
+    /// [`Config::probe_interval`].
+    ProbeInterval,
+    /// [`Config::serve_stale`].
+    ServeStale,
+    /// [`Config::stale_answer_ttl`].
+    StaleAnswerTtl,
+    /// The zone of rule `n` of [`Config::rules`].
+    RuleZone(usize),
+    /// The upstreams of rule `n` of [`Config::rules`].
+    RuleUpstreams(usize),
+    /// Entry `n` of [`Config::rebind_allow`].
+    RebindAllow(usize),
+}
+
+/// Why [`Config::validate`] rejected a setting.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidConfig {
+    /// A value outside its [`DefMinMax`] bounds (each in `Debug` form).
+    #[error("{field:?}: must be between {min} and {max}, got {value}")]
+    OutOfRange {
+        /// The setting.
+        field: Field,
+        /// Smallest accepted value.
+        min: String,
+        /// Largest accepted value.
+        max: String,
+        /// The value given.
+        value: String,
+    },
+    /// `min_ttl` above `max_ttl`.
+    #[error("min_ttl {min_ttl:?} exceeds max_ttl {max_ttl:?}")]
+    MinTtlAboveMaxTtl {
+        /// The floor given.
+        min_ttl: Duration,
+        /// The ceiling given.
+        max_ttl: Duration,
+    },
+    /// `deadline` below `attempt_timeout`: not even one attempt would fit.
+    #[error("deadline {deadline:?} is below attempt_timeout {attempt_timeout:?}")]
+    DeadlineBelowAttemptTimeout {
+        /// The deadline given.
+        deadline: Duration,
+        /// The attempt timeout given.
+        attempt_timeout: Duration,
+    },
+    /// An upstream with port 0 or an unspecified address.
+    #[error("{field:?}: entry {index} is not a usable address: {upstream}")]
+    UnusableUpstream {
+        /// [`Field::Upstreams`] or [`Field::RuleUpstreams`].
+        field: Field,
+        /// Its position in the list.
+        index: usize,
+        /// The address.
+        upstream: SocketAddr,
+    },
+    /// A rule for the root zone (the default upstreams are that).
+    #[error("rule {rule}: the zone is the root")]
+    RootZone {
+        /// The rule's position.
+        rule: usize,
+    },
+    /// A zone that an earlier rule already has.
+    #[error("rule {rule}: {zone} appears in an earlier rule")]
+    DuplicateZone {
+        /// The rule's position.
+        rule: usize,
+        /// The zone, normalized.
+        zone: Name,
+    },
+    /// A rule without upstreams.
+    #[error("rule {rule}: no upstreams")]
+    RuleWithoutUpstreams {
+        /// The rule's position.
+        rule: usize,
+    },
+    /// The root in `rebind_allow` (that would switch rebind protection off).
+    #[error("rebind_allow entry {index} is the root")]
+    RootRebindAllow {
+        /// The entry's position.
+        index: usize,
+    },
+}
+
+impl InvalidConfig {
+    /// The setting that is wrong.
+    pub fn field(&self) -> Field {
+        match self {
+            Self::OutOfRange { field, .. } | Self::UnusableUpstream { field, .. } => *field,
+            Self::MinTtlAboveMaxTtl { .. } => Field::MinTtl,
+            Self::DeadlineBelowAttemptTimeout { .. } => Field::Deadline,
+            Self::RootZone { rule } | Self::DuplicateZone { rule, .. } => Field::RuleZone(*rule),
+            Self::RuleWithoutUpstreams { rule } => Field::RuleUpstreams(*rule),
+            Self::RootRebindAllow { index } => Field::RebindAllow(*index),
+        }
+    }
+}
+
 impl Config {
     /// Checks every field against its bounds and the cross-field rules.
     ///
-    /// Errors name the field (`forward.<field>: ...`, `forward.rules[2].zone: ...`), so
-    /// `src/config` can show them as is. An empty upstream list is accepted here (a node
-    /// may forward nothing, or only through rules); such a forwarder answers names no
-    /// rule covers with [`Error::NoUpstreams`](crate::Error::NoUpstreams).
-    pub fn validate(&self) -> Result<(), crate::Error> {
+    /// An empty upstream list is accepted here (a node may forward nothing, or
+    /// only through rules); such a forwarder answers names no rule covers with
+    /// [`Error::NoUpstreams`](crate::Error::NoUpstreams).
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
         fn check<T: PartialOrd + Copy + std::fmt::Debug>(
-            key: &str,
+            field: Field,
             bounds: DefMinMax<T>,
             value: T,
-        ) -> Result<(), crate::Error> {
+        ) -> Result<(), InvalidConfig> {
             if bounds.contains(value) {
-                Ok(())
-            } else {
-                Err(invalid(
-                    key,
-                    format!(
-                        "must be between {:?} and {:?}, got {:?}",
-                        bounds.min, bounds.max, value
-                    ),
-                ))
+                return Ok(());
             }
+            Err(InvalidConfig::OutOfRange {
+                field,
+                min: format!("{:?}", bounds.min),
+                max: format!("{:?}", bounds.max),
+                value: format!("{value:?}"),
+            })
         }
-        fn check_upstreams(key: &str, upstreams: &[SocketAddr]) -> Result<(), crate::Error> {
+        fn check_upstreams(field: Field, upstreams: &[SocketAddr]) -> Result<(), InvalidConfig> {
             for (index, upstream) in upstreams.iter().enumerate() {
                 if upstream.port() == 0 || upstream.ip().is_unspecified() {
-                    return Err(invalid(
-                        key,
-                        format!("entry {index} is not a usable address: {upstream}"),
-                    ));
+                    return Err(InvalidConfig::UnusableUpstream {
+                        field,
+                        index,
+                        upstream: *upstream,
+                    });
                 }
             }
             Ok(())
         }
+        check(Field::AttemptTimeout, ATTEMPT_TIMEOUT, self.attempt_timeout)?;
+        check(Field::Deadline, DEADLINE, self.deadline)?;
+        check(Field::CacheSize, CACHE_SIZE, self.cache_size)?;
+        check(Field::MinTtl, MIN_TTL, self.min_ttl)?;
+        check(Field::MaxTtl, MAX_TTL, self.max_ttl)?;
         check(
-            "forward.attempt_timeout",
-            ATTEMPT_TIMEOUT,
-            self.attempt_timeout,
-        )?;
-        check("forward.deadline", DEADLINE, self.deadline)?;
-        check("forward.cache_size", CACHE_SIZE, self.cache_size)?;
-        check("forward.min_ttl", MIN_TTL, self.min_ttl)?;
-        check("forward.max_ttl", MAX_TTL, self.max_ttl)?;
-        check(
-            "forward.negative_max_ttl",
+            Field::NegativeMaxTtl,
             NEGATIVE_MAX_TTL,
             self.negative_max_ttl,
         )?;
-        check("forward.udp_payload", UDP_PAYLOAD, self.udp_payload)?;
-        check("forward.max_in_flight", MAX_IN_FLIGHT, self.max_in_flight)?;
-        check("forward.max_fails", MAX_FAILS, self.max_fails)?;
+        check(Field::UdpPayload, UDP_PAYLOAD, self.udp_payload)?;
+        check(Field::MaxInFlight, MAX_IN_FLIGHT, self.max_in_flight)?;
+        check(Field::MaxFails, MAX_FAILS, self.max_fails)?;
+        check(Field::ProbeInterval, PROBE_INTERVAL, self.probe_interval)?;
+        check(Field::ServeStale, SERVE_STALE, self.serve_stale)?;
         check(
-            "forward.probe_interval",
-            PROBE_INTERVAL,
-            self.probe_interval,
-        )?;
-        check("forward.serve_stale", SERVE_STALE, self.serve_stale)?;
-        check(
-            "forward.stale_answer_ttl",
+            Field::StaleAnswerTtl,
             STALE_ANSWER_TTL,
             self.stale_answer_ttl,
         )?;
         if self.min_ttl > self.max_ttl {
-            return Err(invalid(
-                "forward.min_ttl",
-                format!(
-                    "must not exceed forward.max_ttl ({:?}), got {:?}",
-                    self.max_ttl, self.min_ttl
-                ),
-            ));
+            return Err(InvalidConfig::MinTtlAboveMaxTtl {
+                min_ttl: self.min_ttl,
+                max_ttl: self.max_ttl,
+            });
         }
         if self.deadline < self.attempt_timeout {
-            return Err(invalid(
-                "forward.deadline",
-                format!(
-                    "must be at least forward.attempt_timeout ({:?}), got {:?}",
-                    self.attempt_timeout, self.deadline
-                ),
-            ));
+            return Err(InvalidConfig::DeadlineBelowAttemptTimeout {
+                deadline: self.deadline,
+                attempt_timeout: self.attempt_timeout,
+            });
         }
-        check_upstreams("forward.upstreams", &self.upstreams)?;
+        check_upstreams(Field::Upstreams, &self.upstreams)?;
         let mut zones = HashSet::new();
-        for (index, rule) in self.rules.iter().enumerate() {
-            let zone = normalize(&rule.zone);
+        for (rule, domain_rule) in self.rules.iter().enumerate() {
+            let zone = normalize(&domain_rule.zone);
             if zone.is_root() {
-                return Err(invalid(
-                    format!("forward.rules[{index}].zone"),
-                    "must not be the root: use forward.upstreams for the default",
-                ));
+                return Err(InvalidConfig::RootZone { rule });
             }
             if !zones.insert(zone.clone()) {
-                return Err(invalid(
-                    format!("forward.rules[{index}].zone"),
-                    format!("{zone} appears in an earlier rule"),
-                ));
+                return Err(InvalidConfig::DuplicateZone { rule, zone });
             }
-            if rule.upstreams.is_empty() {
-                return Err(invalid(
-                    format!("forward.rules[{index}].upstreams"),
-                    "must name at least one upstream",
-                ));
+            if domain_rule.upstreams.is_empty() {
+                return Err(InvalidConfig::RuleWithoutUpstreams { rule });
             }
-            check_upstreams(
-                &format!("forward.rules[{index}].upstreams"),
-                &rule.upstreams,
-            )?;
+            check_upstreams(Field::RuleUpstreams(rule), &domain_rule.upstreams)?;
         }
-        for (index, domain) in self.rebind_allow.iter().enumerate() {
-            if domain.is_root() {
-                return Err(invalid(
-                    format!("forward.rebind_allow[{index}]"),
-                    "must not be the root: set forward.rebind_protection = false instead",
-                ));
-            }
+        if let Some(index) = self.rebind_allow.iter().position(Name::is_root) {
+            return Err(InvalidConfig::RootRebindAllow { index });
         }
         Ok(())
     }
@@ -368,16 +458,13 @@ pub(crate) fn normalize(name: &Name) -> Name {
     name
 }
 
-fn invalid(key: impl Into<String>, reason: impl Into<String>) -> crate::Error {
-    crate::Error::InvalidConfig {
-        key: key.into(),
-        reason: reason.into(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn field_of(config: &Config) -> Option<Field> {
+        config.validate().err().map(|error| error.field())
+    }
 
     #[test]
     fn default_config_is_valid() {
@@ -392,29 +479,35 @@ mod tests {
             udp_payload: 100,
             ..Config::default()
         };
-        let error = bad_payload.validate().expect_err("payload below 512");
-        assert!(error.to_string().contains("forward.udp_payload"), "{error}");
+        assert_eq!(
+            bad_payload.validate(),
+            Err(InvalidConfig::OutOfRange {
+                field: Field::UdpPayload,
+                min: "512".to_owned(),
+                max: "4096".to_owned(),
+                value: "100".to_owned(),
+            })
+        );
 
         let inverted = Config {
             min_ttl: Duration::from_secs(600),
             max_ttl: Duration::from_secs(60),
             ..Config::default()
         };
-        let error = inverted.validate().expect_err("min above max");
-        assert!(error.to_string().contains("forward.min_ttl"), "{error}");
+        assert_eq!(field_of(&inverted), Some(Field::MinTtl));
 
         let short_deadline = Config {
             deadline: Duration::from_millis(100),
             attempt_timeout: Duration::from_millis(500),
             ..Config::default()
         };
-        assert!(short_deadline.validate().is_err());
+        assert_eq!(field_of(&short_deadline), Some(Field::Deadline));
 
         let zero_port = Config {
             upstreams: vec!["127.0.0.1:0".parse().expect("literal")],
             ..Config::default()
         };
-        assert!(zero_port.validate().is_err());
+        assert_eq!(field_of(&zero_port), Some(Field::Upstreams));
     }
 
     fn rule(zone: &str, upstreams: &[&str]) -> DomainRule {
@@ -437,21 +530,19 @@ mod tests {
             ],
             ..Config::default()
         };
-        let error = config.validate().expect_err("duplicate zone");
         assert_eq!(
-            error.to_string(),
-            "forward.rules[2].zone: example.com. appears in an earlier rule"
+            config.validate(),
+            Err(InvalidConfig::DuplicateZone {
+                rule: 2,
+                zone: "example.com.".parse().expect("literal"),
+            })
         );
 
         let empty = Config {
             rules: vec![rule("corp.example.", &[])],
             ..Config::default()
         };
-        let error = empty.validate().expect_err("no upstreams");
-        assert!(
-            error.to_string().starts_with("forward.rules[0].upstreams:"),
-            "{error}"
-        );
+        assert_eq!(field_of(&empty), Some(Field::RuleUpstreams(0)));
 
         let unusable = Config {
             rules: vec![
@@ -460,17 +551,13 @@ mod tests {
             ],
             ..Config::default()
         };
-        let error = unusable.validate().expect_err("port 0");
-        assert!(
-            error.to_string().starts_with("forward.rules[1].upstreams:"),
-            "{error}"
-        );
+        assert_eq!(field_of(&unusable), Some(Field::RuleUpstreams(1)));
 
         let root = Config {
             rules: vec![rule(".", &["10.0.0.1:53"])],
             ..Config::default()
         };
-        assert!(root.validate().is_err());
+        assert_eq!(field_of(&root), Some(Field::RuleZone(0)));
     }
 
     #[test]
@@ -481,33 +568,32 @@ mod tests {
                     max_fails: 0,
                     ..Config::default()
                 },
-                "forward.max_fails",
+                Field::MaxFails,
             ),
             (
                 Config {
                     probe_interval: Duration::from_millis(10),
                     ..Config::default()
                 },
-                "forward.probe_interval",
+                Field::ProbeInterval,
             ),
             (
                 Config {
                     serve_stale: Duration::from_secs(30 * 86_400),
                     ..Config::default()
                 },
-                "forward.serve_stale",
+                Field::ServeStale,
             ),
             (
                 Config {
                     stale_answer_ttl: Duration::ZERO,
                     ..Config::default()
                 },
-                "forward.stale_answer_ttl",
+                Field::StaleAnswerTtl,
             ),
         ];
-        for (config, key) in cases {
-            let error = config.validate().expect_err(key);
-            assert!(error.to_string().starts_with(key), "{error}");
+        for (config, field) in cases {
+            assert_eq!(field_of(&config), Some(field));
         }
         let disabled = Config {
             serve_stale: Duration::ZERO,

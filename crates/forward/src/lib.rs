@@ -45,7 +45,7 @@ use crate::cache::{Entry, InsertOptions, Key, Lookup, Response, ResponseCache, a
 use crate::config::{PREFETCH_FRACTION, PREFETCH_MIN_TTL, normalize};
 use crate::upstream::{HealthPolicy, Plan, Request, Upstream};
 
-pub use crate::config::{Config, DomainRule, Strategy};
+pub use crate::config::{Config, DomainRule, Field, InvalidConfig, Strategy};
 pub use crate::explain::{CacheInfo, CacheState};
 pub use crate::policy::Policy;
 pub use crate::upstream::UpstreamStats;
@@ -112,14 +112,6 @@ pub enum Error {
     /// Too many queries in flight, and nothing stale was servable.
     #[error("too many upstream queries in flight")]
     Overloaded,
-    /// A setting is out of range (from [`Config::validate`]).
-    #[error("{key}: {reason}")]
-    InvalidConfig {
-        /// The offending key, e.g. `forward.udp_payload` or `forward.rules[2].zone`.
-        key: String,
-        /// What is wrong with it.
-        reason: String,
-    },
 }
 
 /// The outcome of one shared upstream query, as every waiter sees it.
@@ -311,10 +303,10 @@ impl Forwarder {
     /// settings atomically, keeping the cache, upstream health and queries in flight
     /// (those finish with the settings they started with).
     ///
-    /// Returns the keys that cannot change while running and kept their old value
-    /// (`forward.cache_size`, `forward.max_in_flight`), for a "needs restart" log.
+    /// Returns the fields that cannot change while running and kept their old
+    /// value ([`Field::CacheSize`], [`Field::MaxInFlight`]), for a "needs restart" log.
     /// Entries already cached keep the serve-stale retention they were stored with.
-    pub fn reconfigure(&self, mut config: Config) -> Vec<&'static str> {
+    pub fn reconfigure(&self, mut config: Config) -> Vec<Field> {
         let mut registry = self
             .inner
             .registry
@@ -323,11 +315,11 @@ impl Forwarder {
         let current = self.inner.settings.load();
         let mut ignored = Vec::new();
         if config.cache_size != current.config.cache_size {
-            ignored.push("forward.cache_size");
+            ignored.push(Field::CacheSize);
             config.cache_size = current.config.cache_size;
         }
         if config.max_in_flight != current.config.max_in_flight {
-            ignored.push("forward.max_in_flight");
+            ignored.push(Field::MaxInFlight);
             config.max_in_flight = current.config.max_in_flight;
         }
         let settings = Settings::build(config, &mut registry);

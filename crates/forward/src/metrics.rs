@@ -3,7 +3,8 @@
 //! Tags are bounded: `upstream` takes only configured `ip:port` values, `outcome`
 //! only the `OUTCOME_*` values below and `policy` only [`crate::Policy::as_str`] values.
 
-use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use metrics::Unit;
+use metrics_util::MetricKind;
 
 /// Queries answered from the response cache.
 pub const CACHE_HITS: &str = "forward.cache_hits";
@@ -51,74 +52,88 @@ pub const OUTCOME_SERVFAIL: &str = "servfail";
 /// The UDP answer had TC set; a TCP exchange with the same upstream follows.
 pub const OUTCOME_TRUNCATED_RETRY: &str = "truncated_retry";
 
-/// Registers units and descriptions with the installed recorder.
-pub fn describe() {
-    describe_counter!(
+/// Every metric of this crate, declared once: (name, kind, unit, description).
+/// `src/telemetry.rs` describes them to the recorder; the README lists them.
+pub const METRICS: &[(&str, MetricKind, Unit, &str)] = &[
+    (
         CACHE_HITS,
+        MetricKind::Counter,
         Unit::Count,
-        "Forwarded queries answered from the response cache"
-    );
-    describe_counter!(
+        "Forwarded queries answered from the response cache",
+    ),
+    (
         CACHE_MISSES,
+        MetricKind::Counter,
         Unit::Count,
-        "Forwarded queries not answerable from the cache"
-    );
-    describe_counter!(
+        "Forwarded queries not answerable from the cache",
+    ),
+    (
         UPSTREAM_QUERIES,
+        MetricKind::Counter,
         Unit::Count,
-        "Exchanges with an upstream resolver, by upstream and outcome"
-    );
-    describe_histogram!(
+        "Exchanges with an upstream resolver, by upstream and outcome",
+    ),
+    (
         UPSTREAM_DURATION_SECONDS,
+        MetricKind::Histogram,
         Unit::Seconds,
-        "Duration of one exchange with an upstream resolver"
-    );
-    describe_counter!(
+        "Duration of one exchange with an upstream resolver",
+    ),
+    (
         OVERLOADED,
+        MetricKind::Counter,
         Unit::Count,
-        "Forwarded queries refused because too many upstream queries were in flight"
-    );
-    describe_counter!(
+        "Forwarded queries refused because too many upstream queries were in flight",
+    ),
+    (
         UPSTREAM_FAILURES,
+        MetricKind::Counter,
         Unit::Count,
-        "Failed exchanges with an upstream resolver (timeout, socket error, failure rcode)"
-    );
-    describe_gauge!(
+        "Failed exchanges with an upstream resolver (timeout, socket error, failure rcode)",
+    ),
+    (
         UPSTREAM_DOWN,
+        MetricKind::Gauge,
         Unit::Count,
-        "1 while an upstream resolver is marked down after consecutive failures, else 0"
-    );
-    describe_counter!(
+        "1 while an upstream resolver is marked down after consecutive failures, else 0",
+    ),
+    (
         PREFETCHES,
+        MetricKind::Counter,
         Unit::Count,
-        "Background refreshes of cache entries hit in the last 10% of their TTL"
-    );
-    describe_counter!(
+        "Background refreshes of cache entries hit in the last 10% of their TTL",
+    ),
+    (
         STALE_ANSWERS,
+        MetricKind::Counter,
         Unit::Count,
-        "Answers served from expired cache entries because every upstream failed"
-    );
-    describe_counter!(
+        "Answers served from expired cache entries because every upstream failed",
+    ),
+    (
         POLICY_ANSWERS,
+        MetricKind::Counter,
         Unit::Count,
-        "Queries answered locally or answers filtered by policy (domain_needed, bogus_priv, rebind)"
-    );
-    describe_gauge!(
+        "Queries answered locally or answers filtered by policy (domain_needed, bogus_priv, rebind)",
+    ),
+    (
         CACHE_ENTRIES,
+        MetricKind::Gauge,
         Unit::Count,
-        "Responses held by the forwarder's cache (approximate)"
-    );
-    describe_counter!(
+        "Responses held by the forwarder's cache (approximate)",
+    ),
+    (
         CACHE_EVICTIONS,
+        MetricKind::Counter,
         Unit::Count,
-        "Responses evicted from the forwarder's cache because it was full"
-    );
-    describe_counter!(
+        "Responses evicted from the forwarder's cache because it was full",
+    ),
+    (
         COALESCED,
+        MetricKind::Counter,
         Unit::Count,
-        "Cache misses that shared an identical upstream query already in flight"
-    );
-}
+        "Cache misses that shared an identical upstream query already in flight",
+    ),
+];
 
 /// Counts one [`CACHE_EVICTIONS`]: an entry evicted for room.
 pub(crate) fn cache_eviction() {

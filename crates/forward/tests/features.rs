@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use common::{addresses, answer_a, ask, config_with, question};
 use dnsfront_forward::{
-    CacheState, Config, DomainRule, Error, Forwarder, Policy, Source, Strategy, UpstreamStats,
-    metrics as names,
+    CacheState, Config, DomainRule, Error, Field, Forwarder, Policy, Source, Strategy,
+    UpstreamStats, metrics as names,
 };
 use hickory_proto::op::{Query, ResponseCode};
 use hickory_proto::rr::rdata::PTR;
@@ -676,7 +676,7 @@ async fn reconfigure_swaps_upstreams_and_keeps_the_cache_and_queries_in_flight()
         strategy: Strategy::Race,
         ..config(&[new.addr()])
     });
-    assert_eq!(ignored, ["forward.cache_size", "forward.max_in_flight"]);
+    assert_eq!(ignored, [Field::CacheSize, Field::MaxInFlight]);
     let now = forwarder.config();
     assert_eq!(now.upstreams, [new.addr()]);
     assert_eq!(now.strategy, Strategy::Race);

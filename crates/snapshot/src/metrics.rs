@@ -1,6 +1,7 @@
 //! Metric names of the snapshot publisher and follower, and their descriptions.
 
-use metrics::{counter, describe_counter, describe_gauge, gauge};
+use metrics::{Unit, counter, gauge};
+use metrics_util::MetricKind;
 
 /// Generation of the snapshot currently in memory.
 pub const GENERATION: &str = "snapshot.generation";
@@ -17,33 +18,52 @@ pub const PUBLISHED: &str = "snapshot.published";
 /// Publishes skipped, tagged `reason` (unchanged, min_interval, too_small, shrink_guard, kill_switch, ...).
 pub const PUBLISH_SKIPPED: &str = "snapshot.publish_skipped";
 
-/// Registers descriptions with the installed recorder.
-pub fn describe() {
-    describe_gauge!(GENERATION, "Generation of the hosts snapshot in memory");
-    describe_gauge!(
+/// Every metric of this crate, declared once: (name, kind, unit, description).
+/// `src/telemetry.rs` describes them to the recorder; the README lists them.
+pub const METRICS: &[(&str, MetricKind, Unit, &str)] = &[
+    (
+        GENERATION,
+        MetricKind::Gauge,
+        Unit::Count,
+        "Generation of the hosts snapshot in memory",
+    ),
+    (
         AGE_SECONDS,
-        metrics::Unit::Seconds,
-        "Age of the hosts snapshot in memory"
-    );
-    describe_gauge!(
+        MetricKind::Gauge,
+        Unit::Seconds,
+        "Age of the hosts snapshot in memory",
+    ),
+    (
         SIZE_BYTES,
-        metrics::Unit::Bytes,
-        "Encoded size of the hosts snapshot"
-    );
-    describe_counter!(
+        MetricKind::Gauge,
+        Unit::Bytes,
+        "Encoded size of the hosts snapshot",
+    ),
+    (
         REJECTED,
-        "Hosts snapshots refused by the follower, by reason"
-    );
-    describe_counter!(APPLIED, "Hosts snapshots applied by the follower");
-    describe_counter!(
+        MetricKind::Counter,
+        Unit::Count,
+        "Hosts snapshots refused by the follower, by reason",
+    ),
+    (
+        APPLIED,
+        MetricKind::Counter,
+        Unit::Count,
+        "Hosts snapshots applied by the follower",
+    ),
+    (
         PUBLISHED,
-        "Hosts snapshots written to Consul by the publisher"
-    );
-    describe_counter!(
+        MetricKind::Counter,
+        Unit::Count,
+        "Hosts snapshots written to Consul by the publisher",
+    ),
+    (
         PUBLISH_SKIPPED,
-        "Hosts snapshot publishes skipped, by reason"
-    );
-}
+        MetricKind::Counter,
+        Unit::Count,
+        "Hosts snapshot publishes skipped, by reason",
+    ),
+];
 
 /// Sets [`GENERATION`].
 pub fn set_generation(generation: u64) {

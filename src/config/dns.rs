@@ -1,0 +1,179 @@
+//! `[dns]`: listeners, the client ACL and answer shaping (with `hosts.ttl`
+//! and the query log of `[log]`, which the router applies too).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use dnsfront_dns as dns;
+use serde::{Deserialize, Serialize};
+
+use super::{ConfigError, HumanDuration, RawConfig, check_duration_range, check_ttl, invalid};
+
+/// Default DNS listen address: loopback only, never an open resolver.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:53";
+
+/// `[dns]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawDns {
+    /// UDP+TCP listen addresses.
+    pub listen: Vec<String>,
+    /// The Consul domain (without trailing dot).
+    pub domain: String,
+    /// Client networks allowed to query; everyone else gets REFUSED.
+    pub allowed_networks: Vec<String>,
+    /// Idle TCP connections are closed after this long.
+    #[serde(with = "humantime_serde")]
+    pub tcp_idle_timeout: Duration,
+    /// TTL of service answers.
+    #[serde(with = "humantime_serde")]
+    pub service_ttl: Duration,
+    /// Per-service TTLs: exact name, `prefix*` or `*`.
+    pub service_ttl_overrides: BTreeMap<String, HumanDuration>,
+    /// TTL of node and `.addr` answers.
+    #[serde(with = "humantime_serde")]
+    pub node_ttl: Duration,
+    /// TTL of negative answers (SOA minimum).
+    #[serde(with = "humantime_serde")]
+    pub negative_ttl: Duration,
+    /// TTL cap of answers served from stale data.
+    #[serde(with = "humantime_serde")]
+    pub stale_ttl: Duration,
+    /// Cap on A/AAAA records per answer (Consul's `a_record_limit`); 0 = no cap.
+    pub max_answer_records: usize,
+    /// Largest UDP answer for EDNS clients.
+    pub max_udp_payload: u16,
+}
+
+impl Default for RawDns {
+    fn default() -> Self {
+        let dns = dns::Config::default();
+        Self {
+            listen: vec![DEFAULT_LISTEN.to_owned()],
+            domain: "consul".to_owned(),
+            allowed_networks: vec!["127.0.0.0/8".to_owned(), "::1/128".to_owned()],
+            tcp_idle_timeout: Duration::from_secs(10),
+            service_ttl: dns.service_ttl,
+            service_ttl_overrides: BTreeMap::new(),
+            node_ttl: dns.node_ttl,
+            negative_ttl: dns.negative_ttl,
+            stale_ttl: dns.stale_ttl,
+            max_answer_records: 0,
+            max_udp_payload: dns.max_udp_payload,
+        }
+    }
+}
+
+impl RawConfig {
+    /// `dns.listen`.
+    pub(super) fn listen(&self) -> Result<Vec<SocketAddr>, ConfigError> {
+        let listen = self
+            .dns
+            .listen
+            .iter()
+            .map(|addr| {
+                addr.parse::<SocketAddr>().map_err(|_| {
+                    invalid("dns.listen", format!("{addr:?} is not an IP:PORT address"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if listen.is_empty() {
+            return Err(invalid("dns.listen", "at least one address is needed"));
+        }
+        Ok(listen)
+    }
+
+    /// `dns.allowed_networks`.
+    pub(super) fn allowed_networks(&self) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+        let allowed_networks = self
+            .dns
+            .allowed_networks
+            .iter()
+            .map(|net| {
+                net.parse::<ipnet::IpNet>()
+                    .or_else(|_| net.parse::<IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        invalid(
+                            "dns.allowed_networks",
+                            format!("{net:?} is not a network like 10.0.0.0/8"),
+                        )
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if allowed_networks.is_empty() {
+            return Err(invalid(
+                "dns.allowed_networks",
+                "empty: no client could query",
+            ));
+        }
+        Ok(allowed_networks)
+    }
+
+    /// The answer settings: `[dns]` (but its listener keys), `hosts.ttl` and
+    /// the query log of `[log]`.
+    pub(super) fn dns_config(&self) -> Result<dns::Config, ConfigError> {
+        let domain = self.dns.domain.trim_end_matches('.').to_ascii_lowercase();
+        let domain_name = hickory_server::proto::rr::Name::from_ascii(format!("{domain}."))
+            .ok()
+            .filter(|_| !domain.is_empty())
+            .ok_or_else(|| {
+                invalid(
+                    "dns.domain",
+                    format!("{:?} is not a domain name", self.dns.domain),
+                )
+            })?;
+
+        let mut service_ttl_overrides = Vec::new();
+        for (pattern, ttl) in &self.dns.service_ttl_overrides {
+            check_ttl(&format!("dns.service_ttl_overrides.{pattern}"), ttl.0)?;
+            service_ttl_overrides.push((pattern.to_ascii_lowercase(), ttl.0));
+        }
+        check_ttl("dns.service_ttl", self.dns.service_ttl)?;
+        check_ttl("dns.node_ttl", self.dns.node_ttl)?;
+        check_ttl("dns.negative_ttl", self.dns.negative_ttl)?;
+        check_ttl("dns.stale_ttl", self.dns.stale_ttl)?;
+        if !(512..=4096).contains(&self.dns.max_udp_payload) {
+            return Err(invalid(
+                "dns.max_udp_payload",
+                format!(
+                    "must be between 512 and 4096, got {}",
+                    self.dns.max_udp_payload
+                ),
+            ));
+        }
+        check_duration_range(
+            "dns.tcp_idle_timeout",
+            self.dns.tcp_idle_timeout,
+            Duration::from_millis(100),
+            Duration::from_secs(600),
+        )?;
+        let dns_config = dns::Config {
+            domain: domain_name,
+            service_ttl: self.dns.service_ttl,
+            service_ttl_overrides,
+            node_ttl: self.dns.node_ttl,
+            negative_ttl: self.dns.negative_ttl,
+            stale_ttl: self.dns.stale_ttl,
+            max_answer_records: (self.dns.max_answer_records > 0)
+                .then_some(self.dns.max_answer_records),
+            max_udp_payload: self.dns.max_udp_payload,
+            local_ttl: self.hosts.ttl,
+            query_log: dns::QueryLog {
+                enabled: self.log.queries,
+                sample: self.log.query_sample,
+            },
+        };
+        check_ttl("hosts.ttl", self.hosts.ttl)?;
+        if !(0.0..=1.0).contains(&self.log.query_sample) {
+            return Err(invalid(
+                "log.query_sample",
+                format!(
+                    "must be a fraction between 0.0 and 1.0, got {}",
+                    self.log.query_sample
+                ),
+            ));
+        }
+        Ok(dns_config)
+    }
+}

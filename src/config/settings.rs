@@ -1,0 +1,88 @@
+//! [`Settings`]: the validated configuration, one plain `Config` per crate.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use dnsfront_catalog as catalog;
+use dnsfront_consul as consul;
+use dnsfront_dns as dns;
+use dnsfront_forward as forward;
+
+use super::{
+    ConfigError, Env, FollowSettings, HostsSettings, LogFormat, MetricsSettings, PublishSettings,
+    RawConfig,
+};
+
+/// Validated settings, one plain `Config` per crate.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Addresses to bind (UDP and TCP each).
+    pub listen: Vec<SocketAddr>,
+    /// Server options (client ACL, TCP idle timeout).
+    pub server: dns::ServerOptions,
+    /// Answer shaping.
+    pub dns: dns::Config,
+    /// Consul client.
+    pub consul: consul::Config,
+    /// Catalog cache.
+    pub catalog: catalog::Config,
+    /// Forwarder; `upstreams` may be empty (then non-Consul names get SERVFAIL).
+    pub forward: forward::Config,
+    /// Where the upstreams came from, for the startup log.
+    pub upstream_origin: String,
+    /// State directory (the snapshot file lives here).
+    pub state_dir: PathBuf,
+    /// Snapshot following; None when `snapshot.follow = false`.
+    pub follow: Option<FollowSettings>,
+    /// Local hosts files.
+    pub hosts: HostsSettings,
+    /// Log filter and format.
+    pub log_level: String,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Metrics export.
+    pub metrics: MetricsSettings,
+}
+
+impl RawConfig {
+    /// Validates every key and builds the per-crate configs.
+    pub fn validate(&self, env: &Env) -> Result<Settings, ConfigError> {
+        let listen = self.listen()?;
+        let allowed_networks = self.allowed_networks()?;
+        let dns = self.dns_config()?;
+        let hosts = self.hosts_settings()?;
+        let consul = self.consul_config(env)?;
+        let catalog = self.catalog_config()?;
+        let (forward, upstream_origin) = self.forward_config(&listen)?;
+        Ok(Settings {
+            listen,
+            server: dns::ServerOptions {
+                tcp_idle_timeout: self.dns.tcp_idle_timeout,
+                allowed_networks,
+            },
+            dns,
+            consul,
+            catalog,
+            forward,
+            upstream_origin,
+            state_dir: self.state.dir.clone(),
+            follow: self.snapshot.validate()?,
+            hosts,
+            log_level: self.log.level.clone(),
+            log_format: self.log.format,
+            metrics: self.metrics.validate()?,
+        })
+    }
+
+    /// Validates what `dnsfront publish` needs: Consul and `[publish]`.
+    pub fn validate_publish(
+        &self,
+        env: &Env,
+    ) -> Result<(consul::Config, PublishSettings, catalog::Config), ConfigError> {
+        Ok((
+            self.consul_config(env)?,
+            self.publish.validate(&self.snapshot)?,
+            self.catalog_config()?,
+        ))
+    }
+}
