@@ -264,7 +264,7 @@ impl Cache {
     }
 
     /// Whether Consul's `only_passing` rule applies (instances in warning are not served).
-    pub fn only_passing(&self) -> bool {
+    pub(crate) fn only_passing(&self) -> bool {
         self.inner.config.only_passing
     }
 
