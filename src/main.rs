@@ -131,6 +131,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let metrics_http = metrics
         .serve_http(ready.clone(), shutdown.child_token())
         .await?;
+    // The sockets are bound and `run` starts serving them at once; /health
+    // turns 503 as soon as shutdown begins. Ready before the listening line is
+    // printed: whoever reads that line may ask /health at once.
+    ready.set(true);
     {
         let mut line: serde_json::Value = serde_json::from_str(&app.listening_line())?;
         if let Some(addr) = metrics_http {
@@ -140,9 +144,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         writeln!(stdout, "{line}")?;
         stdout.flush()?;
     }
-    // The sockets are bound and `run` starts serving them at once; /health
-    // turns 503 as soon as shutdown begins.
-    ready.set(true);
     let not_ready = ready.clone();
     let stopping = shutdown.clone();
     tokio::spawn(async move {
