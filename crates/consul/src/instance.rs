@@ -2,10 +2,10 @@
 //! dnsfront sees it (the catalog cache, the hosts snapshot, DNS answers), with Consul's DNS
 //! rules written once: the health filter, the SRV weight, the address choice, the tag match.
 //!
-//! The wire models in [`crate::model`] mirror Consul's JSON; these types hold only what the
-//! DNS front serves, already interpreted. A new field (service meta, a hostname address)
-//! is added here and in [`ServiceInstance::from_entry`]; the hosts snapshot keeps its own
-//! serialized shape, so its format changes only when that shape does.
+//! The wire models ([`ServiceEntry`], [`NodeInfo`]) mirror Consul's JSON; these types hold
+//! only what the DNS front serves, already interpreted. A new field (service meta, a
+//! hostname address) is added here and in [`ServiceInstance::from_entry`]; the hosts
+//! snapshot keeps its own serialized shape, so its format changes only when that shape does.
 
 use std::net::IpAddr;
 
