@@ -90,11 +90,7 @@ impl App {
         // unreadable or oversized one stops the start, naming the file.
         let local_hosts = LocalHosts::load(settings.hosts.files.clone()).context("hosts.files")?;
         let listeners = dns::Listeners::bind(&settings.listen)?;
-        let view = dns::CatalogWithFallback::new(
-            catalog.clone(),
-            hosts.clone(),
-            settings.catalog.only_passing,
-        );
+        let view = catalog::View::new(catalog.clone(), hosts.clone());
         let router = dns::Router::new(settings.dns.clone(), view, Some(forwarder.clone()))
             .with_local_hosts(local_hosts.clone());
         Ok(Self {

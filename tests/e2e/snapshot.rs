@@ -5,7 +5,8 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use dnsfront_snapshot::{Instance, InstanceStatus, NodeEntry, Snapshot};
+use dnsfront_consul::{InstanceStatus, Node, ServiceInstance};
+use dnsfront_snapshot::Snapshot;
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 use test_support::{Ask, sorted_addresses, udp};
@@ -21,8 +22,9 @@ fn ip(text: &str) -> IpAddr {
 /// What a publisher would write for `standard_sim()` (web-1, web-2, api, db)
 /// plus `legacy`, a service only the snapshot knows.
 pub(crate) fn sample_snapshot(generation: u64) -> Snapshot {
-    let instance = |node: &str, node_ip: &str, service_ip: Option<&str>, port| Instance {
+    let instance = |node: &str, node_ip: &str, service_ip: Option<&str>, port| ServiceInstance {
         node: node.into(),
+        datacenter: "dc1".into(),
         node_address: Some(ip(node_ip)),
         service_address: service_ip.map(ip),
         port,
@@ -50,8 +52,9 @@ pub(crate) fn sample_snapshot(generation: u64) -> Snapshot {
     ] {
         nodes.insert(
             name.to_owned(),
-            NodeEntry {
+            Node {
                 name: name.into(),
+                datacenter: "dc1".into(),
                 address: Some(ip(address)),
             },
         );

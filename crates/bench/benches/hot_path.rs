@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use dnsfront_catalog::{Freshness, Lookup, Node, ServiceInstance};
+use dnsfront_catalog::{Freshness, InstanceStatus, Lookup, Node, ServiceInstance};
 use dnsfront_dns::{CatalogView, Config, Router, Upstream};
 use dnsfront_forward::Forwarder;
 use hickory_proto::op::{Message, ResponseCode};
@@ -111,6 +111,7 @@ fn instance(index: u8) -> ServiceInstance {
         port: 80,
         tags: vec!["primary".to_owned()],
         weight: 1,
+        status: InstanceStatus::Passing,
     }
 }
 

@@ -2,7 +2,6 @@
 //! refresh of entries that are being asked for (polled, or watched with
 //! blocking queries), stale-on-error.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -262,6 +261,11 @@ impl Cache {
             }
             Lookup::Unavailable => Lookup::Unavailable,
         }
+    }
+
+    /// Whether Consul's `only_passing` rule applies (instances in warning are not served).
+    pub(crate) fn only_passing(&self) -> bool {
+        self.inner.config.only_passing
     }
 
     /// True while the circuit breaker holds Consul requests back.
@@ -882,9 +886,10 @@ impl Inner {
                     Ok(response) => {
                         let instances: Vec<ServiceInstance> = response
                             .value
-                            .into_iter()
-                            .filter(|entry| entry.passes_dns_health(self.config.only_passing))
-                            .map(to_instance)
+                            .iter()
+                            .filter_map(|entry| {
+                                ServiceInstance::from_entry(entry, self.config.only_passing)
+                            })
                             .collect();
                         let value = if instances.is_empty() {
                             Value::Missing
@@ -915,11 +920,9 @@ impl Inner {
                 match result {
                     Ok(response) => {
                         let value = match response.value {
-                            Some(catalog_node) => Value::Node(Arc::new(Node {
-                                name: catalog_node.node.node.clone(),
-                                datacenter: catalog_node.node.datacenter.clone(),
-                                address: parse_ip(&catalog_node.node.address),
-                            })),
+                            Some(catalog_node) => {
+                                Value::Node(Arc::new(Node::from_info(&catalog_node.node)))
+                            }
                             None => Value::Missing,
                         };
                         Ok(Fetched {
@@ -1023,41 +1026,5 @@ fn to_lookup(value: &Value, freshness: Freshness) -> Lookup<Value> {
     match value {
         Value::Missing => Lookup::NotFound(freshness),
         other => Lookup::Found(other.clone(), freshness),
-    }
-}
-
-fn to_instance(entry: consul::ServiceEntry) -> ServiceInstance {
-    let warning = entry.has_warning();
-    let weight = match &entry.service.weights {
-        Some(weights) if warning => weights.warning,
-        Some(weights) => weights.passing,
-        None => 1,
-    };
-    ServiceInstance {
-        node: entry.node.node,
-        datacenter: entry.node.datacenter,
-        node_address: parse_ip(&entry.node.address),
-        service_address: parse_ip(&entry.service.address),
-        port: entry.service.port,
-        tags: entry.service.tags,
-        weight,
-    }
-}
-
-/// Consul addresses may be hostnames; DNS answers here use IP addresses only.
-fn parse_ip(address: &str) -> Option<IpAddr> {
-    if address.is_empty() {
-        return None;
-    }
-    match address.parse() {
-        Ok(ip) => Some(ip),
-        Err(_) => {
-            // Per fetch, so debug: the operator sees it once in `dnsfront explain`-style tooling.
-            debug!(
-                address,
-                "Consul address is not an IP address; hostname addresses are not served yet"
-            );
-            None
-        }
     }
 }

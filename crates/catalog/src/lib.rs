@@ -13,55 +13,17 @@
 //! name (`?index=&wait=`), so a change arrives within milliseconds and an
 //! unchanged name costs one read per `watch_wait`.
 //!
-//! Data leaves this crate as plain Rust types ([`ServiceInstance`], [`Node`]);
-//! building DNS messages is the `dns` crate's job.
+//! [`View`] is what the DNS front reads: the cache with the hosts snapshot
+//! (`dnsfront-snapshot`) behind it, in one fallback order (fresh → stale within
+//! `max_stale` → snapshot → unavailable), so a reader sees data and its
+//! [`Freshness`], never where it came from.
+//!
+//! Data leaves this crate as the shared model of `dnsfront-consul`
+//! ([`ServiceInstance`], [`Node`], re-exported here), whose rules (health filter,
+//! SRV weight, address choice, tag match) are written once there; building DNS
+//! messages is the `dns` crate's job.
 
-use std::net::IpAddr;
-
-/// One healthy instance of a service, as the DNS front needs it.
-///
-/// Instances arrive already filtered by Consul's DNS health rule (see
-/// [`Config::only_passing`]); tag filtering happens per query.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServiceInstance {
-    /// Consul node name the instance runs on.
-    pub node: String,
-    /// Datacenter of the node, as Consul reports it.
-    pub datacenter: String,
-    /// The node's address, when it is an IP address.
-    pub node_address: Option<IpAddr>,
-    /// The service's own address (`Service.Address`), when set and an IP address.
-    pub service_address: Option<IpAddr>,
-    /// `Service.Port` (0 when Consul omitted it).
-    pub port: u16,
-    /// `Service.Tags`, as registered (compare case-insensitively).
-    pub tags: Vec<String>,
-    /// SRV weight: `Weights.Passing` or `Weights.Warning` by the instance's worst check; 1 when unset.
-    pub weight: u16,
-}
-
-impl ServiceInstance {
-    /// The address DNS answers use: the service address when set, else the node's.
-    pub fn address(&self) -> Option<IpAddr> {
-        self.service_address.or(self.node_address)
-    }
-
-    /// True when the instance carries `tag` (case-insensitive, as Consul compares).
-    pub fn has_tag(&self, tag: &str) -> bool {
-        self.tags.iter().any(|t| t.eq_ignore_ascii_case(tag))
-    }
-}
-
-/// A catalog node, as the DNS front needs it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Node {
-    /// Node name as registered.
-    pub name: String,
-    /// Datacenter of the node.
-    pub datacenter: String,
-    /// The node's address, when it is an IP address.
-    pub address: Option<IpAddr>,
-}
+pub use dnsfront_consul::{InstanceStatus, Node, ServiceInstance};
 
 /// How current the data behind an answer is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,7 +33,7 @@ pub enum Freshness {
     /// Consul could not be reached recently; this is the last good data.
     Stale,
     /// Consul is unreachable and the cache has nothing usable: this comes from
-    /// the hosts snapshot distributed through Consul KV (see `dnsfront-snapshot`).
+    /// the hosts snapshot distributed through Consul KV (see [`View`]).
     Snapshot,
 }
 
@@ -102,9 +64,11 @@ mod error;
 mod info;
 pub mod metrics;
 mod pace;
+mod view;
 
 pub use breaker::{BreakerState, CircuitState};
 pub use cache::{Cache, Witness};
 pub use config::{Config, MAX_WATCH_WAIT, RefreshMode};
 pub use error::Error;
 pub use info::{EntryFreshness, EntryInfo, ErrorInfo, RefreshState};
+pub use view::View;

@@ -4,12 +4,17 @@
 //! its `X-Consul-*` metadata, and a classified [`Error`]. Reads are GETs; KV writes and the
 //! session calls used for the publisher's lock are PUT/DELETE and always go to the leader.
 //! Blocking-query loops feed the returned index through [`next_index`].
+//!
+//! [`ServiceInstance`] and [`Node`] are the one model of Consul data that the rest of
+//! dnsfront reads (catalog cache, hosts snapshot, DNS answers), with Consul's DNS rules
+//! (health filter, SRV weight, address choice, tag match) written once, in `instance.rs`.
 
 #![warn(missing_docs)]
 
 mod client;
 mod config;
 mod error;
+mod instance;
 pub mod metrics;
 mod model;
 mod query;
@@ -18,6 +23,7 @@ mod write;
 pub use client::Client;
 pub use config::{Config, DEFAULT_ADDRESS, DEFAULT_REQUEST_TIMEOUT, Token};
 pub use error::{BoxError, Error};
+pub use instance::{InstanceStatus, Node, ServiceInstance};
 pub use model::{
     AgentSelf, AgentService, CatalogNode, HealthCheck, HealthStatus, KvPair, NodeInfo,
     ServiceAddress, ServiceEntry, Weights,

@@ -34,23 +34,12 @@ pub struct ServiceEntry {
 }
 
 impl ServiceEntry {
-    /// Consul's DNS health rule (`CheckServiceNodes.Filter` in agent/structs):
-    /// the instance is dropped when any of its node or service checks is
-    /// critical (maintenance is a critical check; unknown states count as
-    /// failing); with `only_passing`, warning drops it too. No checks = healthy.
+    /// True when Consul's DNS interface serves this instance: the rule is
+    /// [`InstanceStatus::of_checks`](crate::InstanceStatus::of_checks) and
+    /// [`InstanceStatus::is_served`](crate::InstanceStatus::is_served).
     pub fn passes_dns_health(&self, only_passing: bool) -> bool {
-        self.checks.iter().all(|check| match check.status {
-            HealthStatus::Passing => true,
-            HealthStatus::Warning => !only_passing,
-            _ => false,
-        })
-    }
-
-    /// True when any check is in warning (SRV weight then uses `Weights.Warning`).
-    pub fn has_warning(&self) -> bool {
-        self.checks
-            .iter()
-            .any(|check| check.status == HealthStatus::Warning)
+        crate::InstanceStatus::of_checks(&self.checks)
+            .is_some_and(|status| status.is_served(only_passing))
     }
 }
 

@@ -446,7 +446,7 @@ impl Zone {
             format!("{}.", instance.datacenter.to_ascii_lowercase())
         };
         let domain = self.domain.to_ascii();
-        if instance.service_address.is_none() {
+        if instance.uses_node_address() {
             let node = instance.node.to_ascii_lowercase();
             if let Ok(target) = Name::from_ascii(format!("{node}.node.{datacenter}{domain}"))
                 && target.is_fqdn()

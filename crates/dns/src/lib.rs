@@ -58,7 +58,7 @@ mod router;
 mod trim;
 mod udp;
 
-pub use backend::{CatalogView, CatalogWithFallback, Upstream};
+pub use backend::{CatalogView, Upstream};
 pub use config::{Config, QueryLog};
 pub use explain::Explanation;
 pub use listen::{Listeners, ServerHandle, ServerOptions, UdpOptions, serve, serve_with};

@@ -5,6 +5,7 @@ use std::iter;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use dnsfront_catalog::View;
 use dnsfront_forward::{Forwarder, Source as ForwardSource};
 use dnsfront_hosts::LocalHosts;
 use hickory_server::net::runtime::Time;
@@ -21,7 +22,7 @@ use tokio::time::Instant;
 use tracing::{info, trace};
 
 use crate::answer::{Basis, Reply, Source, Zone};
-use crate::backend::{CatalogView, CatalogWithFallback, Upstream};
+use crate::backend::{CatalogView, Upstream};
 use crate::config::{Config, ttl_secs};
 use crate::explain::Explanation;
 use crate::fast::FastCache;
@@ -46,7 +47,7 @@ const QUERY_LOG_TARGET: &str = "dnsfront::query";
 /// never forwarded; names in the local hosts files (if any) are answered from
 /// them; everything else goes to the forwarder. Clones share everything,
 /// including [`reload`](Self::reload)ed settings.
-pub struct Router<C = CatalogWithFallback, F = Forwarder> {
+pub struct Router<C = View, F = Forwarder> {
     inner: Arc<Inner<C, F>>,
 }
 
@@ -107,9 +108,9 @@ impl<C, F> Clone for Router<C, F> {
 }
 
 impl Router {
-    /// Builds the router over the production catalog cache and forwarder
-    /// (`None`: names outside the Consul domain get SERVFAIL).
-    pub fn new(config: Config, catalog: CatalogWithFallback, forwarder: Option<Forwarder>) -> Self {
+    /// Builds the router over the production catalog view (cache, then hosts
+    /// snapshot) and forwarder (`None`: names outside the Consul domain get SERVFAIL).
+    pub fn new(config: Config, catalog: View, forwarder: Option<Forwarder>) -> Self {
         Self::with_backends(config, catalog, forwarder)
     }
 }

@@ -36,6 +36,9 @@ impl Hosts {
     }
 
     /// Swaps in a new snapshot; readers see either the old or the new one.
+    ///
+    /// Readers (the catalog's fallback view) serve its instances and nodes as they are, so
+    /// it should be normalized ([`Snapshot::normalize`]), as [`crate::decode`] returns it.
     pub fn replace(&self, snapshot: Arc<Snapshot>) {
         self.0.store(Some(snapshot));
     }

@@ -1,7 +1,8 @@
 //! The hosts snapshot: the whole catalog in one Consul KV value, the outage fallback.
 //!
 //! One publisher (elected with a Consul session lock) builds a [`Snapshot`] of every
-//! service's healthy instances and every node's address, encodes it with [`codec::encode`]
+//! service's healthy instances and every node's address (the shared model,
+//! `dnsfront_consul::ServiceInstance` and `Node`), encodes it with [`codec::encode`]
 //! and writes it to one KV key. Every resolver follows that key, verifies the value with
 //! [`codec::decode`] (format, SHA-256, optional Ed25519 signature), keeps it in its state dir
 //! ([`store`]) and serves it from memory through [`Hosts`] while Consul is unreachable.
@@ -36,11 +37,12 @@ pub mod metrics;
 mod model;
 pub mod publisher;
 pub mod store;
+mod wire;
 
 pub use codec::{Verified, decode, encode};
 pub use error::Error;
 pub use hosts::{Hosts, to_hosts_file};
-pub use model::{Instance, InstanceStatus, NodeEntry, Snapshot};
+pub use model::Snapshot;
 
 /// Re-exported so callers can name key types without depending on `ed25519-dalek`.
 pub use ed25519_dalek::{SigningKey, VerifyingKey};

@@ -3,16 +3,20 @@
 use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 
-use serde::{Deserialize, Serialize};
+use dnsfront_consul::{Node, ServiceInstance};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest, Sha256};
+
+use crate::wire;
 
 /// A point-in-time copy of the catalog, as the DNS front needs it during a Consul outage.
 ///
 /// Map keys are ASCII-lower-cased names (DNS names compare case-insensitively, RFC 4343);
 /// call [`Snapshot::normalize`] after building one so equal content encodes to equal bytes.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Instances and nodes are the shared model of `dnsfront-consul`; the serialized format is
+/// its own (`wire.rs`), and holds the datacenter once for the whole snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
     /// Monotonic generation, set by the publisher; followers refuse to go backwards.
     pub generation: u64,
@@ -22,62 +26,30 @@ pub struct Snapshot {
     pub created_unix_ms: u64,
     /// Who wrote it (node name or hostname of the publisher).
     pub publisher: String,
-    /// Datacenter the catalog belongs to.
+    /// Datacenter the catalog belongs to (and, once normalized, every instance and node).
     pub datacenter: String,
-    /// Service name (lower case) → its healthy instances, sorted by (node, service address, port).
-    pub services: BTreeMap<String, Vec<Instance>>,
+    /// Service name (lower case) → its healthy (passing or warning) instances, sorted by
+    /// (node, service address, port).
+    pub services: BTreeMap<String, Vec<ServiceInstance>>,
     /// Node name (lower case) → node.
-    pub nodes: BTreeMap<String, NodeEntry>,
+    pub nodes: BTreeMap<String, Node>,
 }
 
-/// One healthy (passing or warning) instance of a service.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Instance {
-    /// Consul node name the instance runs on.
-    pub node: String,
-    /// The node's address, when it is an IP address.
-    pub node_address: Option<IpAddr>,
-    /// The service's own address (`Service.Address`), when set and an IP address.
-    pub service_address: Option<IpAddr>,
-    /// `Service.Port` (0 when unset).
-    pub port: u16,
-    /// `Service.Tags` (sorted and de-duplicated by [`Snapshot::normalize`]).
-    pub tags: Vec<String>,
-    /// SRV weight for the instance's current health.
-    pub weight: u16,
-    /// Aggregate check state; critical instances are never in a snapshot.
-    pub status: InstanceStatus,
+impl Serialize for Snapshot {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        wire::SnapshotRef::from(self).serialize(serializer)
+    }
 }
 
-/// Aggregate health of an instance in a snapshot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum InstanceStatus {
-    /// Every check passes.
-    Passing,
-    /// At least one check warns, none is critical.
-    Warning,
-}
-
-/// A catalog node.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeEntry {
-    /// Node name as registered (case preserved).
-    pub name: String,
-    /// The node's address, when it is an IP address.
-    pub address: Option<IpAddr>,
-}
-
-impl Instance {
-    /// The address DNS answers use: the service address when set, else the node's.
-    pub fn address(&self) -> Option<IpAddr> {
-        self.service_address.or(self.node_address)
+impl<'de> Deserialize<'de> for Snapshot {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        wire::SnapshotWire::deserialize(deserializer).map(Snapshot::from)
     }
 }
 
 /// The canonical instance order: (node, service address, port), then every other field so
 /// the order is total and therefore independent of insertion order.
-fn instance_order(a: &Instance, b: &Instance) -> Ordering {
+fn instance_order(a: &ServiceInstance, b: &ServiceInstance) -> Ordering {
     a.node
         .cmp(&b.node)
         .then_with(|| a.service_address.cmp(&b.service_address))
@@ -86,23 +58,17 @@ fn instance_order(a: &Instance, b: &Instance) -> Ordering {
         .then_with(|| a.tags.cmp(&b.tags))
         .then_with(|| a.weight.cmp(&b.weight))
         .then_with(|| a.status.cmp(&b.status))
+        .then_with(|| a.datacenter.cmp(&b.datacenter))
 }
 
 fn is_lower(name: &str) -> bool {
     !name.bytes().any(|byte| byte.is_ascii_uppercase())
 }
 
-/// The part of a snapshot that [`Snapshot::content_checksum`] covers.
-#[derive(Serialize)]
-struct Content<'a> {
-    datacenter: &'a str,
-    services: &'a BTreeMap<String, Vec<Instance>>,
-    nodes: &'a BTreeMap<String, NodeEntry>,
-}
-
 impl Snapshot {
     /// Puts the snapshot in canonical form: lower-case map keys (merging names that differ
-    /// only in case), sorted and de-duplicated tags, instances sorted and de-duplicated.
+    /// only in case), sorted and de-duplicated tags, instances sorted and de-duplicated,
+    /// and the snapshot's datacenter on every instance and node (as decoding gives them).
     ///
     /// Idempotent. Two snapshots with the same content are equal after `normalize`.
     pub fn normalize(&mut self) {
@@ -115,6 +81,9 @@ impl Snapshot {
         }
         for instances in self.services.values_mut() {
             for instance in instances.iter_mut() {
+                if instance.datacenter != self.datacenter {
+                    instance.datacenter.clone_from(&self.datacenter);
+                }
                 instance.tags.sort();
                 instance.tags.dedup();
             }
@@ -127,19 +96,27 @@ impl Snapshot {
             // whatever order the map was filled in.
             self.nodes.entry(name.to_ascii_lowercase()).or_insert(node);
         }
+        for node in self.nodes.values_mut() {
+            if node.datacenter != self.datacenter {
+                node.datacenter.clone_from(&self.datacenter);
+            }
+        }
     }
 
     /// True when [`Snapshot::normalize`] would change nothing.
     pub fn is_normalized(&self) -> bool {
-        self.nodes.keys().all(|name| is_lower(name))
+        self.nodes
+            .iter()
+            .all(|(name, node)| is_lower(name) && node.datacenter == self.datacenter)
             && self.services.iter().all(|(name, instances)| {
                 is_lower(name)
                     && instances
                         .windows(2)
                         .all(|pair| instance_order(&pair[0], &pair[1]) == Ordering::Less)
-                    && instances
-                        .iter()
-                        .all(|instance| instance.tags.windows(2).all(|pair| pair[0] < pair[1]))
+                    && instances.iter().all(|instance| {
+                        instance.datacenter == self.datacenter
+                            && instance.tags.windows(2).all(|pair| pair[0] < pair[1])
+                    })
             })
     }
 
@@ -155,7 +132,7 @@ impl Snapshot {
     }
 
     /// Healthy instances of a service (name compared case-insensitively).
-    pub fn service(&self, name: &str) -> Option<&[Instance]> {
+    pub fn service(&self, name: &str) -> Option<&[ServiceInstance]> {
         if is_lower(name) {
             self.services.get(name)
         } else {
@@ -165,7 +142,7 @@ impl Snapshot {
     }
 
     /// A node by name (compared case-insensitively).
-    pub fn node(&self, name: &str) -> Option<&NodeEntry> {
+    pub fn node(&self, name: &str) -> Option<&Node> {
         if is_lower(name) {
             self.nodes.get(name)
         } else {
@@ -183,11 +160,7 @@ impl Snapshot {
     /// publisher can tell whether anything changed.
     pub fn content_checksum(&self) -> [u8; 32] {
         let normalized = self.normalized();
-        let content = Content {
-            datacenter: &normalized.datacenter,
-            services: &normalized.services,
-            nodes: &normalized.nodes,
-        };
+        let content = wire::ContentRef::from(&*normalized);
         let mut hasher = Sha256::new();
         serde_json::to_writer(&mut hasher, &content)
             .expect("serializing string-keyed maps of plain data into a hasher cannot fail");
@@ -197,11 +170,16 @@ impl Snapshot {
 
 #[cfg(test)]
 mod tests {
+    use std::net::IpAddr;
+
+    use dnsfront_consul::InstanceStatus;
+
     use super::*;
 
-    fn instance(node: &str, port: u16, tags: &[&str]) -> Instance {
-        Instance {
+    fn instance(node: &str, port: u16, tags: &[&str]) -> ServiceInstance {
+        ServiceInstance {
             node: node.to_owned(),
+            datacenter: String::new(),
             node_address: Some(IpAddr::from([10, 0, 0, 1])),
             service_address: None,
             port,
@@ -223,8 +201,9 @@ mod tests {
         );
         snapshot.nodes.insert(
             "Node-A".into(),
-            NodeEntry {
+            Node {
                 name: "Node-A".into(),
+                datacenter: String::new(),
                 address: None,
             },
         );
@@ -265,13 +244,26 @@ mod tests {
     }
 
     #[test]
-    fn instance_address_prefers_service_address() {
-        let mut one = instance("a", 80, &[]);
-        assert_eq!(one.address(), Some(IpAddr::from([10, 0, 0, 1])));
-        one.service_address = Some(IpAddr::from([10, 9, 9, 9]));
-        assert_eq!(one.address(), Some(IpAddr::from([10, 9, 9, 9])));
-        one.service_address = None;
-        one.node_address = None;
-        assert_eq!(one.address(), None);
+    fn normalize_puts_the_datacenter_on_every_instance_and_node() {
+        let mut snapshot = Snapshot {
+            datacenter: "dc1".into(),
+            ..Snapshot::default()
+        };
+        snapshot
+            .services
+            .insert("web".into(), vec![instance("a", 80, &[])]);
+        snapshot.nodes.insert(
+            "a".into(),
+            Node {
+                name: "a".into(),
+                datacenter: "other".into(),
+                address: None,
+            },
+        );
+        assert!(!snapshot.is_normalized());
+        snapshot.normalize();
+        assert!(snapshot.is_normalized());
+        assert_eq!(snapshot.service("web").expect("web")[0].datacenter, "dc1");
+        assert_eq!(snapshot.node("a").expect("a").datacenter, "dc1");
     }
 }

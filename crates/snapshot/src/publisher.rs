@@ -41,12 +41,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::fmt;
-use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dnsfront_consul::{
-    self as consul, KvPutOptions, QueryOptions, ServiceEntry, SessionBehavior, SessionRequest,
-    next_index,
+    self as consul, KvPutOptions, Node, QueryOptions, ServiceInstance, SessionBehavior,
+    SessionRequest, next_index,
 };
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -54,7 +53,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::follower::{Backoff, ConsulRetry, DEFAULT_KEY, lock_key_for, stop_key_for};
-use crate::{Error, Instance, InstanceStatus, NodeEntry, SigningKey, Snapshot, codec, metrics};
+use crate::{Error, SigningKey, Snapshot, codec, metrics};
 
 /// Default minimum time between two snapshot builds (and so between two writes).
 pub const DEFAULT_MIN_INTERVAL: Duration = Duration::from_secs(10);
@@ -838,7 +837,7 @@ impl Publisher {
                 datacenter
             }
         };
-        let mut services: BTreeMap<String, Vec<Instance>> = BTreeMap::new();
+        let mut services: BTreeMap<String, Vec<ServiceInstance>> = BTreeMap::new();
         let mut pending = service_names.into_iter();
         let mut reads = JoinSet::new();
         loop {
@@ -859,8 +858,7 @@ impl Publisher {
             let entries = response?.value;
             let instances = entries
                 .iter()
-                .filter(|entry| entry.passes_dns_health(self.config.only_passing))
-                .map(instance)
+                .filter_map(|entry| ServiceInstance::from_entry(entry, self.config.only_passing))
                 .collect();
             services.insert(name, instances);
         }
@@ -870,12 +868,9 @@ impl Publisher {
             .await?
             .value
             .into_iter()
-            .map(|node| {
-                let entry = NodeEntry {
-                    address: node.address.parse().ok(),
-                    name: node.node,
-                };
-                (entry.name.clone(), entry)
+            .map(|info| {
+                let node = Node::from_info(&info);
+                (node.name.clone(), node)
             })
             .collect();
         let created_unix_ms = SystemTime::now()
@@ -894,29 +889,6 @@ impl Publisher {
         };
         snapshot.normalize();
         Ok(snapshot)
-    }
-}
-
-/// One healthy entry as a snapshot instance (weights as Consul DNS uses them).
-fn instance(entry: &ServiceEntry) -> Instance {
-    let warning = entry.has_warning();
-    let weight = match entry.service.weights {
-        Some(weights) if warning => weights.warning,
-        Some(weights) => weights.passing,
-        None => 1,
-    };
-    Instance {
-        node: entry.node.node.clone(),
-        node_address: entry.node.address.parse::<IpAddr>().ok(),
-        service_address: entry.service.address.parse::<IpAddr>().ok(),
-        port: entry.service.port,
-        tags: entry.service.tags.clone(),
-        weight,
-        status: if warning {
-            InstanceStatus::Warning
-        } else {
-            InstanceStatus::Passing
-        },
     }
 }
 
@@ -954,20 +926,23 @@ impl LeaderState {
 
 #[cfg(test)]
 mod tests {
+    use std::net::IpAddr;
+
     use super::*;
 
     fn snapshot_with(services: &[(&str, usize)]) -> Snapshot {
         let mut snapshot = Snapshot::default();
         for (name, count) in services {
             let instances = (0..*count)
-                .map(|n| Instance {
+                .map(|n| ServiceInstance {
                     node: format!("n{n}"),
+                    datacenter: String::new(),
                     node_address: Some(IpAddr::from([10, 0, 0, 1])),
                     service_address: None,
                     port: 80,
                     tags: Vec::new(),
                     weight: 1,
-                    status: InstanceStatus::Passing,
+                    status: consul::InstanceStatus::Passing,
                 })
                 .collect();
             snapshot.services.insert((*name).to_owned(), instances);
@@ -1007,30 +982,6 @@ mod tests {
             publisher.guard(&quarter, Some(&before)).map(|g| g.0),
             Some("shrink_guard")
         );
-    }
-
-    #[test]
-    fn instance_weight_follows_health() {
-        let mut entry = ServiceEntry::default();
-        entry.node.node = "n1".into();
-        entry.node.address = "10.0.0.1".into();
-        entry.service.address = "web.example".into();
-        entry.service.weights = Some(consul::Weights {
-            passing: 10,
-            warning: 2,
-        });
-        let passing = instance(&entry);
-        assert_eq!(passing.weight, 10);
-        assert_eq!(passing.status, InstanceStatus::Passing);
-        assert_eq!(passing.service_address, None, "hostnames are not addresses");
-        assert_eq!(passing.address(), Some(IpAddr::from([10, 0, 0, 1])));
-        entry.checks.push(consul::HealthCheck {
-            status: consul::HealthStatus::Warning,
-            ..consul::HealthCheck::default()
-        });
-        let warning = instance(&entry);
-        assert_eq!(warning.weight, 2);
-        assert_eq!(warning.status, InstanceStatus::Warning);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{Read, Write};
 
 use common::{Prng, data_dir, fixture, instance, node, other_signing_key, test_signing_key};
 use dnsfront_snapshot::codec::{FORMAT_VERSION, MAGIC, MAX_INFLATED_SIZE, MAX_VALUE_SIZE};
@@ -362,6 +362,48 @@ fn golden_good_envelopes_decode_to_the_fixture() {
     assert_eq!(verified.snapshot, fixture());
     assert!(!verified.signed);
     assert_eq!(verified.checksum, fixture_checksum());
+}
+
+/// The serialized format is the golden files': decoding and encoding again gives the same
+/// bytes, whatever in-memory model the snapshot uses.
+#[test]
+fn golden_good_envelopes_re_encode_byte_for_byte() {
+    let key = test_signing_key();
+    for (name, signing_key) in [(GOOD_SIGNED, Some(&key)), (GOOD_UNSIGNED, None)] {
+        let golden = golden(name);
+        let decoded = decode(&golden, None).expect("golden decodes").snapshot;
+        assert_eq!(
+            encode(&decoded, signing_key).expect("encodes"),
+            golden,
+            "{name}"
+        );
+        assert_eq!(
+            encode(&fixture(), signing_key).expect("encodes"),
+            golden,
+            "{name}"
+        );
+    }
+}
+
+/// The content checksum is SHA-256 of `{"datacenter":…,"services":…,"nodes":…}`, the tail of
+/// the golden payload: a publisher compares it with what an older build published.
+#[test]
+fn content_checksum_matches_the_golden_payload() {
+    let envelope = golden(GOOD_UNSIGNED);
+    let mut payload = Vec::new();
+    flate2::read::GzDecoder::new(&envelope[18 + 32..])
+        .read_to_end(&mut payload)
+        .expect("golden payload inflates");
+    let payload = String::from_utf8(payload).expect("JSON is UTF-8");
+    let content = format!(
+        "{{{}",
+        &payload[payload.find("\"datacenter\"").expect("datacenter field")..]
+    );
+    assert!(payload.starts_with("{\"generation\":42,"), "{payload}");
+    assert_eq!(
+        fixture().content_checksum(),
+        <[u8; 32]>::from(Sha256::digest(content.as_bytes()))
+    );
 }
 
 fn fixture_checksum() -> [u8; 32] {

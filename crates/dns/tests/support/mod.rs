@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use dnsfront_catalog::{Freshness, Lookup, Node, ServiceInstance};
+use dnsfront_catalog::{Freshness, InstanceStatus, Lookup, Node, ServiceInstance};
 use dnsfront_dns::{
     CatalogView, Config, Listeners, Router, ServerHandle, ServerOptions, Upstream, serve,
 };
@@ -168,6 +168,7 @@ pub fn instance(
         port,
         tags: tags.iter().map(|t| (*t).to_owned()).collect(),
         weight: 1,
+        status: InstanceStatus::Passing,
     }
 }
 

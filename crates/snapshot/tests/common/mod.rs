@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use dnsfront_snapshot::{Instance, InstanceStatus, NodeEntry, SigningKey, Snapshot};
+use dnsfront_consul::{InstanceStatus, Node, ServiceInstance};
+use dnsfront_snapshot::{SigningKey, Snapshot};
 
 /// Seed of the test signing key whose public half is in `tests/data/test-verifying.key`.
 pub(crate) const TEST_SEED: [u8; 32] = [7; 32];
@@ -34,9 +35,10 @@ pub(crate) fn instance(
     service_address: Option<&str>,
     port: u16,
     tags: &[&str],
-) -> Instance {
-    Instance {
+) -> ServiceInstance {
+    ServiceInstance {
         node: node.to_owned(),
+        datacenter: String::new(),
         node_address: node_address.map(ip),
         service_address: service_address.map(ip),
         port,
@@ -46,9 +48,10 @@ pub(crate) fn instance(
     }
 }
 
-pub(crate) fn node(name: &str, address: Option<&str>) -> NodeEntry {
-    NodeEntry {
+pub(crate) fn node(name: &str, address: Option<&str>) -> Node {
+    Node {
         name: name.to_owned(),
+        datacenter: String::new(),
         address: address.map(ip),
     }
 }
@@ -189,8 +192,9 @@ pub(crate) fn synthetic_catalog(
                 ])
             });
             let warning = prng.below(20) == 0;
-            instances.push(Instance {
+            instances.push(ServiceInstance {
                 node: node_names[node_index].clone(),
+                datacenter: String::new(),
                 node_address: Some(node_address(node_index)),
                 service_address,
                 port,
