@@ -304,18 +304,28 @@ async fn prometheus_endpoint_serves_metrics_and_health_when_enabled() {
     .await;
     assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
 
-    let (status, body) = http_get(http, "/metrics").await;
-    assert_eq!(status, 200, "{body}");
+    // The router counts a query after its answer is sent, so the sample may
+    // land a moment after the reply: scrape until it is there (bounded).
+    let is_query_line = |line: &str| {
+        line.starts_with("dnsfront_dns_queries{")
+            && line.contains("zone=\"consul\"")
+            && line.contains("qtype=\"A\"")
+            && line.contains("rcode=\"NOERROR\"")
+            && line.contains("source=\"fresh\"")
+            && line.contains("env=\"e2e\"")
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let body = loop {
+        let (status, body) = http_get(http, "/metrics").await;
+        assert_eq!(status, 200, "{body}");
+        if body.lines().any(is_query_line) || tokio::time::Instant::now() >= deadline {
+            break body;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let query_line = body
         .lines()
-        .find(|line| {
-            line.starts_with("dnsfront_dns_queries{")
-                && line.contains("zone=\"consul\"")
-                && line.contains("qtype=\"A\"")
-                && line.contains("rcode=\"NOERROR\"")
-                && line.contains("source=\"fresh\"")
-                && line.contains("env=\"e2e\"")
-        })
+        .find(|line| is_query_line(line))
         .unwrap_or_else(|| panic!("no dnsfront_dns_queries sample in:\n{body}"));
     assert!(query_line.ends_with(" 1"), "{query_line}");
     assert!(
