@@ -731,7 +731,9 @@ async fn explain(
         None => report.answer_error = Some("no DNS listener".to_owned()),
     }
 
-    if domain.zone_of(&lower) {
+    // A name the router forwarded by a `forward.rules` zone is explained as
+    // forwarded, even under the Consul domain.
+    if report.zone == "consul" && domain.zone_of(&lower) {
         report.consul_unavailable = context.catalog.consul_unavailable();
         let labels: Vec<String> = lower
             .iter()

@@ -281,3 +281,39 @@ async fn explain_without_a_server_says_where_it_looked() {
         "{stderr}"
     );
 }
+
+/// A name under the Consul domain that a `forward.rules` zone sends upstream is
+/// explained as forwarded (upstreams, the forwarder's cache), not as a Consul name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_11_explain_of_a_rule_forwarded_consul_name_shows_the_forwarder() {
+    let setup = Setup::start().await;
+    let upstream = FakeUpstream::start().await;
+    let agent_dns = FakeUpstream::start().await;
+    agent_dns.set("geo-web.query.consul", &["192.0.2.77"], 300);
+    setup.write_config(&format!(
+        "[dns]\nlisten = [\"127.0.0.1:0\"]\n\n[forward]\nupstreams = [\"{}\"]\n\n[[forward.rules]]\nzone = \"query.consul\"\nupstreams = [\"{}\"]\n",
+        upstream.addr(),
+        agent_dns.addr()
+    ));
+    let server = Server::start(&setup.config).await;
+    let (code, out, err) = run(&[
+        "explain",
+        "geo-web.query.consul",
+        "A",
+        "--config",
+        path_arg(&setup.config),
+        "--json",
+    ])
+    .await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).expect("JSON report");
+    assert_eq!(report["zone"], "forward", "{report}");
+    assert_eq!(report["answer"]["answers"][0]["data"], "192.0.2.77");
+    assert_eq!(report["kind"], serde_json::Value::Null, "{report}");
+    assert_eq!(report["catalog"], serde_json::Value::Null, "{report}");
+    assert_eq!(report["snapshot"], serde_json::Value::Null, "{report}");
+    assert!(report["upstreams"].is_array(), "{report}");
+    assert_eq!(report["forward_cache"]["rule"], "query.consul.", "{report}");
+    server.stop().await;
+    setup.stop().await;
+}
