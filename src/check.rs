@@ -16,13 +16,11 @@ use std::time::Duration;
 use dnsfront_consul as consul;
 use hickory_server::proto::rr::{Name, RecordType};
 
-use crate::cli::CheckArgs;
+use crate::cli::{CheckArgs, DEFAULT_CONFIG_FILE};
 use crate::config::{RawConfig, Settings};
 use crate::control;
 use crate::reload::ConfigSource;
 
-/// The config file `check` and `explain` read when not told.
-pub const DEFAULT_CONFIG_FILE: &str = "/etc/dnsfront/dnsfront.toml";
 /// Longest wait of one check.
 pub const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 /// The name each upstream is asked for (type NS): the root, which every
@@ -250,7 +248,7 @@ async fn check_listen(addr: SocketAddr, domain: &Name) -> Line {
     };
     // Something answering there (a running dnsfront, or the resolver it replaces)?
     if let Ok(answer) =
-        control::query(target, domain, RecordType::SOA, Duration::from_secs(1)).await
+        control::probe::query(target, domain, RecordType::SOA, Duration::from_secs(1)).await
     {
         return Line::new(
             Status::Ok,
@@ -396,7 +394,8 @@ async fn check_upstreams(settings: &Settings) -> Vec<Line> {
     for (index, upstream) in upstreams.iter().copied().enumerate() {
         let probe = probe.clone();
         probes.spawn(async move {
-            let result = control::query(upstream, &probe, RecordType::NS, CHECK_TIMEOUT).await;
+            let result =
+                control::probe::query(upstream, &probe, RecordType::NS, CHECK_TIMEOUT).await;
             (index, upstream, result)
         });
     }

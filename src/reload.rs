@@ -13,13 +13,12 @@
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash as _, Hasher as _};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use dnsfront_dns as dns;
 use dnsfront_forward as forward;
-use hickory_server::proto::rr::Name;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -107,8 +106,6 @@ pub struct Live {
     pub router: dns::Router,
     /// The local hosts files (re-read on every reload).
     pub local_hosts: dnsfront_hosts::LocalHosts,
-    /// The Consul domain, as the control channel reads it.
-    pub domain: Arc<RwLock<Name>>,
 }
 
 // === diff ===
@@ -310,7 +307,6 @@ fn apply(
     if changed.iter().any(|key| is_answer_key(key)) {
         fixed.extend(live.router.reload(new.dns.clone()));
         in_effect.dns = new.dns.clone();
-        *live.domain.write().unwrap_or_else(PoisonError::into_inner) = new.dns.domain.clone();
     }
     // SIGHUP re-reads the hosts files even when the config did not change
     // (dnsmasq's habit); a changed file list is applied too. A failed read
