@@ -200,3 +200,58 @@ fn forward_cache(cache: &serde_json::Value) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::RecordLine;
+
+    #[test]
+    fn a_consul_report_has_one_aligned_line_per_part() {
+        let report = ExplainReport {
+            name: "_web._primary.dc1.consul.".to_owned(),
+            qtype: "SRV".to_owned(),
+            zone: "consul".to_owned(),
+            kind: Some("service".to_owned()),
+            source: "stale".to_owned(),
+            answer: Some(DnsAnswer {
+                server: "127.0.0.1:53".to_owned(),
+                transport: "udp".to_owned(),
+                rcode: "NOERROR".to_owned(),
+                rtt_ms: 0.4,
+                answers: vec![RecordLine {
+                    name: "_web._primary.dc1.consul.".to_owned(),
+                    rtype: "SRV".to_owned(),
+                    ttl: 5,
+                    data: "1 1 80 node-1.node.dc1.consul.".to_owned(),
+                }],
+                authority: Vec::new(),
+                ede: vec![3],
+            }),
+            catalog: Some(CatalogDetails {
+                kind: "service".to_owned(),
+                name: "web".to_owned(),
+                tag: Some("primary".to_owned()),
+                datacenter: Some("dc1".to_owned()),
+                state: "stale".to_owned(),
+                instances: Some(2),
+                consul_index: Some(7),
+                ..CatalogDetails::default()
+            }),
+            consul_unavailable: true,
+            ..ExplainReport::default()
+        };
+        let text = render_explain(&report);
+        let expected = [
+            "_web._primary.dc1.consul. SRV (zone consul)",
+            "  answer:    NOERROR from 127.0.0.1:53 over udp in 0.4 ms",
+            "             _web._primary.dc1.consul. 5 SRV 1 1 80 node-1.node.dc1.consul.",
+            "  ede:       3 (Stale Answer)",
+            "  source:    stale (the last good Consul data: Consul is failing (short TTL, EDE 3))",
+            "  catalog:   service web tag primary (dc dc1): stale, 2 healthy instance(s), Consul index 7",
+            "  consul:    unavailable (circuit breaker open: serving stale data or the snapshot)",
+            "  snapshot:  none in memory",
+        ];
+        assert_eq!(text.lines().collect::<Vec<_>>(), expected, "{text}");
+    }
+}
