@@ -236,16 +236,7 @@ async fn check_listen(addr: SocketAddr, domain: &Name) -> Line {
     if addr.port() == 0 {
         return Line::new(Status::Ok, what, "port 0: the kernel picks a port at start");
     }
-    let target = if addr.ip().is_unspecified() {
-        let ip: std::net::IpAddr = if addr.is_ipv4() {
-            std::net::Ipv4Addr::LOCALHOST.into()
-        } else {
-            std::net::Ipv6Addr::LOCALHOST.into()
-        };
-        SocketAddr::new(ip, addr.port())
-    } else {
-        addr
-    };
+    let target = control::probe::query_target(addr);
     // Something answering there (a running dnsfront, or the resolver it replaces)?
     if let Ok(answer) =
         control::probe::query(target, domain, RecordType::SOA, Duration::from_secs(1)).await
@@ -401,13 +392,11 @@ async fn check_upstreams(settings: &Settings) -> Vec<Line> {
     }
     let mut results = probes.join_all().await;
     results.sort_by_key(|(index, _, _)| *index);
+    let usable =
+        |answer: &control::DnsAnswer| matches!(answer.rcode.as_str(), "NOERROR" | "NXDOMAIN");
     let answering = results
         .iter()
-        .filter(|(_, _, result)| {
-            result
-                .as_ref()
-                .is_ok_and(|answer| matches!(answer.rcode.as_str(), "NOERROR" | "NXDOMAIN"))
-        })
+        .filter(|(_, _, result)| result.as_ref().is_ok_and(usable))
         .count();
     results
         .into_iter()
@@ -420,16 +409,8 @@ async fn check_upstreams(settings: &Settings) -> Vec<Line> {
                 Status::Warn
             };
             match result {
-                Ok(answer) if matches!(answer.rcode.as_str(), "NOERROR" | "NXDOMAIN") => Line::new(
-                    Status::Ok,
-                    what,
-                    format!(
-                        "{} for {PROBE_NAME} NS in {} ms",
-                        answer.rcode, answer.rtt_ms
-                    ),
-                ),
                 Ok(answer) => Line::new(
-                    failed,
+                    if usable(&answer) { Status::Ok } else { failed },
                     what,
                     format!(
                         "{} for {PROBE_NAME} NS in {} ms",

@@ -3,7 +3,7 @@
 //! forwarder say what they hold for it; our own listener gives the answer a
 //! client gets now.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dnsfront_catalog as catalog;
@@ -237,14 +237,7 @@ fn self_target(listen: &[SocketAddr]) -> Option<SocketAddr> {
             listen
                 .iter()
                 .find(|addr| addr.ip().is_unspecified())
-                .map(|addr| {
-                    let ip: IpAddr = if addr.is_ipv4() {
-                        Ipv4Addr::LOCALHOST.into()
-                    } else {
-                        Ipv6Addr::LOCALHOST.into()
-                    };
-                    SocketAddr::new(ip, addr.port())
-                })
+                .map(|addr| probe::query_target(*addr))
         })
         .or_else(|| listen.first().copied())
 }

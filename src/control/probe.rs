@@ -2,7 +2,7 @@
 //! own listener, `check` the listen addresses and each upstream. The
 //! exchange is the forwarder's ([`forward::exchange_once`]).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::anyhow;
@@ -48,6 +48,20 @@ pub async fn query(
         authority: message.authorities.iter().map(record_line).collect(),
         ede: ede_codes(&message),
     })
+}
+
+/// Where to query a listener bound to `addr`: loopback (same family and
+/// port) when `addr` is a wildcard, else `addr` itself.
+pub fn query_target(addr: SocketAddr) -> SocketAddr {
+    if !addr.ip().is_unspecified() {
+        return addr;
+    }
+    let ip: IpAddr = if addr.is_ipv4() {
+        Ipv4Addr::LOCALHOST.into()
+    } else {
+        Ipv6Addr::LOCALHOST.into()
+    };
+    SocketAddr::new(ip, addr.port())
 }
 
 /// The Extended DNS Error info codes in the reply's OPT.
