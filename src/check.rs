@@ -16,13 +16,11 @@ use std::time::Duration;
 use dnsfront_consul as consul;
 use hickory_server::proto::rr::{Name, RecordType};
 
-use crate::cli::CheckArgs;
+use crate::cli::{CheckArgs, DEFAULT_CONFIG_FILE};
 use crate::config::{RawConfig, Settings};
 use crate::control;
 use crate::reload::ConfigSource;
 
-/// The config file `check` and `explain` read when not told.
-pub const DEFAULT_CONFIG_FILE: &str = "/etc/dnsfront/dnsfront.toml";
 /// Longest wait of one check.
 pub const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 /// The name each upstream is asked for (type NS): the root, which every
@@ -238,19 +236,10 @@ async fn check_listen(addr: SocketAddr, domain: &Name) -> Line {
     if addr.port() == 0 {
         return Line::new(Status::Ok, what, "port 0: the kernel picks a port at start");
     }
-    let target = if addr.ip().is_unspecified() {
-        let ip: std::net::IpAddr = if addr.is_ipv4() {
-            std::net::Ipv4Addr::LOCALHOST.into()
-        } else {
-            std::net::Ipv6Addr::LOCALHOST.into()
-        };
-        SocketAddr::new(ip, addr.port())
-    } else {
-        addr
-    };
+    let target = control::probe::query_target(addr);
     // Something answering there (a running dnsfront, or the resolver it replaces)?
     if let Ok(answer) =
-        control::query(target, domain, RecordType::SOA, Duration::from_secs(1)).await
+        control::probe::query(target, domain, RecordType::SOA, Duration::from_secs(1)).await
     {
         return Line::new(
             Status::Ok,
@@ -396,19 +385,18 @@ async fn check_upstreams(settings: &Settings) -> Vec<Line> {
     for (index, upstream) in upstreams.iter().copied().enumerate() {
         let probe = probe.clone();
         probes.spawn(async move {
-            let result = control::query(upstream, &probe, RecordType::NS, CHECK_TIMEOUT).await;
+            let result =
+                control::probe::query(upstream, &probe, RecordType::NS, CHECK_TIMEOUT).await;
             (index, upstream, result)
         });
     }
     let mut results = probes.join_all().await;
     results.sort_by_key(|(index, _, _)| *index);
+    let usable =
+        |answer: &control::DnsAnswer| matches!(answer.rcode.as_str(), "NOERROR" | "NXDOMAIN");
     let answering = results
         .iter()
-        .filter(|(_, _, result)| {
-            result
-                .as_ref()
-                .is_ok_and(|answer| matches!(answer.rcode.as_str(), "NOERROR" | "NXDOMAIN"))
-        })
+        .filter(|(_, _, result)| result.as_ref().is_ok_and(usable))
         .count();
     results
         .into_iter()
@@ -421,16 +409,8 @@ async fn check_upstreams(settings: &Settings) -> Vec<Line> {
                 Status::Warn
             };
             match result {
-                Ok(answer) if matches!(answer.rcode.as_str(), "NOERROR" | "NXDOMAIN") => Line::new(
-                    Status::Ok,
-                    what,
-                    format!(
-                        "{} for {PROBE_NAME} NS in {} ms",
-                        answer.rcode, answer.rtt_ms
-                    ),
-                ),
                 Ok(answer) => Line::new(
-                    failed,
+                    if usable(&answer) { Status::Ok } else { failed },
                     what,
                     format!(
                         "{} for {PROBE_NAME} NS in {} ms",

@@ -6,6 +6,9 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{LogFormat, Overrides};
 
+/// The config file `check` and `explain` read when not told.
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/dnsfront/dnsfront.toml";
+
 /// Node-local DNS resolver in front of Consul.
 #[derive(Debug, Parser)]
 #[command(name = "dnsfront", version, about, long_about = None)]

@@ -167,7 +167,6 @@ impl App {
         self.spawn_stats_on_sigusr1(shutdown.child_token())?;
         let addrs = self.local_addrs();
         let started = tokio::time::Instant::now();
-        let domain = std::sync::Arc::new(std::sync::RwLock::new(self.settings.dns.domain.clone()));
         let config_file = self
             .reload_source
             .as_ref()
@@ -180,7 +179,6 @@ impl App {
                     forwarder: self.forwarder.clone(),
                     router: self.router.clone(),
                     local_hosts: self.local_hosts.clone(),
-                    domain: std::sync::Arc::clone(&domain),
                 },
                 shutdown.child_token(),
             )?,
@@ -193,7 +191,6 @@ impl App {
                 forwarder: self.forwarder.clone(),
                 router: self.router.clone(),
                 listen: addrs.clone(),
-                domain,
                 reload,
                 config_file,
                 started,

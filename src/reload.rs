@@ -14,13 +14,12 @@
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash as _, Hasher as _};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use dnsfront_dns as dns;
 use dnsfront_forward as forward;
-use hickory_server::proto::rr::Name;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -109,8 +108,6 @@ pub struct Live {
     pub router: dns::Router,
     /// The local hosts files (re-read on every reload).
     pub local_hosts: dnsfront_hosts::LocalHosts,
-    /// The Consul domain, as the control channel reads it.
-    pub domain: Arc<RwLock<Name>>,
 }
 
 // === apply ===
@@ -142,7 +139,6 @@ fn apply(
     if changes(Reload::Router) {
         fixed.extend(live.router.reload(new.dns.clone()));
         in_effect.dns = new.dns.clone();
-        *live.domain.write().unwrap_or_else(PoisonError::into_inner) = new.dns.domain.clone();
     }
     let new_files = changes(Reload::HostsFiles).then(|| new.hosts.files.clone());
     if let Some(files) = &new_files {

@@ -5,7 +5,9 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::time::Duration;
 
-use test_support::FakeUpstream;
+use dnsfront::control::{self, ExplainReport, Request};
+use hickory_proto::rr::RecordType;
+use test_support::{Ask, FakeUpstream, udp};
 
 use crate::binary::{Server, Setup, run_async as run, write};
 use crate::harness::{eventually, standard_sim};
@@ -280,4 +282,241 @@ async fn explain_without_a_server_says_where_it_looked() {
         stderr.contains("no control socket found") && stderr.contains(path_arg(&state)),
         "{stderr}"
     );
+}
+
+/// A name under the Consul domain that a `forward.rules` zone sends upstream is
+/// explained as forwarded (upstreams, the forwarder's cache), not as a Consul name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_11_explain_of_a_rule_forwarded_consul_name_shows_the_forwarder() {
+    let setup = Setup::start().await;
+    let upstream = FakeUpstream::start().await;
+    let agent_dns = FakeUpstream::start().await;
+    agent_dns.set("geo-web.query.consul", &["192.0.2.77"], 300);
+    setup.write_config(&format!(
+        "[dns]\nlisten = [\"127.0.0.1:0\"]\n\n[forward]\nupstreams = [\"{}\"]\n\n[[forward.rules]]\nzone = \"query.consul\"\nupstreams = [\"{}\"]\n",
+        upstream.addr(),
+        agent_dns.addr()
+    ));
+    let server = Server::start(&setup.config).await;
+    let (code, out, err) = run(&[
+        "explain",
+        "geo-web.query.consul",
+        "A",
+        "--config",
+        path_arg(&setup.config),
+        "--json",
+    ])
+    .await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).expect("JSON report");
+    assert_eq!(report["zone"], "forward", "{report}");
+    assert_eq!(report["answer"]["answers"][0]["data"], "192.0.2.77");
+    assert_eq!(report["kind"], serde_json::Value::Null, "{report}");
+    assert_eq!(report["catalog"], serde_json::Value::Null, "{report}");
+    assert_eq!(report["snapshot"], serde_json::Value::Null, "{report}");
+    assert!(report["upstreams"].is_array(), "{report}");
+    assert_eq!(report["forward_cache"]["rule"], "query.consul.", "{report}");
+    server.stop().await;
+    setup.stop().await;
+}
+
+/// One Consul name form: the question, what the router parses it as (the
+/// catalog key explain must show, `None` for `.addr`), and the rcode.
+struct Form {
+    name: &'static str,
+    qtype: RecordType,
+    kind: &'static str,
+    /// (service or node name, tag, datacenter).
+    key: Option<(&'static str, Option<&'static str>, Option<&'static str>)>,
+    rcode: &'static str,
+}
+
+/// Every form the router answers, with the key each one asks the catalog for.
+fn name_forms() -> Vec<Form> {
+    use RecordType::{A, AAAA, SRV};
+    let form = |name, qtype, kind, key, rcode| Form {
+        name,
+        qtype,
+        kind,
+        key,
+        rcode,
+    };
+    let service = |name, qtype, key| form(name, qtype, "service", Some(key), "NOERROR");
+    let node = |name, qtype, key| form(name, qtype, "node", Some(key), "NOERROR");
+    let addr = |name, qtype| form(name, qtype, "addr", None, "NOERROR");
+    vec![
+        service("web.service.consul", A, ("web", None, None)),
+        service("web.service.dc1.consul", A, ("web", None, Some("dc1"))),
+        service("web.service.dc1.dc.consul", A, ("web", None, Some("dc1"))),
+        service(
+            "primary.web.service.consul",
+            A,
+            ("web", Some("primary"), None),
+        ),
+        service(
+            "primary.web.service.dc1.consul",
+            A,
+            ("web", Some("primary"), Some("dc1")),
+        ),
+        service(
+            "primary.web.service.dc1.dc.consul",
+            A,
+            ("web", Some("primary"), Some("dc1")),
+        ),
+        service(
+            "v1.blue.web.service.consul",
+            A,
+            ("web", Some("v1.blue"), None),
+        ),
+        service("db.service.consul", AAAA, ("db", None, None)),
+        service("web.service.consul", SRV, ("web", None, None)),
+        service("api.service.dc1.consul", SRV, ("api", None, Some("dc1"))),
+        service("_web._tcp.service.consul", SRV, ("web", None, None)),
+        service(
+            "_web._primary.service.consul",
+            SRV,
+            ("web", Some("primary"), None),
+        ),
+        service(
+            "_web._tcp.service.dc1.consul",
+            SRV,
+            ("web", None, Some("dc1")),
+        ),
+        service(
+            "_web._tcp.service.dc1.dc.consul",
+            SRV,
+            ("web", None, Some("dc1")),
+        ),
+        service("_web._tcp.consul", SRV, ("web", None, None)),
+        service("_web._tcp.dc1.consul", SRV, ("web", None, Some("dc1"))),
+        service("_web._tcp.dc1.dc.consul", SRV, ("web", None, Some("dc1"))),
+        service(
+            "_web._primary.dc1.consul",
+            SRV,
+            ("web", Some("primary"), Some("dc1")),
+        ),
+        form(
+            "nope.service.consul",
+            A,
+            "service",
+            Some(("nope", None, None)),
+            "NXDOMAIN",
+        ),
+        node("node-1.node.consul", A, ("node-1", None, None)),
+        node("node-1.node.dc1.consul", A, ("node-1", None, Some("dc1"))),
+        node(
+            "node-1.node.dc1.dc.consul",
+            A,
+            ("node-1", None, Some("dc1")),
+        ),
+        node("node-4.node.consul", AAAA, ("node-4", None, None)),
+        form(
+            "nope.node.dc1.consul",
+            A,
+            "node",
+            Some(("nope", None, Some("dc1"))),
+            "NXDOMAIN",
+        ),
+        addr("0a000001.addr.consul", A),
+        addr("0a000001.addr.dc1.consul", A),
+        addr("20010db8000000000000000000000004.addr.consul", AAAA),
+    ]
+}
+
+/// The (type, data) of every answer record, sorted (service answers are shuffled).
+fn answer_data(records: impl Iterator<Item = (String, String)>) -> Vec<(String, String)> {
+    let mut data: Vec<(String, String)> = records.collect();
+    data.sort();
+    data
+}
+
+/// Every name form the router answers, as written and upper-cased, goes to
+/// the server as a real query and to `explain` over the control socket (the
+/// call `dnsfront explain` makes): explain must report the same route and
+/// answer, and the catalog key behind the name with what the cache holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_agrees_with_the_router_for_every_name_form() {
+    let setup = Setup::start().await;
+    setup.write_config(
+        "[dns]\nlisten = [\"127.0.0.1:0\"]\n\n[forward]\nresolv_file = \"/nonexistent/dnsfront-tests/resolv.conf\"\n",
+    );
+    let server = Server::start(&setup.config).await;
+    let socket = setup.socket();
+
+    for form in name_forms() {
+        for name in [form.name.to_owned(), form.name.to_uppercase()] {
+            let what = format!("{name} {}", form.qtype);
+            let (reply, _) = udp(server.dns, &Ask::new(&format!("{name}."), form.qtype)).await;
+            let queried = dnsfront_dns::rcode_name(reply.metadata.response_code);
+            assert_eq!(queried, form.rcode, "{what}: the query's rcode");
+
+            let value = control::request(
+                &socket,
+                &Request::Explain {
+                    name: name.clone(),
+                    qtype: Some(form.qtype.to_string()),
+                },
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap_or_else(|error| panic!("{what}: explain failed: {error:#}"));
+            let report: ExplainReport = serde_json::from_value(value.clone())
+                .unwrap_or_else(|error| panic!("{what}: malformed report {value}: {error}"));
+
+            assert_eq!(report.zone, "consul", "{what}: {value}");
+            assert_eq!(report.kind.as_deref(), Some(form.kind), "{what}: {value}");
+            let answer = report
+                .answer
+                .as_ref()
+                .expect("explain's own query answered");
+            assert_eq!(answer.rcode, form.rcode, "{what}: {value}");
+            assert_eq!(
+                answer_data(
+                    answer
+                        .answers
+                        .iter()
+                        .map(|record| (record.rtype.clone(), record.data.clone()))
+                ),
+                answer_data(
+                    reply
+                        .answers
+                        .iter()
+                        .map(|record| (record.record_type().to_string(), record.data.to_string()))
+                ),
+                "{what}: explain's answer is the query's: {value}"
+            );
+            if form.rcode == "NOERROR" {
+                assert!(!answer.answers.is_empty(), "{what}: {value}");
+            }
+
+            let Some((key_name, tag, datacenter)) = form.key else {
+                assert_eq!(report.source, "none", "{what}: synthesised: {value}");
+                assert!(report.catalog.is_none(), "{what}: {value}");
+                continue;
+            };
+            let catalog = report
+                .catalog
+                .as_ref()
+                .unwrap_or_else(|| panic!("{what}: no catalog details: {value}"));
+            assert_eq!(catalog.kind, form.kind, "{what}: {value}");
+            assert_eq!(catalog.name, key_name, "{what}: {value}");
+            assert_eq!(catalog.tag.as_deref(), tag, "{what}: {value}");
+            assert_eq!(catalog.datacenter.as_deref(), datacenter, "{what}: {value}");
+            assert_eq!(report.source, "fresh", "{what}: {value}");
+            if form.rcode == "NOERROR" {
+                assert_eq!(catalog.state, "fresh", "{what}: {value}");
+                assert!(
+                    catalog.consul_index.is_some_and(|index| index > 0),
+                    "{what}: the Consul index of the cached data: {value}"
+                );
+            } else {
+                assert_eq!(catalog.state, "not_found (fresh)", "{what}: {value}");
+            }
+            if form.kind == "service" && form.rcode == "NOERROR" {
+                assert!(catalog.instances.is_some_and(|n| n > 0), "{what}: {value}");
+            }
+        }
+    }
+    server.stop().await;
+    setup.stop().await;
 }

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use crate::backend::CatalogView;
 use crate::config::{Config, ServiceTtls, ttl_secs};
-use crate::name::{self, Parsed};
+use crate::name::{self, ConsulName};
 
 /// Where the data behind a reply came from (the `source` metric tag).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -296,30 +296,22 @@ impl Zone {
             return Reply::empty(ResponseCode::NotImp, true);
         }
 
-        let n_prefix =
-            usize::from(lower.num_labels()).saturating_sub(usize::from(self.domain.num_labels()));
-        let mut labels = Vec::with_capacity(n_prefix);
-        for label in lower.iter().take(n_prefix) {
-            match std::str::from_utf8(label) {
-                Ok(label) => labels.push(label),
-                Err(_) => return self.negative(ResponseCode::NXDomain, Source::None),
-            }
-        }
-
-        match name::parse(&labels, qtype) {
-            Parsed::Apex if qtype == RecordType::NS => {
+        match name::parse_in_zone(&self.domain, lower, qtype) {
+            ConsulName::Apex if qtype == RecordType::NS => {
                 self.negative(ResponseCode::NoError, Source::None)
             }
-            Parsed::Apex | Parsed::Invalid => self.negative(ResponseCode::NXDomain, Source::None),
-            Parsed::Unsupported => Reply::empty(ResponseCode::ServFail, true),
-            Parsed::Addr(ip) => {
+            ConsulName::Apex | ConsulName::Invalid => {
+                self.negative(ResponseCode::NXDomain, Source::None)
+            }
+            ConsulName::Unsupported => Reply::empty(ResponseCode::ServFail, true),
+            ConsulName::Addr(ip) => {
                 let mut reply = Reply::empty(ResponseCode::NoError, true);
                 if let Some(record) = address_record(asked.clone(), self.node_ttl, ip, qtype) {
                     reply.answers.push(record);
                 }
                 reply
             }
-            Parsed::Node { name, datacenter } => {
+            ConsulName::Node { name, datacenter } => {
                 let lookup = catalog.node(&name, datacenter.as_deref()).await;
                 let mut reply =
                     match &lookup {
@@ -341,7 +333,7 @@ impl Zone {
                 reply.basis = Basis::node(catalog, name, datacenter, lookup);
                 reply
             }
-            Parsed::Service {
+            ConsulName::Service {
                 name,
                 tag,
                 datacenter,

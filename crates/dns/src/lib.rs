@@ -4,7 +4,9 @@
 //! other name, plus the UDP/TCP listener setup.
 //!
 //! Settings change live with [`Router::reload`]; [`Router::explain`] routes a
-//! question like a query and says where the answer came from; the optional
+//! question like a query and says where the answer came from, and
+//! [`Router::consul_name`] gives the catalog key a Consul name asks for (the
+//! grammar lives only here, in `name.rs`); the optional
 //! query log ([`QueryLog`]) writes one line per sampled query at target
 //! `dnsfront::query`.
 //!
@@ -62,6 +64,8 @@ pub use backend::{CatalogView, Upstream};
 pub use config::{Config, QueryLog};
 pub use explain::Explanation;
 pub use listen::{Listeners, ServerHandle, ServerOptions, UdpOptions, serve, serve_with};
+pub use metrics::rcode_name;
+pub use name::ConsulName;
 pub use router::Router;
 
 use std::net::SocketAddr;

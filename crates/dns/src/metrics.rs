@@ -73,14 +73,16 @@ pub(crate) fn qtype_tag(qtype: RecordType) -> &'static str {
     }
 }
 
-/// The mnemonic of a response code (`NOERROR`, `BADVERS`, or the number).
-pub(crate) fn rcode_name(response_code: ResponseCode) -> std::borrow::Cow<'static, str> {
+/// The mnemonic of a response code (`NOERROR`, `BADVERS`, or the number),
+/// for logs and diagnostics.
+pub fn rcode_name(response_code: ResponseCode) -> std::borrow::Cow<'static, str> {
     match rcode_tag(response_code) {
         "other" => match response_code {
             ResponseCode::YXDomain => "YXDOMAIN".into(),
             ResponseCode::NotAuth => "NOTAUTH".into(),
             ResponseCode::NotZone => "NOTZONE".into(),
-            ResponseCode::BADVERS => "BADVERS".into(),
+            // hickory decodes 16 as BADSIG; without TSIG it can only be BADVERS.
+            ResponseCode::BADVERS | ResponseCode::BADSIG => "BADVERS".into(),
             other => u16::from(other).to_string().into(),
         },
         tag => tag.into(),

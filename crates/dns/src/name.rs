@@ -1,15 +1,18 @@
-//! The Consul DNS name grammar (Consul 1.16 `dispatch`, reference a.2).
+//! The Consul DNS name grammar (Consul 1.16 `dispatch`, reference a.2): the
+//! one place that turns a name in the Consul domain into the catalog key it
+//! asks for. The router answers with it and `explain` reports it
+//! ([`Router::consul_name`](crate::Router::consul_name)).
 //!
-//! Input is the question name, lower-cased, with the Consul domain already
-//! stripped, as a list of labels (leftmost first).
+//! [`parse`] takes the question name, lower-cased, with the Consul domain
+//! already stripped, as a list of labels (leftmost first).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use hickory_proto::rr::RecordType;
+use hickory_proto::rr::{Name, RecordType};
 
 /// What a name in the Consul domain asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Parsed {
+pub enum ConsulName {
     /// The zone apex itself.
     Apex,
     /// Healthy instances of a service, optionally filtered by a tag.
@@ -36,18 +39,45 @@ pub(crate) enum Parsed {
     Invalid,
 }
 
+impl ConsulName {
+    /// `apex`, `service`, `node`, `addr`, `unsupported` or `invalid`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Apex => "apex",
+            Self::Service { .. } => "service",
+            Self::Node { .. } => "node",
+            Self::Addr(_) => "addr",
+            Self::Unsupported => "unsupported",
+            Self::Invalid => "invalid",
+        }
+    }
+}
+
 /// Keywords that split a name into query parts (left) and locality (right).
 const KEYWORDS: [&str; 7] = [
     "service", "connect", "virtual", "ingress", "node", "query", "addr",
 ];
 
+/// Parses `lower` (a lower-cased name at or under `domain`, also lower-cased).
+pub(crate) fn parse_in_zone(domain: &Name, lower: &Name, qtype: RecordType) -> ConsulName {
+    let n_prefix = usize::from(lower.num_labels()).saturating_sub(usize::from(domain.num_labels()));
+    let mut labels = Vec::with_capacity(n_prefix);
+    for label in lower.iter().take(n_prefix) {
+        match std::str::from_utf8(label) {
+            Ok(label) => labels.push(label),
+            Err(_) => return ConsulName::Invalid,
+        }
+    }
+    parse(&labels, qtype)
+}
+
 /// Parses the labels left of the Consul domain.
-pub(crate) fn parse(labels: &[&str], qtype: RecordType) -> Parsed {
+pub(crate) fn parse(labels: &[&str], qtype: RecordType) -> ConsulName {
     if labels.is_empty() {
-        return Parsed::Apex;
+        return ConsulName::Apex;
     }
     if labels.iter().any(|label| !is_acceptable_label(label)) {
-        return Parsed::Invalid;
+        return ConsulName::Invalid;
     }
 
     // Scan right to left for the first keyword; for SRV a `_` label met first
@@ -64,7 +94,7 @@ pub(crate) fn parse(labels: &[&str], qtype: RecordType) -> Parsed {
         }
     }
     let Some((index, kind, short_rfc2782)) = found else {
-        return Parsed::Invalid;
+        return ConsulName::Invalid;
     };
     let (query_parts, suffixes) = if short_rfc2782 {
         (&labels[..=index], &labels[index + 1..])
@@ -75,18 +105,18 @@ pub(crate) fn parse(labels: &[&str], qtype: RecordType) -> Parsed {
     match kind {
         "service" => {
             let Some(datacenter) = locality(suffixes) else {
-                return Parsed::Invalid;
+                return ConsulName::Invalid;
             };
             service(query_parts, datacenter)
         }
         "node" => {
             let Some(datacenter) = locality(suffixes) else {
-                return Parsed::Invalid;
+                return ConsulName::Invalid;
             };
             if query_parts.is_empty() {
-                return Parsed::Invalid;
+                return ConsulName::Invalid;
             }
-            Parsed::Node {
+            ConsulName::Node {
                 name: query_parts.join("."),
                 datacenter,
             }
@@ -95,38 +125,38 @@ pub(crate) fn parse(labels: &[&str], qtype: RecordType) -> Parsed {
             // `.addr` accepts at most one locality label (Consul `parseDatacenter`);
             // the datacenter does not change the answer.
             if suffixes.len() > 1 || query_parts.len() != 1 {
-                return Parsed::Invalid;
+                return ConsulName::Invalid;
             }
             match decode_hex_addr(query_parts[0]) {
-                Some(ip) => Parsed::Addr(ip),
-                None => Parsed::Invalid,
+                Some(ip) => ConsulName::Addr(ip),
+                None => ConsulName::Invalid,
             }
         }
-        _ => Parsed::Unsupported,
+        _ => ConsulName::Unsupported,
     }
 }
 
-fn service(query_parts: &[&str], datacenter: Option<String>) -> Parsed {
+fn service(query_parts: &[&str], datacenter: Option<String>) -> ConsulName {
     match query_parts {
-        [] => Parsed::Invalid,
+        [] => ConsulName::Invalid,
         [service, protocol] if service.starts_with('_') && protocol.starts_with('_') => {
             let name = &service[1..];
             let tag = &protocol[1..];
             if name.is_empty() || tag.is_empty() {
-                return Parsed::Invalid;
+                return ConsulName::Invalid;
             }
-            Parsed::Service {
+            ConsulName::Service {
                 name: name.to_owned(),
                 tag: (tag != "tcp").then(|| tag.to_owned()),
                 datacenter,
             }
         }
-        [name] => Parsed::Service {
+        [name] => ConsulName::Service {
             name: (*name).to_owned(),
             tag: None,
             datacenter,
         },
-        [tags @ .., name] => Parsed::Service {
+        [tags @ .., name] => ConsulName::Service {
             name: (*name).to_owned(),
             tag: Some(tags.join(".")),
             datacenter,
@@ -189,22 +219,22 @@ pub(crate) fn encode_hex_addr(ip: IpAddr) -> String {
 mod tests {
     use super::*;
 
-    fn svc(name: &str, tag: Option<&str>, dc: Option<&str>) -> Parsed {
-        Parsed::Service {
+    fn svc(name: &str, tag: Option<&str>, dc: Option<&str>) -> ConsulName {
+        ConsulName::Service {
             name: name.to_owned(),
             tag: tag.map(str::to_owned),
             datacenter: dc.map(str::to_owned),
         }
     }
 
-    fn node(name: &str, dc: Option<&str>) -> Parsed {
-        Parsed::Node {
+    fn node(name: &str, dc: Option<&str>) -> ConsulName {
+        ConsulName::Node {
             name: name.to_owned(),
             datacenter: dc.map(str::to_owned),
         }
     }
 
-    fn p(name: &str, qtype: RecordType) -> Parsed {
+    fn p(name: &str, qtype: RecordType) -> ConsulName {
         let labels: Vec<&str> = if name.is_empty() {
             Vec::new()
         } else {
@@ -218,13 +248,13 @@ mod tests {
         use RecordType::{A, AAAA, SRV};
         let v4 = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
         let v6: IpAddr = "2607:20:4005:808::200e".parse().expect("literal");
-        let cases: Vec<(&str, RecordType, Parsed)> = vec![
-            ("", A, Parsed::Apex),
+        let cases: Vec<(&str, RecordType, ConsulName)> = vec![
+            ("", A, ConsulName::Apex),
             ("web.service", A, svc("web", None, None)),
             ("web.service.dc1", A, svc("web", None, Some("dc1"))),
             ("web.service.dc1.dc", A, svc("web", None, Some("dc1"))),
-            ("web.service.dc1.peer", A, Parsed::Invalid),
-            ("web.service.dc1.extra.more", A, Parsed::Invalid),
+            ("web.service.dc1.peer", A, ConsulName::Invalid),
+            ("web.service.dc1.extra.more", A, ConsulName::Invalid),
             ("v1.web.service", A, svc("web", Some("v1"), None)),
             (
                 "v1.primary.db.service",
@@ -246,34 +276,34 @@ mod tests {
             ),
             ("_web._tcp", SRV, svc("web", None, None)),
             ("_web._tcp.dc1", SRV, svc("web", None, Some("dc1"))),
-            ("_web._tcp", A, Parsed::Invalid),
+            ("_web._tcp", A, ConsulName::Invalid),
             ("_web.web.service", A, svc("web", Some("_web"), None)),
-            ("service", A, Parsed::Invalid),
-            ("service.dc1", A, Parsed::Invalid),
-            ("foo.bar", A, Parsed::Invalid),
+            ("service", A, ConsulName::Invalid),
+            ("service.dc1", A, ConsulName::Invalid),
+            ("foo.bar", A, ConsulName::Invalid),
             ("n1.node", A, node("n1", None)),
             ("foo.bar.node", A, node("foo.bar", None)),
             ("n1.node.dc1", A, node("n1", Some("dc1"))),
             ("n1.node.dc1.dc", A, node("n1", Some("dc1"))),
-            ("node", A, Parsed::Invalid),
-            ("n1.node.a.b.c", A, Parsed::Invalid),
-            ("7f000002.addr", A, Parsed::Addr(v4)),
-            ("7f000002.addr.dc1", A, Parsed::Addr(v4)),
-            ("7f000002.addr.dc1.dc", A, Parsed::Invalid),
+            ("node", A, ConsulName::Invalid),
+            ("n1.node.a.b.c", A, ConsulName::Invalid),
+            ("7f000002.addr", A, ConsulName::Addr(v4)),
+            ("7f000002.addr.dc1", A, ConsulName::Addr(v4)),
+            ("7f000002.addr.dc1.dc", A, ConsulName::Invalid),
             (
                 "2607002040050808000000000000200e.addr",
                 AAAA,
-                Parsed::Addr(v6),
+                ConsulName::Addr(v6),
             ),
-            ("7f00000z.addr", A, Parsed::Invalid),
-            ("7f0000021.addr", A, Parsed::Invalid),
-            ("7f.addr", A, Parsed::Invalid),
-            ("a.7f000002.addr", A, Parsed::Invalid),
-            ("addr", A, Parsed::Invalid),
-            ("web.query", A, Parsed::Unsupported),
-            ("web.connect", A, Parsed::Unsupported),
-            ("web.ingress", A, Parsed::Unsupported),
-            ("web.virtual", A, Parsed::Unsupported),
+            ("7f00000z.addr", A, ConsulName::Invalid),
+            ("7f0000021.addr", A, ConsulName::Invalid),
+            ("7f.addr", A, ConsulName::Invalid),
+            ("a.7f000002.addr", A, ConsulName::Invalid),
+            ("addr", A, ConsulName::Invalid),
+            ("web.query", A, ConsulName::Unsupported),
+            ("web.connect", A, ConsulName::Unsupported),
+            ("web.ingress", A, ConsulName::Unsupported),
+            ("web.virtual", A, ConsulName::Unsupported),
             // The rightmost keyword wins: `node` here is a query part of the service form.
             ("node.web.service", A, svc("web", Some("node"), None)),
             ("web.service.node", A, node("web.service", None)),
@@ -284,17 +314,49 @@ mod tests {
     }
 
     #[test]
+    fn parse_in_zone_strips_the_domain() {
+        let domain = Name::from_ascii("dc.example.").expect("literal");
+        let parsed = |text: &str, qtype| {
+            parse_in_zone(&domain, &Name::from_ascii(text).expect("literal"), qtype)
+        };
+        assert_eq!(
+            parsed("web.service.dc1.dc.dc.example.", RecordType::A),
+            svc("web", None, Some("dc1"))
+        );
+        assert_eq!(
+            parsed("_web._tcp.dc.example.", RecordType::SRV),
+            svc("web", None, None)
+        );
+        assert_eq!(parsed("dc.example.", RecordType::A), ConsulName::Apex);
+        let binary = Name::from_labels(vec![&b"w\xffb"[..], b"service", b"dc", b"example"])
+            .expect("binary label");
+        assert_eq!(
+            parse_in_zone(&domain, &binary, RecordType::A),
+            ConsulName::Invalid
+        );
+    }
+
+    #[test]
     fn rejects_labels_that_are_unsafe_to_pass_on() {
-        assert_eq!(parse(&["a/b", "service"], RecordType::A), Parsed::Invalid);
-        assert_eq!(parse(&["a.b", "service"], RecordType::A), Parsed::Invalid);
-        assert_eq!(parse(&["a b", "service"], RecordType::A), Parsed::Invalid);
+        assert_eq!(
+            parse(&["a/b", "service"], RecordType::A),
+            ConsulName::Invalid
+        );
+        assert_eq!(
+            parse(&["a.b", "service"], RecordType::A),
+            ConsulName::Invalid
+        );
+        assert_eq!(
+            parse(&["a b", "service"], RecordType::A),
+            ConsulName::Invalid
+        );
         assert_eq!(
             parse(&["w\u{e9}b", "service"], RecordType::A),
-            Parsed::Invalid
+            ConsulName::Invalid
         );
         assert_eq!(
             parse(&["_", "_tcp", "service"], RecordType::SRV),
-            Parsed::Invalid
+            ConsulName::Invalid
         );
     }
 

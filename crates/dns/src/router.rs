@@ -30,6 +30,7 @@ use crate::local;
 use crate::metrics::{
     QUERIES, QUERY_DURATION_SECONDS, TRUNCATED, qtype_tag, rcode_name, rcode_tag,
 };
+use crate::name::{self, ConsulName};
 use crate::trim;
 
 /// RFC 8914 Extended DNS Error option code.
@@ -213,6 +214,29 @@ impl<C: CatalogView, F: Upstream> Router<C, F> {
         )
     }
 
+    /// The Consul name a question for `name`/`qtype` asks for, parsed by the
+    /// grammar and the live domain a query is answered with; `None` when such
+    /// a query is not answered by the Consul zone (outside the domain, or in a
+    /// zone a `forward.rules` entry sends upstream). No I/O.
+    pub fn consul_name(&self, name: &Name, qtype: RecordType) -> Option<ConsulName> {
+        let mut lower = name.to_lowercase();
+        lower.set_fqdn(true);
+        let settings = self.inner.settings.load();
+        self.in_consul_zone(&settings, &lower)
+            .then(|| name::parse_in_zone(settings.zone.domain(), &lower, qtype))
+    }
+
+    /// Whether the Consul zone answers `lower` (the lower-cased question name).
+    fn in_consul_zone(&self, settings: &Settings, lower: &Name) -> bool {
+        let forwarded_by_rule = || {
+            self.inner
+                .forwarder
+                .as_ref()
+                .is_some_and(|forwarder| forwarder.has_rule_for(lower))
+        };
+        settings.zone.domain().zone_of(lower) && !forwarded_by_rule()
+    }
+
     /// The routing shared by queries and `explain`: `lower` is the lower-cased
     /// question name, `query` the question as the client wrote it.
     async fn route(
@@ -223,13 +247,7 @@ impl<C: CatalogView, F: Upstream> Router<C, F> {
         dnssec_ok: bool,
     ) -> Routed {
         let qtype = query.query_type();
-        let forwarded_by_rule = || {
-            self.inner
-                .forwarder
-                .as_ref()
-                .is_some_and(|forwarder| forwarder.has_rule_for(lower))
-        };
-        if settings.zone.domain().zone_of(lower) && !forwarded_by_rule() {
+        if self.in_consul_zone(settings, lower) {
             let reply = settings
                 .zone
                 .answer(&self.inner.catalog, lower, query.name(), qtype)

@@ -48,7 +48,7 @@ use crate::upstream::{HealthPolicy, Plan, Request, Upstream};
 pub use crate::config::{Config, DomainRule, Field, InvalidConfig, Strategy};
 pub use crate::explain::{CacheInfo, CacheState};
 pub use crate::policy::Policy;
-pub use crate::upstream::UpstreamStats;
+pub use crate::upstream::{AttemptError, Exchanged, UpstreamStats, exchange_once};
 
 /// Where an answer came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

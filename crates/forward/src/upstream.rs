@@ -310,17 +310,22 @@ pub(crate) struct Plan {
     pub(crate) health: HealthPolicy,
 }
 
-/// Why one exchange with one upstream failed.
+/// Why one exchange with one upstream (or with [`exchange_once`]'s server) failed.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum AttemptError {
+pub enum AttemptError {
+    /// Nothing that answers the query arrived in time.
     #[error("no matching answer before the timeout")]
     Timeout,
+    /// A socket call failed (e.g. connection refused).
     #[error("socket error")]
     Io(#[from] std::io::Error),
+    /// The query could not be encoded.
     #[error("cannot encode the query")]
     Encode(#[from] hickory_proto::ProtoError),
+    /// The TCP reply was cut short, undecodable or for another query.
     #[error("unusable TCP reply: {0}")]
     BadTcpReply(&'static str),
+    /// An upstream answered with an rcode other than NOERROR or NXDOMAIN.
     #[error("answered {0}")]
     Rcode(ResponseCode),
 }
@@ -587,26 +592,85 @@ async fn exchange_udp(
         Some(pooled) => pooled,
         None => PooledSocket::open(upstream.addr).await?,
     };
-    pooled.uses += 1;
-    pooled.socket.send(&bytes).await?;
-    loop {
-        pooled.buffer.clear();
-        let received = timeout_at(deadline, pooled.socket.recv_buf(&mut pooled.buffer))
-            .await
-            .map_err(|_| AttemptError::Timeout)??;
-        match Message::from_vec(&pooled.buffer[..received]) {
-            Ok(message) if matches(&message, id, request.query) => {
-                upstream.checkin_socket(pooled);
-                return Ok(message);
-            }
-            Ok(message) => {
-                trace!(upstream = %upstream.addr, expected_id = id, id = message.metadata.id, "Ignoring mismatched UDP reply");
-            }
-            Err(error) => {
-                trace!(upstream = %upstream.addr, error = %error, "Ignoring undecodable UDP reply");
+    let message = pooled
+        .exchange(upstream.addr, id, &bytes, request.query, deadline)
+        .await?;
+    upstream.checkin_socket(pooled);
+    Ok(message)
+}
+
+impl PooledSocket {
+    /// Sends the encoded query (`id`, `bytes`) to `upstream` and waits until
+    /// `deadline` for its answer; anything else that arrives is ignored.
+    async fn exchange(
+        &mut self,
+        upstream: SocketAddr,
+        id: u16,
+        bytes: &[u8],
+        query: &Query,
+        deadline: Instant,
+    ) -> Result<Message, AttemptError> {
+        self.uses += 1;
+        self.socket.send(bytes).await?;
+        loop {
+            self.buffer.clear();
+            let received = timeout_at(deadline, self.socket.recv_buf(&mut self.buffer))
+                .await
+                .map_err(|_| AttemptError::Timeout)??;
+            match Message::from_vec(&self.buffer[..received]) {
+                Ok(message) if matches(&message, id, query) => return Ok(message),
+                Ok(message) => {
+                    trace!(upstream = %upstream, expected_id = id, id = message.metadata.id, "Ignoring mismatched UDP reply");
+                }
+                Err(error) => {
+                    trace!(upstream = %upstream, error = %error, "Ignoring undecodable UDP reply");
+                }
             }
         }
     }
+}
+
+/// The EDNS payload [`exchange_once`] offers (the DNS Flag Day 2020 default).
+const EXCHANGE_ONCE_UDP_PAYLOAD: u16 = 1232;
+
+/// The reply [`exchange_once`] got.
+#[derive(Debug, Clone)]
+pub struct Exchanged {
+    /// The reply, whatever its rcode.
+    pub reply: Message,
+    /// Whether it came over TCP (the UDP answer was truncated).
+    pub over_tcp: bool,
+}
+
+/// One question (RD, EDNS) to `server` outside any upstream set, for
+/// diagnostics (`dnsfront explain` and `check`): UDP on a fresh socket, then
+/// TCP when the answer is truncated, all within `timeout`. Nothing is pooled,
+/// counted or marked down; the answer must match the ID and the question.
+pub async fn exchange_once(
+    server: SocketAddr,
+    query: &Query,
+    timeout: Duration,
+) -> Result<Exchanged, AttemptError> {
+    let deadline = Instant::now() + timeout;
+    let request = Request {
+        query,
+        dnssec_ok: false,
+        udp_payload: EXCHANGE_ONCE_UDP_PAYLOAD,
+    };
+    let (id, bytes) = encode_query(request)?;
+    let mut socket = PooledSocket::open(server).await?;
+    let reply = socket.exchange(server, id, &bytes, query, deadline).await?;
+    if !reply.metadata.truncation {
+        return Ok(Exchanged {
+            reply,
+            over_tcp: false,
+        });
+    }
+    let reply = exchange_tcp(server, request, deadline).await?;
+    Ok(Exchanged {
+        reply,
+        over_tcp: true,
+    })
 }
 
 /// TCP with the 2-byte length prefix (RFC 1035 §4.2.2), one query per connection.
@@ -717,6 +781,22 @@ mod tests {
             dnssec_ok: false,
             udp_payload: 1232,
         }
+    }
+
+    #[tokio::test]
+    async fn exchange_once_ignores_other_sources_and_ids() {
+        let (upstream, mut ports) = upstream(|query| {
+            let wrong_id = query.metadata.id.wrapping_add(1);
+            vec![(1, None, 66), (0, Some(wrong_id), 77), (0, None, 1)]
+        })
+        .await;
+        let query = question("www.example.");
+        let exchanged = exchange_once(upstream.addr, &query, Duration::from_secs(2))
+            .await
+            .expect("answer");
+        assert!(!exchanged.over_tcp);
+        assert_eq!(exchanged.reply.answers[0].data.to_string(), "192.0.2.1");
+        assert!(ports.recv().await.is_some());
     }
 
     #[tokio::test]
