@@ -444,7 +444,6 @@ mod tests {
             forwarder: app.forwarder.clone(),
             router: app.router.clone(),
             local_hosts: app.local_hosts.clone(),
-            domain: Arc::new(RwLock::new(running.dns.domain.clone())),
         };
         let (outcome, in_effect) = apply(&live, &ConfigSource::default(), &running, &new, "test");
         assert_eq!(
