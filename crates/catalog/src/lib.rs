@@ -101,7 +101,6 @@ mod config;
 mod error;
 mod info;
 pub mod metrics;
-mod pace;
 
 pub use breaker::{BreakerState, CircuitState};
 pub use cache::{Cache, Witness};

@@ -90,7 +90,8 @@ mod tests {
 
     #[test]
     fn doubles_with_jitter_in_the_upper_half_and_resets() {
-        let mut backoff = Backoff::try_new(ms(200), Duration::from_secs(1), HALF_JITTER).unwrap();
+        let mut backoff =
+            Backoff::try_new(ms(200), Duration::from_secs(1), HALF_JITTER).expect("valid bounds");
         let first = backoff.next_delay();
         assert!(first >= ms(100) && first <= ms(200), "{first:?}");
         let second = backoff.next_delay();
@@ -108,7 +109,7 @@ mod tests {
 
     #[test]
     fn step_doubles_up_to_the_ceiling() {
-        let mut backoff = Backoff::try_new(ms(1000), ms(4000), HALF_JITTER).unwrap();
+        let mut backoff = Backoff::try_new(ms(1000), ms(4000), HALF_JITTER).expect("valid bounds");
         let steps: Vec<Duration> = (0..5)
             .map(|_| {
                 let step = backoff.current();
@@ -121,7 +122,7 @@ mod tests {
 
     #[test]
     fn without_jitter_the_delay_is_the_step() {
-        let mut backoff = Backoff::try_new(ms(300), ms(1000), 0.0).unwrap();
+        let mut backoff = Backoff::try_new(ms(300), ms(1000), 0.0).expect("valid bounds");
         assert_eq!(backoff.next_delay(), ms(300));
         assert_eq!(backoff.next_delay(), ms(600));
         assert_eq!(backoff.next_delay(), ms(1000));
@@ -130,10 +131,11 @@ mod tests {
     #[test]
     fn never_spins_on_zero() {
         assert_eq!(
-            Backoff::try_new(Duration::ZERO, Duration::ZERO, HALF_JITTER).unwrap_err(),
+            Backoff::try_new(Duration::ZERO, Duration::ZERO, HALF_JITTER)
+                .expect_err("invalid bounds"),
             InvalidBackoff::ZeroMinimum
         );
-        let mut smallest = Backoff::try_new(ms(1), ms(1), HALF_JITTER).unwrap();
+        let mut smallest = Backoff::try_new(ms(1), ms(1), HALF_JITTER).expect("valid bounds");
         for _ in 0..64 {
             assert!(smallest.next_delay() >= Duration::from_micros(500));
         }
@@ -142,12 +144,12 @@ mod tests {
     #[test]
     fn rejects_a_ceiling_below_the_floor_and_bad_jitter() {
         assert_eq!(
-            Backoff::try_new(ms(500), ms(100), HALF_JITTER).unwrap_err(),
+            Backoff::try_new(ms(500), ms(100), HALF_JITTER).expect_err("invalid bounds"),
             InvalidBackoff::MaximumBelowMinimum
         );
         for jitter in [-0.1, 1.5, f64::NAN] {
             assert_eq!(
-                Backoff::try_new(ms(1), ms(2), jitter).unwrap_err(),
+                Backoff::try_new(ms(1), ms(2), jitter).expect_err("invalid bounds"),
                 InvalidBackoff::Jitter
             );
         }

@@ -340,7 +340,7 @@ mod tests {
                     async move { answer(returned) }
                 })
                 .await
-                .unwrap();
+                .expect("the call answers");
             assert_eq!(response.value, returned);
         }
         assert_eq!(sent, [(None, 0), (Some(5), 1000), (Some(5), 2000)]);
