@@ -35,6 +35,7 @@ pub mod keys;
 pub mod metrics;
 mod model;
 pub mod publisher;
+mod retry;
 pub mod store;
 
 pub use codec::{Verified, decode, encode};

@@ -45,15 +45,16 @@ use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dnsfront_consul::{
-    self as consul, KvPutOptions, QueryOptions, ServiceEntry, SessionBehavior, SessionRequest,
-    next_index,
+    self as consul, Backoff, HALF_JITTER, KvPutOptions, Pace, QueryOptions, ServiceEntry,
+    SessionBehavior, SessionRequest,
 };
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::follower::{Backoff, ConsulRetry, DEFAULT_KEY, lock_key_for, stop_key_for};
+use crate::follower::{DEFAULT_KEY, lock_key_for, stop_key_for};
+use crate::retry::ConsulRetry;
 use crate::{Error, Instance, InstanceStatus, NodeEntry, SigningKey, Snapshot, codec, metrics};
 
 /// Default minimum time between two snapshot builds (and so between two writes).
@@ -191,54 +192,47 @@ struct LeaderState {
     retry: ConsulRetry,
 }
 
-/// One blocking query of the publish loop: its next index and its own failure backoff.
-struct Watch {
-    what: &'static str,
-    index: u64,
-    failures: u32,
-    backoff: Backoff,
+/// The backoff after a failed Consul call: 500ms doubling up to 30s, each delay drawn from
+/// the upper half of its step.
+fn backoff() -> Backoff {
+    Backoff::try_new(BACKOFF_MIN, BACKOFF_MAX, HALF_JITTER).expect("constant bounds are valid")
 }
 
-impl Watch {
-    fn new(what: &'static str) -> Self {
+/// One blocking query of the publish loop: Consul's index rules ([`consul::Watch`]) and its
+/// own failure streak.
+struct LeaderWatch {
+    what: &'static str,
+    watch: consul::Watch,
+    retry: ConsulRetry,
+}
+
+impl LeaderWatch {
+    fn new(what: &'static str, wait: Duration) -> Self {
         Self {
             what,
-            index: 0,
-            failures: 0,
-            backoff: Backoff::new(BACKOFF_MIN, BACKOFF_MAX),
+            watch: consul::Watch::new(wait),
+            retry: ConsulRetry::new(backoff()),
         }
     }
 
-    /// Takes the returned index (Consul's rules); true when it moved.
-    fn answered(&mut self, returned: u64) -> bool {
-        if self.failures > 0 {
-            tracing::info!(
-                what = self.what,
-                failed_attempts = self.failures,
-                "Consul reachable again"
-            );
-            self.failures = 0;
-            self.backoff.reset();
+    /// Takes one answer: its value and whether the index moved, or after an error (logged
+    /// once per streak) the delay before asking again.
+    fn take<T>(
+        &mut self,
+        result: Result<consul::Response<T>, consul::Error>,
+    ) -> Result<(T, bool), Duration> {
+        match result {
+            Ok(response) => {
+                self.retry.ok();
+                let change = self.watch.observe(response.meta.index);
+                Ok((response.value, change.changed()))
+            }
+            Err(error) => {
+                self.retry
+                    .failed(self.what, &error, "Consul call failed, retrying");
+                Err(self.retry.next_delay())
+            }
         }
-        let previous = self.index;
-        self.index = next_index(previous, returned);
-        self.index != previous
-    }
-
-    /// Logs the failure (the first one as a warning) and returns the delay before retrying.
-    fn failed(&mut self, error: &consul::Error) -> Duration {
-        self.failures += 1;
-        if self.failures == 1 {
-            tracing::warn!(error = %error, what = self.what, "Consul call failed, retrying");
-        } else {
-            tracing::debug!(
-                error = %error,
-                what = self.what,
-                attempt = self.failures,
-                "Consul call failed again"
-            );
-        }
-        self.backoff.next_delay()
     }
 }
 
@@ -267,7 +261,7 @@ impl Publisher {
             next_build: Instant::now(),
             skipped: None,
             datacenter: None,
-            retry: ConsulRetry::new(Backoff::new(BACKOFF_MIN, BACKOFF_MAX)),
+            retry: ConsulRetry::new(backoff()),
         };
         let request = SessionRequest {
             name: SESSION_NAME.to_owned(),
@@ -398,7 +392,7 @@ impl Publisher {
                 }
                 Err(error) => {
                     state.consul_failed("acquiring the publisher lock", &error);
-                    let delay = state.retry.backoff.next_delay();
+                    let delay = state.retry.next_delay();
                     tokio::time::sleep(delay).await;
                 }
             }
@@ -412,23 +406,30 @@ impl Publisher {
         }
     }
 
+    /// A watch on the lock key: blocking up to `catalog_wait`, at most one read per
+    /// [`LOCK_READ_INTERVAL`] (blocking reads return on any change).
+    fn lock_watch(&self) -> consul::Watch {
+        consul::Watch::new(self.config.catalog_wait).paced(Pace::spaced(LOCK_READ_INTERVAL))
+    }
+
+    /// One blocking read of the lock key.
+    async fn read_lock(
+        &self,
+        watch: &mut consul::Watch,
+    ) -> Result<consul::Response<Option<consul::KvPair>>, consul::Error> {
+        let read =
+            |options| async move { self.client.kv_get(&self.config.lock_key, &options).await };
+        watch.round(read).await.map(|(response, _)| response)
+    }
+
     /// Blocks on the lock key until nobody holds it.
     async fn wait_for_free_lock(&self, state: &mut LeaderState) {
-        let mut index = 0;
+        let mut watch = self.lock_watch();
         let mut first = true;
-        let mut next_read = Instant::now();
         loop {
-            tokio::time::sleep_until(next_read).await;
-            next_read = Instant::now() + LOCK_READ_INTERVAL;
-            let options = QueryOptions {
-                index: Some(index),
-                wait: Some(self.config.catalog_wait),
-                ..QueryOptions::default()
-            };
-            match self.client.kv_get(&self.config.lock_key, &options).await {
+            match self.read_lock(&mut watch).await {
                 Ok(response) => {
                     state.consul_ok();
-                    index = next_index(index, response.meta.index);
                     let holder = response.value.and_then(|pair| pair.session);
                     if holder.is_none() {
                         if first {
@@ -443,7 +444,7 @@ impl Publisher {
                 }
                 Err(error) => {
                     state.consul_failed("watching the publisher lock", &error);
-                    let delay = state.retry.backoff.next_delay();
+                    let delay = state.retry.next_delay();
                     tokio::time::sleep(delay).await;
                 }
             }
@@ -452,23 +453,14 @@ impl Publisher {
 
     /// Watches the lock key while leader; returns when another session holds it or it is gone.
     async fn watch_lock(&self, session: &str) -> &'static str {
-        let mut index = 0;
+        let mut watch = self.lock_watch();
         // X-Consul-Index at which the key was seen held by us; older (stale) answers are ignored.
         let mut held_at: Option<u64> = None;
-        let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
-        let mut next_read = Instant::now();
+        let mut backoff = backoff();
         loop {
-            tokio::time::sleep_until(next_read).await;
-            next_read = Instant::now() + LOCK_READ_INTERVAL;
-            let options = QueryOptions {
-                index: Some(index),
-                wait: Some(self.config.catalog_wait),
-                ..QueryOptions::default()
-            };
-            match self.client.kv_get(&self.config.lock_key, &options).await {
+            match self.read_lock(&mut watch).await {
                 Ok(response) => {
                     backoff.reset();
-                    index = next_index(index, response.meta.index);
                     let ours = response
                         .value
                         .as_ref()
@@ -496,12 +488,13 @@ impl Publisher {
     /// its new index, so the others keep their place; dropping this future (leadership lost)
     /// cancels every request.
     async fn publish_loop(&self, state: &mut LeaderState) -> Infallible {
-        let mut catalog_watch = Watch::new("watching the catalog");
-        let mut health_watch = Watch::new("watching health checks");
-        let mut nodes_watch = Watch::new("watching catalog nodes");
-        let catalog = self.catalog_call(0, Duration::ZERO);
-        let health = self.health_call(0, Duration::ZERO);
-        let nodes = self.nodes_call(0, Duration::ZERO);
+        let wait = self.config.catalog_wait;
+        let mut catalog_watch = LeaderWatch::new("watching the catalog", wait);
+        let mut health_watch = LeaderWatch::new("watching health checks", wait);
+        let mut nodes_watch = LeaderWatch::new("watching catalog nodes", wait);
+        let catalog = self.catalog_call(catalog_watch.watch.options(), Duration::ZERO);
+        let health = self.health_call(health_watch.watch.options(), Duration::ZERO);
+        let nodes = self.nodes_call(nodes_watch.watch.options(), Duration::ZERO);
         tokio::pin!(catalog, health, nodes);
         // Service names from the latest catalog answer; a round needs them.
         let mut names: Option<Vec<String>> = None;
@@ -513,54 +506,54 @@ impl Publisher {
             tokio::select! {
                 biased;
                 result = &mut catalog => {
-                    let delay = match result {
-                        Ok(response) => {
+                    let delay = match catalog_watch.take(result) {
+                        Ok((services, _)) => {
                             // Every catalog return is a round, also a timeout without change:
                             // it bounds the age of anything neither index reflects (node
                             // address changes) by `catalog_wait`; an unchanged snapshot costs
                             // reads but no write.
-                            catalog_watch.answered(response.meta.index);
                             due = true;
-                            names = Some(response.value.into_keys().collect());
+                            names = Some(services.into_keys().collect());
                             Duration::ZERO
                         }
-                        Err(error) => catalog_watch.failed(&error),
+                        Err(delay) => delay,
                     };
-                    catalog.set(self.catalog_call(catalog_watch.index, delay));
+                    catalog.set(self.catalog_call(catalog_watch.watch.options(), delay));
                 }
                 result = &mut health => {
                     health_seen = true;
-                    let delay = match result {
-                        Ok(response) => {
-                            // Check states do not move the catalog index; this one does.
-                            due |= health_watch.answered(response.meta.index);
+                    // Check states do not move the catalog index; this one does.
+                    let delay = match health_watch.take(result) {
+                        Ok((_, moved)) => {
+                            due |= moved;
                             Duration::ZERO
                         }
-                        Err(error) => health_watch.failed(&error),
+                        Err(delay) => delay,
                     };
-                    health.set(self.health_call(health_watch.index, delay));
+                    health.set(self.health_call(health_watch.watch.options(), delay));
                 }
                 result = &mut nodes => {
-                    let delay = match result {
-                        Ok(response) => {
-                            // A node address change moves only the nodes index. The first
-                            // answer moves it from 0 too; the catalog's first answer
-                            // already made a round due, so that costs nothing extra.
-                            due |= nodes_watch.answered(response.meta.index);
+                    // A node address change moves only the nodes index. The first answer
+                    // moves it from 0 too; the catalog's first answer already made a round
+                    // due, so that costs nothing extra.
+                    let delay = match nodes_watch.take(result) {
+                        Ok((_, moved)) => {
+                            due |= moved;
                             Duration::ZERO
                         }
-                        Err(error) => nodes_watch.failed(&error),
+                        Err(delay) => delay,
                     };
-                    nodes.set(self.nodes_call(nodes_watch.index, delay));
+                    nodes.set(self.nodes_call(nodes_watch.watch.options(), delay));
                 }
                 () = tokio::time::sleep_until(state.next_build), if ready => {
                     due = false;
                     state.next_build = Instant::now() + self.config.min_interval;
                     let service_names = names.clone().unwrap_or_default();
                     let consul_index = catalog_watch
-                        .index
-                        .max(health_watch.index)
-                        .max(nodes_watch.index);
+                        .watch
+                        .index()
+                        .max(health_watch.watch.index())
+                        .max(nodes_watch.watch.index());
                     if let Round::Retry = self.publish_round(service_names, consul_index, state).await {
                         due = true;
                         state.next_build = state
@@ -572,53 +565,40 @@ impl Publisher {
         }
     }
 
-    /// Blocking options for a watch at `index` (0: answer at once).
-    fn watch_options(&self, index: u64) -> QueryOptions {
-        QueryOptions {
-            index: Some(index),
-            wait: Some(self.config.catalog_wait),
-            ..QueryOptions::default()
-        }
-    }
-
-    /// After `delay`, a blocking `/v1/catalog/services` at `index`.
+    /// After `delay`, a blocking `/v1/catalog/services` (a watch's `options`).
     async fn catalog_call(
         &self,
-        index: u64,
+        options: QueryOptions,
         delay: Duration,
     ) -> Result<consul::Response<BTreeMap<String, Vec<String>>>, consul::Error> {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        self.client
-            .catalog_services(&self.watch_options(index))
-            .await
+        self.client.catalog_services(&options).await
     }
 
-    /// After `delay`, a blocking `/v1/health/state/any` at `index` (the checks table index).
+    /// After `delay`, a blocking `/v1/health/state/any` (the checks table index).
     async fn health_call(
         &self,
-        index: u64,
+        options: QueryOptions,
         delay: Duration,
     ) -> Result<consul::Response<Vec<consul::HealthCheck>>, consul::Error> {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        self.client
-            .health_state("any", &self.watch_options(index))
-            .await
+        self.client.health_state("any", &options).await
     }
 
-    /// After `delay`, a blocking `/v1/catalog/nodes` at `index` (the nodes table index).
+    /// After `delay`, a blocking `/v1/catalog/nodes` (the nodes table index).
     async fn nodes_call(
         &self,
-        index: u64,
+        options: QueryOptions,
         delay: Duration,
     ) -> Result<consul::Response<Vec<consul::NodeInfo>>, consul::Error> {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        self.client.catalog_nodes(&self.watch_options(index)).await
+        self.client.catalog_nodes(&options).await
     }
 
     /// Builds the snapshot and writes it if every check passes.
@@ -628,25 +608,10 @@ impl Publisher {
         consul_index: u64,
         state: &mut LeaderState,
     ) -> Round {
-        match self.stop_reason().await {
-            Err(error) => {
-                state.consul_failed("reading the kill-switch key", &error);
-                return Round::Retry;
-            }
-            Ok(Some(reason)) => {
-                if state.skipped != Some("kill_switch") {
-                    tracing::warn!(
-                        stop_key = %self.config.stop_key,
-                        reason = %reason,
-                        "Snapshot kill switch is set, not publishing"
-                    );
-                }
-                state.skip("kill_switch");
-                return Round::Retry;
-            }
-            Ok(None) => {}
+        if let Some(round) = self.kill_switch_round(state).await {
+            return round;
         }
-        let mut snapshot = match self.build(service_names, consul_index, state).await {
+        let snapshot = match self.build(service_names, consul_index, state).await {
             Ok(snapshot) => snapshot,
             Err(error) => {
                 state.consul_failed("reading the catalog", &error);
@@ -685,17 +650,40 @@ impl Publisher {
             state.skip(reason);
             return Round::Done;
         }
-        snapshot.generation = match &published {
-            None => 1,
-            Some(Published {
-                snapshot: Some(previous),
-                ..
-            }) => previous.generation + 1,
-            Some(Published {
-                modify_index,
-                snapshot: None,
-            }) => modify_index + 1,
-        };
+        self.write(snapshot, published.as_ref(), state).await
+    }
+
+    /// `Some` when the round must not go ahead: the kill switch is set (logged once), or it
+    /// could not be read.
+    async fn kill_switch_round(&self, state: &mut LeaderState) -> Option<Round> {
+        match self.stop_reason().await {
+            Err(error) => {
+                state.consul_failed("reading the kill-switch key", &error);
+                Some(Round::Retry)
+            }
+            Ok(Some(reason)) => {
+                if state.skipped != Some("kill_switch") {
+                    tracing::warn!(
+                        stop_key = %self.config.stop_key,
+                        reason = %reason,
+                        "Snapshot kill switch is set, not publishing"
+                    );
+                }
+                state.skip("kill_switch");
+                Some(Round::Retry)
+            }
+            Ok(None) => None,
+        }
+    }
+
+    /// Numbers, encodes and writes a snapshot with a check-and-set on the published value.
+    async fn write(
+        &self,
+        mut snapshot: Snapshot,
+        published: Option<&Published>,
+        state: &mut LeaderState,
+    ) -> Round {
+        snapshot.generation = next_generation(published);
         let encoded = match codec::encode(&snapshot, self.config.signing_key.as_ref()) {
             Ok(encoded) => encoded,
             Err(error) => {
@@ -707,7 +695,7 @@ impl Publisher {
             }
         };
         let options = KvPutOptions {
-            cas: Some(published.as_ref().map_or(0, |p| p.modify_index)),
+            cas: Some(published.map_or(0, |p| p.modify_index)),
             ..KvPutOptions::default()
         };
         match self
@@ -725,7 +713,7 @@ impl Publisher {
                     size = encoded.len(),
                     services = snapshot.services.len(),
                     nodes = snapshot.nodes.len(),
-                    consul_index,
+                    consul_index = snapshot.consul_index,
                     "Hosts snapshot published"
                 );
                 Round::Done
@@ -917,6 +905,23 @@ fn instance(entry: &ServiceEntry) -> Instance {
         } else {
             InstanceStatus::Passing
         },
+    }
+}
+
+/// The generation of the next write: one above the published one; when the published value
+/// does not decode, its `ModifyIndex` + 1 (every good generation was at most the raft index of
+/// its own write, so this is still higher than anything a follower has applied).
+fn next_generation(published: Option<&Published>) -> u64 {
+    match published {
+        None => 1,
+        Some(Published {
+            snapshot: Some(previous),
+            ..
+        }) => previous.generation + 1,
+        Some(Published {
+            modify_index,
+            snapshot: None,
+        }) => modify_index + 1,
     }
 }
 
