@@ -1,6 +1,10 @@
 //! The catalog cache: one slot per key, coalesced first fetches, background
 //! refresh of entries that are being asked for (polled, or watched with
 //! blocking queries), stale-on-error.
+//!
+//! This file holds the slots and the query path (lookups, first fetches,
+//! witnesses, `describe`); keeping hot names current (the refresher's pass and
+//! the per-name watch loops) is in [`refresh`].
 
 use std::net::IpAddr;
 use std::sync::Arc;

@@ -15,7 +15,7 @@ mod error;
 pub mod metrics;
 mod model;
 mod query;
-pub mod watch;
+mod watch;
 mod write;
 
 pub use backoff::{Backoff, HALF_JITTER, InvalidBackoff};

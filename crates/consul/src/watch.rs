@@ -44,13 +44,13 @@ impl IndexChange {
 
 /// Requests a paced watch may send back to back before the refill rate applies
 /// (Consul's docs: "a token bucket with burst of 2").
-pub const WATCH_BURST: f64 = 2.0;
+const WATCH_BURST: f64 = 2.0;
 
 /// The rate limit of one watch loop, as Consul's blocking-query docs ask: proceed without
 /// waiting in the happy case, allow a couple of quick successive deliveries, then degrade to
 /// polling while the result churns.
 ///
-/// A token bucket (capacity [`WATCH_BURST`], one token per `refill`) plus a minimum gap
+/// A token bucket (capacity 2, one token per `refill`) plus a minimum gap
 /// between the starts of two requests. With `refill` equal to the gap ([`Pace::spaced`]) the
 /// bucket never binds: the requests are simply at least `min_interval` apart.
 #[derive(Debug, Clone)]
