@@ -37,16 +37,17 @@
 //! signed with another key) is overwritten with generation = its `ModifyIndex` + 1: every
 //! good generation was at most the raft index of its own write, so this is still higher than
 //! anything a follower has applied. A lost check-and-set is retried on the next round.
+//!
+//! The election lives in `publisher/election.rs`, the leader's three watches in
+//! `publisher/watches.rs`; this file holds the settings, one publish round and the build.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::convert::Infallible;
 use std::fmt;
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dnsfront_consul::{
-    self as consul, Backoff, HALF_JITTER, KvPutOptions, Pace, QueryOptions, ServiceEntry,
-    SessionBehavior, SessionRequest,
+    self as consul, Backoff, HALF_JITTER, KvPutOptions, QueryOptions, ServiceEntry,
 };
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -56,6 +57,9 @@ use tracing::Instrument as _;
 use crate::follower::{DEFAULT_KEY, lock_key_for, stop_key_for};
 use crate::retry::ConsulRetry;
 use crate::{Error, Instance, InstanceStatus, NodeEntry, SigningKey, Snapshot, codec, metrics};
+
+mod election;
+mod watches;
 
 /// Default minimum time between two snapshot builds (and so between two writes).
 pub const DEFAULT_MIN_INTERVAL: Duration = Duration::from_secs(10);
@@ -73,13 +77,6 @@ pub const SESSION_NAME: &str = "dnsfront-publisher";
 /// Backoff bounds after a failed Consul call.
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// Minimum time between two reads of the lock key (blocking reads return on any change).
-const LOCK_READ_INTERVAL: Duration = Duration::from_millis(250);
-/// Retry delay after failing to acquire a lock that looks free (lock delay in force).
-const LOCK_RETRY_MIN: Duration = Duration::from_millis(500);
-const LOCK_RETRY_MAX: Duration = Duration::from_secs(5);
-/// Renewal retry delay after a failed renewal.
-const RENEW_RETRY: Duration = Duration::from_secs(1);
 /// Health reads in flight while building a snapshot.
 const BUILD_CONCURRENCY: usize = 8;
 
@@ -173,6 +170,23 @@ struct Published {
     snapshot: Option<Snapshot>,
 }
 
+/// The generation of the next write: one above the published one; when the published value
+/// does not decode, its `ModifyIndex` + 1 (every good generation was at most the raft index of
+/// its own write, so this is still higher than anything a follower has applied).
+fn next_generation(published: Option<&Published>) -> u64 {
+    match published {
+        None => 1,
+        Some(Published {
+            snapshot: Some(previous),
+            ..
+        }) => previous.generation + 1,
+        Some(Published {
+            modify_index,
+            snapshot: None,
+        }) => modify_index + 1,
+    }
+}
+
 /// Result of one publish round.
 enum Round {
     /// Written, unchanged, or refused by a guard: wait for the next catalog or check change.
@@ -198,44 +212,6 @@ fn backoff() -> Backoff {
     Backoff::try_new(BACKOFF_MIN, BACKOFF_MAX, HALF_JITTER).expect("constant bounds are valid")
 }
 
-/// One blocking query of the publish loop: Consul's index rules ([`consul::Watch`]) and its
-/// own failure streak.
-struct LeaderWatch {
-    what: &'static str,
-    watch: consul::Watch,
-    retry: ConsulRetry,
-}
-
-impl LeaderWatch {
-    fn new(what: &'static str, wait: Duration) -> Self {
-        Self {
-            what,
-            watch: consul::Watch::new(wait),
-            retry: ConsulRetry::new(backoff()),
-        }
-    }
-
-    /// Takes one answer: its value and whether the index moved, or after an error (logged
-    /// once per streak) the delay before asking again.
-    fn take<T>(
-        &mut self,
-        result: Result<consul::Response<T>, consul::Error>,
-    ) -> Result<(T, bool), Duration> {
-        match result {
-            Ok(response) => {
-                self.retry.ok();
-                let change = self.watch.observe(response.meta.index);
-                Ok((response.value, change.changed()))
-            }
-            Err(error) => {
-                self.retry
-                    .failed(self.what, &error, "Consul call failed, retrying");
-                Err(self.retry.next_delay())
-            }
-        }
-    }
-}
-
 impl Publisher {
     /// A publisher using `client` (writes always go to the leader; reads may be stale).
     pub fn new(config: PublisherConfig, client: consul::Client) -> Self {
@@ -253,352 +229,6 @@ impl Publisher {
         );
         self.run_inner(shutdown).instrument(span).await;
         Ok(())
-    }
-
-    async fn run_inner(&self, shutdown: CancellationToken) {
-        let mut state = LeaderState {
-            leader: false,
-            next_build: Instant::now(),
-            skipped: None,
-            datacenter: None,
-            retry: ConsulRetry::new(backoff()),
-        };
-        let request = SessionRequest {
-            name: SESSION_NAME.to_owned(),
-            ttl: self.config.session_ttl,
-            behavior: SessionBehavior::Release,
-            lock_delay: self.config.lock_delay,
-        };
-        loop {
-            let created = tokio::select! {
-                () = shutdown.cancelled() => return,
-                created = self.client.session_create(&request) => created,
-            };
-            let session = match created {
-                Ok(session) => {
-                    state.consul_ok();
-                    session
-                }
-                Err(error) => {
-                    state.consul_failed("creating the lock session", &error);
-                    if !state.sleep_backoff(&shutdown).await {
-                        return;
-                    }
-                    continue;
-                }
-            };
-            tracing::debug!(session = %session, "Created the lock session");
-            let lost = tokio::select! {
-                () = shutdown.cancelled() => None,
-                reason = self.keep_session(&session) => Some(reason),
-                reason = self.lead(&session, &mut state) => Some(reason),
-            };
-            let was_leader = std::mem::replace(&mut state.leader, false);
-            match lost {
-                None => {
-                    self.release(&session, was_leader).await;
-                    return;
-                }
-                Some(reason) => {
-                    if was_leader {
-                        tracing::warn!(reason, "Lost the publisher lock, stepping down");
-                    } else {
-                        tracing::warn!(reason, "Lock session lost while waiting for the lock");
-                    }
-                    // Best effort: the session is most likely gone already.
-                    let _ = self.client.session_destroy(&session).await;
-                }
-            }
-        }
-    }
-
-    /// Releases the lock and destroys the session (shutdown).
-    async fn release(&self, session: &str, was_leader: bool) {
-        let options = KvPutOptions {
-            release: Some(session.to_owned()),
-            ..KvPutOptions::default()
-        };
-        if let Err(error) = self
-            .client
-            .kv_put(
-                &self.config.lock_key,
-                self.config.identity.as_bytes(),
-                &options,
-            )
-            .await
-        {
-            tracing::warn!(error = %error, "Releasing the publisher lock failed; it expires with the session");
-        }
-        if let Err(error) = self.client.session_destroy(session).await {
-            tracing::warn!(error = %error, "Destroying the lock session failed; it expires with its TTL");
-        }
-        if was_leader {
-            tracing::info!("Released the publisher lock");
-        }
-    }
-
-    /// Renews the session every TTL/2; returns why it is lost.
-    async fn keep_session(&self, session: &str) -> &'static str {
-        let ttl = self.config.session_ttl;
-        if ttl.is_zero() {
-            return std::future::pending().await;
-        }
-        let period = ttl / 2;
-        let mut last_renewed = Instant::now();
-        let mut delay = period;
-        loop {
-            tokio::time::sleep(delay).await;
-            match self.client.session_renew(session).await {
-                Ok(true) => {
-                    last_renewed = Instant::now();
-                    delay = period;
-                }
-                Ok(false) => return "the session expired",
-                Err(error) => {
-                    if last_renewed.elapsed() >= ttl {
-                        tracing::warn!(error = %error, "Session renewals failed for a whole TTL");
-                        return "session renewals failed for a whole TTL";
-                    }
-                    tracing::debug!(error = %error, "Session renewal failed, retrying");
-                    delay = RENEW_RETRY.min(period);
-                }
-            }
-        }
-    }
-
-    /// Acquires the lock, then publishes while watching it; returns why leadership ended.
-    async fn lead(&self, session: &str, state: &mut LeaderState) -> &'static str {
-        let options = KvPutOptions {
-            acquire: Some(session.to_owned()),
-            ..KvPutOptions::default()
-        };
-        loop {
-            let acquired = self
-                .client
-                .kv_put(
-                    &self.config.lock_key,
-                    self.config.identity.as_bytes(),
-                    &options,
-                )
-                .await;
-            match acquired {
-                Ok(true) => {
-                    state.consul_ok();
-                    break;
-                }
-                Ok(false) => {
-                    state.consul_ok();
-                    self.wait_for_free_lock(state).await;
-                }
-                Err(error) => {
-                    state.consul_failed("acquiring the publisher lock", &error);
-                    let delay = state.retry.next_delay();
-                    tokio::time::sleep(delay).await;
-                }
-            }
-        }
-        state.leader = true;
-        tracing::info!(lock_key = %self.config.lock_key, "Acquired the publisher lock, publishing");
-        let session_owned = session.to_owned();
-        tokio::select! {
-            reason = self.watch_lock(&session_owned) => reason,
-            never = self.publish_loop(state) => match never {},
-        }
-    }
-
-    /// A watch on the lock key: blocking up to `catalog_wait`, at most one read per
-    /// [`LOCK_READ_INTERVAL`] (blocking reads return on any change).
-    fn lock_watch(&self) -> consul::Watch {
-        consul::Watch::new(self.config.catalog_wait).paced(Pace::spaced(LOCK_READ_INTERVAL))
-    }
-
-    /// One blocking read of the lock key.
-    async fn read_lock(
-        &self,
-        watch: &mut consul::Watch,
-    ) -> Result<consul::Response<Option<consul::KvPair>>, consul::Error> {
-        let read =
-            |options| async move { self.client.kv_get(&self.config.lock_key, &options).await };
-        watch.round(read).await.map(|(response, _)| response)
-    }
-
-    /// Blocks on the lock key until nobody holds it.
-    async fn wait_for_free_lock(&self, state: &mut LeaderState) {
-        let mut watch = self.lock_watch();
-        let mut first = true;
-        loop {
-            match self.read_lock(&mut watch).await {
-                Ok(response) => {
-                    state.consul_ok();
-                    let holder = response.value.and_then(|pair| pair.session);
-                    if holder.is_none() {
-                        if first {
-                            // Free, yet the acquire failed: the lock delay is in force.
-                            let delay =
-                                self.config.lock_delay.clamp(LOCK_RETRY_MIN, LOCK_RETRY_MAX);
-                            tokio::time::sleep(delay).await;
-                        }
-                        return;
-                    }
-                    first = false;
-                }
-                Err(error) => {
-                    state.consul_failed("watching the publisher lock", &error);
-                    let delay = state.retry.next_delay();
-                    tokio::time::sleep(delay).await;
-                }
-            }
-        }
-    }
-
-    /// Watches the lock key while leader; returns when another session holds it or it is gone.
-    async fn watch_lock(&self, session: &str) -> &'static str {
-        let mut watch = self.lock_watch();
-        // X-Consul-Index at which the key was seen held by us; older (stale) answers are ignored.
-        let mut held_at: Option<u64> = None;
-        let mut backoff = backoff();
-        loop {
-            match self.read_lock(&mut watch).await {
-                Ok(response) => {
-                    backoff.reset();
-                    let ours = response
-                        .value
-                        .as_ref()
-                        .and_then(|pair| pair.session.as_deref())
-                        == Some(session);
-                    if ours {
-                        held_at = Some(response.meta.index);
-                    } else if held_at.is_some_and(|held| response.meta.index >= held) {
-                        return "the lock key shows another holder or was deleted";
-                    }
-                }
-                Err(error) => {
-                    tracing::debug!(error = %error, "Watching the publisher lock failed, retrying");
-                    tokio::time::sleep(backoff.next_delay()).await;
-                }
-            }
-        }
-    }
-
-    /// The leader's loop: three blocking queries kept in flight side by side (the catalog's
-    /// service list, every check's state, the node list), and a publish round whenever one
-    /// moves (coalesced and rate-limited by `min_interval`).
-    ///
-    /// The futures live across iterations: when one returns, only that one is re-armed with
-    /// its new index, so the others keep their place; dropping this future (leadership lost)
-    /// cancels every request.
-    async fn publish_loop(&self, state: &mut LeaderState) -> Infallible {
-        let wait = self.config.catalog_wait;
-        let mut catalog_watch = LeaderWatch::new("watching the catalog", wait);
-        let mut health_watch = LeaderWatch::new("watching health checks", wait);
-        let mut nodes_watch = LeaderWatch::new("watching catalog nodes", wait);
-        let catalog = self.catalog_call(catalog_watch.watch.options(), Duration::ZERO);
-        let health = self.health_call(health_watch.watch.options(), Duration::ZERO);
-        let nodes = self.nodes_call(nodes_watch.watch.options(), Duration::ZERO);
-        tokio::pin!(catalog, health, nodes);
-        // Service names from the latest catalog answer; a round needs them.
-        let mut names: Option<Vec<String>> = None;
-        // The first health answer (or failure) is in: the first round then sees both indexes.
-        let mut health_seen = false;
-        let mut due = false;
-        loop {
-            let ready = due && health_seen && names.is_some();
-            tokio::select! {
-                biased;
-                result = &mut catalog => {
-                    let delay = match catalog_watch.take(result) {
-                        Ok((services, _)) => {
-                            // Every catalog return is a round, also a timeout without change:
-                            // it bounds the age of anything neither index reflects (node
-                            // address changes) by `catalog_wait`; an unchanged snapshot costs
-                            // reads but no write.
-                            due = true;
-                            names = Some(services.into_keys().collect());
-                            Duration::ZERO
-                        }
-                        Err(delay) => delay,
-                    };
-                    catalog.set(self.catalog_call(catalog_watch.watch.options(), delay));
-                }
-                result = &mut health => {
-                    health_seen = true;
-                    // Check states do not move the catalog index; this one does.
-                    let delay = match health_watch.take(result) {
-                        Ok((_, moved)) => {
-                            due |= moved;
-                            Duration::ZERO
-                        }
-                        Err(delay) => delay,
-                    };
-                    health.set(self.health_call(health_watch.watch.options(), delay));
-                }
-                result = &mut nodes => {
-                    // A node address change moves only the nodes index. The first answer
-                    // moves it from 0 too; the catalog's first answer already made a round
-                    // due, so that costs nothing extra.
-                    let delay = match nodes_watch.take(result) {
-                        Ok((_, moved)) => {
-                            due |= moved;
-                            Duration::ZERO
-                        }
-                        Err(delay) => delay,
-                    };
-                    nodes.set(self.nodes_call(nodes_watch.watch.options(), delay));
-                }
-                () = tokio::time::sleep_until(state.next_build), if ready => {
-                    due = false;
-                    state.next_build = Instant::now() + self.config.min_interval;
-                    let service_names = names.clone().unwrap_or_default();
-                    let consul_index = catalog_watch
-                        .watch
-                        .index()
-                        .max(health_watch.watch.index())
-                        .max(nodes_watch.watch.index());
-                    if let Round::Retry = self.publish_round(service_names, consul_index, state).await {
-                        due = true;
-                        state.next_build = state
-                            .next_build
-                            .max(Instant::now() + Duration::from_millis(100));
-                    }
-                }
-            }
-        }
-    }
-
-    /// After `delay`, a blocking `/v1/catalog/services` (a watch's `options`).
-    async fn catalog_call(
-        &self,
-        options: QueryOptions,
-        delay: Duration,
-    ) -> Result<consul::Response<BTreeMap<String, Vec<String>>>, consul::Error> {
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
-        self.client.catalog_services(&options).await
-    }
-
-    /// After `delay`, a blocking `/v1/health/state/any` (the checks table index).
-    async fn health_call(
-        &self,
-        options: QueryOptions,
-        delay: Duration,
-    ) -> Result<consul::Response<Vec<consul::HealthCheck>>, consul::Error> {
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
-        self.client.health_state("any", &options).await
-    }
-
-    /// After `delay`, a blocking `/v1/catalog/nodes` (the nodes table index).
-    async fn nodes_call(
-        &self,
-        options: QueryOptions,
-        delay: Duration,
-    ) -> Result<consul::Response<Vec<consul::NodeInfo>>, consul::Error> {
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
-        self.client.catalog_nodes(&options).await
     }
 
     /// Builds the snapshot and writes it if every check passes.
@@ -905,23 +535,6 @@ fn instance(entry: &ServiceEntry) -> Instance {
         } else {
             InstanceStatus::Passing
         },
-    }
-}
-
-/// The generation of the next write: one above the published one; when the published value
-/// does not decode, its `ModifyIndex` + 1 (every good generation was at most the raft index of
-/// its own write, so this is still higher than anything a follower has applied).
-fn next_generation(published: Option<&Published>) -> u64 {
-    match published {
-        None => 1,
-        Some(Published {
-            snapshot: Some(previous),
-            ..
-        }) => previous.generation + 1,
-        Some(Published {
-            modify_index,
-            snapshot: None,
-        }) => modify_index + 1,
     }
 }
 
