@@ -190,6 +190,17 @@ impl Watch {
         }
     }
 
+    /// Reserves the start of the next request, for callers that arm it as a future to run
+    /// later: the later of `not_before` (e.g. after a backoff) and the pace's next start.
+    /// Call it once per request, after the previous one completed.
+    pub fn start_at(&mut self, not_before: Instant) -> Instant {
+        let start = self.next_start().max(not_before);
+        if let Some(pace) = &mut self.pace {
+            pace.started(start);
+        }
+        start
+    }
+
     /// Waits until the pace lets the next request start, and records its start.
     pub async fn ready(&mut self) {
         tokio::time::sleep_until(self.next_start()).await;
@@ -315,6 +326,27 @@ mod tests {
         let start = Instant::now();
         let mut pace = Pace::spaced(Duration::from_millis(250));
         assert_eq!(run(&mut pace, start, 5), [0, 250, 500, 750, 1000]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reserved_starts_follow_the_pace_and_a_backoff() {
+        let start = Instant::now();
+        let refill = Duration::from_secs(10);
+        let mut watch =
+            Watch::new(Duration::from_secs(60)).paced(Pace::new(Duration::ZERO, refill, start));
+        assert_eq!(watch.start_at(start), start, "burst of 2");
+        assert_eq!(watch.start_at(start), start);
+        assert_eq!(watch.start_at(start), start + refill, "then one per refill");
+        tokio::time::advance(Duration::from_secs(60)).await;
+        let later = Instant::now();
+        let backoff = later + Duration::from_secs(3);
+        assert_eq!(
+            watch.start_at(backoff),
+            backoff,
+            "a backoff outlasting the pace"
+        );
+        let mut unpaced = Watch::new(Duration::from_secs(60));
+        assert_eq!(unpaced.start_at(later), later);
     }
 
     fn answer(index: u64) -> Result<Response<u64>, Error> {

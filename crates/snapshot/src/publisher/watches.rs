@@ -5,14 +5,14 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::time::Duration;
 
-use dnsfront_consul::{self as consul, QueryOptions};
+use dnsfront_consul::{self as consul, Pace, QueryOptions};
 use tokio::time::Instant;
 
 use super::{LeaderState, Publisher, Round, backoff};
 use crate::retry::ConsulRetry;
 
-/// One blocking query of the publish loop: Consul's index rules ([`consul::Watch`]) and its
-/// own failure streak.
+/// One blocking query of the publish loop: Consul's index rules and rate limit
+/// ([`consul::Watch`]) and its own failure streak.
 struct LeaderWatch {
     what: &'static str,
     watch: consul::Watch,
@@ -20,10 +20,14 @@ struct LeaderWatch {
 }
 
 impl LeaderWatch {
-    fn new(what: &'static str, wait: Duration) -> Self {
+    /// A watch blocking up to `wait`; paced, as Consul asks, with a burst of 2 and then one
+    /// read per `min_interval` (the rounds' own rate), so a server that answers at once
+    /// (an index stuck at 0) is not read in a loop.
+    fn new(what: &'static str, wait: Duration, min_interval: Duration) -> Self {
+        let pace = Pace::new(Duration::ZERO, min_interval, Instant::now());
         Self {
             what,
-            watch: consul::Watch::new(wait),
+            watch: consul::Watch::new(wait).paced(pace),
             retry: ConsulRetry::new(backoff()),
         }
     }
@@ -47,6 +51,12 @@ impl LeaderWatch {
             }
         }
     }
+
+    /// Options and start of the next request: after `delay` (a backoff), when the pace allows.
+    fn next_call(&mut self, delay: Duration) -> (QueryOptions, Instant) {
+        let start_at = self.watch.start_at(Instant::now() + delay);
+        (self.watch.options(), start_at)
+    }
 }
 
 impl Publisher {
@@ -58,13 +68,13 @@ impl Publisher {
     /// its new index, so the others keep their place; dropping this future (leadership lost)
     /// cancels every request.
     pub(super) async fn publish_loop(&self, state: &mut LeaderState) -> Infallible {
-        let wait = self.config.catalog_wait;
-        let mut catalog_watch = LeaderWatch::new("watching the catalog", wait);
-        let mut health_watch = LeaderWatch::new("watching health checks", wait);
-        let mut nodes_watch = LeaderWatch::new("watching catalog nodes", wait);
-        let catalog = self.catalog_call(catalog_watch.watch.options(), Duration::ZERO);
-        let health = self.health_call(health_watch.watch.options(), Duration::ZERO);
-        let nodes = self.nodes_call(nodes_watch.watch.options(), Duration::ZERO);
+        let (wait, min_interval) = (self.config.catalog_wait, self.config.min_interval);
+        let mut catalog_watch = LeaderWatch::new("watching the catalog", wait, min_interval);
+        let mut health_watch = LeaderWatch::new("watching health checks", wait, min_interval);
+        let mut nodes_watch = LeaderWatch::new("watching catalog nodes", wait, min_interval);
+        let catalog = self.catalog_call(catalog_watch.next_call(Duration::ZERO));
+        let health = self.health_call(health_watch.next_call(Duration::ZERO));
+        let nodes = self.nodes_call(nodes_watch.next_call(Duration::ZERO));
         tokio::pin!(catalog, health, nodes);
         // Service names from the latest catalog answer; a round needs them.
         let mut names: Option<Vec<String>> = None;
@@ -88,7 +98,7 @@ impl Publisher {
                         }
                         Err(delay) => delay,
                     };
-                    catalog.set(self.catalog_call(catalog_watch.watch.options(), delay));
+                    catalog.set(self.catalog_call(catalog_watch.next_call(delay)));
                 }
                 result = &mut health => {
                     health_seen = true;
@@ -100,7 +110,7 @@ impl Publisher {
                         }
                         Err(delay) => delay,
                     };
-                    health.set(self.health_call(health_watch.watch.options(), delay));
+                    health.set(self.health_call(health_watch.next_call(delay)));
                 }
                 result = &mut nodes => {
                     // A node address change moves only the nodes index. The first answer
@@ -113,7 +123,7 @@ impl Publisher {
                         }
                         Err(delay) => delay,
                     };
-                    nodes.set(self.nodes_call(nodes_watch.watch.options(), delay));
+                    nodes.set(self.nodes_call(nodes_watch.next_call(delay)));
                 }
                 () = tokio::time::sleep_until(state.next_build), if ready => {
                     due = false;
@@ -135,38 +145,35 @@ impl Publisher {
         }
     }
 
-    /// After `delay`, a blocking `/v1/catalog/services` (a watch's `options`).
+    /// At `start_at`, a blocking `/v1/catalog/services` (a watch's `options`).
     async fn catalog_call(
         &self,
-        options: QueryOptions,
-        delay: Duration,
+        (options, start_at): (QueryOptions, Instant),
     ) -> Result<consul::Response<BTreeMap<String, Vec<String>>>, consul::Error> {
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
+        if start_at > Instant::now() {
+            tokio::time::sleep_until(start_at).await;
         }
         self.client.catalog_services(&options).await
     }
 
-    /// After `delay`, a blocking `/v1/health/state/any` (the checks table index).
+    /// At `start_at`, a blocking `/v1/health/state/any` (the checks table index).
     async fn health_call(
         &self,
-        options: QueryOptions,
-        delay: Duration,
+        (options, start_at): (QueryOptions, Instant),
     ) -> Result<consul::Response<Vec<consul::HealthCheck>>, consul::Error> {
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
+        if start_at > Instant::now() {
+            tokio::time::sleep_until(start_at).await;
         }
         self.client.health_state("any", &options).await
     }
 
-    /// After `delay`, a blocking `/v1/catalog/nodes` (the nodes table index).
+    /// At `start_at`, a blocking `/v1/catalog/nodes` (the nodes table index).
     async fn nodes_call(
         &self,
-        options: QueryOptions,
-        delay: Duration,
+        (options, start_at): (QueryOptions, Instant),
     ) -> Result<consul::Response<Vec<consul::NodeInfo>>, consul::Error> {
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
+        if start_at > Instant::now() {
+            tokio::time::sleep_until(start_at).await;
         }
         self.client.catalog_nodes(&options).await
     }
