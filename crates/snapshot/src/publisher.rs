@@ -18,7 +18,8 @@
 //! index moves on service registration changes), `/v1/health/state/any` (the checks table
 //! index, which moves on every check state change; the catalog index does not) and
 //! `/v1/catalog/nodes` (the nodes table index, which moves when a node's address changes;
-//! neither of the others does). Each time the catalog query returns (a change, or the
+//! neither of the others does), each paced like every watch (two reads back to back, then
+//! at most one per [`PublisherConfig::min_interval`]). Each time the catalog query returns (a change, or the
 //! `catalog_wait` timeout, which bounds the age of anything no index shows) or the health or
 //! nodes index moves, and never more often than
 //! [`PublisherConfig::min_interval`], the publisher checks the kill switch, builds a
