@@ -63,7 +63,6 @@ mod config;
 mod error;
 mod info;
 pub mod metrics;
-mod pace;
 mod view;
 
 pub use breaker::{BreakerState, CircuitState};
