@@ -543,7 +543,7 @@ impl Inner {
         blocking: &consul::QueryOptions,
     ) -> Result<Fetched, consul::Error> {
         let (index, wait) = (blocking.index, blocking.wait);
-        match key {
+        let (endpoint, result) = match key {
             Key::Service { name, datacenter } => {
                 let options = consul::QueryOptions {
                     datacenter: datacenter.as_deref().map(str::to_owned),
@@ -552,32 +552,22 @@ impl Inner {
                     wait,
                 };
                 let result = self.client.health_service(name, &options).await;
-                metrics::consul_request("health_service", mode, outcome(&result));
-                match result {
-                    Ok(response) => {
-                        let instances: Vec<ServiceInstance> = response
-                            .value
-                            .iter()
-                            .filter_map(|entry| {
-                                ServiceInstance::from_entry(entry, self.config.only_passing)
-                            })
-                            .collect();
-                        let value = if instances.is_empty() {
-                            Value::Missing
-                        } else {
-                            Value::Services(instances.into())
-                        };
-                        Ok(Fetched {
-                            value,
-                            index: Some(response.meta.index),
+                let value = result.map(|response| {
+                    let instances: Vec<ServiceInstance> = response
+                        .value
+                        .iter()
+                        .filter_map(|entry| {
+                            ServiceInstance::from_entry(entry, self.config.only_passing)
                         })
-                    }
-                    Err(consul::Error::UnknownDatacenter { .. }) => Ok(Fetched {
-                        value: Value::Missing,
-                        index: None,
-                    }),
-                    Err(error) => Err(error),
-                }
+                        .collect();
+                    let value = if instances.is_empty() {
+                        Value::Missing
+                    } else {
+                        Value::Services(instances.into())
+                    };
+                    (value, response.meta.index)
+                });
+                ("health_service", value)
             }
             Key::Node { name, datacenter } => {
                 let options = consul::QueryOptions {
@@ -587,27 +577,30 @@ impl Inner {
                     ..Default::default()
                 };
                 let result = self.client.catalog_node(name, &options).await;
-                metrics::consul_request("catalog_node", mode, outcome(&result));
-                match result {
-                    Ok(response) => {
-                        let value = match response.value {
-                            Some(catalog_node) => {
-                                Value::Node(Arc::new(Node::from_info(&catalog_node.node)))
-                            }
-                            None => Value::Missing,
-                        };
-                        Ok(Fetched {
-                            value,
-                            index: Some(response.meta.index),
-                        })
-                    }
-                    Err(consul::Error::UnknownDatacenter { .. }) => Ok(Fetched {
-                        value: Value::Missing,
-                        index: None,
-                    }),
-                    Err(error) => Err(error),
-                }
+                let value = result.map(|response| {
+                    let value = match response.value {
+                        Some(catalog_node) => {
+                            Value::Node(Arc::new(Node::from_info(&catalog_node.node)))
+                        }
+                        None => Value::Missing,
+                    };
+                    (value, response.meta.index)
+                });
+                ("catalog_node", value)
             }
+        };
+        metrics::consul_request(endpoint, mode, outcome(&result));
+        match result {
+            Ok((value, index)) => Ok(Fetched {
+                value,
+                index: Some(index),
+            }),
+            // Consul's DNS answers NXDOMAIN for an unknown datacenter; so do we.
+            Err(consul::Error::UnknownDatacenter { .. }) => Ok(Fetched {
+                value: Value::Missing,
+                index: None,
+            }),
+            Err(error) => Err(error),
         }
     }
 

@@ -114,11 +114,7 @@ impl Basis {
         datacenter: Option<String>,
         lookup: Lookup<Arc<[ServiceInstance]>>,
     ) -> Option<Arc<Self>> {
-        let data = match lookup {
-            Lookup::Found(data, Freshness::Fresh) => Some(data),
-            Lookup::NotFound(Freshness::Fresh) => None,
-            _ => return None,
-        };
+        let data = lookup.into_fresh()?;
         let witness = catalog.service_witness(&name, datacenter.as_deref(), data.as_ref());
         Some(Arc::new(Self {
             lookup: BasisLookup::Service {
@@ -136,11 +132,7 @@ impl Basis {
         datacenter: Option<String>,
         lookup: Lookup<Arc<Node>>,
     ) -> Option<Arc<Self>> {
-        let data = match lookup {
-            Lookup::Found(data, Freshness::Fresh) => Some(data),
-            Lookup::NotFound(Freshness::Fresh) => None,
-            _ => return None,
-        };
+        let data = lookup.into_fresh()?;
         let witness = catalog.node_witness(&name, datacenter.as_deref(), data.as_ref());
         Some(Arc::new(Self {
             lookup: BasisLookup::Node {
