@@ -156,25 +156,26 @@ impl Basis {
                 name,
                 datacenter,
                 data,
-            } => match poll_once(catalog.service(name, datacenter.as_deref())) {
-                Some(Lookup::Found(now, Freshness::Fresh)) => {
-                    data.as_ref().is_some_and(|data| Arc::ptr_eq(data, &now))
-                }
-                Some(Lookup::NotFound(Freshness::Fresh)) => data.is_none(),
-                _ => false,
-            },
+            } => same_fresh(
+                data,
+                poll_once(catalog.service(name, datacenter.as_deref())),
+            ),
             BasisLookup::Node {
                 name,
                 datacenter,
                 data,
-            } => match poll_once(catalog.node(name, datacenter.as_deref())) {
-                Some(Lookup::Found(now, Freshness::Fresh)) => {
-                    data.as_ref().is_some_and(|data| Arc::ptr_eq(data, &now))
-                }
-                Some(Lookup::NotFound(Freshness::Fresh)) => data.is_none(),
-                _ => false,
-            },
+            } => same_fresh(data, poll_once(catalog.node(name, datacenter.as_deref()))),
         }
+    }
+}
+
+/// Whether a lookup polled now (`None`: it would wait) still gives `data`, fresh:
+/// the same allocation, or still a fresh negative.
+fn same_fresh<T: ?Sized>(data: &Option<Arc<T>>, now: Option<Lookup<Arc<T>>>) -> bool {
+    match now.and_then(Lookup::into_fresh) {
+        Some(Some(now)) => data.as_ref().is_some_and(|data| Arc::ptr_eq(data, &now)),
+        Some(None) => data.is_none(),
+        None => false,
     }
 }
 
