@@ -475,12 +475,18 @@ fn record_metrics(outcome: &Outcome, response_code: ResponseCode, started: Insta
     }
 }
 
-/// Encodes and sends `reply`, trimmed to the transport's limit; returns the
-/// response info and whether Answer/Authority records were cut (TC).
+/// Encodes and sends `reply`, trimmed to the transport's limit ([`trim::fit`]);
+/// returns the response info and whether TC was set.
+///
+/// TC is set only over UDP, where the client can retry over TCP; a TCP answer
+/// that does not fit 65,535 bytes is cut the same way, without TC (there is
+/// nowhere to retry), as Consul does.
 ///
 /// A response whose uncompressed size bound fits the limit is sent as it is,
 /// so the common case encodes once; only a response that may not fit is
-/// measured by trial encodes (and trimmed).
+/// measured by trial encodes (and trimmed). The trial encodes use the same
+/// unlimited encoder as the final one (`udp::encode`, hickory's TCP handle),
+/// so what fits here is exactly what is sent.
 async fn send<R: ResponseHandler>(
     request: &Request,
     response_handle: &mut R,
@@ -493,13 +499,15 @@ async fn send<R: ResponseHandler>(
     metadata.authentic_data = reply.authentic_data;
     metadata.response_code = reply.response_code;
 
-    let limit = match request.protocol() {
-        Protocol::Udp => edns.map_or(PLAIN_UDP_LIMIT, Edns::max_payload),
-        _ => u16::MAX,
+    let udp = request.protocol() == Protocol::Udp;
+    let limit = if udp {
+        edns.map_or(PLAIN_UDP_LIMIT, Edns::max_payload)
+    } else {
+        u16::MAX
     };
     let surely_fits =
         size_bound(&request.queries, edns, &reply).is_some_and(|bound| bound <= usize::from(limit));
-    let truncated = !surely_fits
+    let cut = !surely_fits
         && trim::fit(
             usize::from(limit),
             &mut reply.answers,
@@ -516,6 +524,7 @@ async fn send<R: ResponseHandler>(
                 )
             },
         );
+    let truncated = cut && udp;
     metadata.truncation = truncated;
 
     let mut builder = MessageResponseBuilder::new(&request.queries, None);
@@ -622,11 +631,12 @@ fn encoded_len(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
     use std::net::Ipv4Addr;
 
     use hickory_server::proto::op::{Message, MessageType};
     use hickory_server::proto::rr::rdata::{A, AAAA, MX, SOA, SRV, TXT};
-    use hickory_server::proto::rr::rdata::{CNAME, PTR};
+    use hickory_server::proto::rr::rdata::{CNAME, NS, PTR};
     use hickory_server::proto::serialize::binary::BinDecoder;
 
     use super::*;
@@ -706,6 +716,145 @@ mod tests {
                 );
                 let bound = size_bound(&queries, edns, &reply).expect("covered types");
                 assert!(bound >= exact, "bound {bound} < exact {exact} ({count})");
+            }
+        }
+    }
+
+    /// Encodes like our UDP responder, keeping the bytes.
+    #[derive(Clone, Default)]
+    struct Capture(Option<Vec<u8>>);
+
+    #[async_trait::async_trait]
+    impl ResponseHandler for Capture {
+        async fn send_response<'a>(
+            &mut self,
+            response: hickory_server::zone_handler::MessageResponse<
+                '_,
+                'a,
+                impl Iterator<Item = &'a Record> + Send + 'a,
+                impl Iterator<Item = &'a Record> + Send + 'a,
+                impl Iterator<Item = &'a Record> + Send + 'a,
+                impl Iterator<Item = &'a Record> + Send + 'a,
+            >,
+        ) -> Result<ResponseInfo, hickory_server::net::NetError> {
+            let (info, bytes) = crate::udp::encode(response)?;
+            self.0 = Some(bytes);
+            Ok(info)
+        }
+    }
+
+    /// Answer shapes at the limits: many A, many SRV with A and TXT glue
+    /// (node names of real fleets' length), and a forwarded CNAME chain with
+    /// NS and glue.
+    fn large_replies(owner: &Name) -> Vec<Reply> {
+        let reply = |answers, authorities, additionals| Reply {
+            response_code: ResponseCode::NoError,
+            authoritative: true,
+            authentic_data: false,
+            answers,
+            authorities,
+            additionals,
+            source: Source::None,
+            basis: None,
+        };
+        let ip = |i: usize| Ipv4Addr::new(10, 1, (i / 256) as u8, (i % 256) as u8);
+        let many_a = (0..270)
+            .map(|i| Record::from_rdata(owner.clone(), 5, RData::A(A(ip(i)))))
+            .collect();
+        let target = |i: usize| name(&format!("ip-10-1-0-{i}-compute-internal.node.dc1.consul."));
+        let srv = (0..45)
+            .map(|i| {
+                let srv = SRV::new(1, 1, 8080, target(i));
+                Record::from_rdata(owner.clone(), 5, RData::SRV(srv))
+            })
+            .collect();
+        let mut glue: Vec<Record> = (0..45)
+            .map(|i| Record::from_rdata(target(i), 5, RData::A(A(ip(i)))))
+            .collect();
+        glue.extend((0..45).step_by(3).map(|i| {
+            let txt = TXT::new(vec![format!("rack=r{i}")]);
+            Record::from_rdata(target(i), 5, RData::TXT(txt))
+        }));
+        let edge = name("edge.cdn.example.net.");
+        let mut chain = vec![Record::from_rdata(
+            owner.clone(),
+            300,
+            RData::CNAME(CNAME(edge.clone())),
+        )];
+        chain.extend((0..260).map(|i| Record::from_rdata(edge.clone(), 300, RData::A(A(ip(i))))));
+        let ns = (0..4)
+            .map(|i| {
+                let host = name(&format!("ns{i}.cdn.example.net."));
+                Record::from_rdata(name("cdn.example.net."), 300, RData::NS(NS(host)))
+            })
+            .collect();
+        let ns_glue = (0..4)
+            .map(|i| {
+                let host = name(&format!("ns{i}.cdn.example.net."));
+                Record::from_rdata(host, 300, RData::A(A(ip(i))))
+            })
+            .collect();
+        vec![
+            reply(many_a, Vec::new(), Vec::new()),
+            reply(srv, Vec::new(), glue),
+            reply(chain, ns, ns_glue),
+        ]
+    }
+
+    /// Every UDP size limit from 512 to 4096 (and 512 without EDNS): each
+    /// reply is within the limit and decodes to exactly the records its
+    /// header counts; SRV records keep their addresses. Each size is tried
+    /// with one of the shapes in turn (all of them at every size took 20 s
+    /// of CI time), so each shape meets every third size.
+    #[tokio::test]
+    async fn replies_fit_every_udp_limit_and_are_well_formed() {
+        let owner = name("Web-Frontend.service.dc1.consul.");
+        let mut query = Message::new(7, MessageType::Query, OpCode::Query);
+        query.add_query(Query::query(owner.clone(), RecordType::A));
+        let plain = query.to_vec().expect("encode query");
+        let src = "127.0.0.1:53000".parse().expect("literal");
+        let request = Request::from_bytes(plain, src, Protocol::Udp).expect("request");
+        let shapes = large_replies(&owner);
+        let limits = iter::once(None).chain((512..=4096).map(Some));
+        for payload in limits {
+            let mut edns = Edns::new();
+            if let Some(payload) = payload {
+                edns.set_max_payload(payload);
+            }
+            let edns = payload.map(|_| &edns);
+            let limit = usize::from(payload.unwrap_or(PLAIN_UDP_LIMIT));
+            let turn = usize::from(payload.unwrap_or(0)) % shapes.len();
+            for (shape, reply) in shapes.iter().enumerate() {
+                if payload.is_some() && shape != turn {
+                    continue;
+                }
+                let mut capture = Capture::default();
+                let (_, truncated) = send(&request, &mut capture, reply.clone(), edns).await;
+                let bytes = capture.0.expect("sent");
+                let context = format!("shape {shape}, limit {limit}");
+                let message = test_support::strict_parse(&bytes)
+                    .unwrap_or_else(|error| panic!("{context}: {error}"));
+                assert!(bytes.len() <= limit, "{context}: {} bytes", bytes.len());
+                assert_eq!(message.metadata.truncation, truncated, "{context}");
+                assert!(!message.answers.is_empty(), "{context}");
+                assert_eq!(message.edns.is_some(), payload.is_some(), "{context}");
+                let targets: HashSet<Name> = message
+                    .answers
+                    .iter()
+                    .filter_map(|record| match &record.data {
+                        RData::SRV(srv) => Some(srv.target.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                if !targets.is_empty() {
+                    let glued: HashSet<Name> = message
+                        .additionals
+                        .iter()
+                        .filter(|record| matches!(record.data, RData::A(_)))
+                        .map(|record| record.name.clone())
+                        .collect();
+                    assert_eq!(targets, glued, "{context}: SRV groups are whole");
+                }
             }
         }
     }

@@ -412,8 +412,7 @@ async fn error_response(
     }
 }
 
-/// hickory's [`ResponseHandler`] for our UDP loop: encodes like hickory's own
-/// UDP handle (limit: the response OPT's payload, else 512 bytes; TC when cut)
+/// hickory's [`ResponseHandler`] for our UDP loop: encodes with [`encode`]
 /// and sends from the socket the query came in on; keeps the bytes sent.
 #[derive(Clone)]
 pub(crate) struct UdpResponder {
@@ -435,31 +434,61 @@ impl ResponseHandler for UdpResponder {
             impl Iterator<Item = &'a Record> + Send + 'a,
         >,
     ) -> Result<ResponseInfo, NetError> {
-        let id = response.metadata().id;
-        let limit = response
-            .edns()
-            .map_or(PLAIN_UDP_LIMIT, |edns| edns.max_payload());
-        let mut bytes = Vec::with_capacity(512);
-        let mut encoder = BinEncoder::new(&mut bytes);
-        encoder.set_max_size(limit);
-        let info = match response.destructive_emit(&mut encoder) {
-            Ok(info) => info,
-            Err(error) => {
-                warn!(error = %error, "error encoding response");
-                bytes.clear();
-                let mut encoder = BinEncoder::new(&mut bytes);
-                let mut metadata = Metadata::new(id, MessageType::Response, OpCode::Query);
-                metadata.response_code = ResponseCode::ServFail;
-                let header = Header {
-                    metadata,
-                    counts: HeaderCounts::default(),
-                };
-                header.emit(&mut encoder)?;
-                ResponseInfo::from(header)
-            }
-        };
+        let (info, bytes) = encode(response)?;
         send(&self.socket, &bytes, self.dst);
         self.sent = Some(bytes);
         Ok(info)
     }
+}
+
+/// Encodes a UDP response, which the router has already fitted into the
+/// client's limit (the response OPT's payload, else 512 bytes).
+///
+/// The encoder gets no size limit of its own: hickory writes each name out in
+/// full before compressing it, so near a limit it would give up on a record
+/// that fits once compressed, and leave the bytes written so far behind the
+/// last counted record (a malformed reply). The router measures with the same
+/// unlimited encoder, so what it fitted encodes to the same bytes here. A
+/// response that still exceeds the limit (nothing the router sends) goes out as
+/// an empty SERVFAIL rather than oversized.
+pub(crate) fn encode<'a>(
+    response: MessageResponse<
+        '_,
+        'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+    >,
+) -> Result<(ResponseInfo, Vec<u8>), NetError> {
+    let id = response.metadata().id;
+    let limit = response
+        .edns()
+        .map_or(PLAIN_UDP_LIMIT, |edns| edns.max_payload());
+    let mut bytes = Vec::with_capacity(512);
+    let mut encoder = BinEncoder::new(&mut bytes);
+    let encoded = response.destructive_emit(&mut encoder);
+    let end = encoder.offset();
+    match encoded {
+        Ok(info) => {
+            // A record abandoned at the encoder's end leaves bytes past the
+            // offset; they are not part of the message.
+            bytes.truncate(end);
+            if bytes.len() <= usize::from(limit) {
+                return Ok((info, bytes));
+            }
+            warn!(len = bytes.len(), limit, "response exceeds the UDP limit");
+        }
+        Err(error) => warn!(error = %error, "error encoding response"),
+    }
+    bytes.clear();
+    let mut encoder = BinEncoder::new(&mut bytes);
+    let mut metadata = Metadata::new(id, MessageType::Response, OpCode::Query);
+    metadata.response_code = ResponseCode::ServFail;
+    let header = Header {
+        metadata,
+        counts: HeaderCounts::default(),
+    };
+    header.emit(&mut encoder)?;
+    Ok((ResponseInfo::from(header), bytes))
 }
