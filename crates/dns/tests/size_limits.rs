@@ -103,6 +103,23 @@ async fn replies_at_every_limit_are_exactly_what_their_header_counts() {
             let context = format!("{n} instances, {rtype}, TCP");
             assert!(size <= 65_535, "{context}");
             assert!(!reply.metadata.truncation, "{context}: no TC over TCP");
+            if rtype != RecordType::SRV {
+                // FIXME(issue 12 §1): all 2,000 should be there (~32 KB with
+                // compression), but hickory 0.26 compresses only the first 120
+                // names of a message (its CVE-2024-8508 guard), so 2,000 A
+                // records take ~66 KB and the last 6-20 % are cut (no TC).
+                let full = if rtype == RecordType::AAAA {
+                    n.div_ceil(2)
+                } else {
+                    n
+                };
+                let least = if n == 2000 { full * 3 / 4 } else { full };
+                assert!(
+                    reply.answers.len() >= least,
+                    "{context}: {} of {full} over TCP",
+                    reply.answers.len()
+                );
+            }
             if rtype == RecordType::SRV {
                 assert_srv_groups_whole(&reply, &context);
             }
