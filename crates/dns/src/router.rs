@@ -7,6 +7,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use dnsfront_forward::{Forwarder, Source as ForwardSource};
 use dnsfront_hosts::LocalHosts;
+use hickory_server::net::NetError;
 use hickory_server::net::runtime::Time;
 use hickory_server::net::xfer::Protocol;
 use hickory_server::proto::op::{
@@ -16,13 +17,14 @@ use hickory_server::proto::rr::rdata::opt::EdnsOption;
 use hickory_server::proto::rr::{Name, RData, Record, RecordType};
 use hickory_server::proto::serialize::binary::BinEncoder;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::{MessageResponseBuilder, Queries};
+use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder, Queries};
 use tokio::time::Instant;
 use tracing::{info, trace};
 
 use crate::answer::{Basis, Reply, Source, Zone};
 use crate::backend::{CatalogView, CatalogWithFallback, Upstream};
 use crate::config::{Config, ttl_secs};
+use crate::encode::Response;
 use crate::explain::Explanation;
 use crate::fast::FastCache;
 use crate::local;
@@ -331,17 +333,19 @@ impl<C: CatalogView, F: Upstream> RequestHandler for Router<C, F> {
         request: &Request,
         mut response_handle: R,
     ) -> ResponseInfo {
-        self.handle(request, &mut response_handle).await.0
+        self.handle(request, &mut Hickory(&mut response_handle))
+            .await
+            .0
     }
 }
 
 impl<C: CatalogView, F: Upstream> Router<C, F> {
-    /// Answers `request` through `response_handle`; also says whether the
+    /// Answers `request` through `responder`; also says whether the
     /// answer may be kept by the UDP fast path.
-    pub(crate) async fn handle<R: ResponseHandler>(
+    pub(crate) async fn handle<R: Respond>(
         &self,
         request: &Request,
-        response_handle: &mut R,
+        responder: &mut R,
     ) -> (ResponseInfo, Option<Cacheable>) {
         let started = Instant::now();
         let settings = self.inner.settings.load_full();
@@ -392,7 +396,7 @@ impl<C: CatalogView, F: Upstream> Router<C, F> {
         }
 
         let response_code = reply.response_code;
-        let (info, truncated) = send(request, response_handle, reply, edns.as_ref()).await;
+        let (info, truncated) = send(request, responder, reply, edns.as_ref()).await;
         outcome.truncated = truncated;
         record_metrics(&outcome, response_code, started);
         if let Some(sample) = settings.query_log
@@ -475,6 +479,64 @@ fn record_metrics(outcome: &Outcome, response_code: ResponseCode, started: Insta
     }
 }
 
+/// Where a fitted response goes. Our UDP and TCP loops encode it with
+/// [`Response::encode`] (every owner name compressed); hickory's response
+/// handles (the [`RequestHandler`] API) with hickory's own encoder.
+pub(crate) trait Respond: Send {
+    /// The exact size `response` will have when this responder sends it
+    /// (`usize::MAX`: it does not fit a DNS message at all).
+    fn encoded_len(&self, response: &Response<'_>) -> usize;
+
+    /// Encodes and sends `response`.
+    fn respond(
+        &mut self,
+        response: Response<'_>,
+    ) -> impl Future<Output = Result<ResponseInfo, NetError>> + Send;
+}
+
+/// A hickory [`ResponseHandler`] as a [`Respond`].
+struct Hickory<'h, R>(&'h mut R);
+
+impl<R: ResponseHandler> Respond for Hickory<'_, R> {
+    fn encoded_len(&self, response: &Response<'_>) -> usize {
+        hickory_encoded_len(response)
+    }
+
+    async fn respond(&mut self, response: Response<'_>) -> Result<ResponseInfo, NetError> {
+        self.0.send_response(hickory_message(&response)).await
+    }
+}
+
+/// `response` as hickory's message type.
+fn hickory_message<'q, 'a>(
+    response: &Response<'q>,
+) -> MessageResponse<
+    'q,
+    'a,
+    impl Iterator<Item = &'a Record> + Send + 'a,
+    impl Iterator<Item = &'a Record> + Send + 'a,
+    impl Iterator<Item = &'a Record> + Send + 'a,
+    impl Iterator<Item = &'a Record> + Send + 'a,
+>
+where
+    'q: 'a,
+{
+    let mut builder = MessageResponseBuilder::new(response.queries, None);
+    if let Some(edns) = response.edns {
+        builder.edns(edns);
+    }
+    let answers: &'a [Record] = response.answers;
+    let authorities: &'a [Record] = response.authorities;
+    let additionals: &'a [Record] = response.additionals;
+    builder.build(
+        response.metadata,
+        answers.iter(),
+        authorities.iter(),
+        iter::empty(),
+        additionals.iter(),
+    )
+}
+
 /// Encodes and sends `reply`, trimmed to the transport's limit ([`trim::fit`]);
 /// returns the response info and whether TC was set.
 ///
@@ -484,12 +546,11 @@ fn record_metrics(outcome: &Outcome, response_code: ResponseCode, started: Insta
 ///
 /// A response whose uncompressed size bound fits the limit is sent as it is,
 /// so the common case encodes once; only a response that may not fit is
-/// measured by trial encodes (and trimmed). The trial encodes use the same
-/// unlimited encoder as the final one (`udp::encode`, hickory's TCP handle),
-/// so what fits here is exactly what is sent.
-async fn send<R: ResponseHandler>(
+/// measured by trial encodes (and trimmed), with the responder's own encoder,
+/// so that what fits here is exactly what is sent.
+async fn send<R: Respond>(
     request: &Request,
-    response_handle: &mut R,
+    responder: &mut R,
     mut reply: Reply,
     edns: Option<&Edns>,
 ) -> (ResponseInfo, bool) {
@@ -514,31 +575,28 @@ async fn send<R: ResponseHandler>(
             &mut reply.authorities,
             &mut reply.additionals,
             |answers, authorities, additionals| {
-                encoded_len(
-                    &request.queries,
+                responder.encoded_len(&Response {
                     metadata,
+                    queries: &request.queries,
                     edns,
                     answers,
                     authorities,
                     additionals,
-                )
+                })
             },
         );
     let truncated = cut && udp;
     metadata.truncation = truncated;
 
-    let mut builder = MessageResponseBuilder::new(&request.queries, None);
-    if let Some(edns) = edns {
-        builder.edns(edns);
-    }
-    let response = builder.build(
+    let response = Response {
         metadata,
-        reply.answers.iter(),
-        reply.authorities.iter(),
-        iter::empty(),
-        reply.additionals.iter(),
-    );
-    match response_handle.send_response(response).await {
+        queries: &request.queries,
+        edns,
+        answers: &reply.answers,
+        authorities: &reply.authorities,
+        additionals: &reply.additionals,
+    };
+    match responder.respond(response).await {
         Ok(info) => (info, truncated),
         Err(error) => {
             trace!(error = %error, "sending response failed");
@@ -600,30 +658,12 @@ fn rdata_bound(data: &RData) -> Option<usize> {
     })
 }
 
-/// Exact encoded size of a response, as hickory will encode it (usize::MAX if
+/// Exact encoded size of a response as hickory will encode it (usize::MAX if
 /// it does not fit in a DNS message at all).
-fn encoded_len(
-    queries: &Queries,
-    metadata: Metadata,
-    edns: Option<&Edns>,
-    answers: &[Record],
-    authorities: &[Record],
-    additionals: &[Record],
-) -> usize {
+fn hickory_encoded_len(response: &Response<'_>) -> usize {
     let mut buffer = Vec::with_capacity(512);
     let mut encoder = BinEncoder::new(&mut buffer);
-    let mut builder = MessageResponseBuilder::new(queries, None);
-    if let Some(edns) = edns {
-        builder.edns(edns);
-    }
-    let response = builder.build(
-        metadata,
-        answers.iter(),
-        authorities.iter(),
-        iter::empty(),
-        additionals.iter(),
-    );
-    match response.destructive_emit(&mut encoder) {
+    match hickory_message(response).destructive_emit(&mut encoder) {
         Ok(header) if !header.truncation => buffer.len(),
         _ => usize::MAX,
     }
@@ -705,39 +745,33 @@ mod tests {
                 basis: None,
             };
             for edns in [None, Some(&edns)] {
-                let metadata = Metadata::new(7, MessageType::Response, OpCode::Query);
-                let exact = encoded_len(
-                    &queries,
-                    metadata,
+                let response = Response {
+                    metadata: Metadata::new(7, MessageType::Response, OpCode::Query),
+                    queries: &queries,
                     edns,
-                    &reply.answers,
-                    &reply.authorities,
-                    &reply.additionals,
-                );
+                    answers: &reply.answers,
+                    authorities: &reply.authorities,
+                    additionals: &reply.additionals,
+                };
                 let bound = size_bound(&queries, edns, &reply).expect("covered types");
-                assert!(bound >= exact, "bound {bound} < exact {exact} ({count})");
+                for exact in [hickory_encoded_len(&response), response.encoded_len()] {
+                    assert!(bound >= exact, "bound {bound} < exact {exact} ({count})");
+                }
             }
         }
     }
 
     /// Encodes like our UDP responder, keeping the bytes.
-    #[derive(Clone, Default)]
+    #[derive(Default)]
     struct Capture(Option<Vec<u8>>);
 
-    #[async_trait::async_trait]
-    impl ResponseHandler for Capture {
-        async fn send_response<'a>(
-            &mut self,
-            response: hickory_server::zone_handler::MessageResponse<
-                '_,
-                'a,
-                impl Iterator<Item = &'a Record> + Send + 'a,
-                impl Iterator<Item = &'a Record> + Send + 'a,
-                impl Iterator<Item = &'a Record> + Send + 'a,
-                impl Iterator<Item = &'a Record> + Send + 'a,
-            >,
-        ) -> Result<ResponseInfo, hickory_server::net::NetError> {
-            let (info, bytes) = crate::udp::encode(response)?;
+    impl Respond for Capture {
+        fn encoded_len(&self, response: &Response<'_>) -> usize {
+            response.encoded_len()
+        }
+
+        async fn respond(&mut self, response: Response<'_>) -> Result<ResponseInfo, NetError> {
+            let (info, bytes) = crate::udp::encode(&response);
             self.0 = Some(bytes);
             Ok(info)
         }

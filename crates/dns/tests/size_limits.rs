@@ -104,21 +104,17 @@ async fn replies_at_every_limit_are_exactly_what_their_header_counts() {
             assert!(size <= 65_535, "{context}");
             assert!(!reply.metadata.truncation, "{context}: no TC over TCP");
             if rtype != RecordType::SRV {
-                // FIXME(issue 12 §1): all 2,000 should be there (~32 KB with
-                // compression), but hickory 0.26 compresses only the first 120
-                // names of a message (its CVE-2024-8508 guard), so 2,000 A
-                // records take ~66 KB and the last 6-20 % are cut (no TC).
+                // 2,000 A records: ~32 KB, every owner compressed.
                 let full = if rtype == RecordType::AAAA {
                     n.div_ceil(2)
                 } else {
                     n
                 };
-                let least = if n == 2000 { full * 3 / 4 } else { full };
-                assert!(
-                    reply.answers.len() >= least,
-                    "{context}: {} of {full} over TCP",
-                    reply.answers.len()
-                );
+                assert_eq!(reply.answers.len(), full, "{context}: everything over TCP");
+                if n == 2000 && rtype == RecordType::A {
+                    // Header, question (22 + 4), 16 bytes a record.
+                    assert_eq!(size, 12 + 26 + 2000 * 16, "{context}");
+                }
             }
             if rtype == RecordType::SRV {
                 assert_srv_groups_whole(&reply, &context);
@@ -136,9 +132,9 @@ async fn truncated_plain_udp_answer_of_96_addresses_is_well_formed() {
     let (reply, size) = udp(server.addr, &Ask::new("web.service.consul.", RecordType::A)).await;
     assert!(reply.metadata.truncation);
     assert!(size <= 512, "{size}");
-    // 12 + 24 (question) + 34 (the first record, its owner written out) + 16
-    // per further record (owner compressed): 28 fit in 512.
-    assert_eq!(reply.answers.len(), 28, "the space is used ({size} bytes)");
+    // 12 + 24 (question) + 16 per record (each owner a pointer to the
+    // question): 29 fit in 512.
+    assert_eq!(reply.answers.len(), 29, "the space is used ({size} bytes)");
 }
 
 #[tokio::test]
