@@ -494,7 +494,10 @@ pub(crate) trait Respond: Send {
     ) -> impl Future<Output = Result<ResponseInfo, NetError>> + Send;
 }
 
-/// A hickory [`ResponseHandler`] as a [`Respond`].
+/// A hickory [`ResponseHandler`] as a [`Respond`] (the [`RequestHandler`]
+/// API; the benches use it). dnsfront serves UDP and TCP itself: hickory's
+/// own UDP handle caps its encoder at the client's limit, and may then drop a
+/// record that fits once compressed (leaving its partial bytes behind).
 struct Hickory<'h, R>(&'h mut R);
 
 impl<R: ResponseHandler> Respond for Hickory<'_, R> {
