@@ -38,13 +38,14 @@ impl Response<'_> {
             // Through hickory's name emission, so that owners can point at it.
             query.original().emit(&mut encoder)?;
         }
+        let mut previous = None;
         for record in self
             .answers
             .iter()
             .chain(self.authorities)
             .chain(self.additionals)
         {
-            emit_record(&mut encoder, record)?;
+            emit_record(&mut encoder, record, &mut previous)?;
         }
         if let Some(edns) = self.edns {
             let mut edns = edns.clone();
@@ -80,10 +81,17 @@ fn count_queries(queries: &Queries) -> Result<u16, ProtoError> {
     u16::try_from(queries.len()).map_err(|_| ProtoError::Message("too many queries"))
 }
 
+/// The previous record's owner and where it can be pointed at.
+type Previous<'r> = Option<(&'r Name, u16)>;
+
 /// One record as hickory's `Record::emit` writes it, with the owner name
 /// always compressed ([`emit_owner`]).
-fn emit_record(encoder: &mut BinEncoder<'_>, record: &Record) -> Result<(), ProtoError> {
-    emit_owner(encoder, &record.name)?;
+fn emit_record<'r>(
+    encoder: &mut BinEncoder<'_>,
+    record: &'r Record,
+    previous: &mut Previous<'r>,
+) -> Result<(), ProtoError> {
+    emit_owner(encoder, &record.name, previous)?;
     record.record_type().emit(encoder)?;
     record.dns_class.emit(encoder)?;
     encoder.emit_u32(record.ttl)?;
@@ -99,7 +107,20 @@ fn emit_record(encoder: &mut BinEncoder<'_>, record: &Record) -> Result<(), Prot
 /// hickory's `Name::emit` in compressed mode, without its per-message limit:
 /// writes the labels, then replaces the longest suffix already in the message
 /// by a pointer to it; otherwise offers each suffix for later names to point at.
-fn emit_owner(encoder: &mut BinEncoder<'_>, name: &Name) -> Result<(), ProtoError> {
+///
+/// An owner written exactly as the previous one (the common case: every
+/// record of an RRset) is a pointer to where that one is, at once.
+fn emit_owner<'r>(
+    encoder: &mut BinEncoder<'_>,
+    name: &'r Name,
+    previous: &mut Previous<'r>,
+) -> Result<(), ProtoError> {
+    if let Some((last, at)) = *previous
+        && last.eq_case(name)
+    {
+        return encoder.emit_u16(0xc000 | at);
+    }
+    let written = encoder.offset();
     let mut starts = [0usize; 128];
     let mut n_labels = 0;
     for label in name.iter() {
@@ -113,12 +134,25 @@ fn emit_owner(encoder: &mut BinEncoder<'_>, name: &Name) -> Result<(), ProtoErro
             Some(pointer) if pointer & 0xc000 == 0 => {
                 encoder.set_offset(start);
                 encoder.trim();
+                // Whole name a pointer: later ones point where it points.
+                let at = if start == written {
+                    Some(pointer)
+                } else {
+                    offset(written)
+                };
+                *previous = at.map(|at| (name, at));
                 return encoder.emit_u16(0xc000 | pointer);
             }
             _ => encoder.store_label_pointer(start, end),
         }
     }
+    *previous = offset(written).map(|at| (name, at));
     encoder.emit(0)
+}
+
+/// `at` when a pointer can reach it (below 0x4000).
+fn offset(at: usize) -> Option<u16> {
+    u16::try_from(at).ok().filter(|at| at & 0xc000 == 0)
 }
 
 #[cfg(test)]

@@ -35,15 +35,17 @@ pub(crate) fn fit(
     additionals: &mut Vec<Record>,
     mut size: impl FnMut(&[Record], &[Record], &[Record]) -> usize,
 ) -> bool {
-    if size(answers, authorities, additionals) <= limit {
+    let whole = size(answers, authorities, additionals);
+    if whole <= limit {
         return false;
     }
     // `ends[n]`: the related Additional records the first `n` answers need.
     let ends = group_additionals(answers, additionals);
     let related = ends.last().copied().unwrap_or(0);
-    if size(answers, authorities, &additionals[..related]) <= limit {
+    // (With nothing unrelated, that is the whole response, known not to fit.)
+    if related < additionals.len() && size(answers, authorities, &additionals[..related]) <= limit {
         let unrelated = additionals.len() - related;
-        let keep = largest_fitting(unrelated, |n| {
+        let keep = largest_fitting(unrelated, 0, |n| {
             size(answers, authorities, &additionals[..related + n]) <= limit
         });
         additionals.truncate(related + keep);
@@ -55,7 +57,10 @@ pub(crate) fn fit(
         authorities.clear();
     }
     let most = answers.len().min(limit / MIN_RECORD_LEN);
-    let groups = largest_fitting(most, |n| {
+    // Answers tend to be alike: the share of the whole that fits is a good
+    // first guess, which saves most of a binary search's trial encodes.
+    let guess = answers.len().saturating_mul(limit) / whole.max(1);
+    let groups = largest_fitting(most, guess, |n| {
         size(&answers[..n], authorities, &additionals[..ends[n]]) <= limit
     });
     if groups > 0 || related == 0 {
@@ -64,7 +69,9 @@ pub(crate) fn fit(
         return true;
     }
     additionals.clear();
-    let keep = largest_fitting(most, |n| size(&answers[..n], authorities, &[]) <= limit);
+    let keep = largest_fitting(most, guess, |n| {
+        size(&answers[..n], authorities, &[]) <= limit
+    });
     answers.truncate(keep);
     true
 }
@@ -120,9 +127,39 @@ fn group_additionals(answers: &[Record], additionals: &mut Vec<Record>) -> Vec<u
     ends
 }
 
-/// The largest `n <= max` with `fits(n)`, assuming `fits` is monotone (0 when none fits).
-fn largest_fitting(max: usize, mut fits: impl FnMut(usize) -> bool) -> usize {
+/// The largest `n <= max` with `fits(n)`, assuming `fits` is monotone (0 when
+/// none fits). Searches outward from `guess` in doubling steps, then halves
+/// the bracket: a guess off by a few costs a few probes.
+fn largest_fitting(max: usize, guess: usize, mut fits: impl FnMut(usize) -> bool) -> usize {
+    // The answer stays in `low..=high`; `low` fits (or is 0).
     let (mut low, mut high) = (0, max);
+    let guess = guess.min(max);
+    if guess > 0 {
+        let mut step = 1;
+        if fits(guess) {
+            low = guess;
+            while low < high {
+                let probe = low.saturating_add(step).min(high);
+                if !fits(probe) {
+                    high = probe - 1;
+                    break;
+                }
+                low = probe;
+                step *= 2;
+            }
+        } else {
+            high = guess - 1;
+            while high > 0 {
+                let probe = high.saturating_sub(step - 1).max(1);
+                if fits(probe) {
+                    low = probe;
+                    break;
+                }
+                high = probe - 1;
+                step *= 2;
+            }
+        }
+    }
     while low < high {
         let middle = low + (high - low).div_ceil(2);
         if fits(middle) {
@@ -309,15 +346,24 @@ mod tests {
     }
 
     #[test]
-    fn largest_fitting_is_exact() {
+    fn largest_fitting_is_exact_whatever_the_guess() {
         for max in 0..40 {
             for threshold in 0..45 {
                 let expected = if threshold > max { max } else { threshold };
-                assert_eq!(
-                    largest_fitting(max, |n| n <= threshold),
-                    expected,
-                    "max {max} threshold {threshold}"
-                );
+                for guess in 0..45 {
+                    let mut probes = 0;
+                    let found = largest_fitting(max, guess, |n| {
+                        probes += 1;
+                        n <= threshold
+                    });
+                    assert_eq!(
+                        found, expected,
+                        "max {max} threshold {threshold} guess {guess}"
+                    );
+                    if guess > 0 && guess == expected && expected < max {
+                        assert_eq!(probes, 2, "an exact guess costs two probes");
+                    }
+                }
             }
         }
     }
