@@ -26,6 +26,10 @@ use crate::encode::Response;
 use crate::router::Respond;
 use crate::udp::{self, Shared};
 
+/// Pause after a failed accept (out of file descriptors, say), so that a
+/// persistent failure cannot spin.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(10);
+
 /// Accepts connections on `listener` until shutdown. A connection that sends
 /// no complete request (or takes no reply) for `idle` is closed.
 pub(crate) async fn serve<C: CatalogView, F: Upstream>(
@@ -41,6 +45,7 @@ pub(crate) async fn serve<C: CatalogView, F: Upstream>(
                 Err(error) if unrecoverable(&error) => return Err(NetError::from(error)),
                 Err(error) => {
                     debug!(error = %error, "error accepting a TCP connection");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
                     continue;
                 }
             },
