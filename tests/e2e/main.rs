@@ -13,6 +13,7 @@ mod harness;
 mod metrics;
 mod reload;
 mod robustness;
+mod size_limits;
 pub(crate) mod snapshot;
 mod systemd;
 mod upstream_auth;

@@ -1,12 +1,11 @@
-//! Binding the UDP/TCP sockets; our UDP loops ([`crate::udp`]) and hickory's
-//! server (TCP) over them.
+//! Binding the UDP/TCP sockets; our UDP loops ([`crate::udp`]) and TCP
+//! accept loops ([`crate::tcp`]) over them.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hickory_server::Server;
 use ipnet::IpNet;
 use socket2::{Domain, Protocol as SocketProtocol, Socket, Type};
 use tokio::sync::Semaphore;
@@ -17,14 +16,12 @@ use tracing::{debug, info, warn};
 use crate::Error;
 use crate::backend::{CatalogView, Upstream};
 use crate::router::Router;
-use crate::udp;
+use crate::{tcp, udp};
 
 /// How many times `bind` tries a fresh port-0 UDP port when TCP's twin is taken.
 const PORT_ZERO_ATTEMPTS: usize = 16;
 /// Pending TCP connections the kernel may queue.
 const TCP_BACKLOG: i32 = 1024;
-/// Outgoing responses queued per TCP connection.
-const TCP_RESPONSE_BUFFER: usize = 32;
 /// Most UDP sockets bound per listen address by default.
 const MAX_DEFAULT_UDP_SOCKETS: usize = 8;
 /// Default bound on UDP queries on the general path at once.
@@ -188,22 +185,6 @@ impl Default for UdpOptions {
     }
 }
 
-/// Deny-everything rules that make hickory's access control an allow-list for
-/// both families (hickory allows a family that has no rule at all). A family
-/// whose allow-list holds a `/0` gets no deny rule, since an equal-length allow
-/// does not override a deny.
-fn denied_networks(allowed: &[IpNet]) -> Vec<IpNet> {
-    let mut denied = Vec::new();
-    let all_v4 = IpNet::new(IpAddr::from([0, 0, 0, 0]), 0).expect("valid prefix length");
-    let all_v6 = IpNet::new(IpAddr::from([0u16; 8]), 0).expect("valid prefix length");
-    for everything in [all_v4, all_v6] {
-        if !allowed.contains(&everything) {
-            denied.push(everything);
-        }
-    }
-    denied
-}
-
 /// Handle on a running server.
 #[derive(Debug)]
 pub struct ServerHandle {
@@ -263,8 +244,9 @@ pub fn serve<C: CatalogView, F: Upstream>(
     serve_with(router, listeners, options, UdpOptions::default())
 }
 
-/// Starts serving `router` on `listeners`: UDP on our own loops with the wire
-/// answer cache, TCP on hickory's server. Must be called inside a Tokio runtime.
+/// Starts serving `router` on `listeners`: UDP on our own threads with the
+/// wire answer cache, TCP on our own accept loops. Must be called inside a
+/// Tokio runtime.
 pub fn serve_with<C: CatalogView, F: Upstream>(
     router: Router<C, F>,
     listeners: Listeners,
@@ -272,13 +254,7 @@ pub fn serve_with<C: CatalogView, F: Upstream>(
     udp_options: UdpOptions,
 ) -> Result<ServerHandle, Error> {
     let local_addrs = listeners.local_addrs();
-    let denied = denied_networks(&options.allowed_networks);
-    let mut server = Server::with_access(
-        router.clone(),
-        denied,
-        options.allowed_networks.iter().copied(),
-    );
-    let shutdown = server.shutdown_token().clone();
+    let shutdown = CancellationToken::new();
     let max_in_flight = udp_options.max_in_flight.clamp(1, Semaphore::MAX_PERMITS);
     let in_flight = Arc::new(Semaphore::new(max_in_flight));
     let shared = Arc::new(udp::Shared {
@@ -292,6 +268,7 @@ pub fn serve_with<C: CatalogView, F: Upstream>(
         source,
     };
     let mut loops = JoinSet::new();
+    let mut tcp_loops = JoinSet::new();
     for (udp, tcp) in listeners.pairs {
         let address = udp.local_addr().map_err(register)?;
         let mut sockets = vec![udp];
@@ -305,7 +282,11 @@ pub fn serve_with<C: CatalogView, F: Upstream>(
             protocol: "tcp",
             source,
         })?;
-        server.register_listener(tcp, options.tcp_idle_timeout, TCP_RESPONSE_BUFFER);
+        tcp_loops.spawn(tcp::serve(
+            tcp,
+            Arc::clone(&shared),
+            options.tcp_idle_timeout,
+        ));
         info!(address = %address, udp_sockets = udp_options.sockets.max(1), "DNS listening on UDP and TCP");
     }
     let sweeper = {
@@ -323,22 +304,8 @@ pub fn serve_with<C: CatalogView, F: Upstream>(
         }
     };
     let task = tokio::spawn(async move {
-        let udp = async {
-            let mut result = Ok(());
-            while let Some(joined) = loops.join_next().await {
-                match joined {
-                    Ok(Ok(())) => {}
-                    Ok(Err(error)) => result = Err(error),
-                    Err(join_error) => {
-                        result = Err(hickory_server::net::NetError::from(format!(
-                            "UDP loop failed: {join_error}"
-                        )));
-                    }
-                }
-            }
-            result
-        };
-        let (tcp, udp, ()) = tokio::join!(server.block_until_done(), udp, sweeper);
+        let (tcp, udp, ()) =
+            tokio::join!(join_all(tcp_loops, "TCP"), join_all(loops, "UDP"), sweeper);
         // Queries already on the general path finish before we report done.
         let permits = u32::try_from(max_in_flight).unwrap_or(u32::MAX);
         drop(in_flight.acquire_many(permits).await);
@@ -352,20 +319,29 @@ pub fn serve_with<C: CatalogView, F: Upstream>(
     })
 }
 
+/// Waits for every serving loop; the last error, if any.
+async fn join_all(
+    mut loops: JoinSet<Result<(), hickory_server::net::NetError>>,
+    protocol: &str,
+) -> Result<(), hickory_server::net::NetError> {
+    let mut result = Ok(());
+    while let Some(joined) = loops.join_next().await {
+        match joined {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => result = Err(error),
+            Err(join_error) => {
+                result = Err(hickory_server::net::NetError::from(format!(
+                    "{protocol} loop failed: {join_error}"
+                )));
+            }
+        }
+    }
+    result
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn deny_rules_cover_both_families_unless_allowed_everything() {
-        let loopback = ServerOptions::default().allowed_networks;
-        assert_eq!(denied_networks(&loopback).len(), 2);
-        let everything: Vec<IpNet> = vec!["0.0.0.0/0".parse().expect("literal")];
-        assert_eq!(
-            denied_networks(&everything),
-            vec!["::/0".parse::<IpNet>().expect("literal")]
-        );
-    }
 
     #[test]
     fn port_zero_gets_one_port_for_udp_and_tcp() {
