@@ -55,6 +55,9 @@ pub struct App {
 impl App {
     /// Builds every part and binds the listen sockets.
     pub fn build(settings: Settings) -> anyhow::Result<Self> {
+        for warning in &settings.warnings {
+            warn!(warning = %warning, "Risky configuration");
+        }
         let client = consul::Client::new(settings.consul.clone()).context("consul")?;
         // The snapshot on disk comes first, so a resolver started during a
         // Consul outage answers from it at once.
