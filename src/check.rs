@@ -116,7 +116,7 @@ pub async fn checks(args: &CheckArgs) -> Vec<Line> {
         settings
             .warnings
             .iter()
-            .map(|warning| Line::new(Status::Warn, "config", warning.clone())),
+            .map(|warning| Line::new(Status::Warn, "security", warning.clone())),
     );
     let token_origin = token_origin(file.as_deref());
     lines.extend(check_consul(&settings, token_origin).await);
