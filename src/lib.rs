@@ -275,6 +275,7 @@ impl App {
                     catalog_entries = catalog.entry_count(),
                     consul_unavailable = catalog.consul_unavailable(),
                     forward_cache_entries = forwarder.cached_entries(),
+                    forward_cache_bytes = forwarder.cached_bytes(),
                     upstreams = ?forwarder.config().upstreams,
                     snapshot_generation = snapshot.as_ref().map(|s| s.generation),
                     snapshot_services = snapshot.as_ref().map(|s| s.services.len()),
