@@ -10,6 +10,7 @@ mod diagnostics;
 mod dig;
 mod forwarding;
 mod harness;
+mod memory;
 mod metrics;
 mod reload;
 mod robustness;
