@@ -126,9 +126,6 @@ fn apply(
     let changed = keys::diff(running, new);
     let changes = |reload: Reload| changed.iter().any(|key| key.reload == reload);
     let mut in_effect = running.clone();
-    // Keys a component reports it could not change after all.
-    let mut fixed: Vec<&'static str> = Vec::new();
-
     if changes(Reload::Forwarder) {
         // Cache, upstream health and queries in flight are kept; the
         // restart-only keys (cache size, in-flight bound) keep their value.
@@ -137,7 +134,7 @@ fn apply(
         in_effect.upstream_origin = new.upstream_origin.clone();
     }
     if changes(Reload::Router) {
-        fixed.extend(live.router.reload(new.dns.clone()));
+        live.router.reload(new.dns.clone());
         in_effect.dns = new.dns.clone();
     }
     let new_files = changes(Reload::HostsFiles).then(|| new.hosts.files.clone());
@@ -152,7 +149,7 @@ fn apply(
         source.log_level(new).to_owned()
     });
 
-    let is_applied = |key: &&Key| key.reload.is_live() && !fixed.contains(&key.path);
+    let is_applied = |key: &&Key| key.reload.is_live();
     let paths = |keep: &dyn Fn(&&Key) -> bool| -> Vec<String> {
         changed
             .iter()

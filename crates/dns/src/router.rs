@@ -173,12 +173,10 @@ impl<C: CatalogView, F: Upstream> Router<C, F> {
     /// Applies new answer settings at once (TTLs, overrides, the domain, max
     /// answers, the query log, the UDP payload limit) for every clone of this
     /// router, without dropping queries in flight (they finish with the old
-    /// settings). Returns the config keys that need a restart to change:
-    /// currently none, every key of [`Config`] is live.
-    pub fn reload(&self, config: Config) -> Vec<&'static str> {
+    /// settings). Every key of [`Config`] is live.
+    pub fn reload(&self, config: Config) {
         self.inner.settings.store(Arc::new(Settings::new(&config)));
         self.inner.fast.reset(!config.query_log.enabled);
-        Vec::new()
     }
 
     /// The UDP fast path's answer cache.

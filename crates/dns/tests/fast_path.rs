@@ -215,7 +215,7 @@ async fn catalog_changes_show_at_once_and_reload_clears() {
         Freshness::Fresh,
     );
     udp(server.addr, &ask).await;
-    assert!(server.router.reload(Config::default()).is_empty());
+    server.router.reload(Config::default());
     assert_eq!(
         sorted_addresses(&udp(server.addr, &ask).await.0),
         vec![ip("10.0.0.3")]

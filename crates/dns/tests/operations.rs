@@ -170,12 +170,11 @@ async fn reload_changes_ttls_for_the_running_server() {
     let (reply, _) = udp(server.addr, &ask).await;
     assert_eq!(reply.answers[0].ttl, 5);
 
-    let needs_restart = server.router.reload(Config {
+    server.router.reload(Config {
         service_ttl: Duration::from_secs(30),
         service_ttl_overrides: vec![("db*".to_owned(), Duration::from_secs(2))],
         ..Config::default()
     });
-    assert!(needs_restart.is_empty(), "{needs_restart:?}");
     let (reply, _) = udp(server.addr, &ask).await;
     assert_eq!(reply.answers[0].ttl, 30);
     let reply = tcp(server.addr, &ask).await;
