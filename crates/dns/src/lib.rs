@@ -26,8 +26,10 @@
 //! up to 1 s late. [`Router::reload`] clears the cache at
 //! once, and the query log (when on) turns it off. Fast-path answers count in
 //! `dns.queries` and `dns.fast_path_hits` in batches (at most 1 s late) and
-//! feed `dns.query_duration_seconds` with one sample per 64 answers. TCP
-//! stays on hickory's server and never uses the cache.
+//! feed `dns.query_duration_seconds` with one sample per 64 answers. TCP is
+//! served by our own accept loops (`tcp.rs`: ACL at accept, global and
+//! per-client connection caps, idle timeout, lifetime, bounded pipelining,
+//! backoff when fds run out) and never uses the cache.
 //!
 //! Behaviour follows Consul 1.16's DNS interface with deliberate differences:
 //! - truncation sets TC (never Consul's silent 3-record UDP trim); EDNS clients
@@ -57,6 +59,7 @@ mod local;
 pub mod metrics;
 mod name;
 mod router;
+mod tcp;
 mod trim;
 mod udp;
 

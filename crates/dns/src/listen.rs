@@ -1,12 +1,11 @@
-//! Binding the UDP/TCP sockets; our UDP loops ([`crate::udp`]) and hickory's
-//! server (TCP) over them.
+//! Binding the UDP/TCP sockets; our UDP loops ([`crate::udp`]) and TCP
+//! loops ([`crate::tcp`]) over them.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hickory_server::Server;
 use ipnet::IpNet;
 use socket2::{Domain, Protocol as SocketProtocol, Socket, Type};
 use tokio::sync::Semaphore;
@@ -17,14 +16,12 @@ use tracing::{debug, info, warn};
 use crate::Error;
 use crate::backend::{CatalogView, Upstream};
 use crate::router::Router;
-use crate::udp;
+use crate::{tcp, udp};
 
 /// How many times `bind` tries a fresh port-0 UDP port when TCP's twin is taken.
 const PORT_ZERO_ATTEMPTS: usize = 16;
 /// Pending TCP connections the kernel may queue.
 const TCP_BACKLOG: i32 = 1024;
-/// Outgoing responses queued per TCP connection.
-const TCP_RESPONSE_BUFFER: usize = 32;
 /// Most UDP sockets bound per listen address by default.
 const MAX_DEFAULT_UDP_SOCKETS: usize = 8;
 /// Default bound on UDP queries on the general path at once.
@@ -145,10 +142,26 @@ fn bind_tcp(address: SocketAddr) -> Result<std::net::TcpListener, Error> {
 /// Server settings outside the answer logic.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
-    /// A TCP connection that sends no request for this long is closed.
+    /// A TCP connection that sends no complete query (and gets no answer)
+    /// for this long is closed.
     pub tcp_idle_timeout: Duration,
+    /// A TCP connection is closed this long after it was opened, however
+    /// busy (after answering what it already sent).
+    pub tcp_max_lifetime: Duration,
+    /// Most TCP connections open at once, over every listen address.
+    /// Lowered at start when RLIMIT_NOFILE minus `reserved_fds` is smaller.
+    pub tcp_max_connections: usize,
+    /// Most TCP connections open at once from one source address.
+    pub tcp_max_connections_per_client: usize,
+    /// Most queries of one TCP connection answered at once; the client's
+    /// further queries wait in the socket buffer.
+    pub tcp_max_pipelined: usize,
+    /// File descriptors kept for everything but TCP clients (upstream and
+    /// Consul sockets, UDP sockets, files) when sizing the TCP cap.
+    pub reserved_fds: usize,
     /// Clients whose address is outside every network here get REFUSED
-    /// (an empty list refuses everyone).
+    /// over UDP, and have their TCP connection closed at accept (an empty
+    /// list refuses everyone).
     pub allowed_networks: Vec<IpNet>,
 }
 
@@ -156,6 +169,13 @@ impl Default for ServerOptions {
     fn default() -> Self {
         Self {
             tcp_idle_timeout: Duration::from_secs(10),
+            tcp_max_lifetime: Duration::from_secs(120),
+            tcp_max_connections: 1024,
+            tcp_max_connections_per_client: 256,
+            tcp_max_pipelined: 16,
+            // forward.max_in_flight's default (1024 upstream sockets at
+            // most) and 256 for Consul connections, UDP sockets and files.
+            reserved_fds: 1024 + 256,
             allowed_networks: vec![
                 IpNet::new(IpAddr::from([127, 0, 0, 0]), 8).expect("valid prefix length"),
                 IpNet::new(IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]), 128)
@@ -188,22 +208,6 @@ impl Default for UdpOptions {
     }
 }
 
-/// Deny-everything rules that make hickory's access control an allow-list for
-/// both families (hickory allows a family that has no rule at all). A family
-/// whose allow-list holds a `/0` gets no deny rule, since an equal-length allow
-/// does not override a deny.
-fn denied_networks(allowed: &[IpNet]) -> Vec<IpNet> {
-    let mut denied = Vec::new();
-    let all_v4 = IpNet::new(IpAddr::from([0, 0, 0, 0]), 0).expect("valid prefix length");
-    let all_v6 = IpNet::new(IpAddr::from([0u16; 8]), 0).expect("valid prefix length");
-    for everything in [all_v4, all_v6] {
-        if !allowed.contains(&everything) {
-            denied.push(everything);
-        }
-    }
-    denied
-}
-
 /// Handle on a running server.
 #[derive(Debug)]
 pub struct ServerHandle {
@@ -229,11 +233,19 @@ impl ServerHandle {
     pub async fn run_until(mut self, shutdown: CancellationToken) -> Result<(), Error> {
         tokio::select! {
             () = shutdown.cancelled() => self.shutdown().await,
-            joined = &mut self.task => match joined {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(source)) => Err(Error::Serve { source }),
-                Err(join_error) => Err(Error::Task(join_error.to_string())),
-            },
+            stopped = self.stopped() => stopped,
+        }
+    }
+
+    /// Resolves only if the server stops on its own: a listener failed (Err;
+    /// the other loops were stopped too). The caller should then exit with
+    /// an error rather than keep a process whose clients get silence. Do not
+    /// call [`shutdown`](Self::shutdown) after it resolved.
+    pub async fn stopped(&mut self) -> Result<(), Error> {
+        match (&mut self.task).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(source)) => Err(Error::Serve { source }),
+            Err(join_error) => Err(Error::Task(join_error.to_string())),
         }
     }
 }
@@ -264,7 +276,8 @@ pub fn serve<C: CatalogView, F: Upstream>(
 }
 
 /// Starts serving `router` on `listeners`: UDP on our own loops with the wire
-/// answer cache, TCP on hickory's server. Must be called inside a Tokio runtime.
+/// answer cache, TCP on our own accept loops with connection limits. Must be
+/// called inside a Tokio runtime.
 pub fn serve_with<C: CatalogView, F: Upstream>(
     router: Router<C, F>,
     listeners: Listeners,
@@ -272,19 +285,26 @@ pub fn serve_with<C: CatalogView, F: Upstream>(
     udp_options: UdpOptions,
 ) -> Result<ServerHandle, Error> {
     let local_addrs = listeners.local_addrs();
-    let denied = denied_networks(&options.allowed_networks);
-    let mut server = Server::with_access(
-        router.clone(),
-        denied,
-        options.allowed_networks.iter().copied(),
-    );
-    let shutdown = server.shutdown_token().clone();
+    let shutdown = CancellationToken::new();
     let max_in_flight = udp_options.max_in_flight.clamp(1, Semaphore::MAX_PERMITS);
     let in_flight = Arc::new(Semaphore::new(max_in_flight));
     let shared = Arc::new(udp::Shared {
-        router,
+        router: router.clone(),
         allowed: options.allowed_networks.clone(),
         in_flight: Arc::clone(&in_flight),
+        shutdown: shutdown.clone(),
+    });
+    let tcp_shared = Arc::new(tcp::Shared {
+        router,
+        allowed: options.allowed_networks.clone(),
+        limits: tcp::Limits {
+            max_connections: tcp::fd_budget(options.tcp_max_connections, options.reserved_fds),
+            max_per_client: options.tcp_max_connections_per_client,
+            idle_timeout: options.tcp_idle_timeout,
+            max_lifetime: options.tcp_max_lifetime,
+            max_pipelined: options.tcp_max_pipelined.max(1),
+        },
+        connections: Arc::default(),
         shutdown: shutdown.clone(),
     });
     let register = |source| Error::Register {
@@ -292,6 +312,7 @@ pub fn serve_with<C: CatalogView, F: Upstream>(
         source,
     };
     let mut loops = JoinSet::new();
+    let mut tcp_loops = JoinSet::new();
     for (udp, tcp) in listeners.pairs {
         let address = udp.local_addr().map_err(register)?;
         let mut sockets = vec![udp];
@@ -305,7 +326,7 @@ pub fn serve_with<C: CatalogView, F: Upstream>(
             protocol: "tcp",
             source,
         })?;
-        server.register_listener(tcp, options.tcp_idle_timeout, TCP_RESPONSE_BUFFER);
+        tcp_loops.spawn(tcp::serve(tcp, Arc::clone(&tcp_shared)));
         info!(address = %address, udp_sockets = udp_options.sockets.max(1), "DNS listening on UDP and TCP");
     }
     let sweeper = {
@@ -338,7 +359,26 @@ pub fn serve_with<C: CatalogView, F: Upstream>(
             }
             result
         };
-        let (tcp, udp, ()) = tokio::join!(server.block_until_done(), udp, sweeper);
+        let tcp = async {
+            let mut result = Ok(());
+            while let Some(joined) = tcp_loops.join_next().await {
+                let failed = match joined {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(error)) => error,
+                    Err(join_error) => hickory_server::net::NetError::from(format!(
+                        "TCP loop failed: {join_error}"
+                    )),
+                };
+                // A dead TCP listener stops the whole server, so the process
+                // exits (and is restarted) rather than leaving its TCP
+                // clients unanswered.
+                warn!(error = %failed, "TCP listener stopped; stopping the DNS server");
+                shared.shutdown.cancel();
+                result = Err(failed);
+            }
+            result
+        };
+        let (tcp, udp, ()) = tokio::join!(tcp, udp, sweeper);
         // Queries already on the general path finish before we report done.
         let permits = u32::try_from(max_in_flight).unwrap_or(u32::MAX);
         drop(in_flight.acquire_many(permits).await);
@@ -355,17 +395,6 @@ pub fn serve_with<C: CatalogView, F: Upstream>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn deny_rules_cover_both_families_unless_allowed_everything() {
-        let loopback = ServerOptions::default().allowed_networks;
-        assert_eq!(denied_networks(&loopback).len(), 2);
-        let everything: Vec<IpNet> = vec!["0.0.0.0/0".parse().expect("literal")];
-        assert_eq!(
-            denied_networks(&everything),
-            vec!["::/0".parse::<IpNet>().expect("literal")]
-        );
-    }
 
     #[test]
     fn port_zero_gets_one_port_for_udp_and_tcp() {
