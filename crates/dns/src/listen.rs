@@ -394,7 +394,57 @@ pub fn serve_with<C: CatalogView, F: Upstream>(
 
 #[cfg(test)]
 mod tests {
+    use std::os::fd::AsRawFd as _;
+
+    use dnsfront_catalog::{Freshness, Lookup, Node, ServiceInstance};
+    use hickory_proto::op::Query;
+
     use super::*;
+
+    /// Knows nothing: every name is NXDOMAIN, forwarding fails.
+    #[derive(Clone)]
+    struct Nothing;
+
+    impl CatalogView for Nothing {
+        async fn service(&self, _: &str, _: Option<&str>) -> Lookup<Arc<[ServiceInstance]>> {
+            Lookup::NotFound(Freshness::Fresh)
+        }
+        async fn node(&self, _: &str, _: Option<&str>) -> Lookup<Arc<Node>> {
+            Lookup::NotFound(Freshness::Fresh)
+        }
+    }
+
+    impl Upstream for Nothing {
+        async fn resolve(
+            &self,
+            _: &Query,
+            _: bool,
+        ) -> Result<dnsfront_forward::Answer, dnsfront_forward::Error> {
+            Err(dnsfront_forward::Error::AllFailed {
+                last: "nothing".to_owned(),
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_tcp_listener_stops_the_server_with_an_error() {
+        let listeners = Listeners::bind(&["127.0.0.1:0".parse().expect("literal")]).expect("bind");
+        // The same socket: shutting it down makes Linux's accept fail with EINVAL.
+        let twin = listeners.pairs[0].1.try_clone().expect("dup");
+        let router = Router::with_backends(crate::Config::default(), Nothing, None::<Nothing>);
+        let mut server = serve(router, listeners, ServerOptions::default()).expect("serve");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        nix::sys::socket::shutdown(twin.as_raw_fd(), nix::sys::socket::Shutdown::Read)
+            .expect("shutdown the listening socket");
+        let stopped = tokio::time::timeout(Duration::from_secs(5), server.stopped())
+            .await
+            .expect("the server stops on its own");
+        let error = stopped.expect_err("a dead listener is an error");
+        assert!(
+            format!("{:?}", error).contains("TCP listener failed"),
+            "{error:?}"
+        );
+    }
 
     #[test]
     fn port_zero_gets_one_port_for_udp_and_tcp() {
