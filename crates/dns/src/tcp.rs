@@ -155,7 +155,7 @@ struct Entry {
 /// What a connection reports for eviction, without taking the lock.
 #[derive(Default)]
 struct Activity {
-    /// Milliseconds since the registry's epoch at the last complete query or answer.
+    /// Microseconds since the registry's epoch at the last complete query or answer.
     last: AtomicU64,
     in_flight: AtomicUsize,
 }
@@ -169,9 +169,9 @@ struct Slot {
 }
 
 impl Connections {
-    fn now_ms(&self) -> u64 {
+    fn now_us(&self) -> u64 {
         let epoch = *self.epoch.get_or_init(Instant::now);
-        u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+        u64::try_from(epoch.elapsed().as_micros()).unwrap_or(u64::MAX)
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -181,7 +181,7 @@ impl Connections {
     /// Takes a slot for `client`, closing the longest-idle connection when
     /// every slot is taken.
     fn admit(self: &Arc<Self>, client: IpAddr, limits: &Limits) -> Result<Slot, Refusal> {
-        let now = self.now_ms();
+        let now = self.now_us();
         let mut state = self.state();
         if state.per_client.get(&client).copied().unwrap_or(0) >= limits.max_per_client {
             return Err(Refusal::ClientLimit);
@@ -191,7 +191,8 @@ impl Connections {
                 .open
                 .iter()
                 .filter(|(_, entry)| entry.activity.in_flight.load(Ordering::Relaxed) == 0)
-                .min_by_key(|(_, entry)| entry.activity.last.load(Ordering::Relaxed))
+                // The oldest connection first among equally idle ones.
+                .min_by_key(|(id, entry)| (entry.activity.last.load(Ordering::Relaxed), **id))
                 .map(|(id, _)| *id);
             let Some(id) = idlest else {
                 return Err(Refusal::Full);
@@ -238,7 +239,7 @@ impl State {
 
 impl Slot {
     fn touch(&self) {
-        let now = self.connections.now_ms();
+        let now = self.connections.now_us();
         self.activity.last.store(now, Ordering::Relaxed);
     }
 }
