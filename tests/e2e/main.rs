@@ -15,4 +15,5 @@ mod reload;
 mod robustness;
 pub(crate) mod snapshot;
 mod systemd;
+mod tcp_limits;
 mod upstream_auth;
