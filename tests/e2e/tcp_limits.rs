@@ -50,8 +50,7 @@ impl Limited {
 
 /// `dnsfront serve --config FILE` under `ulimit -n NOFILE`.
 async fn spawn_limited(config: &std::path::Path) -> Limited {
-    let mut command =
-        crate::binary::command(&["serve", "--config", config.to_str().expect("utf8")]);
+    let command = crate::binary::command(&["serve", "--config", config.to_str().expect("utf8")]);
     let program = command.get_program().to_owned();
     let args: Vec<_> = command.get_args().map(ToOwned::to_owned).collect();
     let mut shell = std::process::Command::new("sh");
