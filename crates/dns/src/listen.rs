@@ -22,6 +22,11 @@ use crate::{tcp, udp};
 const PORT_ZERO_ATTEMPTS: usize = 16;
 /// Pending TCP connections the kernel may queue.
 const TCP_BACKLOG: i32 = 1024;
+/// Receive buffer of every TCP connection (inherited from the listener):
+/// queries are small, and a client pipelining faster than we answer must
+/// fill a small kernel buffer, not the 128 KiB+ Linux gives by default (it
+/// counts in the service's memory).
+const TCP_RECEIVE_BUFFER: usize = 16 * 1024;
 /// Most UDP sockets bound per listen address by default.
 const MAX_DEFAULT_UDP_SOCKETS: usize = 8;
 /// Default bound on UDP queries on the general path at once.
@@ -134,6 +139,9 @@ fn bind_tcp(address: SocketAddr) -> Result<std::net::TcpListener, Error> {
         socket.set_only_v6(true).map_err(fail)?;
     }
     socket.set_nonblocking(true).map_err(fail)?;
+    socket
+        .set_recv_buffer_size(TCP_RECEIVE_BUFFER)
+        .map_err(fail)?;
     socket.bind(&address.into()).map_err(fail)?;
     socket.listen(TCP_BACKLOG).map_err(fail)?;
     Ok(socket.into())
@@ -305,6 +313,7 @@ pub fn serve_with<C: CatalogView, F: Upstream>(
             max_pipelined: options.tcp_max_pipelined.max(1),
         },
         connections: Arc::default(),
+        in_flight: Arc::new(Semaphore::new(tcp::MAX_IN_FLIGHT)),
         shutdown: shutdown.clone(),
     });
     let register = |source| Error::Register {

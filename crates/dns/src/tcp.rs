@@ -17,7 +17,10 @@
 //!   once; further ones stay in the kernel's socket buffer until one is done
 //!   (we stop reading), so memory does not grow with a client's pipelining.
 //!   A query is at most [`MAX_QUERY`] bytes; only that is ever buffered per
-//!   connection on the read side.
+//!   connection on the read side. Over all connections at most
+//!   [`MAX_IN_FLIGHT`] queries are answered at once (a query holds its place
+//!   until its answer is written), so answers waiting for slow readers take
+//!   at most `MAX_IN_FLIGHT` × 64 KiB, however many connections there are.
 //! - Accept failing for lack of fds or memory (EMFILE, ENFILE, ENOBUFS,
 //!   ENOMEM) pauses the accept loop with a growing delay instead of spinning
 //!   on a listener that stays readable; logged once per episode.
@@ -46,6 +49,7 @@ use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder, Quer
 use ipnet::IpNet;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
@@ -59,6 +63,11 @@ use crate::router::Router;
 /// OPT and maybe a cookie or padding: a few hundred bytes). A longer length
 /// prefix closes the connection, so no client can make us hold 64 KiB.
 pub(crate) const MAX_QUERY: usize = 4096;
+/// Most TCP queries answered at once over all connections, each held until
+/// its answer is written: 256 answers of at most 64 KiB bound what slow
+/// readers can pin to 16 MiB. Further queries wait (their connection stops
+/// reading meanwhile); UDP is not affected.
+pub(crate) const MAX_IN_FLIGHT: usize = 256;
 /// The smallest DNS message: a header.
 const MIN_MESSAGE: usize = 12;
 /// How long a closing connection (lifetime reached, evicted, shutdown, or
@@ -85,6 +94,8 @@ pub(crate) struct Shared<C, F> {
     pub(crate) allowed: Vec<IpNet>,
     pub(crate) limits: Limits,
     pub(crate) connections: Arc<Connections>,
+    /// [`MAX_IN_FLIGHT`] permits.
+    pub(crate) in_flight: Arc<Semaphore>,
     pub(crate) shutdown: CancellationToken,
 }
 
@@ -371,7 +382,7 @@ async fn connection<C: CatalogView, F: Upstream>(
     let mut idle_since = opened;
     let (mut reader, mut writer) = stream.split();
     let mut frames = FrameReader::default();
-    let mut answers: JoinSet<Option<Vec<u8>>> = JoinSet::new();
+    let mut answers: JoinSet<Option<(Vec<u8>, OwnedSemaphorePermit)>> = JoinSet::new();
     let mut closing: Option<(Closing, Instant)> = None;
     let ended = loop {
         if let Some((why, _)) = closing
@@ -391,8 +402,10 @@ async fn connection<C: CatalogView, F: Upstream>(
             () = shared.shutdown.cancelled(), if closing.is_none() => closing = close(Closing::Shutdown),
             Some(joined) = answers.join_next(), if !answers.is_empty() => {
                 slot.activity.in_flight.store(answers.len(), Ordering::Relaxed);
-                let Ok(Some(answer)) = joined else { continue };
-                if let Err(error) = write_frame(&mut writer, &answer, limits.idle_timeout).await {
+                let Ok(Some((answer, permit))) = joined else { continue };
+                let written = write_frame(&mut writer, &answer, limits.idle_timeout).await;
+                drop(permit);
+                if let Err(error) = written {
                     debug!(client = %peer, error = %error, "TCP write failed");
                     break None;
                 }
@@ -404,7 +417,11 @@ async fn connection<C: CatalogView, F: Upstream>(
                     idle_since = Instant::now();
                     slot.touch();
                     let shared = Arc::clone(&shared);
-                    answers.spawn(async move { answer(&shared.router, query, peer).await });
+                    answers.spawn(async move {
+                        let permit = Arc::clone(&shared.in_flight).acquire_owned().await.ok()?;
+                        let answer = answer(&shared.router, query, peer).await?;
+                        Some((answer, permit))
+                    });
                     slot.activity.in_flight.store(answers.len(), Ordering::Relaxed);
                 }
                 Ok(None) => closing = close(Closing::ClientDone),

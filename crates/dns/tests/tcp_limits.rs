@@ -444,3 +444,44 @@ async fn oversized_messages_close_the_connection() {
     let reply = tcp(server.addr, &web()).await;
     assert_eq!(reply.answers.len(), 1);
 }
+
+#[tokio::test]
+async fn queries_in_flight_are_bounded_over_all_connections() {
+    let server = start(ServerOptions::default(), false).await;
+    let mut burst = Vec::new();
+    for _ in 0..16 {
+        burst.extend(frame(&web()));
+    }
+    let mut streams = Vec::new();
+    for _ in 0..20 {
+        let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+        stream.write_all(&burst).await.expect("write");
+        streams.push(stream);
+    }
+    let settled = |want| {
+        let catalog = server.catalog.clone();
+        async move {
+            for _ in 0..50 {
+                if catalog.waiting() == want {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            false
+        }
+    };
+    // 320 queries sent, 256 (tcp::MAX_IN_FLIGHT) taken in at once.
+    assert!(settled(256).await, "waiting: {}", server.catalog.waiting());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(server.catalog.waiting(), 256);
+    server.catalog.open();
+    for stream in &mut streams {
+        for _ in 0..16 {
+            let answer = timeout(Duration::from_secs(5), read_answer(stream))
+                .await
+                .expect("in time")
+                .expect("answer");
+            assert_eq!(answer.answers.len(), 1);
+        }
+    }
+}
