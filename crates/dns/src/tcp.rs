@@ -431,7 +431,8 @@ async fn connection<C: CatalogView, F: Upstream>(
                 }
             },
             () = sleep_until(deadline) => match closing {
-                Some(_) => break None,
+                // What is still unanswered after the grace is dropped.
+                Some((why, _)) => break Some(why),
                 None if Instant::now() >= end_of_life => closing = close(Closing::Lifetime),
                 None => {
                     metrics::counter!(TCP_CLOSED, "reason" => "idle").increment(1);
