@@ -19,8 +19,10 @@
 //!   A query is at most [`MAX_QUERY`] bytes; only that is ever buffered per
 //!   connection on the read side. Over all connections at most
 //!   [`MAX_IN_FLIGHT`] queries are answered at once (a query holds its place
-//!   until its answer is written), so answers waiting for slow readers take
-//!   at most `MAX_IN_FLIGHT` × 64 KiB, however many connections there are.
+//!   until its answer is written; one read beyond that waits for a slot as
+//!   bytes, not as a task), so queries being answered and answers waiting
+//!   for slow readers take at most `MAX_IN_FLIGHT` × (task + 64 KiB),
+//!   however many connections there are.
 //! - Accept failing for lack of fds or memory (EMFILE, ENFILE, ENOBUFS,
 //!   ENOMEM) pauses the accept loop with a growing delay instead of spinning
 //!   on a listener that stays readable; logged once per episode.
@@ -64,8 +66,8 @@ use crate::router::Router;
 /// prefix closes the connection, so no client can make us hold 64 KiB.
 pub(crate) const MAX_QUERY: usize = 4096;
 /// Most TCP queries answered at once over all connections, each held until
-/// its answer is written: 256 answers of at most 64 KiB bound what slow
-/// readers can pin to 16 MiB. Further queries wait (their connection stops
+/// its answer is written: 256 tasks (~9 KiB) and answers of at most 64 KiB
+/// bound what busy connections and slow readers can pin to about 18 MiB. Further queries wait (their connection stops
 /// reading meanwhile); UDP is not affected.
 pub(crate) const MAX_IN_FLIGHT: usize = 256;
 /// The smallest DNS message: a header.
@@ -384,13 +386,18 @@ async fn connection<C: CatalogView, F: Upstream>(
     let mut frames = FrameReader::default();
     let mut answers: JoinSet<Option<(Vec<u8>, OwnedSemaphorePermit)>> = JoinSet::new();
     let mut closing: Option<(Closing, Instant)> = None;
+    // A query read while every global slot was taken: it waits here (not as
+    // a task, whose future is several KiB), and reading stops meanwhile.
+    let mut waiting: Option<Vec<u8>> = None;
     let ended = loop {
         if let Some((why, _)) = closing
             && answers.is_empty()
+            && waiting.is_none()
         {
             break Some(why);
         }
-        let reading = closing.is_none() && answers.len() < limits.max_pipelined;
+        let reading =
+            closing.is_none() && waiting.is_none() && answers.len() < limits.max_pipelined;
         let deadline = match closing {
             Some((_, drained_by)) => drained_by,
             None if answers.is_empty() => (idle_since + limits.idle_timeout).min(end_of_life),
@@ -412,17 +419,23 @@ async fn connection<C: CatalogView, F: Upstream>(
                 idle_since = Instant::now();
                 slot.touch();
             }
+            permit = Arc::clone(&shared.in_flight).acquire_owned(), if waiting.is_some() => {
+                let (Ok(permit), Some(query)) = (permit, waiting.take()) else { continue };
+                spawn_answer(&mut answers, &shared, query, peer, permit);
+                slot.activity.in_flight.store(answers.len(), Ordering::Relaxed);
+            }
             frame = frames.next(&mut reader), if reading => match frame {
                 Ok(Some(query)) => {
                     idle_since = Instant::now();
                     slot.touch();
-                    let shared = Arc::clone(&shared);
-                    answers.spawn(async move {
-                        let permit = Arc::clone(&shared.in_flight).acquire_owned().await.ok()?;
-                        let answer = answer(&shared.router, query, peer).await?;
-                        Some((answer, permit))
-                    });
-                    slot.activity.in_flight.store(answers.len(), Ordering::Relaxed);
+                    match Arc::clone(&shared.in_flight).try_acquire_owned() {
+                        Ok(permit) => spawn_answer(&mut answers, &shared, query, peer, permit),
+                        Err(_) => waiting = Some(query),
+                    }
+                    slot.activity.in_flight.store(
+                        answers.len() + usize::from(waiting.is_some()),
+                        Ordering::Relaxed,
+                    );
                 }
                 Ok(None) => closing = close(Closing::ClientDone),
                 Err(error) => {
@@ -450,6 +463,22 @@ async fn connection<C: CatalogView, F: Upstream>(
     drop(answers);
     drop(stream);
     drop(slot);
+}
+
+/// Answers `query` in a task of its own; the global slot `permit` is held
+/// until the connection has written the answer.
+fn spawn_answer<C: CatalogView, F: Upstream>(
+    answers: &mut JoinSet<Option<(Vec<u8>, OwnedSemaphorePermit)>>,
+    shared: &Arc<Shared<C, F>>,
+    query: Vec<u8>,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+) {
+    let shared = Arc::clone(shared);
+    answers.spawn(async move {
+        let answer = answer(&shared.router, query, peer).await?;
+        Some((answer, permit))
+    });
 }
 
 /// One answer, with its length prefix, within `limit`: a client that does
