@@ -112,6 +112,12 @@ pub async fn checks(args: &CheckArgs) -> Vec<Line> {
             None => format!("defaults ({DEFAULT_CONFIG_FILE} does not exist)"),
         },
     )];
+    lines.extend(
+        settings
+            .warnings
+            .iter()
+            .map(|warning| Line::new(Status::Warn, "security", warning.clone())),
+    );
     let token_origin = token_origin(file.as_deref());
     lines.extend(check_consul(&settings, token_origin).await);
     for addr in &settings.listen {

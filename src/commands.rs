@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context as _;
 use dnsfront_consul as consul;
 use dnsfront_snapshot as snapshot;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::cli::{ExportFormat, PublishArgs, SnapshotCommand};
 use crate::config::{Env, RawConfig};
@@ -34,6 +34,9 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<()> {
         ..raw.metrics.validate()?
     })?;
     telemetry::describe_metrics();
+    for warning in raw.token_warnings(&consul_config) {
+        warn!(warning = %warning, "Risky configuration");
+    }
     let client = consul::Client::new(consul_config).context("consul")?;
     let identity = match publish.identity.clone() {
         Some(identity) => identity,

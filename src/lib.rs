@@ -55,6 +55,9 @@ pub struct App {
 impl App {
     /// Builds every part and binds the listen sockets.
     pub fn build(settings: Settings) -> anyhow::Result<Self> {
+        for warning in &settings.warnings {
+            warn!(warning = %warning, "Risky configuration");
+        }
         let client = consul::Client::new(settings.consul.clone()).context("consul")?;
         // The snapshot on disk comes first, so a resolver started during a
         // Consul outage answers from it at once.
@@ -291,6 +294,7 @@ impl App {
                     catalog_entries = catalog.entry_count(),
                     consul_unavailable = catalog.consul_unavailable(),
                     forward_cache_entries = forwarder.cached_entries(),
+                    forward_cache_bytes = forwarder.cached_bytes(),
                     upstreams = ?forwarder.config().upstreams,
                     snapshot_generation = snapshot.as_ref().map(|s| s.generation),
                     snapshot_services = snapshot.as_ref().map(|s| s.services.len()),

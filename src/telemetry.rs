@@ -1,7 +1,7 @@
 //! Logging setup, metrics exporters (StatsD, Prometheus) and metric descriptions.
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, ToSocketAddrs as _, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs as _, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -421,12 +421,8 @@ fn statsd_recorder(address: &str, settings: &MetricsSettings) -> anyhow::Result<
             key: "metrics.statsd_address".to_owned(),
             reason: format!("{address:?} does not resolve to an address"),
         })?;
-    let local: SocketAddr = if target.is_ipv4() {
-        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-    } else {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    };
-    let socket = UdpSocket::bind(local).context("binding the StatsD client socket")?;
+    let socket = statsd_socket(target)
+        .with_context(|| format!("metrics.statsd_address: opening a UDP socket to {target}"))?;
     socket
         .set_nonblocking(true)
         .context("StatsD client socket")?;
@@ -451,6 +447,35 @@ fn statsd_recorder(address: &str, settings: &MetricsSettings) -> anyhow::Result<
     let repeating = RepeatGauges::new(recorder);
     let handle = repeating.handle();
     Ok((repeating, sink, handle))
+}
+
+/// The StatsD client socket, connected to `target` and never bound to a
+/// wildcard address: to the loopback when the agent is on it (the default,
+/// `127.0.0.1:8125`), else to the address the kernel's route to the agent
+/// leaves from. Connected, it takes datagrams from the agent's address only;
+/// bound to `0.0.0.0`, as before, it accepted them from anywhere on every
+/// interface (it reads none, but a socket open to the world is one more
+/// thing an audit has to clear).
+fn statsd_socket(target: SocketAddr) -> std::io::Result<UdpSocket> {
+    let local: IpAddr = match target.ip() {
+        IpAddr::V4(ip) if ip.is_loopback() => Ipv4Addr::LOCALHOST.into(),
+        IpAddr::V6(ip) if ip.is_loopback() => Ipv6Addr::LOCALHOST.into(),
+        _ => {
+            // Asks the routing table which source address reaches the agent:
+            // connecting a UDP socket sends nothing.
+            let unspecified: IpAddr = if target.is_ipv4() {
+                Ipv4Addr::UNSPECIFIED.into()
+            } else {
+                Ipv6Addr::UNSPECIFIED.into()
+            };
+            let probe = UdpSocket::bind((unspecified, 0))?;
+            probe.connect(target)?;
+            probe.local_addr()?.ip()
+        }
+    };
+    let socket = UdpSocket::bind((local, 0))?;
+    socket.connect(target)?;
+    Ok(socket)
 }
 
 /// Wraps a recorder and remembers the last value of every gauge, so that
@@ -597,6 +622,44 @@ mod tests {
                 Some((name.to_owned(), kind.to_owned()))
             })
             .collect()
+    }
+
+    #[test]
+    fn statsd_socket_is_connected_and_bound_to_a_specific_address() {
+        let agent = UdpSocket::bind("127.0.0.1:0").expect("agent");
+        let target = agent.local_addr().expect("agent addr");
+        let socket = statsd_socket(target).expect("socket");
+        let local = socket.local_addr().expect("local");
+        assert_eq!(local.ip(), Ipv4Addr::LOCALHOST, "{local}");
+        assert_ne!(local.port(), 0);
+        assert_eq!(socket.peer_addr().expect("connected"), target);
+        // What it sends arrives, from the address it is bound to.
+        socket.send(b"dnsfront.test:1|c").expect("send");
+        let mut buffer = [0_u8; 64];
+        agent
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let (size, from) = agent.recv_from(&mut buffer).expect("datagram");
+        assert_eq!(&buffer[..size], b"dnsfront.test:1|c");
+        assert_eq!(from, local);
+        // A datagram from anyone but the agent is not delivered to it.
+        let stranger = UdpSocket::bind("127.0.0.1:0").expect("stranger");
+        stranger.send_to(b"x", local).expect("send");
+        agent.send_to(b"agent", local).expect("send");
+        socket
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let size = socket.recv(&mut buffer).expect("from the agent");
+        assert_eq!(&buffer[..size], b"agent", "only the agent's datagram");
+
+        // A non-loopback agent: the source address of the route to it
+        // (this test network's route, when there is one).
+        let remote: SocketAddr = "192.0.2.1:8125".parse().expect("addr");
+        if let Ok(socket) = statsd_socket(remote) {
+            let local = socket.local_addr().expect("local");
+            assert!(!local.ip().is_unspecified(), "{local}");
+            assert_eq!(socket.peer_addr().expect("connected"), remote);
+        }
     }
 
     fn declared() -> Vec<MetricSpec> {

@@ -23,6 +23,8 @@ pub struct RawDns {
     pub domain: String,
     /// Client networks allowed to query; everyone else gets REFUSED.
     pub allowed_networks: Vec<String>,
+    /// Acknowledges an `allowed_networks` that lets every address query.
+    pub allow_open_resolver: bool,
     /// Idle TCP connections are closed after this long.
     #[serde(with = "humantime_serde")]
     pub tcp_idle_timeout: Duration,
@@ -63,6 +65,7 @@ impl Default for RawDns {
             listen: vec![DEFAULT_LISTEN.to_owned()],
             domain: "consul".to_owned(),
             allowed_networks: vec!["127.0.0.0/8".to_owned(), "::1/128".to_owned()],
+            allow_open_resolver: false,
             tcp_idle_timeout: server.tcp_idle_timeout,
             tcp_max_lifetime: server.tcp_max_lifetime,
             tcp_max_connections: server.tcp_max_connections,
@@ -121,6 +124,19 @@ impl RawConfig {
                 "empty: no client could query",
             ));
         }
+        if let Some((everyone, family)) = open_to_everyone(&allowed_networks)
+            && !self.dns.allow_open_resolver
+        {
+            return Err(invalid(
+                "dns.allowed_networks",
+                format!(
+                    "covers {everyone}, every {family} address: anyone who can reach a listen \
+                     address could use this node as an open resolver (DNS amplification, \
+                     cache snooping); list the client networks instead, or set \
+                     dns.allow_open_resolver = true to acknowledge it"
+                ),
+            ));
+        }
         Ok(allowed_networks)
     }
 
@@ -173,6 +189,19 @@ impl RawConfig {
             // Consul connections, UDP sockets and files.
             reserved_fds: forward_max_in_flight.saturating_add(256),
             allowed_networks,
+        })
+    }
+
+    /// The warning of an acknowledged open resolver (`dns.allow_open_resolver`).
+    pub(super) fn open_resolver_warning(
+        &self,
+        allowed_networks: &[ipnet::IpNet],
+    ) -> Option<String> {
+        open_to_everyone(allowed_networks).map(|(everyone, family)| {
+            format!(
+                "dns.allowed_networks covers {everyone} (every {family} address): an open \
+                 resolver, acknowledged by dns.allow_open_resolver"
+            )
         })
     }
 
@@ -235,5 +264,75 @@ impl RawConfig {
             ));
         }
         Ok(dns_config)
+    }
+}
+
+/// The whole address space of a family, if `networks` together cover it,
+/// with the family's name.
+///
+/// Networks are aggregated first, so `0.0.0.0/1` plus `128.0.0.0/1` counts
+/// as everyone too. `::ffff:0:0/96` is every IPv4 client as an IPv6 socket
+/// sees it. Whether a listen address is public does not matter: the listen
+/// list changes with a flag (`--listen`) or an edit that leaves this key
+/// alone, and a loopback-only resolver never needs more than the loopback
+/// networks.
+fn open_to_everyone(networks: &[ipnet::IpNet]) -> Option<(ipnet::IpNet, &'static str)> {
+    let aggregated = ipnet::IpNet::aggregate(&networks.to_vec());
+    [
+        ("0.0.0.0/0", "IPv4"),
+        ("::/0", "IPv6"),
+        ("::ffff:0:0/96", "IPv4-mapped IPv6"),
+    ]
+    .into_iter()
+    .filter_map(|(net, family)| Some((net.parse::<ipnet::IpNet>().ok()?, family)))
+    .find(|(everyone, _)| aggregated.iter().any(|net| net.contains(everyone)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Env, RawConfig};
+
+    fn validate(text: &str) -> Result<super::super::Settings, String> {
+        let mut raw = RawConfig::parse(text, "test.toml").map_err(|e| e.to_string())?;
+        raw.forward.resolv_file = "/nonexistent/dnsfront-test-resolv.conf".into();
+        raw.validate(&Env::default()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn an_acl_open_to_every_address_is_refused_unless_acknowledged() {
+        for networks in [
+            r#"["0.0.0.0/0"]"#,
+            r#"["127.0.0.0/8", "::/0"]"#,
+            r#"["0.0.0.0/1", "128.0.0.0/1"]"#,
+            r#"["::ffff:0:0/96"]"#,
+            r#"["10.0.0.0/8", "0.0.0.0/0", "::1"]"#,
+        ] {
+            let text = format!("[dns]\nallowed_networks = {networks}\n");
+            let error = validate(&text).map(|_| ()).expect_err(networks);
+            assert!(
+                error.starts_with("dns.allowed_networks: covers ")
+                    && error.contains("open resolver")
+                    && error.contains("dns.allow_open_resolver = true"),
+                "{networks}: {error}"
+            );
+            let acknowledged = validate(&format!("{text}allow_open_resolver = true\n"))
+                .unwrap_or_else(|error| panic!("{networks}: {error}"));
+            assert_eq!(acknowledged.warnings.len(), 1, "{networks}");
+            assert!(
+                acknowledged.warnings[0].contains("acknowledged by dns.allow_open_resolver"),
+                "{:?}",
+                acknowledged.warnings
+            );
+        }
+        for networks in [
+            r#"["127.0.0.0/8", "::1/128"]"#,
+            r#"["0.0.0.0/1"]"#,
+            r#"["10.0.0.0/8", "192.168.0.0/16", "fd00::/8"]"#,
+            r#"["::ffff:10.0.0.0/104"]"#,
+        ] {
+            let settings = validate(&format!("[dns]\nallowed_networks = {networks}\n"))
+                .unwrap_or_else(|error| panic!("{networks}: {error}"));
+            assert!(settings.warnings.is_empty(), "{networks}");
+        }
     }
 }

@@ -27,8 +27,10 @@ pub struct RawForward {
     /// Deadline of a whole forwarded query; SERVFAIL after it.
     #[serde(with = "humantime_serde")]
     pub deadline: Duration,
-    /// Bound on cached responses.
+    /// Bound on cached responses (entries).
     pub cache_size: u64,
+    /// Bound on the bytes cached responses take.
+    pub cache_max_bytes: u64,
     /// Floor on cached TTLs (0 = TTL-0 answers are not cached).
     #[serde(with = "humantime_serde")]
     pub min_ttl: Duration,
@@ -99,6 +101,7 @@ impl Default for RawForward {
             attempt_timeout: f.attempt_timeout,
             deadline: f.deadline,
             cache_size: f.cache_size,
+            cache_max_bytes: f.cache_max_bytes,
             min_ttl: f.min_ttl,
             max_ttl: f.max_ttl,
             negative_max_ttl: f.negative_max_ttl,
@@ -214,6 +217,7 @@ impl RawConfig {
             attempt_timeout: f.attempt_timeout,
             deadline: f.deadline,
             cache_size: f.cache_size,
+            cache_max_bytes: f.cache_max_bytes,
             min_ttl: f.min_ttl,
             max_ttl: f.max_ttl,
             negative_max_ttl: f.negative_max_ttl,
@@ -272,6 +276,7 @@ fn key_path(field: forward::Field) -> String {
         Field::AttemptTimeout => "attempt_timeout",
         Field::Deadline => "deadline",
         Field::CacheSize => "cache_size",
+        Field::CacheMaxBytes => "cache_max_bytes",
         Field::MinTtl => "min_ttl",
         Field::MaxTtl => "max_ttl",
         Field::NegativeMaxTtl => "negative_max_ttl",

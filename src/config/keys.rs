@@ -95,6 +95,9 @@ pub const KEYS: &[Key] = &[
     key("dns.allowed_networks", Restart, |s| {
         show(&s.server.allowed_networks)
     }),
+    // An acknowledgement checked by validation; what it lets through is
+    // compared as dns.allowed_networks.
+    key("dns.allow_open_resolver", Restart, not_in_settings),
     key("dns.tcp_idle_timeout", Restart, |s| {
         show(s.server.tcp_idle_timeout)
     }),
@@ -179,6 +182,9 @@ pub const KEYS: &[Key] = &[
     key("forward.deadline", Forwarder, |s| show(s.forward.deadline)),
     key("forward.cache_size", Restart, |s| {
         show(s.forward.cache_size)
+    }),
+    key("forward.cache_max_bytes", Restart, |s| {
+        show(s.forward.cache_max_bytes)
     }),
     key("forward.min_ttl", Forwarder, |s| show(s.forward.min_ttl)),
     key("forward.max_ttl", Forwarder, |s| show(s.forward.max_ttl)),

@@ -134,8 +134,8 @@ impl RawConfig {
 pub struct Env {
     /// `CONSUL_HTTP_ADDR`.
     pub consul_http_addr: Option<String>,
-    /// `CONSUL_HTTP_TOKEN`.
-    pub consul_http_token: Option<String>,
+    /// `CONSUL_HTTP_TOKEN` (redacted in `Debug`).
+    pub consul_http_token: Option<dnsfront_consul::Token>,
 }
 
 impl Env {
@@ -144,7 +144,7 @@ impl Env {
         let non_empty = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
         Self {
             consul_http_addr: non_empty("CONSUL_HTTP_ADDR"),
-            consul_http_token: non_empty("CONSUL_HTTP_TOKEN"),
+            consul_http_token: non_empty("CONSUL_HTTP_TOKEN").map(dnsfront_consul::Token::new),
         }
     }
 }

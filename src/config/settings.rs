@@ -42,6 +42,10 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Metrics export.
     pub metrics: MetricsSettings,
+    /// Accepted settings that put something at risk (a token sent in clear,
+    /// an acknowledged open resolver): one sentence each, naming the key.
+    /// Logged once at start and listed by `dnsfront check`.
+    pub warnings: Vec<String>,
 }
 
 impl RawConfig {
@@ -54,6 +58,9 @@ impl RawConfig {
         let consul = self.consul_config(env)?;
         let catalog = self.catalog_config()?;
         let (forward, upstream_origin) = self.forward_config(&listen)?;
+        let mut warnings = Vec::new();
+        warnings.extend(self.open_resolver_warning(&allowed_networks));
+        warnings.extend(self.token_warnings(&consul));
         Ok(Settings {
             listen,
             server: self.server_options(allowed_networks, forward.max_in_flight)?,
@@ -68,6 +75,7 @@ impl RawConfig {
             log_level: self.log.level.clone(),
             log_format: self.log.format,
             metrics: self.metrics.validate()?,
+            warnings,
         })
     }
 

@@ -49,6 +49,31 @@ fn check_config_accepts_the_example_and_names_bad_keys() {
     assert_eq!(missing.status.code(), Some(64));
 }
 
+/// Issue 13 §6: an ACL open to every address is refused unless acknowledged.
+#[test]
+fn check_config_refuses_an_open_resolver_unless_acknowledged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("open.toml");
+    let open = "[dns]\nlisten = [\"0.0.0.0:53\"]\nallowed_networks = [\"0.0.0.0/0\", \"::/0\"]\n";
+    std::fs::write(&path, open).expect("write");
+    let out = run(&["check-config", path.to_str().expect("utf8")]);
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("dns.allowed_networks: covers 0.0.0.0/0")
+            && stderr.contains("open resolver")
+            && stderr.contains("dns.allow_open_resolver = true"),
+        "{stderr}"
+    );
+    std::fs::write(&path, format!("{open}allow_open_resolver = true\n")).expect("write");
+    let out = run(&["check-config", path.to_str().expect("utf8")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn bad_flags_exit_non_zero_with_a_clear_message() {
     let out = run(&["serve", "--listen", "not-an-addr"]);

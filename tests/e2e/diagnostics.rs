@@ -520,3 +520,64 @@ async fn explain_agrees_with_the_router_for_every_name_form() {
     server.stop().await;
     setup.stop().await;
 }
+
+/// Issue 13 §6: a token file every user can read is warned about once at
+/// start (in the log, without the token) and by `dnsfront check`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_world_readable_token_file_is_warned_about_at_start_and_by_check() {
+    let sim = standard_sim();
+    let secret = "token-5ec7e7-b0b";
+    sim.set_acl_tokens(&[secret]);
+    let setup = Setup::with_sim(sim).await;
+    let token_file = setup.dir.path().join("consul-token");
+    std::fs::write(&token_file, format!("{secret}\n")).expect("write token");
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let text = format!(
+        "{}\n[dns]\nlisten = [\"127.0.0.1:0\"]\n\n[forward]\nresolv_file = \"/nonexistent/dnsfront-tests/resolv.conf\"\n",
+        setup.base()
+    )
+    .replace(
+        "[consul]\n",
+        &format!("[consul]\ntoken_file = {:?}\n", path_arg(&token_file)),
+    );
+    write(&setup.config, &text);
+
+    let server = Server::start(&setup.config).await;
+    let warning = server
+        .wait_for("Risky configuration", 1, Duration::from_secs(5))
+        .await;
+    assert!(
+        warning.contains("WARN")
+            && warning.contains("consul.token_file")
+            && warning.contains("readable by every user (mode 0644)"),
+        "{warning}"
+    );
+    let answer = udp(server.dns, &Ask::new("web.service.consul.", RecordType::A))
+        .await
+        .0;
+    assert_eq!(
+        answer.metadata.response_code,
+        hickory_proto::op::ResponseCode::NoError,
+        "the token still works"
+    );
+    assert!(
+        server.log().iter().all(|line| !line.contains(secret)),
+        "the token was logged"
+    );
+    server.stop().await;
+
+    let (code, report, stderr) = run(&["check", "--config", path_arg(&setup.config)]).await;
+    assert!(
+        line(&report, "security").starts_with("warn ")
+            && line(&report, "security").contains("consul.token_file"),
+        "{report}"
+    );
+    assert!(!report.contains(secret) && !stderr.contains(secret));
+    assert_eq!(code, Some(0), "warnings do not fail the check: {report}");
+
+    // 0600: no warning.
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let (_, report, _) = run(&["check", "--config", path_arg(&setup.config)]).await;
+    assert!(!report.contains("security:"), "{report}");
+    setup.stop().await;
+}

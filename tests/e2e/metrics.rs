@@ -240,8 +240,58 @@ async fn statsd_datagrams_carry_names_types_and_tags_after_real_queries() {
         );
     }
 
+    // The StatsD socket is connected to the agent and bound to the loopback,
+    // never to a wildcard address (issue 13 §6); nor is any other UDP socket.
+    let sockets = udp_sockets_of(child.id().expect("pid"));
+    let sender = sockets
+        .iter()
+        .find(|(_, remote)| *remote == statsd_addr)
+        .unwrap_or_else(|| panic!("no UDP socket connected to {statsd_addr}: {sockets:?}"));
+    assert!(sender.0.ip().is_loopback(), "{sockets:?}");
+    for (local, _) in &sockets {
+        assert!(
+            !local.ip().is_unspecified(),
+            "wildcard UDP socket: {sockets:?}"
+        );
+    }
+
     stop(child).await;
     consul.shutdown().await;
+}
+
+/// The UDP sockets (IPv4) the process `pid` holds: (local, remote) address
+/// pairs read from `/proc/net/udp`, matched by inode with `/proc/PID/fd`.
+fn udp_sockets_of(pid: u32) -> Vec<(SocketAddr, SocketAddr)> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fd dir")
+        .flatten()
+        .filter_map(|entry| std::fs::read_link(entry.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_string_lossy().into_owned();
+            let inode = target.strip_prefix("socket:[")?.strip_suffix(']')?;
+            Some(inode.to_owned())
+        })
+        .collect();
+    // `0100007F:1F90` is 127.0.0.1:8080: the address's bytes printed as a native u32.
+    let parse = |field: &str| -> SocketAddr {
+        let (ip, port) = field.split_once(':').expect("ip:port");
+        let ip = u32::from_str_radix(ip, 16).expect("hex ip");
+        let port = u16::from_str_radix(port, 16).expect("hex port");
+        SocketAddr::from((std::net::Ipv4Addr::from(ip.to_ne_bytes()), port))
+    };
+    std::fs::read_to_string(format!("/proc/{pid}/net/udp"))
+        .expect("/proc/net/udp")
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let inode = fields.get(9)?;
+            inodes
+                .iter()
+                .any(|own| own == inode)
+                .then(|| (parse(fields[1]), parse(fields[2])))
+        })
+        .collect()
 }
 
 /// A plain HTTP/1.1 GET; returns the status code and the body.

@@ -217,8 +217,10 @@ fn service_hit_catalog_cache(criterion: &mut Criterion) {
         .expect("catalog cache");
     let shutdown = CancellationToken::new();
     runtime.spawn(cache.clone().run(shutdown.clone()));
-    let router: Router<dnsfront_catalog::Cache, Forwarder> =
-        Router::with_backends(Config::default(), cache, None);
+    // The view the server reads (no snapshot loaded: every answer comes from the cache).
+    let view = dnsfront_catalog::View::new(cache, dnsfront_snapshot::Hosts::new());
+    let router: Router<dnsfront_catalog::View, Forwarder> =
+        Router::with_backends(Config::default(), view, None);
     let packet = Ask::new("web.service.consul", RecordType::A).to_bytes();
     check_answer(&runtime, &router, &packet, 3); // the first fetch warms the cache
     let warm_requests = sim.request_count("/v1/health/service/web");

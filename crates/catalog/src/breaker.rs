@@ -6,7 +6,7 @@ use std::fmt::Display;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use rand::Rng;
+use dnsfront_consul::Backoff;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
@@ -21,8 +21,6 @@ const FAILURE_THRESHOLD: u32 = 3;
 const PROBE_EXPIRY: Duration = Duration::from_secs(10);
 
 pub(crate) struct Breaker {
-    backoff_min: Duration,
-    backoff_max: Duration,
     state: Mutex<State>,
     /// Bumped each time the circuit closes again, so that waiting watch loops
     /// resume at once instead of sleeping out their backoff.
@@ -72,19 +70,19 @@ struct State {
     /// Set while open: no request before this instant, then one probe.
     open_until: Option<Instant>,
     probe_started: Option<Instant>,
-    backoff: Duration,
+    /// Pause of the next opening: doubles per opening or failed probe.
+    backoff: Backoff,
 }
 
 impl Breaker {
-    pub(crate) fn new(backoff_min: Duration, backoff_max: Duration) -> Self {
+    /// A closed breaker whose openings last `backoff` (jittered, doubling while Consul fails).
+    pub(crate) fn new(backoff: Backoff) -> Self {
         Self {
-            backoff_min,
-            backoff_max,
             state: Mutex::new(State {
                 consecutive_failures: 0,
                 open_until: None,
                 probe_started: None,
-                backoff: backoff_min,
+                backoff,
             }),
             closed: tokio::sync::watch::Sender::new(0),
         }
@@ -152,7 +150,7 @@ impl Breaker {
         BreakerState {
             state: position,
             consecutive_failures: state.consecutive_failures,
-            backoff_ms: millis(state.backoff),
+            backoff_ms: millis(state.backoff.current()),
             retry_in_ms,
         }
     }
@@ -164,7 +162,7 @@ impl Breaker {
 
     /// The pause before retrying a failed key.
     pub(crate) fn current_backoff(&self) -> Duration {
-        self.lock().backoff
+        self.lock().backoff.current()
     }
 
     pub(crate) fn record_success(&self) {
@@ -172,7 +170,7 @@ impl Breaker {
         let was_open = state.open_until.take().is_some();
         state.consecutive_failures = 0;
         state.probe_started = None;
-        state.backoff = self.backoff_min;
+        state.backoff.reset();
         drop(state);
         if was_open {
             info!("Consul reachable again, answers are fresh");
@@ -195,9 +193,8 @@ impl Breaker {
             return; // a request from before the opening: already accounted for
         }
         if was_open || !retryable || state.consecutive_failures >= FAILURE_THRESHOLD {
-            let pause = jitter(state.backoff);
+            let pause = state.backoff.next_delay();
             state.open_until = Some(now + pause);
-            state.backoff = (state.backoff * 2).min(self.backoff_max);
             let attempts = state.consecutive_failures;
             drop(state);
             if !was_open {
@@ -214,19 +211,21 @@ impl Breaker {
     }
 }
 
-/// Full jitter in [d/2, d]: many resolvers that lost Consul together must not
-/// come back in lockstep.
-fn jitter(duration: Duration) -> Duration {
-    duration.mul_f64(rand::rng().random_range(0.5..=1.0))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// The catalog's backoff: jitter in [d/2, d], so that many resolvers that
+    /// lost Consul together do not come back in lockstep.
+    fn breaker(min: Duration, max: Duration) -> Breaker {
+        Breaker::new(
+            Backoff::try_new(min, max, dnsfront_consul::HALF_JITTER).expect("valid bounds"),
+        )
+    }
+
     #[tokio::test(start_paused = true)]
     async fn opens_after_threshold_and_lets_one_probe_through_after_backoff() {
-        let breaker = Breaker::new(Duration::from_secs(1), Duration::from_secs(8));
+        let breaker = breaker(Duration::from_secs(1), Duration::from_secs(8));
         for _ in 0..FAILURE_THRESHOLD - 1 {
             breaker.record_failure(true, "timeout", &"boom");
             assert!(breaker.allow_request(), "still closed below the threshold");
@@ -248,7 +247,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn non_retryable_error_opens_at_once() {
-        let breaker = Breaker::new(Duration::from_secs(1), Duration::from_secs(60));
+        let breaker = breaker(Duration::from_secs(1), Duration::from_secs(60));
         breaker.record_failure(false, "forbidden", &"ACL not found");
         assert!(breaker.is_open());
         assert!(!breaker.allow_request());
@@ -261,7 +260,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn failures_of_requests_in_flight_before_opening_do_not_double_the_backoff() {
-        let breaker = Breaker::new(Duration::from_secs(1), Duration::from_secs(60));
+        let breaker = breaker(Duration::from_secs(1), Duration::from_secs(60));
         for _ in 0..FAILURE_THRESHOLD {
             breaker.record_failure(true, "timeout", &"boom");
         }
@@ -274,7 +273,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn backoff_doubles_up_to_the_ceiling() {
-        let breaker = Breaker::new(Duration::from_secs(1), Duration::from_secs(4));
+        let breaker = breaker(Duration::from_secs(1), Duration::from_secs(4));
         for _ in 0..10 {
             breaker.record_failure(true, "timeout", &"boom");
             tokio::time::advance(Duration::from_secs(5)).await; // each one a failed probe

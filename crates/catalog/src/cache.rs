@@ -1,6 +1,10 @@
 //! The catalog cache: one slot per key, coalesced first fetches, background
 //! refresh of entries that are being asked for (polled, or watched with
 //! blocking queries), stale-on-error.
+//!
+//! This file holds the slots and the query path (lookups, first fetches,
+//! witnesses, `describe`); keeping hot names current (the refresher's pass and
+//! the per-name watch loops) is in [`refresh`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -10,22 +14,18 @@ use arc_swap::ArcSwap;
 use dnsfront_consul as consul;
 use futures::FutureExt as _;
 use rand::Rng;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
 
-use crate::breaker::{Admission, Breaker, BreakerState, CircuitState};
-use crate::config::RefreshMode;
+use crate::breaker::{Breaker, BreakerState};
 use crate::info::{EntryFreshness, EntryInfo, ErrorInfo, RefreshState};
 use crate::metrics;
-use crate::pace::Pace;
 use crate::{Config, Error, Freshness, Lookup, Node, ServiceInstance};
 
-/// `mode` tag of requests sent by a watch loop.
-const MODE_WATCH: &str = "watch";
-/// `mode` tag of every other read (first fetches, periodic and on-demand re-reads).
-const MODE_POLL: &str = "poll";
+mod refresh;
+
+use refresh::MODE_POLL;
 
 /// Bound on background refreshes running at once, so a burst of due entries
 /// becomes a steady trickle of Consul reads rather than a spike.
@@ -209,7 +209,10 @@ impl Cache {
                 slot.removed.cancel();
             })
             .build();
-        let breaker = Breaker::new(config.backoff_min, config.backoff_max);
+        let backoff =
+            consul::Backoff::try_new(config.backoff_min, config.backoff_max, consul::HALF_JITTER)
+                .expect("Config::validate checked backoff_min > 0 and backoff_max >= backoff_min");
+        let breaker = Breaker::new(backoff);
         let watch_permits = Arc::new(Semaphore::new(
             config.max_watches.min(Semaphore::MAX_PERMITS),
         ));
@@ -341,32 +344,6 @@ impl Cache {
         let value = data.map_or(Value::Missing, |data| Value::Node(Arc::clone(data)));
         self.inner.witness(key, value)
     }
-
-    /// Runs the background refresher until `shutdown` is cancelled.
-    ///
-    /// Every tick it refreshes the entries that are due and were asked for within
-    /// `idle_timeout`, drops entries older than `max_stale` that nobody asks for,
-    /// and never has more than a few refreshes in flight. In watch mode it starts
-    /// a watch loop for each hot name (up to `max_watches`; the rest are polled);
-    /// a loop ends when its name goes idle, leaves the cache, or on shutdown.
-    pub async fn run(self, shutdown: CancellationToken) {
-        let tick = (self.inner.config.refresh_interval / 10)
-            .clamp(Duration::from_millis(50), Duration::from_secs(1));
-        let mut interval = tokio::time::interval(tick);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => {
-                    self.inner.flush_hits();
-                    return;
-                }
-                _ = interval.tick() => {
-                    self.inner.flush_hits();
-                    self.inner.refresh_due(&shutdown).await;
-                }
-            }
-        }
-    }
 }
 
 // === impl Inner ===
@@ -416,7 +393,7 @@ impl Inner {
             .try_get_with(key, async move {
                 let fetched = tokio::time::timeout(
                     this.config.first_fetch_timeout,
-                    this.fetch(&init_key, MODE_POLL, 0),
+                    this.fetch(&init_key, MODE_POLL, &consul::QueryOptions::default()),
                 )
                 .await;
                 match fetched {
@@ -491,309 +468,6 @@ impl Inner {
         }
     }
 
-    /// Refreshes one slot unless another task is already doing it or already
-    /// did it since `seen_fetched_at`. Returns true when the slot holds data
-    /// fetched after `seen_fetched_at` on return.
-    async fn refresh_slot(&self, key: &Key, slot: &Slot, seen_fetched_at: Instant) -> bool {
-        let _guard = slot.refresh_lock.lock().await;
-        if slot.entry.load().fetched_at > seen_fetched_at {
-            // A concurrent asker refreshed it while we queued: no request sent,
-            // so give back the probe slot if we were granted it.
-            self.breaker.cancel_probe();
-            return true;
-        }
-        self.refresh_locked(key, slot).await
-    }
-
-    /// The refresh itself; the caller holds the slot's refresh lock.
-    async fn refresh_locked(&self, key: &Key, slot: &Slot) -> bool {
-        match self.fetch(key, MODE_POLL, 0).await {
-            Ok(fetched) => {
-                self.breaker.record_success();
-                metrics::refresh("ok");
-                self.store_success(slot, fetched);
-                true
-            }
-            Err(error) => {
-                metrics::refresh(error.kind());
-                debug!(key = ?key, error = %error, "Consul refresh failed, keeping last good data");
-                self.breaker
-                    .record_failure(error.is_retryable(), error.kind(), &error);
-                let retry_in = self.jittered(self.breaker.current_backoff());
-                self.store_failure(slot, &error, retry_in);
-                false
-            }
-        }
-    }
-
-    /// Replaces a slot's data with a successful answer.
-    fn store_success(&self, slot: &Slot, fetched: Fetched) {
-        let now = Instant::now();
-        let old = slot.entry.load();
-        let next_refresh = now + self.jittered(self.refresh_period(&fetched.value));
-        // Unchanged data keeps its allocation, so witnesses of it (answers the
-        // fast path stored) stay valid across refreshes.
-        let value = if old.value == fetched.value {
-            old.value.clone()
-        } else {
-            fetched.value
-        };
-        slot.entry.store(Arc::new(Entry {
-            value,
-            fetched_at: now,
-            next_refresh,
-            last_refresh_failed: false,
-            index: fetched.index.unwrap_or(0),
-            last_error: old.last_error.clone(),
-        }));
-    }
-
-    /// Keeps a slot's last good data, marked failed, retried after `retry_in`.
-    fn store_failure(&self, slot: &Slot, error: &consul::Error, retry_in: Duration) {
-        let now = Instant::now();
-        let old = slot.entry.load();
-        slot.entry.store(Arc::new(Entry {
-            value: old.value.clone(),
-            fetched_at: old.fetched_at,
-            next_refresh: now + retry_in,
-            last_refresh_failed: true,
-            index: old.index,
-            last_error: Some(Arc::new(LastError {
-                kind: error.kind(),
-                message: error.to_string(),
-                at: now,
-            })),
-        }));
-    }
-
-    /// One background pass over the slots.
-    async fn refresh_due(self: &Arc<Self>, shutdown: &CancellationToken) {
-        let now = Instant::now();
-        let consul_healthy = !self.breaker.is_open();
-        let watch_mode = self.config.refresh == RefreshMode::Watch;
-        let mut expired = Vec::new();
-        let mut due = Vec::new();
-        let mut to_watch = Vec::new();
-        for (key, slot) in self.slots.iter() {
-            let entry = slot.entry.load();
-            if self.is_idle(&slot, now) {
-                // Nobody asks: stop costing Consul anything (a watch loop ends by
-                // itself). Keep the data as a stale fallback until it is too old.
-                if now.saturating_duration_since(entry.fetched_at) > self.config.max_stale {
-                    expired.push(Arc::clone(&key));
-                }
-                continue;
-            }
-            if watch_mode {
-                if slot.watching.load(Ordering::Acquire) {
-                    continue; // its loop keeps it current
-                }
-                if let Ok(permit) = Arc::clone(&self.watch_permits).try_acquire_owned() {
-                    if !slot.watching.swap(true, Ordering::AcqRel) {
-                        to_watch.push((key, slot, permit));
-                    }
-                    continue;
-                }
-                // More hot names than `max_watches`: this one is polled.
-            }
-            // Once Consul answers again, entries that failed are retried at once
-            // rather than after their (long) backoff: answers turn fresh quickly.
-            if now >= entry.next_refresh || (entry.last_refresh_failed && consul_healthy) {
-                due.push((key, slot));
-            }
-        }
-        for (key, slot, permit) in to_watch {
-            let this = Arc::clone(self);
-            let shutdown = shutdown.clone();
-            tokio::spawn(async move {
-                this.watch(Key::clone(&key), slot, permit, shutdown).await;
-            });
-        }
-        for (key, slot) in due {
-            if !self.breaker.allow_request() {
-                break; // open: at most one probe, already on its way
-            }
-            // Wait for a free permit rather than skipping: a large set of hot
-            // names is refreshed at the pace Consul answers, never left to age.
-            let Ok(permit) = Arc::clone(&self.refresh_permits).acquire_owned().await else {
-                self.breaker.cancel_probe();
-                return;
-            };
-            let this = Arc::clone(self);
-            let key = Key::clone(&key);
-            tokio::spawn(async move {
-                let _permit = permit;
-                if let Ok(_guard) = slot.refresh_lock.try_lock() {
-                    this.refresh_locked(&key, &slot).await;
-                } else {
-                    this.breaker.cancel_probe();
-                }
-            });
-        }
-        for key in expired {
-            self.slots.invalidate(&*key).await;
-        }
-        metrics::entries(self.slots.entry_count());
-        if watch_mode {
-            metrics::watches(self.watch_count());
-        }
-    }
-
-    /// Keeps one slot current with blocking queries until its name goes idle,
-    /// it leaves the cache, or `shutdown`.
-    ///
-    /// Consul's rules (reference §b.3): the first request (and the first after a
-    /// reset) is a non-blocking read; each later one blocks on the last
-    /// `X-Consul-Index`, an index that went backwards resets to 0, one below 1 is
-    /// clamped to 1 ([`consul::next_index`]). Requests are paced by [`Pace`]
-    /// (no wait in the happy case, burst of 2, then one per `refresh_interval`
-    /// while the result churns, never closer than `watch_min_interval`), and
-    /// every request passes the shared circuit breaker; a probe through an open
-    /// breaker is non-blocking so that it reports back at once.
-    async fn watch(
-        self: Arc<Self>,
-        key: Key,
-        slot: Arc<Slot>,
-        permit: OwnedSemaphorePermit,
-        shutdown: CancellationToken,
-    ) {
-        let _permit = permit;
-        let _watching = WatchingFlag(Arc::clone(&slot));
-        let stop = self.watch_stopped(&slot, &shutdown);
-        tokio::pin!(stop);
-        let mut closed = self.breaker.subscribe_closed();
-        let mut pace = Pace::new(
-            self.config.watch_min_interval,
-            self.config.refresh_interval,
-            Instant::now(),
-        );
-        let mut index = slot.entry.load().index;
-        debug!(key = ?key, index, "Watching Consul for changes");
-        loop {
-            let start_at = pace.next_start(Instant::now());
-            if start_at > Instant::now() {
-                tokio::select! {
-                    () = &mut stop => break,
-                    () = tokio::time::sleep_until(start_at) => {}
-                }
-            }
-            let admission = self.breaker.admit();
-            if admission == Admission::Denied {
-                closed.borrow_and_update();
-                // Wake when the next probe may go (whichever loop wakes first
-                // sends it); while a probe is in flight, wait for it to close
-                // the circuit, or a backoff.
-                let breaker = self.breaker.snapshot();
-                let pause = match (breaker.state, breaker.retry_in_ms) {
-                    (CircuitState::Open, Some(ms)) if ms > 0 => {
-                        let spread = self
-                            .config
-                            .backoff_min
-                            .mul_f64(rand::rng().random_range(0.0..=0.5));
-                        Duration::from_millis(ms) + spread
-                    }
-                    _ => self.jittered(self.breaker.current_backoff()),
-                };
-                tokio::select! {
-                    () = &mut stop => break,
-                    () = self.backoff_pause(pause, &mut closed) => {}
-                }
-                continue;
-            }
-            let send_index = if admission == Admission::Probe {
-                0
-            } else {
-                index
-            };
-            pace.started(Instant::now());
-            let result = tokio::select! {
-                () = &mut stop => {
-                    if admission == Admission::Probe {
-                        self.breaker.cancel_probe();
-                    }
-                    break;
-                }
-                result = self.fetch(&key, MODE_WATCH, send_index) => result,
-            };
-            match result {
-                Ok(fetched) => {
-                    self.breaker.record_success();
-                    metrics::refresh("ok");
-                    let returned = fetched.index;
-                    let poll_in = self.jittered(self.refresh_period(&fetched.value));
-                    self.store_success(&slot, fetched);
-                    let Some(returned) = returned else {
-                        // No index to block on (e.g. unknown datacenter): poll.
-                        index = 0;
-                        tokio::select! {
-                            () = &mut stop => break,
-                            () = tokio::time::sleep(poll_in) => {}
-                        }
-                        continue;
-                    };
-                    let next = consul::next_index(index, returned);
-                    if next == 0 {
-                        metrics::watch_index_reset();
-                        debug!(key = ?key, previous = index, returned, "Consul index went backwards, re-reading from scratch");
-                    }
-                    index = next;
-                }
-                Err(error) => {
-                    metrics::refresh(error.kind());
-                    debug!(key = ?key, error = %error, "Consul watch failed, keeping last good data");
-                    self.breaker
-                        .record_failure(error.is_retryable(), error.kind(), &error);
-                    let pause = self.jittered(self.breaker.current_backoff());
-                    self.store_failure(&slot, &error, pause);
-                    closed.borrow_and_update();
-                    tokio::select! {
-                        () = &mut stop => break,
-                        () = self.backoff_pause(pause, &mut closed) => {}
-                    }
-                }
-            }
-        }
-        debug!(key = ?key, "Stopped watching");
-    }
-
-    /// Completes when a watch loop must end.
-    async fn watch_stopped(&self, slot: &Slot, shutdown: &CancellationToken) {
-        tokio::select! {
-            () = shutdown.cancelled() => {}
-            () = slot.removed.cancelled() => {}
-            () = self.until_idle(slot) => {}
-        }
-    }
-
-    /// Completes once nobody asked for the slot during `idle_timeout`.
-    async fn until_idle(&self, slot: &Slot) {
-        loop {
-            let last_access =
-                self.epoch + Duration::from_millis(slot.last_access_ms.load(Ordering::Relaxed));
-            let deadline = last_access + self.config.idle_timeout + Duration::from_millis(1);
-            if Instant::now() >= deadline {
-                return;
-            }
-            tokio::time::sleep_until(deadline).await;
-        }
-    }
-
-    /// Sleeps `pause`, cut short when the circuit closes again (then after a
-    /// random spread, so that the watch loops do not resume in lockstep).
-    async fn backoff_pause(&self, pause: Duration, closed: &mut tokio::sync::watch::Receiver<u64>) {
-        tokio::select! {
-            () = tokio::time::sleep(pause) => {}
-            Ok(()) = closed.changed() => {
-                let spread = self
-                    .config
-                    .backoff_min
-                    .min(pause)
-                    .mul_f64(rand::rng().random_range(0.0..=1.0));
-                tokio::time::sleep(spread).await;
-            }
-        }
-    }
-
     fn watch_count(&self) -> usize {
         self.config
             .max_watches
@@ -860,19 +534,16 @@ impl Inner {
         })
     }
 
-    /// One read of `key`; blocking on `index` (with `watch_wait`) when it is above 0.
+    /// One read of `key`; `blocking` carries a watch's index and wait (the
+    /// defaults: a plain read).
     async fn fetch(
         &self,
         key: &Key,
         mode: &'static str,
-        index: u64,
+        blocking: &consul::QueryOptions,
     ) -> Result<Fetched, consul::Error> {
-        let (index, wait) = if index > 0 {
-            (Some(index), Some(self.config.watch_wait))
-        } else {
-            (None, None)
-        };
-        match key {
+        let (index, wait) = (blocking.index, blocking.wait);
+        let (endpoint, result) = match key {
             Key::Service { name, datacenter } => {
                 let options = consul::QueryOptions {
                     datacenter: datacenter.as_deref().map(str::to_owned),
@@ -881,32 +552,22 @@ impl Inner {
                     wait,
                 };
                 let result = self.client.health_service(name, &options).await;
-                metrics::consul_request("health_service", mode, outcome(&result));
-                match result {
-                    Ok(response) => {
-                        let instances: Vec<ServiceInstance> = response
-                            .value
-                            .iter()
-                            .filter_map(|entry| {
-                                ServiceInstance::from_entry(entry, self.config.only_passing)
-                            })
-                            .collect();
-                        let value = if instances.is_empty() {
-                            Value::Missing
-                        } else {
-                            Value::Services(instances.into())
-                        };
-                        Ok(Fetched {
-                            value,
-                            index: Some(response.meta.index),
+                let value = result.map(|response| {
+                    let instances: Vec<ServiceInstance> = response
+                        .value
+                        .iter()
+                        .filter_map(|entry| {
+                            ServiceInstance::from_entry(entry, self.config.only_passing)
                         })
-                    }
-                    Err(consul::Error::UnknownDatacenter { .. }) => Ok(Fetched {
-                        value: Value::Missing,
-                        index: None,
-                    }),
-                    Err(error) => Err(error),
-                }
+                        .collect();
+                    let value = if instances.is_empty() {
+                        Value::Missing
+                    } else {
+                        Value::Services(instances.into())
+                    };
+                    (value, response.meta.index)
+                });
+                ("health_service", value)
             }
             Key::Node { name, datacenter } => {
                 let options = consul::QueryOptions {
@@ -916,27 +577,30 @@ impl Inner {
                     ..Default::default()
                 };
                 let result = self.client.catalog_node(name, &options).await;
-                metrics::consul_request("catalog_node", mode, outcome(&result));
-                match result {
-                    Ok(response) => {
-                        let value = match response.value {
-                            Some(catalog_node) => {
-                                Value::Node(Arc::new(Node::from_info(&catalog_node.node)))
-                            }
-                            None => Value::Missing,
-                        };
-                        Ok(Fetched {
-                            value,
-                            index: Some(response.meta.index),
-                        })
-                    }
-                    Err(consul::Error::UnknownDatacenter { .. }) => Ok(Fetched {
-                        value: Value::Missing,
-                        index: None,
-                    }),
-                    Err(error) => Err(error),
-                }
+                let value = result.map(|response| {
+                    let value = match response.value {
+                        Some(catalog_node) => {
+                            Value::Node(Arc::new(Node::from_info(&catalog_node.node)))
+                        }
+                        None => Value::Missing,
+                    };
+                    (value, response.meta.index)
+                });
+                ("catalog_node", value)
             }
+        };
+        metrics::consul_request(endpoint, mode, outcome(&result));
+        match result {
+            Ok((value, index)) => Ok(Fetched {
+                value,
+                index: Some(index),
+            }),
+            // Consul's DNS answers NXDOMAIN for an unknown datacenter; so do we.
+            Err(consul::Error::UnknownDatacenter { .. }) => Ok(Fetched {
+                value: Value::Missing,
+                index: None,
+            }),
+            Err(error) => Err(error),
         }
     }
 
@@ -999,15 +663,6 @@ impl Inner {
 
     fn millis_since_epoch(&self, at: Instant) -> u64 {
         u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
-    }
-}
-
-/// Clears a slot's `watching` flag when its watch loop ends, however it ends.
-struct WatchingFlag(Arc<Slot>);
-
-impl Drop for WatchingFlag {
-    fn drop(&mut self) {
-        self.0.watching.store(false, Ordering::Release);
     }
 }
 

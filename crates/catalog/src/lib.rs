@@ -57,13 +57,24 @@ pub enum Lookup<T> {
     Unavailable,
 }
 
+impl<T> Lookup<T> {
+    /// The answer when it is fresh: `Some(Some(data))` found, `Some(None)` a fresh
+    /// negative, `None` when it is stale, from the snapshot or unavailable.
+    pub fn into_fresh(self) -> Option<Option<T>> {
+        match self {
+            Self::Found(data, Freshness::Fresh) => Some(Some(data)),
+            Self::NotFound(Freshness::Fresh) => Some(None),
+            _ => None,
+        }
+    }
+}
+
 mod breaker;
 mod cache;
 mod config;
 mod error;
 mod info;
 pub mod metrics;
-mod pace;
 mod view;
 
 pub use breaker::{BreakerState, CircuitState};

@@ -36,9 +36,46 @@ impl Default for Config {
     }
 }
 
+impl Config {
+    /// Whether the ACL token would cross the network in clear text: a token
+    /// is set and the agent's address is plain `http://` to a host other than
+    /// the loopback (`localhost`, 127.0.0.0/8, `::1`). Anyone on the path
+    /// could read it from the `X-Consul-Token` header.
+    pub fn token_sent_in_clear(&self) -> bool {
+        if self.token.is_none() {
+            return false;
+        }
+        let Ok(url) = reqwest::Url::parse(self.address.trim()) else {
+            // Not a URL: `Client::new` refuses it; nothing is sent.
+            return false;
+        };
+        if url.scheme() != "http" {
+            return false;
+        }
+        let Some(host) = url.host_str() else {
+            return false;
+        };
+        // IPv6 hosts come in brackets: `[::1]`.
+        match host.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+            Ok(ip) => !ip.is_loopback(),
+            Err(_) => !host.eq_ignore_ascii_case("localhost"),
+        }
+    }
+}
+
 /// A Consul ACL token whose `Debug` and `Display` never print the secret.
+///
+/// The only holder of the secret from the config file (or
+/// `CONSUL_HTTP_TOKEN`) to the request header: it deserializes from a TOML
+/// string, and never serializes.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Token(String);
+
+impl<'de> serde::Deserialize<'de> for Token {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Self)
+    }
+}
 
 impl Token {
     /// Wraps a secret token.
@@ -49,6 +86,18 @@ impl Token {
     /// Returns the secret; only for putting it in the request header.
     pub fn expose(&self) -> &str {
         &self.0
+    }
+}
+
+impl From<String> for Token {
+    fn from(secret: String) -> Self {
+        Self(secret)
+    }
+}
+
+impl From<&str> for Token {
+    fn from(secret: &str) -> Self {
+        Self(secret.to_owned())
     }
 }
 
@@ -83,6 +132,46 @@ mod tests {
         }
         assert!(debug.contains("<redacted>"), "{debug}");
         assert_eq!(config.token.as_ref().map(Token::expose), Some(secret));
+    }
+
+    #[test]
+    fn a_token_is_sent_in_clear_only_over_plain_http_beyond_the_loopback() {
+        let with = |address: &str, token: bool| Config {
+            address: address.to_owned(),
+            token: token.then(|| Token::new("s3cret".to_owned())),
+            ..Config::default()
+        };
+        for address in [
+            "http://10.0.0.5:8500",
+            "http://consul.example:8500",
+            "http://[fd00::5]:8500",
+        ] {
+            assert!(with(address, true).token_sent_in_clear(), "{address}");
+            assert!(!with(address, false).token_sent_in_clear(), "{address}");
+        }
+        for address in [
+            "http://127.0.0.1:8500",
+            "http://127.1.2.3:8500",
+            "http://[::1]:8500",
+            "http://localhost:8500",
+            "http://LOCALHOST:8500",
+            "https://10.0.0.5:8501",
+        ] {
+            assert!(!with(address, true).token_sent_in_clear(), "{address}");
+        }
+    }
+
+    #[test]
+    fn tokens_deserialize_from_strings_and_stay_redacted() {
+        #[derive(Debug, serde::Deserialize)]
+        struct Holder {
+            #[allow(dead_code)]
+            token: Token,
+        }
+        let holder: Holder =
+            serde_json::from_str(r#"{"token":"b1gs3cr3t"}"#).expect("deserializes");
+        assert_eq!(holder.token.expose(), "b1gs3cr3t");
+        assert!(!format!("{holder:?}").contains("b1gs3cr3t"));
     }
 
     #[test]

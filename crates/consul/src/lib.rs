@@ -3,7 +3,8 @@
 //! It knows nothing about DNS and caches nothing: every call is one HTTP request with a deadline,
 //! its `X-Consul-*` metadata, and a classified [`Error`]. Reads are GETs; KV writes and the
 //! session calls used for the publisher's lock are PUT/DELETE and always go to the leader.
-//! Blocking-query loops feed the returned index through [`next_index`].
+//! Blocking-query loops keep their index in a [`Watch`] (Consul's index rules, a [`Pace`]
+//! between wake-ups) and back off after errors with the one jittered [`Backoff`].
 //!
 //! [`ServiceInstance`] and [`Node`] are the one model of Consul data that the rest of
 //! dnsfront reads (catalog cache, hosts snapshot, DNS answers), with Consul's DNS rules
@@ -11,6 +12,7 @@
 
 #![warn(missing_docs)]
 
+mod backoff;
 mod client;
 mod config;
 mod error;
@@ -18,8 +20,10 @@ mod instance;
 pub mod metrics;
 mod model;
 mod query;
+mod watch;
 mod write;
 
+pub use backoff::{Backoff, HALF_JITTER, InvalidBackoff};
 pub use client::Client;
 pub use config::{Config, DEFAULT_ADDRESS, DEFAULT_REQUEST_TIMEOUT, Token};
 pub use error::{BoxError, Error};
@@ -28,5 +32,6 @@ pub use model::{
     AgentSelf, AgentService, CatalogNode, HealthCheck, HealthStatus, KvPair, NodeInfo,
     ServiceAddress, ServiceEntry, Weights,
 };
-pub use query::{QueryMeta, QueryOptions, Response, next_index};
+pub use query::{QueryMeta, QueryOptions, Response};
+pub use watch::{IndexChange, Pace, Watch, next_index};
 pub use write::{KvPutOptions, SessionBehavior, SessionRequest};

@@ -114,11 +114,7 @@ impl Basis {
         datacenter: Option<String>,
         lookup: Lookup<Arc<[ServiceInstance]>>,
     ) -> Option<Arc<Self>> {
-        let data = match lookup {
-            Lookup::Found(data, Freshness::Fresh) => Some(data),
-            Lookup::NotFound(Freshness::Fresh) => None,
-            _ => return None,
-        };
+        let data = lookup.into_fresh()?;
         let witness = catalog.service_witness(&name, datacenter.as_deref(), data.as_ref());
         Some(Arc::new(Self {
             lookup: BasisLookup::Service {
@@ -136,11 +132,7 @@ impl Basis {
         datacenter: Option<String>,
         lookup: Lookup<Arc<Node>>,
     ) -> Option<Arc<Self>> {
-        let data = match lookup {
-            Lookup::Found(data, Freshness::Fresh) => Some(data),
-            Lookup::NotFound(Freshness::Fresh) => None,
-            _ => return None,
-        };
+        let data = lookup.into_fresh()?;
         let witness = catalog.node_witness(&name, datacenter.as_deref(), data.as_ref());
         Some(Arc::new(Self {
             lookup: BasisLookup::Node {
@@ -164,25 +156,26 @@ impl Basis {
                 name,
                 datacenter,
                 data,
-            } => match poll_once(catalog.service(name, datacenter.as_deref())) {
-                Some(Lookup::Found(now, Freshness::Fresh)) => {
-                    data.as_ref().is_some_and(|data| Arc::ptr_eq(data, &now))
-                }
-                Some(Lookup::NotFound(Freshness::Fresh)) => data.is_none(),
-                _ => false,
-            },
+            } => same_fresh(
+                data,
+                poll_once(catalog.service(name, datacenter.as_deref())),
+            ),
             BasisLookup::Node {
                 name,
                 datacenter,
                 data,
-            } => match poll_once(catalog.node(name, datacenter.as_deref())) {
-                Some(Lookup::Found(now, Freshness::Fresh)) => {
-                    data.as_ref().is_some_and(|data| Arc::ptr_eq(data, &now))
-                }
-                Some(Lookup::NotFound(Freshness::Fresh)) => data.is_none(),
-                _ => false,
-            },
+            } => same_fresh(data, poll_once(catalog.node(name, datacenter.as_deref()))),
         }
+    }
+}
+
+/// Whether a lookup polled now (`None`: it would wait) still gives `data`, fresh:
+/// the same allocation, or still a fresh negative.
+fn same_fresh<T: ?Sized>(data: &Option<Arc<T>>, now: Option<Lookup<Arc<T>>>) -> bool {
+    match now.and_then(Lookup::into_fresh) {
+        Some(Some(now)) => data.as_ref().is_some_and(|data| Arc::ptr_eq(data, &now)),
+        Some(None) => data.is_none(),
+        None => false,
     }
 }
 

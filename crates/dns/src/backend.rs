@@ -7,7 +7,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use dnsfront_catalog::{Cache, Lookup, Node, ServiceInstance, View, Witness};
+use dnsfront_catalog::{Lookup, Node, ServiceInstance, View, Witness};
 use dnsfront_forward::{Answer, Forwarder};
 use hickory_proto::op::Query;
 use hickory_proto::rr::Name;
@@ -49,42 +49,6 @@ pub trait CatalogView: Clone + Send + Sync + Unpin + 'static {
         _data: Option<&Arc<Node>>,
     ) -> Option<Witness> {
         None
-    }
-}
-
-impl CatalogView for Cache {
-    fn service(
-        &self,
-        service: &str,
-        datacenter: Option<&str>,
-    ) -> impl Future<Output = Lookup<Arc<[ServiceInstance]>>> + Send {
-        Cache::service(self, service, datacenter)
-    }
-
-    fn node(
-        &self,
-        node: &str,
-        datacenter: Option<&str>,
-    ) -> impl Future<Output = Lookup<Arc<Node>>> + Send {
-        Cache::node(self, node, datacenter)
-    }
-
-    fn service_witness(
-        &self,
-        service: &str,
-        datacenter: Option<&str>,
-        data: Option<&Arc<[ServiceInstance]>>,
-    ) -> Option<Witness> {
-        Cache::service_witness(self, service, datacenter, data)
-    }
-
-    fn node_witness(
-        &self,
-        node: &str,
-        datacenter: Option<&str>,
-        data: Option<&Arc<Node>>,
-    ) -> Option<Witness> {
-        Cache::node_witness(self, node, datacenter, data)
     }
 }
 

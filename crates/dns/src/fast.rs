@@ -808,6 +808,20 @@ mod tests {
         assert!(inspect(&ok[..ok.len() - 1], 12).is_none());
     }
 
+    /// A stored reply is copied out as it is (only ID, name case, TTLs and the
+    /// order of equal-sized records are patched), so one with bytes past its
+    /// counted records must never be stored.
+    #[test]
+    fn replies_with_bytes_past_their_records_are_never_kept() {
+        let a = [10, 0, 0, 1];
+        for answers in [&[(1, &a[..], 5)][..], &[(1, &a[..], 5), (1, &a[..], 5)]] {
+            let mut junk = response(answers, 0);
+            junk.extend_from_slice(&[3, b'w', b'e']);
+            assert!(inspect(&junk, 12).is_none());
+            assert!(normalize(&junk, 12).is_none());
+        }
+    }
+
     #[test]
     fn shuffling_permutes_whole_blocks() {
         let mut section: Vec<u8> = (0..8u8).flat_map(|i| [i; 4]).collect();

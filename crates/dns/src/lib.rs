@@ -31,8 +31,14 @@
 //! per-client connection caps, idle timeout, lifetime, bounded pipelining,
 //! backoff when fds run out) and never uses the cache.
 //!
+//! Both encode with every owner name compressed (hickory's encoder stops
+//! compressing after 120 names) and fit answers to the transport's limit
+//! first: plain UDP 512 bytes, EDNS `min(client, max_udp_payload)`, TCP
+//! 65,535; each SRV is kept or dropped with its target's Additional records,
+//! and TC is set only over UDP.
+//!
 //! Behaviour follows Consul 1.16's DNS interface with deliberate differences:
-//! - truncation sets TC (never Consul's silent 3-record UDP trim); EDNS clients
+//! - UDP truncation sets TC (never Consul's silent 3-record UDP trim); EDNS clients
 //!   get at most `min(their size, max_udp_payload)` and our OPT;
 //! - TXT on a service is NODATA (Consul answers it with A records);
 //! - `.query`, `.connect`, `.ingress` and `.virtual` are not implemented: SERVFAIL;
@@ -52,6 +58,7 @@
 mod answer;
 mod backend;
 mod config;
+mod encode;
 mod explain;
 mod fast;
 mod listen;

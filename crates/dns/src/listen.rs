@@ -1,5 +1,5 @@
 //! Binding the UDP/TCP sockets; our UDP loops ([`crate::udp`]) and TCP
-//! loops ([`crate::tcp`]) over them.
+//! accept loops ([`crate::tcp`]) over them.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -353,21 +353,6 @@ pub fn serve_with<C: CatalogView, F: Upstream>(
         }
     };
     let task = tokio::spawn(async move {
-        let udp = async {
-            let mut result = Ok(());
-            while let Some(joined) = loops.join_next().await {
-                match joined {
-                    Ok(Ok(())) => {}
-                    Ok(Err(error)) => result = Err(error),
-                    Err(join_error) => {
-                        result = Err(hickory_server::net::NetError::from(format!(
-                            "UDP loop failed: {join_error}"
-                        )));
-                    }
-                }
-            }
-            result
-        };
         let tcp = async {
             let mut result = Ok(());
             while let Some(joined) = tcp_loops.join_next().await {
@@ -387,7 +372,7 @@ pub fn serve_with<C: CatalogView, F: Upstream>(
             }
             result
         };
-        let (tcp, udp, ()) = tokio::join!(tcp, udp, sweeper);
+        let (tcp, udp, ()) = tokio::join!(tcp, join_all(loops, "UDP"), sweeper);
         // Queries already on the general path finish before we report done.
         let permits = u32::try_from(max_in_flight).unwrap_or(u32::MAX);
         drop(in_flight.acquire_many(permits).await);
@@ -399,6 +384,26 @@ pub fn serve_with<C: CatalogView, F: Upstream>(
         task,
         local_addrs,
     })
+}
+
+/// Waits for every serving loop; the last error, if any.
+async fn join_all(
+    mut loops: JoinSet<Result<(), hickory_server::net::NetError>>,
+    protocol: &str,
+) -> Result<(), hickory_server::net::NetError> {
+    let mut result = Ok(());
+    while let Some(joined) = loops.join_next().await {
+        match joined {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => result = Err(error),
+            Err(join_error) => {
+                result = Err(hickory_server::net::NetError::from(format!(
+                    "{protocol} loop failed: {join_error}"
+                )));
+            }
+        }
+    }
+    result
 }
 
 #[cfg(test)]

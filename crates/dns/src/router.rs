@@ -8,6 +8,7 @@ use arc_swap::ArcSwap;
 use dnsfront_catalog::View;
 use dnsfront_forward::{Forwarder, Source as ForwardSource};
 use dnsfront_hosts::LocalHosts;
+use hickory_server::net::NetError;
 use hickory_server::net::runtime::Time;
 use hickory_server::net::xfer::Protocol;
 use hickory_server::proto::op::{
@@ -17,13 +18,14 @@ use hickory_server::proto::rr::rdata::opt::EdnsOption;
 use hickory_server::proto::rr::{Name, RData, Record, RecordType};
 use hickory_server::proto::serialize::binary::BinEncoder;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::{MessageResponseBuilder, Queries};
+use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder, Queries};
 use tokio::time::Instant;
 use tracing::{info, trace};
 
 use crate::answer::{Basis, Reply, Source, Zone};
 use crate::backend::{CatalogView, Upstream};
 use crate::config::{Config, ttl_secs};
+use crate::encode::Response;
 use crate::explain::Explanation;
 use crate::fast::FastCache;
 use crate::local;
@@ -350,17 +352,19 @@ impl<C: CatalogView, F: Upstream> RequestHandler for Router<C, F> {
         request: &Request,
         mut response_handle: R,
     ) -> ResponseInfo {
-        self.handle(request, &mut response_handle).await.0
+        self.handle(request, &mut Hickory(&mut response_handle))
+            .await
+            .0
     }
 }
 
 impl<C: CatalogView, F: Upstream> Router<C, F> {
-    /// Answers `request` through `response_handle`; also says whether the
+    /// Answers `request` through `responder`; also says whether the
     /// answer may be kept by the UDP fast path.
-    pub(crate) async fn handle<R: ResponseHandler>(
+    pub(crate) async fn handle<R: Respond>(
         &self,
         request: &Request,
-        response_handle: &mut R,
+        responder: &mut R,
     ) -> (ResponseInfo, Option<Cacheable>) {
         let started = Instant::now();
         let settings = self.inner.settings.load_full();
@@ -411,7 +415,7 @@ impl<C: CatalogView, F: Upstream> Router<C, F> {
         }
 
         let response_code = reply.response_code;
-        let (info, truncated) = send(request, response_handle, reply, edns.as_ref()).await;
+        let (info, truncated) = send(request, responder, reply, edns.as_ref()).await;
         outcome.truncated = truncated;
         record_metrics(&outcome, response_code, started);
         if let Some(sample) = settings.query_log
@@ -494,15 +498,81 @@ fn record_metrics(outcome: &Outcome, response_code: ResponseCode, started: Insta
     }
 }
 
-/// Encodes and sends `reply`, trimmed to the transport's limit; returns the
-/// response info and whether Answer/Authority records were cut (TC).
+/// Where a fitted response goes. Our UDP and TCP loops encode it with
+/// [`Response::encode`] (every owner name compressed); hickory's response
+/// handles (the [`RequestHandler`] API) with hickory's own encoder.
+pub(crate) trait Respond: Send {
+    /// The exact size `response` will have when this responder sends it
+    /// (`usize::MAX`: it does not fit a DNS message at all).
+    fn encoded_len(&self, response: &Response<'_>) -> usize;
+
+    /// Encodes and sends `response`.
+    fn respond(
+        &mut self,
+        response: Response<'_>,
+    ) -> impl Future<Output = Result<ResponseInfo, NetError>> + Send;
+}
+
+/// A hickory [`ResponseHandler`] as a [`Respond`] (the [`RequestHandler`]
+/// API; the benches use it). dnsfront serves UDP and TCP itself: hickory's
+/// own UDP handle caps its encoder at the client's limit, and may then drop a
+/// record that fits once compressed (leaving its partial bytes behind).
+struct Hickory<'h, R>(&'h mut R);
+
+impl<R: ResponseHandler> Respond for Hickory<'_, R> {
+    fn encoded_len(&self, response: &Response<'_>) -> usize {
+        hickory_encoded_len(response)
+    }
+
+    async fn respond(&mut self, response: Response<'_>) -> Result<ResponseInfo, NetError> {
+        self.0.send_response(hickory_message(&response)).await
+    }
+}
+
+/// `response` as hickory's message type.
+fn hickory_message<'q, 'a>(
+    response: &Response<'q>,
+) -> MessageResponse<
+    'q,
+    'a,
+    impl Iterator<Item = &'a Record> + Send + 'a,
+    impl Iterator<Item = &'a Record> + Send + 'a,
+    impl Iterator<Item = &'a Record> + Send + 'a,
+    impl Iterator<Item = &'a Record> + Send + 'a,
+>
+where
+    'q: 'a,
+{
+    let mut builder = MessageResponseBuilder::new(response.queries, None);
+    if let Some(edns) = response.edns {
+        builder.edns(edns);
+    }
+    let answers: &'a [Record] = response.answers;
+    let authorities: &'a [Record] = response.authorities;
+    let additionals: &'a [Record] = response.additionals;
+    builder.build(
+        response.metadata,
+        answers.iter(),
+        authorities.iter(),
+        iter::empty(),
+        additionals.iter(),
+    )
+}
+
+/// Encodes and sends `reply`, trimmed to the transport's limit ([`trim::fit`]);
+/// returns the response info and whether TC was set.
+///
+/// TC is set only over UDP, where the client can retry over TCP; a TCP answer
+/// that does not fit 65,535 bytes is cut the same way, without TC (there is
+/// nowhere to retry), as Consul does.
 ///
 /// A response whose uncompressed size bound fits the limit is sent as it is,
 /// so the common case encodes once; only a response that may not fit is
-/// measured by trial encodes (and trimmed).
-async fn send<R: ResponseHandler>(
+/// measured by trial encodes (and trimmed), with the responder's own encoder,
+/// so that what fits here is exactly what is sent.
+async fn send<R: Respond>(
     request: &Request,
-    response_handle: &mut R,
+    responder: &mut R,
     mut reply: Reply,
     edns: Option<&Edns>,
 ) -> (ResponseInfo, bool) {
@@ -512,43 +582,43 @@ async fn send<R: ResponseHandler>(
     metadata.authentic_data = reply.authentic_data;
     metadata.response_code = reply.response_code;
 
-    let limit = match request.protocol() {
-        Protocol::Udp => edns.map_or(PLAIN_UDP_LIMIT, Edns::max_payload),
-        _ => u16::MAX,
+    let udp = request.protocol() == Protocol::Udp;
+    let limit = if udp {
+        edns.map_or(PLAIN_UDP_LIMIT, Edns::max_payload)
+    } else {
+        u16::MAX
     };
     let surely_fits =
         size_bound(&request.queries, edns, &reply).is_some_and(|bound| bound <= usize::from(limit));
-    let truncated = !surely_fits
+    let cut = !surely_fits
         && trim::fit(
             usize::from(limit),
             &mut reply.answers,
             &mut reply.authorities,
             &mut reply.additionals,
             |answers, authorities, additionals| {
-                encoded_len(
-                    &request.queries,
+                responder.encoded_len(&Response {
                     metadata,
+                    queries: &request.queries,
                     edns,
                     answers,
                     authorities,
                     additionals,
-                )
+                })
             },
         );
+    let truncated = cut && udp;
     metadata.truncation = truncated;
 
-    let mut builder = MessageResponseBuilder::new(&request.queries, None);
-    if let Some(edns) = edns {
-        builder.edns(edns);
-    }
-    let response = builder.build(
+    let response = Response {
         metadata,
-        reply.answers.iter(),
-        reply.authorities.iter(),
-        iter::empty(),
-        reply.additionals.iter(),
-    );
-    match response_handle.send_response(response).await {
+        queries: &request.queries,
+        edns,
+        answers: &reply.answers,
+        authorities: &reply.authorities,
+        additionals: &reply.additionals,
+    };
+    match responder.respond(response).await {
         Ok(info) => (info, truncated),
         Err(error) => {
             trace!(error = %error, "sending response failed");
@@ -610,30 +680,12 @@ fn rdata_bound(data: &RData) -> Option<usize> {
     })
 }
 
-/// Exact encoded size of a response, as hickory will encode it (usize::MAX if
+/// Exact encoded size of a response as hickory will encode it (usize::MAX if
 /// it does not fit in a DNS message at all).
-fn encoded_len(
-    queries: &Queries,
-    metadata: Metadata,
-    edns: Option<&Edns>,
-    answers: &[Record],
-    authorities: &[Record],
-    additionals: &[Record],
-) -> usize {
+fn hickory_encoded_len(response: &Response<'_>) -> usize {
     let mut buffer = Vec::with_capacity(512);
     let mut encoder = BinEncoder::new(&mut buffer);
-    let mut builder = MessageResponseBuilder::new(queries, None);
-    if let Some(edns) = edns {
-        builder.edns(edns);
-    }
-    let response = builder.build(
-        metadata,
-        answers.iter(),
-        authorities.iter(),
-        iter::empty(),
-        additionals.iter(),
-    );
-    match response.destructive_emit(&mut encoder) {
+    match hickory_message(response).destructive_emit(&mut encoder) {
         Ok(header) if !header.truncation => buffer.len(),
         _ => usize::MAX,
     }
@@ -641,11 +693,12 @@ fn encoded_len(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
     use std::net::Ipv4Addr;
 
     use hickory_server::proto::op::{Message, MessageType};
     use hickory_server::proto::rr::rdata::{A, AAAA, MX, SOA, SRV, TXT};
-    use hickory_server::proto::rr::rdata::{CNAME, PTR};
+    use hickory_server::proto::rr::rdata::{CNAME, NS, PTR};
     use hickory_server::proto::serialize::binary::BinDecoder;
 
     use super::*;
@@ -714,17 +767,150 @@ mod tests {
                 basis: None,
             };
             for edns in [None, Some(&edns)] {
-                let metadata = Metadata::new(7, MessageType::Response, OpCode::Query);
-                let exact = encoded_len(
-                    &queries,
-                    metadata,
+                let response = Response {
+                    metadata: Metadata::new(7, MessageType::Response, OpCode::Query),
+                    queries: &queries,
                     edns,
-                    &reply.answers,
-                    &reply.authorities,
-                    &reply.additionals,
-                );
+                    answers: &reply.answers,
+                    authorities: &reply.authorities,
+                    additionals: &reply.additionals,
+                };
                 let bound = size_bound(&queries, edns, &reply).expect("covered types");
-                assert!(bound >= exact, "bound {bound} < exact {exact} ({count})");
+                for exact in [hickory_encoded_len(&response), response.encoded_len()] {
+                    assert!(bound >= exact, "bound {bound} < exact {exact} ({count})");
+                }
+            }
+        }
+    }
+
+    /// Encodes like our UDP responder, keeping the bytes.
+    #[derive(Default)]
+    struct Capture(Option<Vec<u8>>);
+
+    impl Respond for Capture {
+        fn encoded_len(&self, response: &Response<'_>) -> usize {
+            response.encoded_len()
+        }
+
+        async fn respond(&mut self, response: Response<'_>) -> Result<ResponseInfo, NetError> {
+            let (info, bytes) = crate::udp::encode(&response);
+            self.0 = Some(bytes);
+            Ok(info)
+        }
+    }
+
+    /// Answer shapes at the limits: many A, many SRV with A and TXT glue
+    /// (node names of real fleets' length), and a forwarded CNAME chain with
+    /// NS and glue.
+    fn large_replies(owner: &Name) -> Vec<Reply> {
+        let reply = |answers, authorities, additionals| Reply {
+            response_code: ResponseCode::NoError,
+            authoritative: true,
+            authentic_data: false,
+            answers,
+            authorities,
+            additionals,
+            source: Source::None,
+            basis: None,
+        };
+        let ip = |i: usize| Ipv4Addr::new(10, 1, (i / 256) as u8, (i % 256) as u8);
+        let many_a = (0..270)
+            .map(|i| Record::from_rdata(owner.clone(), 5, RData::A(A(ip(i)))))
+            .collect();
+        let target = |i: usize| name(&format!("ip-10-1-0-{i}-compute-internal.node.dc1.consul."));
+        let srv = (0..45)
+            .map(|i| {
+                let srv = SRV::new(1, 1, 8080, target(i));
+                Record::from_rdata(owner.clone(), 5, RData::SRV(srv))
+            })
+            .collect();
+        let mut glue: Vec<Record> = (0..45)
+            .map(|i| Record::from_rdata(target(i), 5, RData::A(A(ip(i)))))
+            .collect();
+        glue.extend((0..45).step_by(3).map(|i| {
+            let txt = TXT::new(vec![format!("rack=r{i}")]);
+            Record::from_rdata(target(i), 5, RData::TXT(txt))
+        }));
+        let edge = name("edge.cdn.example.net.");
+        let mut chain = vec![Record::from_rdata(
+            owner.clone(),
+            300,
+            RData::CNAME(CNAME(edge.clone())),
+        )];
+        chain.extend((0..260).map(|i| Record::from_rdata(edge.clone(), 300, RData::A(A(ip(i))))));
+        let ns = (0..4)
+            .map(|i| {
+                let host = name(&format!("ns{i}.cdn.example.net."));
+                Record::from_rdata(name("cdn.example.net."), 300, RData::NS(NS(host)))
+            })
+            .collect();
+        let ns_glue = (0..4)
+            .map(|i| {
+                let host = name(&format!("ns{i}.cdn.example.net."));
+                Record::from_rdata(host, 300, RData::A(A(ip(i))))
+            })
+            .collect();
+        vec![
+            reply(many_a, Vec::new(), Vec::new()),
+            reply(srv, Vec::new(), glue),
+            reply(chain, ns, ns_glue),
+        ]
+    }
+
+    /// Every UDP size limit from 512 to 4096 (and 512 without EDNS): each
+    /// reply is within the limit and decodes to exactly the records its
+    /// header counts; SRV records keep their addresses. Each size is tried
+    /// with one of the shapes in turn (all of them at every size took 20 s
+    /// of CI time), so each shape meets every third size.
+    #[tokio::test]
+    async fn replies_fit_every_udp_limit_and_are_well_formed() {
+        let owner = name("Web-Frontend.service.dc1.consul.");
+        let mut query = Message::new(7, MessageType::Query, OpCode::Query);
+        query.add_query(Query::query(owner.clone(), RecordType::A));
+        let plain = query.to_vec().expect("encode query");
+        let src = "127.0.0.1:53000".parse().expect("literal");
+        let request = Request::from_bytes(plain, src, Protocol::Udp).expect("request");
+        let shapes = large_replies(&owner);
+        let limits = iter::once(None).chain((512..=4096).map(Some));
+        for payload in limits {
+            let mut edns = Edns::new();
+            if let Some(payload) = payload {
+                edns.set_max_payload(payload);
+            }
+            let edns = payload.map(|_| &edns);
+            let limit = usize::from(payload.unwrap_or(PLAIN_UDP_LIMIT));
+            let turn = usize::from(payload.unwrap_or(0)) % shapes.len();
+            for (shape, reply) in shapes.iter().enumerate() {
+                if payload.is_some() && shape != turn {
+                    continue;
+                }
+                let mut capture = Capture::default();
+                let (_, truncated) = send(&request, &mut capture, reply.clone(), edns).await;
+                let bytes = capture.0.expect("sent");
+                let context = format!("shape {shape}, limit {limit}");
+                let message = test_support::strict_parse(&bytes)
+                    .unwrap_or_else(|error| panic!("{context}: {error}"));
+                assert!(bytes.len() <= limit, "{context}: {} bytes", bytes.len());
+                assert_eq!(message.metadata.truncation, truncated, "{context}");
+                assert!(!message.answers.is_empty(), "{context}");
+                assert_eq!(message.edns.is_some(), payload.is_some(), "{context}");
+                let targets: HashSet<Name> = message
+                    .answers
+                    .iter()
+                    .filter_map(|record| match &record.data {
+                        RData::SRV(srv) => Some(srv.target.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                if !targets.is_empty() {
+                    let glued: HashSet<Name> = message
+                        .additionals
+                        .iter()
+                        .filter(|record| matches!(record.data, RData::A(_)))
+                        .map(|record| record.name.clone())
+                        .collect();
+                    assert_eq!(targets, glued, "{context}: SRV groups are whole");
+                }
             }
         }
     }

@@ -27,8 +27,10 @@
 //!   ENOMEM) pauses the accept loop with a growing delay instead of spinning
 //!   on a listener that stays readable; logged once per episode.
 //!
-//! Answers go through the same [`Router`] as UDP's general path, encoded up
-//! to 65,535 bytes (never truncated), and never use the UDP wire cache.
+//! Answers go through the same path as UDP misses ([`udp::answer`]),
+//! encoded by [`Response::encode`] up to 65,535 bytes with every owner name
+//! compressed (hickory's encoder stops compressing after 120 names, so 2,000
+//! addresses would not fit), and never use the UDP wire cache.
 
 use std::collections::HashMap;
 use std::io;
@@ -39,15 +41,7 @@ use std::time::Duration;
 
 use hickory_server::net::NetError;
 use hickory_server::net::xfer::Protocol;
-use hickory_server::proto::op::{
-    Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode,
-};
-use hickory_server::proto::rr::Record;
-use hickory_server::proto::serialize::binary::{
-    BinDecodable, BinDecoder, BinEncodable, BinEncoder,
-};
-use hickory_server::server::{Request, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder, Queries};
+use hickory_server::server::ResponseInfo;
 use ipnet::IpNet;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
@@ -58,8 +52,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, trace, warn};
 
 use crate::backend::{CatalogView, Upstream};
+use crate::encode::Response;
 use crate::metrics::{TCP_ACCEPT_BACKOFFS, TCP_CLOSED, TCP_CONNECTIONS, TCP_REFUSED};
-use crate::router::Router;
+use crate::router::{Respond, Router};
+use crate::udp;
 
 /// Largest query accepted over TCP, as over UDP (a query is a question, an
 /// OPT and maybe a cookie or padding: a few hundred bytes). A longer length
@@ -546,76 +542,39 @@ impl FrameReader {
     }
 }
 
-/// Answers one query through the router; the encoded answer, if any.
+/// Answers one query through the router (as a UDP miss is answered); the
+/// encoded answer, if any. The client passed the ACL at accept.
 async fn answer<C: CatalogView, F: Upstream>(
     router: &Router<C, F>,
     raw: Vec<u8>,
     peer: SocketAddr,
 ) -> Option<Vec<u8>> {
-    let mut responder = TcpResponder::default();
-    let mut decoder = BinDecoder::new(&raw);
-    let header = Header::read(&mut decoder).ok()?;
-    let request = match Request::from_bytes(raw, peer, Protocol::Tcp) {
-        Ok(request) => request,
-        Err(error) => {
-            trace!(error = %error, client = %peer, "malformed TCP request");
-            let queries = Queries::read(&mut BinDecoder::new(&[]), 0)
-                .expect("reading zero queries cannot fail");
-            let response = MessageResponseBuilder::new(&queries, None)
-                .error_msg(&header.metadata, ResponseCode::FormErr);
-            responder.send_response(response).await.ok()?;
-            return responder.sent;
-        }
-    };
-    // No answers to responses (no reflection).
-    if request.metadata.message_type == MessageType::Response {
-        return None;
-    }
-    router.handle(&request, &mut responder).await;
-    responder.sent
+    let mut responder = TcpResponder { bytes: None };
+    udp::answer(router, raw, peer, Protocol::Tcp, true, &mut responder).await;
+    responder.bytes
 }
 
-/// hickory's [`ResponseHandler`] for TCP: encodes up to 65,535 bytes (as
-/// hickory's own TCP handle) and keeps the bytes for the connection to write.
-#[derive(Clone, Default)]
+/// Keeps the encoded answer (up to 65,535 bytes, every owner name
+/// compressed) for the connection to write.
 struct TcpResponder {
-    sent: Option<Vec<u8>>,
+    bytes: Option<Vec<u8>>,
 }
 
-#[async_trait::async_trait]
-impl ResponseHandler for TcpResponder {
-    async fn send_response<'a>(
-        &mut self,
-        response: MessageResponse<
-            '_,
-            'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-        >,
-    ) -> Result<ResponseInfo, NetError> {
-        let id = response.metadata().id;
-        let mut bytes = Vec::with_capacity(512);
-        let mut encoder = BinEncoder::new(&mut bytes);
-        encoder.set_max_size(u16::MAX);
-        let info = match response.destructive_emit(&mut encoder) {
-            Ok(info) => info,
+impl Respond for TcpResponder {
+    fn encoded_len(&self, response: &Response<'_>) -> usize {
+        response.encoded_len()
+    }
+
+    async fn respond(&mut self, response: Response<'_>) -> Result<ResponseInfo, NetError> {
+        let (info, bytes) = match response.encode() {
+            Ok((header, bytes)) => (ResponseInfo::from(header), bytes),
+            // The router fits every answer into a TCP message; nothing else is sent.
             Err(error) => {
-                warn!(error = %error, "error encoding TCP response");
-                bytes.clear();
-                let mut encoder = BinEncoder::new(&mut bytes);
-                let mut metadata = Metadata::new(id, MessageType::Response, OpCode::Query);
-                metadata.response_code = ResponseCode::ServFail;
-                let header = Header {
-                    metadata,
-                    counts: HeaderCounts::default(),
-                };
-                header.emit(&mut encoder)?;
-                ResponseInfo::from(header)
+                debug!(error = %error, "error encoding response");
+                udp::servfail(response.metadata.id)
             }
         };
-        self.sent = Some(bytes);
+        self.bytes = Some(bytes);
         Ok(info)
     }
 }

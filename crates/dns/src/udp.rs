@@ -1,4 +1,4 @@
-//! Our own UDP serving threads (TCP stays on hickory's `Server`).
+//! Our own UDP serving threads (TCP: [`crate::tcp`]).
 //!
 //! Per datagram, in the socket's thread: drop it when shorter than a header,
 //! a response (QR=1) or from an address that cannot be answered; then, for an
@@ -20,15 +20,15 @@ use std::time::Duration;
 
 use hickory_server::net::NetError;
 use hickory_server::net::xfer::Protocol;
+use hickory_server::proto::op::Edns;
 use hickory_server::proto::op::{
     Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode,
 };
-use hickory_server::proto::rr::Record;
 use hickory_server::proto::serialize::binary::{
     BinDecodable, BinDecoder, BinEncodable, BinEncoder,
 };
-use hickory_server::server::{Request, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder, Queries};
+use hickory_server::server::{Request, ResponseInfo};
+use hickory_server::zone_handler::Queries;
 use ipnet::IpNet;
 use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg, sendto};
 
@@ -38,9 +38,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, trace, warn};
 
 use crate::backend::{CatalogView, Upstream};
+use crate::encode::Response;
 use crate::fast::{self, Meters};
 use crate::metrics::{FAST_PATH_HITS, QUERIES, QUERY_DURATION_SECONDS, UDP_OVERLOAD_DROPS};
-use crate::router::Router;
+use crate::router::{Cacheable, Respond, Router};
 
 /// Largest datagram read (as hickory's UDP stream); longer ones are cut and fail to parse.
 const RECEIVE_BUFFER: usize = 4096;
@@ -65,7 +66,7 @@ pub(crate) struct Shared<C, F> {
 }
 
 impl<C, F> Shared<C, F> {
-    fn allowed(&self, ip: IpAddr) -> bool {
+    pub(crate) fn allowed(&self, ip: IpAddr) -> bool {
         self.allowed.iter().any(|network| network.contains(&ip))
     }
 }
@@ -299,7 +300,7 @@ fn datagram<C: CatalogView, F: Upstream>(
 }
 
 /// Whether a reply to `src` can be sent at all (as hickory's `sanitize_src_address`).
-fn answerable(src: SocketAddr) -> bool {
+pub(crate) fn answerable(src: SocketAddr) -> bool {
     src.port() != 0
         && match src.ip() {
             IpAddr::V4(v4) => !v4.is_unspecified() && !v4.is_broadcast(),
@@ -337,31 +338,16 @@ async fn general<C: CatalogView, F: Upstream>(
         dst: src,
         sent: None,
     };
-    let mut decoder = BinDecoder::new(&raw);
-    let Ok(header) = Header::read(&mut decoder) else {
-        return;
-    };
-    if !allowed {
-        trace!(client = %src, "request refused");
-        let queries = Queries::read(&mut decoder, usize::from(header.counts.queries))
-            .unwrap_or_else(|_| no_queries());
-        error_response(&mut responder, &header, &queries, ResponseCode::Refused).await;
-        return;
-    }
     let generation = shared.router.fast().generation();
-    let request = match Request::from_bytes(raw, src, Protocol::Udp) {
-        Ok(request) => request,
-        Err(error) => {
-            trace!(error = %error, client = %src, "malformed request");
-            let queries = no_queries();
-            error_response(&mut responder, &header, &queries, ResponseCode::FormErr).await;
-            return;
-        }
-    };
-    if request.metadata.message_type == MessageType::Response {
-        return;
-    }
-    let (_, cacheable) = shared.router.handle(&request, &mut responder).await;
+    let cacheable = answer(
+        &shared.router,
+        raw,
+        src,
+        Protocol::Udp,
+        allowed,
+        &mut responder,
+    )
+    .await;
     if let (Some(key), Some(mut cacheable), Some(sent)) = (key, cacheable, responder.sent) {
         let basis = cacheable.basis.take();
         let stored = shared.router.fast().insert(
@@ -394,72 +380,122 @@ async fn general<C: CatalogView, F: Upstream>(
     }
 }
 
+/// Decodes one request (UDP or TCP) and answers it through `responder`:
+/// REFUSED for a client outside the allowed networks, FORMERR for a request
+/// that does not decode, silence for a response or a truncated header, else
+/// the router's answer. Returns whether the fast path may keep that answer.
+pub(crate) async fn answer<C: CatalogView, F: Upstream, R: Respond>(
+    router: &Router<C, F>,
+    raw: Vec<u8>,
+    src: SocketAddr,
+    protocol: Protocol,
+    allowed: bool,
+    responder: &mut R,
+) -> Option<Cacheable> {
+    let mut decoder = BinDecoder::new(&raw);
+    let header = Header::read(&mut decoder).ok()?;
+    if !allowed {
+        trace!(client = %src, "request refused");
+        let queries = Queries::read(&mut decoder, usize::from(header.counts.queries))
+            .unwrap_or_else(|_| no_queries());
+        error_response(responder, &header, &queries, ResponseCode::Refused).await;
+        return None;
+    }
+    let request = match Request::from_bytes(raw, src, protocol) {
+        Ok(request) => request,
+        Err(error) => {
+            trace!(error = %error, client = %src, "malformed request");
+            let queries = no_queries();
+            error_response(responder, &header, &queries, ResponseCode::FormErr).await;
+            return None;
+        }
+    };
+    if request.metadata.message_type == MessageType::Response {
+        return None;
+    }
+    router.handle(&request, responder).await.1
+}
+
 /// An empty question section (hickory's `Queries::empty` is crate-private).
 fn no_queries() -> Queries {
     Queries::read(&mut BinDecoder::new(&[]), 0).expect("reading zero queries cannot fail")
 }
 
-async fn error_response(
-    responder: &mut UdpResponder,
+async fn error_response<R: Respond>(
+    responder: &mut R,
     header: &Header,
     queries: &Queries,
     response_code: ResponseCode,
 ) {
-    let response =
-        MessageResponseBuilder::new(queries, None).error_msg(&header.metadata, response_code);
-    if let Err(error) = responder.send_response(response).await {
+    let mut metadata = Metadata::response_from_request(&header.metadata);
+    metadata.response_code = response_code;
+    let response = Response {
+        metadata,
+        queries,
+        edns: None,
+        answers: &[],
+        authorities: &[],
+        additionals: &[],
+    };
+    if let Err(error) = responder.respond(response).await {
         debug!(error = %error, "sending error response failed");
     }
 }
 
-/// hickory's [`ResponseHandler`] for our UDP loop: encodes like hickory's own
-/// UDP handle (limit: the response OPT's payload, else 512 bytes; TC when cut)
-/// and sends from the socket the query came in on; keeps the bytes sent.
-#[derive(Clone)]
+/// Sends our UDP answers from the socket the query came in on, encoded by
+/// [`encode`]; keeps the bytes sent (for the fast path).
 pub(crate) struct UdpResponder {
     socket: Arc<UdpSocket>,
     dst: SocketAddr,
     sent: Option<Vec<u8>>,
 }
 
-#[async_trait::async_trait]
-impl ResponseHandler for UdpResponder {
-    async fn send_response<'a>(
-        &mut self,
-        response: MessageResponse<
-            '_,
-            'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-        >,
-    ) -> Result<ResponseInfo, NetError> {
-        let id = response.metadata().id;
-        let limit = response
-            .edns()
-            .map_or(PLAIN_UDP_LIMIT, |edns| edns.max_payload());
-        let mut bytes = Vec::with_capacity(512);
-        let mut encoder = BinEncoder::new(&mut bytes);
-        encoder.set_max_size(limit);
-        let info = match response.destructive_emit(&mut encoder) {
-            Ok(info) => info,
-            Err(error) => {
-                warn!(error = %error, "error encoding response");
-                bytes.clear();
-                let mut encoder = BinEncoder::new(&mut bytes);
-                let mut metadata = Metadata::new(id, MessageType::Response, OpCode::Query);
-                metadata.response_code = ResponseCode::ServFail;
-                let header = Header {
-                    metadata,
-                    counts: HeaderCounts::default(),
-                };
-                header.emit(&mut encoder)?;
-                ResponseInfo::from(header)
-            }
-        };
+impl Respond for UdpResponder {
+    fn encoded_len(&self, response: &Response<'_>) -> usize {
+        response.encoded_len()
+    }
+
+    async fn respond(&mut self, response: Response<'_>) -> Result<ResponseInfo, NetError> {
+        let (info, bytes) = encode(&response);
         send(&self.socket, &bytes, self.dst);
         self.sent = Some(bytes);
         Ok(info)
     }
+}
+
+/// Encodes a UDP response, which the router has already fitted into the
+/// client's limit (the response OPT's payload, else 512 bytes), measuring
+/// with the same encoder.
+///
+/// The encoder gets no size limit of its own: hickory writes each name out in
+/// full before compressing it, so an encoder capped at the limit gives up on
+/// a record that fits once compressed, and leaves the bytes written so far
+/// behind the last counted record (a malformed reply). A response that still
+/// exceeds the limit (nothing the router sends) goes out as a bare SERVFAIL
+/// rather than oversized.
+pub(crate) fn encode(response: &Response<'_>) -> (ResponseInfo, Vec<u8>) {
+    let limit = response.edns.map_or(PLAIN_UDP_LIMIT, Edns::max_payload);
+    match response.encode() {
+        Ok((header, bytes)) if bytes.len() <= usize::from(limit) => {
+            return (ResponseInfo::from(header), bytes);
+        }
+        Ok((_, bytes)) => warn!(len = bytes.len(), limit, "response exceeds the UDP limit"),
+        Err(error) => warn!(error = %error, "error encoding response"),
+    }
+    servfail(response.metadata.id)
+}
+
+/// A bare SERVFAIL header: what goes out when a response cannot be encoded.
+pub(crate) fn servfail(id: u16) -> (ResponseInfo, Vec<u8>) {
+    let mut metadata = Metadata::new(id, MessageType::Response, OpCode::Query);
+    metadata.response_code = ResponseCode::ServFail;
+    let header = Header {
+        metadata,
+        counts: HeaderCounts::default(),
+    };
+    let mut bytes = Vec::with_capacity(12);
+    header
+        .emit(&mut BinEncoder::new(&mut bytes))
+        .expect("12 bytes always fit an unlimited buffer");
+    (ResponseInfo::from(header), bytes)
 }

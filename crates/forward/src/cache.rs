@@ -4,7 +4,8 @@
 //! Freshness lives in our [`Entry`] (`inserted_at` on the tokio clock, which tests can
 //! pause); an entry is kept readable for `keep_for` = TTL + the serve-stale window at
 //! insert time, so expired entries stay around for serve-stale until their window
-//! ends, and the store (quick_cache) bounds their number.
+//! ends, and the store (quick_cache) bounds them by bytes and by number: each entry
+//! weighs what it holds (wire data, key, bookkeeping: see [`ByBytes`]).
 //!
 //! A negative response that replaces a positive one remembers it (`last_positive`):
 //! when every upstream fails, the last known good answer is served stale rather than
@@ -245,6 +246,9 @@ pub(crate) struct Entry {
     pub(crate) last_positive: Option<Arc<Entry>>,
     /// After a failed refresh: stale data is served without asking upstream until then.
     retry_after: Mutex<Option<Instant>>,
+    /// Bytes this entry keeps alive besides its key: its wire data, the remembered
+    /// positive's, and [`ENTRY_OVERHEAD`]. Fixed at insert (a weight must not change).
+    charged: u64,
 }
 
 impl Entry {
@@ -299,6 +303,39 @@ pub(crate) enum Lookup {
     Absent,
 }
 
+/// Bytes an entry costs besides its wire data and key bytes: the [`Entry`] and its
+/// `Arc` counters, the store's slot (key, pointer, state, index) and the bookkeeping
+/// of its heap blocks, rounded up. Measured typical answers (one to four A records)
+/// then weigh about 400 bytes in all.
+const ENTRY_OVERHEAD: u64 =
+    (size_of::<Entry>() + 2 * size_of::<usize>() + size_of::<Key>() + size_of::<Arc<Entry>>() + 64)
+        as u64;
+
+/// The largest DNS message (a TCP frame's length is 16 bits).
+const MAX_MESSAGE: u64 = 65_535;
+
+/// The heaviest possible entry: a negative one remembering a positive one, both as
+/// large as a message can be, under the longest key.
+const MAX_ENTRY_WEIGHT: u64 = ENTRY_OVERHEAD + 2 * MAX_MESSAGE + 262;
+
+/// Weighs an entry by the bytes it holds, and at least `floor`.
+///
+/// With `floor` = `cache_max_bytes / (cache_size + 1)` one store carries both bounds:
+/// the weights add up to at most `cache_max_bytes`, and since none is below the
+/// floor, at most about `cache_size` entries fit. Typical answers weigh less than
+/// the default floor (838 bytes), so the entry count is what bounds them; large
+/// answers count by their size.
+#[derive(Debug, Clone, Copy)]
+struct ByBytes {
+    floor: u64,
+}
+
+impl quick_cache::Weighter<Key, Arc<Entry>> for ByBytes {
+    fn weight(&self, key: &Key, entry: &Arc<Entry>) -> u64 {
+        (key.bytes.len() as u64 + entry.charged).max(self.floor)
+    }
+}
+
 /// Counts capacity evictions (`forward.cache_evictions`).
 #[derive(Debug, Clone, Copy)]
 struct CountEvictions;
@@ -313,17 +350,45 @@ impl quick_cache::Lifecycle<Key, Arc<Entry>> for CountEvictions {
     }
 }
 
-/// The store: bounded by entry count; an entry older than its `keep_for` is treated
-/// as absent when read and replaced or evicted in time. quick_cache rather than moka:
-/// it costs tens of bytes per entry where moka's bookkeeping took about 220
-/// (benches/README.md), and freshness lives in our entries anyway.
+/// The store: bounded by weight ([`ByBytes`]); an entry older than its `keep_for` is
+/// treated as absent when read and replaced or evicted in time. quick_cache rather
+/// than moka: it costs tens of bytes per entry where moka's bookkeeping took about
+/// 220 (benches/README.md), and freshness lives in our entries anyway.
 type Store = quick_cache::sync::Cache<
     Key,
     Arc<Entry>,
-    quick_cache::UnitWeighter,
+    ByBytes,
     quick_cache::DefaultHashBuilder,
     CountEvictions,
 >;
+
+/// Builds the store for `max_bytes` and about `max_entries` entries.
+///
+/// quick_cache splits the weight into shards and refuses an entry heavier than
+/// 97 % of its shard, so the shards are made few enough for each to hold four of
+/// the heaviest entries (64 KiB answers stay cacheable in a 1 MiB cache), and at
+/// most four per core (quick_cache's own default).
+fn store(max_bytes: u64, max_entries: u64) -> Store {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let fit = usize::try_from(max_bytes / (4 * MAX_ENTRY_WEIGHT)).unwrap_or(usize::MAX);
+    let shards = fit.clamp(1, cores.saturating_mul(4));
+    // A power of two (quick_cache rounds up, which would make shards smaller).
+    let shards = 1_usize << shards.ilog2();
+    let options = quick_cache::OptionsBuilder::new()
+        .estimated_items_capacity(usize::try_from(max_entries).unwrap_or(usize::MAX))
+        .weight_capacity(max_bytes)
+        .shards(shards)
+        .build()
+        .expect("every option is set");
+    Store::with_options(
+        options,
+        ByBytes {
+            floor: (max_bytes / max_entries.saturating_add(1)).max(1),
+        },
+        quick_cache::DefaultHashBuilder::default(),
+        CountEvictions,
+    )
+}
 
 /// What [`ResponseCache::insert`] stores besides the response.
 #[derive(Debug, Clone, Copy)]
@@ -352,18 +417,11 @@ impl std::fmt::Debug for ResponseCache {
 }
 
 impl ResponseCache {
-    /// Builds a cache bounded by `config.cache_size` entries.
+    /// Builds a cache bounded by `config.cache_max_bytes` and by about
+    /// `config.cache_size` entries.
     pub(crate) fn new(config: &Config) -> Self {
-        let entries = (config.cache_size > 0).then(|| {
-            let capacity = usize::try_from(config.cache_size).unwrap_or(usize::MAX);
-            Arc::new(Store::with(
-                capacity,
-                config.cache_size,
-                quick_cache::UnitWeighter,
-                quick_cache::DefaultHashBuilder::default(),
-                CountEvictions,
-            ))
-        });
+        let entries = (config.cache_size > 0 && config.cache_max_bytes > 0)
+            .then(|| Arc::new(store(config.cache_max_bytes, config.cache_size)));
         Self { entries }
     }
 
@@ -424,6 +482,11 @@ impl ResponseCache {
                 .saturating_sub(positive.age(now));
             keep_for = keep_for.max(positive_end);
         }
+        let charged = ENTRY_OVERHEAD
+            + response.wire.len() as u64
+            + last_positive
+                .as_ref()
+                .map_or(0, |positive| positive.response.wire.len() as u64);
         entries.insert(
             key,
             Arc::new(Entry {
@@ -434,9 +497,11 @@ impl ResponseCache {
                 upstream: options.upstream,
                 last_positive,
                 retry_after: Mutex::new(None),
+                charged,
             }),
         );
         crate::metrics::cache_entries(entries.len() as u64);
+        crate::metrics::cache_bytes(entries.weight());
     }
 
     /// Approximate number of stored entries (fresh or expired).
@@ -444,6 +509,11 @@ impl ResponseCache {
         self.entries
             .as_ref()
             .map_or(0, |entries| entries.len() as u64)
+    }
+
+    /// The store's weighted size: bytes charged to the stored entries.
+    pub(crate) fn charged_bytes(&self) -> u64 {
+        self.entries.as_ref().map_or(0, |entries| entries.weight())
     }
 }
 
@@ -563,7 +633,7 @@ mod tests {
     use std::net::Ipv4Addr;
     use std::str::FromStr;
 
-    use hickory_proto::rr::rdata::{A, CNAME, SOA};
+    use hickory_proto::rr::rdata::{A, CNAME, SOA, TXT};
 
     use super::*;
 
@@ -821,6 +891,66 @@ mod tests {
         }
         assert!(small.entry_count() <= 100, "{}", small.entry_count());
         assert!(small.entry_count() >= 50, "{}", small.entry_count());
+    }
+
+    #[test]
+    fn entries_weigh_what_they_hold_and_the_store_stays_under_its_bytes() {
+        let now = Instant::now();
+        let key = |n: usize| {
+            Key::new(
+                &Query::query(name(&format!("n{n}.example.")), RecordType::A),
+                false,
+            )
+        };
+        // A typical answer is charged a few hundred bytes (the default floor is 838).
+        let cache = ResponseCache::new(&config());
+        let typical = response(
+            ResponseCode::NoError,
+            vec![a("n0.example.", 60, 1), a("n0.example.", 60, 2)],
+            vec![],
+        );
+        cache.insert(key(0), &typical, options(60), now);
+        let Lookup::Fresh(entry, _) = cache.lookup(&key(0), now) else {
+            panic!("fresh");
+        };
+        assert!((150..600).contains(&entry.charged), "{}", entry.charged);
+        assert_eq!(cache.charged_bytes(), 838, "the floor: 8 MiB / 10,001");
+
+        // Answers of 63 KiB (240 TXT records) in a 1 MiB cache: counted by size.
+        let small = ResponseCache::new(&Config {
+            cache_max_bytes: 1 << 20,
+            ..config()
+        });
+        let records: Vec<Record> = (0..240)
+            .map(|n| {
+                let text = format!("{n:03}{}", "x".repeat(248));
+                Record::from_rdata(name("big.example."), 60, RData::TXT(TXT::new(vec![text])))
+            })
+            .collect();
+        let large = response(ResponseCode::NoError, records, vec![]);
+        for n in 0..100 {
+            small.insert(key(n), &large, options(60), now);
+            assert!(
+                small.charged_bytes() <= 1 << 20,
+                "{}",
+                small.charged_bytes()
+            );
+        }
+        let Lookup::Fresh(entry, _) = small.lookup(&key(99), now) else {
+            panic!("the last one is cached");
+        };
+        assert!(entry.charged > 50_000, "{}", entry.charged);
+        assert!(small.entry_count() <= 17, "{}", small.entry_count());
+        assert!(small.entry_count() >= 8, "{}", small.entry_count());
+
+        // A negative entry remembering a positive one is charged for both.
+        let negative = response(ResponseCode::NXDomain, vec![], vec![soa(5, 5)]);
+        small.insert(key(99), &negative, options(5), now);
+        let Lookup::Fresh(entry, _) = small.lookup(&key(99), now) else {
+            panic!("fresh negative");
+        };
+        assert!(entry.last_positive.is_some());
+        assert!(entry.charged > 50_000, "{}", entry.charged);
     }
 
     #[test]

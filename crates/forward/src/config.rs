@@ -42,11 +42,23 @@ pub const DEADLINE: DefMinMax<Duration> = DefMinMax {
     max: Duration::from_secs(30),
 };
 
-/// Entries, not bytes; 10,000 is CoreDNS's success-cache default; 0 disables the cache.
+/// Entries; 10,000 is CoreDNS's success-cache default; 0 disables the cache.
+/// [`CACHE_MAX_BYTES`] bounds the same cache by bytes; whichever is reached first.
 pub const CACHE_SIZE: DefMinMax<u64> = DefMinMax {
     default: 10_000,
     min: 0,
     max: 10_000_000,
+};
+
+/// Bytes charged to the response cache: each entry's wire data, key and bookkeeping
+/// (about 400 bytes for a typical answer, 64 KiB and more for the largest). 8 MiB holds
+/// the [`CACHE_SIZE`] default of typical answers, or about 120 answers of 64 KiB, where
+/// an entry count alone let 10,000 such answers take 640 MiB. At least 1 MiB, so that
+/// each shard of the store holds a few of the largest answers.
+pub const CACHE_MAX_BYTES: DefMinMax<u64> = DefMinMax {
+    default: 8 << 20,
+    min: 1 << 20,
+    max: 4 << 30,
 };
 
 /// Floor on positive TTLs; dnsmasq caps `--min-cache-ttl` at 3,600 s.
@@ -158,6 +170,8 @@ pub struct Config {
     pub deadline: Duration,
     /// Bound on cached responses (entries); 0 disables the cache.
     pub cache_size: u64,
+    /// Bound on the bytes the cached responses take (wire data, keys, bookkeeping).
+    pub cache_max_bytes: u64,
     /// Floor on cached positive TTLs; answer records below it are raised to it.
     ///
     /// With the default of 0, answers whose smallest TTL is 0 (Consul's default for
@@ -219,6 +233,7 @@ impl Default for Config {
             attempt_timeout: ATTEMPT_TIMEOUT.default,
             deadline: DEADLINE.default,
             cache_size: CACHE_SIZE.default,
+            cache_max_bytes: CACHE_MAX_BYTES.default,
             min_ttl: MIN_TTL.default,
             max_ttl: MAX_TTL.default,
             negative_max_ttl: NEGATIVE_MAX_TTL.default,
@@ -254,6 +269,8 @@ pub enum Field {
     Deadline,
     /// [`Config::cache_size`].
     CacheSize,
+    /// [`Config::cache_max_bytes`].
+    CacheMaxBytes,
     /// [`Config::min_ttl`].
     MinTtl,
     /// [`Config::max_ttl`].
@@ -400,6 +417,7 @@ impl Config {
         check(Field::AttemptTimeout, ATTEMPT_TIMEOUT, self.attempt_timeout)?;
         check(Field::Deadline, DEADLINE, self.deadline)?;
         check(Field::CacheSize, CACHE_SIZE, self.cache_size)?;
+        check(Field::CacheMaxBytes, CACHE_MAX_BYTES, self.cache_max_bytes)?;
         check(Field::MinTtl, MIN_TTL, self.min_ttl)?;
         check(Field::MaxTtl, MAX_TTL, self.max_ttl)?;
         check(

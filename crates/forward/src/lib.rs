@@ -285,6 +285,12 @@ impl Forwarder {
         self.inner.cache.entry_count()
     }
 
+    /// Bytes charged to the cache (its weighted size): at most
+    /// [`Config::cache_max_bytes`].
+    pub fn cached_bytes(&self) -> u64 {
+        self.inner.cache.charged_bytes()
+    }
+
     /// Health and counters of every configured upstream (defaults first, then rules;
     /// each address once), for SIGUSR1 and `check`.
     pub fn upstream_stats(&self) -> Vec<UpstreamStats> {
@@ -304,7 +310,8 @@ impl Forwarder {
     /// (those finish with the settings they started with).
     ///
     /// Returns the fields that cannot change while running and kept their old
-    /// value ([`Field::CacheSize`], [`Field::MaxInFlight`]), for a "needs restart" log.
+    /// value ([`Field::CacheSize`], [`Field::CacheMaxBytes`], [`Field::MaxInFlight`]),
+    /// for a "needs restart" log.
     /// Entries already cached keep the serve-stale retention they were stored with.
     pub fn reconfigure(&self, mut config: Config) -> Vec<Field> {
         let mut registry = self
@@ -317,6 +324,10 @@ impl Forwarder {
         if config.cache_size != current.config.cache_size {
             ignored.push(Field::CacheSize);
             config.cache_size = current.config.cache_size;
+        }
+        if config.cache_max_bytes != current.config.cache_max_bytes {
+            ignored.push(Field::CacheMaxBytes);
+            config.cache_max_bytes = current.config.cache_max_bytes;
         }
         if config.max_in_flight != current.config.max_in_flight {
             ignored.push(Field::MaxInFlight);

@@ -20,6 +20,8 @@ pub const OVERLOADED: &str = "forward.overloaded";
 pub const COALESCED: &str = "forward.coalesced";
 /// Approximate number of responses in the cache (gauge, set on every insert).
 pub const CACHE_ENTRIES: &str = "forward.cache_entries";
+/// Bytes charged to the response cache (gauge, set on every insert).
+pub const CACHE_BYTES: &str = "forward.cache_bytes";
 /// Responses evicted to make room (the cache was full), not by expiry.
 pub const CACHE_EVICTIONS: &str = "forward.cache_evictions";
 
@@ -122,6 +124,12 @@ pub const METRICS: &[(&str, MetricKind, Unit, &str)] = &[
         "Responses held by the forwarder's cache (approximate)",
     ),
     (
+        CACHE_BYTES,
+        MetricKind::Gauge,
+        Unit::Bytes,
+        "Bytes charged to the forwarder's cache (wire data, keys, bookkeeping; at most forward.cache_max_bytes)",
+    ),
+    (
         CACHE_EVICTIONS,
         MetricKind::Counter,
         Unit::Count,
@@ -143,4 +151,9 @@ pub(crate) fn cache_eviction() {
 /// Sets [`CACHE_ENTRIES`].
 pub(crate) fn cache_entries(count: u64) {
     metrics::gauge!(CACHE_ENTRIES).set(count as f64);
+}
+
+/// Sets [`CACHE_BYTES`].
+pub(crate) fn cache_bytes(bytes: u64) {
+    metrics::gauge!(CACHE_BYTES).set(bytes as f64);
 }

@@ -20,12 +20,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use dnsfront_consul::{self as consul, QueryOptions, next_index};
-use tokio::time::Instant;
+use dnsfront_consul::{self as consul, Backoff, HALF_JITTER, Pace, QueryOptions};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::{Error, Hosts, Snapshot, VerifyingKey, codec, metrics, store};
+use crate::retry::ConsulRetry;
+use crate::{Error, Hosts, Snapshot, Verified, VerifyingKey, codec, metrics, store};
 
 /// Default KV key holding the snapshot.
 pub const DEFAULT_KEY: &str = "dnsfront/hosts";
@@ -35,6 +35,8 @@ pub const DEFAULT_WAIT: Duration = Duration::from_secs(5 * 60);
 pub const DEFAULT_MIN_INTERVAL: Duration = Duration::from_secs(1);
 /// Default ceiling of the error backoff.
 pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Floor of the first backoff step: a zero `min_interval` must not make the loop spin.
+const BACKOFF_FLOOR: Duration = Duration::from_millis(100);
 
 /// The kill-switch key for a snapshot key: a sibling, `KEY-stop` (`dnsfront/hosts-stop`).
 ///
@@ -70,6 +72,20 @@ pub struct FollowerConfig {
 }
 
 impl FollowerConfig {
+    /// The error backoff: from `min_interval` (at least [`BACKOFF_FLOOR`]) doubling up to
+    /// `backoff_max`, each delay drawn from the upper half of its step.
+    fn backoff(&self) -> Backoff {
+        let min = self.min_interval.max(BACKOFF_FLOOR);
+        Backoff::try_new(min, self.backoff_max.max(min), HALF_JITTER)
+            .expect("the floor is above zero and the ceiling at least the floor")
+    }
+
+    /// A watch on `key`: Consul's index rules, blocking up to `wait`, at most one read per
+    /// `min_interval`.
+    fn watch(&self) -> consul::Watch {
+        consul::Watch::new(self.wait).paced(Pace::spaced(self.min_interval))
+    }
+
     /// Defaults for everything but the state dir.
     pub fn new(state_dir: PathBuf) -> Self {
         Self {
@@ -149,10 +165,7 @@ impl Follower {
     /// Follows the key until `shutdown` is cancelled; never fails (every error is retried).
     pub async fn run(self, shutdown: CancellationToken) {
         let mut worker = Worker {
-            retry: ConsulRetry::new(Backoff::new(
-                self.config.min_interval,
-                self.config.backoff_max,
-            )),
+            retry: ConsulRetry::new(self.config.backoff()),
             follower: self,
             problem: None,
             missing_logged: false,
@@ -176,27 +189,20 @@ struct Worker {
 impl Worker {
     async fn run(&mut self, shutdown: CancellationToken) {
         let config = self.follower.config.clone();
-        let mut index = 0;
+        // A clone, so the loop can borrow the client while `self` changes.
+        let client = &self.follower.client.clone();
+        let key = &config.key;
+        let mut watch = config.watch();
         // ModifyIndex of the last value settled, so a wake-up without a change does nothing.
         let mut settled: Option<u64> = None;
-        let mut next_read = Instant::now();
         loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = tokio::time::sleep_until(next_read) => {}
-            }
-            next_read = Instant::now() + config.min_interval;
-            let options = QueryOptions {
-                index: Some(index),
-                wait: Some(config.wait),
-                ..QueryOptions::default()
-            };
+            let read = watch.round(|options| async move { client.kv_get(key, &options).await });
             let response = tokio::select! {
                 () = shutdown.cancelled() => return,
-                response = self.follower.client.kv_get(&config.key, &options) => response,
+                response = read => response,
             };
             let response = match response {
-                Ok(response) => response,
+                Ok((response, _)) => response,
                 Err(error) => {
                     self.consul_failed("reading the snapshot key", &error);
                     if !self.sleep_backoff(&shutdown).await {
@@ -206,7 +212,6 @@ impl Worker {
                 }
             };
             self.consul_ok();
-            index = next_index(index, response.meta.index);
             if let Some(current) = self.follower.hosts.current() {
                 metrics::set_age_seconds(age_seconds(&current));
             }
@@ -228,16 +233,16 @@ impl Worker {
             {
                 Outcome::Settled => {
                     settled = Some(pair.modify_index);
-                    self.retry.backoff.reset();
+                    self.retry.reset_backoff();
                 }
                 Outcome::Retry => {
-                    index = 0;
+                    watch.restart();
                     if !self.sleep_backoff(&shutdown).await {
                         return;
                     }
                 }
                 Outcome::Reread => {
-                    index = 0;
+                    watch.restart();
                     settled = None;
                 }
                 Outcome::Shutdown => return,
@@ -264,41 +269,56 @@ impl Worker {
             }
             Ok(None) => {}
         }
+        match self.verify(&value) {
+            Some(verified) => self.apply(verified, value).await,
+            None => Outcome::Settled,
+        }
+    }
+
+    /// Decodes a value and checks its generation against the one in memory; `None` when it
+    /// must not be applied (refused and counted, or already applied).
+    fn verify(&mut self, value: &[u8]) -> Option<Verified> {
         if value.is_empty() {
             self.reject("empty", "snapshot key holds an empty value");
-            return Outcome::Settled;
+            return None;
         }
-        let verified = match codec::decode(&value, self.follower.config.verifying_key.as_ref()) {
+        let verified = match codec::decode(value, self.follower.config.verifying_key.as_ref()) {
             Ok(verified) => verified,
             Err(error) => {
                 self.reject(error.reason(), &error.to_string());
-                return Outcome::Settled;
+                return None;
             }
         };
         let generation = verified.snapshot.generation;
-        if let Some(current) = self.follower.hosts.current() {
-            if generation < current.generation {
-                self.reject(
-                    "rollback",
-                    &format!(
-                        "generation {generation} is older than the current generation {}",
-                        current.generation
-                    ),
-                );
-                return Outcome::Settled;
-            }
-            if generation == current.generation {
-                if verified.snapshot.content_checksum() != current.content_checksum() {
-                    self.reject(
-                        "same_generation",
-                        &format!("generation {generation} is already applied with other content"),
-                    );
-                } else {
-                    tracing::debug!(generation, "Snapshot generation already applied");
-                }
-                return Outcome::Settled;
-            }
+        let Some(current) = self.follower.hosts.current() else {
+            return Some(verified);
+        };
+        if generation < current.generation {
+            self.reject(
+                "rollback",
+                &format!(
+                    "generation {generation} is older than the current generation {}",
+                    current.generation
+                ),
+            );
+            return None;
         }
+        if generation == current.generation {
+            if verified.snapshot.content_checksum() != current.content_checksum() {
+                self.reject(
+                    "same_generation",
+                    &format!("generation {generation} is already applied with other content"),
+                );
+            } else {
+                tracing::debug!(generation, "Snapshot generation already applied");
+            }
+            return None;
+        }
+        Some(verified)
+    }
+
+    /// Saves a verified value to the state dir, then swaps it into [`Hosts`].
+    async fn apply(&mut self, verified: Verified, value: Vec<u8>) -> Outcome {
         let state_dir = self.follower.config.state_dir.clone();
         let saved = tokio::task::spawn_blocking(move || store::save(&state_dir, &value)).await;
         match saved {
@@ -312,6 +332,7 @@ impl Worker {
                 return Outcome::Retry;
             }
         }
+        let generation = verified.snapshot.generation;
         let size = verified.encoded_size;
         set_gauges(&verified.snapshot, size);
         let services = verified.snapshot.services.len();
@@ -346,27 +367,19 @@ impl Worker {
     /// Blocks on the stop key until it is cleared; then the snapshot key is read again.
     async fn wait_for_stop_cleared(&mut self, shutdown: &CancellationToken) -> Outcome {
         let config = self.follower.config.clone();
-        let mut index = 0;
-        let mut next_read = Instant::now();
+        let client = &self.follower.client.clone();
+        let stop_key = &config.stop_key;
+        let mut watch = config.watch();
         loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return Outcome::Shutdown,
-                () = tokio::time::sleep_until(next_read) => {}
-            }
-            next_read = Instant::now() + config.min_interval;
-            let options = QueryOptions {
-                index: Some(index),
-                wait: Some(config.wait),
-                ..QueryOptions::default()
-            };
+            let read =
+                watch.round(|options| async move { client.kv_get(stop_key, &options).await });
             let response = tokio::select! {
                 () = shutdown.cancelled() => return Outcome::Shutdown,
-                response = self.follower.client.kv_get(&config.stop_key, &options) => response,
+                response = read => response,
             };
             match response {
-                Ok(response) => {
+                Ok((response, _)) => {
                     self.consul_ok();
-                    index = next_index(index, response.meta.index);
                     if stop_value(response.value).is_none() {
                         tracing::info!(
                             stop_key = %config.stop_key,
@@ -443,114 +456,34 @@ fn age_seconds(snapshot: &Snapshot) -> f64 {
     now_ms.saturating_sub(snapshot.created_unix_ms) as f64 / 1000.0
 }
 
-/// Backoff after failed Consul calls, logging the first failure and the
-/// recovery once each (state changes, not every retry). Shared by the follower
-/// and the publisher.
-pub(crate) struct ConsulRetry {
-    pub(crate) backoff: Backoff,
-    failures: u32,
-}
-
-impl ConsulRetry {
-    pub(crate) fn new(backoff: Backoff) -> Self {
-        Self {
-            backoff,
-            failures: 0,
-        }
-    }
-
-    pub(crate) fn failed(
-        &mut self,
-        what: &'static str,
-        error: &consul::Error,
-        message: &'static str,
-    ) {
-        self.failures += 1;
-        if self.failures == 1 {
-            tracing::warn!(error = %error, what, "{message}");
-        } else {
-            tracing::debug!(error = %error, what, attempt = self.failures, "Consul call failed again");
-        }
-    }
-
-    pub(crate) fn ok(&mut self) {
-        if self.failures > 0 {
-            tracing::info!(failed_attempts = self.failures, "Consul reachable again");
-            self.failures = 0;
-            self.backoff.reset();
-        }
-    }
-
-    /// Sleeps one backoff step; false when shutdown was requested.
-    pub(crate) async fn sleep(&mut self, shutdown: &CancellationToken) -> bool {
-        let delay = self.backoff.next_delay();
-        tokio::select! {
-            () = shutdown.cancelled() => false,
-            () = tokio::time::sleep(delay) => true,
-        }
-    }
-}
-
-/// Jittered exponential backoff: each step doubles up to `max`, and the actual delay is drawn
-/// from the upper half of the step (so retries from many nodes spread out).
-#[derive(Debug, Clone)]
-pub(crate) struct Backoff {
-    min: Duration,
-    max: Duration,
-    step: Duration,
-}
-
-impl Backoff {
-    /// Floor of the first step; a zero `min` would spin.
-    const FLOOR: Duration = Duration::from_millis(100);
-
-    pub(crate) fn new(min: Duration, max: Duration) -> Self {
-        let min = min.max(Self::FLOOR);
-        let max = max.max(min);
-        Self {
-            min,
-            max,
-            step: min,
-        }
-    }
-
-    /// The next delay, then doubles the step.
-    pub(crate) fn next_delay(&mut self) -> Duration {
-        let step = self.step;
-        self.step = (self.step * 2).min(self.max);
-        let half = step / 2;
-        let jitter_ms = u64::try_from(half.as_millis()).unwrap_or(u64::MAX);
-        half + Duration::from_millis(rand::random_range(0..=jitter_ms))
-    }
-
-    /// Back to the first step after a success.
-    pub(crate) fn reset(&mut self) {
-        self.step = self.min;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn backoff_doubles_with_jitter_and_resets() {
-        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(1));
-        let first = backoff.next_delay();
-        assert!(first >= Duration::from_millis(100) && first <= Duration::from_millis(200));
-        let second = backoff.next_delay();
-        assert!(second >= Duration::from_millis(200) && second <= Duration::from_millis(400));
-        for _ in 0..10 {
-            assert!(backoff.next_delay() <= Duration::from_secs(1));
-        }
-        backoff.reset();
-        assert!(backoff.next_delay() <= Duration::from_millis(200));
+    fn backoff_never_spins_on_zero() {
+        let config = FollowerConfig {
+            min_interval: Duration::ZERO,
+            backoff_max: Duration::ZERO,
+            ..FollowerConfig::new(PathBuf::from("/var/lib/dnsfront"))
+        };
+        let mut backoff = config.backoff();
+        assert!(backoff.next_delay() >= Duration::from_millis(50));
     }
 
     #[test]
-    fn backoff_never_spins_on_zero() {
-        let mut backoff = Backoff::new(Duration::ZERO, Duration::ZERO);
-        assert!(backoff.next_delay() >= Duration::from_millis(50));
+    fn backoff_runs_from_min_interval_to_backoff_max() {
+        let config = FollowerConfig {
+            min_interval: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(1),
+            ..FollowerConfig::new(PathBuf::from("/var/lib/dnsfront"))
+        };
+        let mut backoff = config.backoff();
+        let first = backoff.next_delay();
+        assert!(first >= Duration::from_millis(100) && first <= Duration::from_millis(200));
+        for _ in 0..10 {
+            assert!(backoff.next_delay() <= Duration::from_secs(1));
+        }
     }
 
     #[test]

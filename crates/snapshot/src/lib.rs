@@ -36,6 +36,7 @@ pub mod keys;
 pub mod metrics;
 mod model;
 pub mod publisher;
+mod retry;
 pub mod store;
 mod wire;
 

@@ -18,7 +18,8 @@
 //! index moves on service registration changes), `/v1/health/state/any` (the checks table
 //! index, which moves on every check state change; the catalog index does not) and
 //! `/v1/catalog/nodes` (the nodes table index, which moves when a node's address changes;
-//! neither of the others does). Each time the catalog query returns (a change, or the
+//! neither of the others does), each paced like every watch (two reads back to back, then
+//! at most one per [`PublisherConfig::min_interval`]). Each time the catalog query returns (a change, or the
 //! `catalog_wait` timeout, which bounds the age of anything no index shows) or the health or
 //! nodes index moves, and never more often than
 //! [`PublisherConfig::min_interval`], the publisher checks the kill switch, builds a
@@ -37,23 +38,28 @@
 //! signed with another key) is overwritten with generation = its `ModifyIndex` + 1: every
 //! good generation was at most the raft index of its own write, so this is still higher than
 //! anything a follower has applied. A lost check-and-set is retried on the next round.
+//!
+//! The election lives in `publisher/election.rs`, the leader's three watches in
+//! `publisher/watches.rs`; this file holds the settings, one publish round and the build.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::convert::Infallible;
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dnsfront_consul::{
-    self as consul, KvPutOptions, Node, QueryOptions, ServiceInstance, SessionBehavior,
-    SessionRequest, next_index,
+    self as consul, Backoff, HALF_JITTER, KvPutOptions, Node, QueryOptions, ServiceInstance,
 };
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::follower::{Backoff, ConsulRetry, DEFAULT_KEY, lock_key_for, stop_key_for};
+use crate::follower::{DEFAULT_KEY, lock_key_for, stop_key_for};
+use crate::retry::ConsulRetry;
 use crate::{Error, SigningKey, Snapshot, codec, metrics};
+
+mod election;
+mod watches;
 
 /// Default minimum time between two snapshot builds (and so between two writes).
 pub const DEFAULT_MIN_INTERVAL: Duration = Duration::from_secs(10);
@@ -71,13 +77,6 @@ pub const SESSION_NAME: &str = "dnsfront-publisher";
 /// Backoff bounds after a failed Consul call.
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// Minimum time between two reads of the lock key (blocking reads return on any change).
-const LOCK_READ_INTERVAL: Duration = Duration::from_millis(250);
-/// Retry delay after failing to acquire a lock that looks free (lock delay in force).
-const LOCK_RETRY_MIN: Duration = Duration::from_millis(500);
-const LOCK_RETRY_MAX: Duration = Duration::from_secs(5);
-/// Renewal retry delay after a failed renewal.
-const RENEW_RETRY: Duration = Duration::from_secs(1);
 /// Health reads in flight while building a snapshot.
 const BUILD_CONCURRENCY: usize = 8;
 
@@ -171,6 +170,23 @@ struct Published {
     snapshot: Option<Snapshot>,
 }
 
+/// The generation of the next write: one above the published one; when the published value
+/// does not decode, its `ModifyIndex` + 1 (every good generation was at most the raft index of
+/// its own write, so this is still higher than anything a follower has applied).
+fn next_generation(published: Option<&Published>) -> u64 {
+    match published {
+        None => 1,
+        Some(Published {
+            snapshot: Some(previous),
+            ..
+        }) => previous.generation + 1,
+        Some(Published {
+            modify_index,
+            snapshot: None,
+        }) => modify_index + 1,
+    }
+}
+
 /// Result of one publish round.
 enum Round {
     /// Written, unchanged, or refused by a guard: wait for the next catalog or check change.
@@ -190,55 +206,10 @@ struct LeaderState {
     retry: ConsulRetry,
 }
 
-/// One blocking query of the publish loop: its next index and its own failure backoff.
-struct Watch {
-    what: &'static str,
-    index: u64,
-    failures: u32,
-    backoff: Backoff,
-}
-
-impl Watch {
-    fn new(what: &'static str) -> Self {
-        Self {
-            what,
-            index: 0,
-            failures: 0,
-            backoff: Backoff::new(BACKOFF_MIN, BACKOFF_MAX),
-        }
-    }
-
-    /// Takes the returned index (Consul's rules); true when it moved.
-    fn answered(&mut self, returned: u64) -> bool {
-        if self.failures > 0 {
-            tracing::info!(
-                what = self.what,
-                failed_attempts = self.failures,
-                "Consul reachable again"
-            );
-            self.failures = 0;
-            self.backoff.reset();
-        }
-        let previous = self.index;
-        self.index = next_index(previous, returned);
-        self.index != previous
-    }
-
-    /// Logs the failure (the first one as a warning) and returns the delay before retrying.
-    fn failed(&mut self, error: &consul::Error) -> Duration {
-        self.failures += 1;
-        if self.failures == 1 {
-            tracing::warn!(error = %error, what = self.what, "Consul call failed, retrying");
-        } else {
-            tracing::debug!(
-                error = %error,
-                what = self.what,
-                attempt = self.failures,
-                "Consul call failed again"
-            );
-        }
-        self.backoff.next_delay()
-    }
+/// The backoff after a failed Consul call: 500ms doubling up to 30s, each delay drawn from
+/// the upper half of its step.
+fn backoff() -> Backoff {
+    Backoff::try_new(BACKOFF_MIN, BACKOFF_MAX, HALF_JITTER).expect("constant bounds are valid")
 }
 
 impl Publisher {
@@ -260,366 +231,6 @@ impl Publisher {
         Ok(())
     }
 
-    async fn run_inner(&self, shutdown: CancellationToken) {
-        let mut state = LeaderState {
-            leader: false,
-            next_build: Instant::now(),
-            skipped: None,
-            datacenter: None,
-            retry: ConsulRetry::new(Backoff::new(BACKOFF_MIN, BACKOFF_MAX)),
-        };
-        let request = SessionRequest {
-            name: SESSION_NAME.to_owned(),
-            ttl: self.config.session_ttl,
-            behavior: SessionBehavior::Release,
-            lock_delay: self.config.lock_delay,
-        };
-        loop {
-            let created = tokio::select! {
-                () = shutdown.cancelled() => return,
-                created = self.client.session_create(&request) => created,
-            };
-            let session = match created {
-                Ok(session) => {
-                    state.consul_ok();
-                    session
-                }
-                Err(error) => {
-                    state.consul_failed("creating the lock session", &error);
-                    if !state.sleep_backoff(&shutdown).await {
-                        return;
-                    }
-                    continue;
-                }
-            };
-            tracing::debug!(session = %session, "Created the lock session");
-            let lost = tokio::select! {
-                () = shutdown.cancelled() => None,
-                reason = self.keep_session(&session) => Some(reason),
-                reason = self.lead(&session, &mut state) => Some(reason),
-            };
-            let was_leader = std::mem::replace(&mut state.leader, false);
-            match lost {
-                None => {
-                    self.release(&session, was_leader).await;
-                    return;
-                }
-                Some(reason) => {
-                    if was_leader {
-                        tracing::warn!(reason, "Lost the publisher lock, stepping down");
-                    } else {
-                        tracing::warn!(reason, "Lock session lost while waiting for the lock");
-                    }
-                    // Best effort: the session is most likely gone already.
-                    let _ = self.client.session_destroy(&session).await;
-                }
-            }
-        }
-    }
-
-    /// Releases the lock and destroys the session (shutdown).
-    async fn release(&self, session: &str, was_leader: bool) {
-        let options = KvPutOptions {
-            release: Some(session.to_owned()),
-            ..KvPutOptions::default()
-        };
-        if let Err(error) = self
-            .client
-            .kv_put(
-                &self.config.lock_key,
-                self.config.identity.as_bytes(),
-                &options,
-            )
-            .await
-        {
-            tracing::warn!(error = %error, "Releasing the publisher lock failed; it expires with the session");
-        }
-        if let Err(error) = self.client.session_destroy(session).await {
-            tracing::warn!(error = %error, "Destroying the lock session failed; it expires with its TTL");
-        }
-        if was_leader {
-            tracing::info!("Released the publisher lock");
-        }
-    }
-
-    /// Renews the session every TTL/2; returns why it is lost.
-    async fn keep_session(&self, session: &str) -> &'static str {
-        let ttl = self.config.session_ttl;
-        if ttl.is_zero() {
-            return std::future::pending().await;
-        }
-        let period = ttl / 2;
-        let mut last_renewed = Instant::now();
-        let mut delay = period;
-        loop {
-            tokio::time::sleep(delay).await;
-            match self.client.session_renew(session).await {
-                Ok(true) => {
-                    last_renewed = Instant::now();
-                    delay = period;
-                }
-                Ok(false) => return "the session expired",
-                Err(error) => {
-                    if last_renewed.elapsed() >= ttl {
-                        tracing::warn!(error = %error, "Session renewals failed for a whole TTL");
-                        return "session renewals failed for a whole TTL";
-                    }
-                    tracing::debug!(error = %error, "Session renewal failed, retrying");
-                    delay = RENEW_RETRY.min(period);
-                }
-            }
-        }
-    }
-
-    /// Acquires the lock, then publishes while watching it; returns why leadership ended.
-    async fn lead(&self, session: &str, state: &mut LeaderState) -> &'static str {
-        let options = KvPutOptions {
-            acquire: Some(session.to_owned()),
-            ..KvPutOptions::default()
-        };
-        loop {
-            let acquired = self
-                .client
-                .kv_put(
-                    &self.config.lock_key,
-                    self.config.identity.as_bytes(),
-                    &options,
-                )
-                .await;
-            match acquired {
-                Ok(true) => {
-                    state.consul_ok();
-                    break;
-                }
-                Ok(false) => {
-                    state.consul_ok();
-                    self.wait_for_free_lock(state).await;
-                }
-                Err(error) => {
-                    state.consul_failed("acquiring the publisher lock", &error);
-                    let delay = state.retry.backoff.next_delay();
-                    tokio::time::sleep(delay).await;
-                }
-            }
-        }
-        state.leader = true;
-        tracing::info!(lock_key = %self.config.lock_key, "Acquired the publisher lock, publishing");
-        let session_owned = session.to_owned();
-        tokio::select! {
-            reason = self.watch_lock(&session_owned) => reason,
-            never = self.publish_loop(state) => match never {},
-        }
-    }
-
-    /// Blocks on the lock key until nobody holds it.
-    async fn wait_for_free_lock(&self, state: &mut LeaderState) {
-        let mut index = 0;
-        let mut first = true;
-        let mut next_read = Instant::now();
-        loop {
-            tokio::time::sleep_until(next_read).await;
-            next_read = Instant::now() + LOCK_READ_INTERVAL;
-            let options = QueryOptions {
-                index: Some(index),
-                wait: Some(self.config.catalog_wait),
-                ..QueryOptions::default()
-            };
-            match self.client.kv_get(&self.config.lock_key, &options).await {
-                Ok(response) => {
-                    state.consul_ok();
-                    index = next_index(index, response.meta.index);
-                    let holder = response.value.and_then(|pair| pair.session);
-                    if holder.is_none() {
-                        if first {
-                            // Free, yet the acquire failed: the lock delay is in force.
-                            let delay =
-                                self.config.lock_delay.clamp(LOCK_RETRY_MIN, LOCK_RETRY_MAX);
-                            tokio::time::sleep(delay).await;
-                        }
-                        return;
-                    }
-                    first = false;
-                }
-                Err(error) => {
-                    state.consul_failed("watching the publisher lock", &error);
-                    let delay = state.retry.backoff.next_delay();
-                    tokio::time::sleep(delay).await;
-                }
-            }
-        }
-    }
-
-    /// Watches the lock key while leader; returns when another session holds it or it is gone.
-    async fn watch_lock(&self, session: &str) -> &'static str {
-        let mut index = 0;
-        // X-Consul-Index at which the key was seen held by us; older (stale) answers are ignored.
-        let mut held_at: Option<u64> = None;
-        let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
-        let mut next_read = Instant::now();
-        loop {
-            tokio::time::sleep_until(next_read).await;
-            next_read = Instant::now() + LOCK_READ_INTERVAL;
-            let options = QueryOptions {
-                index: Some(index),
-                wait: Some(self.config.catalog_wait),
-                ..QueryOptions::default()
-            };
-            match self.client.kv_get(&self.config.lock_key, &options).await {
-                Ok(response) => {
-                    backoff.reset();
-                    index = next_index(index, response.meta.index);
-                    let ours = response
-                        .value
-                        .as_ref()
-                        .and_then(|pair| pair.session.as_deref())
-                        == Some(session);
-                    if ours {
-                        held_at = Some(response.meta.index);
-                    } else if held_at.is_some_and(|held| response.meta.index >= held) {
-                        return "the lock key shows another holder or was deleted";
-                    }
-                }
-                Err(error) => {
-                    tracing::debug!(error = %error, "Watching the publisher lock failed, retrying");
-                    tokio::time::sleep(backoff.next_delay()).await;
-                }
-            }
-        }
-    }
-
-    /// The leader's loop: three blocking queries kept in flight side by side (the catalog's
-    /// service list, every check's state, the node list), and a publish round whenever one
-    /// moves (coalesced and rate-limited by `min_interval`).
-    ///
-    /// The futures live across iterations: when one returns, only that one is re-armed with
-    /// its new index, so the others keep their place; dropping this future (leadership lost)
-    /// cancels every request.
-    async fn publish_loop(&self, state: &mut LeaderState) -> Infallible {
-        let mut catalog_watch = Watch::new("watching the catalog");
-        let mut health_watch = Watch::new("watching health checks");
-        let mut nodes_watch = Watch::new("watching catalog nodes");
-        let catalog = self.catalog_call(0, Duration::ZERO);
-        let health = self.health_call(0, Duration::ZERO);
-        let nodes = self.nodes_call(0, Duration::ZERO);
-        tokio::pin!(catalog, health, nodes);
-        // Service names from the latest catalog answer; a round needs them.
-        let mut names: Option<Vec<String>> = None;
-        // The first health answer (or failure) is in: the first round then sees both indexes.
-        let mut health_seen = false;
-        let mut due = false;
-        loop {
-            let ready = due && health_seen && names.is_some();
-            tokio::select! {
-                biased;
-                result = &mut catalog => {
-                    let delay = match result {
-                        Ok(response) => {
-                            // Every catalog return is a round, also a timeout without change:
-                            // it bounds the age of anything neither index reflects (node
-                            // address changes) by `catalog_wait`; an unchanged snapshot costs
-                            // reads but no write.
-                            catalog_watch.answered(response.meta.index);
-                            due = true;
-                            names = Some(response.value.into_keys().collect());
-                            Duration::ZERO
-                        }
-                        Err(error) => catalog_watch.failed(&error),
-                    };
-                    catalog.set(self.catalog_call(catalog_watch.index, delay));
-                }
-                result = &mut health => {
-                    health_seen = true;
-                    let delay = match result {
-                        Ok(response) => {
-                            // Check states do not move the catalog index; this one does.
-                            due |= health_watch.answered(response.meta.index);
-                            Duration::ZERO
-                        }
-                        Err(error) => health_watch.failed(&error),
-                    };
-                    health.set(self.health_call(health_watch.index, delay));
-                }
-                result = &mut nodes => {
-                    let delay = match result {
-                        Ok(response) => {
-                            // A node address change moves only the nodes index. The first
-                            // answer moves it from 0 too; the catalog's first answer
-                            // already made a round due, so that costs nothing extra.
-                            due |= nodes_watch.answered(response.meta.index);
-                            Duration::ZERO
-                        }
-                        Err(error) => nodes_watch.failed(&error),
-                    };
-                    nodes.set(self.nodes_call(nodes_watch.index, delay));
-                }
-                () = tokio::time::sleep_until(state.next_build), if ready => {
-                    due = false;
-                    state.next_build = Instant::now() + self.config.min_interval;
-                    let service_names = names.clone().unwrap_or_default();
-                    let consul_index = catalog_watch
-                        .index
-                        .max(health_watch.index)
-                        .max(nodes_watch.index);
-                    if let Round::Retry = self.publish_round(service_names, consul_index, state).await {
-                        due = true;
-                        state.next_build = state
-                            .next_build
-                            .max(Instant::now() + Duration::from_millis(100));
-                    }
-                }
-            }
-        }
-    }
-
-    /// Blocking options for a watch at `index` (0: answer at once).
-    fn watch_options(&self, index: u64) -> QueryOptions {
-        QueryOptions {
-            index: Some(index),
-            wait: Some(self.config.catalog_wait),
-            ..QueryOptions::default()
-        }
-    }
-
-    /// After `delay`, a blocking `/v1/catalog/services` at `index`.
-    async fn catalog_call(
-        &self,
-        index: u64,
-        delay: Duration,
-    ) -> Result<consul::Response<BTreeMap<String, Vec<String>>>, consul::Error> {
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
-        self.client
-            .catalog_services(&self.watch_options(index))
-            .await
-    }
-
-    /// After `delay`, a blocking `/v1/health/state/any` at `index` (the checks table index).
-    async fn health_call(
-        &self,
-        index: u64,
-        delay: Duration,
-    ) -> Result<consul::Response<Vec<consul::HealthCheck>>, consul::Error> {
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
-        self.client
-            .health_state("any", &self.watch_options(index))
-            .await
-    }
-
-    /// After `delay`, a blocking `/v1/catalog/nodes` at `index` (the nodes table index).
-    async fn nodes_call(
-        &self,
-        index: u64,
-        delay: Duration,
-    ) -> Result<consul::Response<Vec<consul::NodeInfo>>, consul::Error> {
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
-        self.client.catalog_nodes(&self.watch_options(index)).await
-    }
-
     /// Builds the snapshot and writes it if every check passes.
     async fn publish_round(
         &self,
@@ -627,25 +238,10 @@ impl Publisher {
         consul_index: u64,
         state: &mut LeaderState,
     ) -> Round {
-        match self.stop_reason().await {
-            Err(error) => {
-                state.consul_failed("reading the kill-switch key", &error);
-                return Round::Retry;
-            }
-            Ok(Some(reason)) => {
-                if state.skipped != Some("kill_switch") {
-                    tracing::warn!(
-                        stop_key = %self.config.stop_key,
-                        reason = %reason,
-                        "Snapshot kill switch is set, not publishing"
-                    );
-                }
-                state.skip("kill_switch");
-                return Round::Retry;
-            }
-            Ok(None) => {}
+        if let Some(round) = self.kill_switch_round(state).await {
+            return round;
         }
-        let mut snapshot = match self.build(service_names, consul_index, state).await {
+        let snapshot = match self.build(service_names, consul_index, state).await {
             Ok(snapshot) => snapshot,
             Err(error) => {
                 state.consul_failed("reading the catalog", &error);
@@ -684,17 +280,40 @@ impl Publisher {
             state.skip(reason);
             return Round::Done;
         }
-        snapshot.generation = match &published {
-            None => 1,
-            Some(Published {
-                snapshot: Some(previous),
-                ..
-            }) => previous.generation + 1,
-            Some(Published {
-                modify_index,
-                snapshot: None,
-            }) => modify_index + 1,
-        };
+        self.write(snapshot, published.as_ref(), state).await
+    }
+
+    /// `Some` when the round must not go ahead: the kill switch is set (logged once), or it
+    /// could not be read.
+    async fn kill_switch_round(&self, state: &mut LeaderState) -> Option<Round> {
+        match self.stop_reason().await {
+            Err(error) => {
+                state.consul_failed("reading the kill-switch key", &error);
+                Some(Round::Retry)
+            }
+            Ok(Some(reason)) => {
+                if state.skipped != Some("kill_switch") {
+                    tracing::warn!(
+                        stop_key = %self.config.stop_key,
+                        reason = %reason,
+                        "Snapshot kill switch is set, not publishing"
+                    );
+                }
+                state.skip("kill_switch");
+                Some(Round::Retry)
+            }
+            Ok(None) => None,
+        }
+    }
+
+    /// Numbers, encodes and writes a snapshot with a check-and-set on the published value.
+    async fn write(
+        &self,
+        mut snapshot: Snapshot,
+        published: Option<&Published>,
+        state: &mut LeaderState,
+    ) -> Round {
+        snapshot.generation = next_generation(published);
         let encoded = match codec::encode(&snapshot, self.config.signing_key.as_ref()) {
             Ok(encoded) => encoded,
             Err(error) => {
@@ -706,7 +325,7 @@ impl Publisher {
             }
         };
         let options = KvPutOptions {
-            cas: Some(published.as_ref().map_or(0, |p| p.modify_index)),
+            cas: Some(published.map_or(0, |p| p.modify_index)),
             ..KvPutOptions::default()
         };
         match self
@@ -724,7 +343,7 @@ impl Publisher {
                     size = encoded.len(),
                     services = snapshot.services.len(),
                     nodes = snapshot.nodes.len(),
-                    consul_index,
+                    consul_index = snapshot.consul_index,
                     "Hosts snapshot published"
                 );
                 Round::Done

@@ -14,16 +14,16 @@ use serde::{Deserialize, Serialize, Serializer};
 
 use crate::Snapshot;
 
-/// The whole document, borrowed for writing.
+/// The whole document, borrowed for writing: the metadata, then the content (same
+/// fields, same order as before the content was split out: `flatten` writes them in place).
 #[derive(Serialize)]
 pub(crate) struct SnapshotRef<'a> {
     generation: u64,
     consul_index: u64,
     created_unix_ms: u64,
     publisher: &'a str,
-    datacenter: &'a str,
-    services: Services<'a>,
-    nodes: Nodes<'a>,
+    #[serde(flatten)]
+    content: ContentRef<'a>,
 }
 
 impl<'a> From<&'a Snapshot> for SnapshotRef<'a> {
@@ -33,9 +33,7 @@ impl<'a> From<&'a Snapshot> for SnapshotRef<'a> {
             consul_index: snapshot.consul_index,
             created_unix_ms: snapshot.created_unix_ms,
             publisher: &snapshot.publisher,
-            datacenter: &snapshot.datacenter,
-            services: Services(&snapshot.services),
-            nodes: Nodes(&snapshot.nodes),
+            content: ContentRef::from(snapshot),
         }
     }
 }

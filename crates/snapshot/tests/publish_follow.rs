@@ -759,3 +759,58 @@ async fn load_from_disk_fills_hosts_without_consul() {
     ));
     assert_eq!(hosts.generation(), Some(7));
 }
+
+/// A server stuck at `X-Consul-Index: 0` (clamped to 1) answers every blocking read at once:
+/// the leader's watches must be rate-limited like every other watch, not re-read in a loop.
+#[tokio::test]
+async fn regression_11_leader_watches_are_rate_limited_when_the_index_is_stuck_at_zero() {
+    let sim = Sim::new();
+    register(&sim, "web", "n1", "10.0.0.1");
+    let server = start(&sim).await;
+    let shutdown = CancellationToken::new();
+    let config = PublisherConfig {
+        min_interval: Duration::from_millis(500),
+        ..publisher_config("pub-a")
+    };
+    let publisher = spawn_publisher(&server, config, &shutdown);
+    wait_until(Duration::from_secs(5), "the first snapshot", || {
+        sim.kv_get(KEY).is_some()
+    })
+    .await;
+    for path in [
+        "/v1/catalog/services",
+        "/v1/health/state/any",
+        "/v1/catalog/nodes",
+    ] {
+        sim.inject(consul_sim::Fault::index_zero(path));
+    }
+    let before: Vec<usize> = [
+        "/v1/catalog/services",
+        "/v1/health/state/any",
+        "/v1/catalog/nodes",
+    ]
+    .iter()
+    .map(|path| sim.request_count(path))
+    .collect();
+    // A change wakes the blocked watches; from then on every answer says index 0.
+    register(&sim, "db", "n2", "10.0.0.2");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for (path, before) in [
+        "/v1/catalog/services",
+        "/v1/health/state/any",
+        "/v1/catalog/nodes",
+    ]
+    .iter()
+    .zip(before)
+    {
+        let reads = sim.request_count(path) - before;
+        // A burst of 2, then one per `min_interval` (500 ms): at most 5 in 1.5 s, with
+        // slack for scheduling. Unlimited, each watch would re-read as fast as Consul answers.
+        assert!(reads <= 8, "{reads} reads of {path} in 1.5 s");
+    }
+    shutdown.cancel();
+    within(Duration::from_secs(5), "publisher shutdown", publisher)
+        .await
+        .expect("publisher task")
+        .expect("publisher");
+}

@@ -11,8 +11,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
 use std::time::Duration;
 
-use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
+use hickory_proto::op::{Edns, Header, Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, RData, RecordType};
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
@@ -68,13 +69,56 @@ impl Ask {
     }
 }
 
-/// Sends `ask` over UDP and returns the parsed answer and its size in bytes.
+/// Decodes a DNS message as a strict client does: every byte is consumed
+/// (no trailing data after the last counted record) and the header's counts
+/// equal the records decoded (the OPT counts in ARCOUNT). hickory's own
+/// `Message::from_vec` ignores trailing bytes, which kdig and dnspython reject.
+pub fn strict_parse(bytes: &[u8]) -> Result<Message, String> {
+    let header = Header::read(&mut BinDecoder::new(bytes))
+        .map_err(|error| format!("header does not decode: {error}"))?;
+    let mut decoder = BinDecoder::new(bytes);
+    let message =
+        Message::read(&mut decoder).map_err(|error| format!("message does not decode: {error}"))?;
+    if !decoder.is_empty() {
+        return Err(format!(
+            "{} bytes of trailing data after the last counted record ({} bytes, counts {:?})",
+            decoder.len(),
+            bytes.len(),
+            header.counts
+        ));
+    }
+    let counts = header.counts;
+    let decoded = (
+        message.queries.len(),
+        message.answers.len(),
+        message.authorities.len(),
+        message.additionals.len()
+            + usize::from(message.edns.is_some())
+            + usize::from(message.signature.is_some()),
+    );
+    let counted = (
+        usize::from(counts.queries),
+        usize::from(counts.answers),
+        usize::from(counts.authorities),
+        usize::from(counts.additionals),
+    );
+    if decoded != counted {
+        return Err(format!(
+            "header counts {counted:?} but {decoded:?} records decoded"
+        ));
+    }
+    Ok(message)
+}
+
+/// Sends `ask` over UDP and returns the strictly parsed answer ([`strict_parse`])
+/// and its size in bytes.
 pub async fn udp(server: SocketAddr, ask: &Ask) -> (Message, usize) {
     let query = ask.to_bytes();
     let bytes = udp_raw(server, &query)
         .await
         .unwrap_or_else(|| panic!("no UDP answer from {server} for {ask:?}"));
-    let message = Message::from_vec(&bytes).expect("server answer must parse");
+    let message = strict_parse(&bytes)
+        .unwrap_or_else(|error| panic!("malformed UDP answer for {ask:?}: {error}"));
     assert_eq!(
         message.metadata.id,
         query_id(&query),
@@ -83,19 +127,25 @@ pub async fn udp(server: SocketAddr, ask: &Ask) -> (Message, usize) {
     (message, bytes.len())
 }
 
-/// Sends `ask` over TCP and returns the parsed answer.
+/// Sends `ask` over TCP and returns the strictly parsed answer ([`strict_parse`]).
 pub async fn tcp(server: SocketAddr, ask: &Ask) -> Message {
+    tcp_sized(server, ask).await.0
+}
+
+/// [`tcp`], also returning the answer's size in bytes.
+pub async fn tcp_sized(server: SocketAddr, ask: &Ask) -> (Message, usize) {
     let query = ask.to_bytes();
     let bytes = tcp_raw(server, &query)
         .await
         .unwrap_or_else(|error| panic!("TCP query to {server} for {ask:?} failed: {error}"));
-    let message = Message::from_vec(&bytes).expect("server answer must parse");
+    let message = strict_parse(&bytes)
+        .unwrap_or_else(|error| panic!("malformed TCP answer for {ask:?}: {error}"));
     assert_eq!(
         message.metadata.id,
         query_id(&query),
         "reply ID must match the query's"
     );
-    message
+    (message, bytes.len())
 }
 
 fn query_id(wire: &[u8]) -> u16 {
@@ -178,4 +228,28 @@ pub fn dig(args: &[&str]) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Runs `kdig` (Knot DNS's client, strict about the wire format) with these
+/// arguments and returns its stdout. Fails when kdig reports a malformed
+/// reply (it prints a warning and carries on otherwise). Panics with an
+/// install hint when kdig is missing: tests never skip silently.
+pub fn kdig(args: &[&str]) -> String {
+    let output = Command::new("kdig")
+        .args(args)
+        .output()
+        .unwrap_or_else(|error| {
+            panic!("cannot run kdig ({error}): install Debian's knot-dnsutils (tests/run does)")
+        });
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "kdig {args:?} failed: {stderr}{stdout}"
+    );
+    assert!(
+        !stderr.contains("malformed") && !stdout.contains("malformed"),
+        "kdig {args:?} found a malformed reply: {stderr}{stdout}"
+    );
+    stdout
 }

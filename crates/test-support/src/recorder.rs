@@ -57,6 +57,17 @@ impl Recorded {
             .sum()
     }
 
+    /// The last value of the gauge `name` whose labels are exactly `labels`
+    /// (in any order); `None` when it was never registered.
+    pub fn gauge(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        self.matching(MetricKind::Gauge, name, labels)
+            .map(|value| match value {
+                DebugValue::Gauge(value) => value.0,
+                other => panic!("gauge {name} holds {other:?}"),
+            })
+            .last()
+    }
+
     /// How many samples the histogram `name` with exactly `labels` (in any
     /// order) received; 0 when it was never registered.
     pub fn histogram_samples(&self, name: &str, labels: &[(&str, &str)]) -> usize {

@@ -1,0 +1,449 @@
+//! Keeping hot names current: the refresher's pass over the slots (poll mode,
+//! and the polled overflow of watch mode), one refresh of a slot, and the
+//! per-name watch loop of watch mode.
+//!
+//! Consul's blocking-query rules (index resets, the clamp to 1, the pace between
+//! wake-ups) come from [`consul::Watch`]; the pause after a failure comes from
+//! the shared circuit breaker's [`consul::Backoff`].
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use dnsfront_consul::{self as consul, IndexChange, Pace};
+use rand::Rng as _;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use super::{Cache, Entry, Fetched, Inner, Key, LastError, Slot};
+use crate::breaker::{Admission, CircuitState};
+use crate::config::RefreshMode;
+use crate::metrics;
+
+/// `mode` tag of requests sent by a watch loop.
+pub(super) const MODE_WATCH: &str = "watch";
+/// `mode` tag of every other read (first fetches, periodic and on-demand re-reads).
+pub(super) const MODE_POLL: &str = "poll";
+
+/// What one pass of the refresher found to do.
+#[derive(Default)]
+struct Pass {
+    /// Idle keys whose data is older than `max_stale`: dropped.
+    expired: Vec<Arc<Key>>,
+    /// Keys to re-read now.
+    due: Vec<(Arc<Key>, Arc<Slot>)>,
+    /// Hot keys that get a watch loop (watch mode), each with its `max_watches` permit.
+    to_watch: Vec<(Arc<Key>, Arc<Slot>, OwnedSemaphorePermit)>,
+}
+
+/// What a watch loop does before its next request.
+enum Pause {
+    /// Nothing: the pace decides.
+    None,
+    /// Sleep this long (an answer without an index: poll).
+    Sleep(Duration),
+    /// Back off this long, cut short when the circuit closes again.
+    Backoff(Duration),
+}
+
+impl Cache {
+    /// Runs the background refresher until `shutdown` is cancelled.
+    ///
+    /// Every tick it refreshes the entries that are due and were asked for within
+    /// `idle_timeout`, drops entries older than `max_stale` that nobody asks for,
+    /// and never has more than a few refreshes in flight. In watch mode it starts
+    /// a watch loop for each hot name (up to `max_watches`; the rest are polled);
+    /// a loop ends when its name goes idle, leaves the cache, or on shutdown.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let tick = (self.inner.config.refresh_interval / 10)
+            .clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let mut interval = tokio::time::interval(tick);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => {
+                    self.inner.flush_hits();
+                    return;
+                }
+                _ = interval.tick() => {
+                    self.inner.flush_hits();
+                    self.inner.refresh_due(&shutdown).await;
+                }
+            }
+        }
+    }
+}
+
+// === impl Inner: one refresh ===
+
+impl Inner {
+    /// Refreshes one slot unless another task is already doing it or already
+    /// did it since `seen_fetched_at`. Returns true when the slot holds data
+    /// fetched after `seen_fetched_at` on return.
+    pub(super) async fn refresh_slot(
+        &self,
+        key: &Key,
+        slot: &Slot,
+        seen_fetched_at: Instant,
+    ) -> bool {
+        let _guard = slot.refresh_lock.lock().await;
+        if slot.entry.load().fetched_at > seen_fetched_at {
+            // A concurrent asker refreshed it while we queued: no request sent,
+            // so give back the probe slot if we were granted it.
+            self.breaker.cancel_probe();
+            return true;
+        }
+        self.refresh_locked(key, slot).await
+    }
+
+    /// The refresh itself; the caller holds the slot's refresh lock.
+    async fn refresh_locked(&self, key: &Key, slot: &Slot) -> bool {
+        match self
+            .fetch(key, MODE_POLL, &consul::QueryOptions::default())
+            .await
+        {
+            Ok(fetched) => {
+                self.breaker.record_success();
+                metrics::refresh("ok");
+                self.store_success(slot, fetched);
+                true
+            }
+            Err(error) => {
+                metrics::refresh(error.kind());
+                debug!(key = ?key, error = %error, "Consul refresh failed, keeping last good data");
+                self.record_refresh_failure(slot, &error);
+                false
+            }
+        }
+    }
+
+    /// Counts a failed refresh against the breaker and keeps the slot's last
+    /// good data, retried after the breaker's current backoff (spread by
+    /// `refresh_jitter`). Returns that pause.
+    fn record_refresh_failure(&self, slot: &Slot, error: &consul::Error) -> Duration {
+        self.breaker
+            .record_failure(error.is_retryable(), error.kind(), error);
+        let retry_in = self.retry_pause();
+        self.store_failure(slot, error, retry_in);
+        retry_in
+    }
+
+    /// The pause before a failed key is retried: the breaker's current backoff
+    /// step, spread by `refresh_jitter`.
+    fn retry_pause(&self) -> Duration {
+        self.jittered(self.breaker.current_backoff())
+    }
+
+    /// Replaces a slot's data with a successful answer.
+    fn store_success(&self, slot: &Slot, fetched: Fetched) {
+        let now = Instant::now();
+        let old = slot.entry.load();
+        let next_refresh = now + self.jittered(self.refresh_period(&fetched.value));
+        // Unchanged data keeps its allocation, so witnesses of it (answers the
+        // fast path stored) stay valid across refreshes.
+        let value = if old.value == fetched.value {
+            old.value.clone()
+        } else {
+            fetched.value
+        };
+        slot.entry.store(Arc::new(Entry {
+            value,
+            fetched_at: now,
+            next_refresh,
+            last_refresh_failed: false,
+            index: fetched.index.unwrap_or(0),
+            last_error: old.last_error.clone(),
+        }));
+    }
+
+    /// Keeps a slot's last good data, marked failed, retried after `retry_in`.
+    fn store_failure(&self, slot: &Slot, error: &consul::Error, retry_in: Duration) {
+        let now = Instant::now();
+        let old = slot.entry.load();
+        slot.entry.store(Arc::new(Entry {
+            value: old.value.clone(),
+            fetched_at: old.fetched_at,
+            next_refresh: now + retry_in,
+            last_refresh_failed: true,
+            index: old.index,
+            last_error: Some(Arc::new(LastError {
+                kind: error.kind(),
+                message: error.to_string(),
+                at: now,
+            })),
+        }));
+    }
+}
+
+// === impl Inner: the refresher's pass ===
+
+impl Inner {
+    /// One background pass over the slots.
+    async fn refresh_due(self: &Arc<Self>, shutdown: &CancellationToken) {
+        let pass = self.plan_pass(Instant::now());
+        for (key, slot, permit) in pass.to_watch {
+            let this = Arc::clone(self);
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                this.watch(Key::clone(&key), slot, permit, shutdown).await;
+            });
+        }
+        self.refresh_all(pass.due).await;
+        for key in pass.expired {
+            self.slots.invalidate(&*key).await;
+        }
+        metrics::entries(self.slots.entry_count());
+        if self.config.refresh == RefreshMode::Watch {
+            metrics::watches(self.watch_count());
+        }
+    }
+
+    /// Sorts the slots into expired, due for a re-read, and newly watched.
+    fn plan_pass(&self, now: Instant) -> Pass {
+        let consul_healthy = !self.breaker.is_open();
+        let watch_mode = self.config.refresh == RefreshMode::Watch;
+        let mut pass = Pass::default();
+        for (key, slot) in self.slots.iter() {
+            let entry = slot.entry.load();
+            if self.is_idle(&slot, now) {
+                // Nobody asks: stop costing Consul anything (a watch loop ends by
+                // itself). Keep the data as a stale fallback until it is too old.
+                if now.saturating_duration_since(entry.fetched_at) > self.config.max_stale {
+                    pass.expired.push(Arc::clone(&key));
+                }
+                continue;
+            }
+            if watch_mode {
+                if slot.watching.load(Ordering::Acquire) {
+                    continue; // its loop keeps it current
+                }
+                if let Ok(permit) = Arc::clone(&self.watch_permits).try_acquire_owned() {
+                    if !slot.watching.swap(true, Ordering::AcqRel) {
+                        pass.to_watch.push((key, slot, permit));
+                    }
+                    continue;
+                }
+                // More hot names than `max_watches`: this one is polled.
+            }
+            // Once Consul answers again, entries that failed are retried at once
+            // rather than after their (long) backoff: answers turn fresh quickly.
+            if now >= entry.next_refresh || (entry.last_refresh_failed && consul_healthy) {
+                pass.due.push((key, slot));
+            }
+        }
+        pass
+    }
+
+    /// Re-reads the due keys, a few at a time, while the breaker lets requests through.
+    async fn refresh_all(self: &Arc<Self>, due: Vec<(Arc<Key>, Arc<Slot>)>) {
+        for (key, slot) in due {
+            if !self.breaker.allow_request() {
+                break; // open: at most one probe, already on its way
+            }
+            // Wait for a free permit rather than skipping: a large set of hot
+            // names is refreshed at the pace Consul answers, never left to age.
+            let Ok(permit) = Arc::clone(&self.refresh_permits).acquire_owned().await else {
+                self.breaker.cancel_probe();
+                return;
+            };
+            let this = Arc::clone(self);
+            let key = Key::clone(&key);
+            tokio::spawn(async move {
+                let _permit = permit;
+                if let Ok(_guard) = slot.refresh_lock.try_lock() {
+                    this.refresh_locked(&key, &slot).await;
+                } else {
+                    this.breaker.cancel_probe();
+                }
+            });
+        }
+    }
+}
+
+// === impl Inner: the watch loop ===
+
+impl Inner {
+    /// Keeps one slot current with blocking queries until its name goes idle,
+    /// it leaves the cache, or `shutdown`.
+    ///
+    /// The index rules and the pace are [`consul::Watch`]'s: the first request
+    /// (and the first after a reset) is a non-blocking read, each later one
+    /// blocks on the last index; requests go at once in the happy case, in a
+    /// burst of 2, then one per `refresh_interval` while the result churns, never
+    /// closer than `watch_min_interval`. Every request passes the shared circuit
+    /// breaker; a probe through an open breaker is non-blocking so that it
+    /// reports back at once.
+    async fn watch(
+        self: Arc<Self>,
+        key: Key,
+        slot: Arc<Slot>,
+        permit: OwnedSemaphorePermit,
+        shutdown: CancellationToken,
+    ) {
+        let _permit = permit;
+        let _watching = WatchingFlag(Arc::clone(&slot));
+        let stop = self.watch_stopped(&slot, &shutdown);
+        tokio::pin!(stop);
+        let mut closed = self.breaker.subscribe_closed();
+        let pace = Pace::new(
+            self.config.watch_min_interval,
+            self.config.refresh_interval,
+            Instant::now(),
+        );
+        let mut watch = consul::Watch::new(self.config.watch_wait)
+            .from_index(slot.entry.load().index)
+            .paced(pace);
+        debug!(key = ?key, index = watch.index(), "Watching Consul for changes");
+        loop {
+            let start_at = watch.next_start();
+            if start_at > Instant::now() {
+                tokio::select! {
+                    () = &mut stop => break,
+                    () = tokio::time::sleep_until(start_at) => {}
+                }
+            }
+            let admission = self.breaker.admit();
+            let pause = if admission == Admission::Denied {
+                closed.borrow_and_update();
+                Pause::Backoff(self.denied_pause())
+            } else {
+                // A probe is non-blocking: it must report back at once.
+                let options = match admission {
+                    Admission::Probe => consul::QueryOptions::default(),
+                    _ => watch.options(),
+                };
+                watch.started();
+                let result = tokio::select! {
+                    () = &mut stop => {
+                        if admission == Admission::Probe {
+                            self.breaker.cancel_probe();
+                        }
+                        break;
+                    }
+                    result = self.fetch(&key, MODE_WATCH, &options) => result,
+                };
+                self.watch_answered(&key, &slot, &mut watch, &mut closed, result)
+            };
+            tokio::select! {
+                () = &mut stop => break,
+                () = self.pause(pause, &mut closed) => {}
+            }
+        }
+        debug!(key = ?key, "Stopped watching");
+    }
+
+    /// Takes one answer (or failure) of a watch loop; returns what to do before
+    /// the next request.
+    fn watch_answered(
+        &self,
+        key: &Key,
+        slot: &Slot,
+        watch: &mut consul::Watch,
+        closed: &mut tokio::sync::watch::Receiver<u64>,
+        result: Result<Fetched, consul::Error>,
+    ) -> Pause {
+        match result {
+            Ok(fetched) => {
+                self.breaker.record_success();
+                metrics::refresh("ok");
+                let returned = fetched.index;
+                let poll_in = self.jittered(self.refresh_period(&fetched.value));
+                self.store_success(slot, fetched);
+                let Some(returned) = returned else {
+                    // No index to block on (e.g. unknown datacenter): poll.
+                    watch.restart();
+                    return Pause::Sleep(poll_in);
+                };
+                let previous = watch.index();
+                if watch.observe(returned) == IndexChange::Reset {
+                    metrics::watch_index_reset();
+                    debug!(key = ?key, previous, returned, "Consul index went backwards, re-reading from scratch");
+                }
+                Pause::None
+            }
+            Err(error) => {
+                metrics::refresh(error.kind());
+                debug!(key = ?key, error = %error, "Consul watch failed, keeping last good data");
+                let pause = self.record_refresh_failure(slot, &error);
+                closed.borrow_and_update();
+                Pause::Backoff(pause)
+            }
+        }
+    }
+
+    /// How long a watch loop the breaker held back waits: until the next probe
+    /// may go (whichever loop wakes first sends it), spread so the loops do not
+    /// wake together; while a probe is in flight, until it closes the circuit,
+    /// or a backoff.
+    fn denied_pause(&self) -> Duration {
+        let breaker = self.breaker.snapshot();
+        match (breaker.state, breaker.retry_in_ms) {
+            (CircuitState::Open, Some(ms)) if ms > 0 => {
+                let spread = self
+                    .config
+                    .backoff_min
+                    .mul_f64(rand::rng().random_range(0.0..=0.5));
+                Duration::from_millis(ms) + spread
+            }
+            _ => self.retry_pause(),
+        }
+    }
+
+    /// Sleeps as `pause` says.
+    async fn pause(&self, pause: Pause, closed: &mut tokio::sync::watch::Receiver<u64>) {
+        match pause {
+            Pause::None => {}
+            Pause::Sleep(duration) => tokio::time::sleep(duration).await,
+            Pause::Backoff(duration) => self.backoff_pause(duration, closed).await,
+        }
+    }
+
+    /// Completes when a watch loop must end.
+    async fn watch_stopped(&self, slot: &Slot, shutdown: &CancellationToken) {
+        tokio::select! {
+            () = shutdown.cancelled() => {}
+            () = slot.removed.cancelled() => {}
+            () = self.until_idle(slot) => {}
+        }
+    }
+
+    /// Completes once nobody asked for the slot during `idle_timeout`.
+    async fn until_idle(&self, slot: &Slot) {
+        loop {
+            let last_access =
+                self.epoch + Duration::from_millis(slot.last_access_ms.load(Ordering::Relaxed));
+            let deadline = last_access + self.config.idle_timeout + Duration::from_millis(1);
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+
+    /// Sleeps `pause`, cut short when the circuit closes again (then after a
+    /// random spread, so that the watch loops do not resume in lockstep).
+    async fn backoff_pause(&self, pause: Duration, closed: &mut tokio::sync::watch::Receiver<u64>) {
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            Ok(()) = closed.changed() => {
+                let spread = self
+                    .config
+                    .backoff_min
+                    .min(pause)
+                    .mul_f64(rand::rng().random_range(0.0..=1.0));
+                tokio::time::sleep(spread).await;
+            }
+        }
+    }
+}
+
+/// Clears a slot's `watching` flag when its watch loop ends, however it ends.
+struct WatchingFlag(Arc<Slot>);
+
+impl Drop for WatchingFlag {
+    fn drop(&mut self) {
+        self.0.watching.store(false, Ordering::Release);
+    }
+}
