@@ -206,7 +206,7 @@ impl App {
                 }
             }
         });
-        let server = dns::serve(self.router, self.listeners, self.settings.server.clone())?;
+        let mut server = dns::serve(self.router, self.listeners, self.settings.server.clone())?;
         let refresher = tokio::spawn(self.catalog.clone().run(shutdown.child_token()));
         let hosts_watch = tokio::spawn(
             self.local_hosts
@@ -233,14 +233,24 @@ impl App {
             domain = %self.settings.dns.domain,
             "dnsfront serving"
         );
-        shutdown.cancelled().await;
-        info!("Shutting down: no new queries, finishing in-flight ones");
+        // A DNS server that stops on its own (a listener failed) ends the
+        // process with an error, so systemd restarts it, instead of leaving
+        // clients routed to a dead socket while /health stays green.
+        let failed = tokio::select! {
+            () = shutdown.cancelled() => None,
+            stopped = server.stopped() => Some(stopped),
+        };
         systemd::stopping();
-        if tokio::time::timeout(SHUTDOWN_GRACE, server.shutdown())
-            .await
-            .is_err()
-        {
-            warn!(grace = ?SHUTDOWN_GRACE, "In-flight queries did not finish in time; exiting anyway");
+        // Whatever ended the serving, every other task stops now.
+        shutdown.cancel();
+        if failed.is_none() {
+            info!("Shutting down: no new queries, finishing in-flight ones");
+            if tokio::time::timeout(SHUTDOWN_GRACE, server.shutdown())
+                .await
+                .is_err()
+            {
+                warn!(grace = ?SHUTDOWN_GRACE, "In-flight queries did not finish in time; exiting anyway");
+            }
         }
         refresher.abort();
         hosts_watch.abort();
@@ -251,7 +261,16 @@ impl App {
             // It removes its socket file as it stops.
             let _ = tokio::time::timeout(Duration::from_secs(1), control).await;
         }
-        Ok(())
+        match failed {
+            None => Ok(()),
+            Some(stopped) => {
+                let error = match stopped {
+                    Ok(()) => anyhow::anyhow!("the DNS server stopped on its own"),
+                    Err(error) => anyhow::Error::from(error),
+                };
+                Err(error.context("DNS server stopped unexpectedly"))
+            }
+        }
     }
 }
 

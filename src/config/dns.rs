@@ -28,6 +28,15 @@ pub struct RawDns {
     /// Idle TCP connections are closed after this long.
     #[serde(with = "humantime_serde")]
     pub tcp_idle_timeout: Duration,
+    /// TCP connections are closed this long after they opened.
+    #[serde(with = "humantime_serde")]
+    pub tcp_max_lifetime: Duration,
+    /// Most TCP connections open at once.
+    pub tcp_max_connections: usize,
+    /// Most TCP connections open at once from one client address.
+    pub tcp_max_connections_per_client: usize,
+    /// Most queries of one TCP connection answered at once.
+    pub tcp_max_pipelined: usize,
     /// TTL of service answers.
     #[serde(with = "humantime_serde")]
     pub service_ttl: Duration,
@@ -51,12 +60,17 @@ pub struct RawDns {
 impl Default for RawDns {
     fn default() -> Self {
         let dns = dns::Config::default();
+        let server = dns::ServerOptions::default();
         Self {
             listen: vec![DEFAULT_LISTEN.to_owned()],
             domain: "consul".to_owned(),
             allowed_networks: vec!["127.0.0.0/8".to_owned(), "::1/128".to_owned()],
             allow_open_resolver: false,
-            tcp_idle_timeout: Duration::from_secs(10),
+            tcp_idle_timeout: server.tcp_idle_timeout,
+            tcp_max_lifetime: server.tcp_max_lifetime,
+            tcp_max_connections: server.tcp_max_connections,
+            tcp_max_connections_per_client: server.tcp_max_connections_per_client,
+            tcp_max_pipelined: server.tcp_max_pipelined,
             service_ttl: dns.service_ttl,
             service_ttl_overrides: BTreeMap::new(),
             node_ttl: dns.node_ttl,
@@ -126,6 +140,58 @@ impl RawConfig {
         Ok(allowed_networks)
     }
 
+    /// The TCP limits of `[dns]` (checked once here) and the client ACL.
+    pub(super) fn server_options(
+        &self,
+        allowed_networks: Vec<ipnet::IpNet>,
+        forward_max_in_flight: usize,
+    ) -> Result<dns::ServerOptions, ConfigError> {
+        check_duration_range(
+            "dns.tcp_idle_timeout",
+            self.dns.tcp_idle_timeout,
+            Duration::from_millis(100),
+            Duration::from_secs(600),
+        )?;
+        check_duration_range(
+            "dns.tcp_max_lifetime",
+            self.dns.tcp_max_lifetime,
+            self.dns.tcp_idle_timeout,
+            Duration::from_secs(24 * 3600),
+        )?;
+        let counts = [
+            (
+                "dns.tcp_max_connections",
+                self.dns.tcp_max_connections,
+                1_000_000,
+            ),
+            (
+                "dns.tcp_max_connections_per_client",
+                self.dns.tcp_max_connections_per_client,
+                1_000_000,
+            ),
+            ("dns.tcp_max_pipelined", self.dns.tcp_max_pipelined, 1024),
+        ];
+        for (key, value, max) in counts {
+            if !(1..=max).contains(&value) {
+                return Err(invalid(
+                    key,
+                    format!("must be between 1 and {max}, got {value}"),
+                ));
+            }
+        }
+        Ok(dns::ServerOptions {
+            tcp_idle_timeout: self.dns.tcp_idle_timeout,
+            tcp_max_lifetime: self.dns.tcp_max_lifetime,
+            tcp_max_connections: self.dns.tcp_max_connections,
+            tcp_max_connections_per_client: self.dns.tcp_max_connections_per_client,
+            tcp_max_pipelined: self.dns.tcp_max_pipelined,
+            // One socket per upstream query in flight at most, and room for
+            // Consul connections, UDP sockets and files.
+            reserved_fds: forward_max_in_flight.saturating_add(256),
+            allowed_networks,
+        })
+    }
+
     /// The warning of an acknowledged open resolver (`dns.allow_open_resolver`).
     pub(super) fn open_resolver_warning(
         &self,
@@ -171,12 +237,6 @@ impl RawConfig {
                 ),
             ));
         }
-        check_duration_range(
-            "dns.tcp_idle_timeout",
-            self.dns.tcp_idle_timeout,
-            Duration::from_millis(100),
-            Duration::from_secs(600),
-        )?;
         let dns_config = dns::Config {
             domain: domain_name,
             service_ttl: self.dns.service_ttl,

@@ -101,6 +101,18 @@ pub const KEYS: &[Key] = &[
     key("dns.tcp_idle_timeout", Restart, |s| {
         show(s.server.tcp_idle_timeout)
     }),
+    key("dns.tcp_max_lifetime", Restart, |s| {
+        show(s.server.tcp_max_lifetime)
+    }),
+    key("dns.tcp_max_connections", Restart, |s| {
+        show(s.server.tcp_max_connections)
+    }),
+    key("dns.tcp_max_connections_per_client", Restart, |s| {
+        show(s.server.tcp_max_connections_per_client)
+    }),
+    key("dns.tcp_max_pipelined", Restart, |s| {
+        show(s.server.tcp_max_pipelined)
+    }),
     key("dns.service_ttl", Router, |s| show(s.dns.service_ttl)),
     key("dns.service_ttl_overrides", Router, |s| {
         show(&s.dns.service_ttl_overrides)

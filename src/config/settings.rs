@@ -18,7 +18,7 @@ use super::{
 pub struct Settings {
     /// Addresses to bind (UDP and TCP each).
     pub listen: Vec<SocketAddr>,
-    /// Server options (client ACL, TCP idle timeout).
+    /// Server options (client ACL, TCP limits).
     pub server: dns::ServerOptions,
     /// Answer shaping.
     pub dns: dns::Config,
@@ -63,10 +63,7 @@ impl RawConfig {
         warnings.extend(self.token_warnings(&consul));
         Ok(Settings {
             listen,
-            server: dns::ServerOptions {
-                tcp_idle_timeout: self.dns.tcp_idle_timeout,
-                allowed_networks,
-            },
+            server: self.server_options(allowed_networks, forward.max_in_flight)?,
             dns,
             consul,
             catalog,

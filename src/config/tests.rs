@@ -347,6 +347,36 @@ fn hosts_and_query_log_keys_are_checked() {
 }
 
 #[test]
+fn tcp_limit_keys_are_parsed_and_checked() {
+    let settings = parse(
+        "[dns]\ntcp_max_connections = 50\ntcp_max_connections_per_client = 5\ntcp_max_pipelined = 2\ntcp_max_lifetime = \"30s\"\n[forward]\nmax_in_flight = 100\n",
+    )
+    .expect("valid");
+    let server = &settings.server;
+    assert_eq!(server.tcp_max_connections, 50);
+    assert_eq!(server.tcp_max_connections_per_client, 5);
+    assert_eq!(server.tcp_max_pipelined, 2);
+    assert_eq!(server.tcp_max_lifetime, Duration::from_secs(30));
+    assert_eq!(
+        server.reserved_fds,
+        100 + 256,
+        "upstream sockets are reserved"
+    );
+    for (text, key) in [
+        ("tcp_max_connections = 0", "dns.tcp_max_connections"),
+        (
+            "tcp_max_connections_per_client = 0",
+            "dns.tcp_max_connections_per_client",
+        ),
+        ("tcp_max_pipelined = 0", "dns.tcp_max_pipelined"),
+        ("tcp_max_lifetime = \"5s\"", "dns.tcp_max_lifetime"),
+    ] {
+        let message = error_of(&format!("[dns]\n{text}\n"));
+        assert!(message.starts_with(key), "{text}: {message}");
+    }
+}
+
+#[test]
 fn catalog_watch_mode_keys_are_parsed_and_checked() {
     let settings = parse("[catalog]\nrefresh = \"watch\"\nwatch_wait = \"2m\"\nmax_watches = 50\n")
         .expect("valid");

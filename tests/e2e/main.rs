@@ -17,4 +17,5 @@ mod robustness;
 mod size_limits;
 pub(crate) mod snapshot;
 mod systemd;
+mod tcp_limits;
 mod upstream_auth;

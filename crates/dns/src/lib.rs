@@ -26,9 +26,10 @@
 //! up to 1 s late. [`Router::reload`] clears the cache at
 //! once, and the query log (when on) turns it off. Fast-path answers count in
 //! `dns.queries` and `dns.fast_path_hits` in batches (at most 1 s late) and
-//! feed `dns.query_duration_seconds` with one sample per 64 answers. TCP
-//! is served by our own accept loops (one task per connection, queries in
-//! turn) and never uses the cache.
+//! feed `dns.query_duration_seconds` with one sample per 64 answers. TCP is
+//! served by our own accept loops (`tcp.rs`: ACL at accept, global and
+//! per-client connection caps, idle timeout, lifetime, bounded pipelining,
+//! backoff when fds run out) and never uses the cache.
 //!
 //! Both encode with every owner name compressed (hickory's encoder stops
 //! compressing after 120 names) and fit answers to the transport's limit

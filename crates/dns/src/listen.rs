@@ -22,6 +22,11 @@ use crate::{tcp, udp};
 const PORT_ZERO_ATTEMPTS: usize = 16;
 /// Pending TCP connections the kernel may queue.
 const TCP_BACKLOG: i32 = 1024;
+/// Receive buffer of every TCP connection (inherited from the listener):
+/// queries are small, and a client pipelining faster than we answer must
+/// fill a small kernel buffer, not the 128 KiB+ Linux gives by default (it
+/// counts in the service's memory).
+const TCP_RECEIVE_BUFFER: usize = 16 * 1024;
 /// Most UDP sockets bound per listen address by default.
 const MAX_DEFAULT_UDP_SOCKETS: usize = 8;
 /// Default bound on UDP queries on the general path at once.
@@ -134,6 +139,9 @@ fn bind_tcp(address: SocketAddr) -> Result<std::net::TcpListener, Error> {
         socket.set_only_v6(true).map_err(fail)?;
     }
     socket.set_nonblocking(true).map_err(fail)?;
+    socket
+        .set_recv_buffer_size(TCP_RECEIVE_BUFFER)
+        .map_err(fail)?;
     socket.bind(&address.into()).map_err(fail)?;
     socket.listen(TCP_BACKLOG).map_err(fail)?;
     Ok(socket.into())
@@ -142,10 +150,26 @@ fn bind_tcp(address: SocketAddr) -> Result<std::net::TcpListener, Error> {
 /// Server settings outside the answer logic.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
-    /// A TCP connection that sends no request for this long is closed.
+    /// A TCP connection that sends no complete query (and gets no answer)
+    /// for this long is closed.
     pub tcp_idle_timeout: Duration,
+    /// A TCP connection is closed this long after it was opened, however
+    /// busy (after answering what it already sent).
+    pub tcp_max_lifetime: Duration,
+    /// Most TCP connections open at once, over every listen address.
+    /// Lowered at start when RLIMIT_NOFILE minus `reserved_fds` is smaller.
+    pub tcp_max_connections: usize,
+    /// Most TCP connections open at once from one source address.
+    pub tcp_max_connections_per_client: usize,
+    /// Most queries of one TCP connection answered at once; the client's
+    /// further queries wait in the socket buffer.
+    pub tcp_max_pipelined: usize,
+    /// File descriptors kept for everything but TCP clients (upstream and
+    /// Consul sockets, UDP sockets, files) when sizing the TCP cap.
+    pub reserved_fds: usize,
     /// Clients whose address is outside every network here get REFUSED
-    /// (an empty list refuses everyone).
+    /// over UDP, and have their TCP connection closed at accept (an empty
+    /// list refuses everyone).
     pub allowed_networks: Vec<IpNet>,
 }
 
@@ -153,6 +177,13 @@ impl Default for ServerOptions {
     fn default() -> Self {
         Self {
             tcp_idle_timeout: Duration::from_secs(10),
+            tcp_max_lifetime: Duration::from_secs(120),
+            tcp_max_connections: 1024,
+            tcp_max_connections_per_client: 256,
+            tcp_max_pipelined: 16,
+            // forward.max_in_flight's default (1024 upstream sockets at
+            // most) and 256 for Consul connections, UDP sockets and files.
+            reserved_fds: 1024 + 256,
             allowed_networks: vec![
                 IpNet::new(IpAddr::from([127, 0, 0, 0]), 8).expect("valid prefix length"),
                 IpNet::new(IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]), 128)
@@ -210,11 +241,19 @@ impl ServerHandle {
     pub async fn run_until(mut self, shutdown: CancellationToken) -> Result<(), Error> {
         tokio::select! {
             () = shutdown.cancelled() => self.shutdown().await,
-            joined = &mut self.task => match joined {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(source)) => Err(Error::Serve { source }),
-                Err(join_error) => Err(Error::Task(join_error.to_string())),
-            },
+            stopped = self.stopped() => stopped,
+        }
+    }
+
+    /// Resolves only if the server stops on its own: a listener failed (Err;
+    /// the other loops were stopped too). The caller should then exit with
+    /// an error rather than keep a process whose clients get silence. Do not
+    /// call [`shutdown`](Self::shutdown) after it resolved.
+    pub async fn stopped(&mut self) -> Result<(), Error> {
+        match (&mut self.task).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(source)) => Err(Error::Serve { source }),
+            Err(join_error) => Err(Error::Task(join_error.to_string())),
         }
     }
 }
@@ -244,9 +283,9 @@ pub fn serve<C: CatalogView, F: Upstream>(
     serve_with(router, listeners, options, UdpOptions::default())
 }
 
-/// Starts serving `router` on `listeners`: UDP on our own threads with the
-/// wire answer cache, TCP on our own accept loops. Must be called inside a
-/// Tokio runtime.
+/// Starts serving `router` on `listeners`: UDP on our own loops with the wire
+/// answer cache, TCP on our own accept loops with connection limits. Must be
+/// called inside a Tokio runtime.
 pub fn serve_with<C: CatalogView, F: Upstream>(
     router: Router<C, F>,
     listeners: Listeners,
@@ -258,9 +297,23 @@ pub fn serve_with<C: CatalogView, F: Upstream>(
     let max_in_flight = udp_options.max_in_flight.clamp(1, Semaphore::MAX_PERMITS);
     let in_flight = Arc::new(Semaphore::new(max_in_flight));
     let shared = Arc::new(udp::Shared {
-        router,
+        router: router.clone(),
         allowed: options.allowed_networks.clone(),
         in_flight: Arc::clone(&in_flight),
+        shutdown: shutdown.clone(),
+    });
+    let tcp_shared = Arc::new(tcp::Shared {
+        router,
+        allowed: options.allowed_networks.clone(),
+        limits: tcp::Limits {
+            max_connections: tcp::fd_budget(options.tcp_max_connections, options.reserved_fds),
+            max_per_client: options.tcp_max_connections_per_client,
+            idle_timeout: options.tcp_idle_timeout,
+            max_lifetime: options.tcp_max_lifetime,
+            max_pipelined: options.tcp_max_pipelined.max(1),
+        },
+        connections: Arc::default(),
+        in_flight: Arc::new(Semaphore::new(tcp::MAX_IN_FLIGHT)),
         shutdown: shutdown.clone(),
     });
     let register = |source| Error::Register {
@@ -282,11 +335,7 @@ pub fn serve_with<C: CatalogView, F: Upstream>(
             protocol: "tcp",
             source,
         })?;
-        tcp_loops.spawn(tcp::serve(
-            tcp,
-            Arc::clone(&shared),
-            options.tcp_idle_timeout,
-        ));
+        tcp_loops.spawn(tcp::serve(tcp, Arc::clone(&tcp_shared)));
         info!(address = %address, udp_sockets = udp_options.sockets.max(1), "DNS listening on UDP and TCP");
     }
     let sweeper = {
@@ -304,8 +353,26 @@ pub fn serve_with<C: CatalogView, F: Upstream>(
         }
     };
     let task = tokio::spawn(async move {
-        let (tcp, udp, ()) =
-            tokio::join!(join_all(tcp_loops, "TCP"), join_all(loops, "UDP"), sweeper);
+        let tcp = async {
+            let mut result = Ok(());
+            while let Some(joined) = tcp_loops.join_next().await {
+                let failed = match joined {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(error)) => error,
+                    Err(join_error) => hickory_server::net::NetError::from(format!(
+                        "TCP loop failed: {join_error}"
+                    )),
+                };
+                // A dead TCP listener stops the whole server, so the process
+                // exits (and is restarted) rather than leaving its TCP
+                // clients unanswered.
+                warn!(error = %failed, "TCP listener stopped; stopping the DNS server");
+                shared.shutdown.cancel();
+                result = Err(failed);
+            }
+            result
+        };
+        let (tcp, udp, ()) = tokio::join!(tcp, join_all(loops, "UDP"), sweeper);
         // Queries already on the general path finish before we report done.
         let permits = u32::try_from(max_in_flight).unwrap_or(u32::MAX);
         drop(in_flight.acquire_many(permits).await);
@@ -341,7 +408,57 @@ async fn join_all(
 
 #[cfg(test)]
 mod tests {
+    use std::os::fd::AsRawFd as _;
+
+    use dnsfront_catalog::{Freshness, Lookup, Node, ServiceInstance};
+    use hickory_proto::op::Query;
+
     use super::*;
+
+    /// Knows nothing: every name is NXDOMAIN, forwarding fails.
+    #[derive(Clone)]
+    struct Nothing;
+
+    impl CatalogView for Nothing {
+        async fn service(&self, _: &str, _: Option<&str>) -> Lookup<Arc<[ServiceInstance]>> {
+            Lookup::NotFound(Freshness::Fresh)
+        }
+        async fn node(&self, _: &str, _: Option<&str>) -> Lookup<Arc<Node>> {
+            Lookup::NotFound(Freshness::Fresh)
+        }
+    }
+
+    impl Upstream for Nothing {
+        async fn resolve(
+            &self,
+            _: &Query,
+            _: bool,
+        ) -> Result<dnsfront_forward::Answer, dnsfront_forward::Error> {
+            Err(dnsfront_forward::Error::AllFailed {
+                last: "nothing".to_owned(),
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_tcp_listener_stops_the_server_with_an_error() {
+        let listeners = Listeners::bind(&["127.0.0.1:0".parse().expect("literal")]).expect("bind");
+        // The same socket: shutting it down makes Linux's accept fail with EINVAL.
+        let twin = listeners.pairs[0].1.try_clone().expect("dup");
+        let router = Router::with_backends(crate::Config::default(), Nothing, None::<Nothing>);
+        let mut server = serve(router, listeners, ServerOptions::default()).expect("serve");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        nix::sys::socket::shutdown(twin.as_raw_fd(), nix::sys::socket::Shutdown::Read)
+            .expect("shutdown the listening socket");
+        let stopped = tokio::time::timeout(Duration::from_secs(5), server.stopped())
+            .await
+            .expect("the server stops on its own");
+        let error = stopped.expect_err("a dead listener is an error");
+        assert!(
+            format!("{:?}", error).contains("TCP listener failed"),
+            "{error:?}"
+        );
+    }
 
     #[test]
     fn port_zero_gets_one_port_for_udp_and_tcp() {

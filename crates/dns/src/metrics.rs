@@ -25,6 +25,18 @@ pub const FAST_PATH_HITS: &str = "dns.fast_path_hits";
 /// Counter: UDP queries dropped unanswered because too many were in progress.
 pub const UDP_OVERLOAD_DROPS: &str = "dns.udp_overload_drops";
 
+/// Gauge: TCP connections open.
+pub const TCP_CONNECTIONS: &str = "dns.tcp_connections";
+/// Counter: TCP connections closed at accept, tagged `reason` (acl,
+/// client_limit, full).
+pub const TCP_REFUSED: &str = "dns.tcp_refused";
+/// Counter: TCP connections the server closed, tagged `reason` (idle,
+/// lifetime, evicted).
+pub const TCP_CLOSED: &str = "dns.tcp_closed";
+/// Counter: pauses of a TCP accept loop because accept failed for lack of
+/// file descriptors or memory.
+pub const TCP_ACCEPT_BACKOFFS: &str = "dns.tcp_accept_backoffs";
+
 /// Every metric of this crate, declared once: (name, kind, unit, description).
 /// `src/telemetry.rs` describes them to the recorder; the README lists them.
 pub const METRICS: &[(&str, MetricKind, Unit, &str)] = &[
@@ -57,6 +69,30 @@ pub const METRICS: &[(&str, MetricKind, Unit, &str)] = &[
         MetricKind::Counter,
         Unit::Count,
         "DNS responses truncated to fit the transport (TC set)",
+    ),
+    (
+        TCP_CONNECTIONS,
+        MetricKind::Gauge,
+        Unit::Count,
+        "TCP connections open",
+    ),
+    (
+        TCP_REFUSED,
+        MetricKind::Counter,
+        Unit::Count,
+        "TCP connections closed at accept, by reason (acl, client_limit, full)",
+    ),
+    (
+        TCP_CLOSED,
+        MetricKind::Counter,
+        Unit::Count,
+        "TCP connections closed by the server, by reason (idle, lifetime, evicted)",
+    ),
+    (
+        TCP_ACCEPT_BACKOFFS,
+        MetricKind::Counter,
+        Unit::Count,
+        "Pauses of TCP accept because file descriptors or memory ran out",
     ),
 ];
 
