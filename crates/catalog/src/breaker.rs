@@ -293,7 +293,10 @@ impl Breaker {
                 datacenter = self.datacenter(),
                 "Consul reachable again, answers are fresh"
             );
-            let open = self.open_count.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
+            let open = self
+                .open_count
+                .fetch_sub(1, Ordering::Relaxed)
+                .saturating_sub(1);
             metrics::circuits_open(open);
             self.closed.send_modify(|generation| *generation += 1);
         }
@@ -392,13 +395,16 @@ mod tests {
             assert!(breakers.get(Some(&dc)).allow_request());
         }
         assert!(breakers.remote.lock().expect("lock").len() <= MAX_DATACENTERS);
-        assert!(breakers.get(Some(&dc2)).is_open(), "a failing one is remembered");
+        assert!(
+            breakers.get(Some(&dc2)).is_open(),
+            "a failing one is remembered"
+        );
         let listed = breakers.snapshots();
         assert_eq!(listed[0].0, None);
         assert!(
-            listed
-                .iter()
-                .any(|(dc, state)| dc.as_deref() == Some("dc2") && state.state == CircuitState::Open)
+            listed.iter().any(
+                |(dc, state)| dc.as_deref() == Some("dc2") && state.state == CircuitState::Open
+            )
         );
     }
 

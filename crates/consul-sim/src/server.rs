@@ -248,7 +248,8 @@ impl hyper::body::Body for Padding {
             }
             1 => Bytes::from_static(b"]"),
             remaining => {
-                let spaces = usize::try_from(remaining - 1).map_or(SPACES.len(), |n| n.min(SPACES.len()));
+                let spaces =
+                    usize::try_from(remaining - 1).map_or(SPACES.len(), |n| n.min(SPACES.len()));
                 Bytes::from_static(&SPACES[..spaces])
             }
         };

@@ -261,9 +261,7 @@ impl Inner {
             // waits out its own backoff.
             let breaker_closed = || !self.breaker(&key).is_open();
             if now >= entry.next_refresh
-                || (entry.last_refresh_failed
-                    && entry.name_backoff.is_none()
-                    && breaker_closed())
+                || (entry.last_refresh_failed && entry.name_backoff.is_none() && breaker_closed())
             {
                 pass.due.push((key, slot));
             }
