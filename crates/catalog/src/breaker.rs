@@ -96,6 +96,22 @@ impl Breakers {
         breaker
     }
 
+    /// Whether `datacenter`'s breaker (any case; `None` = the agent's) is open,
+    /// without creating one.
+    pub(crate) fn is_open(&self, datacenter: Option<&str>) -> bool {
+        let Some(datacenter) = datacenter else {
+            return self.local.is_open();
+        };
+        let remote = self
+            .remote
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match remote.get(datacenter.to_ascii_lowercase().as_str()) {
+            Some(breaker) => breaker.is_open(),
+            None => remote.len() >= MAX_DATACENTERS && self.overflow.is_open(),
+        }
+    }
+
     /// Every breaker that is not closed-and-quiet, by datacenter (`None` = the
     /// agent's own, always listed first).
     pub(crate) fn snapshots(&self) -> Vec<(Option<String>, BreakerState)> {

@@ -313,6 +313,12 @@ impl Cache {
         self.inner.slots.entry_count()
     }
 
+    /// True while the circuit breaker of `datacenter` (`None` = the agent's)
+    /// holds Consul requests back. No I/O; a datacenter never failed has none.
+    pub fn consul_unavailable_in(&self, datacenter: Option<&str>) -> bool {
+        self.inner.breakers.is_open(datacenter)
+    }
+
     /// The position and backoff of the agent's own datacenter's circuit breaker (no I/O).
     pub fn breaker_state(&self) -> BreakerState {
         self.inner.breakers.local().snapshot()

@@ -105,9 +105,12 @@ async fn a_cut_off_remote_datacenter_never_opens_the_agents_breaker() {
     ));
     assert_eq!(sim.request_count("/v1/health/service/far"), before);
 
+    assert!(cache.consul_unavailable_in(Some("DC2")));
     // The agent's own datacenter is untouched: closed, and never-seen names are fetched.
     assert_eq!(cache.breaker_state().state, CircuitState::Closed);
     assert!(!cache.consul_unavailable());
+    assert!(!cache.consul_unavailable_in(None));
+    assert!(!cache.consul_unavailable_in(Some("dc3")));
     assert!(found_fresh(&bounded(cache.service("api", None)).await));
     shutdown.cancel();
 }
