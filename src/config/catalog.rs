@@ -48,6 +48,8 @@ pub struct RawCatalog {
     pub watch_min_interval: Duration,
     /// Most names watched at once; the rest are polled.
     pub max_watches: usize,
+    /// Most first fetches in flight to the agent at once.
+    pub max_concurrent_fetches: usize,
 }
 
 /// `catalog.refresh`
@@ -79,6 +81,7 @@ impl Default for RawCatalog {
             watch_wait: c.watch_wait,
             watch_min_interval: c.watch_min_interval,
             max_watches: c.max_watches,
+            max_concurrent_fetches: c.max_concurrent_fetches,
         }
     }
 }
@@ -105,6 +108,7 @@ impl RawConfig {
             watch_wait: c.watch_wait,
             watch_min_interval: c.watch_min_interval,
             max_watches: c.max_watches,
+            max_concurrent_fetches: c.max_concurrent_fetches,
         };
         config.validate().map_err(|error| match error {
             catalog::Error::InvalidConfig { key, reason } => {

@@ -171,6 +171,9 @@ pub const KEYS: &[Key] = &[
     key("catalog.max_watches", Restart, |s| {
         show(s.catalog.max_watches)
     }),
+    key("catalog.max_concurrent_fetches", Restart, |s| {
+        show(s.catalog.max_concurrent_fetches)
+    }),
     key("forward.upstreams", Forwarder, |s| {
         show(&s.forward.upstreams)
     }),

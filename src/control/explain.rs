@@ -69,7 +69,14 @@ async fn add_consul_details(
     consul_name: &ConsulName,
     report: &mut ExplainReport,
 ) {
-    report.consul_unavailable = context.catalog.consul_unavailable();
+    // The breaker of the datacenter the name is asked in.
+    let datacenter = match consul_name {
+        ConsulName::Service { datacenter, .. } | ConsulName::Node { datacenter, .. } => {
+            datacenter.as_deref()
+        }
+        _ => None,
+    };
+    report.consul_unavailable = context.catalog.consul_unavailable_in(datacenter);
     report.kind = Some(consul_name.kind().to_owned());
     report.catalog = catalog_details(&context.catalog, consul_name).await;
     report.snapshot = context

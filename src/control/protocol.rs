@@ -135,7 +135,8 @@ pub struct ExplainReport {
     pub answer: Option<DnsAnswer>,
     /// Why no answer came back.
     pub answer_error: Option<String>,
-    /// True while the circuit breaker holds Consul requests back.
+    /// True while the circuit breaker of the name's datacenter holds Consul
+    /// requests back.
     pub consul_unavailable: bool,
     /// The catalog cache entry (Consul names).
     pub catalog: Option<CatalogDetails>,
@@ -162,7 +163,8 @@ pub struct Stats {
     pub config_file: Option<String>,
     /// Cached services and nodes.
     pub catalog_entries: u64,
-    /// True while the circuit breaker holds Consul requests back.
+    /// True while the circuit breaker of the agent's own datacenter holds
+    /// Consul requests back.
     pub consul_unavailable: bool,
     /// Responses in the forwarder's cache.
     pub forward_cache_entries: u64,

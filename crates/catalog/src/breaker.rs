@@ -1,9 +1,18 @@
-//! One circuit breaker per catalog, shared by every key: when Consul fails, all
-//! keys back off together, so a node asks a struggling Consul one probe at a
-//! time instead of one request per cached name.
+//! One circuit breaker per datacenter (the agent's own, and each remote one asked
+//! for by name), shared by every key of that datacenter: when Consul fails for a
+//! datacenter, its keys back off together, so a node asks a struggling Consul one
+//! probe at a time instead of one request per cached name, and a remote
+//! datacenter that is cut off never holds back the agent's own.
+//!
+//! Only failures that trying again later can cure count
+//! ([`dnsfront_consul::Error::is_retryable`]: transport errors, timeouts, 5xx,
+//! 429). A 403 or an undecodable answer concerns one name; the cache backs off
+//! that name alone.
 
+use std::collections::HashMap;
 use std::fmt::Display;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dnsfront_consul::Backoff;
@@ -20,7 +29,118 @@ const FAILURE_THRESHOLD: u32 = 3;
 /// new probes after this long.
 const PROBE_EXPIRY: Duration = Duration::from_secs(10);
 
+/// Most datacenters with a breaker of their own. Datacenter names come from
+/// queries, so the map is bounded: breakers with nothing to remember (closed,
+/// no failure, not held by a watch loop) are dropped first; past the bound,
+/// further datacenters share one overflow breaker.
+const MAX_DATACENTERS: usize = 64;
+
+/// The breakers of one cache, by datacenter (`None` = the agent's own).
+pub(crate) struct Breakers {
+    backoff: Backoff,
+    local: Arc<Breaker>,
+    remote: Mutex<HashMap<Arc<str>, Arc<Breaker>>>,
+    overflow: Arc<Breaker>,
+    /// Breakers currently open, for the `catalog.consul_circuit_open` gauge.
+    open: Arc<AtomicU64>,
+}
+
+impl Breakers {
+    /// Closed breakers whose openings last `backoff` (jittered, doubling while Consul fails).
+    pub(crate) fn new(backoff: Backoff) -> Self {
+        let open = Arc::new(AtomicU64::new(0));
+        let local = Arc::new(Breaker::new(backoff.clone(), None, Arc::clone(&open)));
+        let overflow = Arc::new(Breaker::new(
+            backoff.clone(),
+            Some("(other datacenters)".into()),
+            Arc::clone(&open),
+        ));
+        Self {
+            backoff,
+            local,
+            remote: Mutex::new(HashMap::new()),
+            overflow,
+            open,
+        }
+    }
+
+    /// The agent's own datacenter's breaker.
+    pub(crate) fn local(&self) -> &Arc<Breaker> {
+        &self.local
+    }
+
+    /// The breaker of `datacenter` (lower-case; `None` = the agent's own).
+    pub(crate) fn get(&self, datacenter: Option<&Arc<str>>) -> Arc<Breaker> {
+        let Some(datacenter) = datacenter else {
+            return Arc::clone(&self.local);
+        };
+        let mut remote = self
+            .remote
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(breaker) = remote.get(datacenter) {
+            return Arc::clone(breaker);
+        }
+        if remote.len() >= MAX_DATACENTERS {
+            remote.retain(|_, breaker| Arc::strong_count(breaker) > 1 || !breaker.is_idle());
+        }
+        if remote.len() >= MAX_DATACENTERS {
+            return Arc::clone(&self.overflow);
+        }
+        let breaker = Arc::new(Breaker::new(
+            self.backoff.clone(),
+            Some(Arc::clone(datacenter)),
+            Arc::clone(&self.open),
+        ));
+        remote.insert(Arc::clone(datacenter), Arc::clone(&breaker));
+        breaker
+    }
+
+    /// Whether `datacenter`'s breaker (any case; `None` = the agent's) is open,
+    /// without creating one.
+    pub(crate) fn is_open(&self, datacenter: Option<&str>) -> bool {
+        let Some(datacenter) = datacenter else {
+            return self.local.is_open();
+        };
+        let remote = self
+            .remote
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match remote.get(datacenter.to_ascii_lowercase().as_str()) {
+            Some(breaker) => breaker.is_open(),
+            None => remote.len() >= MAX_DATACENTERS && self.overflow.is_open(),
+        }
+    }
+
+    /// Every breaker that is not closed-and-quiet, by datacenter (`None` = the
+    /// agent's own, always listed first).
+    pub(crate) fn snapshots(&self) -> Vec<(Option<String>, BreakerState)> {
+        let mut all = vec![(None, self.local.snapshot())];
+        let remote = self
+            .remote
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut others: Vec<_> = remote
+            .iter()
+            .map(|(dc, breaker)| (dc.to_string(), breaker))
+            .chain(std::iter::once((
+                "(other datacenters)".to_owned(),
+                &self.overflow,
+            )))
+            .filter(|(_, breaker)| !breaker.is_idle())
+            .map(|(dc, breaker)| (Some(dc), breaker.snapshot()))
+            .collect();
+        others.sort_by(|a, b| a.0.cmp(&b.0));
+        all.extend(others);
+        all
+    }
+}
+
 pub(crate) struct Breaker {
+    /// The datacenter it guards, for logs (`None` = the agent's own).
+    datacenter: Option<Arc<str>>,
+    /// Shared count of open breakers (the gauge).
+    open_count: Arc<AtomicU64>,
     state: Mutex<State>,
     /// Bumped each time the circuit closes again, so that waiting watch loops
     /// resume at once instead of sleeping out their backoff.
@@ -76,8 +196,10 @@ struct State {
 
 impl Breaker {
     /// A closed breaker whose openings last `backoff` (jittered, doubling while Consul fails).
-    pub(crate) fn new(backoff: Backoff) -> Self {
+    fn new(backoff: Backoff, datacenter: Option<Arc<str>>, open_count: Arc<AtomicU64>) -> Self {
         Self {
+            datacenter,
+            open_count,
             state: Mutex::new(State {
                 consecutive_failures: 0,
                 open_until: None,
@@ -97,6 +219,16 @@ impl Breaker {
 
     pub(crate) fn is_open(&self) -> bool {
         self.lock().open_until.is_some()
+    }
+
+    /// Closed with no failure: nothing to remember.
+    fn is_idle(&self) -> bool {
+        let state = self.lock();
+        state.open_until.is_none() && state.consecutive_failures == 0
+    }
+
+    fn datacenter(&self) -> &str {
+        self.datacenter.as_deref().unwrap_or("(agent's)")
     }
 
     /// May a request go to Consul now? Closed: yes. Open: only one probe once
@@ -173,17 +305,24 @@ impl Breaker {
         state.backoff.reset();
         drop(state);
         if was_open {
-            info!("Consul reachable again, answers are fresh");
-            metrics::circuit_open(false);
+            info!(
+                datacenter = self.datacenter(),
+                "Consul reachable again, answers are fresh"
+            );
+            let open = self
+                .open_count
+                .fetch_sub(1, Ordering::Relaxed)
+                .saturating_sub(1);
+            metrics::circuits_open(open);
             self.closed.send_modify(|generation| *generation += 1);
         }
     }
 
-    /// Records a failed request. Retryable errors open the circuit after
-    /// [`FAILURE_THRESHOLD`] in a row; others (403, malformed replies) at once,
-    /// since they hit every name alike. The backoff doubles once per opening or
-    /// failed probe, not once per request that was already in flight.
-    pub(crate) fn record_failure(&self, retryable: bool, kind: &str, error: &dyn Display) {
+    /// Records a failed request; only retryable errors come here (the others
+    /// concern one name). The circuit opens after [`FAILURE_THRESHOLD`] in a
+    /// row. The backoff doubles once per opening or failed probe, not once per
+    /// request that was already in flight.
+    pub(crate) fn record_failure(&self, kind: &str, error: &dyn Display) {
         let now = Instant::now();
         let mut state = self.lock();
         state.consecutive_failures = state.consecutive_failures.saturating_add(1);
@@ -192,20 +331,22 @@ impl Breaker {
         if state.open_until.is_some_and(|until| now < until) {
             return; // a request from before the opening: already accounted for
         }
-        if was_open || !retryable || state.consecutive_failures >= FAILURE_THRESHOLD {
+        if was_open || state.consecutive_failures >= FAILURE_THRESHOLD {
             let pause = state.backoff.next_delay();
             state.open_until = Some(now + pause);
             let attempts = state.consecutive_failures;
             drop(state);
             if !was_open {
                 warn!(
+                    datacenter = self.datacenter(),
                     error = %error,
                     kind,
                     attempts,
                     retry_in = ?pause,
                     "Consul unavailable, serving cached answers and backing off"
                 );
-                metrics::circuit_open(true);
+                let open = self.open_count.fetch_add(1, Ordering::Relaxed) + 1;
+                metrics::circuits_open(open);
             }
         }
     }
@@ -220,6 +361,8 @@ mod tests {
     fn breaker(min: Duration, max: Duration) -> Breaker {
         Breaker::new(
             Backoff::try_new(min, max, dnsfront_consul::HALF_JITTER).expect("valid bounds"),
+            None,
+            Arc::new(AtomicU64::new(0)),
         )
     }
 
@@ -227,16 +370,16 @@ mod tests {
     async fn opens_after_threshold_and_lets_one_probe_through_after_backoff() {
         let breaker = breaker(Duration::from_secs(1), Duration::from_secs(8));
         for _ in 0..FAILURE_THRESHOLD - 1 {
-            breaker.record_failure(true, "timeout", &"boom");
+            breaker.record_failure("timeout", &"boom");
             assert!(breaker.allow_request(), "still closed below the threshold");
         }
-        breaker.record_failure(true, "timeout", &"boom");
+        breaker.record_failure("timeout", &"boom");
         assert!(breaker.is_open());
         assert!(!breaker.allow_request(), "open: no request during backoff");
         tokio::time::advance(Duration::from_millis(1001)).await;
         assert!(breaker.allow_request(), "one probe after the backoff");
         assert!(!breaker.allow_request(), "only one probe at a time");
-        breaker.record_failure(true, "timeout", &"boom");
+        breaker.record_failure("timeout", &"boom");
         assert!(!breaker.allow_request(), "failed probe reopens");
         tokio::time::advance(Duration::from_secs(2)).await;
         assert!(breaker.allow_request());
@@ -246,15 +389,38 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn non_retryable_error_opens_at_once() {
-        let breaker = breaker(Duration::from_secs(1), Duration::from_secs(60));
-        breaker.record_failure(false, "forbidden", &"ACL not found");
-        assert!(breaker.is_open());
-        assert!(!breaker.allow_request());
-        tokio::time::advance(Duration::from_millis(1001)).await;
+    async fn datacenters_have_their_own_breakers_and_the_map_is_bounded() {
+        let breakers = Breakers::new(
+            Backoff::try_new(
+                Duration::from_secs(1),
+                Duration::from_secs(8),
+                dnsfront_consul::HALF_JITTER,
+            )
+            .expect("valid bounds"),
+        );
+        let dc2: Arc<str> = "dc2".into();
+        for _ in 0..FAILURE_THRESHOLD {
+            breakers.get(Some(&dc2)).record_failure("timeout", &"boom");
+        }
+        assert!(breakers.get(Some(&dc2)).is_open());
+        assert!(!breakers.local().is_open(), "dc2 never opens the agent's");
+        assert!(breakers.get(None).allow_request());
+        // Quiet breakers make room; failing ones are kept, the rest overflow.
+        for n in 0..(MAX_DATACENTERS * 2) {
+            let dc: Arc<str> = format!("quiet-{n}").into();
+            assert!(breakers.get(Some(&dc)).allow_request());
+        }
+        assert!(breakers.remote.lock().expect("lock").len() <= MAX_DATACENTERS);
         assert!(
-            breaker.allow_request(),
-            "exponential backoff from the minimum"
+            breakers.get(Some(&dc2)).is_open(),
+            "a failing one is remembered"
+        );
+        let listed = breakers.snapshots();
+        assert_eq!(listed[0].0, None);
+        assert!(
+            listed.iter().any(
+                |(dc, state)| dc.as_deref() == Some("dc2") && state.state == CircuitState::Open
+            )
         );
     }
 
@@ -262,11 +428,11 @@ mod tests {
     async fn failures_of_requests_in_flight_before_opening_do_not_double_the_backoff() {
         let breaker = breaker(Duration::from_secs(1), Duration::from_secs(60));
         for _ in 0..FAILURE_THRESHOLD {
-            breaker.record_failure(true, "timeout", &"boom");
+            breaker.record_failure("timeout", &"boom");
         }
         let after_opening = breaker.current_backoff();
         for _ in 0..8 {
-            breaker.record_failure(true, "timeout", &"boom");
+            breaker.record_failure("timeout", &"boom");
         }
         assert_eq!(breaker.current_backoff(), after_opening);
     }
@@ -275,7 +441,7 @@ mod tests {
     async fn backoff_doubles_up_to_the_ceiling() {
         let breaker = breaker(Duration::from_secs(1), Duration::from_secs(4));
         for _ in 0..10 {
-            breaker.record_failure(true, "timeout", &"boom");
+            breaker.record_failure("timeout", &"boom");
             tokio::time::advance(Duration::from_secs(5)).await; // each one a failed probe
         }
         assert_eq!(breaker.current_backoff(), Duration::from_secs(4));

@@ -6,6 +6,7 @@
 //! witnesses, `describe`); keeping hot names current (the refresher's pass and
 //! the per-name watch loops) is in [`refresh`].
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -18,7 +19,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::breaker::{Breaker, BreakerState};
+use crate::breaker::{Breaker, BreakerState, Breakers};
 use crate::info::{EntryFreshness, EntryInfo, ErrorInfo, RefreshState};
 use crate::metrics;
 use crate::{Config, Error, Freshness, Lookup, Node, ServiceInstance};
@@ -41,7 +42,15 @@ struct Inner {
     config: Config,
     client: consul::Client,
     slots: moka::future::Cache<Key, Arc<Slot>>,
-    breaker: Breaker,
+    /// One circuit breaker per datacenter.
+    breakers: Breakers,
+    /// Never-seen names whose first fetch failed for them alone (403, an
+    /// undecodable answer): not asked again before their own backoff ends.
+    failed_names: moka::sync::Cache<Key, NameFailure>,
+    /// Bounds the first fetches (and re-fetches of idle names) in flight to
+    /// the agent (`max_concurrent_fetches`): a flood of random names must not
+    /// provoke its 429s. Waiting askers are still coalesced per name.
+    fetch_permits: Arc<Semaphore>,
     /// Reference point for the slots' `last_access` timestamps.
     epoch: Instant,
     refresh_permits: Arc<Semaphore>,
@@ -88,6 +97,19 @@ struct Entry {
     index: u64,
     /// The most recent failure, kept after later successes for `describe`.
     last_error: Option<Arc<LastError>>,
+    /// Set while the last refresh failed for this name alone (403, an
+    /// undecodable answer): its own backoff, which the breaker's closing does
+    /// not cut short.
+    name_backoff: Option<consul::Backoff>,
+}
+
+/// A never-seen name whose first fetch failed for it alone.
+#[derive(Debug, Clone)]
+struct NameFailure {
+    /// No request for it before this.
+    retry_at: Instant,
+    /// Its own backoff, doubling per failure.
+    backoff: consul::Backoff,
 }
 
 /// A failed request, for `describe`.
@@ -212,7 +234,14 @@ impl Cache {
         let backoff =
             consul::Backoff::try_new(config.backoff_min, config.backoff_max, consul::HALF_JITTER)
                 .expect("Config::validate checked backoff_min > 0 and backoff_max >= backoff_min");
-        let breaker = Breaker::new(backoff);
+        let breakers = Breakers::new(backoff);
+        let failed_names = moka::sync::Cache::builder()
+            .max_capacity(config.max_entries)
+            .time_to_live(config.backoff_max)
+            .build();
+        let fetch_permits = Arc::new(Semaphore::new(
+            config.max_concurrent_fetches.min(Semaphore::MAX_PERMITS),
+        ));
         let watch_permits = Arc::new(Semaphore::new(
             config.max_watches.min(Semaphore::MAX_PERMITS),
         ));
@@ -221,7 +250,9 @@ impl Cache {
                 config,
                 client,
                 slots,
-                breaker,
+                breakers,
+                failed_names,
+                fetch_permits,
                 epoch: Instant::now(),
                 refresh_permits: Arc::new(Semaphore::new(MAX_CONCURRENT_REFRESHES)),
                 watch_permits,
@@ -271,9 +302,10 @@ impl Cache {
         self.inner.config.only_passing
     }
 
-    /// True while the circuit breaker holds Consul requests back.
+    /// True while the circuit breaker of the agent's own datacenter holds
+    /// Consul requests back.
     pub fn consul_unavailable(&self) -> bool {
-        self.inner.breaker.is_open()
+        self.inner.breakers.local().is_open()
     }
 
     /// Number of cached keys (approximate, as moka counts).
@@ -281,9 +313,21 @@ impl Cache {
         self.inner.slots.entry_count()
     }
 
-    /// The circuit breaker's position and backoff (no I/O).
+    /// True while the circuit breaker of `datacenter` (`None` = the agent's)
+    /// holds Consul requests back. No I/O; a datacenter never failed has none.
+    pub fn consul_unavailable_in(&self, datacenter: Option<&str>) -> bool {
+        self.inner.breakers.is_open(datacenter)
+    }
+
+    /// The position and backoff of the agent's own datacenter's circuit breaker (no I/O).
     pub fn breaker_state(&self) -> BreakerState {
-        self.inner.breaker.snapshot()
+        self.inner.breakers.local().snapshot()
+    }
+
+    /// Every datacenter's circuit breaker that is not closed and quiet, the
+    /// agent's own first (`None`); remote ones by name. No I/O.
+    pub fn breaker_states(&self) -> Vec<(Option<String>, BreakerState)> {
+        self.inner.breakers.snapshots()
     }
 
     /// Number of names currently watched with a blocking query.
@@ -380,9 +424,19 @@ impl Inner {
         (fresh && same_value(&entry.value, &witness.value)).then_some(witness)
     }
 
-    /// A key never seen (or evicted): fetch it once for all concurrent askers.
+    /// A key never seen (or evicted): fetch it once for all concurrent askers,
+    /// within `first_fetch_timeout` (waiting for a fetch permit included).
     async fn first_fetch(self: &Arc<Self>, key: Key) -> Lookup<Value> {
-        if !self.breaker.allow_request() {
+        if self
+            .failed_names
+            .get(&key)
+            .is_some_and(|failure| Instant::now() < failure.retry_at)
+        {
+            metrics::first_fetch("name_backoff");
+            return Lookup::Unavailable;
+        }
+        let breaker = self.breaker(&key);
+        if !breaker.allow_request() {
             metrics::first_fetch("circuit_open");
             return Lookup::Unavailable;
         }
@@ -391,27 +445,35 @@ impl Inner {
         let result = self
             .slots
             .try_get_with(key, async move {
-                let fetched = tokio::time::timeout(
-                    this.config.first_fetch_timeout,
-                    this.fetch(&init_key, MODE_POLL, &consul::QueryOptions::default()),
-                )
-                .await;
+                let fetched = this
+                    .fetch_with_permit(&breaker, &init_key, |key| async {
+                        this.fetch(key, MODE_POLL, &consul::QueryOptions::default())
+                            .await
+                    })
+                    .await;
                 match fetched {
-                    Ok(Ok(value)) => {
-                        this.breaker.record_success();
+                    Ok(value) => {
+                        breaker.record_success();
+                        this.failed_names.invalidate(&init_key);
                         metrics::first_fetch("ok");
                         Ok(Arc::new(this.new_slot(value)))
                     }
-                    Ok(Err(error)) => {
+                    Err(FetchFailure::Consul(error)) => {
                         metrics::first_fetch(error.kind());
-                        this.breaker
-                            .record_failure(error.is_retryable(), error.kind(), &error);
+                        if error.is_retryable() {
+                            breaker.record_failure(error.kind(), &error);
+                        } else {
+                            this.name_failed(&init_key);
+                        }
                         Err(error.kind())
                     }
-                    Err(_elapsed) => {
+                    Err(FetchFailure::Busy) => {
+                        metrics::first_fetch("busy");
+                        Err("busy")
+                    }
+                    Err(FetchFailure::TimedOut) => {
                         metrics::first_fetch("timeout");
-                        this.breaker
-                            .record_failure(true, "timeout", &"first fetch timed out");
+                        breaker.record_failure("timeout", &"first fetch timed out");
                         Err("timeout")
                     }
                 }
@@ -427,6 +489,60 @@ impl Inner {
         }
     }
 
+    /// Runs `fetch` once a fetch permit is free, all within
+    /// `first_fetch_timeout`. Time spent waiting for a permit is this node's
+    /// own queue, not Consul's fault: running out of time there is `Busy`. When
+    /// no request is sent, a probe slot `breaker` granted is given back.
+    async fn fetch_with_permit<'a, T, F>(
+        &self,
+        breaker: &Breaker,
+        key: &'a Key,
+        fetch: impl FnOnce(&'a Key) -> F,
+    ) -> Result<T, FetchFailure>
+    where
+        F: Future<Output = Result<T, consul::Error>>,
+    {
+        let deadline = Instant::now() + self.config.first_fetch_timeout;
+        let permit =
+            tokio::time::timeout_at(deadline, Arc::clone(&self.fetch_permits).acquire_owned())
+                .await;
+        let Ok(Ok(_permit)) = permit else {
+            breaker.cancel_probe();
+            return Err(FetchFailure::Busy);
+        };
+        match tokio::time::timeout_at(deadline, fetch(key)).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) => Err(FetchFailure::Consul(error)),
+            Err(_elapsed) => Err(FetchFailure::TimedOut),
+        }
+    }
+
+    /// A never-seen name failed for itself alone: not asked again before its
+    /// own (doubling) backoff ends.
+    fn name_failed(&self, key: &Key) {
+        let mut backoff = self
+            .failed_names
+            .get(key)
+            .map_or_else(|| self.new_backoff(), |failure| failure.backoff);
+        let retry_at = Instant::now() + backoff.next_delay();
+        self.failed_names
+            .insert(key.clone(), NameFailure { retry_at, backoff });
+    }
+
+    fn new_backoff(&self) -> consul::Backoff {
+        consul::Backoff::try_new(
+            self.config.backoff_min,
+            self.config.backoff_max,
+            consul::HALF_JITTER,
+        )
+        .expect("Config::validate checked backoff_min > 0 and backoff_max >= backoff_min")
+    }
+
+    /// The circuit breaker of `key`'s datacenter.
+    fn breaker(&self, key: &Key) -> Arc<Breaker> {
+        self.breakers.get(key.datacenter())
+    }
+
     /// A key with data. Fresh data is answered at once. Aged data is answered
     /// stale at once when its last refresh failed (Consul trouble: never make a
     /// query wait when an answer exists). Data that aged only because nobody
@@ -438,24 +554,22 @@ impl Inner {
         if age <= self.fresh_window(&entry, slot.watching.load(Ordering::Relaxed)) {
             return to_lookup(&entry.value, Freshness::Fresh);
         }
-        if !entry.last_refresh_failed && self.breaker.allow_request() {
-            let refreshed = tokio::time::timeout(
-                self.config.first_fetch_timeout,
-                self.refresh_slot(key, slot, entry.fetched_at),
-            )
-            .await;
+        let breaker = self.breaker(key);
+        if !entry.last_refresh_failed && breaker.allow_request() {
+            let refreshed = self
+                .fetch_with_permit(&breaker, key, |key| async {
+                    Ok::<_, consul::Error>(self.refresh_slot(key, slot, entry.fetched_at).await)
+                })
+                .await;
             match refreshed {
                 Ok(true) => {
                     let entry = slot.entry.load();
                     return to_lookup(&entry.value, Freshness::Fresh);
                 }
-                Ok(false) => {} // failure already recorded
-                Err(_elapsed) => {
-                    self.breaker.record_failure(
-                        true,
-                        "timeout",
-                        &"re-fetch of an idle name timed out",
-                    );
+                // Failure already recorded, or no request sent.
+                Ok(false) | Err(FetchFailure::Busy | FetchFailure::Consul(_)) => {}
+                Err(FetchFailure::TimedOut) => {
+                    breaker.record_failure("timeout", &"re-fetch of an idle name timed out");
                 }
             }
         }
@@ -615,6 +729,7 @@ impl Inner {
                 last_refresh_failed: false,
                 index: fetched.index.unwrap_or(0),
                 last_error: None,
+                name_backoff: None,
             }),
             last_access_ms: AtomicU64::new(self.millis_since_epoch(now)),
             refresh_lock: tokio::sync::Mutex::new(()),
@@ -663,6 +778,25 @@ impl Inner {
 
     fn millis_since_epoch(&self, at: Instant) -> u64 {
         u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+/// Why a fetch from the query path gave no answer.
+enum FetchFailure {
+    /// Consul failed.
+    Consul(consul::Error),
+    /// No request was sent: every fetch permit stayed taken until the deadline.
+    Busy,
+    /// The request was sent and did not complete before the deadline.
+    TimedOut,
+}
+
+impl Key {
+    /// The datacenter asked for (lower-case; `None` = the agent's).
+    fn datacenter(&self) -> Option<&Arc<str>> {
+        match self {
+            Key::Service { datacenter, .. } | Key::Node { datacenter, .. } => datacenter.as_ref(),
+        }
     }
 }
 

@@ -60,6 +60,12 @@ pub struct Config {
     pub backoff_min: Duration,
     /// Ceiling of the backoff between attempts while Consul is failing.
     pub backoff_max: Duration,
+    /// Most first fetches (and re-fetches of idle names) in flight to the agent
+    /// at once; further never-seen names wait for a slot, within
+    /// `first_fetch_timeout`. The agent allows 200 HTTP connections per client
+    /// by default (`max_watches` holds some): a flood of random names must not
+    /// provoke its 429s.
+    pub max_concurrent_fetches: usize,
 }
 
 impl Default for Config {
@@ -79,6 +85,7 @@ impl Default for Config {
             only_passing: false,
             backoff_min: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
+            max_concurrent_fetches: 64,
         }
     }
 }
@@ -114,6 +121,9 @@ impl Config {
         }
         if self.max_stale < self.refresh_interval {
             return invalid("max_stale", "must be at least refresh_interval".into());
+        }
+        if self.max_concurrent_fetches == 0 {
+            return invalid("max_concurrent_fetches", "must be at least 1".into());
         }
         if self.max_entries == 0 {
             return invalid("max_entries", "must be at least 1".into());

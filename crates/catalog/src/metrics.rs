@@ -9,7 +9,7 @@ pub const REFRESHES: &str = "catalog.refreshes";
 pub const FIRST_FETCHES: &str = "catalog.first_fetches";
 /// Number of cached keys.
 pub const ENTRIES: &str = "catalog.entries";
-/// 1 while the circuit breaker holds Consul requests back, else 0.
+/// Datacenters whose circuit breaker holds Consul requests back (0 = none).
 pub const CIRCUIT_OPEN: &str = "catalog.consul_circuit_open";
 /// Consul requests sent by the cache, tagged `endpoint` (`health_service` or
 /// `catalog_node`), `mode` (`poll`: first fetches and periodic re-reads;
@@ -61,7 +61,7 @@ pub const METRICS: &[(&str, MetricKind, Unit, &str)] = &[
         CIRCUIT_OPEN,
         MetricKind::Gauge,
         Unit::Count,
-        "1 while Consul requests are held back by the circuit breaker",
+        "Datacenters whose Consul requests are held back by their circuit breaker (0 = none)",
     ),
     (
         CONSUL_REQUESTS,
@@ -108,8 +108,8 @@ pub(crate) fn entries(count: u64) {
     gauge!(ENTRIES).set(count as f64);
 }
 
-pub(crate) fn circuit_open(open: bool) {
-    gauge!(CIRCUIT_OPEN).set(if open { 1.0 } else { 0.0 });
+pub(crate) fn circuits_open(count: u64) {
+    gauge!(CIRCUIT_OPEN).set(count as f64);
 }
 
 pub(crate) fn cache_hits(count: u64) {

@@ -39,6 +39,15 @@ pub enum Fault {
         /// Request path prefix the fault applies to.
         path_prefix: String,
     },
+    /// Answer 200 with a valid JSON body of `bytes` bytes (an empty list padded with
+    /// spaces), streamed in chunks without a `Content-Length`: never held whole, and
+    /// [`crate::Sim::huge_body_bytes_sent`] tells how much of it a client read.
+    HugeBody {
+        /// Request path prefix the fault applies to.
+        path_prefix: String,
+        /// Size of the body.
+        bytes: u64,
+    },
     /// Answer with the real JSON body cut in half.
     Truncated {
         /// Request path prefix the fault applies to.
@@ -132,6 +141,14 @@ impl Fault {
         }
     }
 
+    /// Answer matching requests with a streamed JSON body of `bytes` bytes.
+    pub fn huge_body(path_prefix: &str, bytes: u64) -> Self {
+        Self::HugeBody {
+            path_prefix: path_prefix.to_owned(),
+            bytes,
+        }
+    }
+
     /// Answer matching requests with truncated JSON.
     pub fn truncated(path_prefix: &str) -> Self {
         Self::Truncated {
@@ -160,6 +177,7 @@ impl Fault {
             | Self::Delay { path_prefix, .. }
             | Self::Hang { path_prefix }
             | Self::Garbage { path_prefix }
+            | Self::HugeBody { path_prefix, .. }
             | Self::Truncated { path_prefix }
             | Self::IndexBackwards { path_prefix }
             | Self::IndexZero { path_prefix } => Some(path_prefix),

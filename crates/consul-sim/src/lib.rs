@@ -29,6 +29,7 @@ mod registration;
 mod server;
 mod state;
 
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
@@ -66,6 +67,11 @@ pub struct Sim {
 
 struct Shared {
     state: Mutex<State>,
+    /// Requests being handled now, and the most ever at once.
+    in_flight: AtomicUsize,
+    in_flight_high_water: AtomicUsize,
+    /// Bytes of [`Fault::HugeBody`] bodies handed to the HTTP server so far.
+    huge_body_bytes_sent: Arc<AtomicU64>,
     /// Bumped after every state change; blocking queries wait on it.
     changed: watch::Sender<u64>,
 }
@@ -96,6 +102,9 @@ impl Sim {
         Self {
             inner: Arc::new(Shared {
                 state: Mutex::new(State::new(datacenter)),
+                in_flight: AtomicUsize::new(0),
+                in_flight_high_water: AtomicUsize::new(0),
+                huge_body_bytes_sent: Arc::new(AtomicU64::new(0)),
                 changed,
             }),
         }
@@ -334,7 +343,27 @@ impl Sim {
 
     /// Handles one request in-process (the core both front-ends use).
     pub async fn handle(&self, request: http::Request<Bytes>) -> http::Response<Bytes> {
+        let shared = &self.inner;
+        let now = shared.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+        shared.in_flight_high_water.fetch_max(now, Ordering::AcqRel);
+        let _done = InFlight(&shared.in_flight);
         api::handle(self, request).await
+    }
+
+    /// The most requests the simulator was handling at once (a request counts from
+    /// its arrival, through any injected delay, until its response is ready).
+    pub fn in_flight_high_water(&self) -> usize {
+        self.inner.in_flight_high_water.load(Ordering::Acquire)
+    }
+
+    /// Bytes of [`Fault::huge_body`] bodies the HTTP server has handed to clients so
+    /// far (what they read, plus what fits in socket buffers).
+    pub fn huge_body_bytes_sent(&self) -> u64 {
+        self.inner.huge_body_bytes_sent.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn huge_body_counter(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.inner.huge_body_bytes_sent)
     }
 
     /// Serves over HTTP/1.1 on `addr` (`127.0.0.1:0` picks a free port) until the server is
@@ -377,5 +406,14 @@ fn invalidate_sessions_for_check(
         .collect();
     for session_id in doomed {
         dc.invalidate_session(&session_id, now);
+    }
+}
+
+/// Counts a request out of [`Sim::handle`] however it ends (a dropped connection included).
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }

@@ -3,10 +3,13 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use socket2::{Domain, SockRef, Socket, Type};
@@ -204,8 +207,54 @@ impl ServerInner {
 async fn serve_request(
     sim: &Sim,
     request: hyper::Request<Incoming>,
-) -> hyper::Response<Full<Bytes>> {
+) -> hyper::Response<Either<Full<Bytes>, Padding>> {
     let request = api::buffer_request(request).await;
     let response = sim.handle(request).await;
-    response.map(Full::new)
+    match response.extensions().get::<api::HugeBody>().copied() {
+        Some(api::HugeBody(bytes)) => response.map(|_| {
+            Either::Right(Padding {
+                remaining: bytes,
+                opened: false,
+                sent: sim.huge_body_counter(),
+            })
+        }),
+        None => response.map(|body| Either::Left(Full::new(body))),
+    }
+}
+
+/// The streamed body of [`crate::Fault::HugeBody`]: `[`, spaces, `]` (an empty JSON
+/// list), chunk by chunk, with no size announced.
+struct Padding {
+    remaining: u64,
+    opened: bool,
+    sent: Arc<AtomicU64>,
+}
+
+static SPACES: [u8; 64 * 1024] = [b' '; 64 * 1024];
+
+impl hyper::body::Body for Padding {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        let chunk = match self.remaining {
+            0 => return Poll::Ready(None),
+            _ if !self.opened => {
+                self.opened = true;
+                Bytes::from_static(b"[")
+            }
+            1 => Bytes::from_static(b"]"),
+            remaining => {
+                let spaces =
+                    usize::try_from(remaining - 1).map_or(SPACES.len(), |n| n.min(SPACES.len()));
+                Bytes::from_static(&SPACES[..spaces])
+            }
+        };
+        self.remaining -= chunk.len() as u64;
+        self.sent.fetch_add(chunk.len() as u64, Ordering::AcqRel);
+        Poll::Ready(Some(Ok(hyper::body::Frame::data(chunk))))
+    }
 }

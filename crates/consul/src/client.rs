@@ -42,7 +42,29 @@ enum Endpoint {
     AgentSelf,
 }
 
+/// Largest response body read from a per-name or small endpoint (health and
+/// catalog of one name, KV, sessions, status, agent). A health answer of a
+/// few thousand instances is a few MiB; reading stops at this size and the
+/// call fails as [`Error::Decode`], which is not retryable: the answer is as
+/// wrong as garbage would be, whoever sent it.
+pub const MAX_RESPONSE_BYTES: usize = 16 << 20;
+
+/// Largest response body of a whole-catalog read (`/v1/catalog/services`,
+/// `/v1/catalog/nodes`, `/v1/health/state/*`), which only the snapshot
+/// publisher sends, on Consul server nodes.
+pub const MAX_BULK_RESPONSE_BYTES: usize = 256 << 20;
+
 impl Endpoint {
+    /// The most body bytes read from this endpoint.
+    fn max_body(self) -> usize {
+        match self {
+            Endpoint::HealthState | Endpoint::CatalogServices | Endpoint::CatalogNodes => {
+                MAX_BULK_RESPONSE_BYTES
+            }
+            _ => MAX_RESPONSE_BYTES,
+        }
+    }
+
     fn tag(self) -> &'static str {
         match self {
             Endpoint::HealthService => "health_service",
@@ -556,16 +578,17 @@ impl Client {
         if let Some(wait) = call.blocking_wait {
             deadline += wait + wait / 16;
         }
+        let max_body = call.endpoint.max_body();
         let exchange = async {
-            let response = request.send().await?;
+            let mut response = request.send().await?;
             let status = response.status().as_u16();
             let headers = response.headers().clone();
-            let body = response.bytes().await?;
-            Ok::<_, reqwest::Error>(Raw {
+            let body = read_capped(&mut response, max_body).await?;
+            Ok::<_, reqwest::Error>(body.map(|body| Raw {
                 status,
                 headers,
                 body,
-            })
+            }))
         };
         let raw = match tokio::time::timeout(deadline, exchange).await {
             Err(_elapsed) => {
@@ -585,7 +608,15 @@ impl Client {
                     source,
                 });
             }
-            Ok(Ok(raw)) => raw,
+            Ok(Ok(Some(raw))) => raw,
+            Ok(Ok(None)) => {
+                return Err(Error::Decode {
+                    endpoint: path.to_owned(),
+                    source: Arc::new(serde::de::Error::custom(format_args!(
+                        "response body larger than {max_body} bytes"
+                    ))),
+                });
+            }
         };
         let success = (200..300).contains(&raw.status);
         let not_found = call.pass_not_found && raw.status == 404;
@@ -619,6 +650,26 @@ impl Client {
         }
         url
     }
+}
+
+/// Reads a response body of at most `max` bytes, chunk by chunk; `None` (and
+/// the rest left unread, the connection dropped) as soon as it is larger.
+async fn read_capped(
+    response: &mut reqwest::Response,
+    max: usize,
+) -> Result<Option<Bytes>, reqwest::Error> {
+    let announced = response.content_length().unwrap_or(0);
+    if usize::try_from(announced).map_or(true, |announced| announced > max) {
+        return Ok(None);
+    }
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > max {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body.freeze()))
 }
 
 /// `v1/kv` plus the key split on `/` (each piece is percent-encoded on its own).

@@ -24,13 +24,13 @@ mod watch;
 mod write;
 
 pub use backoff::{Backoff, HALF_JITTER, InvalidBackoff};
-pub use client::Client;
+pub use client::{Client, MAX_BULK_RESPONSE_BYTES, MAX_RESPONSE_BYTES};
 pub use config::{Config, DEFAULT_ADDRESS, DEFAULT_REQUEST_TIMEOUT, Token};
 pub use error::{BoxError, Error};
 pub use instance::{InstanceStatus, Node, ServiceInstance};
 pub use model::{
     AgentSelf, AgentService, CatalogNode, HealthCheck, HealthStatus, KvPair, NodeInfo,
-    ServiceAddress, ServiceEntry, Weights,
+    ServiceEntry, Weights,
 };
 pub use query::{QueryMeta, QueryOptions, Response};
 pub use watch::{IndexChange, Pace, Watch, next_index};

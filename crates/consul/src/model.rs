@@ -2,6 +2,11 @@
 //!
 //! Field names follow Consul's PascalCase JSON. Every field tolerates being missing or `null`
 //! and unknown fields are ignored, so newer or older agents still decode.
+//!
+//! Only fields something reads are decoded: the rest (`Meta`, `TaggedAddresses`, a check's
+//! `Output` and `Notes`, …) are skipped by the parser without being copied into strings,
+//! so an instance with megabytes of metadata or check output costs nothing past its bytes
+//! on the wire (whose size the client caps).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -59,12 +64,6 @@ pub struct NodeInfo {
     /// Datacenter of the node.
     #[serde(default, deserialize_with = "nullable")]
     pub datacenter: String,
-    /// Tagged addresses (`lan`, `lan_ipv4`, `wan`, …), keys as sent.
-    #[serde(default, deserialize_with = "nullable")]
-    pub tagged_addresses: BTreeMap<String, String>,
-    /// Node metadata.
-    #[serde(default, deserialize_with = "nullable")]
-    pub meta: BTreeMap<String, String>,
 }
 
 /// A registered service instance.
@@ -89,41 +88,6 @@ pub struct AgentService {
     /// SRV weights; `None` means Consul's default 1/1.
     #[serde(default)]
     pub weights: Option<Weights>,
-    /// Service metadata.
-    #[serde(default, deserialize_with = "nullable")]
-    pub meta: BTreeMap<String, String>,
-    /// Service tagged addresses (`lan_ipv4`, `wan`, …), keys as sent.
-    #[serde(default, deserialize_with = "nullable")]
-    pub tagged_addresses: BTreeMap<String, ServiceAddress>,
-}
-
-/// One entry of a service's `TaggedAddresses`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ServiceAddress {
-    /// Address (IP or hostname).
-    pub address: String,
-    /// Port, 0 when absent.
-    pub port: u16,
-}
-
-impl<'de> Deserialize<'de> for ServiceAddress {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        // Consul sends `Address`/`Port`; its docs show lower-case keys: accept any case.
-        let fields: Option<BTreeMap<String, serde_json::Value>> =
-            Option::deserialize(deserializer)?;
-        let mut address = ServiceAddress::default();
-        for (key, value) in fields.unwrap_or_default() {
-            if key.eq_ignore_ascii_case("address") {
-                address.address = value.as_str().unwrap_or_default().to_owned();
-            } else if key.eq_ignore_ascii_case("port") {
-                address.port = value
-                    .as_u64()
-                    .and_then(|port| u16::try_from(port).ok())
-                    .unwrap_or_default();
-            }
-        }
-        Ok(address)
-    }
 }
 
 /// SRV weights of a service instance.
@@ -330,27 +294,6 @@ mod tests {
         assert_eq!(entry.node.node, "web-7");
         assert_eq!(entry.node.address, "10.20.3.17");
         assert_eq!(entry.node.datacenter, "us-east-1");
-        assert_eq!(
-            entry
-                .node
-                .tagged_addresses
-                .get("lan_ipv4")
-                .map(String::as_str),
-            Some("10.20.3.17")
-        );
-        assert_eq!(entry.node.tagged_addresses.len(), 4);
-        assert_eq!(
-            entry.node.meta.get("role").map(String::as_str),
-            Some("frontend")
-        );
-        assert_eq!(
-            entry
-                .node
-                .meta
-                .get("consul-network-segment")
-                .map(String::as_str),
-            Some("")
-        );
         assert_eq!(entry.service.id, "api-8080");
         assert_eq!(entry.service.service, "api");
         assert_eq!(entry.service.tags, ["primary", "v2"]);
@@ -362,10 +305,6 @@ mod tests {
                 passing: 10,
                 warning: 1
             })
-        );
-        assert_eq!(
-            entry.service.meta.get("version").map(String::as_str),
-            Some("2.3.1")
         );
         assert_eq!(entry.checks.len(), 2);
         let serf = &entry.checks[0];
@@ -396,24 +335,32 @@ mod tests {
         assert_eq!(entry.service.port, 0, "absent Port means 0");
         assert_eq!(entry.service.weights, None);
         assert!(entry.service.tags.is_empty());
-        assert!(entry.node.tagged_addresses.is_empty());
-        assert_eq!(
-            entry.service.tagged_addresses.get("lan_ipv4"),
-            Some(&ServiceAddress {
-                address: "10.0.0.9".to_owned(),
-                port: 81
-            })
-        );
-        assert_eq!(
-            entry.service.tagged_addresses.get("wan").map(|a| a.port),
-            Some(80)
-        );
         assert_eq!(
             entry.checks[0].status,
             HealthStatus::Unknown("degraded-new-status".to_owned())
         );
         assert_eq!(entry.checks[1].status, HealthStatus::Unknown(String::new()));
         assert_eq!(entries[1], ServiceEntry::default());
+    }
+
+    #[test]
+    fn unused_parts_are_skipped_whatever_their_shape() {
+        // Meta, TaggedAddresses and check Output are not decoded: odd shapes there
+        // (which a newer Consul or a buggy registration may send) cannot fail the
+        // read, and big ones are never copied into strings.
+        let output = "x".repeat(1 << 20);
+        let json = format!(
+            r#"[{{"Node": {{"Node": "n1", "Address": "10.0.0.1", "Meta": [1, 2],
+                 "TaggedAddresses": {{"lan": {{"odd": true}}}}}},
+               "Service": {{"ID": "web-1", "Service": "web", "Port": 80,
+                 "Meta": {{"k": {{"nested": [null]}}}}, "TaggedAddresses": 7}},
+               "Checks": [{{"CheckID": "c", "Status": "passing", "Output": "{output}",
+                 "Notes": {{"weird": 1}}}}]}}]"#
+        );
+        let entries: Vec<ServiceEntry> = serde_json::from_str(&json).expect("decodes");
+        assert_eq!(entries[0].node.address, "10.0.0.1");
+        assert_eq!(entries[0].service.port, 80);
+        assert_eq!(entries[0].checks[0].status, HealthStatus::Passing);
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //!
 //! Consul's blocking-query rules (index resets, the clamp to 1, the pace between
 //! wake-ups) come from [`consul::Watch`]; the pause after a failure comes from
-//! the shared circuit breaker's [`consul::Backoff`].
+//! the circuit breaker of the name's datacenter ([`consul::Backoff`]), or from
+//! the name's own backoff when it failed alone (403, an undecodable answer).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -18,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::{Cache, Entry, Fetched, Inner, Key, LastError, Slot};
-use crate::breaker::{Admission, CircuitState};
+use crate::breaker::{Admission, Breaker, CircuitState};
 use crate::config::RefreshMode;
 use crate::metrics;
 
@@ -92,7 +93,7 @@ impl Inner {
         if slot.entry.load().fetched_at > seen_fetched_at {
             // A concurrent asker refreshed it while we queued: no request sent,
             // so give back the probe slot if we were granted it.
-            self.breaker.cancel_probe();
+            self.breaker(key).cancel_probe();
             return true;
         }
         self.refresh_locked(key, slot).await
@@ -105,7 +106,7 @@ impl Inner {
             .await
         {
             Ok(fetched) => {
-                self.breaker.record_success();
+                self.breaker(key).record_success();
                 metrics::refresh("ok");
                 self.store_success(slot, fetched);
                 true
@@ -113,27 +114,46 @@ impl Inner {
             Err(error) => {
                 metrics::refresh(error.kind());
                 debug!(key = ?key, error = %error, "Consul refresh failed, keeping last good data");
-                self.record_refresh_failure(slot, &error);
+                self.record_refresh_failure(&self.breaker(key), slot, &error);
                 false
             }
         }
     }
 
-    /// Counts a failed refresh against the breaker and keeps the slot's last
-    /// good data, retried after the breaker's current backoff (spread by
-    /// `refresh_jitter`). Returns that pause.
-    fn record_refresh_failure(&self, slot: &Slot, error: &consul::Error) -> Duration {
-        self.breaker
-            .record_failure(error.is_retryable(), error.kind(), error);
-        let retry_in = self.retry_pause();
-        self.store_failure(slot, error, retry_in);
-        retry_in
+    /// Keeps the slot's last good data after a failed refresh. A retryable
+    /// failure counts against `breaker` (its datacenter's) and the key is
+    /// retried after the breaker's current backoff (spread by
+    /// `refresh_jitter`); any other concerns this name alone: the breaker does
+    /// not hear of it and the key is retried after its own backoff. Returns
+    /// the pause.
+    fn record_refresh_failure(
+        &self,
+        breaker: &Breaker,
+        slot: &Slot,
+        error: &consul::Error,
+    ) -> Duration {
+        if error.is_retryable() {
+            breaker.record_failure(error.kind(), error);
+            let retry_in = self.retry_pause(breaker);
+            self.store_failure(slot, error, retry_in, None);
+            retry_in
+        } else {
+            let mut backoff = slot
+                .entry
+                .load()
+                .name_backoff
+                .clone()
+                .unwrap_or_else(|| self.new_backoff());
+            let retry_in = backoff.next_delay();
+            self.store_failure(slot, error, retry_in, Some(backoff));
+            retry_in
+        }
     }
 
     /// The pause before a failed key is retried: the breaker's current backoff
     /// step, spread by `refresh_jitter`.
-    fn retry_pause(&self) -> Duration {
-        self.jittered(self.breaker.current_backoff())
+    fn retry_pause(&self, breaker: &Breaker) -> Duration {
+        self.jittered(breaker.current_backoff())
     }
 
     /// Replaces a slot's data with a successful answer.
@@ -155,11 +175,19 @@ impl Inner {
             last_refresh_failed: false,
             index: fetched.index.unwrap_or(0),
             last_error: old.last_error.clone(),
+            name_backoff: None,
         }));
     }
 
-    /// Keeps a slot's last good data, marked failed, retried after `retry_in`.
-    fn store_failure(&self, slot: &Slot, error: &consul::Error, retry_in: Duration) {
+    /// Keeps a slot's last good data, marked failed, retried after `retry_in`;
+    /// `name_backoff` when the failure concerns this name alone.
+    fn store_failure(
+        &self,
+        slot: &Slot,
+        error: &consul::Error,
+        retry_in: Duration,
+        name_backoff: Option<consul::Backoff>,
+    ) {
         let now = Instant::now();
         let old = slot.entry.load();
         slot.entry.store(Arc::new(Entry {
@@ -173,6 +201,7 @@ impl Inner {
                 message: error.to_string(),
                 at: now,
             })),
+            name_backoff,
         }));
     }
 }
@@ -202,7 +231,6 @@ impl Inner {
 
     /// Sorts the slots into expired, due for a re-read, and newly watched.
     fn plan_pass(&self, now: Instant) -> Pass {
-        let consul_healthy = !self.breaker.is_open();
         let watch_mode = self.config.refresh == RefreshMode::Watch;
         let mut pass = Pass::default();
         for (key, slot) in self.slots.iter() {
@@ -227,25 +255,32 @@ impl Inner {
                 }
                 // More hot names than `max_watches`: this one is polled.
             }
-            // Once Consul answers again, entries that failed are retried at once
-            // rather than after their (long) backoff: answers turn fresh quickly.
-            if now >= entry.next_refresh || (entry.last_refresh_failed && consul_healthy) {
+            // Once Consul answers again for their datacenter, entries that failed
+            // with it are retried at once rather than after their (long)
+            // backoff: answers turn fresh quickly. A name that failed alone
+            // waits out its own backoff.
+            let breaker_closed = || !self.breaker(&key).is_open();
+            if now >= entry.next_refresh
+                || (entry.last_refresh_failed && entry.name_backoff.is_none() && breaker_closed())
+            {
                 pass.due.push((key, slot));
             }
         }
         pass
     }
 
-    /// Re-reads the due keys, a few at a time, while the breaker lets requests through.
+    /// Re-reads the due keys, a few at a time, while their datacenter's
+    /// breaker lets requests through.
     async fn refresh_all(self: &Arc<Self>, due: Vec<(Arc<Key>, Arc<Slot>)>) {
         for (key, slot) in due {
-            if !self.breaker.allow_request() {
-                break; // open: at most one probe, already on its way
+            let breaker = self.breaker(&key);
+            if !breaker.allow_request() {
+                continue; // open: at most one probe, already on its way
             }
             // Wait for a free permit rather than skipping: a large set of hot
             // names is refreshed at the pace Consul answers, never left to age.
             let Ok(permit) = Arc::clone(&self.refresh_permits).acquire_owned().await else {
-                self.breaker.cancel_probe();
+                breaker.cancel_probe();
                 return;
             };
             let this = Arc::clone(self);
@@ -255,7 +290,7 @@ impl Inner {
                 if let Ok(_guard) = slot.refresh_lock.try_lock() {
                     this.refresh_locked(&key, &slot).await;
                 } else {
-                    this.breaker.cancel_probe();
+                    breaker.cancel_probe();
                 }
             });
         }
@@ -286,7 +321,8 @@ impl Inner {
         let _watching = WatchingFlag(Arc::clone(&slot));
         let stop = self.watch_stopped(&slot, &shutdown);
         tokio::pin!(stop);
-        let mut closed = self.breaker.subscribe_closed();
+        let breaker = self.breaker(&key);
+        let mut closed = breaker.subscribe_closed();
         let pace = Pace::new(
             self.config.watch_min_interval,
             self.config.refresh_interval,
@@ -304,10 +340,10 @@ impl Inner {
                     () = tokio::time::sleep_until(start_at) => {}
                 }
             }
-            let admission = self.breaker.admit();
+            let admission = breaker.admit();
             let pause = if admission == Admission::Denied {
                 closed.borrow_and_update();
-                Pause::Backoff(self.denied_pause())
+                Pause::Backoff(self.denied_pause(&breaker))
             } else {
                 // A probe is non-blocking: it must report back at once.
                 let options = match admission {
@@ -318,13 +354,13 @@ impl Inner {
                 let result = tokio::select! {
                     () = &mut stop => {
                         if admission == Admission::Probe {
-                            self.breaker.cancel_probe();
+                            breaker.cancel_probe();
                         }
                         break;
                     }
                     result = self.fetch(&key, MODE_WATCH, &options) => result,
                 };
-                self.watch_answered(&key, &slot, &mut watch, &mut closed, result)
+                self.watch_answered(&key, &breaker, &slot, &mut watch, &mut closed, result)
             };
             tokio::select! {
                 () = &mut stop => break,
@@ -339,6 +375,7 @@ impl Inner {
     fn watch_answered(
         &self,
         key: &Key,
+        breaker: &Breaker,
         slot: &Slot,
         watch: &mut consul::Watch,
         closed: &mut tokio::sync::watch::Receiver<u64>,
@@ -346,7 +383,7 @@ impl Inner {
     ) -> Pause {
         match result {
             Ok(fetched) => {
-                self.breaker.record_success();
+                breaker.record_success();
                 metrics::refresh("ok");
                 let returned = fetched.index;
                 let poll_in = self.jittered(self.refresh_period(&fetched.value));
@@ -366,7 +403,7 @@ impl Inner {
             Err(error) => {
                 metrics::refresh(error.kind());
                 debug!(key = ?key, error = %error, "Consul watch failed, keeping last good data");
-                let pause = self.record_refresh_failure(slot, &error);
+                let pause = self.record_refresh_failure(breaker, slot, &error);
                 closed.borrow_and_update();
                 Pause::Backoff(pause)
             }
@@ -377,9 +414,9 @@ impl Inner {
     /// may go (whichever loop wakes first sends it), spread so the loops do not
     /// wake together; while a probe is in flight, until it closes the circuit,
     /// or a backoff.
-    fn denied_pause(&self) -> Duration {
-        let breaker = self.breaker.snapshot();
-        match (breaker.state, breaker.retry_in_ms) {
+    fn denied_pause(&self, breaker: &Breaker) -> Duration {
+        let state = breaker.snapshot();
+        match (state.state, state.retry_in_ms) {
             (CircuitState::Open, Some(ms)) if ms > 0 => {
                 let spread = self
                     .config
@@ -387,7 +424,7 @@ impl Inner {
                     .mul_f64(rand::rng().random_range(0.0..=0.5));
                 Duration::from_millis(ms) + spread
             }
-            _ => self.retry_pause(),
+            _ => self.retry_pause(breaker),
         }
     }
 

@@ -11,12 +11,18 @@ use super::response::{JSON, Resp, text};
 use crate::fault::Fault;
 use crate::state::State;
 
+/// Marks a response whose body the HTTP server streams instead: `[`, spaces, `]`,
+/// this many bytes in all.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HugeBody(pub(crate) u64);
+
 #[derive(Debug, Default)]
 pub(super) struct FaultPlan {
     hang: bool,
     delay: Duration,
     status: Option<(u16, String)>,
     garbage: bool,
+    huge_body: Option<u64>,
     truncated: bool,
     index_backwards: bool,
     index_zero: bool,
@@ -56,6 +62,7 @@ impl FaultPlan {
                 Fault::Delay { delay, .. } => plan.delay += *delay,
                 Fault::Hang { .. } => plan.hang = true,
                 Fault::Garbage { .. } => plan.garbage = true,
+                Fault::HugeBody { bytes, .. } => plan.huge_body = Some(*bytes),
                 Fault::Truncated { .. } => plan.truncated = true,
                 Fault::IndexBackwards { .. } => plan.index_backwards = true,
                 Fault::IndexZero { .. } => plan.index_zero = true,
@@ -111,9 +118,16 @@ impl FaultPlan {
         }
     }
 
-    /// Replaces the body with invalid JSON, or cuts it in half.
+    /// Replaces the body with invalid JSON or a huge one, or cuts it in half.
     pub(super) fn corrupt_body(&self, response: &mut Resp) {
-        if self.garbage {
+        if let Some(bytes) = self.huge_body {
+            *response.status_mut() = StatusCode::OK;
+            *response.body_mut() = Bytes::new();
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static(JSON));
+            response.extensions_mut().insert(HugeBody(bytes));
+        } else if self.garbage {
             *response.status_mut() = StatusCode::OK;
             *response.body_mut() =
                 Bytes::from_static(b"{\"Node\": {\"ID\": <<<this is not json>>>");

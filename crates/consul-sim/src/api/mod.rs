@@ -23,6 +23,7 @@ use http::header::{CONTENT_LENGTH, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
 
 pub(crate) use body::buffer_request;
+pub(crate) use fault_plan::HugeBody;
 
 use body::{BodyTooLarge, too_large};
 use fault_plan::FaultPlan;
