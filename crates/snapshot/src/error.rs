@@ -33,6 +33,23 @@ pub enum Error {
         /// The size it was not allowed to exceed.
         limit: usize,
     },
+    /// The document breaks one of the shape limits ([`crate::codec::LIMITS`]).
+    #[error("snapshot document has {what} beyond the limit of {limit}")]
+    Shape {
+        /// What is counted.
+        what: &'static str,
+        /// The limit.
+        limit: usize,
+    },
+    /// The generation is out of the range followers accept (see
+    /// [`crate::follower::MAX_GENERATION`]).
+    #[error("snapshot generation {generation} is out of range: {reason}")]
+    Generation {
+        /// The generation found.
+        generation: u64,
+        /// Why it is refused.
+        reason: &'static str,
+    },
     /// The SHA-256 of the inflated payload differs from the one in the envelope.
     #[error("snapshot checksum mismatch")]
     ChecksumMismatch,
@@ -92,6 +109,8 @@ impl Error {
             Error::Compress(_) => "compress",
             Error::Decompress(_) => "decompress",
             Error::TooLargeInflated { .. } => "too_large_inflated",
+            Error::Shape { .. } => "shape",
+            Error::Generation { .. } => "generation",
             Error::ChecksumMismatch => "checksum",
             Error::Unsigned => "unsigned",
             Error::BadSignature => "bad_signature",

@@ -61,6 +61,8 @@ fn follower_config(dir: &Path) -> FollowerConfig {
         min_interval: Duration::from_millis(20),
         wait: Duration::from_secs(30),
         backoff_max: Duration::from_secs(1),
+        // These tests publish unsigned snapshots unless they say otherwise.
+        allow_unsigned: true,
         ..FollowerConfig::new(dir.to_owned())
     }
 }

@@ -25,7 +25,21 @@ impl Publisher {
             skipped: None,
             datacenter: None,
             retry: ConsulRetry::new(backoff()),
+            high_water: 0,
         };
+        // Generations: the persisted high-water mark. Unreadable = refuse to publish (a
+        // guess could go backwards); the error is logged and the publisher stays idle.
+        match self.load_high_water().await {
+            Ok(high_water) => state.high_water = high_water,
+            Err(error) => {
+                tracing::error!(
+                    error = %error,
+                    "Cannot read the publisher's generation file; not publishing"
+                );
+                shutdown.cancelled().await;
+                return;
+            }
+        }
         let request = SessionRequest {
             name: SESSION_NAME.to_owned(),
             ttl: self.config.session_ttl,
