@@ -234,15 +234,14 @@ pub fn decode(bytes: &[u8], verifying_key: Option<&VerifyingKey>) -> Result<Veri
     if actual != checksum {
         return Err(Error::ChecksumMismatch);
     }
-    let wire = SnapshotWire::decode(&payload, LIMITS).map_err(|(error, violation)| {
-        match violation {
+    let wire =
+        SnapshotWire::decode(&payload, LIMITS).map_err(|(error, violation)| match violation {
             Some(violation) => Error::Shape {
                 what: violation.what,
                 limit: violation.limit,
             },
             None => Error::Json(error),
-        }
-    })?;
+        })?;
     drop(payload);
     let mut snapshot = Snapshot::from(wire);
     snapshot.normalize();

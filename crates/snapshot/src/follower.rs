@@ -108,7 +108,11 @@ impl FollowerConfig {
 
     /// Whether a decoded snapshot may be applied, whatever its generation relative to the
     /// one in memory: `Err((reason, detail))` when not.
-    fn trust(&self, verified: &Verified, current: Option<u64>) -> Result<(), (&'static str, String)> {
+    fn trust(
+        &self,
+        verified: &Verified,
+        current: Option<u64>,
+    ) -> Result<(), (&'static str, String)> {
         if self.verifying_key.is_none() && !self.allow_unsigned {
             return Err((
                 "unsigned",
@@ -231,7 +235,9 @@ impl Follower {
     pub async fn run(self, shutdown: CancellationToken) {
         let config = &self.config;
         match (&config.verifying_key, config.allow_unsigned) {
-            (Some(_), _) => tracing::info!("Hosts snapshots must be signed with the configured key"),
+            (Some(_), _) => {
+                tracing::info!("Hosts snapshots must be signed with the configured key")
+            }
             (None, true) => tracing::warn!(
                 "Hosts snapshots are accepted UNSIGNED (snapshot.allow_unsigned = true): \
                  anyone who can write the snapshot key controls this node's fallback answers; \

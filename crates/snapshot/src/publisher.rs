@@ -218,8 +218,7 @@ fn next_generation(published: Option<&Published>, high_water: u64) -> Result<u64
             snapshot: None,
         }) => *modify_index,
     };
-    let reachable =
-        read <= MAX_GENERATION && read <= high_water.saturating_add(MAX_UNSIGNED_STEP);
+    let reachable = read <= MAX_GENERATION && read <= high_water.saturating_add(MAX_UNSIGNED_STEP);
     if !reachable {
         tracing::warn!(
             published_generation = read,

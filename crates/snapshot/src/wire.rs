@@ -352,15 +352,18 @@ impl<'de> Visitor<'de> for DocumentSeed<'_> {
                 "created_unix_ms" => {
                     field!(created_unix_ms, "created_unix_ms", map.next_value()?)
                 }
-                "publisher" => field!(publisher,
+                "publisher" => field!(
+                    publisher,
                     "publisher",
                     map.next_value_seed(BoundedString(budget))?
                 ),
-                "datacenter" => field!(datacenter,
+                "datacenter" => field!(
+                    datacenter,
                     "datacenter",
                     map.next_value_seed(BoundedString(budget))?
                 ),
-                "services" => field!(services,
+                "services" => field!(
+                    services,
                     "services",
                     map.next_value_seed(ServicesSeed(budget))?
                 ),
@@ -638,7 +641,12 @@ impl Limits {
         };
         let strings = std::iter::once(snapshot.publisher.as_str())
             .chain(std::iter::once(snapshot.datacenter.as_str()))
-            .chain(snapshot.nodes.iter().flat_map(|(key, node)| [key.as_str(), node.name.as_str()]))
+            .chain(
+                snapshot
+                    .nodes
+                    .iter()
+                    .flat_map(|(key, node)| [key.as_str(), node.name.as_str()]),
+            )
             .chain(snapshot.services.iter().flat_map(|(name, instances)| {
                 std::iter::once(name.as_str()).chain(instances.iter().flat_map(|instance| {
                     std::iter::once(instance.node.as_str())
