@@ -60,18 +60,36 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<()> {
         max_drop_fraction: publish.max_drop_fraction,
         force: args.force,
         only_passing: catalog.only_passing,
-        // The generation high-water mark lives beside the follower's copy, so nothing
-        // read from KV can set the counter back, even across restarts.
-        state_dir: Some(raw.state.dir.clone()),
+        // The generation high-water mark, so nothing read from KV can set the counter
+        // back, even across restarts: the unit's own state directory when systemd gives
+        // one (dnsfront-publish.service), else `state.dir`.
+        state_dir: Some(publisher_state_dir(&raw.state.dir)),
         ..snapshot::publisher::PublisherConfig::new(identity.clone())
     };
-    info!(identity = %identity, key = %publish.key, signed = publish.signing_key.is_some(), "Publisher starting");
+    info!(identity = %identity, key = %publish.key, signed = publish.signing_key.is_some(), state_dir = ?config.state_dir, "Publisher starting");
+    if publish.signing_key.is_none() {
+        warn!(
+            "Publishing UNSIGNED snapshots: resolvers accept them only with snapshot.allow_unsigned = true; set publish.signing_key_file in production"
+        );
+    }
     let shutdown = shutdown_on_signals()?;
     snapshot::publisher::Publisher::new(config, client)
         .run(shutdown)
         .await
         .context("publisher")?;
     Ok(())
+}
+
+/// `$STATE_DIRECTORY` (its first entry) when systemd set it, else `configured`.
+fn publisher_state_dir(configured: &Path) -> std::path::PathBuf {
+    std::env::var_os("STATE_DIRECTORY")
+        .and_then(|dirs| {
+            dirs.to_str()
+                .and_then(|dirs| dirs.split(':').next())
+                .filter(|dir| !dir.is_empty())
+                .map(std::path::PathBuf::from)
+        })
+        .unwrap_or_else(|| configured.to_owned())
 }
 
 /// `dnsfront snapshot ...`: offline commands, no Consul needed.

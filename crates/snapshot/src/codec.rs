@@ -51,9 +51,10 @@ pub const LIMITS: Limits = Limits {
     instances_per_service: 16_384,
     instances: 65_536,
     tags_per_instance: 64,
-    tags: 262_144,
-    nodes: 65_536,
+    tags: 131_072,
+    nodes: 32_768,
     string_len: 256,
+    datacenter_len: 64,
 };
 
 /// Flag bit: a 64-byte Ed25519 signature follows the checksum.

@@ -260,6 +260,8 @@ struct LeaderState {
     /// Highest generation this publisher has written (or was about to), persisted in
     /// [`PublisherConfig::state_dir`].
     high_water: u64,
+    /// The last attempt to persist `high_water` failed (logged once).
+    high_water_unsaved: bool,
 }
 
 /// The backoff after a failed Consul call: 500ms doubling up to 30s, each delay drawn from
@@ -385,10 +387,18 @@ impl Publisher {
         };
         // Persisted before the write: a crash after it cannot let a replayed value set the
         // counter back.
+        // Failing to persist is loud but does not stop publishing: the mark still holds in
+        // memory, and a fleet without new snapshots would be worse.
         if let Err(error) = self.save_high_water(snapshot.generation).await {
-            state.skip("state_dir");
-            tracing::error!(error = %error, "Snapshot not published: cannot persist the generation");
-            return Round::Retry;
+            if !state.high_water_unsaved {
+                tracing::error!(
+                    error = %error,
+                    "Cannot persist the publisher's generation; publishing with the mark in memory only"
+                );
+            }
+            state.high_water_unsaved = true;
+        } else {
+            state.high_water_unsaved = false;
         }
         state.high_water = snapshot.generation;
         let encoded = match codec::encode(&snapshot, self.config.signing_key.as_ref()) {

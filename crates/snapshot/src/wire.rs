@@ -201,8 +201,10 @@ pub struct Limits {
     pub tags: usize,
     /// Nodes.
     pub nodes: usize,
-    /// Bytes of any name, tag, publisher or datacenter.
+    /// Bytes of any name, tag or publisher.
     pub string_len: usize,
+    /// Bytes of the datacenter name (copied into every instance and node once decoded).
+    pub datacenter_len: usize,
 }
 
 /// Which limit a document broke, kept by the decoder so the caller can report it as a
@@ -357,11 +359,15 @@ impl<'de> Visitor<'de> for DocumentSeed<'_> {
                     "publisher",
                     map.next_value_seed(BoundedString(budget))?
                 ),
-                "datacenter" => field!(
-                    datacenter,
-                    "datacenter",
-                    map.next_value_seed(BoundedString(budget))?
-                ),
+                "datacenter" => {
+                    let name: String = map.next_value_seed(BoundedString(budget))?;
+                    budget.check(
+                        name.len(),
+                        budget.limits.datacenter_len,
+                        "bytes in the datacenter name",
+                    )?;
+                    field!(datacenter, "datacenter", name)
+                }
                 "services" => field!(
                     services,
                     "services",
@@ -669,6 +675,13 @@ impl Limits {
         }
         let instances = snapshot.services.values().flatten();
         over(snapshot.services.len(), self.services, "services")
+            .or_else(|| {
+                over(
+                    snapshot.datacenter.len(),
+                    self.datacenter_len,
+                    "bytes in the datacenter name",
+                )
+            })
             .or_else(|| over(snapshot.nodes.len(), self.nodes, "nodes"))
             .or_else(|| {
                 over(

@@ -58,3 +58,89 @@ fn hostile_tag_documents_are_refused_with_bounded_memory() {
         "decoding hostile documents grew the peak RSS by {growth_mib} MiB"
     );
 }
+
+/// The largest decoded snapshot the limits let through: every count at its limit, the
+/// datacenter at its longest (it is copied into every instance and node), and the rest of
+/// the inflate cap spent on the longest strings. Prints the peak RSS it takes to decode
+/// it (the figure in the README's memory model):
+/// `cargo test -p dnsfront-snapshot --test decode_bomb -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement, run by hand"]
+fn measure_the_worst_accepted_snapshot() {
+    // First with one-byte tags, to learn how much of the inflate cap is left for longer ones.
+    let short = worst_document(1);
+    let spare = MAX_INFLATED_SIZE - 64 * 1024 - short.len();
+    let tag_len = (1 + spare / LIMITS.tags).min(LIMITS.string_len);
+    let bytes = worst_document(tag_len);
+    eprintln!(
+        "worst document: {} bytes of JSON (cap {MAX_INFLATED_SIZE}), {} instances, {} tags of {tag_len} bytes, {} nodes",
+        bytes.len(),
+        LIMITS.instances,
+        LIMITS.tags,
+        LIMITS.nodes
+    );
+    assert!(bytes.len() <= MAX_INFLATED_SIZE);
+    std::fs::write("/proc/self/clear_refs", "5").expect("reset VmHWM");
+    let before = peak_rss_kib();
+    let mut snapshot: dnsfront_snapshot::Snapshot =
+        serde_json::from_slice(&bytes).expect("within the limits");
+    snapshot.normalize();
+    let growth = peak_rss_kib().saturating_sub(before);
+    eprintln!(
+        "decoded {} services, {} instances, {} nodes: peak RSS grew by {} MiB (the {} MiB payload was already there)",
+        snapshot.services.len(),
+        snapshot.instance_count(),
+        snapshot.nodes.len(),
+        growth / 1024,
+        bytes.len() >> 20
+    );
+}
+
+/// Every count at its limit, the datacenter and publisher at their longest, distinct tags
+/// of `tag_len` bytes.
+fn worst_document(tag_len: usize) -> Vec<u8> {
+    use std::fmt::Write as _;
+    let mut json = format!(
+        r#"{{"generation":1,"consul_index":1,"created_unix_ms":1,"publisher":"{}","datacenter":"{}","services":{{"#,
+        "p".repeat(LIMITS.string_len),
+        "d".repeat(LIMITS.datacenter_len)
+    );
+    let per_service = LIMITS.instances / LIMITS.services;
+    let tags_per_instance = LIMITS.tags / LIMITS.instances;
+    let mut instance = 0;
+    for service in 0..LIMITS.services {
+        if service > 0 {
+            json.push(',');
+        }
+        write!(json, r#""s{service}":["#).expect("string");
+        for n in 0..per_service {
+            if n > 0 {
+                json.push(',');
+            }
+            let tags = (0..tags_per_instance)
+                .map(|t| format!(r#""{:t<tag_len$}""#, t))
+                .collect::<Vec<_>>()
+                .join(",");
+            write!(
+                json,
+                r#"{{"node":"n{instance}","node_address":"10.0.0.1","service_address":"fd00::1","port":80,"tags":[{tags}],"weight":1,"status":"passing"}}"#
+            )
+            .expect("string");
+            instance += 1;
+        }
+        json.push(']');
+    }
+    json.push_str(r#"},"nodes":{"#);
+    for node in 0..LIMITS.nodes {
+        if node > 0 {
+            json.push(',');
+        }
+        write!(
+            json,
+            r#""n{node}":{{"name":"n{node}","address":"10.0.0.1"}}"#
+        )
+        .expect("string");
+    }
+    json.push_str("}}");
+    json.into_bytes()
+}
