@@ -144,3 +144,26 @@ fn worst_document(tag_len: usize) -> Vec<u8> {
     json.push_str("}}");
     json.into_bytes()
 }
+
+#[test]
+fn control_characters_and_long_names_are_refused_at_decode() {
+    let newline = br#"{"generation":1,"consul_index":1,"created_unix_ms":1,"publisher":"p\n6.6.6.6 evil.example","datacenter":"dc1","services":{},"nodes":{}}"#;
+    assert!(matches!(
+        decode(&envelope(newline), None),
+        Err(Error::Shape {
+            what: "control characters in a string",
+            ..
+        })
+    ));
+    let long = format!(
+        r#"{{"generation":1,"consul_index":1,"created_unix_ms":1,"publisher":"p","datacenter":"dc1","services":{{}},"nodes":{{"{}":{{"name":"n","address":null}}}}}}"#,
+        "n".repeat(LIMITS.string_len + 1)
+    );
+    assert!(matches!(
+        decode(&envelope(long.as_bytes()), None),
+        Err(Error::Shape { what: "bytes in a string", limit }) if limit == LIMITS.string_len
+    ));
+    // The same document within the limits decodes.
+    let fine = long.replace(&"n".repeat(LIMITS.string_len + 1), "n");
+    assert!(decode(&envelope(fine.as_bytes()), None).is_ok());
+}
