@@ -617,3 +617,27 @@ async fn check_says_when_snapshots_are_accepted_unsigned() {
         "{report}"
     );
 }
+
+/// Issue 13: the resolver's start-up log says plainly when snapshots are accepted unsigned.
+#[tokio::test]
+async fn start_up_log_says_when_snapshots_are_accepted_unsigned() {
+    let setup = Setup::start().await;
+    setup.write_config("[dns]\nlisten = [\"127.0.0.1:0\"]\n\n[snapshot]\nallow_unsigned = true\n");
+    let server = Server::start(&setup.config).await;
+    let line = server
+        .wait_for("accepted UNSIGNED", 1, Duration::from_secs(5))
+        .await;
+    assert!(line.contains("WARN"), "{line}");
+    server.stop().await;
+
+    setup.write_config("[dns]\nlisten = [\"127.0.0.1:0\"]\n");
+    let server = Server::start(&setup.config).await;
+    server
+        .wait_for(
+            "every hosts snapshot will be refused",
+            1,
+            Duration::from_secs(5),
+        )
+        .await;
+    server.stop().await;
+}
