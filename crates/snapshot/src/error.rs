@@ -56,6 +56,13 @@ pub enum Error {
     /// A public key is configured but the snapshot carries no signature.
     #[error("snapshot is unsigned but a public key is configured")]
     Unsigned,
+    /// No public key is configured and unsigned snapshots are not allowed, so nothing can
+    /// be trusted (counted as `unsigned`).
+    #[error(
+        "snapshot cannot be trusted: no public key is configured and unsigned snapshots \
+         are not allowed (snapshot.allow_unsigned = false)"
+    )]
+    Untrusted,
     /// The signature does not verify against the configured public key.
     #[error("snapshot signature does not verify against the configured public key")]
     BadSignature,
@@ -112,7 +119,7 @@ impl Error {
             Error::Shape { .. } => "shape",
             Error::Generation { .. } => "generation",
             Error::ChecksumMismatch => "checksum",
-            Error::Unsigned => "unsigned",
+            Error::Unsigned | Error::Untrusted => "unsigned",
             Error::BadSignature => "bad_signature",
             Error::Json(_) => "json",
             Error::TooLarge { .. } => "too_large",

@@ -208,7 +208,7 @@ impl Follower {
         if let Err((reason, _)) = self.config.trust(&verified, None) {
             metrics::rejected(reason);
             return Err(if reason == "unsigned" {
-                Error::Unsigned
+                Error::Untrusted
             } else {
                 Error::Generation {
                     generation,

@@ -1036,3 +1036,34 @@ async fn publisher_at_the_last_generation_refuses_to_write() {
     assert!(!publisher.is_finished());
     shutdown.cancel();
 }
+
+/// The state dir's copy is held to the same trust rules as the key's value.
+#[tokio::test]
+async fn load_from_disk_refuses_untrusted_and_out_of_reach_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let unreachable = consul::Client::new(consul::Config {
+        address: "http://127.0.0.1:9".to_owned(),
+        ..consul::Config::default()
+    })
+    .expect("valid config");
+    store::save(dir.path(), &encoded(3, &["web"], None)).expect("save");
+    let strict = FollowerConfig {
+        allow_unsigned: false,
+        ..follower_config(dir.path())
+    };
+    let hosts = Hosts::new();
+    let follower = Follower::new(strict, unreachable.clone(), hosts.clone());
+    assert!(matches!(
+        follower.load_from_disk(),
+        Err(dnsfront_snapshot::Error::Untrusted)
+    ));
+    assert!(hosts.current().is_none());
+
+    store::save(dir.path(), &encoded(u64::MAX, &["web"], None)).expect("save");
+    let follower = Follower::new(follower_config(dir.path()), unreachable, hosts.clone());
+    assert!(matches!(
+        follower.load_from_disk(),
+        Err(dnsfront_snapshot::Error::Generation { .. })
+    ));
+    assert!(hosts.current().is_none());
+}
