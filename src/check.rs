@@ -125,6 +125,7 @@ pub async fn checks(args: &CheckArgs) -> Vec<Line> {
     }
     lines.push(check_server(args.control.as_deref(), &settings).await);
     lines.push(check_snapshot(&settings));
+    lines.extend(check_snapshot_trust(&settings));
     lines.extend(check_upstreams(&settings).await);
     lines
 }
@@ -325,6 +326,17 @@ async fn check_server(control_path: Option<&Path>, settings: &Settings) -> Line 
         },
         Err(error) => Line::new(Status::Warn, "server", format!("{error:#}")),
     }
+}
+
+/// How snapshots are trusted: a warning unless they must be signed.
+fn check_snapshot_trust(settings: &Settings) -> Option<Line> {
+    let follow = settings.follow.as_ref()?;
+    let status = if follow.verifying_key.is_some() {
+        Status::Ok
+    } else {
+        Status::Warn
+    };
+    Some(Line::new(status, "signing", follow.trust()))
 }
 
 fn check_snapshot(settings: &Settings) -> Line {

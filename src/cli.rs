@@ -185,6 +185,10 @@ pub enum SnapshotCommand {
         /// State directory holding the snapshot.
         #[arg(long, value_name = "DIR", default_value = crate::config::DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
+        /// Public key to verify the signature with (snapshot.public_key_file); without
+        /// it a signature is reported as unverified.
+        #[arg(long, value_name = "FILE")]
+        public_key: Option<PathBuf>,
     },
     /// Verify a snapshot file (format, checksum, and signature when a key is given).
     Verify {

@@ -60,15 +60,36 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<()> {
         max_drop_fraction: publish.max_drop_fraction,
         force: args.force,
         only_passing: catalog.only_passing,
+        // The generation high-water mark, so nothing read from KV can set the counter
+        // back, even across restarts: the unit's own state directory when systemd gives
+        // one (dnsfront-publish.service), else `state.dir`.
+        state_dir: Some(publisher_state_dir(&raw.state.dir)),
         ..snapshot::publisher::PublisherConfig::new(identity.clone())
     };
-    info!(identity = %identity, key = %publish.key, signed = publish.signing_key.is_some(), "Publisher starting");
+    info!(identity = %identity, key = %publish.key, signed = publish.signing_key.is_some(), state_dir = ?config.state_dir, "Publisher starting");
+    if publish.signing_key.is_none() {
+        warn!(
+            "Publishing UNSIGNED snapshots: resolvers accept them only with snapshot.allow_unsigned = true; set publish.signing_key_file in production"
+        );
+    }
     let shutdown = shutdown_on_signals()?;
     snapshot::publisher::Publisher::new(config, client)
         .run(shutdown)
         .await
         .context("publisher")?;
     Ok(())
+}
+
+/// `$STATE_DIRECTORY` (its first entry) when systemd set it, else `configured`.
+fn publisher_state_dir(configured: &Path) -> std::path::PathBuf {
+    std::env::var_os("STATE_DIRECTORY")
+        .and_then(|dirs| {
+            dirs.to_str()
+                .and_then(|dirs| dirs.split(':').next())
+                .filter(|dir| !dir.is_empty())
+                .map(std::path::PathBuf::from)
+        })
+        .unwrap_or_else(|| configured.to_owned())
 }
 
 /// `dnsfront snapshot ...`: offline commands, no Consul needed.
@@ -94,9 +115,18 @@ pub fn snapshot(command: SnapshotCommand) -> anyhow::Result<()> {
                 }
             }
         }
-        SnapshotCommand::Show { state_dir } => {
-            let verified = load_state(&state_dir)?;
-            describe(&mut stdout, &verified)?;
+        SnapshotCommand::Show {
+            state_dir,
+            public_key,
+        } => {
+            let key = public_key
+                .as_deref()
+                .map(snapshot::keys::load_verifying_key)
+                .transpose()
+                .context("public key")?;
+            let verified =
+                verify_state(&state_dir, key.as_ref())?.with_context(|| no_snapshot(&state_dir))?;
+            describe(&mut stdout, &verified, key.is_some())?;
         }
         SnapshotCommand::Verify { file, public_key } => {
             let key = public_key
@@ -145,13 +175,15 @@ pub fn snapshot(command: SnapshotCommand) -> anyhow::Result<()> {
 }
 
 fn load_state(state_dir: &Path) -> anyhow::Result<snapshot::Verified> {
-    verify_state(state_dir, None)?.with_context(|| {
-        format!(
-            "no snapshot in {} (expected {})",
-            state_dir.display(),
-            snapshot::store::path(state_dir).display()
-        )
-    })
+    verify_state(state_dir, None)?.with_context(|| no_snapshot(state_dir))
+}
+
+fn no_snapshot(state_dir: &Path) -> String {
+    format!(
+        "no snapshot in {} (expected {})",
+        state_dir.display(),
+        snapshot::store::path(state_dir).display()
+    )
 }
 
 /// Reads and verifies the snapshot in `state_dir` (format, checksum, and the
@@ -179,7 +211,13 @@ pub(crate) fn snapshot_age(snapshot: &snapshot::Snapshot) -> Duration {
     Duration::from_secs(now_ms.saturating_sub(snapshot.created_unix_ms) / 1000)
 }
 
-fn describe(out: &mut impl std::io::Write, verified: &snapshot::Verified) -> anyhow::Result<()> {
+/// `key_checked`: the signature was verified with a public key (else a signature is only
+/// reported as present, never as good).
+fn describe(
+    out: &mut impl std::io::Write,
+    verified: &snapshot::Verified,
+    key_checked: bool,
+) -> anyhow::Result<()> {
     let snapshot = &verified.snapshot;
     let age = snapshot_age(snapshot);
     writeln!(out, "generation:   {}", snapshot.generation)?;
@@ -190,7 +228,11 @@ fn describe(out: &mut impl std::io::Write, verified: &snapshot::Verified) -> any
     writeln!(
         out,
         "signed:       {}",
-        if verified.signed { "yes" } else { "no" }
+        match (verified.signed, key_checked) {
+            (true, true) => "yes (verified with the public key)",
+            (true, false) => "unverified (signature present; pass --public-key to verify it)",
+            (false, _) => "no",
+        }
     )?;
     writeln!(out, "size:         {} bytes", verified.encoded_size)?;
     writeln!(out, "services:     {}", snapshot.services.len())?;

@@ -39,6 +39,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     raw.dns.listen = args.listen.clone();
     raw.consul.address = Some(consul.url());
     raw.state.dir = state_dir.clone();
+    // The demo's publisher signs nothing: accepting unsigned snapshots is fine for a
+    // simulated catalog on loopback (production sets snapshot.public_key_file).
+    raw.snapshot.allow_unsigned = true;
     raw.forward.upstreams = if args.upstream.is_empty() {
         demo_upstreams()
     } else {

@@ -68,6 +68,7 @@ impl App {
                     key: follow.key.clone(),
                     stop_key: follow.stop_key.clone(),
                     verifying_key: follow.verifying_key,
+                    allow_unsigned: follow.allow_unsigned,
                     wait: follow.wait,
                     ..snapshot::follower::FollowerConfig::new(settings.state_dir.clone())
                 },

@@ -236,6 +236,9 @@ pub const KEYS: &[Key] = &[
     key("snapshot.public_key_file", Restart, |s| {
         show(s.follow.as_ref().map(|f| &f.verifying_key))
     }),
+    key("snapshot.allow_unsigned", Restart, |s| {
+        show(s.follow.as_ref().map(|f| f.allow_unsigned))
+    }),
     key("snapshot.wait", Restart, |s| {
         show(s.follow.as_ref().map(|f| f.wait))
     }),

@@ -24,6 +24,10 @@ pub struct RawSnapshot {
     /// Ed25519 public key (base64, one line). When set, unsigned or badly
     /// signed snapshots are rejected.
     pub public_key_file: Option<PathBuf>,
+    /// Without `public_key_file`, accept snapshots nobody can verify. Off by
+    /// default: anyone able to write the KV key would control every node's
+    /// fallback answers. Signing is the production setting; `demo` sets this.
+    pub allow_unsigned: bool,
     /// Longest blocking wait on the key.
     #[serde(with = "humantime_serde")]
     pub wait: Duration,
@@ -36,6 +40,7 @@ impl Default for RawSnapshot {
             key: DEFAULT_KEY.to_owned(),
             stop_key: stop_key_for(DEFAULT_KEY),
             public_key_file: None,
+            allow_unsigned: false,
             wait: Duration::from_secs(300),
         }
     }
@@ -79,6 +84,23 @@ impl Default for RawPublish {
     }
 }
 
+impl FollowSettings {
+    /// How snapshots are trusted, in words (for `check` and the start-up log).
+    pub fn trust(&self) -> &'static str {
+        match (&self.verifying_key, self.allow_unsigned) {
+            (Some(_), _) => "signed snapshots only (snapshot.public_key_file)",
+            (None, true) => {
+                "UNSIGNED snapshots accepted (snapshot.allow_unsigned = true): anyone who can \
+                 write the snapshot key controls the outage answers; set snapshot.public_key_file"
+            }
+            (None, false) => {
+                "every snapshot refused: no snapshot.public_key_file and \
+                 snapshot.allow_unsigned = false (no outage fallback)"
+            }
+        }
+    }
+}
+
 /// Validated `[snapshot]`: what a follower needs.
 #[derive(Debug, Clone)]
 pub struct FollowSettings {
@@ -88,6 +110,8 @@ pub struct FollowSettings {
     pub stop_key: String,
     /// Public key to verify signatures with (then unsigned data is rejected).
     pub verifying_key: Option<dnsfront_snapshot::VerifyingKey>,
+    /// Accept snapshots nobody verified (only matters without `verifying_key`).
+    pub allow_unsigned: bool,
     /// Longest blocking wait.
     pub wait: Duration,
 }
@@ -157,6 +181,7 @@ impl RawSnapshot {
             key: self.key.clone(),
             stop_key: self.stop_key.clone(),
             verifying_key,
+            allow_unsigned: self.allow_unsigned,
             wait: self.wait,
         }))
     }

@@ -186,7 +186,19 @@ fn snapshot_commands_show_export_verify_and_keygen() {
     dnsfront_snapshot::store::save(&state, &encoded).expect("save");
     let state_arg = state.to_str().expect("utf8");
 
+    // Without the public key the signature is present but not checked: never "yes".
     let show = run(&["snapshot", "show", "--state-dir", state_arg]);
+    assert!(show.status.success());
+    let text = String::from_utf8_lossy(&show.stdout);
+    assert!(text.contains("signed:       unverified"), "{text}");
+    let show = run(&[
+        "snapshot",
+        "show",
+        "--state-dir",
+        state_arg,
+        "--public-key",
+        public.to_str().expect("utf8"),
+    ]);
     assert!(show.status.success());
     let text = String::from_utf8_lossy(&show.stdout);
     for expected in [
@@ -314,8 +326,13 @@ async fn publish_process_feeds_a_resolver_that_survives_a_consul_outage() {
     .spawn()
     .expect("spawn publisher");
     let state = dir.path().join("state");
+    // The publisher here signs nothing, so the resolver must be told to accept that.
+    let serve_config = dir.path().join("serve.toml");
+    std::fs::write(&serve_config, "[snapshot]\nallow_unsigned = true\n").expect("write");
     let mut running = spawn(&[
         "serve",
+        "--config",
+        serve_config.to_str().expect("utf8"),
         "--listen",
         "127.0.0.1:0",
         "--consul",
@@ -350,4 +367,40 @@ async fn publish_process_feeds_a_resolver_that_survives_a_consul_outage() {
     assert!(status.success(), "publisher exit status {status:?}");
     let _ = running.child.kill().await;
     consul.shutdown().await;
+}
+
+/// Issue 13: a snapshot cannot add lines outside the Consul domain to a dnsmasq hosts file.
+#[test]
+fn snapshot_export_hosts_keeps_crafted_names_out() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut snapshot = crate::snapshot::sample_snapshot(3);
+    snapshot.publisher = "p 6.6.6.6 evil.example #".into();
+    let web = snapshot.services.get("web").expect("web")[0].clone();
+    let mut crafted = web.clone();
+    crafted.tags = vec!["x 6.6.6.6 evil.example".into(), "#".into(), "ok".into()];
+    snapshot
+        .services
+        .insert("evil.example #".into(), vec![web.clone()]);
+    snapshot.services.insert("api".into(), vec![crafted]);
+    let encoded = dnsfront_snapshot::encode(&snapshot, None).expect("encode");
+    dnsfront_snapshot::store::save(dir.path(), &encoded).expect("save");
+    let out = run(&[
+        "snapshot",
+        "export",
+        "--state-dir",
+        dir.path().to_str().expect("utf8"),
+    ]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    assert!(lines.next().expect("header").starts_with('#'));
+    for line in lines {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        assert!(
+            fields.len() == 2
+                && (fields[1].ends_with(".service.consul") || fields[1].ends_with(".node.consul")),
+            "{line:?} in\n{text}"
+        );
+    }
+    assert!(text.contains(" ok.api.service.consul"), "{text}");
 }

@@ -581,3 +581,63 @@ async fn a_world_readable_token_file_is_warned_about_at_start_and_by_check() {
     assert!(!report.contains("security:"), "{report}");
     setup.stop().await;
 }
+
+/// Issue 13: `check` says plainly how snapshots are trusted.
+#[tokio::test]
+async fn check_says_when_snapshots_are_accepted_unsigned() {
+    let setup = Setup::start().await;
+    let port = free_port();
+    let listen = format!("[dns]\nlisten = [\"127.0.0.1:{port}\"]\n");
+    setup.write_config(&listen);
+    let (_, report, _) = run(&["check", "--config", path_arg(&setup.config)]).await;
+    let signing = line(&report, "signing");
+    assert!(
+        signing.starts_with("warn ") && signing.contains("every snapshot refused"),
+        "{report}"
+    );
+    setup.write_config(&format!("{listen}\n[snapshot]\nallow_unsigned = true\n"));
+    let (_, report, _) = run(&["check", "--config", path_arg(&setup.config)]).await;
+    let signing = line(&report, "signing");
+    assert!(
+        signing.starts_with("warn ") && signing.contains("UNSIGNED snapshots accepted"),
+        "{report}"
+    );
+    let (private, public) = dnsfront_snapshot::keys::generate_keypair();
+    drop(private);
+    let key = setup.dir.path().join("snap.pub");
+    write(&key, &format!("{public}\n"));
+    setup.write_config(&format!(
+        "{listen}\n[snapshot]\npublic_key_file = \"{}\"\n",
+        key.display()
+    ));
+    let (_, report, _) = run(&["check", "--config", path_arg(&setup.config)]).await;
+    assert!(
+        line(&report, "signing").starts_with("ok ")
+            && line(&report, "signing").contains("signed snapshots only"),
+        "{report}"
+    );
+}
+
+/// Issue 13: the resolver's start-up log says plainly when snapshots are accepted unsigned.
+#[tokio::test]
+async fn start_up_log_says_when_snapshots_are_accepted_unsigned() {
+    let setup = Setup::start().await;
+    setup.write_config("[dns]\nlisten = [\"127.0.0.1:0\"]\n\n[snapshot]\nallow_unsigned = true\n");
+    let server = Server::start(&setup.config).await;
+    let line = server
+        .wait_for("accepted UNSIGNED", 1, Duration::from_secs(5))
+        .await;
+    assert!(line.contains("WARN"), "{line}");
+    server.stop().await;
+
+    setup.write_config("[dns]\nlisten = [\"127.0.0.1:0\"]\n");
+    let server = Server::start(&setup.config).await;
+    server
+        .wait_for(
+            "every hosts snapshot will be refused",
+            1,
+            Duration::from_secs(5),
+        )
+        .await;
+    server.stop().await;
+}

@@ -33,12 +33,36 @@ pub enum Error {
         /// The size it was not allowed to exceed.
         limit: usize,
     },
+    /// The document breaks one of the shape limits ([`crate::codec::LIMITS`]).
+    #[error("snapshot document has {what} beyond the limit of {limit}")]
+    Shape {
+        /// What is counted.
+        what: &'static str,
+        /// The limit.
+        limit: usize,
+    },
+    /// The generation is out of the range followers accept (see
+    /// [`crate::follower::MAX_GENERATION`]).
+    #[error("snapshot generation {generation} is out of range: {reason}")]
+    Generation {
+        /// The generation found.
+        generation: u64,
+        /// Why it is refused.
+        reason: &'static str,
+    },
     /// The SHA-256 of the inflated payload differs from the one in the envelope.
     #[error("snapshot checksum mismatch")]
     ChecksumMismatch,
     /// A public key is configured but the snapshot carries no signature.
     #[error("snapshot is unsigned but a public key is configured")]
     Unsigned,
+    /// No public key is configured and unsigned snapshots are not allowed, so nothing can
+    /// be trusted (counted as `unsigned`).
+    #[error(
+        "snapshot cannot be trusted: no public key is configured and unsigned snapshots \
+         are not allowed (snapshot.allow_unsigned = false)"
+    )]
+    Untrusted,
     /// The signature does not verify against the configured public key.
     #[error("snapshot signature does not verify against the configured public key")]
     BadSignature,
@@ -92,8 +116,10 @@ impl Error {
             Error::Compress(_) => "compress",
             Error::Decompress(_) => "decompress",
             Error::TooLargeInflated { .. } => "too_large_inflated",
+            Error::Shape { .. } => "shape",
+            Error::Generation { .. } => "generation",
             Error::ChecksumMismatch => "checksum",
-            Error::Unsigned => "unsigned",
+            Error::Unsigned | Error::Untrusted => "unsigned",
             Error::BadSignature => "bad_signature",
             Error::Json(_) => "json",
             Error::TooLarge { .. } => "too_large",

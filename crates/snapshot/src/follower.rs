@@ -7,11 +7,17 @@
 //!
 //! 1. the kill-switch key ([`FollowerConfig::stop_key`]) is missing or empty (otherwise the
 //!    follower waits on the stop key until it clears, then re-reads the snapshot key);
-//! 2. [`crate::codec::decode`] accepts it (format, SHA-256, and the Ed25519 signature when
-//!    [`FollowerConfig::verifying_key`] is set);
-//! 3. its generation is higher than the one in memory (lower = rollback, rejected; equal =
+//! 2. [`crate::codec::decode`] accepts it (format, SHA-256, shape limits, and the Ed25519
+//!    signature when [`FollowerConfig::verifying_key`] is set), decoding off the async
+//!    workers (`spawn_blocking`);
+//! 3. it is trusted: signed and verified, or [`FollowerConfig::allow_unsigned`] is set
+//!    (otherwise `unsigned`);
+//! 4. its generation is at most [`MAX_GENERATION`], and for a snapshot that was not verified
+//!    with a key, at most [`MAX_UNSIGNED_STEP`] above the one in memory (`generation`), so
+//!    one bad write cannot push generations out of reach of every later snapshot;
+//! 5. its generation is higher than the one in memory (lower = rollback, rejected; equal =
 //!    already applied, ignored);
-//! 4. it was saved atomically to the state dir ([`crate::store::save`]).
+//! 6. it was saved atomically to the state dir ([`crate::store::save`]).
 //!
 //! Then it is swapped into [`Hosts`]. Every refusal keeps the previous snapshot, is counted
 //! in `snapshot.rejected{reason}` and is logged once per distinct reason.
@@ -35,6 +41,15 @@ pub const DEFAULT_WAIT: Duration = Duration::from_secs(5 * 60);
 pub const DEFAULT_MIN_INTERVAL: Duration = Duration::from_secs(1);
 /// Default ceiling of the error backoff.
 pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Highest generation a follower accepts (2^53, exactly representable in the generation
+/// gauge). A publisher adding one per write would need hundreds of millions of years to
+/// reach it, so anything above was written to break the fleet; refusing it keeps the room
+/// above the current generation that the publisher needs for every later snapshot.
+pub const MAX_GENERATION: u64 = 1 << 53;
+/// Largest step above the generation in memory that a snapshot not verified with a key may
+/// take (2^32: above any realistic jump, a publisher recovering from an undecodable value
+/// jumps to the key's raft `ModifyIndex`). Signed snapshots are trusted to jump further.
+pub const MAX_UNSIGNED_STEP: u64 = 1 << 32;
 /// Floor of the first backoff step: a zero `min_interval` must not make the loop spin.
 const BACKOFF_FLOOR: Duration = Duration::from_millis(100);
 
@@ -63,6 +78,11 @@ pub struct FollowerConfig {
     pub state_dir: PathBuf,
     /// When set, unsigned or badly signed snapshots are rejected.
     pub verifying_key: Option<VerifyingKey>,
+    /// Without a `verifying_key`, accept snapshots nobody verified (default false: then
+    /// every snapshot is refused as `unsigned`). Signing is the production setting; this is
+    /// for the demo and for fleets that accept that anyone who can write the KV key controls
+    /// every node's fallback answers.
+    pub allow_unsigned: bool,
     /// Blocking-query wait (default 5m, Consul caps it at 10m).
     pub wait: Duration,
     /// Minimum time between two reads of the key (default 1s).
@@ -86,6 +106,43 @@ impl FollowerConfig {
         consul::Watch::new(self.wait).paced(Pace::spaced(self.min_interval))
     }
 
+    /// Whether a decoded snapshot may be applied, whatever its generation relative to the
+    /// one in memory: `Err((reason, detail))` when not.
+    fn trust(
+        &self,
+        verified: &Verified,
+        current: Option<u64>,
+    ) -> Result<(), (&'static str, String)> {
+        if self.verifying_key.is_none() && !self.allow_unsigned {
+            return Err((
+                "unsigned",
+                "no snapshot.public_key_file is configured to verify it and \
+                 snapshot.allow_unsigned is false"
+                    .to_owned(),
+            ));
+        }
+        let generation = verified.snapshot.generation;
+        if generation > MAX_GENERATION {
+            return Err((
+                "generation",
+                format!("generation {generation} is above the maximum {MAX_GENERATION}"),
+            ));
+        }
+        if self.verifying_key.is_none()
+            && let Some(current) = current
+            && generation > current.saturating_add(MAX_UNSIGNED_STEP)
+        {
+            return Err((
+                "generation",
+                format!(
+                    "unverified snapshot jumps from generation {current} to {generation}, \
+                     more than {MAX_UNSIGNED_STEP} at once"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Defaults for everything but the state dir.
     pub fn new(state_dir: PathBuf) -> Self {
         Self {
@@ -93,6 +150,7 @@ impl FollowerConfig {
             stop_key: stop_key_for(DEFAULT_KEY),
             state_dir,
             verifying_key: None,
+            allow_unsigned: false,
             wait: DEFAULT_WAIT,
             min_interval: DEFAULT_MIN_INTERVAL,
             backoff_max: DEFAULT_BACKOFF_MAX,
@@ -147,6 +205,17 @@ impl Follower {
         let verified = codec::decode(&bytes, self.config.verifying_key.as_ref())
             .inspect_err(|error| metrics::rejected(error.reason()))?;
         let generation = verified.snapshot.generation;
+        if let Err((reason, _)) = self.config.trust(&verified, None) {
+            metrics::rejected(reason);
+            return Err(if reason == "unsigned" {
+                Error::Untrusted
+            } else {
+                Error::Generation {
+                    generation,
+                    reason: "above the maximum",
+                }
+            });
+        }
         if let Some(current) = self.hosts.generation()
             && current >= generation
         {
@@ -164,6 +233,21 @@ impl Follower {
 
     /// Follows the key until `shutdown` is cancelled; never fails (every error is retried).
     pub async fn run(self, shutdown: CancellationToken) {
+        let config = &self.config;
+        match (&config.verifying_key, config.allow_unsigned) {
+            (Some(_), _) => {
+                tracing::info!("Hosts snapshots must be signed with the configured key")
+            }
+            (None, true) => tracing::warn!(
+                "Hosts snapshots are accepted UNSIGNED (snapshot.allow_unsigned = true): \
+                 anyone who can write the snapshot key controls this node's fallback answers; \
+                 set snapshot.public_key_file in production"
+            ),
+            (None, false) => tracing::warn!(
+                "No snapshot.public_key_file and snapshot.allow_unsigned = false: \
+                 every hosts snapshot will be refused (no outage fallback)"
+            ),
+        }
         let mut worker = Worker {
             retry: ConsulRetry::new(self.config.backoff()),
             follower: self,
@@ -269,29 +353,51 @@ impl Worker {
             }
             Ok(None) => {}
         }
-        match self.verify(&value) {
-            Some(verified) => self.apply(verified, value).await,
-            None => Outcome::Settled,
-        }
+        let (verified, value) = match self.verify(value).await {
+            Ok(verified) => verified,
+            Err(outcome) => return outcome,
+        };
+        self.apply(verified, value).await
     }
 
-    /// Decodes a value and checks its generation against the one in memory; `None` when it
-    /// must not be applied (refused and counted, or already applied).
-    fn verify(&mut self, value: &[u8]) -> Option<Verified> {
+    /// Decodes a value (on a blocking thread: inflating and parsing up to
+    /// [`codec::MAX_INFLATED_SIZE`] must not hold an async worker) and checks its trust and
+    /// generation against the one in memory; `Err` when it must not be applied (refused and
+    /// counted, or already applied).
+    async fn verify(&mut self, value: Vec<u8>) -> Result<(Verified, Vec<u8>), Outcome> {
         if value.is_empty() {
             self.reject("empty", "snapshot key holds an empty value");
-            return None;
+            return Err(Outcome::Settled);
         }
-        let verified = match codec::decode(value, self.follower.config.verifying_key.as_ref()) {
-            Ok(verified) => verified,
-            Err(error) => {
+        let key = self.follower.config.verifying_key;
+        let decoded = tokio::task::spawn_blocking(move || {
+            let result = codec::decode(&value, key.as_ref());
+            (result, value)
+        })
+        .await;
+        let (verified, value) = match decoded {
+            Ok((Ok(verified), value)) => (verified, value),
+            Ok((Err(error), _)) => {
                 self.reject(error.reason(), &error.to_string());
-                return None;
+                return Err(Outcome::Settled);
+            }
+            Err(join_error) => {
+                self.reject("decode_panic", &format!("decoding panicked: {join_error}"));
+                return Err(Outcome::Settled);
             }
         };
+        let current = self.follower.hosts.current();
+        if let Err((reason, detail)) = self
+            .follower
+            .config
+            .trust(&verified, current.as_ref().map(|c| c.generation))
+        {
+            self.reject(reason, &detail);
+            return Err(Outcome::Settled);
+        }
         let generation = verified.snapshot.generation;
-        let Some(current) = self.follower.hosts.current() else {
-            return Some(verified);
+        let Some(current) = current else {
+            return Ok((verified, value));
         };
         if generation < current.generation {
             self.reject(
@@ -301,7 +407,7 @@ impl Worker {
                     current.generation
                 ),
             );
-            return None;
+            return Err(Outcome::Settled);
         }
         if generation == current.generation {
             if verified.snapshot.content_checksum() != current.content_checksum() {
@@ -312,9 +418,9 @@ impl Worker {
             } else {
                 tracing::debug!(generation, "Snapshot generation already applied");
             }
-            return None;
+            return Err(Outcome::Settled);
         }
-        Some(verified)
+        Ok((verified, value))
     }
 
     /// Saves a verified value to the state dir, then swaps it into [`Hosts`].

@@ -76,24 +76,40 @@ fn push_line(
     }
 }
 
+/// A publisher-controlled string made safe for the header comment: anything but host-name
+/// characters becomes `?`, so it cannot end the comment line and add a hosts entry.
+fn comment_safe(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect()
+}
+
 /// Renders the snapshot as a dnsmasq `addn-hosts` file for `domain` (e.g. `consul`).
 ///
 /// Lines are `IP NAME.service.DOMAIN`, then `IP TAG.NAME.service.DOMAIN` for each tag, per
 /// instance (address = service address, else node address; instances without one are
 /// skipped), followed by `IP NODE.node.DOMAIN` for every node with an address. Names are
 /// lower case; names that are not valid host names (for example tags with `=` or spaces)
-/// and duplicate lines are left out. The order is deterministic.
+/// and duplicate lines are left out, so every line names something under
+/// `.service.DOMAIN` or `.node.DOMAIN`; the header's datacenter and publisher keep only
+/// host-name characters. The order is deterministic.
 pub fn to_hosts_file(snapshot: &Snapshot, domain: &str) -> String {
     let domain = domain.trim_matches('.').to_ascii_lowercase();
     let mut out = String::new();
     let _ = writeln!(
         out,
         "# dnsfront hosts snapshot: datacenter {}, generation {}, consul index {}, created {} (unix ms), publisher {}",
-        snapshot.datacenter,
+        comment_safe(&snapshot.datacenter),
         snapshot.generation,
         snapshot.consul_index,
         snapshot.created_unix_ms,
-        snapshot.publisher,
+        comment_safe(&snapshot.publisher),
     );
     let mut seen = HashSet::new();
     let normalized = snapshot.normalized();

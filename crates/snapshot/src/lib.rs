@@ -18,7 +18,9 @@
 //!
 //! # Modules
 //!
-//! - [`codec`]: the envelope (deterministic encoding, checksum, signature, zip-bomb guard).
+//! - [`codec`]: the envelope (deterministic encoding, checksum, signature, zip-bomb guard,
+//!   the shape [`codec::LIMITS`] checked while the JSON is read, so decoding is bounded
+//!   whatever the input).
 //! - [`keys`]: Ed25519 key files.
 //! - [`store`]: atomic save/load in the state dir.
 //! - [`hosts`]: the lock-free in-memory view and the dnsmasq `addn-hosts` export.

@@ -9,7 +9,8 @@ pub const GENERATION: &str = "snapshot.generation";
 pub const AGE_SECONDS: &str = "snapshot.age_seconds";
 /// Encoded size of the last applied or published snapshot, in bytes.
 pub const SIZE_BYTES: &str = "snapshot.size_bytes";
-/// Snapshots a follower refused, tagged `reason` ([`crate::Error::reason`] or e.g. `rollback`).
+/// Snapshots a follower refused, tagged `reason` ([`crate::Error::reason`], e.g. `shape`,
+/// or `rollback`, `generation`, `unsigned`).
 pub const REJECTED: &str = "snapshot.rejected";
 /// Snapshots a follower verified, stored and swapped in.
 pub const APPLIED: &str = "snapshot.applied";

@@ -34,16 +34,24 @@
 //!   numbers is logged and nothing is written).
 //!
 //! The write is a check-and-set on the published value's `ModifyIndex` (0 when none), with
-//! generation = published generation + 1. A published value that does not decode (corrupt or
-//! signed with another key) is overwritten with generation = its `ModifyIndex` + 1: every
-//! good generation was at most the raft index of its own write, so this is still higher than
-//! anything a follower has applied. A lost check-and-set is retried on the next round.
+//! generation = one above the highest of: the publisher's own high-water mark (kept in
+//! [`PublisherConfig::state_dir`], written before each write, so nothing read from KV can
+//! set it back: a replayed old envelope changes nothing), and the published generation.
+//! A published value that does not decode (corrupt or signed with another key) counts as
+//! its `ModifyIndex`: every good generation was at most the raft index of its own write, so
+//! this is still higher than anything a follower has applied. A published generation out of
+//! reach (above [`crate::follower::MAX_GENERATION`], or more than
+//! [`crate::follower::MAX_UNSIGNED_STEP`] above the high-water mark) is ignored with a
+//! warning, as followers refuse it too; arithmetic is checked, and a publisher whose next
+//! generation would pass the maximum refuses to write (`generation_exhausted`) rather than
+//! wrap. A lost check-and-set is retried on the next round.
 //!
 //! The election lives in `publisher/election.rs`, the leader's three watches in
 //! `publisher/watches.rs`; this file holds the settings, one publish round and the build.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dnsfront_consul::{
@@ -54,7 +62,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::follower::{DEFAULT_KEY, lock_key_for, stop_key_for};
+use crate::follower::{DEFAULT_KEY, MAX_GENERATION, MAX_UNSIGNED_STEP, lock_key_for, stop_key_for};
 use crate::retry::ConsulRetry;
 use crate::{Error, SigningKey, Snapshot, codec, metrics};
 
@@ -109,6 +117,29 @@ pub struct PublisherConfig {
     pub only_passing: bool,
     /// Blocking wait of the catalog and health-check watches (default 5m).
     pub catalog_wait: Duration,
+    /// Directory keeping the publisher's generation high-water mark ([`HIGH_WATER_FILE`]);
+    /// `None` keeps it in memory only (then a restarted publisher trusts KV again).
+    pub state_dir: Option<PathBuf>,
+}
+
+/// File of the publisher's high-water mark inside its state dir (decimal, one line).
+pub const HIGH_WATER_FILE: &str = "publisher-generation";
+
+/// Reads the high-water mark; 0 when there is none yet.
+pub fn load_high_water(dir: &Path) -> Result<u64, Error> {
+    let path = dir.join(HIGH_WATER_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => text.trim().parse().map_err(|_| Error::Malformed {
+            reason: "the publisher's generation file is not a number",
+        }),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(source) => Err(Error::io(path, source)),
+    }
+}
+
+/// Writes the high-water mark atomically (temp file, fsync, rename).
+fn save_high_water(dir: &Path, generation: u64) -> Result<(), Error> {
+    crate::store::save_file(dir, HIGH_WATER_FILE, format!("{generation}\n").as_bytes())
 }
 
 impl PublisherConfig {
@@ -128,6 +159,7 @@ impl PublisherConfig {
             force: false,
             only_passing: false,
             catalog_wait: DEFAULT_CATALOG_WAIT,
+            state_dir: None,
         }
     }
 }
@@ -151,6 +183,7 @@ impl fmt::Debug for PublisherConfig {
             .field("force", &self.force)
             .field("only_passing", &self.only_passing)
             .field("catalog_wait", &self.catalog_wait)
+            .field("state_dir", &self.state_dir)
             .finish()
     }
 }
@@ -170,21 +203,41 @@ struct Published {
     snapshot: Option<Snapshot>,
 }
 
-/// The generation of the next write: one above the published one; when the published value
-/// does not decode, its `ModifyIndex` + 1 (every good generation was at most the raft index of
-/// its own write, so this is still higher than anything a follower has applied).
-fn next_generation(published: Option<&Published>) -> u64 {
-    match published {
-        None => 1,
+/// The generation of the next write: one above the highest of `high_water` and what the
+/// key holds (its generation, or its `ModifyIndex` when it does not decode), ignoring a
+/// value out of reach. `Err` when the next one would pass [`MAX_GENERATION`].
+fn next_generation(published: Option<&Published>, high_water: u64) -> Result<u64, Error> {
+    let read = match published {
+        None => 0,
         Some(Published {
             snapshot: Some(previous),
             ..
-        }) => previous.generation + 1,
+        }) => previous.generation,
         Some(Published {
             modify_index,
             snapshot: None,
-        }) => modify_index + 1,
+        }) => *modify_index,
+    };
+    let reachable = read <= MAX_GENERATION && read <= high_water.saturating_add(MAX_UNSIGNED_STEP);
+    if !reachable {
+        tracing::warn!(
+            published_generation = read,
+            high_water,
+            "The published snapshot's generation is out of reach, ignoring it \
+             (followers refuse it too)"
+        );
     }
+    let base = if reachable {
+        read.max(high_water)
+    } else {
+        high_water
+    };
+    base.checked_add(1)
+        .filter(|next| *next <= MAX_GENERATION)
+        .ok_or(Error::Generation {
+            generation: base,
+            reason: "no generation left below the maximum",
+        })
 }
 
 /// Result of one publish round.
@@ -204,6 +257,11 @@ struct LeaderState {
     datacenter: Option<String>,
     /// Backoff and log-once state of failing Consul calls.
     retry: ConsulRetry,
+    /// Highest generation this publisher has written (or was about to), persisted in
+    /// [`PublisherConfig::state_dir`].
+    high_water: u64,
+    /// The last attempt to persist `high_water` failed (logged once).
+    high_water_unsaved: bool,
 }
 
 /// The backoff after a failed Consul call: 500ms doubling up to 30s, each delay drawn from
@@ -313,7 +371,36 @@ impl Publisher {
         published: Option<&Published>,
         state: &mut LeaderState,
     ) -> Round {
-        snapshot.generation = next_generation(published);
+        snapshot.generation = match next_generation(published, state.high_water) {
+            Ok(generation) => generation,
+            Err(error) => {
+                if state.skipped != Some("generation_exhausted") {
+                    tracing::error!(
+                        error = %error,
+                        "Snapshot not published: generations are exhausted; delete the \
+                         snapshot key and the publisher's generation file to start over"
+                    );
+                }
+                state.skip("generation_exhausted");
+                return Round::Done;
+            }
+        };
+        // Persisted before the write: a crash after it cannot let a replayed value set the
+        // counter back.
+        // Failing to persist is loud but does not stop publishing: the mark still holds in
+        // memory, and a fleet without new snapshots would be worse.
+        if let Err(error) = self.save_high_water(snapshot.generation).await {
+            if !state.high_water_unsaved {
+                tracing::error!(
+                    error = %error,
+                    "Cannot persist the publisher's generation; publishing with the mark in memory only"
+                );
+            }
+            state.high_water_unsaved = true;
+        } else {
+            state.high_water_unsaved = false;
+        }
+        state.high_water = snapshot.generation;
         let encoded = match codec::encode(&snapshot, self.config.signing_key.as_ref()) {
             Ok(encoded) => encoded,
             Err(error) => {
@@ -424,7 +511,13 @@ impl Publisher {
             .as_ref()
             .map(SigningKey::verifying_key);
         let bytes = pair.value.unwrap_or_default();
-        let snapshot = match codec::decode(&bytes, verifying_key.as_ref()) {
+        let decoded =
+            tokio::task::spawn_blocking(move || codec::decode(&bytes, verifying_key.as_ref()))
+                .await
+                .unwrap_or(Err(Error::Malformed {
+                    reason: "decoding panicked",
+                }));
+        let snapshot = match decoded {
             Ok(verified) => Some(verified.snapshot),
             Err(error) => {
                 tracing::warn!(
@@ -439,6 +532,29 @@ impl Publisher {
             modify_index: pair.modify_index,
             snapshot,
         }))
+    }
+
+    /// Loads the persisted high-water mark (0 without a state dir or file).
+    pub(super) async fn load_high_water(&self) -> Result<u64, Error> {
+        let Some(dir) = self.config.state_dir.clone() else {
+            return Ok(0);
+        };
+        tokio::task::spawn_blocking(move || load_high_water(&dir))
+            .await
+            .unwrap_or(Err(Error::Malformed {
+                reason: "reading the generation file panicked",
+            }))
+    }
+
+    async fn save_high_water(&self, generation: u64) -> Result<(), Error> {
+        let Some(dir) = self.config.state_dir.clone() else {
+            return Ok(());
+        };
+        tokio::task::spawn_blocking(move || save_high_water(&dir, generation))
+            .await
+            .unwrap_or(Err(Error::Malformed {
+                reason: "writing the generation file panicked",
+            }))
     }
 
     /// Reads every service's instances and every node, and builds a normalized snapshot.

@@ -22,14 +22,19 @@ pub fn path(dir: &Path) -> PathBuf {
 /// fsynced and renamed over [`FILE_NAME`], then the dir is fsynced. Creates `dir` if missing.
 /// Readers see the old file or the new one, never a mix; the temp file is removed on error.
 pub fn save(dir: &Path, encoded: &[u8]) -> Result<(), Error> {
+    save_file(dir, FILE_NAME, encoded)
+}
+
+/// [`save`] for any file name in `dir`.
+pub(crate) fn save_file(dir: &Path, file_name: &str, encoded: &[u8]) -> Result<(), Error> {
     fs::create_dir_all(dir).map_err(|source| Error::io(dir, source))?;
     let temp_path = dir.join(format!(
-        ".{FILE_NAME}.tmp-{}-{}",
+        ".{file_name}.tmp-{}-{}",
         std::process::id(),
         TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
     let result = write_synced(&temp_path, encoded).and_then(|()| {
-        let final_path = path(dir);
+        let final_path = dir.join(file_name);
         fs::rename(&temp_path, &final_path).map_err(|source| Error::io(&final_path, source))
     });
     if result.is_err() {

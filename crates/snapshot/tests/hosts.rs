@@ -52,3 +52,51 @@ fn empty_snapshot_is_just_the_header() {
     assert_eq!(text.lines().count(), 1);
     assert!(text.starts_with("# dnsfront hosts snapshot"));
 }
+
+/// Issue 13: publisher-controlled strings cannot add a line outside the Consul domain.
+#[test]
+fn crafted_names_cannot_add_lines_outside_the_domain() {
+    let mut snapshot = common::fixture();
+    snapshot.publisher = "p\n6.6.6.6 evil.example".into();
+    snapshot.datacenter = "dc1\r\n6.6.6.6 evil2.example #".into();
+    let tags = [
+        "x evil.example",
+        "x\n6.6.6.6 evil.example",
+        "#",
+        "a\tb",
+        "evil.example ",
+        "ok",
+    ];
+    snapshot.services.insert(
+        "evil.example #".into(),
+        vec![common::instance("n", Some("10.9.9.9"), None, 80, &[])],
+    );
+    snapshot.services.insert(
+        "api".into(),
+        vec![common::instance("n", Some("10.9.9.9"), None, 80, &tags)],
+    );
+    snapshot.nodes.insert(
+        "evil.example\n6.6.6.6 x".into(),
+        common::node("evil", Some("10.9.9.9")),
+    );
+    let text = to_hosts_file(&snapshot, "consul");
+    let mut lines = text.lines();
+    let header = lines.next().expect("header");
+    assert!(
+        header.starts_with('#') && !header.contains('\r'),
+        "{header}"
+    );
+    for line in lines {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(fields.len(), 2, "one address, one name: {line:?}");
+        assert!(
+            fields[1].ends_with(".service.consul") || fields[1].ends_with(".node.consul"),
+            "{line:?}"
+        );
+    }
+    assert!(
+        text.lines().skip(1).all(|line| !line.contains("6.6.6.6")),
+        "{text}"
+    );
+    assert!(text.contains("10.9.9.9 ok.api.service.consul"), "{text}");
+}

@@ -1,5 +1,7 @@
 //! Publisher and follower against consul-sim over real HTTP on 127.0.0.1.
 
+mod common;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::Path;
@@ -61,6 +63,8 @@ fn follower_config(dir: &Path) -> FollowerConfig {
         min_interval: Duration::from_millis(20),
         wait: Duration::from_secs(30),
         backoff_max: Duration::from_secs(1),
+        // These tests publish unsigned snapshots unless they say otherwise.
+        allow_unsigned: true,
         ..FollowerConfig::new(dir.to_owned())
     }
 }
@@ -173,6 +177,10 @@ impl<'a> Counters<'a> {
                 "too_small",
                 "shrink_guard",
                 "unchanged",
+                "too_large_inflated",
+                "shape",
+                "generation",
+                "generation_exhausted",
             ] {
                 let count = recorded.counter(tracked, &[("reason", known)]);
                 *self
@@ -813,4 +821,249 @@ async fn regression_11_leader_watches_are_rate_limited_when_the_index_is_stuck_a
         .await
         .expect("publisher task")
         .expect("publisher");
+}
+
+/// Issue 13: nothing in the key can crash a follower or push its generation out of reach;
+/// every refusal keeps the previous snapshot served and is counted.
+#[tokio::test]
+async fn follower_refuses_hostile_and_out_of_reach_snapshots_and_keeps_serving() {
+    let recorder = DebuggingRecorder::new();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let mut counters = Counters::new(&recorder);
+    let sim = Sim::new();
+    let server = start(&sim).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hosts = Hosts::new();
+    let shutdown = CancellationToken::new();
+    let _follower = spawn_follower(&server, follower_config(dir.path()), &hosts, &shutdown);
+
+    sim.kv_put(KEY, encoded(5, &["web"], None));
+    wait_until(Duration::from_secs(5), "generation 5 applied", || {
+        hosts.generation() == Some(5)
+    })
+    .await;
+
+    // About 65 KB holding 64 MiB of `"",`: refused at the inflate cap.
+    let bomb = common::envelope(&common::tags_document((64 * 1024 * 1024 - 1024) / 3));
+    assert!(bomb.len() < 100_000);
+    sim.kv_put(KEY, bomb);
+    counters
+        .wait_for(names::REJECTED, "too_large_inflated", 1)
+        .await;
+    // Small but past the shape limits (65 tags on one instance).
+    sim.kv_put(KEY, common::envelope(&common::tags_document(65)));
+    counters.wait_for(names::REJECTED, "shape", 1).await;
+    // The last generation there is, and a jump far above the current one.
+    sim.kv_put(KEY, encoded(u64::MAX, &["evil"], None));
+    counters.wait_for(names::REJECTED, "generation", 1).await;
+    sim.kv_put(KEY, encoded(5 + (1 << 32) + 1, &["evil"], None));
+    counters.wait_for(names::REJECTED, "generation", 2).await;
+
+    let current = hosts.current().expect("still serving");
+    assert_eq!(current.generation, 5);
+    assert!(current.service("web").is_some() && current.service("evil").is_none());
+    let on_disk = codec::decode(&on_disk(dir.path()).expect("saved"), None).expect("decodes");
+    assert_eq!(
+        on_disk.snapshot.generation, 5,
+        "nothing refused reached the disk"
+    );
+
+    // And the next ordinary snapshot is applied.
+    sim.kv_put(KEY, encoded(6, &["web", "db"], None));
+    wait_until(Duration::from_secs(5), "generation 6 applied", || {
+        hosts.generation() == Some(6)
+    })
+    .await;
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn follower_refuses_unsigned_snapshots_unless_allowed() {
+    let recorder = DebuggingRecorder::new();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let mut counters = Counters::new(&recorder);
+    let sim = Sim::new();
+    let server = start(&sim).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hosts = Hosts::new();
+    let shutdown = CancellationToken::new();
+    let config = FollowerConfig {
+        allow_unsigned: false,
+        ..follower_config(dir.path())
+    };
+    let _follower = spawn_follower(&server, config, &hosts, &shutdown);
+    // Signed, but nothing to verify it with: just as untrusted.
+    sim.kv_put(
+        KEY,
+        encoded(1, &["web"], Some(&SigningKey::from_bytes(&[3; 32]))),
+    );
+    counters.wait_for(names::REJECTED, "unsigned", 1).await;
+    sim.kv_put(KEY, encoded(2, &["web"], None));
+    counters.wait_for(names::REJECTED, "unsigned", 2).await;
+    assert!(hosts.current().is_none());
+    assert!(on_disk(dir.path()).is_none());
+    shutdown.cancel();
+}
+
+/// The publisher reading `generation = u64::MAX` neither panics nor wraps: it ignores the
+/// unreachable value and keeps publishing from its own high-water mark.
+#[tokio::test]
+async fn publisher_ignores_an_out_of_reach_generation() {
+    let sim = Sim::new();
+    register(&sim, "web", "n1", "10.0.0.1");
+    sim.kv_put(KEY, encoded(u64::MAX, &["evil"], None));
+    let server = start(&sim).await;
+    let state = tempfile::tempdir().expect("tempdir");
+    let shutdown = CancellationToken::new();
+    let config = PublisherConfig {
+        state_dir: Some(state.path().to_owned()),
+        ..publisher_config("pub-a")
+    };
+    let publisher = spawn_publisher(&server, config, &shutdown);
+    wait_until(
+        Duration::from_secs(10),
+        "a sane generation published",
+        || published(&sim).is_some_and(|s| s.generation == 1 && s.service("web").is_some()),
+    )
+    .await;
+    register(&sim, "db", "n1", "10.0.0.1");
+    wait_until(Duration::from_secs(10), "generation 2", || {
+        published_generation(&sim) == 2
+    })
+    .await;
+    assert!(!publisher.is_finished(), "the publisher is still running");
+    assert_eq!(
+        dnsfront_snapshot::publisher::load_high_water(state.path()).expect("readable"),
+        2
+    );
+    shutdown.cancel();
+    within(Duration::from_secs(5), "publisher stops", publisher)
+        .await
+        .expect("joins")
+        .expect("ok");
+}
+
+/// A replayed old signed envelope does not set the publisher's counter back, not even
+/// across a restart: the high-water mark in its state dir wins.
+#[tokio::test]
+async fn replayed_old_envelope_does_not_set_the_publisher_back() {
+    let sim = Sim::new();
+    register(&sim, "web", "n1", "10.0.0.1");
+    let server = start(&sim).await;
+    let state = tempfile::tempdir().expect("tempdir");
+    let key = SigningKey::from_bytes(&[4; 32]);
+    let config = PublisherConfig {
+        state_dir: Some(state.path().to_owned()),
+        signing_key: Some(key.clone()),
+        ..publisher_config("pub-a")
+    };
+    let shutdown = CancellationToken::new();
+    let publisher = spawn_publisher(&server, config.clone(), &shutdown);
+    wait_until(Duration::from_secs(10), "generation 1", || {
+        published_generation(&sim) == 1
+    })
+    .await;
+    let old = sim.kv_get(KEY).expect("published");
+    register(&sim, "db", "n1", "10.0.0.1");
+    wait_until(Duration::from_secs(10), "generation 2", || {
+        published_generation(&sim) == 2
+    })
+    .await;
+    register(&sim, "api", "n1", "10.0.0.1");
+    wait_until(Duration::from_secs(10), "generation 3", || {
+        published_generation(&sim) == 3
+    })
+    .await;
+    shutdown.cancel();
+    within(Duration::from_secs(5), "publisher stops", publisher)
+        .await
+        .expect("joins")
+        .expect("ok");
+
+    // Someone with KV write access puts generation 1 back; a new publisher starts.
+    sim.kv_put(KEY, old);
+    let shutdown = CancellationToken::new();
+    let publisher = spawn_publisher(&server, config, &shutdown);
+    wait_until(
+        Duration::from_secs(10),
+        "the current catalog republished",
+        || published(&sim).is_some_and(|s| s.service("api").is_some()),
+    )
+    .await;
+    assert_eq!(
+        published_generation(&sim),
+        4,
+        "continues from its high-water mark"
+    );
+    assert_eq!(
+        dnsfront_snapshot::publisher::load_high_water(state.path()).expect("readable"),
+        4
+    );
+    shutdown.cancel();
+    within(Duration::from_secs(5), "publisher stops", publisher)
+        .await
+        .expect("joins")
+        .expect("ok");
+}
+
+/// At the last generation the publisher refuses loudly instead of wrapping.
+#[tokio::test]
+async fn publisher_at_the_last_generation_refuses_to_write() {
+    let recorder = DebuggingRecorder::new();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let mut counters = Counters::new(&recorder);
+    let sim = Sim::new();
+    register(&sim, "web", "n1", "10.0.0.1");
+    let server = start(&sim).await;
+    let state = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        state
+            .path()
+            .join(dnsfront_snapshot::publisher::HIGH_WATER_FILE),
+        format!("{}\n", dnsfront_snapshot::follower::MAX_GENERATION),
+    )
+    .expect("write");
+    let shutdown = CancellationToken::new();
+    let config = PublisherConfig {
+        state_dir: Some(state.path().to_owned()),
+        ..publisher_config("pub-a")
+    };
+    let publisher = spawn_publisher(&server, config, &shutdown);
+    counters
+        .wait_for(names::PUBLISH_SKIPPED, "generation_exhausted", 1)
+        .await;
+    assert_eq!(data_puts(&sim), 0);
+    assert!(!publisher.is_finished());
+    shutdown.cancel();
+}
+
+/// The state dir's copy is held to the same trust rules as the key's value.
+#[tokio::test]
+async fn load_from_disk_refuses_untrusted_and_out_of_reach_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let unreachable = consul::Client::new(consul::Config {
+        address: "http://127.0.0.1:9".to_owned(),
+        ..consul::Config::default()
+    })
+    .expect("valid config");
+    store::save(dir.path(), &encoded(3, &["web"], None)).expect("save");
+    let strict = FollowerConfig {
+        allow_unsigned: false,
+        ..follower_config(dir.path())
+    };
+    let hosts = Hosts::new();
+    let follower = Follower::new(strict, unreachable.clone(), hosts.clone());
+    assert!(matches!(
+        follower.load_from_disk(),
+        Err(dnsfront_snapshot::Error::Untrusted)
+    ));
+    assert!(hosts.current().is_none());
+
+    store::save(dir.path(), &encoded(u64::MAX, &["web"], None)).expect("save");
+    let follower = Follower::new(follower_config(dir.path()), unreachable, hosts.clone());
+    assert!(matches!(
+        follower.load_from_disk(),
+        Err(dnsfront_snapshot::Error::Generation { .. })
+    ));
+    assert!(hosts.current().is_none());
 }

@@ -25,7 +25,18 @@ impl Publisher {
             skipped: None,
             datacenter: None,
             retry: ConsulRetry::new(backoff()),
+            high_water: 0,
+            high_water_unsaved: false,
         };
+        // Generations: the persisted high-water mark. Unreadable: loud, and the publisher
+        // starts from what KV holds, as it did before the mark existed.
+        match self.load_high_water().await {
+            Ok(high_water) => state.high_water = high_water,
+            Err(error) => tracing::error!(
+                error = %error,
+                "Cannot read the publisher's generation file; starting from the published generation"
+            ),
+        }
         let request = SessionRequest {
             name: SESSION_NAME.to_owned(),
             ttl: self.config.session_ttl,

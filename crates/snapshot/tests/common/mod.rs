@@ -2,11 +2,15 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
 use dnsfront_consul::{InstanceStatus, Node, ServiceInstance};
+use dnsfront_snapshot::codec::{FORMAT_VERSION, MAGIC};
 use dnsfront_snapshot::{SigningKey, Snapshot};
+use flate2::{Compression, write::GzEncoder};
+use sha2::{Digest, Sha256};
 
 /// Seed of the test signing key whose public half is in `tests/data/test-verifying.key`.
 pub(crate) const TEST_SEED: [u8; 32] = [7; 32];
@@ -220,4 +224,39 @@ pub(crate) fn synthetic_catalog(
     };
     snapshot.normalize();
     snapshot
+}
+
+/// An unsigned envelope with a valid checksum around `json`.
+pub(crate) fn envelope(json: &[u8]) -> Vec<u8> {
+    let mut encoder = GzEncoder::new(Vec::new(), Compression::best());
+    encoder.write_all(json).expect("gzip into memory");
+    let compressed = encoder.finish().expect("gzip into memory");
+    let mut out = MAGIC.to_vec();
+    out.push(FORMAT_VERSION);
+    out.push(0);
+    out.extend_from_slice(
+        &u32::try_from(compressed.len())
+            .expect("small")
+            .to_be_bytes(),
+    );
+    out.extend_from_slice(&u32::try_from(json.len()).expect("small").to_be_bytes());
+    out.extend_from_slice(&Sha256::digest(json));
+    out.extend_from_slice(&compressed);
+    out
+}
+
+/// One service, one instance whose tags are `count` empty strings: 3 bytes of JSON each,
+/// 24 bytes (plus vector growth) each once decoded by a plain `Vec<String>` reader.
+pub(crate) fn tags_document(count: usize) -> Vec<u8> {
+    let mut json = br#"{"generation":9,"consul_index":1,"created_unix_ms":1,"publisher":"x","datacenter":"dc1","services":{"web":[{"node":"n1","node_address":"10.0.0.1","service_address":null,"port":80,"tags":["#
+        .to_vec();
+    json.reserve(count * 3 + 100);
+    for n in 0..count {
+        if n > 0 {
+            json.push(b',');
+        }
+        json.extend_from_slice(b"\"\"");
+    }
+    json.extend_from_slice(br#"],"weight":1,"status":"passing"}]},"nodes":{}}"#);
+    json
 }
