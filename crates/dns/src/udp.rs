@@ -1,9 +1,10 @@
 //! Our own UDP serving threads (TCP: [`crate::tcp`]).
 //!
 //! Per datagram, in the socket's thread: drop it when shorter than a header,
-//! a response (QR=1) or from an address that cannot be answered; then, for an
-//! allowed client, try the wire answer cache ([`crate::fast`]). Everything
-//! else (misses, refused clients, malformed or unusual queries) becomes a task
+//! a response (QR=1) or from an address that cannot be answered; answer
+//! REFUSED at once to a client outside the allowed networks (no general-path
+//! slot, no allocation); then try the wire answer cache ([`crate::fast`]).
+//! Everything else (misses, malformed or unusual queries) becomes a task
 //! on the general path: hickory-proto decodes the message, the [`Router`]
 //! answers through [`UdpResponder`], and a cacheable answer is stored.
 //!
@@ -319,9 +320,16 @@ fn datagram<C: CatalogView, F: Upstream>(
     if packet.len() < 12 || packet[2] & 0x80 != 0 || !answerable(src) {
         return;
     }
-    let allowed = shared.allowed(src.ip());
+    if !shared.allowed(src.ip()) {
+        // Answered here: a refused client, however many datagrams it sends,
+        // takes no general-path slot from the allowed ones.
+        trace!(client = %src, "request refused");
+        let len = fast::refused(packet, outgoing.next_buffer());
+        outgoing.push(len, src);
+        return;
+    }
     let cache = shared.router.fast();
-    let key = if allowed && cache.enabled() {
+    let key = if cache.enabled() {
         fast::parse_query(packet)
     } else {
         None
@@ -342,7 +350,7 @@ fn datagram<C: CatalogView, F: Upstream>(
     let socket = Arc::clone(socket);
     let shared = Arc::clone(shared);
     tokio::spawn(async move {
-        general(&socket, &shared, raw, src, allowed, key).await;
+        general(&socket, &shared, raw, src, key).await;
         drop(permit);
     });
 }
@@ -378,7 +386,6 @@ async fn general<C: CatalogView, F: Upstream>(
     shared: &Shared<C, F>,
     raw: Vec<u8>,
     src: SocketAddr,
-    allowed: bool,
     key: Option<fast::Key>,
 ) {
     let mut responder = UdpResponder {
@@ -392,7 +399,7 @@ async fn general<C: CatalogView, F: Upstream>(
         raw,
         src,
         Protocol::Udp,
-        allowed,
+        true,
         &mut responder,
     )
     .await;
