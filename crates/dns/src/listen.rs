@@ -171,6 +171,10 @@ pub struct ServerOptions {
     /// over UDP, and have their TCP connection closed at accept (an empty
     /// list refuses everyone).
     pub allowed_networks: Vec<IpNet>,
+    /// UDP queries a second allowed from one client network (/24, /56),
+    /// with bursts of one second's worth; beyond it datagrams are dropped
+    /// (`dns.rate_limited`). Never applies to loopback clients. 0 = off.
+    pub rate_limit: u32,
 }
 
 impl Default for ServerOptions {
@@ -189,6 +193,7 @@ impl Default for ServerOptions {
                 IpNet::new(IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]), 128)
                     .expect("valid prefix length"),
             ],
+            rate_limit: 0,
         }
     }
 }
@@ -300,6 +305,8 @@ pub fn serve_with<C: CatalogView, F: Upstream>(
         router: router.clone(),
         allowed: options.allowed_networks.clone(),
         in_flight: Arc::clone(&in_flight),
+        rate_limit: crate::ratelimit::RateLimit::new(options.rate_limit),
+        rate_limited: metrics::counter!(crate::metrics::RATE_LIMITED),
         shutdown: shutdown.clone(),
     });
     let tcp_shared = Arc::new(tcp::Shared {

@@ -1,7 +1,8 @@
 //! Our own UDP serving threads (TCP: [`crate::tcp`]).
 //!
 //! Per datagram, in the socket's thread: drop it when shorter than a header,
-//! a response (QR=1) or from an address that cannot be answered; answer
+//! a response (QR=1), from an address that cannot be answered or over its
+//! network's rate limit ([`crate::ratelimit`], off by default); answer
 //! REFUSED at once to a client outside the allowed networks (no general-path
 //! slot, no allocation); then try the wire answer cache ([`crate::fast`]).
 //! Everything else (misses, malformed or unusual queries) becomes a task
@@ -43,6 +44,7 @@ use crate::backend::{CatalogView, Upstream};
 use crate::encode::Response;
 use crate::fast::{self, Meters};
 use crate::metrics::{FAST_PATH_HITS, QUERIES, QUERY_DURATION_SECONDS, UDP_OVERLOAD_DROPS};
+use crate::ratelimit::RateLimit;
 use crate::router::{Cacheable, Respond, Router};
 
 /// Largest datagram read (as hickory's UDP stream); longer ones are cut and fail to parse.
@@ -67,6 +69,10 @@ pub(crate) struct Shared<C, F> {
     pub(crate) router: Router<C, F>,
     pub(crate) allowed: Vec<IpNet>,
     pub(crate) in_flight: Arc<Semaphore>,
+    /// The per-client rate limit; None = off.
+    pub(crate) rate_limit: Option<RateLimit>,
+    /// `dns.rate_limited`, resolved once.
+    pub(crate) rate_limited: metrics::Counter,
     pub(crate) shutdown: CancellationToken,
 }
 
@@ -318,6 +324,12 @@ fn datagram<C: CatalogView, F: Upstream>(
 ) {
     // Shorter than a header, or a response (no reflection): silence.
     if packet.len() < 12 || packet[2] & 0x80 != 0 || !answerable(src) {
+        return;
+    }
+    if let Some(limit) = &shared.rate_limit
+        && !limit.allows(src.ip(), now)
+    {
+        shared.rate_limited.increment(1);
         return;
     }
     if !shared.allowed(src.ip()) {

@@ -162,3 +162,25 @@ async fn any_for_a_forwarded_name_gets_the_rfc8482_answer_without_the_upstream()
     let _ = udp(server.addr, &Ask::new("example.org.", RecordType::TXT)).await;
     assert_eq!(server.upstream.asked().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rate_limit_never_applies_to_loopback_clients() {
+    let metrics = global_metrics();
+    let router = Router::with_backends(
+        Config::default(),
+        support::FakeCatalog::default(),
+        None::<FakeUpstream>,
+    );
+    let listeners = Listeners::bind(&["127.0.0.1:0".parse().expect("literal")]).expect("bind");
+    let addr = listeners.local_addrs()[0];
+    let options = ServerOptions {
+        rate_limit: 1,
+        ..ServerOptions::default()
+    };
+    let _server = serve_with(router, listeners, options, UdpOptions::default()).expect("serve");
+    for _ in 0..30 {
+        let (reply, _) = udp(addr, &Ask::new("nothing.service.consul.", RecordType::A)).await;
+        assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain);
+    }
+    assert_eq!(Recorded::take(metrics).counter("dns.rate_limited", &[]), 0);
+}
