@@ -225,7 +225,7 @@ impl App {
                 .collect::<Vec<_>>()
                 .join(", ")
         ));
-        systemd::spawn_watchdog(shutdown.child_token());
+        systemd::spawn_watchdog(&addrs, shutdown.child_token());
         info!(
             listen = ?addrs,
             consul = %self.settings.consul.address,

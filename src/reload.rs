@@ -116,7 +116,7 @@ pub struct Live {
 /// outcome and the settings now in effect: live keys (see
 /// [`keys::KEYS`](crate::config::keys::KEYS)) take their new value,
 /// restart-only keys keep the running one.
-fn apply(
+async fn apply(
     live: &Live,
     source: &ConfigSource,
     running: &Settings,
@@ -141,7 +141,7 @@ fn apply(
     if let Some(files) = &new_files {
         in_effect.hosts.files = files.clone();
     }
-    reload_hosts(&live.local_hosts, new_files);
+    reload_hosts(&live.local_hosts, new_files).await;
     // Applied after the reload lines are written, so that a quieter level
     // does not hide them.
     let deferred_level = changes(Reload::LogLevel).then(|| {
@@ -183,11 +183,17 @@ fn apply(
 
 /// Re-reads the hosts files, from `new_files` when the list changed. SIGHUP
 /// re-reads them even when the config did not change (dnsmasq's habit). A
-/// failed read keeps the previous entries.
-fn reload_hosts(local_hosts: &dnsfront_hosts::LocalHosts, new_files: Option<Vec<PathBuf>>) {
-    let result = match new_files {
-        Some(files) => local_hosts.set_paths(files),
-        None => local_hosts.reload(),
+/// failed read keeps the previous entries. The files are read off the
+/// workers (see [`off_workers`]).
+async fn reload_hosts(local_hosts: &dnsfront_hosts::LocalHosts, new_files: Option<Vec<PathBuf>>) {
+    let hosts = local_hosts.clone();
+    let Some(result) = off_workers(move || match new_files {
+        Some(files) => hosts.set_paths(files),
+        None => hosts.reload(),
+    })
+    .await
+    else {
+        return;
     };
     match result {
         Ok(stats) => info!(
@@ -197,6 +203,18 @@ fn reload_hosts(local_hosts: &dnsfront_hosts::LocalHosts, new_files: Option<Vec<
             "Hosts files re-read"
         ),
         Err(error) => warn!(error = %error, "Hosts files not re-read; the previous entries stay"),
+    }
+}
+
+/// Runs blocking file work (reading the config, the resolv file, the hosts
+/// files) on tokio's blocking pool: a slow or hung file system (NFS, a FIFO
+/// named by mistake) then delays only the reload, never the workers that
+/// answer queries and ping the watchdog. `None`: the runtime is shutting down.
+async fn off_workers<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(value) => Some(value),
+        Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+        Err(_cancelled) => None,
     }
 }
 
@@ -305,16 +323,29 @@ pub fn spawn(
                     None => return,
                 },
                 _ = poll.tick() => {
-                    if !watch.changed() {
+                    let Some((changed, polled)) = off_workers(move || {
+                        let mut watch = watch;
+                        (watch.changed(), watch)
+                    })
+                    .await
+                    else {
+                        return;
+                    };
+                    watch = polled;
+                    if !changed {
                         continue;
                     }
                     Request { trigger: "resolv file", reply: None }
                 }
             };
-            let result = match source.load() {
+            let reading = source.clone();
+            let Some(loaded) = off_workers(move || reading.load()).await else {
+                return;
+            };
+            let result = match loaded {
                 Ok(loaded) => {
                     let (outcome, in_effect) =
-                        apply(&live, &source, &running, &loaded.settings, request.trigger);
+                        apply(&live, &source, &running, &loaded.settings, request.trigger).await;
                     running = in_effect;
                     watch = ResolvWatch {
                         path: loaded.resolv_file,
@@ -442,7 +473,8 @@ mod tests {
             router: app.router.clone(),
             local_hosts: app.local_hosts.clone(),
         };
-        let (outcome, in_effect) = apply(&live, &ConfigSource::default(), &running, &new, "test");
+        let (outcome, in_effect) =
+            apply(&live, &ConfigSource::default(), &running, &new, "test").await;
         assert_eq!(
             outcome.changed,
             [
@@ -475,6 +507,67 @@ mod tests {
             .map(|key| key.path)
             .collect();
         assert_eq!(again, outcome.restart_required);
+    }
+
+    /// A reload whose hosts file blocks on read (a FIFO with no writer yet:
+    /// a hung file system) does not hold up the runtime: on a one-thread
+    /// runtime a timer still fires on time, and the reload finishes once the
+    /// file can be read.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_hung_file_read_on_reload_does_not_block_the_runtime() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fifo = dir.path().join("hosts.fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo runs");
+        assert!(made.success());
+        let config = dir.path().join("dnsfront.toml");
+        let base = format!(
+            "[state]\ndir = {:?}\n[snapshot]\nfollow = false\n[metrics]\nstatsd = false\n\
+             [dns]\nlisten = [\"127.0.0.1:0\"]\n[forward]\nupstreams = [\"192.0.2.1\"]\n",
+            dir.path().join("state").display().to_string()
+        );
+        std::fs::write(&config, format!("{base}[hosts]\nfiles = []\n")).expect("write");
+        let source = ConfigSource {
+            file: Some(config.clone()),
+            ..ConfigSource::default()
+        };
+        let loaded = source.load().expect("loads");
+        let app = crate::App::build(loaded.settings.clone()).expect("app builds");
+        let live = Live {
+            forwarder: app.forwarder.clone(),
+            router: app.router.clone(),
+            local_hosts: app.local_hosts.clone(),
+        };
+        let shutdown = CancellationToken::new();
+        let handle = spawn(source, loaded, live.clone(), shutdown.clone()).expect("spawn");
+        std::fs::write(&config, format!("{base}[hosts]\nfiles = [{fifo:?}]\n")).expect("write");
+
+        let reload = tokio::spawn(async move { handle.reload("control").await });
+        let writer = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_secs(2));
+                std::fs::write(&fifo, "10.0.0.9 fifo-host\n").expect("write the FIFO");
+            })
+        };
+        let started = tokio::time::Instant::now();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let waited = started.elapsed();
+        assert!(
+            waited < Duration::from_secs(1),
+            "the runtime stalled for {waited:?} behind a reload"
+        );
+        let outcome = tokio::time::timeout(Duration::from_secs(10), reload)
+            .await
+            .expect("the reload finishes once the file is readable")
+            .expect("task")
+            .expect("valid config");
+        assert_eq!(outcome.applied, ["hosts.files"]);
+        assert!(live.local_hosts.addresses("fifo-host").is_some());
+        writer.join().expect("writer");
+        shutdown.cancel();
     }
 
     #[test]

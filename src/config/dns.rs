@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{ConfigError, HumanDuration, RawConfig, check_duration_range, check_ttl, invalid};
 
+/// Largest `dns.rate_limit` (queries a second per client network).
+const MAX_RATE_LIMIT: u32 = 1_000_000;
+
 /// Default DNS listen address: loopback only, never an open resolver.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:53";
 
@@ -37,6 +40,8 @@ pub struct RawDns {
     pub tcp_max_connections_per_client: usize,
     /// Most queries of one TCP connection answered at once.
     pub tcp_max_pipelined: usize,
+    /// UDP queries a second per client /24 or /56 (never loopback); 0 = off.
+    pub rate_limit: u32,
     /// TTL of service answers.
     #[serde(with = "humantime_serde")]
     pub service_ttl: Duration,
@@ -71,6 +76,7 @@ impl Default for RawDns {
             tcp_max_connections: server.tcp_max_connections,
             tcp_max_connections_per_client: server.tcp_max_connections_per_client,
             tcp_max_pipelined: server.tcp_max_pipelined,
+            rate_limit: server.rate_limit,
             service_ttl: dns.service_ttl,
             service_ttl_overrides: BTreeMap::new(),
             node_ttl: dns.node_ttl,
@@ -171,6 +177,15 @@ impl RawConfig {
             ),
             ("dns.tcp_max_pipelined", self.dns.tcp_max_pipelined, 1024),
         ];
+        if self.dns.rate_limit > MAX_RATE_LIMIT {
+            return Err(invalid(
+                "dns.rate_limit",
+                format!(
+                    "must be at most {MAX_RATE_LIMIT} (0 = off), got {}",
+                    self.dns.rate_limit
+                ),
+            ));
+        }
         for (key, value, max) in counts {
             if !(1..=max).contains(&value) {
                 return Err(invalid(
@@ -189,6 +204,7 @@ impl RawConfig {
             // Consul connections, UDP sockets and files.
             reserved_fds: forward_max_in_flight.saturating_add(256),
             allowed_networks,
+            rate_limit: self.dns.rate_limit,
         })
     }
 

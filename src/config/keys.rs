@@ -113,6 +113,7 @@ pub const KEYS: &[Key] = &[
     key("dns.tcp_max_pipelined", Restart, |s| {
         show(s.server.tcp_max_pipelined)
     }),
+    key("dns.rate_limit", Restart, |s| show(s.server.rate_limit)),
     key("dns.service_ttl", Router, |s| show(s.dns.service_ttl)),
     key("dns.service_ttl_overrides", Router, |s| {
         show(&s.dns.service_ttl_overrides)

@@ -85,6 +85,52 @@ fn u16_at(packet: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_be_bytes([bytes[0], bytes[1]]))
 }
 
+/// Writes REFUSED for `query` (a request header at least) into `out` and
+/// returns its length: the header with QR set, the opcode, RD and CD echoed,
+/// and the question when there is exactly one written without compression
+/// (else none). Never longer than the query, so it amplifies nothing; no
+/// allocation, so a refused flood costs the UDP thread a copy per datagram.
+pub(crate) fn refused(query: &[u8], out: &mut [u8; MAX_RESPONSE]) -> usize {
+    let Some(header) = query.get(..HEADER) else {
+        return 0;
+    };
+    out[..HEADER].copy_from_slice(header);
+    // QR, opcode kept, AA and TC clear, RD kept; RA, Z, AD clear, CD kept, REFUSED.
+    out[2] = 0x80 | (header[2] & 0x79);
+    out[3] = (header[3] & 0x10) | 5;
+    out[4..HEADER].fill(0);
+    let question = (u16_at(header, 4) == Some(1))
+        .then(|| question_end(query))
+        .flatten();
+    let Some(end) = question else {
+        return HEADER;
+    };
+    out[5] = 1;
+    out[HEADER..end].copy_from_slice(&query[HEADER..end]);
+    end
+}
+
+/// The end of the first question (an uncompressed name of at most
+/// [`MAX_NAME`] bytes, type and class); `None` when it is not one.
+fn question_end(packet: &[u8]) -> Option<usize> {
+    let mut at = HEADER;
+    loop {
+        let label = usize::from(*packet.get(at)?);
+        if label > 63 {
+            return None;
+        }
+        at += 1 + label;
+        if at - HEADER > MAX_NAME {
+            return None;
+        }
+        if label == 0 {
+            break;
+        }
+    }
+    let end = at + 4;
+    (end <= packet.len()).then_some(end)
+}
+
 /// Parses a plain query; `None` when it must take the general path.
 pub(crate) fn parse_query(packet: &[u8]) -> Option<Key> {
     let header = packet.get(..HEADER)?;

@@ -65,6 +65,7 @@ mod listen;
 mod local;
 pub mod metrics;
 mod name;
+mod ratelimit;
 mod router;
 mod tcp;
 mod trim;

@@ -171,6 +171,10 @@ pub struct ServerOptions {
     /// over UDP, and have their TCP connection closed at accept (an empty
     /// list refuses everyone).
     pub allowed_networks: Vec<IpNet>,
+    /// UDP queries a second allowed from one client network (/24, /56),
+    /// with bursts of one second's worth; beyond it datagrams are dropped
+    /// (`dns.rate_limited`). Never applies to loopback clients. 0 = off.
+    pub rate_limit: u32,
 }
 
 impl Default for ServerOptions {
@@ -189,6 +193,7 @@ impl Default for ServerOptions {
                 IpNet::new(IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]), 128)
                     .expect("valid prefix length"),
             ],
+            rate_limit: 0,
         }
     }
 }
@@ -300,6 +305,8 @@ pub fn serve_with<C: CatalogView, F: Upstream>(
         router: router.clone(),
         allowed: options.allowed_networks.clone(),
         in_flight: Arc::clone(&in_flight),
+        rate_limit: crate::ratelimit::RateLimit::new(options.rate_limit),
+        rate_limited: metrics::counter!(crate::metrics::RATE_LIMITED),
         shutdown: shutdown.clone(),
     });
     let tcp_shared = Arc::new(tcp::Shared {
@@ -353,26 +360,11 @@ pub fn serve_with<C: CatalogView, F: Upstream>(
         }
     };
     let task = tokio::spawn(async move {
-        let tcp = async {
-            let mut result = Ok(());
-            while let Some(joined) = tcp_loops.join_next().await {
-                let failed = match joined {
-                    Ok(Ok(())) => continue,
-                    Ok(Err(error)) => error,
-                    Err(join_error) => hickory_server::net::NetError::from(format!(
-                        "TCP loop failed: {join_error}"
-                    )),
-                };
-                // A dead TCP listener stops the whole server, so the process
-                // exits (and is restarted) rather than leaving its TCP
-                // clients unanswered.
-                warn!(error = %failed, "TCP listener stopped; stopping the DNS server");
-                shared.shutdown.cancel();
-                result = Err(failed);
-            }
-            result
-        };
-        let (tcp, udp, ()) = tokio::join!(tcp, join_all(loops, "UDP"), sweeper);
+        let (tcp, udp, ()) = tokio::join!(
+            supervise(tcp_loops, "TCP", &shared.shutdown),
+            supervise(loops, "UDP", &shared.shutdown),
+            sweeper
+        );
         // Queries already on the general path finish before we report done.
         let permits = u32::try_from(max_in_flight).unwrap_or(u32::MAX);
         drop(in_flight.acquire_many(permits).await);
@@ -386,21 +378,30 @@ pub fn serve_with<C: CatalogView, F: Upstream>(
     })
 }
 
-/// Waits for every serving loop; the last error, if any.
-async fn join_all(
+/// Waits for every serving loop of one protocol. The first loop that stops
+/// with an error (a failed socket, a panicked UDP thread) stops the whole
+/// server: the process then exits with that error and is restarted, rather
+/// than leaving the clients routed to that socket (`SO_REUSEPORT` spreads
+/// them by address and port) unanswered while the rest serves. Returns the
+/// first failure; the loops stopped after it end cleanly.
+async fn supervise(
     mut loops: JoinSet<Result<(), hickory_server::net::NetError>>,
-    protocol: &str,
+    protocol: &'static str,
+    shutdown: &CancellationToken,
 ) -> Result<(), hickory_server::net::NetError> {
     let mut result = Ok(());
     while let Some(joined) = loops.join_next().await {
-        match joined {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => result = Err(error),
+        let failed = match joined {
+            Ok(Ok(())) => continue,
+            Ok(Err(error)) => error,
             Err(join_error) => {
-                result = Err(hickory_server::net::NetError::from(format!(
-                    "{protocol} loop failed: {join_error}"
-                )));
+                hickory_server::net::NetError::from(format!("{protocol} loop failed: {join_error}"))
             }
+        };
+        warn!(protocol, error = %failed, "DNS listener stopped; stopping the DNS server");
+        shutdown.cancel();
+        if result.is_ok() {
+            result = Err(failed);
         }
     }
     result
@@ -458,6 +459,87 @@ mod tests {
             format!("{:?}", error).contains("TCP listener failed"),
             "{error:?}"
         );
+    }
+
+    /// Knows one service, "web"; asked from a UDP serving thread (the fast
+    /// path re-checking a cached answer) it panics, as a bug there would.
+    #[derive(Clone)]
+    struct PanicsInUdpThread;
+
+    impl CatalogView for PanicsInUdpThread {
+        async fn service(&self, _: &str, _: Option<&str>) -> Lookup<Arc<[ServiceInstance]>> {
+            assert_ne!(
+                std::thread::current().name(),
+                Some("dnsfront-udp"),
+                "a bug in the UDP thread"
+            );
+            Lookup::Found(
+                vec![ServiceInstance {
+                    node: "n1".to_owned(),
+                    datacenter: "dc1".to_owned(),
+                    node_address: Some(IpAddr::from([10, 0, 0, 1])),
+                    service_address: None,
+                    port: 80,
+                    tags: Vec::new(),
+                    weight: 1,
+                    status: dnsfront_catalog::InstanceStatus::Passing,
+                }]
+                .into(),
+                Freshness::Fresh,
+            )
+        }
+        async fn node(&self, _: &str, _: Option<&str>) -> Lookup<Arc<Node>> {
+            Lookup::NotFound(Freshness::Fresh)
+        }
+    }
+
+    async fn stops_with_error(server: &mut ServerHandle) -> String {
+        let stopped = tokio::time::timeout(Duration::from_secs(5), server.stopped())
+            .await
+            .expect("the server stops on its own");
+        format!("{:?}", stopped.expect_err("a dead UDP thread is an error"))
+    }
+
+    #[tokio::test]
+    async fn a_panicking_udp_thread_stops_the_server_with_an_error() {
+        let listeners = Listeners::bind(&["127.0.0.1:0".parse().expect("literal")]).expect("bind");
+        let addr = listeners.local_addrs()[0];
+        let router =
+            Router::with_backends(crate::Config::default(), PanicsInUdpThread, None::<Nothing>);
+        let options = UdpOptions {
+            sockets: 2,
+            ..UdpOptions::default()
+        };
+        let mut server =
+            serve_with(router, listeners, ServerOptions::default(), options).expect("serve");
+        let web = test_support::Ask::new("web.service.consul.", hickory_proto::rr::RecordType::A);
+        // The first answer comes from the general path and is kept by the
+        // fast path; a later one is a hit, re-checked in a UDP thread.
+        let (answer, _) = test_support::udp(addr, &web).await;
+        assert_eq!(answer.answers.len(), 1);
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind client");
+        client.send_to(&web.to_bytes(), addr).expect("send");
+        let error = stops_with_error(&mut server).await;
+        assert!(error.contains("UDP thread panicked"), "{error}");
+        assert!(error.contains("a bug in the UDP thread"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_udp_socket_shut_down_under_its_thread_stops_the_server_with_an_error() {
+        let listeners = Listeners::bind(&["127.0.0.1:0".parse().expect("literal")]).expect("bind");
+        let twin = listeners.pairs[0].0.try_clone().expect("dup");
+        let router = Router::with_backends(crate::Config::default(), Nothing, None::<Nothing>);
+        let options = UdpOptions {
+            sockets: 1,
+            ..UdpOptions::default()
+        };
+        let mut server =
+            serve_with(router, listeners, ServerOptions::default(), options).expect("serve");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Linux marks even an unconnected UDP socket shut down (and says ENOTCONN).
+        let _ = nix::sys::socket::shutdown(twin.as_raw_fd(), nix::sys::socket::Shutdown::Read);
+        let error = stops_with_error(&mut server).await;
+        assert!(error.contains("UDP socket was shut down"), "{error}");
     }
 
     #[test]

@@ -25,6 +25,9 @@ pub const FAST_PATH_HITS: &str = "dns.fast_path_hits";
 /// Counter: UDP queries dropped unanswered because too many were in progress.
 pub const UDP_OVERLOAD_DROPS: &str = "dns.udp_overload_drops";
 
+/// Counter: UDP queries dropped by the per-client rate limit (`dns.rate_limit`).
+pub const RATE_LIMITED: &str = "dns.rate_limited";
+
 /// Gauge: TCP connections open.
 pub const TCP_CONNECTIONS: &str = "dns.tcp_connections";
 /// Counter: TCP connections closed at accept, tagged `reason` (acl,
@@ -63,6 +66,12 @@ pub const METRICS: &[(&str, MetricKind, Unit, &str)] = &[
         MetricKind::Counter,
         Unit::Count,
         "UDP queries dropped because too many queries were in progress",
+    ),
+    (
+        RATE_LIMITED,
+        MetricKind::Counter,
+        Unit::Count,
+        "UDP queries dropped by the per-client rate limit",
     ),
     (
         TRUNCATED,

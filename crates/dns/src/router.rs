@@ -14,6 +14,7 @@ use hickory_server::net::xfer::Protocol;
 use hickory_server::proto::op::{
     Edns, Header, HeaderCounts, Metadata, OpCode, Query, ResponseCode,
 };
+use hickory_server::proto::rr::rdata::HINFO;
 use hickory_server::proto::rr::rdata::opt::EdnsOption;
 use hickory_server::proto::rr::{Name, RData, Record, RecordType};
 use hickory_server::proto::serialize::binary::BinEncoder;
@@ -41,6 +42,8 @@ const EDE_OPTION_CODE: u16 = 15;
 const EDE_STALE_ANSWER: u16 = 3;
 /// RFC 1035 §4.2.1: the UDP limit for clients without EDNS.
 const PLAIN_UDP_LIMIT: u16 = 512;
+/// TTL of the RFC 8482 HINFO answer to ANY (an hour: it never changes).
+const ANY_HINFO_TTL: u32 = 3600;
 /// Log target of the per-query log.
 const QUERY_LOG_TARGET: &str = "dnsfront::query";
 
@@ -268,6 +271,13 @@ impl<C: CatalogView, F: Upstream> Router<C, F> {
                 note: None,
             };
         }
+        if query.query_type() == RecordType::ANY {
+            return Routed {
+                zone: "forward",
+                reply: minimal_any(query.name()),
+                note: None,
+            };
+        }
         let (reply, note) = self.forward(query, dnssec_ok).await;
         Routed {
             zone: "forward",
@@ -321,6 +331,24 @@ impl<C: CatalogView, F: Upstream> Router<C, F> {
             }
         }
     }
+}
+
+/// The RFC 8482 §4.2 answer to `ANY` for a forwarded name: one synthesised
+/// `HINFO "RFC8482" ""` record, without asking an upstream. ANY is the
+/// classic amplification query and no stub needs it (RFC 8482 §3); a small
+/// fixed answer keeps both the reply and the upstreams out of reflection
+/// floods, where answering with a subset (§4.1) would still forward. (The
+/// Consul domain keeps Consul's ANY: the A and AAAA records.)
+fn minimal_any(asked: &Name) -> Reply {
+    let hinfo = HINFO::new("RFC8482".to_owned(), String::new());
+    let mut reply = Reply::empty(ResponseCode::NoError, false);
+    reply.answers.push(Record::from_rdata(
+        asked.clone(),
+        ANY_HINFO_TTL,
+        RData::HINFO(hinfo),
+    ));
+    reply.source = Source::Policy;
+    reply
 }
 
 /// What one handled request amounted to, for metrics and the query log.

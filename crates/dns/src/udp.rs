@@ -1,9 +1,11 @@
 //! Our own UDP serving threads (TCP: [`crate::tcp`]).
 //!
 //! Per datagram, in the socket's thread: drop it when shorter than a header,
-//! a response (QR=1) or from an address that cannot be answered; then, for an
-//! allowed client, try the wire answer cache ([`crate::fast`]). Everything
-//! else (misses, refused clients, malformed or unusual queries) becomes a task
+//! a response (QR=1), from an address that cannot be answered or over its
+//! network's rate limit ([`crate::ratelimit`], off by default); answer
+//! REFUSED at once to a client outside the allowed networks (no general-path
+//! slot, no allocation); then try the wire answer cache ([`crate::fast`]).
+//! Everything else (misses, malformed or unusual queries) becomes a task
 //! on the general path: hickory-proto decodes the message, the [`Router`]
 //! answers through [`UdpResponder`], and a cacheable answer is stored.
 //!
@@ -15,6 +17,7 @@ use std::future::Future;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd as _;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,6 +44,7 @@ use crate::backend::{CatalogView, Upstream};
 use crate::encode::Response;
 use crate::fast::{self, Meters};
 use crate::metrics::{FAST_PATH_HITS, QUERIES, QUERY_DURATION_SECONDS, UDP_OVERLOAD_DROPS};
+use crate::ratelimit::RateLimit;
 use crate::router::{Cacheable, Respond, Router};
 
 /// Largest datagram read (as hickory's UDP stream); longer ones are cut and fail to parse.
@@ -53,6 +57,9 @@ const BATCH: usize = 16;
 const SHUTDOWN_CHECK: Duration = Duration::from_millis(100);
 /// Pause after an unexpected receive error, so that a persistent one cannot spin.
 const ERROR_PAUSE: Duration = Duration::from_millis(10);
+/// Receive errors in a row after which the socket is given up (10 s of
+/// pauses): the server then stops and the process is restarted.
+const MAX_ERROR_STREAK: u32 = 1000;
 
 /// The RFC 1035 §4.2.1 limit for clients without EDNS.
 const PLAIN_UDP_LIMIT: u16 = 512;
@@ -62,6 +69,10 @@ pub(crate) struct Shared<C, F> {
     pub(crate) router: Router<C, F>,
     pub(crate) allowed: Vec<IpNet>,
     pub(crate) in_flight: Arc<Semaphore>,
+    /// The per-client rate limit; None = off.
+    pub(crate) rate_limit: Option<RateLimit>,
+    /// `dns.rate_limited`, resolved once.
+    pub(crate) rate_limited: metrics::Counter,
     pub(crate) shutdown: CancellationToken,
 }
 
@@ -72,7 +83,8 @@ impl<C, F> Shared<C, F> {
 }
 
 /// Starts serving `socket` on a thread of its own; the future resolves when
-/// that thread has stopped (shutdown: Ok; an unrecoverable socket error: Err).
+/// that thread has stopped (shutdown: Ok; an unrecoverable socket error or a
+/// panic: Err, upon which the server stops and the process exits).
 ///
 /// A dedicated thread blocked in `recvmmsg`, not a task woken by epoll: a
 /// query arriving at an idle server then costs two system calls (`recvmmsg`
@@ -94,13 +106,32 @@ pub(crate) fn spawn<C: CatalogView, F: Upstream>(
         .spawn(move || {
             // General-path tasks, the catalog and tokio's clock need the runtime.
             let _runtime = runtime.enter();
-            let _ = done.send(serve(&socket, &shared));
+            // A panic (a bug) must reach the server as an error, so the
+            // process exits and is restarted, instead of silently leaving
+            // this socket's clients unanswered.
+            let result = std::panic::catch_unwind(AssertUnwindSafe(|| serve(&socket, &shared)))
+                .unwrap_or_else(|panic| {
+                    Err(NetError::from(format!(
+                        "UDP thread panicked: {}",
+                        panic_message(panic.as_ref())
+                    )))
+                });
+            let _ = done.send(result);
         })?;
     Ok(async move {
         stopped
             .await
             .unwrap_or_else(|_| Err(NetError::from("UDP thread ended without a result")))
     })
+}
+
+/// The text of a panic's payload (`panic!` gives a `&str` or a `String`).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
 }
 
 /// The loop of one socket's thread.
@@ -111,6 +142,7 @@ fn serve<C: CatalogView, F: Upstream>(
     let mut buffers = vec![[0u8; RECEIVE_BUFFER]; BATCH];
     let mut received: Vec<(usize, Option<SocketAddr>)> = Vec::with_capacity(BATCH);
     let mut outgoing = Outgoing::new();
+    let mut errors = 0;
     loop {
         if shared.shutdown.is_cancelled() {
             return Ok(());
@@ -131,16 +163,22 @@ fn serve<C: CatalogView, F: Upstream>(
             }
             Err(error) => {
                 warn!(error = %error, "error receiving on UDP socket");
-                if matches!(
-                    error.kind(),
-                    io::ErrorKind::NotConnected | io::ErrorKind::ConnectionAborted
-                ) {
-                    return Err(NetError::from(error));
+                errors += 1;
+                if fatal(&error) || errors >= MAX_ERROR_STREAK {
+                    return Err(NetError::from(format!(
+                        "UDP socket failed after {errors} receive errors in a row: {error}"
+                    )));
                 }
                 // Whatever it is, do not spin on it.
                 std::thread::sleep(ERROR_PAUSE);
                 continue;
             }
+        }
+        errors = 0;
+        // A shut-down socket reads as datagrams of no bytes from no address
+        // at once, forever (a real empty datagram has a sender).
+        if received.iter().all(|&(len, src)| len == 0 && src.is_none()) {
+            return Err(NetError::from("UDP socket was shut down"));
         }
         let now = Instant::now();
         for (buffer, &(len, src)) in buffers.iter().zip(&received) {
@@ -149,6 +187,23 @@ fn serve<C: CatalogView, F: Upstream>(
         }
         outgoing.flush(socket);
     }
+}
+
+/// Whether a receive error means the socket itself is gone or unusable
+/// (retrying cannot help), as opposed to a passing shortage (ENOMEM, ENOBUFS).
+fn fatal(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::NotConnected | io::ErrorKind::ConnectionAborted
+    ) || matches!(
+        error.raw_os_error().map(nix::errno::Errno::from_raw),
+        Some(
+            nix::errno::Errno::EBADF
+                | nix::errno::Errno::ENOTSOCK
+                | nix::errno::Errno::EINVAL
+                | nix::errno::Errno::EFAULT
+        )
+    )
 }
 
 /// One blocking `recvmmsg` into `buffers` (it returns with the first datagram,
@@ -271,9 +326,22 @@ fn datagram<C: CatalogView, F: Upstream>(
     if packet.len() < 12 || packet[2] & 0x80 != 0 || !answerable(src) {
         return;
     }
-    let allowed = shared.allowed(src.ip());
+    if let Some(limit) = &shared.rate_limit
+        && !limit.allows(src.ip(), now)
+    {
+        shared.rate_limited.increment(1);
+        return;
+    }
+    if !shared.allowed(src.ip()) {
+        // Answered here: a refused client, however many datagrams it sends,
+        // takes no general-path slot from the allowed ones.
+        trace!(client = %src, "request refused");
+        let len = fast::refused(packet, outgoing.next_buffer());
+        outgoing.push(len, src);
+        return;
+    }
     let cache = shared.router.fast();
-    let key = if allowed && cache.enabled() {
+    let key = if cache.enabled() {
         fast::parse_query(packet)
     } else {
         None
@@ -294,7 +362,7 @@ fn datagram<C: CatalogView, F: Upstream>(
     let socket = Arc::clone(socket);
     let shared = Arc::clone(shared);
     tokio::spawn(async move {
-        general(&socket, &shared, raw, src, allowed, key).await;
+        general(&socket, &shared, raw, src, key).await;
         drop(permit);
     });
 }
@@ -330,7 +398,6 @@ async fn general<C: CatalogView, F: Upstream>(
     shared: &Shared<C, F>,
     raw: Vec<u8>,
     src: SocketAddr,
-    allowed: bool,
     key: Option<fast::Key>,
 ) {
     let mut responder = UdpResponder {
@@ -344,7 +411,7 @@ async fn general<C: CatalogView, F: Upstream>(
         raw,
         src,
         Protocol::Udp,
-        allowed,
+        true,
         &mut responder,
     )
     .await;
