@@ -71,11 +71,11 @@ pub(crate) struct Key {
     bytes: [u8; MAX_KEY],
     len: usize,
     /// Wire length of the question name (including the root label).
-    name_len: usize,
+    pub(crate) name_len: usize,
 }
 
 impl Key {
-    fn as_bytes(&self) -> &[u8] {
+    pub(crate) fn as_bytes(&self) -> &[u8] {
         &self.bytes[..self.len]
     }
 }

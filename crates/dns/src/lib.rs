@@ -60,6 +60,8 @@ mod config;
 mod encode;
 mod explain;
 mod fast;
+#[doc(hidden)]
+pub mod fuzzing;
 mod listen;
 mod local;
 pub mod metrics;
