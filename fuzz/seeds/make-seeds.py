@@ -85,6 +85,7 @@ names = [
     (A, "0a00001.addr.consul"), (TXT, "web.service.consul"),
     (A, "geo.query.consul"), (A, "web.connect.consul"), (A, "web.ingress.consul"), (A, "web.virtual.consul"),
     (A, "service.consul"), (A, "web.consul"), (A, "we%b.service.consul"), (A, "b\\.c.node.consul"),
+    (A, "*.web.service.dc2.consul"), (A, "*.node1.node.dc2.consul"),
     (A, "example.com."), (PTR, "1.0.0.10.in-addr.arpa."), (A, "bücher.service.consul"),
 ]
 for index, (qtype, name) in enumerate(names):
