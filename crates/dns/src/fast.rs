@@ -71,11 +71,11 @@ pub(crate) struct Key {
     bytes: [u8; MAX_KEY],
     len: usize,
     /// Wire length of the question name (including the root label).
-    name_len: usize,
+    pub(crate) name_len: usize,
 }
 
 impl Key {
-    fn as_bytes(&self) -> &[u8] {
+    pub(crate) fn as_bytes(&self) -> &[u8] {
         &self.bytes[..self.len]
     }
 }
@@ -585,7 +585,12 @@ fn skip_name(message: &[u8], mut at: usize) -> Option<usize> {
             0 => return Some(at + 1),
             1..=63 => at += 1 + usize::from(label),
             0xc0..=0xff => {
-                message.get(at + 1)?;
+                // A pointer into the header (whose ID a copy patches) or
+                // forward could decode differently in a copy: not cacheable.
+                let target = usize::from(u16_at(message, at)? & 0x3fff);
+                if !(HEADER..at).contains(&target) {
+                    return None;
+                }
                 return Some(at + 2);
             }
             _ => return None,
@@ -820,6 +825,20 @@ mod tests {
             message.extend_from_slice(rdata);
         }
         message
+    }
+
+    /// Found by fuzz/fast_path: an owner pointing into the header decoded in
+    /// the response but not in a copy with the client's ID patched in.
+    #[test]
+    fn inspect_refuses_pointers_into_the_header_or_forward() {
+        let a = [10, 0, 0, 1];
+        let ok = response(&[(1, &a, 5)], 0);
+        assert!(inspect(&ok, 12).is_some());
+        for pointer in [[0xc0, 0x01], [0xc0, 0x0b], [0xc0, 0xff]] {
+            let mut bad = ok.clone();
+            bad[28..30].copy_from_slice(&pointer);
+            assert!(inspect(&bad, 12).is_none(), "{pointer:?}");
+        }
     }
 
     #[test]

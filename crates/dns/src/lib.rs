@@ -61,6 +61,8 @@ mod config;
 mod encode;
 mod explain;
 mod fast;
+#[doc(hidden)]
+pub mod fuzzing;
 mod listen;
 mod local;
 pub mod metrics;

@@ -60,7 +60,9 @@ const KEYWORDS: [&str; 7] = [
 
 /// Parses `lower` (a lower-cased name at or under `domain`, also lower-cased).
 pub(crate) fn parse_in_zone(domain: &Name, lower: &Name, qtype: RecordType) -> ConsulName {
-    let n_prefix = usize::from(lower.num_labels()).saturating_sub(usize::from(domain.num_labels()));
+    // Labels counted by iterating: `Name::num_labels` leaves out a leading `*`
+    // (the RRSIG label count), which would shift the split by one label.
+    let n_prefix = lower.iter().count().saturating_sub(domain.iter().count());
     let mut labels = Vec::with_capacity(n_prefix);
     for label in lower.iter().take(n_prefix) {
         match std::str::from_utf8(label) {
@@ -333,6 +335,29 @@ mod tests {
         assert_eq!(
             parse_in_zone(&domain, &binary, RecordType::A),
             ConsulName::Invalid
+        );
+    }
+
+    /// Found by fuzz/consul_name: a leading `*` label was not counted, so the
+    /// label before the domain (the datacenter here) was dropped.
+    #[test]
+    fn a_leading_asterisk_label_is_a_label_like_any_other() {
+        let domain = Name::from_ascii("consul.").expect("literal");
+        let parsed = |text: &str| {
+            parse_in_zone(
+                &domain,
+                &Name::from_ascii(text).expect("literal"),
+                RecordType::A,
+            )
+        };
+        assert_eq!(
+            parsed("*.web.service.dc2.consul."),
+            svc("web", Some("*"), Some("dc2"))
+        );
+        assert_eq!(parsed("*.web.service.consul."), svc("web", Some("*"), None));
+        assert_eq!(
+            parsed("*.node1.node.dc2.consul."),
+            node("*.node1", Some("dc2"))
         );
     }
 

@@ -170,6 +170,28 @@ impl LocalHosts {
         }
     }
 
+    /// The entries of one hosts file's contents, with no file behind them
+    /// (for the fuzz targets in `fuzz/`; not an API).
+    #[doc(hidden)]
+    pub fn from_text(text: &[u8]) -> Self {
+        let mut builder = Builder::default();
+        let bad = builder.add_file(text);
+        let table = builder.build();
+        let stats = Stats {
+            names: table.names,
+            addresses: table.addresses,
+            entries: table.entries,
+            bad_lines: bad.count,
+            ..Stats::default()
+        };
+        let hosts = Self::empty();
+        hosts
+            .shared
+            .current
+            .store(Arc::new(Loaded { table, stats }));
+        hosts
+    }
+
     /// Reads `paths` now (blocking file I/O). Missing files are skipped with a
     /// warning; an unreadable or oversized file is an error.
     pub fn load(paths: Vec<PathBuf>) -> Result<Self, Error> {
