@@ -116,6 +116,9 @@ pub(crate) fn spawn<C: CatalogView, F: Upstream>(
                         panic_message(panic.as_ref())
                     )))
                 });
+            // Closed before the server hears that this thread stopped, so a
+            // stopped server has released its port.
+            drop(socket);
             let _ = done.send(result);
         })?;
     Ok(async move {
@@ -363,6 +366,9 @@ fn datagram<C: CatalogView, F: Upstream>(
     let shared = Arc::clone(shared);
     tokio::spawn(async move {
         general(&socket, &shared, raw, src, key).await;
+        // The socket before the permit: once every permit is back the server
+        // reports itself stopped, and its port must then be free.
+        drop(socket);
         drop(permit);
     });
 }
