@@ -30,6 +30,8 @@ pub struct RawCatalog {
     pub max_stale: Duration,
     /// Bound on cached services and nodes.
     pub max_entries: u64,
+    /// Bound on the estimated bytes of cached services and nodes.
+    pub max_bytes: u64,
     /// Drop instances with warning checks too.
     pub only_passing: bool,
     /// First pause after Consul fails.
@@ -74,6 +76,7 @@ impl Default for RawCatalog {
             idle_timeout: c.idle_timeout,
             max_stale: c.max_stale,
             max_entries: c.max_entries,
+            max_bytes: c.max_bytes,
             only_passing: c.only_passing,
             backoff_min: c.backoff_min,
             backoff_max: c.backoff_max,
@@ -98,6 +101,7 @@ impl RawConfig {
             idle_timeout: c.idle_timeout,
             max_stale: c.max_stale,
             max_entries: c.max_entries,
+            max_bytes: c.max_bytes,
             only_passing: c.only_passing,
             backoff_min: c.backoff_min,
             backoff_max: c.backoff_max,

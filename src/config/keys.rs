@@ -153,6 +153,7 @@ pub const KEYS: &[Key] = &[
     key("catalog.max_entries", Restart, |s| {
         show(s.catalog.max_entries)
     }),
+    key("catalog.max_bytes", Restart, |s| show(s.catalog.max_bytes)),
     key("catalog.only_passing", Restart, |s| {
         show(s.catalog.only_passing)
     }),

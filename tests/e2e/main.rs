@@ -12,6 +12,7 @@ mod forwarding;
 mod harness;
 mod memory;
 mod metrics;
+mod name_flood;
 mod reload;
 mod robustness;
 mod size_limits;

@@ -140,6 +140,13 @@ struct Slot {
     /// Set with `removed`: an atomic load for the query path, where the
     /// token's `is_cancelled` takes a lock.
     evicted: AtomicBool,
+    /// Estimated bytes of the data moka last weighed this slot with (see
+    /// [`weigh_value`]); a refresh whose data weighs much more or less sets
+    /// `reweigh`, and the refresher's next pass re-inserts the slot so moka
+    /// charges it again (a weight is fixed at insert).
+    charged_value: AtomicU64,
+    /// Set when the data changed weight; cleared by the re-insert.
+    reweigh: AtomicBool,
     /// Milliseconds since `Inner::epoch` of the last read through moka (which
     /// keeps the key's place in its eviction order); see [`Witness::holds`].
     recency_ms: AtomicU64,
@@ -207,6 +214,49 @@ impl Witness {
     }
 }
 
+/// Bytes charged per slot besides its key and data: the slot, its entry,
+/// their `Arc`s, moka's node and its place in moka's tables and deques.
+const SLOT_OVERHEAD: u64 =
+    (size_of::<Slot>() + size_of::<Entry>() + size_of::<Key>() + 4 * 16 + 160) as u64;
+
+/// Bytes of a key's names (the `Key` itself is in [`SLOT_OVERHEAD`]).
+fn weigh_key(key: &Key) -> u64 {
+    let (Key::Service { name, datacenter } | Key::Node { name, datacenter }) = key;
+    (name.len() + datacenter.as_ref().map_or(0, |dc| dc.len())) as u64
+}
+
+/// Estimated heap bytes of cached data: each instance's struct, its node and
+/// datacenter names and its tags (each `String` rounded up by the allocator's
+/// 16-byte steps). Computed when moka weighs a slot and after each refresh,
+/// never per lookup.
+fn weigh_value(value: &Value) -> u64 {
+    let text = |s: &str| s.len().div_ceil(16) * 16;
+    let bytes = match value {
+        Value::Services(instances) => {
+            instances
+                .iter()
+                .map(|instance| {
+                    size_of::<ServiceInstance>()
+                        + text(&instance.node)
+                        + text(&instance.datacenter)
+                        + instance.tags.capacity() * size_of::<String>()
+                        + instance.tags.iter().map(|tag| text(tag)).sum::<usize>()
+                })
+                .sum::<usize>()
+                + 16
+        }
+        Value::Node(node) => size_of::<Node>() + text(&node.name) + text(&node.datacenter) + 16,
+        Value::Missing => 0,
+    };
+    bytes as u64
+}
+
+/// True when data now weighing `now` should be charged again: it outgrew
+/// what was charged, or shrank to under half of it.
+fn needs_reweigh(charged: u64, now: u64) -> bool {
+    now > charged || now < charged / 2
+}
+
 /// The same data: the same allocation (cheap), or equal contents.
 fn same_value(current: &Value, witnessed: &Value) -> bool {
     match (current, witnessed) {
@@ -221,9 +271,22 @@ impl Cache {
     /// Builds the cache; call [`Cache::run`] to start background refresh.
     pub fn new(config: Config, client: consul::Client) -> Result<Self, Error> {
         config.validate()?;
+        // Every slot weighs at least `floor`, so `max_bytes` also holds the
+        // count to about `max_entries` (the approach of the forwarder's cache).
+        let floor = (config.max_bytes / config.max_entries.saturating_add(1)).max(1);
         let slots = moka::future::Cache::builder()
-            .max_capacity(config.max_entries)
+            .max_capacity(config.max_bytes)
+            .weigher(move |key: &Key, slot: &Arc<Slot>| {
+                let value = weigh_value(&slot.entry.load().value);
+                slot.charged_value.store(value, Ordering::Relaxed);
+                let weight = (weigh_key(key) + value + SLOT_OVERHEAD).max(floor);
+                u32::try_from(weight).unwrap_or(u32::MAX)
+            })
             .eviction_listener(|_key, slot: Arc<Slot>, cause| {
+                if cause == moka::notification::RemovalCause::Replaced {
+                    // Only a re-weigh inserts over a cached key, with the same slot.
+                    return;
+                }
                 if cause == moka::notification::RemovalCause::Size {
                     metrics::eviction();
                 }
@@ -311,6 +374,18 @@ impl Cache {
     /// Number of cached keys (approximate, as moka counts).
     pub fn entry_count(&self) -> u64 {
         self.inner.slots.entry_count()
+    }
+
+    /// Estimated bytes charged to the cached keys (approximate, as moka
+    /// counts): at most [`Config::max_bytes`] once moka has caught up.
+    pub fn weighted_size(&self) -> u64 {
+        self.inner.slots.weighted_size()
+    }
+
+    /// Lets moka apply pending inserts and evictions now (it does so lazily),
+    /// so [`Cache::entry_count`] and [`Cache::weighted_size`] are exact.
+    pub async fn settle(&self) {
+        self.inner.slots.run_pending_tasks().await;
     }
 
     /// True while the circuit breaker of `datacenter` (`None` = the agent's)
@@ -737,6 +812,8 @@ impl Inner {
             removed: CancellationToken::new(),
             evicted: AtomicBool::new(false),
             recency_ms: AtomicU64::new(self.millis_since_epoch(now)),
+            charged_value: AtomicU64::new(0),
+            reweigh: AtomicBool::new(false),
         }
     }
 

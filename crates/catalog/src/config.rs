@@ -25,6 +25,11 @@ impl RefreshMode {
 /// Consul's cap on a blocking query's `wait` (`max_query_time`).
 pub const MAX_WATCH_WAIT: Duration = Duration::from_secs(600);
 
+/// Least `max_bytes`: room for a service of a few hundred instances.
+const MIN_MAX_BYTES: u64 = 64 << 10;
+/// Most `max_bytes`: a bound, not a wish.
+const MAX_MAX_BYTES: u64 = 16 << 30;
+
 /// Catalog cache settings (validated by `src/config`; not serde).
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -54,6 +59,9 @@ pub struct Config {
     pub max_stale: Duration,
     /// Bound on the number of cached keys (services and nodes).
     pub max_entries: u64,
+    /// Bound on the estimated bytes of the cached keys and their data (a
+    /// service weighs about 250 bytes per instance).
+    pub max_bytes: u64,
     /// Drop instances with a warning check too (Consul's `only_passing`).
     pub only_passing: bool,
     /// First backoff after Consul fails; doubles per failure up to `backoff_max`.
@@ -82,6 +90,7 @@ impl Default for Config {
             idle_timeout: Duration::from_secs(120),
             max_stale: Duration::from_secs(72 * 3600),
             max_entries: 10_000,
+            max_bytes: 16 << 20,
             only_passing: false,
             backoff_min: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
@@ -127,6 +136,15 @@ impl Config {
         }
         if self.max_entries == 0 {
             return invalid("max_entries", "must be at least 1".into());
+        }
+        if self.max_bytes < MIN_MAX_BYTES || self.max_bytes > MAX_MAX_BYTES {
+            return invalid(
+                "max_bytes",
+                format!(
+                    "must be between {MIN_MAX_BYTES} (64 KiB) and {MAX_MAX_BYTES} (16 GiB), got {}",
+                    self.max_bytes
+                ),
+            );
         }
         if self.backoff_min.is_zero() || self.backoff_max < self.backoff_min {
             return invalid(

@@ -17,7 +17,7 @@ pub const CIRCUIT_OPEN: &str = "catalog.consul_circuit_open";
 pub const CONSUL_REQUESTS: &str = "catalog.consul_requests";
 /// Lookups answered from a cached key (fresh, stale or negative); misses are `FIRST_FETCHES`.
 pub const CACHE_HITS: &str = "catalog.cache_hits";
-/// Keys evicted because the cache was full (`catalog.max_entries`).
+/// Keys evicted because the cache was full (`catalog.max_entries` or `catalog.max_bytes`).
 pub const EVICTIONS: &str = "catalog.evictions";
 /// Names currently watched with a blocking query.
 pub const WATCHES: &str = "catalog.watches";
@@ -55,7 +55,7 @@ pub const METRICS: &[(&str, MetricKind, Unit, &str)] = &[
         EVICTIONS,
         MetricKind::Counter,
         Unit::Count,
-        "Cached services and nodes evicted because catalog.max_entries was reached",
+        "Cached services and nodes evicted because the cache was full (catalog.max_entries or catalog.max_bytes)",
     ),
     (
         CIRCUIT_OPEN,

@@ -873,6 +873,50 @@ mod tests {
         assert!(inspect(&ok[..ok.len() - 1], 12).is_none());
     }
 
+    /// The cache's byte bound is its entry count × [`MAX_RESPONSE`] (+ key and
+    /// bookkeeping): an answer over 512 bytes is never stored, even after it
+    /// was asked for twice, while a small one of the same name is.
+    #[test]
+    fn answers_over_max_response_are_never_stored() {
+        let a = [10, 0, 0, 1];
+        let few: Vec<(u16, &[u8], u32)> = vec![(1, &a[..], 30); 2];
+        let many: Vec<(u16, &[u8], u32)> = vec![(1, &a[..], 30); 40];
+        let small = response(&few, 0);
+        let big = response(&many, 0);
+        assert!(small.len() <= MAX_RESPONSE && big.len() > MAX_RESPONSE);
+        let asked = query(&["web", "consul"], None);
+        let key = parse_query(&asked).expect("plain query");
+        let store = |cache: &FastCache, answer: &[u8]| {
+            cache.insert(
+                &key,
+                answer,
+                cache.generation(),
+                Provenance {
+                    basis: None,
+                    ttl_counts_down: true,
+                    tags: ["forward", "A", "NOERROR", "upstream"],
+                },
+                || Meters {
+                    queries: Counter::noop(),
+                    duration: Histogram::noop(),
+                    hits: Counter::noop(),
+                },
+            )
+        };
+        let mut out = [0u8; MAX_RESPONSE];
+        for (answer, stored) in [(&small, true), (&big, false)] {
+            let cache = FastCache::new(true);
+            assert_eq!(store(&cache, answer), Err(Uncacheable::FirstSight));
+            let second = store(&cache, answer);
+            assert_eq!(second.is_ok(), stored, "{} bytes: {second:?}", answer.len());
+            if !stored {
+                assert_eq!(second, Err(Uncacheable::Shape));
+            }
+            let hit = cache.answer(&key, &asked, Instant::now(), &mut out, |_| true);
+            assert_eq!(hit, stored.then_some(small.len()), "{} bytes", answer.len());
+        }
+    }
+
     /// A stored reply is copied out as it is (only ID, name case, TTLs and the
     /// order of equal-sized records are patched), so one with bytes past its
     /// counted records must never be stored.

@@ -37,6 +37,8 @@ struct Pass {
     due: Vec<(Arc<Key>, Arc<Slot>)>,
     /// Hot keys that get a watch loop (watch mode), each with its `max_watches` permit.
     to_watch: Vec<(Arc<Key>, Arc<Slot>, OwnedSemaphorePermit)>,
+    /// Keys whose data changed weight since moka weighed them: re-inserted.
+    to_reweigh: Vec<(Arc<Key>, Arc<Slot>)>,
 }
 
 /// What a watch loop does before its next request.
@@ -166,6 +168,10 @@ impl Inner {
         let value = if old.value == fetched.value {
             old.value.clone()
         } else {
+            let charged = slot.charged_value.load(Ordering::Relaxed);
+            if super::needs_reweigh(charged, super::weigh_value(&fetched.value)) {
+                slot.reweigh.store(true, Ordering::Relaxed);
+            }
             fetched.value
         };
         slot.entry.store(Arc::new(Entry {
@@ -223,6 +229,12 @@ impl Inner {
         for key in pass.expired {
             self.slots.invalidate(&*key).await;
         }
+        for (key, slot) in pass.to_reweigh {
+            // Evicted since the pass began: leave it out rather than bring it back.
+            if !slot.evicted.load(Ordering::Acquire) {
+                self.slots.insert(Key::clone(&key), slot).await;
+            }
+        }
         metrics::entries(self.slots.entry_count());
         if self.config.refresh == RefreshMode::Watch {
             metrics::watches(self.watch_count());
@@ -234,6 +246,9 @@ impl Inner {
         let watch_mode = self.config.refresh == RefreshMode::Watch;
         let mut pass = Pass::default();
         for (key, slot) in self.slots.iter() {
+            if slot.reweigh.swap(false, Ordering::Relaxed) {
+                pass.to_reweigh.push((Arc::clone(&key), Arc::clone(&slot)));
+            }
             let entry = slot.entry.load();
             if self.is_idle(&slot, now) {
                 // Nobody asks: stop costing Consul anything (a watch loop ends by
