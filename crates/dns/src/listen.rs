@@ -10,7 +10,7 @@ use ipnet::IpNet;
 use socket2::{Domain, Protocol as SocketProtocol, Socket, Type};
 use tokio::sync::Semaphore;
 use tokio::task::{JoinHandle, JoinSet};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{debug, info, warn};
 
 use crate::Error;
@@ -119,10 +119,21 @@ fn bind_udp(address: SocketAddr) -> Result<std::net::UdpSocket, Error> {
         socket.set_only_v6(true).map_err(fail)?;
     }
     // Several sockets per address (one loop each) let the kernel spread queries.
+    // For port 0 the option is set only once the kernel has chosen the port:
+    // its choice treats a port held by another SO_REUSEPORT socket of the same
+    // user as free, and would have us share (and split queries with) another
+    // server's port. The sockets added later join ours on the chosen port.
+    let choose_port = address.port() == 0;
     #[cfg(unix)]
-    socket.set_reuse_port(true).map_err(fail)?;
+    if !choose_port {
+        socket.set_reuse_port(true).map_err(fail)?;
+    }
     socket.set_nonblocking(true).map_err(fail)?;
     socket.bind(&address.into()).map_err(fail)?;
+    #[cfg(unix)]
+    if choose_port {
+        socket.set_reuse_port(true).map_err(fail)?;
+    }
     Ok(socket.into())
 }
 
@@ -227,6 +238,9 @@ pub struct ServerHandle {
     shutdown: CancellationToken,
     task: JoinHandle<Result<(), hickory_server::net::NetError>>,
     local_addrs: Vec<SocketAddr>,
+    /// A handle dropped without `shutdown` still stops the server, so no
+    /// forgotten server keeps its sockets (and its port) after its owner.
+    _stop_on_drop: DropGuard,
 }
 
 impl ServerHandle {
@@ -372,6 +386,7 @@ pub fn serve_with<C: CatalogView, F: Upstream>(
         tcp.and(udp)
     });
     Ok(ServerHandle {
+        _stop_on_drop: shutdown.clone().drop_guard(),
         shutdown,
         task,
         local_addrs,
