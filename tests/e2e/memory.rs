@@ -27,18 +27,6 @@ fn large_answer(name: &str) -> Vec<Record> {
         .collect()
 }
 
-/// The resident set of process `pid`, in bytes.
-fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    let kib: u64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().strip_suffix("kB"))
-        .and_then(|value| value.trim().parse().ok())
-        .expect("VmRSS line");
-    kib * 1024
-}
-
 async fn ask_hot(server: &Server) {
     let (answer, _) = udp(server.dns, &Ask::new("hot.example.", RecordType::A)).await;
     assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
@@ -74,7 +62,7 @@ async fn a_flood_of_large_answers_stays_within_the_cache_budget_and_a_hot_name_k
         let ask = Ask::new(&format!("big{n}.example."), RecordType::TXT);
         udp(server.dns, &ask).await;
     }
-    let before = rss(pid);
+    let before = test_support::rss_bytes(pid);
     for n in 20..FLOOD {
         // The client gets a truncated answer (TC); dnsfront caches the whole one.
         let ask = Ask::new(&format!("big{n}.example."), RecordType::TXT);
@@ -88,7 +76,7 @@ async fn a_flood_of_large_answers_stays_within_the_cache_budget_and_a_hot_name_k
             ask_hot(&server).await;
         }
     }
-    let grown = rss(pid).saturating_sub(before);
+    let grown = test_support::rss_bytes(pid).saturating_sub(before);
     // Kept whole, the answers would take 36 MiB more; bounded, the cache holds
     // 1 MiB, and the rest is the allocator's working set for one answer in flight.
     assert!(

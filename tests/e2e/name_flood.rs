@@ -28,18 +28,6 @@ const WIRE_CACHE_BYTES: u64 = 8 << 20;
 /// Growth allowed beyond the caches: the allocator's slack and the query tasks.
 const MARGIN: u64 = 24 << 20;
 
-/// The resident set of process `pid`, in bytes.
-fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    let kib: u64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().strip_suffix("kB"))
-        .and_then(|value| value.trim().parse().ok())
-        .expect("VmRSS line");
-    kib * 1024
-}
-
 async fn ask_hot(dns: SocketAddr) {
     let (answer, _) = udp(dns, &Ask::new("hot.example.", RecordType::A)).await;
     assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
@@ -113,7 +101,7 @@ async fn a_name_flood_stays_within_the_configured_caches_and_hot_names_keep_hitt
         .chain((0..50).map(|n| format!("warm{n}.service.consul.")))
         .collect();
     flood(server.dns, warm).await;
-    let before = rss(pid);
+    let before = test_support::rss_bytes(pid);
 
     let names: Vec<String> = (0..FORWARDED)
         .map(|n| format!("n{n}.flood.example."))
@@ -125,7 +113,7 @@ async fn a_name_flood_stays_within_the_configured_caches_and_hot_names_keep_hitt
         "{answered} of {} flood queries answered",
         FORWARDED + SERVICES
     );
-    let after = rss(pid);
+    let after = test_support::rss_bytes(pid);
     eprintln!(
         "RSS {} MiB before the flood, {} MiB after",
         before >> 20,

@@ -98,13 +98,7 @@ async fn every_answer_form_at_every_size_limit_is_well_formed() {
     for (name, rtype, n) in &asks {
         let plain = Ask::new(name, *rtype);
         let full = full_count(*rtype, *n);
-        for (ask, limit) in [
-            (plain.clone(), 512),
-            (plain.clone().edns(512), 512),
-            (plain.clone().edns(1232), 1232),
-            (plain.clone().edns(4096), 1232),
-            (plain.clone().edns(8192), 1232),
-        ] {
+        for (ask, limit) in test_support::udp_size_variants(&plain) {
             let context = format!("{name} {rtype} EDNS {:?}", ask.edns);
             let (reply, size) = udp(h.dns, &ask).await;
             assert_eq!(

@@ -83,13 +83,7 @@ async fn replies_at_every_limit_are_exactly_what_their_header_counts() {
         ] {
             let plain = Ask::new(&format!("{service}{n}.service.consul."), rtype);
             // `udp` and `tcp_sized` parse strictly (test_support::strict_parse).
-            for (ask, limit) in [
-                (plain.clone(), 512),
-                (plain.clone().edns(512), 512),
-                (plain.clone().edns(1232), 1232),
-                (plain.clone().edns(4096), 1232),
-                (plain.clone().edns(8192), 1232),
-            ] {
+            for (ask, limit) in test_support::udp_size_variants(&plain) {
                 let context = format!("{n} instances, {rtype}, {:?}", ask.edns);
                 let (reply, size) = udp(server.addr, &ask).await;
                 assert!(size <= limit, "{context}: {size} bytes > {limit}");

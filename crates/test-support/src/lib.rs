@@ -127,6 +127,31 @@ pub async fn udp(server: SocketAddr, ask: &Ask) -> (Message, usize) {
     (message, bytes.len())
 }
 
+/// `ask` as plain UDP and with each EDNS buffer size the size-limit tests
+/// sweep, paired with the most a reply may then carry with dnsfront's default
+/// `dns.max_udp_payload` (1232).
+pub fn udp_size_variants(ask: &Ask) -> [(Ask, usize); 5] {
+    [
+        (ask.clone(), 512),
+        (ask.clone().edns(512), 512),
+        (ask.clone().edns(1232), 1232),
+        (ask.clone().edns(4096), 1232),
+        (ask.clone().edns(8192), 1232),
+    ]
+}
+
+/// The resident set of process `pid`, in bytes (`VmRSS` in `/proc/PID/status`).
+pub fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().strip_suffix("kB"))
+        .and_then(|value| value.trim().parse().ok())
+        .expect("VmRSS line");
+    kib * 1024
+}
+
 /// Sends `ask` over TCP and returns the strictly parsed answer ([`strict_parse`]).
 pub async fn tcp(server: SocketAddr, ask: &Ask) -> Message {
     tcp_sized(server, ask).await.0
