@@ -77,6 +77,28 @@ fn spawn_publisher(
     tokio::spawn(Publisher::new(config, client(server)).run(shutdown.clone()))
 }
 
+/// Waits (bounded) until the key holds generation `generation`.
+async fn wait_for_generation(sim: &Sim, generation: u64) {
+    wait_until(
+        Duration::from_secs(10),
+        &format!("generation {generation}"),
+        || published_generation(sim) == generation,
+    )
+    .await;
+}
+
+/// Stops a publisher and checks it ended cleanly, within a bound.
+async fn stop_publisher(
+    shutdown: &CancellationToken,
+    publisher: JoinHandle<Result<(), dnsfront_snapshot::Error>>,
+) {
+    shutdown.cancel();
+    within(Duration::from_secs(5), "publisher stops", publisher)
+        .await
+        .expect("joins")
+        .expect("ok");
+}
+
 fn spawn_follower(
     server: &SimServer,
     config: FollowerConfig,
@@ -927,20 +949,13 @@ async fn publisher_ignores_an_out_of_reach_generation() {
     )
     .await;
     register(&sim, "db", "n1", "10.0.0.1");
-    wait_until(Duration::from_secs(10), "generation 2", || {
-        published_generation(&sim) == 2
-    })
-    .await;
+    wait_for_generation(&sim, 2).await;
     assert!(!publisher.is_finished(), "the publisher is still running");
     assert_eq!(
         dnsfront_snapshot::publisher::load_high_water(state.path()).expect("readable"),
         2
     );
-    shutdown.cancel();
-    within(Duration::from_secs(5), "publisher stops", publisher)
-        .await
-        .expect("joins")
-        .expect("ok");
+    stop_publisher(&shutdown, publisher).await;
 }
 
 /// A replayed old signed envelope does not set the publisher's counter back, not even
@@ -959,26 +974,13 @@ async fn replayed_old_envelope_does_not_set_the_publisher_back() {
     };
     let shutdown = CancellationToken::new();
     let publisher = spawn_publisher(&server, config.clone(), &shutdown);
-    wait_until(Duration::from_secs(10), "generation 1", || {
-        published_generation(&sim) == 1
-    })
-    .await;
+    wait_for_generation(&sim, 1).await;
     let old = sim.kv_get(KEY).expect("published");
     register(&sim, "db", "n1", "10.0.0.1");
-    wait_until(Duration::from_secs(10), "generation 2", || {
-        published_generation(&sim) == 2
-    })
-    .await;
+    wait_for_generation(&sim, 2).await;
     register(&sim, "api", "n1", "10.0.0.1");
-    wait_until(Duration::from_secs(10), "generation 3", || {
-        published_generation(&sim) == 3
-    })
-    .await;
-    shutdown.cancel();
-    within(Duration::from_secs(5), "publisher stops", publisher)
-        .await
-        .expect("joins")
-        .expect("ok");
+    wait_for_generation(&sim, 3).await;
+    stop_publisher(&shutdown, publisher).await;
 
     // Someone with KV write access puts generation 1 back; a new publisher starts.
     sim.kv_put(KEY, old);
@@ -999,11 +1001,7 @@ async fn replayed_old_envelope_does_not_set_the_publisher_back() {
         dnsfront_snapshot::publisher::load_high_water(state.path()).expect("readable"),
         4
     );
-    shutdown.cancel();
-    within(Duration::from_secs(5), "publisher stops", publisher)
-        .await
-        .expect("joins")
-        .expect("ok");
+    stop_publisher(&shutdown, publisher).await;
 }
 
 /// At the last generation the publisher refuses loudly instead of wrapping.
