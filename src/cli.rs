@@ -46,6 +46,11 @@ pub enum Command {
     /// Ask the running server where the answer for NAME comes from right now
     /// (over its control socket).
     Explain(ExplainArgs),
+    /// Ask the running server to re-read its configuration now (as SIGHUP
+    /// does) and wait for the outcome: exit 0 when it was applied, 1 with the
+    /// key and the problem when the new configuration is invalid (the server
+    /// keeps serving with the running one). dnsfront.service's `ExecReload=`.
+    Reload(ReloadArgs),
     /// Print the effective configuration (defaults filled in) as TOML.
     PrintConfig {
         /// The config file (defaults only when omitted).
@@ -122,6 +127,20 @@ pub struct ExplainArgs {
     #[arg(long, value_name = "PATH")]
     pub control: Option<PathBuf>,
     /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `dnsfront reload`
+#[derive(Debug, Args)]
+pub struct ReloadArgs {
+    /// Config file, to find the control socket (default /etc/dnsfront/dnsfront.toml when it exists).
+    #[arg(long, value_name = "FILE", conflicts_with = "control")]
+    pub config: Option<PathBuf>,
+    /// The control socket of the running server.
+    #[arg(long, value_name = "PATH")]
+    pub control: Option<PathBuf>,
+    /// Print the outcome as JSON.
     #[arg(long)]
     pub json: bool,
 }

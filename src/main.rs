@@ -7,7 +7,7 @@ use clap::Parser as _;
 use dnsfront::cli::{Cli, Command, ServeArgs};
 use dnsfront::config::{ConfigError, Env, RawConfig};
 use dnsfront::reload::ConfigSource;
-use dnsfront::{App, check, commands, control, demo, shutdown_on_signals, telemetry};
+use dnsfront::{App, check, commands, control, demo, shutdown_on_signals, systemd, telemetry};
 
 /// jemalloc instead of glibc malloc: with the forwarder's cache churn glibc's arenas
 /// grew to two or three times the live heap (see benches/README.md).
@@ -34,7 +34,17 @@ fn main() -> ExitCode {
     match cli.command {
         Command::CheckConfig { file } => check_config(&file),
         Command::PrintConfig { config } => print_config(config.as_deref()),
-        Command::Serve(args) => with_runtime(|| serve(args)),
+        Command::Serve(args) => {
+            // Before the runtime starts any thread: this unsets LISTEN_FDS.
+            let inherited = match systemd::take_listen_fds() {
+                Ok(inherited) => inherited,
+                Err(error) => {
+                    eprintln!("dnsfront: {error:#}");
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            };
+            with_runtime(|| serve(args, inherited))
+        }
         Command::Publish(args) => with_runtime(|| commands::publish(args)),
         Command::Check(args) => with_runtime(|| async move {
             if check::run(args).await? {
@@ -44,6 +54,7 @@ fn main() -> ExitCode {
             }
         }),
         Command::Explain(args) => with_runtime(|| control::run_explain(args)),
+        Command::Reload(args) => with_runtime(|| control::run_reload(args)),
         Command::Snapshot { command } => match commands::snapshot(command) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
@@ -107,7 +118,7 @@ fn print_config(file: Option<&std::path::Path>) -> ExitCode {
     }
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+async fn serve(args: ServeArgs, inherited: Option<dnsfront_dns::Inherited>) -> anyhow::Result<()> {
     // The same source is re-read on SIGHUP: the file and the same flags.
     let source = ConfigSource {
         file: args.config.clone(),
@@ -123,7 +134,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let metrics = telemetry::init_metrics(&settings.metrics)?;
     telemetry::describe_metrics();
     let control_socket = control::socket_path(&settings.state_dir);
-    let app = App::build(settings)?
+    let app = App::build_with_sockets(settings, inherited)?
         .with_reload(source, loaded)
         .with_control_socket(&control_socket);
     let shutdown = shutdown_on_signals()?;
