@@ -41,7 +41,9 @@ pub enum Command {
     },
     /// Check the installation: config, Consul (leader, ACL token), listen
     /// sockets, the running server, the hosts snapshot and each upstream.
-    /// One `ok|warn|fail` line per check; exit 0 when nothing failed, else 1.
+    /// One `ok|warn|fail` line per check (or `--json`); the exit code follows
+    /// the Nagios/Consul script-check convention: 0 all ok, 1 a warning,
+    /// 2 a failure.
     Check(CheckArgs),
     /// Ask the running server where the answer for NAME comes from right now
     /// (over its control socket).
@@ -110,6 +112,9 @@ pub struct CheckArgs {
     /// The running server's control socket (default: found from the config).
     #[arg(long, value_name = "PATH")]
     pub control: Option<PathBuf>,
+    /// Print the report as one JSON object (status, exit_code, checks).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `dnsfront explain`

@@ -47,10 +47,14 @@ fn main() -> ExitCode {
         }
         Command::Publish(args) => with_runtime(|| commands::publish(args)),
         Command::Check(args) => with_runtime(|| async move {
-            if check::run(args).await? {
-                Ok(())
-            } else {
-                Err(anyhow::Error::new(Unhealthy))
+            // A check that cannot even report is critical (2), not a warning.
+            let status = check::run(args).await.map_err(|error| {
+                eprintln!("dnsfront: {error:#}");
+                anyhow::Error::new(Unhealthy(check::Status::Fail.exit_code()))
+            })?;
+            match status.exit_code() {
+                0 => Ok(()),
+                code => Err(anyhow::Error::new(Unhealthy(code))),
             }
         }),
         Command::Explain(args) => with_runtime(|| control::run_explain(args)),
@@ -72,13 +76,14 @@ fn main() -> ExitCode {
     }
 }
 
-/// `dnsfront check` found a failing check (the report names it).
+/// `dnsfront check` found a warning (1) or a failure (2): its exit code (the
+/// report names the check).
 #[derive(Debug)]
-struct Unhealthy;
+struct Unhealthy(u8);
 
 impl std::fmt::Display for Unhealthy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("unhealthy")
+        write!(f, "unhealthy (exit code {})", self.0)
     }
 }
 
@@ -185,7 +190,9 @@ where
     match runtime.block_on(f()) {
         Ok(()) => ExitCode::SUCCESS,
         // The report already said what failed.
-        Err(error) if error.downcast_ref::<Unhealthy>().is_some() => ExitCode::from(EXIT_FAILURE),
+        Err(ref error) if let Some(Unhealthy(code)) = error.downcast_ref::<Unhealthy>() => {
+            ExitCode::from(*code)
+        }
         Err(error) => {
             eprintln!("dnsfront: {error:#}");
             if error.downcast_ref::<ConfigError>().is_some() {

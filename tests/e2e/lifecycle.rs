@@ -435,3 +435,83 @@ async fn reload_command_refuses_a_bad_config_naming_the_key_and_applies_a_good_o
     crate::binary::terminate(&mut child, Duration::from_secs(10)).await;
     setup.stop().await;
 }
+
+/// `dnsfront check` exits as a Nagios plugin / Consul script check: 0 when
+/// every line is ok, 1 with a warning, 2 with a failure; `--json` says the
+/// same in one object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_exit_codes_follow_the_script_check_convention() {
+    let setup = Setup::start().await;
+    let upstream = test_support::FakeUpstream::start().await;
+    let dead = test_support::closed_port().await;
+    let address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let config_text = |upstreams: &str| {
+        format!(
+            "[dns]\nlisten = [\"{address}\"]\n\n[forward]\nupstreams = [{upstreams}]\n\n[snapshot]\nfollow = false\n"
+        )
+    };
+    setup.write_config(&config_text(&format!("\"{}\"", upstream.addr())));
+    let server = crate::binary::Server::start(&setup.config).await;
+    let config = setup.config.to_str().expect("utf8");
+    let check = |json: bool| {
+        let mut args = vec!["check", "--config", config];
+        if json {
+            args.push("--json");
+        }
+        async move { crate::binary::run_async(&args).await }
+    };
+
+    let (code, report, stderr) = check(false).await;
+    assert_eq!(code, Some(0), "all ok:\n{report}\n{stderr}");
+    assert!(report.lines().all(|l| l.starts_with("ok ")), "{report}");
+    let (code, json, _) = check(true).await;
+    assert_eq!(code, Some(0), "{json}");
+    let value: serde_json::Value = serde_json::from_str(&json).expect("one JSON object");
+    assert_eq!(value["status"], "passing", "{value}");
+    assert_eq!(value["exit_code"], 0, "{value}");
+    let checks = value["checks"].as_array().expect("checks");
+    assert!(
+        checks
+            .iter()
+            .any(|c| c["check"] == "server" && c["status"] == "ok"),
+        "{value}"
+    );
+
+    // A dead upstream beside a live one: a warning.
+    setup.write_config(&config_text(&format!(
+        "\"{}\", \"{dead}\"",
+        upstream.addr()
+    )));
+    let (code, report, _) = check(false).await;
+    assert_eq!(code, Some(1), "warning:\n{report}");
+    let (code, json, _) = check(true).await;
+    let value: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    assert_eq!(
+        (code, &value["status"]),
+        (Some(1), &"warning".into()),
+        "{value}"
+    );
+    assert!(
+        value["checks"]
+            .as_array()
+            .expect("checks")
+            .iter()
+            .any(|c| c["status"] == "warn" && c["check"] == format!("upstream {dead}")),
+        "{value}"
+    );
+
+    // Consul down: critical.
+    setup.consul.set_down(true);
+    let (code, report, _) = check(false).await;
+    assert_eq!(code, Some(2), "critical:\n{report}");
+    let (code, json, _) = check(true).await;
+    let value: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    assert_eq!(
+        (code, &value["status"]),
+        (Some(2), &"critical".into()),
+        "{value}"
+    );
+    assert_eq!(value["exit_code"], 2);
+    server.stop().await;
+    setup.stop().await;
+}
