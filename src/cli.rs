@@ -9,9 +9,18 @@ use crate::config::{LogFormat, Overrides};
 /// The config file `check` and `explain` read when not told.
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/dnsfront/dnsfront.toml";
 
+/// `--version`: the package version and the commit it was built from
+/// (`unknown` outside a git checkout; see build.rs).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("DNSFRONT_COMMIT"),
+    ")"
+);
+
 /// Node-local DNS resolver in front of Consul.
 #[derive(Debug, Parser)]
-#[command(name = "dnsfront", version, about, long_about = None)]
+#[command(name = "dnsfront", version = VERSION, about, long_about = None)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -53,6 +62,13 @@ pub enum Command {
     /// key and the problem when the new configuration is invalid (the server
     /// keeps serving with the running one). dnsfront.service's `ExecReload=`.
     Reload(ReloadArgs),
+    /// Print the shell completion script for SHELL (the package installs
+    /// them; generated from these definitions).
+    #[command(hide = true)]
+    Completions {
+        /// bash, zsh or fish.
+        shell: clap_complete::Shell,
+    },
     /// Print the effective configuration (defaults filled in) as TOML.
     PrintConfig {
         /// The config file (defaults only when omitted).

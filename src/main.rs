@@ -34,6 +34,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::CheckConfig { file } => check_config(&file),
         Command::PrintConfig { config } => print_config(config.as_deref()),
+        Command::Completions { shell } => completions(shell),
         Command::Serve(args) => {
             // Before the runtime starts any thread: this unsets LISTEN_FDS.
             let inherited = match systemd::take_listen_fds() {
@@ -99,6 +100,22 @@ fn check_config(file: &std::path::Path) -> ExitCode {
         Err(error) => {
             eprintln!("dnsfront: invalid config: {error}");
             ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+/// Prints the completion script (built in memory first: clap_complete
+/// panics on a write error such as a closed pipe).
+fn completions(shell: clap_complete::Shell) -> ExitCode {
+    use clap::CommandFactory as _;
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "dnsfront", &mut script);
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(&script).and_then(|()| stdout.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("dnsfront: cannot write the completion script: {error}");
+            ExitCode::from(EXIT_FAILURE)
         }
     }
 }

@@ -515,3 +515,25 @@ async fn check_exit_codes_follow_the_script_check_convention() {
     server.stop().await;
     setup.stop().await;
 }
+
+#[test]
+fn version_names_the_commit_it_was_built_from() {
+    let output = crate::binary::run(&["--version"]);
+    assert!(output.status.success());
+    let version = String::from_utf8_lossy(&output.stdout).into_owned();
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|output| output.status.success())
+        .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned());
+    let expected = std::env::var("DNSFRONT_COMMIT")
+        .ok()
+        .or(head)
+        .unwrap_or_else(|| "unknown".to_owned());
+    assert_eq!(
+        version.trim(),
+        format!("dnsfront {} (commit {expected})", env!("CARGO_PKG_VERSION")),
+    );
+}
