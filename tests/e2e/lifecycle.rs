@@ -537,3 +537,85 @@ fn version_names_the_commit_it_was_built_from() {
         format!("dnsfront {} (commit {expected})", env!("CARGO_PKG_VERSION")),
     );
 }
+
+#[test]
+fn completions_are_generated_for_bash_zsh_and_fish() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for shell in ["bash", "zsh", "fish"] {
+        let output = crate::binary::run(&["completions", shell]);
+        assert!(output.status.success(), "{shell}: {output:?}");
+        let script = String::from_utf8(output.stdout).expect("utf8");
+        for command in ["serve", "check", "reload", "check-config", "explain"] {
+            assert!(
+                script.contains(command),
+                "{shell} completion lacks {command}"
+            );
+        }
+        if shell == "bash" {
+            let path = dir.path().join("dnsfront.bash");
+            std::fs::write(&path, &script).expect("write");
+            let status = std::process::Command::new("bash")
+                .arg("-n")
+                .arg(&path)
+                .status()
+                .expect("bash");
+            assert!(status.success(), "the bash completion does not parse");
+        }
+    }
+    let output = crate::binary::run(&["completions", "tcsh"]);
+    assert_eq!(
+        output.status.code(),
+        Some(64),
+        "an unknown shell is a usage error"
+    );
+}
+
+/// The Consul service example's script check is a command line the binary
+/// accepts (exit 0, 1 or 2, never 64), and the sudoers example allows
+/// exactly that command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_consul_service_example_runs_a_real_check_command() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/examples");
+    let service =
+        std::fs::read_to_string(root.join("consul-service-dnsfront.hcl")).expect("example");
+    let args_line = service
+        .lines()
+        .map(str::trim)
+        .find(|line| line.starts_with("args"))
+        .expect("an args line");
+    let args: Vec<String> =
+        serde_json::from_str(args_line.split_once('=').expect("args = [...]").1.trim())
+            .expect("a list of strings");
+    assert_eq!(args[..3], ["/usr/bin/sudo", "-n", "/usr/bin/dnsfront"]);
+    assert_eq!(args[3], "check");
+    let sudoers =
+        std::fs::read_to_string(root.join("sudoers-dnsfront-check")).expect("sudoers example");
+    let rule = sudoers
+        .lines()
+        .find(|line| line.starts_with("consul "))
+        .expect("a rule for the consul user");
+    assert!(
+        rule.ends_with(&format!("NOPASSWD: {}", args[2..].join(" "))),
+        "{rule}"
+    );
+    // Run what the agent would, against a test config.
+    let setup = Setup::start().await;
+    setup.write_config("");
+    let command: Vec<&str> = args[3..]
+        .iter()
+        .map(|arg| {
+            if arg == dnsfront::cli::DEFAULT_CONFIG_FILE {
+                setup.config.to_str().expect("utf8")
+            } else {
+                arg.as_str()
+            }
+        })
+        .collect();
+    let (code, report, stderr) = crate::binary::run_async(&command).await;
+    assert!(
+        matches!(code, Some(0..=2)),
+        "{command:?}: {code:?}\n{report}\n{stderr}"
+    );
+    assert!(report.contains("consul leader"), "{report}");
+    setup.stop().await;
+}
