@@ -29,15 +29,37 @@ pub const PROBE_NAME: &str = ".";
 /// A snapshot older than this is reported as a warning.
 pub const SNAPSHOT_WARN_AGE: Duration = Duration::from_secs(24 * 3600);
 
-/// The verdict of one check.
+/// The verdict of one check; the report's is the worst of its lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Status {
-    /// Healthy.
+    /// Healthy: exit code 0.
     Ok,
-    /// Degraded or not checkable; does not fail the report.
+    /// Degraded or not checkable: exit code 1.
     Warn,
-    /// Broken: the exit code is 1.
+    /// Broken: exit code 2.
     Fail,
+}
+
+impl Status {
+    /// The exit code of a report whose worst line has this status, after the
+    /// Nagios plugin convention that Consul's script checks follow: 0
+    /// passing, 1 warning, anything else critical.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Self::Ok => 0,
+            Self::Warn => 1,
+            Self::Fail => 2,
+        }
+    }
+
+    /// The Nagios/Consul name of the state, for `--json`.
+    pub fn state(self) -> &'static str {
+        match self {
+            Self::Ok => "passing",
+            Self::Warn => "warning",
+            Self::Fail => "critical",
+        }
+    }
 }
 
 impl fmt::Display for Status {
@@ -78,16 +100,48 @@ impl fmt::Display for Line {
     }
 }
 
-/// `dnsfront check`: prints the report; `Ok(true)` when no check failed.
-pub async fn run(args: CheckArgs) -> anyhow::Result<bool> {
+/// `dnsfront check`: prints the report (one line per check, or `--json`)
+/// and returns its status, the worst of its lines (see [`Status::exit_code`]).
+pub async fn run(args: CheckArgs) -> anyhow::Result<Status> {
+    let lines = checks(&args).await;
+    let status = worst(&lines);
     let mut stdout = std::io::stdout().lock();
-    let mut healthy = true;
-    for line in checks(&args).await {
-        healthy &= line.status != Status::Fail;
-        writeln!(stdout, "{line}")?;
-        stdout.flush()?;
+    if args.json {
+        writeln!(stdout, "{}", json_report(&lines))?;
+    } else {
+        for line in &lines {
+            writeln!(stdout, "{line}")?;
+        }
     }
-    Ok(healthy)
+    stdout.flush()?;
+    Ok(status)
+}
+
+/// The report's status: the worst of its lines (Ok when there are none).
+pub fn worst(lines: &[Line]) -> Status {
+    lines
+        .iter()
+        .map(|line| line.status)
+        .max()
+        .unwrap_or(Status::Ok)
+}
+
+/// The `--json` report: `{"status":"passing|warning|critical","exit_code":N,
+/// "checks":[{"status":"ok|warn|fail","check":..,"detail":..}]}`.
+pub fn json_report(lines: &[Line]) -> serde_json::Value {
+    let status = worst(lines);
+    serde_json::json!({
+        "status": status.state(),
+        "exit_code": status.exit_code(),
+        "checks": lines
+            .iter()
+            .map(|line| serde_json::json!({
+                "status": line.status.to_string(),
+                "check": line.what,
+                "detail": line.detail,
+            }))
+            .collect::<Vec<_>>(),
+    })
 }
 
 /// Runs every check and returns the lines, in report order.

@@ -9,9 +9,18 @@ use crate::config::{LogFormat, Overrides};
 /// The config file `check` and `explain` read when not told.
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/dnsfront/dnsfront.toml";
 
+/// `--version`: the package version and the commit it was built from
+/// (`unknown` outside a git checkout; see build.rs).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("DNSFRONT_COMMIT"),
+    ")"
+);
+
 /// Node-local DNS resolver in front of Consul.
 #[derive(Debug, Parser)]
-#[command(name = "dnsfront", version, about, long_about = None)]
+#[command(name = "dnsfront", version = VERSION, about, long_about = None)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -41,11 +50,25 @@ pub enum Command {
     },
     /// Check the installation: config, Consul (leader, ACL token), listen
     /// sockets, the running server, the hosts snapshot and each upstream.
-    /// One `ok|warn|fail` line per check; exit 0 when nothing failed, else 1.
+    /// One `ok|warn|fail` line per check (or `--json`); the exit code follows
+    /// the Nagios/Consul script-check convention: 0 all ok, 1 a warning,
+    /// 2 a failure.
     Check(CheckArgs),
     /// Ask the running server where the answer for NAME comes from right now
     /// (over its control socket).
     Explain(ExplainArgs),
+    /// Ask the running server to re-read its configuration now (as SIGHUP
+    /// does) and wait for the outcome: exit 0 when it was applied, 1 with the
+    /// key and the problem when the new configuration is invalid (the server
+    /// keeps serving with the running one). dnsfront.service's `ExecReload=`.
+    Reload(ReloadArgs),
+    /// Print the shell completion script for SHELL (the package installs
+    /// them; generated from these definitions).
+    #[command(hide = true)]
+    Completions {
+        /// bash, zsh or fish.
+        shell: clap_complete::Shell,
+    },
     /// Print the effective configuration (defaults filled in) as TOML.
     PrintConfig {
         /// The config file (defaults only when omitted).
@@ -105,6 +128,9 @@ pub struct CheckArgs {
     /// The running server's control socket (default: found from the config).
     #[arg(long, value_name = "PATH")]
     pub control: Option<PathBuf>,
+    /// Print the report as one JSON object (status, exit_code, checks).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `dnsfront explain`
@@ -122,6 +148,20 @@ pub struct ExplainArgs {
     #[arg(long, value_name = "PATH")]
     pub control: Option<PathBuf>,
     /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `dnsfront reload`
+#[derive(Debug, Args)]
+pub struct ReloadArgs {
+    /// Config file, to find the control socket (default /etc/dnsfront/dnsfront.toml when it exists).
+    #[arg(long, value_name = "FILE", conflicts_with = "control")]
+    pub config: Option<PathBuf>,
+    /// The control socket of the running server.
+    #[arg(long, value_name = "PATH")]
+    pub control: Option<PathBuf>,
+    /// Print the outcome as JSON.
     #[arg(long)]
     pub json: bool,
 }

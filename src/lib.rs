@@ -55,6 +55,16 @@ pub struct App {
 impl App {
     /// Builds every part and binds the listen sockets.
     pub fn build(settings: Settings) -> anyhow::Result<Self> {
+        Self::build_with_sockets(settings, None)
+    }
+
+    /// [`App::build`], serving the sockets the service manager passed
+    /// (socket activation; see [`systemd::take_listen_fds`]) instead of
+    /// binding, when there are any. They must match `dns.listen` exactly.
+    pub fn build_with_sockets(
+        settings: Settings,
+        inherited: Option<dns::Inherited>,
+    ) -> anyhow::Result<Self> {
         for warning in &settings.warnings {
             warn!(warning = %warning, "Risky configuration");
         }
@@ -93,7 +103,19 @@ impl App {
         // A missing file is only a warning (it is read once it appears); an
         // unreadable or oversized one stops the start, naming the file.
         let local_hosts = LocalHosts::load(settings.hosts.files.clone()).context("hosts.files")?;
-        let listeners = dns::Listeners::bind(&settings.listen)?;
+        let listeners = match inherited {
+            // A socket unit and a config that disagree: restarting cannot
+            // help (exit 64, as for a bad config).
+            Some(inherited) => {
+                dns::Listeners::adopt(&settings.listen, inherited).map_err(|error| {
+                    config::ConfigError::Invalid {
+                        key: "dns.listen".to_owned(),
+                        reason: error.to_string(),
+                    }
+                })?
+            }
+            None => dns::Listeners::bind(&settings.listen)?,
+        };
         let view = catalog::View::new(catalog.clone(), hosts.clone());
         let router = dns::Router::new(settings.dns.clone(), view, Some(forwarder.clone()))
             .with_local_hosts(local_hosts.clone());

@@ -7,7 +7,7 @@ use clap::Parser as _;
 use dnsfront::cli::{Cli, Command, ServeArgs};
 use dnsfront::config::{ConfigError, Env, RawConfig};
 use dnsfront::reload::ConfigSource;
-use dnsfront::{App, check, commands, control, demo, shutdown_on_signals, telemetry};
+use dnsfront::{App, check, commands, control, demo, shutdown_on_signals, systemd, telemetry};
 
 /// jemalloc instead of glibc malloc: with the forwarder's cache churn glibc's arenas
 /// grew to two or three times the live heap (see benches/README.md).
@@ -34,16 +34,32 @@ fn main() -> ExitCode {
     match cli.command {
         Command::CheckConfig { file } => check_config(&file),
         Command::PrintConfig { config } => print_config(config.as_deref()),
-        Command::Serve(args) => with_runtime(|| serve(args)),
+        Command::Completions { shell } => completions(shell),
+        Command::Serve(args) => {
+            // Before the runtime starts any thread: this unsets LISTEN_FDS.
+            let inherited = match systemd::take_listen_fds() {
+                Ok(inherited) => inherited,
+                Err(error) => {
+                    eprintln!("dnsfront: {error:#}");
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            };
+            with_runtime(|| serve(args, inherited))
+        }
         Command::Publish(args) => with_runtime(|| commands::publish(args)),
         Command::Check(args) => with_runtime(|| async move {
-            if check::run(args).await? {
-                Ok(())
-            } else {
-                Err(anyhow::Error::new(Unhealthy))
+            // A check that cannot even report is critical (2), not a warning.
+            let status = check::run(args).await.map_err(|error| {
+                eprintln!("dnsfront: {error:#}");
+                anyhow::Error::new(Unhealthy(check::Status::Fail.exit_code()))
+            })?;
+            match status.exit_code() {
+                0 => Ok(()),
+                code => Err(anyhow::Error::new(Unhealthy(code))),
             }
         }),
         Command::Explain(args) => with_runtime(|| control::run_explain(args)),
+        Command::Reload(args) => with_runtime(|| control::run_reload(args)),
         Command::Snapshot { command } => match commands::snapshot(command) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
@@ -61,13 +77,14 @@ fn main() -> ExitCode {
     }
 }
 
-/// `dnsfront check` found a failing check (the report names it).
+/// `dnsfront check` found a warning (1) or a failure (2): its exit code (the
+/// report names the check).
 #[derive(Debug)]
-struct Unhealthy;
+struct Unhealthy(u8);
 
 impl std::fmt::Display for Unhealthy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("unhealthy")
+        write!(f, "unhealthy (exit code {})", self.0)
     }
 }
 
@@ -83,6 +100,22 @@ fn check_config(file: &std::path::Path) -> ExitCode {
         Err(error) => {
             eprintln!("dnsfront: invalid config: {error}");
             ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+/// Prints the completion script (built in memory first: clap_complete
+/// panics on a write error such as a closed pipe).
+fn completions(shell: clap_complete::Shell) -> ExitCode {
+    use clap::CommandFactory as _;
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "dnsfront", &mut script);
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(&script).and_then(|()| stdout.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("dnsfront: cannot write the completion script: {error}");
+            ExitCode::from(EXIT_FAILURE)
         }
     }
 }
@@ -107,7 +140,7 @@ fn print_config(file: Option<&std::path::Path>) -> ExitCode {
     }
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+async fn serve(args: ServeArgs, inherited: Option<dnsfront_dns::Inherited>) -> anyhow::Result<()> {
     // The same source is re-read on SIGHUP: the file and the same flags.
     let source = ConfigSource {
         file: args.config.clone(),
@@ -123,7 +156,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let metrics = telemetry::init_metrics(&settings.metrics)?;
     telemetry::describe_metrics();
     let control_socket = control::socket_path(&settings.state_dir);
-    let app = App::build(settings)?
+    let app = App::build_with_sockets(settings, inherited)?
         .with_reload(source, loaded)
         .with_control_socket(&control_socket);
     let shutdown = shutdown_on_signals()?;
@@ -174,7 +207,9 @@ where
     match runtime.block_on(f()) {
         Ok(()) => ExitCode::SUCCESS,
         // The report already said what failed.
-        Err(error) if error.downcast_ref::<Unhealthy>().is_some() => ExitCode::from(EXIT_FAILURE),
+        Err(ref error) if let Some(Unhealthy(code)) = error.downcast_ref::<Unhealthy>() => {
+            ExitCode::from(*code)
+        }
         Err(error) => {
             eprintln!("dnsfront: {error:#}");
             if error.downcast_ref::<ConfigError>().is_some() {

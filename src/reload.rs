@@ -338,6 +338,7 @@ pub fn spawn(
                     Request { trigger: "resolv file", reply: None }
                 }
             };
+            crate::systemd::reloading();
             let reading = source.clone();
             let Some(loaded) = off_workers(move || reading.load()).await else {
                 return;
@@ -362,6 +363,18 @@ pub fn spawn(
                     Err(config_error.to_string())
                 }
             };
+            crate::systemd::reloaded(&match &result {
+                Ok(outcome) => format!(
+                    "serving; reloaded ({}): {} changed, {} need a restart",
+                    request.trigger,
+                    outcome.changed.len(),
+                    outcome.restart_required.len()
+                ),
+                Err(error) => format!(
+                    "serving with the previous configuration; reload ({}) refused: {error}",
+                    request.trigger
+                ),
+            });
             *last.lock().unwrap_or_else(PoisonError::into_inner) = Some(LastReload {
                 at_unix: SystemTime::now()
                     .duration_since(SystemTime::UNIX_EPOCH)

@@ -1,11 +1,14 @@
-//! systemd integration: readiness (`Type=notify`), watchdog pings, stopping.
+//! systemd integration: socket activation (`LISTEN_FDS`), readiness
+//! (`Type=notify-reload`), reloading, watchdog pings, stopping.
 //!
-//! Without `NOTIFY_SOCKET` (not under systemd) every call is a no-op.
+//! Without `NOTIFY_SOCKET` (not under systemd) every notification is a no-op;
+//! without `LISTEN_FDS` the server binds its own sockets.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
+use dnsfront_dns as dns;
 use sd_notify::NotifyState;
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
@@ -16,8 +19,64 @@ const MIN_PING_PERIOD: Duration = Duration::from_millis(50);
 /// Times a probe query is sent within one probe's deadline (UDP may lose one).
 const PROBE_ATTEMPTS: u32 = 3;
 
+/// Takes the sockets systemd passed (socket activation: `dnsfront.socket`),
+/// each as a UDP socket or a TCP listener, labelled with its fd number and
+/// its `FileDescriptorName=` for messages. `None` when none were passed (or
+/// they were meant for another process: `LISTEN_PID`).
+///
+/// Call it before any thread starts: it unsets `LISTEN_FDS` and `LISTEN_PID`
+/// (so that a child never takes them) and marks the descriptors close-on-exec.
+pub fn take_listen_fds() -> anyhow::Result<Option<dns::Inherited>> {
+    let mut fds = listenfd::ListenFd::from_env();
+    if fds.len() == 0 {
+        return Ok(None);
+    }
+    let names: Vec<String> = std::env::var("LISTEN_FDNAMES")
+        .map(|names| names.split(':').map(str::to_owned).collect())
+        .unwrap_or_default();
+    let mut inherited = dns::Inherited::default();
+    for index in 0..fds.len() {
+        let fd = LISTEN_FDS_START + index;
+        let label = match names.get(index).filter(|name| !name.is_empty()) {
+            Some(name) => format!("fd {fd} ({name})"),
+            None => format!("fd {fd}"),
+        };
+        // Each take checks the descriptor's type and leaves it in place when
+        // it is not that type.
+        if let Ok(Some(listener)) = fds.take_tcp_listener(index) {
+            inherited.tcp.push((label, listener));
+        } else if let Ok(Some(socket)) = fds.take_udp_socket(index) {
+            inherited.udp.push((label, socket));
+        } else {
+            anyhow::bail!(
+                "socket activation: {label} is neither a UDP socket nor a listening TCP socket (check the socket unit's ListenDatagram=/ListenStream=)"
+            );
+        }
+    }
+    Ok(Some(inherited))
+}
+
+/// The first descriptor of socket activation (`SD_LISTEN_FDS_START`).
+const LISTEN_FDS_START: usize = 3;
+
 /// Tells systemd the service is ready: sockets bound, snapshot loaded.
 pub fn ready(status: &str) {
+    send(&[NotifyState::Ready, NotifyState::Status(status)]);
+}
+
+/// Tells systemd a reload has begun (`RELOADING=1` with `MONOTONIC_USEC`,
+/// which `Type=notify-reload` requires to tell this reload from an older
+/// one); [`reloaded`] ends it.
+pub fn reloading() {
+    match NotifyState::monotonic_usec_now() {
+        Ok(now) => send(&[NotifyState::Reloading, now]),
+        Err(_) => send(&[NotifyState::Reloading]),
+    }
+}
+
+/// Tells systemd the reload is over (applied or refused: the service serves
+/// either way), with what happened as the status line.
+pub fn reloaded(status: &str) {
     send(&[NotifyState::Ready, NotifyState::Status(status)]);
 }
 
@@ -204,7 +263,6 @@ mod tests {
     use std::sync::Arc;
 
     use dnsfront_catalog::{Freshness, Lookup, Node, ServiceInstance};
-    use dnsfront_dns as dns;
     use hickory_proto::op::Query;
     use tokio::net::UnixDatagram;
 

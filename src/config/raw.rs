@@ -100,13 +100,50 @@ impl RawConfig {
         })
     }
 
-    /// Reads and parses a file.
+    /// Reads and parses a file, then merges the drop-ins of the `conf.d`
+    /// directory beside it (`/etc/dnsfront/conf.d/*.toml` for
+    /// `/etc/dnsfront/dnsfront.toml`), in lexical order of their names: a
+    /// later file's table is merged key by key into the earlier ones, and
+    /// any other value (a number, a string, an array such as
+    /// `forward.upstreams` or `forward.rules`) replaces the earlier one.
+    /// Each file is first parsed on its own, so an error names the file, the
+    /// key and the line. No `conf.d`: the file alone.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::parse(&text, &path.display().to_string())
+        let read = |path: &Path| {
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })
+        };
+        let text = read(path)?;
+        let origin = path.display().to_string();
+        let main = Self::parse(&text, &origin)?;
+        let drop_ins = drop_in_files(path)?;
+        if drop_ins.is_empty() {
+            return Ok(main);
+        }
+        let table = |text: &str, origin: &str| {
+            text.parse::<toml::Table>()
+                .map_err(|error| ConfigError::Parse {
+                    path: origin.to_owned(),
+                    message: error.message().trim().replace('\n', " "),
+                })
+        };
+        let mut merged = table(&text, &origin)?;
+        let mut origins = vec![origin];
+        for file in drop_ins {
+            let text = read(&file)?;
+            let origin = file.display().to_string();
+            Self::parse(&text, &origin)?;
+            merge(&mut merged, table(&text, &origin)?);
+            origins.push(origin);
+        }
+        toml::Value::Table(merged)
+            .try_into()
+            .map_err(|error: toml::de::Error| ConfigError::Parse {
+                path: origins.join(" + "),
+                message: error.message().trim().replace('\n', " "),
+            })
     }
 
     /// Applies command-line overrides.
@@ -129,6 +166,50 @@ impl RawConfig {
     }
 }
 
+/// The directory of drop-ins merged after a config file: `conf.d` beside it.
+pub(super) const DROP_IN_DIR: &str = "conf.d";
+
+/// The `*.toml` files of the `conf.d` directory beside `config`, sorted by
+/// name (dot files skipped). No directory: none.
+pub(super) fn drop_in_files(config: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+    let dir = config
+        .parent()
+        .unwrap_or_else(|| Path::new("."))
+        .join(DROP_IN_DIR);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(ConfigError::Read { path: dir, source }),
+    };
+    let mut files = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| ConfigError::Read {
+            path: dir.clone(),
+            source,
+        })?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let path = entry.path();
+        if name.ends_with(".toml") && !name.starts_with('.') && path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Merges `over` into `base`: tables key by key, everything else replaced.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (key, value) in over {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(base)), toml::Value::Table(over)) => merge(base, over),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
 /// The environment the config reads defaults from (injected for tests).
 #[derive(Debug, Default, Clone)]
 pub struct Env {
@@ -146,5 +227,73 @@ impl Env {
             consul_http_addr: non_empty("CONSUL_HTTP_ADDR"),
             consul_http_token: non_empty("CONSUL_HTTP_TOKEN").map(dnsfront_consul::Token::new),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(path: &Path, text: &str) {
+        std::fs::write(path, text).expect("write");
+    }
+
+    #[test]
+    fn conf_d_files_are_merged_after_the_main_file_in_lexical_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let main = dir.path().join("dnsfront.toml");
+        write(
+            &main,
+            "[dns]\nlisten = [\"127.0.0.1:53\"]\ndomain = \"consul\"\n\n[forward]\nupstreams = [\"192.0.2.1\"]\n",
+        );
+        // Without conf.d: the file alone.
+        let alone = RawConfig::load(&main).expect("load");
+        assert_eq!(alone.forward.upstreams, vec!["192.0.2.1"]);
+
+        let conf_d = dir.path().join(DROP_IN_DIR);
+        std::fs::create_dir(&conf_d).expect("mkdir");
+        // Read in name order: 20 after 10 wins; a table is merged key by key
+        // (dns.listen stays), an array is replaced whole.
+        write(
+            &conf_d.join("20-site.toml"),
+            "[dns]\ndomain = \"site\"\n\n[forward]\nupstreams = [\"192.0.2.3\"]\n",
+        );
+        write(
+            &conf_d.join("10-fleet.toml"),
+            "[dns]\ndomain = \"fleet\"\nservice_ttl = \"7s\"\n\n[forward]\nupstreams = [\"192.0.2.2\", \"192.0.2.4\"]\n",
+        );
+        // Not drop-ins: another extension, a dot file.
+        write(&conf_d.join("30-notes.txt"), "[dns]\ndomain = \"txt\"\n");
+        write(
+            &conf_d.join(".40-hidden.toml"),
+            "[dns]\ndomain = \"hidden\"\n",
+        );
+        let merged = RawConfig::load(&main).expect("load");
+        assert_eq!(merged.dns.domain, "site");
+        assert_eq!(merged.dns.listen, vec!["127.0.0.1:53"]);
+        assert_eq!(merged.forward.upstreams, vec!["192.0.2.3"]);
+        let settings = merged
+            .validate(&Env::default())
+            .expect("a valid merged config");
+        assert_eq!(settings.dns.service_ttl, Duration::from_secs(7));
+
+        // A bad drop-in: the error names that file and the key.
+        write(
+            &conf_d.join("15-bad.toml"),
+            "[dns]\nservice_ttl = \"forever\"\n",
+        );
+        let error = RawConfig::load(&main)
+            .expect_err("a bad drop-in")
+            .to_string();
+        assert!(error.contains("15-bad.toml"), "{error}");
+        assert!(error.contains("dns.service_ttl"), "{error}");
+        write(&conf_d.join("15-bad.toml"), "[dns]\nno_such_key = 1\n");
+        let error = RawConfig::load(&main)
+            .expect_err("an unknown key")
+            .to_string();
+        assert!(
+            error.contains("15-bad.toml") && error.contains("no_such_key"),
+            "{error}"
+        );
     }
 }

@@ -11,11 +11,15 @@ use tokio::net::UnixStream;
 use super::client_candidates;
 use super::protocol::{ExplainReport, Request};
 use super::render::render_explain;
-use crate::cli::{DEFAULT_CONFIG_FILE, ExplainArgs};
+use crate::cli::{DEFAULT_CONFIG_FILE, ExplainArgs, ReloadArgs};
+use crate::reload::Outcome;
 
 /// How long `explain` waits for the server (it waits up to a few seconds on
 /// our own listener and, for a never-seen name, on Consul).
 const EXPLAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `reload` waits for the server (it reads the config, the resolv
+/// file and the hosts files; systemd's own ExecReload= timeout is longer).
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Sends one request to the control socket at `path` and returns the
 /// response's payload (`explain`, `stats` or `reload`), or its error.
@@ -112,6 +116,36 @@ pub async fn run_explain(args: ExplainArgs) -> anyhow::Result<()> {
         let report: ExplainReport =
             serde_json::from_value(value).context("malformed explain report")?;
         print!("{}", render_explain(&report));
+    }
+    Ok(())
+}
+
+/// `dnsfront reload`: asks the running server to reload and prints what
+/// changed. An invalid configuration is an error naming the key (the server
+/// keeps the running one), so `systemctl reload` fails and says why.
+pub async fn run_reload(args: ReloadArgs) -> anyhow::Result<()> {
+    let path = find_socket(args.config.as_deref(), args.control.as_deref())?;
+    let value = request(&path, &Request::Reload, RELOAD_TIMEOUT)
+        .await
+        .context("reload refused; the server keeps its running configuration")?;
+    if args.json {
+        println!("{value}");
+        return Ok(());
+    }
+    let outcome: Outcome = serde_json::from_value(value).context("malformed reload report")?;
+    let list = |keys: &[String]| {
+        if keys.is_empty() {
+            "none".to_owned()
+        } else {
+            keys.join(", ")
+        }
+    };
+    println!("reloaded: changed: {}", list(&outcome.changed));
+    if !outcome.restart_required.is_empty() {
+        println!(
+            "restart required (running values kept): {}",
+            list(&outcome.restart_required)
+        );
     }
     Ok(())
 }

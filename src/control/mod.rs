@@ -28,7 +28,7 @@ mod protocol;
 mod render;
 mod server;
 
-pub use client::{find_socket, request, run_explain};
+pub use client::{find_socket, request, run_explain, run_reload};
 pub use protocol::{
     CatalogDetails, DnsAnswer, ExplainReport, RecordLine, Request, SnapshotInfo, Stats,
 };

@@ -46,7 +46,8 @@ async fn check_is_healthy_with_a_running_server_and_fails_when_consul_is_down() 
 
     // Before the server runs: its port is free, nothing answers on the control socket.
     let (code, report, stderr) = run(&["check", "--config", path_arg(&setup.config)]).await;
-    assert_eq!(code, Some(0), "healthy:\n{report}\n{stderr}");
+    // Warnings (no server yet, no snapshot, a dead upstream): exit 1.
+    assert_eq!(code, Some(1), "degraded:\n{report}\n{stderr}");
     assert!(
         line(&report, "config").starts_with("ok   config: "),
         "{report}"
@@ -73,7 +74,11 @@ async fn check_is_healthy_with_a_running_server_and_fails_when_consul_is_down() 
 
     let server = Server::start(&setup.config).await;
     let (code, report, _) = run(&["check", "--config", path_arg(&setup.config)]).await;
-    assert_eq!(code, Some(0), "healthy with the server:\n{report}");
+    assert_eq!(
+        code,
+        Some(1),
+        "a dead upstream is still a warning:\n{report}"
+    );
     let listen = line(&report, &format!("listen 127.0.0.1:{port}"));
     assert!(
         listen.starts_with("ok ") && listen.contains("answering DNS"),
@@ -87,7 +92,7 @@ async fn check_is_healthy_with_a_running_server_and_fails_when_consul_is_down() 
 
     setup.consul.set_down(true);
     let (code, report, _) = run(&["check", "--config", path_arg(&setup.config)]).await;
-    assert_eq!(code, Some(1), "Consul down fails the check:\n{report}");
+    assert_eq!(code, Some(2), "Consul down is critical:\n{report}");
     assert!(
         line(&report, "consul leader").starts_with("fail "),
         "{report}"
@@ -112,7 +117,7 @@ async fn check_reports_a_rejected_token_without_printing_it() {
     };
     write(&setup.config, &text(secret));
     let (code, report, stderr) = run(&["check", "--config", path_arg(&setup.config)]).await;
-    assert_eq!(code, Some(1), "{report}");
+    assert_eq!(code, Some(2), "{report}");
     let acl = line(&report, "consul acl");
     assert!(
         acl.starts_with("fail ") && acl.contains("token rejected") && acl.contains("consul.token"),
@@ -127,7 +132,7 @@ async fn check_reports_a_rejected_token_without_printing_it() {
 
     write(&setup.config, &text("the-right-token"));
     let (code, report, _) = run(&["check", "--config", path_arg(&setup.config)]).await;
-    assert_eq!(code, Some(0), "{report}");
+    assert_eq!(code, Some(1), "no upstream is a warning: {report}");
     assert!(line(&report, "consul acl").contains("accepted"), "{report}");
     setup.stop().await;
 }
@@ -573,7 +578,7 @@ async fn a_world_readable_token_file_is_warned_about_at_start_and_by_check() {
         "{report}"
     );
     assert!(!report.contains(secret) && !stderr.contains(secret));
-    assert_eq!(code, Some(0), "warnings do not fail the check: {report}");
+    assert_eq!(code, Some(1), "a warning is exit 1, not critical: {report}");
 
     // 0600: no warning.
     std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");

@@ -76,7 +76,9 @@ mod udp;
 pub use backend::{CatalogView, Upstream};
 pub use config::{Config, QueryLog};
 pub use explain::Explanation;
-pub use listen::{Listeners, ServerHandle, ServerOptions, UdpOptions, serve, serve_with};
+pub use listen::{
+    Inherited, Listeners, ServerHandle, ServerOptions, UdpOptions, serve, serve_with,
+};
 pub use metrics::rcode_name;
 pub use name::ConsulName;
 pub use router::Router;
@@ -124,4 +126,8 @@ pub enum Error {
     /// The server task panicked or was cancelled.
     #[error("DNS server task failed: {0}")]
     Task(String),
+    /// The sockets passed by the service manager (socket activation) do not
+    /// match the listen addresses; the message names the address or socket.
+    #[error("socket activation: {0}")]
+    Inherited(String),
 }

@@ -38,6 +38,28 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub struct Listeners {
     pairs: Vec<(std::net::UdpSocket, std::net::TcpListener)>,
+    /// The sockets came from the service manager ([`Listeners::adopt`]): the
+    /// extra UDP sockets are duplicates of the inherited one, not
+    /// `SO_REUSEPORT` siblings (see [`serve_with`]).
+    inherited: bool,
+}
+
+/// Sockets handed over by the service manager (systemd socket activation,
+/// `LISTEN_FDS`), already typed; each with a label (its fd number and name)
+/// for messages.
+#[derive(Debug, Default)]
+pub struct Inherited {
+    /// Datagram sockets.
+    pub udp: Vec<(String, std::net::UdpSocket)>,
+    /// Listening stream sockets.
+    pub tcp: Vec<(String, std::net::TcpListener)>,
+}
+
+impl Inherited {
+    /// Whether nothing was handed over.
+    pub fn is_empty(&self) -> bool {
+        self.udp.is_empty() && self.tcp.is_empty()
+    }
 }
 
 impl Listeners {
@@ -52,7 +74,42 @@ impl Listeners {
         for &address in addrs {
             pairs.push(bind_pair(address)?);
         }
-        Ok(Self { pairs })
+        Ok(Self {
+            pairs,
+            inherited: false,
+        })
+    }
+
+    /// Takes the sockets the service manager bound (socket activation)
+    /// instead of binding: each listen address must have exactly one
+    /// inherited UDP socket and one TCP listener bound to it, and every
+    /// inherited socket must be bound to a listen address; otherwise the
+    /// error names the address or the socket that has no partner (a socket
+    /// unit and a config file that disagree are a mistake to report, not to
+    /// paper over by binding the rest ourselves).
+    pub fn adopt(addrs: &[SocketAddr], inherited: Inherited) -> Result<Self, Error> {
+        let listen = addrs
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut udp = by_address("UDP", inherited.udp, addrs, &listen, |s| s.local_addr())?;
+        let mut tcp = by_address("TCP", inherited.tcp, addrs, &listen, |s| s.local_addr())?;
+        let mut pairs = Vec::with_capacity(addrs.len());
+        for address in addrs {
+            let missing = |protocol: &str| {
+                Error::Inherited(format!(
+                    "listen address {address}: the service manager passed no {protocol} socket bound to it (add it to the socket unit, or remove it from the listen addresses)"
+                ))
+            };
+            let udp = udp.remove(address).ok_or_else(|| missing("UDP"))?;
+            let tcp = tcp.remove(address).ok_or_else(|| missing("TCP"))?;
+            pairs.push((udp, tcp));
+        }
+        Ok(Self {
+            pairs,
+            inherited: true,
+        })
     }
 
     /// The addresses actually bound (with the port the kernel chose for port 0).
@@ -62,6 +119,35 @@ impl Listeners {
             .filter_map(|(udp, _)| udp.local_addr().ok())
             .collect()
     }
+}
+
+/// The inherited sockets of one protocol by the address each is bound to;
+/// an error names a socket bound to no listen address, or a second socket on
+/// one address.
+fn by_address<S>(
+    protocol: &str,
+    sockets: Vec<(String, S)>,
+    addrs: &[SocketAddr],
+    listen: &str,
+    local_addr: impl Fn(&S) -> io::Result<SocketAddr>,
+) -> Result<std::collections::HashMap<SocketAddr, S>, Error> {
+    let mut found = std::collections::HashMap::with_capacity(sockets.len());
+    for (label, socket) in sockets {
+        let local = local_addr(&socket).map_err(|error| {
+            Error::Inherited(format!("inherited {protocol} socket {label}: {error}"))
+        })?;
+        if !addrs.contains(&local) {
+            return Err(Error::Inherited(format!(
+                "inherited {protocol} socket {label} is bound to {local}, which is not a listen address (listen: {listen})"
+            )));
+        }
+        if found.insert(local, socket).is_some() {
+            return Err(Error::Inherited(format!(
+                "the service manager passed more than one {protocol} socket bound to {local}"
+            )));
+        }
+    }
+    Ok(found)
 }
 
 fn bind_pair(address: SocketAddr) -> Result<(std::net::UdpSocket, std::net::TcpListener), Error> {
@@ -345,9 +431,29 @@ pub fn serve_with<C: CatalogView, F: Upstream>(
     let mut tcp_loops = JoinSet::new();
     for (udp, tcp) in listeners.pairs {
         let address = udp.local_addr().map_err(register)?;
-        let mut sockets = vec![udp];
+        let mut sockets = Vec::with_capacity(udp_options.sockets.max(1));
         for _ in 1..udp_options.sockets.max(1) {
-            sockets.push(bind_udp(address)?);
+            // An inherited socket is shared by every thread (one duplicate
+            // each), not joined by SO_REUSEPORT siblings: the kernel queues
+            // datagrams per socket, and a sibling's queue dies with this
+            // process, while the inherited socket's queue survives a restart
+            // (the service manager holds it) and the next process answers it.
+            sockets.push(if listeners.inherited {
+                udp.try_clone().map_err(register)?
+            } else {
+                bind_udp(address)?
+            });
+        }
+        sockets.push(udp);
+        if listeners.inherited {
+            // Accepted connections inherit the listener's receive buffer.
+            socket2::SockRef::from(&tcp)
+                .set_recv_buffer_size(TCP_RECEIVE_BUFFER)
+                .and_then(|()| tcp.set_nonblocking(true))
+                .map_err(|source| Error::Register {
+                    protocol: "tcp",
+                    source,
+                })?;
         }
         for socket in sockets {
             loops.spawn(udp::spawn(socket, Arc::clone(&shared)).map_err(register)?);
@@ -357,7 +463,12 @@ pub fn serve_with<C: CatalogView, F: Upstream>(
             source,
         })?;
         tcp_loops.spawn(tcp::serve(tcp, Arc::clone(&tcp_shared)));
-        info!(address = %address, udp_sockets = udp_options.sockets.max(1), "DNS listening on UDP and TCP");
+        info!(
+            address = %address,
+            udp_sockets = udp_options.sockets.max(1),
+            inherited = listeners.inherited,
+            "DNS listening on UDP and TCP"
+        );
     }
     let sweeper = {
         let shared = Arc::clone(&shared);
@@ -555,6 +666,95 @@ mod tests {
         let _ = nix::sys::socket::shutdown(twin.as_raw_fd(), nix::sys::socket::Shutdown::Read);
         let error = stops_with_error(&mut server).await;
         assert!(error.contains("UDP socket was shut down"), "{error}");
+    }
+
+    /// What a service manager would pass for `addr`: a UDP socket and a TCP
+    /// listener bound to it (plain binds, as systemd's: no SO_REUSEPORT).
+    fn passed(addr: SocketAddr) -> Inherited {
+        Inherited {
+            udp: vec![(
+                "fd 3 (dns-udp)".to_owned(),
+                std::net::UdpSocket::bind(addr).expect("bind udp"),
+            )],
+            tcp: vec![(
+                "fd 4 (dns-tcp)".to_owned(),
+                std::net::TcpListener::bind(addr).expect("bind tcp"),
+            )],
+        }
+    }
+
+    /// A free port for UDP and TCP on the loopback.
+    fn free_address() -> SocketAddr {
+        let probe = Listeners::bind(&["127.0.0.1:0".parse().expect("literal")]).expect("bind");
+        probe.local_addrs()[0]
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn inherited_sockets_are_served_by_every_udp_thread_and_over_tcp() {
+        let addr = free_address();
+        let listeners = Listeners::adopt(&[addr], passed(addr)).expect("adopt");
+        assert_eq!(listeners.local_addrs(), vec![addr]);
+        let router = Router::with_backends(crate::Config::default(), Nothing, None::<Nothing>);
+        let options = UdpOptions {
+            sockets: 3,
+            ..UdpOptions::default()
+        };
+        let server =
+            serve_with(router, listeners, ServerOptions::default(), options).expect("serve");
+        let ask =
+            test_support::Ask::new("nowhere.service.consul.", hickory_proto::rr::RecordType::A);
+        // Many client ports: with SO_REUSEPORT siblings some would reach a
+        // socket nobody bound for us; duplicates all read the one socket.
+        for _ in 0..12 {
+            let (answer, _) = test_support::udp(addr, &ask).await;
+            assert_eq!(
+                answer.response_code,
+                hickory_proto::op::ResponseCode::NXDomain
+            );
+        }
+        let answer = test_support::tcp(addr, &ask).await;
+        assert_eq!(
+            answer.response_code,
+            hickory_proto::op::ResponseCode::NXDomain
+        );
+        server.shutdown().await.expect("shutdown");
+    }
+
+    #[test]
+    fn an_inherited_socket_on_no_listen_address_is_named() {
+        let addr = free_address();
+        let other = free_address();
+        let mut inherited = passed(addr);
+        inherited.udp.push((
+            "fd 5 (extra)".to_owned(),
+            std::net::UdpSocket::bind(other).expect("bind"),
+        ));
+        let error = Listeners::adopt(&[addr], inherited)
+            .expect_err("a socket nobody listens on")
+            .to_string();
+        assert!(error.contains("fd 5 (extra)"), "{error}");
+        assert!(error.contains(&other.to_string()), "{error}");
+        assert!(error.contains("not a listen address"), "{error}");
+    }
+
+    #[test]
+    fn a_listen_address_without_an_inherited_socket_is_named() {
+        let addr = free_address();
+        let missing = free_address();
+        let error = Listeners::adopt(&[addr, missing], passed(addr))
+            .expect_err("an address with no socket")
+            .to_string();
+        assert!(
+            error.contains(&format!("listen address {missing}")),
+            "{error}"
+        );
+        assert!(error.contains("no UDP socket"), "{error}");
+        let mut no_tcp = passed(addr);
+        no_tcp.tcp.clear();
+        let error = Listeners::adopt(&[addr], no_tcp)
+            .expect_err("no TCP listener")
+            .to_string();
+        assert!(error.contains("no TCP socket"), "{error}");
     }
 
     #[test]
