@@ -390,7 +390,7 @@ fn check_snapshot(settings: &Settings) -> Line {
 /// one in KV, by generation and payload SHA-256. A warning while they differ (not applied
 /// yet, refused, or held back by the kill switch); `None` when snapshots are not followed.
 async fn check_snapshot_delivery(settings: &Settings) -> Option<Line> {
-    const WHAT: &str = "snapshot delivery";
+    const WHAT: &str = "delivery";
     let follow = settings.follow.as_ref()?;
     let key = follow.verifying_key.as_ref();
     let held = match crate::commands::verify_state(&settings.state_dir, key) {
