@@ -174,7 +174,11 @@ async fn resolver_delivers_the_hosts_file_runs_its_command_once_and_sends_events
         .expect("out dir")
         .map(|entry| entry.expect("entry").path())
         .collect();
-    assert_eq!(names, [hosts_file.clone()], "no temp file left behind");
+    assert_eq!(
+        names,
+        std::slice::from_ref(&hosts_file),
+        "no temp file left behind"
+    );
     let before = identity(&hosts_file);
 
     // The same value written again: read, found already applied, nothing delivered. Two
@@ -207,7 +211,11 @@ async fn resolver_delivers_the_hosts_file_runs_its_command_once_and_sends_events
         std::fs::read_to_string(&hosts_file).expect("hosts file"),
         expected
     );
-    assert_eq!(lines(&ran), [expected_line.clone()], "no command for them");
+    assert_eq!(
+        lines(&ran),
+        std::slice::from_ref(&expected_line),
+        "no command for them"
+    );
 
     // The next good generation is delivered and runs the command once more.
     h.sim.kv_put(KEY, encoded(2));

@@ -107,7 +107,11 @@ async fn hosts_file_is_written_with_its_mode_and_only_when_it_changed_even_after
     );
     let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
     assert_eq!(mode & 0o777, 0o640);
-    assert_eq!(entries(&out), [path.clone()], "no temp file left");
+    assert_eq!(
+        entries(&out),
+        std::slice::from_ref(&path),
+        "no temp file left"
+    );
     assert_eq!(lines(&counter), ["1"]);
     let before = identity(&path);
 
