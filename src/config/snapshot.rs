@@ -399,3 +399,103 @@ impl RawPublish {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn follow(raw: RawSnapshot) -> Result<FollowSettings, String> {
+        raw.validate()
+            .map(|settings| settings.expect("followed"))
+            .map_err(|error| error.to_string())
+    }
+
+    #[test]
+    fn delivery_keys_default_to_nothing_delivered() {
+        let settings = follow(RawSnapshot::default()).expect("defaults");
+        assert_eq!(settings.fetch_spread, Duration::ZERO);
+        assert!(settings.hosts_file.is_none());
+        assert!(settings.after_delivery.is_none());
+    }
+
+    #[test]
+    fn hosts_file_takes_its_mode_and_numeric_or_named_owner() {
+        let settings = follow(RawSnapshot {
+            hosts_file: Some(PathBuf::from("/var/lib/dnsfront/consul.hosts")),
+            hosts_file_mode: "0640".to_owned(),
+            hosts_file_owner: Some("0".to_owned()),
+            hosts_file_group: Some("root".to_owned()),
+            ..RawSnapshot::default()
+        })
+        .expect("valid");
+        let (path, attributes) = settings.hosts_file.expect("hosts file");
+        assert_eq!(path, PathBuf::from("/var/lib/dnsfront/consul.hosts"));
+        assert_eq!(
+            attributes,
+            Attributes {
+                mode: Some(0o640),
+                owner: Some(0),
+                group: Some(0),
+            }
+        );
+    }
+
+    #[test]
+    fn bad_delivery_settings_name_their_key() {
+        let cases = [
+            (
+                RawSnapshot {
+                    hosts_file: Some(PathBuf::from("consul.hosts")),
+                    ..RawSnapshot::default()
+                },
+                "snapshot.hosts_file",
+            ),
+            (
+                RawSnapshot {
+                    hosts_file_mode: "rw-r--r--".to_owned(),
+                    ..RawSnapshot::default()
+                },
+                "snapshot.hosts_file_mode",
+            ),
+            (
+                RawSnapshot {
+                    hosts_file_mode: "01777".to_owned(),
+                    ..RawSnapshot::default()
+                },
+                "snapshot.hosts_file_mode",
+            ),
+            (
+                RawSnapshot {
+                    hosts_file_owner: Some("no-such-user-dnsfront-test".to_owned()),
+                    ..RawSnapshot::default()
+                },
+                "snapshot.hosts_file_owner",
+            ),
+            (
+                RawSnapshot {
+                    after_delivery_command: vec![String::new(), "-HUP".to_owned()],
+                    ..RawSnapshot::default()
+                },
+                "snapshot.after_delivery_command",
+            ),
+            (
+                RawSnapshot {
+                    after_delivery_timeout: Duration::ZERO,
+                    ..RawSnapshot::default()
+                },
+                "snapshot.after_delivery_timeout",
+            ),
+            (
+                RawSnapshot {
+                    fetch_spread: Duration::from_secs(3600),
+                    ..RawSnapshot::default()
+                },
+                "snapshot.fetch_spread",
+            ),
+        ];
+        for (raw, key) in cases {
+            let error = follow(raw).expect_err(key);
+            assert!(error.starts_with(key), "{error}");
+        }
+    }
+}
