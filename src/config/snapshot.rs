@@ -445,7 +445,7 @@ mod tests {
         let cases = [
             (
                 RawSnapshot {
-                    hosts_file: Some(PathBuf::from("consul.hosts")),
+                    hosts_file: Some(PathBuf::from("relative/hosts-file")),
                     ..RawSnapshot::default()
                 },
                 "snapshot.hosts_file",

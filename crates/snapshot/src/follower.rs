@@ -459,6 +459,7 @@ impl Worker {
     /// counted, or already applied).
     async fn verify(&mut self, value: Vec<u8>) -> Result<(Verified, Vec<u8>), Outcome> {
         if value.is_empty() {
+            metrics::set_behind(true);
             self.reject("empty", "snapshot key holds an empty value");
             return Err(Outcome::Settled);
         }

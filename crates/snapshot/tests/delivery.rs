@@ -16,6 +16,7 @@ use dnsfront_snapshot::delivery::{
 };
 use dnsfront_snapshot::events::{AlertType, Event, EventSink};
 use dnsfront_snapshot::follower::{Follower, FollowerConfig};
+use dnsfront_snapshot::publisher::{Publisher, PublisherConfig};
 use dnsfront_snapshot::store::Attributes;
 use dnsfront_snapshot::{Hosts, Snapshot, encode, metrics as names, to_hosts_file};
 use test_support::{DebuggingRecorder, Recorded};
@@ -375,4 +376,46 @@ async fn follower_delivers_applied_snapshots_only_and_reports_when_it_is_behind(
     );
     shutdown.cancel();
     follower.await.expect("follower ends");
+}
+
+#[tokio::test]
+async fn publisher_sends_an_event_for_each_snapshot_it_writes() {
+    let sim = Sim::new();
+    sim.register(
+        consul_sim::Registration::new("web")
+            .id("web-1")
+            .node("n1", "10.0.0.1")
+            .port(80)
+            .check("service:web-1", "passing"),
+    );
+    let server = sim
+        .serve("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("sim");
+    let events = Arc::new(Collected::default());
+    let config = PublisherConfig {
+        min_interval: Duration::from_millis(100),
+        session_ttl: Duration::from_secs(10),
+        lock_delay: Duration::ZERO,
+        events: Some(events.clone()),
+        ..PublisherConfig::new("pub-a")
+    };
+    let shutdown = CancellationToken::new();
+    let publisher = tokio::spawn(Publisher::new(config, client(&server)).run(shutdown.clone()));
+    wait_until("the published event", || events.count("published") == 1).await;
+    let event = events.0.lock().expect("events")[0].clone();
+    assert_eq!(event.title, "dnsfront snapshot published");
+    assert_eq!(event.alert, AlertType::Info);
+    assert!(
+        event
+            .text
+            .starts_with("Hosts snapshot generation 1 published by pub-a: 1 services"),
+        "{event:?}"
+    );
+    assert!(event.tags.contains(&format!("snapshot_key:{KEY}")));
+    shutdown.cancel();
+    publisher
+        .await
+        .expect("joins")
+        .expect("publisher ends cleanly");
 }
