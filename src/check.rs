@@ -4,7 +4,8 @@
 //! Checks: the config file; Consul (leader known? the ACL token accepted by
 //! `/v1/agent/self`?); each listen socket (free to bind, or answering DNS);
 //! the running server over its control socket; the hosts snapshot in the
-//! state dir (verified with the configured public key); each upstream (a
+//! state dir (verified with the configured public key) and whether it is the
+//! one in KV (generation and SHA-256); each upstream (a
 //! query for [`PROBE_NAME`] NS, with its round trip).
 
 use std::fmt;
@@ -179,6 +180,7 @@ pub async fn checks(args: &CheckArgs) -> Vec<Line> {
     }
     lines.push(check_server(args.control.as_deref(), &settings).await);
     lines.push(check_snapshot(&settings));
+    lines.extend(check_snapshot_delivery(&settings).await);
     lines.extend(check_snapshot_trust(&settings));
     lines.extend(check_upstreams(&settings).await);
     lines
@@ -436,6 +438,82 @@ fn check_snapshot(settings: &Settings) -> Line {
         }
         Err(error) => Line::new(Status::Fail, "snapshot", format!("{error:#}")),
     }
+}
+
+/// Files sent == files delivered: the snapshot this node holds (state dir) against the
+/// one in KV, by generation and payload SHA-256. A warning while they differ (not applied
+/// yet, refused, or held back by the kill switch); `None` when snapshots are not followed.
+async fn check_snapshot_delivery(settings: &Settings) -> Option<Line> {
+    const WHAT: &str = "delivery";
+    let follow = settings.follow.as_ref()?;
+    let key = follow.verifying_key.as_ref();
+    let held = match crate::commands::verify_state(&settings.state_dir, key) {
+        Ok(held) => held.map(|verified| (verified.snapshot.generation, verified.checksum)),
+        // check_snapshot reports it.
+        Err(_) => None,
+    };
+    let config = consul::Config {
+        request_timeout: settings.consul.request_timeout.min(CHECK_TIMEOUT),
+        ..settings.consul.clone()
+    };
+    let client = match consul::Client::new(config) {
+        Ok(client) => client,
+        Err(error) => return Some(Line::new(Status::Warn, WHAT, error.to_string())),
+    };
+    let options = consul::QueryOptions::default();
+    let sent = match bounded(client.kv_get(&follow.key, &options)).await {
+        Ok(response) => response.value.and_then(|pair| pair.value),
+        Err(error) => {
+            return Some(Line::new(
+                Status::Warn,
+                WHAT,
+                format!("not checked: reading {} failed: {error}", follow.key),
+            ));
+        }
+    };
+    let describe = |(generation, checksum): (u64, [u8; 32])| {
+        format!(
+            "generation {generation} (sha256 {})",
+            dnsfront_snapshot::events::short_sha(&checksum)
+        )
+    };
+    let held_text = held.map_or_else(|| "nothing".to_owned(), describe);
+    let Some(sent) = sent else {
+        return Some(Line::new(
+            Status::Ok,
+            WHAT,
+            format!(
+                "no snapshot in {} yet; this node holds {held_text}",
+                follow.key
+            ),
+        ));
+    };
+    Some(match dnsfront_snapshot::decode(&sent, key) {
+        Err(error) => Line::new(
+            Status::Warn,
+            WHAT,
+            format!(
+                "behind: {} holds a snapshot this node refuses ({error}); it holds {held_text}",
+                follow.key
+            ),
+        ),
+        Ok(verified) => {
+            let in_kv = (verified.snapshot.generation, verified.checksum);
+            if held == Some(in_kv) {
+                Line::new(Status::Ok, WHAT, format!("up to date: {}", describe(in_kv)))
+            } else {
+                Line::new(
+                    Status::Warn,
+                    WHAT,
+                    format!(
+                        "behind: holds {held_text}, {} has {}",
+                        follow.key,
+                        describe(in_kv)
+                    ),
+                )
+            }
+        }
+    })
 }
 
 async fn check_upstreams(settings: &Settings) -> Vec<Line> {

@@ -64,6 +64,7 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<()> {
         // back, even across restarts: the unit's own state directory when systemd gives
         // one (dnsfront-publish.service), else `state.dir`.
         state_dir: Some(publisher_state_dir(&raw.state.dir)),
+        events: crate::events::sink(&raw.metrics.validate()?)?,
         ..snapshot::publisher::PublisherConfig::new(identity.clone())
     };
     info!(identity = %identity, key = %publish.key, signed = publish.signing_key.is_some(), state_dir = ?config.state_dir, "Publisher starting");

@@ -10,6 +10,7 @@ pub mod commands;
 pub mod config;
 pub mod control;
 pub mod demo;
+pub mod events;
 pub mod reload;
 pub mod systemd;
 pub mod telemetry;
@@ -72,16 +73,14 @@ impl App {
         // The snapshot on disk comes first, so a resolver started during a
         // Consul outage answers from it at once.
         let hosts = snapshot::Hosts::new();
+        let events = events::sink(&settings.metrics)?;
         let follower = settings.follow.as_ref().map(|follow| {
             let follower = snapshot::follower::Follower::new(
-                snapshot::follower::FollowerConfig {
-                    key: follow.key.clone(),
-                    stop_key: follow.stop_key.clone(),
-                    verifying_key: follow.verifying_key,
-                    allow_unsigned: follow.allow_unsigned,
-                    wait: follow.wait,
-                    ..snapshot::follower::FollowerConfig::new(settings.state_dir.clone())
-                },
+                follow.follower_config(
+                    settings.state_dir.clone(),
+                    &settings.dns.domain.to_string(),
+                    events.clone(),
+                ),
                 client.clone(),
                 hosts.clone(),
             );

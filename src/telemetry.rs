@@ -99,12 +99,20 @@ pub const ALL_METRICS: &[&[MetricSpec]] = &[
     dnsfront_forward::metrics::METRICS,
     dnsfront_hosts::metrics::METRICS,
     dnsfront_snapshot::metrics::METRICS,
-    &[(
-        BUILD_INFO,
-        MetricKind::Gauge,
-        Unit::Count,
-        "Always 1, tagged with the running version",
-    )],
+    &[
+        (
+            BUILD_INFO,
+            MetricKind::Gauge,
+            Unit::Count,
+            "Always 1, tagged with the running version",
+        ),
+        (
+            EVENTS_DROPPED,
+            MetricKind::Counter,
+            Unit::Count,
+            "DogStatsD events not sent (socket busy or agent unreachable)",
+        ),
+    ],
 ];
 
 /// Describes every crate's metrics to the installed recorder.
@@ -122,6 +130,8 @@ pub fn describe_metrics() {
 
 /// Gauge that is always 1, tagged `version` (the running build).
 pub const BUILD_INFO: &str = "build_info";
+/// DogStatsD events dropped by `src/events.rs`.
+pub const EVENTS_DROPPED: &str = "events.dropped";
 
 /// How often buffered StatsD lines are sent at the latest.
 ///
@@ -456,7 +466,7 @@ fn statsd_recorder(address: &str, settings: &MetricsSettings) -> anyhow::Result<
 /// bound to `0.0.0.0`, as before, it accepted them from anywhere on every
 /// interface (it reads none, but a socket open to the world is one more
 /// thing an audit has to clear).
-fn statsd_socket(target: SocketAddr) -> std::io::Result<UdpSocket> {
+pub(crate) fn statsd_socket(target: SocketAddr) -> std::io::Result<UdpSocket> {
     let local: IpAddr = match target.ip() {
         IpAddr::V4(ip) if ip.is_loopback() => Ipv4Addr::LOCALHOST.into(),
         IpAddr::V6(ip) if ip.is_loopback() => Ipv6Addr::LOCALHOST.into(),

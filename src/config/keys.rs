@@ -244,6 +244,51 @@ pub const KEYS: &[Key] = &[
     key("snapshot.wait", Restart, |s| {
         show(s.follow.as_ref().map(|f| f.wait))
     }),
+    key("snapshot.fetch_spread", Restart, |s| {
+        show(s.follow.as_ref().map(|f| f.fetch_spread))
+    }),
+    key("snapshot.hosts_file", Restart, |s| {
+        show(
+            s.follow
+                .as_ref()
+                .map(|f| f.hosts_file.as_ref().map(|h| &h.0)),
+        )
+    }),
+    key("snapshot.hosts_file_mode", Restart, |s| {
+        show(
+            s.follow
+                .as_ref()
+                .map(|f| f.hosts_file.as_ref().map(|h| h.1.mode)),
+        )
+    }),
+    key("snapshot.hosts_file_owner", Restart, |s| {
+        show(
+            s.follow
+                .as_ref()
+                .map(|f| f.hosts_file.as_ref().map(|h| h.1.owner)),
+        )
+    }),
+    key("snapshot.hosts_file_group", Restart, |s| {
+        show(
+            s.follow
+                .as_ref()
+                .map(|f| f.hosts_file.as_ref().map(|h| h.1.group)),
+        )
+    }),
+    key("snapshot.after_delivery_command", Restart, |s| {
+        show(
+            s.follow
+                .as_ref()
+                .map(|f| f.after_delivery.as_ref().map(|c| &c.argv)),
+        )
+    }),
+    key("snapshot.after_delivery_timeout", Restart, |s| {
+        show(
+            s.follow
+                .as_ref()
+                .map(|f| f.after_delivery.as_ref().map(|c| c.timeout)),
+        )
+    }),
     key("publish.signing_key_file", PublishOnly, not_in_settings),
     key("publish.identity", PublishOnly, not_in_settings),
     key("publish.min_interval", PublishOnly, not_in_settings),
@@ -267,6 +312,7 @@ pub const KEYS: &[Key] = &[
         show(&s.metrics.statsd_address)
     }),
     key("metrics.prefix", Restart, |s| s.metrics.prefix.clone()),
+    key("metrics.events", Restart, |s| show(s.metrics.events)),
     key("metrics.tags", Restart, |s| show(&s.metrics.tags)),
     key("metrics.prometheus_listen", Restart, |s| {
         show(s.metrics.prometheus_listen)

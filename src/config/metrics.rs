@@ -26,6 +26,8 @@ pub struct RawMetrics {
     pub tags: BTreeMap<String, String>,
     /// Serve `/metrics` (Prometheus text) and `/health` on this address; off when unset.
     pub prometheus_listen: Option<String>,
+    /// Send DogStatsD events (snapshot published, applied, rejected) to `statsd_address`.
+    pub events: bool,
 }
 
 impl Default for RawMetrics {
@@ -36,6 +38,7 @@ impl Default for RawMetrics {
             prefix: DEFAULT_METRICS_PREFIX.to_owned(),
             tags: BTreeMap::new(),
             prometheus_listen: None,
+            events: false,
         }
     }
 }
@@ -51,6 +54,8 @@ pub struct MetricsSettings {
     pub tags: Vec<(String, String)>,
     /// Address of the Prometheus/health HTTP endpoint; `None` = off.
     pub prometheus_listen: Option<SocketAddr>,
+    /// Send DogStatsD events to `statsd_address` (only when that is set).
+    pub events: bool,
 }
 
 impl MetricsSettings {
@@ -141,6 +146,7 @@ impl RawMetrics {
             prefix: prefix.to_owned(),
             tags,
             prometheus_listen,
+            events: self.events,
         })
     }
 }

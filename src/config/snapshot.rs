@@ -8,7 +8,15 @@ use serde::{Deserialize, Serialize};
 
 use super::{ConfigError, invalid};
 
-use dnsfront_snapshot::follower::{DEFAULT_KEY, stop_key_for};
+use dnsfront_snapshot::delivery::{AfterCommand, DEFAULT_COMMAND_TIMEOUT, HostsFile};
+use dnsfront_snapshot::follower::{DEFAULT_KEY, FollowerConfig, stop_key_for};
+use dnsfront_snapshot::store::Attributes;
+
+/// Default mode of the delivered hosts file (what dnsmasq and `/etc/hosts` use).
+const DEFAULT_HOSTS_FILE_MODE: &str = "0644";
+/// Longest `snapshot.fetch_spread`: a snapshot applied later than this after it was
+/// written is a fallback out of date for too long.
+const MAX_FETCH_SPREAD: Duration = Duration::from_secs(300);
 
 /// `[snapshot]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -31,6 +39,22 @@ pub struct RawSnapshot {
     /// Longest blocking wait on the key.
     #[serde(with = "humantime_serde")]
     pub wait: Duration,
+    /// Random delay, up to this, between seeing a new snapshot and applying it.
+    #[serde(with = "humantime_serde")]
+    pub fetch_spread: Duration,
+    /// Write each applied snapshot to this file in hosts(5) format (dnsmasq `addn-hosts`).
+    pub hosts_file: Option<PathBuf>,
+    /// Octal mode of the hosts file.
+    pub hosts_file_mode: String,
+    /// Owner of the hosts file (user name or uid); default: dnsfront's user.
+    pub hosts_file_owner: Option<String>,
+    /// Group of the hosts file (group name or gid); default: dnsfront's group.
+    pub hosts_file_group: Option<String>,
+    /// Program and arguments run after each applied snapshot (no shell); empty = none.
+    pub after_delivery_command: Vec<String>,
+    /// The command is killed when still running after this.
+    #[serde(with = "humantime_serde")]
+    pub after_delivery_timeout: Duration,
 }
 
 impl Default for RawSnapshot {
@@ -42,6 +66,13 @@ impl Default for RawSnapshot {
             public_key_file: None,
             allow_unsigned: false,
             wait: Duration::from_secs(300),
+            fetch_spread: Duration::ZERO,
+            hosts_file: None,
+            hosts_file_mode: DEFAULT_HOSTS_FILE_MODE.to_owned(),
+            hosts_file_owner: None,
+            hosts_file_group: None,
+            after_delivery_command: Vec::new(),
+            after_delivery_timeout: DEFAULT_COMMAND_TIMEOUT,
         }
     }
 }
@@ -114,6 +145,42 @@ pub struct FollowSettings {
     pub allow_unsigned: bool,
     /// Longest blocking wait.
     pub wait: Duration,
+    /// Random delay before applying a new snapshot.
+    pub fetch_spread: Duration,
+    /// The delivered hosts file: path and attributes (the domain comes from `dns.domain`).
+    pub hosts_file: Option<(PathBuf, Attributes)>,
+    /// The after-delivery command.
+    pub after_delivery: Option<AfterCommand>,
+}
+
+impl FollowSettings {
+    /// The follower's settings, writing the hosts file under `domain` and reporting to `events`.
+    pub fn follower_config(
+        &self,
+        state_dir: PathBuf,
+        domain: &str,
+        events: dnsfront_snapshot::events::Events,
+    ) -> FollowerConfig {
+        FollowerConfig {
+            key: self.key.clone(),
+            stop_key: self.stop_key.clone(),
+            verifying_key: self.verifying_key,
+            allow_unsigned: self.allow_unsigned,
+            wait: self.wait,
+            fetch_spread: self.fetch_spread,
+            hosts_file: self
+                .hosts_file
+                .as_ref()
+                .map(|(path, attributes)| HostsFile {
+                    path: path.clone(),
+                    domain: domain.trim_end_matches('.').to_ascii_lowercase(),
+                    attributes: *attributes,
+                }),
+            after_delivery: self.after_delivery.clone(),
+            events,
+            ..FollowerConfig::new(state_dir)
+        }
+    }
 }
 
 /// Validated `[publish]` plus the snapshot keys.
@@ -177,14 +244,108 @@ impl RawSnapshot {
                     .map_err(|error| invalid("snapshot.public_key_file", error.to_string()))
             })
             .transpose()?;
+        if self.fetch_spread > MAX_FETCH_SPREAD {
+            return Err(invalid("snapshot.fetch_spread", "must be at most 5m"));
+        }
         Ok(Some(FollowSettings {
             key: self.key.clone(),
             stop_key: self.stop_key.clone(),
             verifying_key,
             allow_unsigned: self.allow_unsigned,
             wait: self.wait,
+            fetch_spread: self.fetch_spread,
+            hosts_file: self.hosts_file()?,
+            after_delivery: self.after_delivery()?,
         }))
     }
+
+    fn hosts_file(&self) -> Result<Option<(PathBuf, Attributes)>, ConfigError> {
+        let mode = u32::from_str_radix(self.hosts_file_mode.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|mode| *mode <= 0o777)
+            .ok_or_else(|| {
+                invalid(
+                    "snapshot.hosts_file_mode",
+                    format!(
+                        "{:?} is not an octal file mode such as \"0644\"",
+                        self.hosts_file_mode
+                    ),
+                )
+            })?;
+        let owner = self
+            .hosts_file_owner
+            .as_deref()
+            .map(|user| id_of("snapshot.hosts_file_owner", user, "/etc/passwd"))
+            .transpose()?;
+        let group = self
+            .hosts_file_group
+            .as_deref()
+            .map(|group| id_of("snapshot.hosts_file_group", group, "/etc/group"))
+            .transpose()?;
+        let Some(path) = &self.hosts_file else {
+            return Ok(None);
+        };
+        if !path.is_absolute() || path.file_name().is_none() {
+            return Err(invalid(
+                "snapshot.hosts_file",
+                format!("{} is not an absolute file path", path.display()),
+            ));
+        }
+        Ok(Some((
+            path.clone(),
+            Attributes {
+                mode: Some(mode),
+                owner,
+                group,
+            },
+        )))
+    }
+
+    fn after_delivery(&self) -> Result<Option<AfterCommand>, ConfigError> {
+        if self.after_delivery_timeout < Duration::from_millis(100)
+            || self.after_delivery_timeout > Duration::from_secs(3600)
+        {
+            return Err(invalid(
+                "snapshot.after_delivery_timeout",
+                "must be between 100ms and 1h",
+            ));
+        }
+        let Some(program) = self.after_delivery_command.first() else {
+            return Ok(None);
+        };
+        if program.is_empty() {
+            return Err(invalid(
+                "snapshot.after_delivery_command",
+                "the program (first element) is empty",
+            ));
+        }
+        Ok(Some(AfterCommand {
+            argv: self.after_delivery_command.clone(),
+            timeout: self.after_delivery_timeout,
+        }))
+    }
+}
+
+/// A uid or gid: a number, or a name looked up in `database` (`/etc/passwd`, `/etc/group`).
+fn id_of(key: &str, name: &str, database: &str) -> Result<u32, ConfigError> {
+    if let Ok(id) = name.parse::<u32>() {
+        return Ok(id);
+    }
+    let text = std::fs::read_to_string(database).map_err(|error| {
+        invalid(
+            key,
+            format!("cannot read {database} to look up {name:?}: {error}"),
+        )
+    })?;
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.split(':');
+            let entry = fields.next()?;
+            let id = fields.nth(1)?.parse::<u32>().ok()?;
+            (entry == name).then_some(id)
+        })
+        .next()
+        .ok_or_else(|| invalid(key, format!("{name:?} is not in {database}")))
 }
 
 impl RawPublish {
@@ -236,5 +397,105 @@ impl RawPublish {
             min_services: self.min_services,
             max_drop_fraction: self.max_drop_fraction,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn follow(raw: RawSnapshot) -> Result<FollowSettings, String> {
+        raw.validate()
+            .map(|settings| settings.expect("followed"))
+            .map_err(|error| error.to_string())
+    }
+
+    #[test]
+    fn delivery_keys_default_to_nothing_delivered() {
+        let settings = follow(RawSnapshot::default()).expect("defaults");
+        assert_eq!(settings.fetch_spread, Duration::ZERO);
+        assert!(settings.hosts_file.is_none());
+        assert!(settings.after_delivery.is_none());
+    }
+
+    #[test]
+    fn hosts_file_takes_its_mode_and_numeric_or_named_owner() {
+        let settings = follow(RawSnapshot {
+            hosts_file: Some(PathBuf::from("/var/lib/dnsfront/consul.hosts")),
+            hosts_file_mode: "0640".to_owned(),
+            hosts_file_owner: Some("0".to_owned()),
+            hosts_file_group: Some("root".to_owned()),
+            ..RawSnapshot::default()
+        })
+        .expect("valid");
+        let (path, attributes) = settings.hosts_file.expect("hosts file");
+        assert_eq!(path, PathBuf::from("/var/lib/dnsfront/consul.hosts"));
+        assert_eq!(
+            attributes,
+            Attributes {
+                mode: Some(0o640),
+                owner: Some(0),
+                group: Some(0),
+            }
+        );
+    }
+
+    #[test]
+    fn bad_delivery_settings_name_their_key() {
+        let cases = [
+            (
+                RawSnapshot {
+                    hosts_file: Some(PathBuf::from("relative/hosts-file")),
+                    ..RawSnapshot::default()
+                },
+                "snapshot.hosts_file",
+            ),
+            (
+                RawSnapshot {
+                    hosts_file_mode: "rw-r--r--".to_owned(),
+                    ..RawSnapshot::default()
+                },
+                "snapshot.hosts_file_mode",
+            ),
+            (
+                RawSnapshot {
+                    hosts_file_mode: "01777".to_owned(),
+                    ..RawSnapshot::default()
+                },
+                "snapshot.hosts_file_mode",
+            ),
+            (
+                RawSnapshot {
+                    hosts_file_owner: Some("no-such-user-dnsfront-test".to_owned()),
+                    ..RawSnapshot::default()
+                },
+                "snapshot.hosts_file_owner",
+            ),
+            (
+                RawSnapshot {
+                    after_delivery_command: vec![String::new(), "-HUP".to_owned()],
+                    ..RawSnapshot::default()
+                },
+                "snapshot.after_delivery_command",
+            ),
+            (
+                RawSnapshot {
+                    after_delivery_timeout: Duration::ZERO,
+                    ..RawSnapshot::default()
+                },
+                "snapshot.after_delivery_timeout",
+            ),
+            (
+                RawSnapshot {
+                    fetch_spread: Duration::from_secs(3600),
+                    ..RawSnapshot::default()
+                },
+                "snapshot.fetch_spread",
+            ),
+        ];
+        for (raw, key) in cases {
+            let error = follow(raw).expect_err(key);
+            assert!(error.starts_with(key), "{error}");
+        }
     }
 }

@@ -235,6 +235,7 @@ fn metrics_default_to_statsd_on_loopback_and_no_http_endpoint() {
             prefix: "dnsfront".to_owned(),
             tags: Vec::new(),
             prometheus_listen: None,
+            events: false,
         }
     );
     let off = parse("[metrics]\nstatsd = false\n").expect("valid");

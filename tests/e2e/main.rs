@@ -18,6 +18,7 @@ mod reload;
 mod robustness;
 mod size_limits;
 pub(crate) mod snapshot;
+mod snapshot_delivery;
 mod systemd;
 mod tcp_limits;
 mod upstream_auth;

@@ -72,6 +72,8 @@ struct Shared {
     in_flight_high_water: AtomicUsize,
     /// Bytes of [`Fault::HugeBody`] bodies handed to the HTTP server so far.
     huge_body_bytes_sent: Arc<AtomicU64>,
+    /// Bytes of every response body built so far (the Consul-side cost a benchmark reports).
+    response_body_bytes: AtomicU64,
     /// Bumped after every state change; blocking queries wait on it.
     changed: watch::Sender<u64>,
 }
@@ -105,6 +107,7 @@ impl Sim {
                 in_flight: AtomicUsize::new(0),
                 in_flight_high_water: AtomicUsize::new(0),
                 huge_body_bytes_sent: Arc::new(AtomicU64::new(0)),
+                response_body_bytes: AtomicU64::new(0),
                 changed,
             }),
         }
@@ -308,6 +311,17 @@ impl Sim {
     /// The request log in arrival order.
     pub fn requests(&self) -> Vec<RequestRecord> {
         self.lock().requests.clone()
+    }
+
+    /// Bytes of all response bodies built so far (headers not counted).
+    pub fn response_body_bytes(&self) -> u64 {
+        self.inner.response_body_bytes.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_response_body(&self, bytes: usize) {
+        self.inner
+            .response_body_bytes
+            .fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
     /// How many logged requests have a path starting with `path_prefix`.

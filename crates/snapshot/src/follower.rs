@@ -19,17 +19,29 @@
 //!    already applied, ignored);
 //! 6. it was saved atomically to the state dir ([`crate::store::save`]).
 //!
-//! Then it is swapped into [`Hosts`]. Every refusal keeps the previous snapshot, is counted
-//! in `snapshot.rejected{reason}` and is logged once per distinct reason.
+//! Then it is swapped into [`Hosts`] and handed to the [`Delivery`] task (hosts file,
+//! after-delivery command), which the DNS path never waits for. Every refusal keeps the
+//! previous snapshot, is counted in `snapshot.rejected{reason}` and is logged once per
+//! distinct reason. Applied and refused snapshots are sent as [`events`] when a sink is
+//! configured.
+//!
+//! Files sent == files delivered: every value read from the key is compared (generation and
+//! SHA-256 of its payload) with the snapshot held, in `snapshot.behind` (1 while they differ,
+//! whether the value is not applied yet, refused, or held back by the kill switch) and
+//! `snapshot.kv_generation`.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dnsfront_consul::{self as consul, Backoff, HALF_JITTER, Pace, QueryOptions};
+use rand::Rng as _;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
+use crate::delivery::{AfterCommand, Delivery, DeliveryConfig, HostsFile};
+use crate::events::{self, AlertType, Event, Events, short_sha};
 use crate::retry::ConsulRetry;
 use crate::{Error, Hosts, Snapshot, Verified, VerifyingKey, codec, metrics, store};
 
@@ -89,6 +101,15 @@ pub struct FollowerConfig {
     pub min_interval: Duration,
     /// Ceiling of the jittered exponential backoff after errors (default 30s).
     pub backoff_max: Duration,
+    /// Random delay, up to this, between seeing a new value and verifying and applying it
+    /// (default 0): spreads a fleet's disk writes, after-delivery commands and events.
+    pub fetch_spread: Duration,
+    /// The hosts file written from each applied snapshot (default none).
+    pub hosts_file: Option<HostsFile>,
+    /// The command run after each applied snapshot (default none).
+    pub after_delivery: Option<AfterCommand>,
+    /// Where applied and rejected snapshots are reported (default none).
+    pub events: Events,
 }
 
 impl FollowerConfig {
@@ -154,7 +175,21 @@ impl FollowerConfig {
             wait: DEFAULT_WAIT,
             min_interval: DEFAULT_MIN_INTERVAL,
             backoff_max: DEFAULT_BACKOFF_MAX,
+            fetch_spread: Duration::ZERO,
+            hosts_file: None,
+            after_delivery: None,
+            events: None,
         }
+    }
+
+    /// What the [`Delivery`] task does; `None` when there is nothing to deliver.
+    fn delivery(&self) -> Option<DeliveryConfig> {
+        let config = DeliveryConfig {
+            hosts_file: self.hosts_file.clone(),
+            command: self.after_delivery.clone(),
+            state_dir: self.state_dir.clone(),
+        };
+        (!config.is_empty()).then_some(config)
     }
 }
 
@@ -164,6 +199,24 @@ pub struct Follower {
     config: FollowerConfig,
     client: consul::Client,
     hosts: Hosts,
+    /// Generation and payload SHA-256 of the snapshot held, to compare with KV's.
+    held: Mutex<Option<Held>>,
+}
+
+/// What identifies a snapshot for "files sent == files delivered".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Held {
+    generation: u64,
+    checksum: [u8; 32],
+}
+
+impl Held {
+    fn of(verified: &Verified) -> Self {
+        Self {
+            generation: verified.snapshot.generation,
+            checksum: verified.checksum,
+        }
+    }
 }
 
 /// What happened to one value read from the key.
@@ -185,7 +238,16 @@ impl Follower {
             config,
             client,
             hosts,
+            held: Mutex::new(None),
         }
+    }
+
+    fn held(&self) -> Option<Held> {
+        *self.held.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn set_held(&self, held: Held) {
+        *self.held.lock().unwrap_or_else(PoisonError::into_inner) = Some(held);
     }
 
     /// Loads the snapshot saved in the state dir into [`Hosts`]; call it before [`Follower::run`]
@@ -222,6 +284,7 @@ impl Follower {
             return Ok(Some(current));
         }
         set_gauges(&verified.snapshot, verified.encoded_size);
+        self.set_held(Held::of(&verified));
         self.hosts.replace(Arc::new(verified.snapshot));
         tracing::info!(
             generation,
@@ -248,13 +311,25 @@ impl Follower {
                  every hosts snapshot will be refused (no outage fallback)"
             ),
         }
+        let span = tracing::info_span!("snapshot_follower", key = %self.config.key);
+        // The delivery task starts with the snapshot loaded from disk: after a restart it
+        // finds the file current and the command already run, and does nothing.
+        let deliveries = self.config.delivery().map(|delivery| {
+            let (sender, receiver) = watch::channel(self.hosts.current());
+            tokio::spawn(
+                Delivery::new(delivery)
+                    .run(receiver, shutdown.child_token())
+                    .instrument(tracing::info_span!("snapshot_delivery")),
+            );
+            sender
+        });
         let mut worker = Worker {
             retry: ConsulRetry::new(self.config.backoff()),
             follower: self,
+            deliveries,
             problem: None,
             missing_logged: false,
         };
-        let span = tracing::info_span!("snapshot_follower", key = %worker.follower.config.key);
         worker.run(shutdown).instrument(span).await;
     }
 }
@@ -262,6 +337,8 @@ impl Follower {
 /// The follower's loop and its log-once state.
 struct Worker {
     follower: Follower,
+    /// Feeds the delivery task each applied snapshot (`None`: nothing to deliver).
+    deliveries: Option<watch::Sender<Option<Arc<Snapshot>>>>,
     /// Backoff and log-once state of failing Consul calls.
     retry: ConsulRetry,
     /// Reason of the last refusal, so each distinct reason is logged once.
@@ -304,12 +381,17 @@ impl Worker {
                     tracing::info!("No hosts snapshot published yet, waiting for the key");
                     self.missing_logged = true;
                 }
+                // Nothing sent, so nothing to be behind on.
+                metrics::set_behind(false);
                 settled = None;
                 continue;
             };
             self.missing_logged = false;
             if settled == Some(pair.modify_index) {
                 continue;
+            }
+            if !self.spread(&shutdown).await {
+                return;
             }
             match self
                 .evaluate(pair.value.unwrap_or_default(), &shutdown)
@@ -342,7 +424,18 @@ impl Worker {
                 return Outcome::Retry;
             }
             Ok(Some(reason)) => {
+                self.observe_held_back(value).await;
                 metrics::rejected("kill_switch");
+                let key = &self.follower.config.key;
+                events::emit(&self.follower.config.events, || Event {
+                    title: "dnsfront snapshot held back".to_owned(),
+                    text: format!(
+                        "The kill switch {} is set ({reason}): new hosts snapshots are not applied",
+                        self.follower.config.stop_key
+                    ),
+                    alert: AlertType::Warning,
+                    tags: events::tags("kill_switch", key),
+                });
                 tracing::warn!(
                     stop_key = %self.follower.config.stop_key,
                     reason = %reason,
@@ -366,26 +459,19 @@ impl Worker {
     /// counted, or already applied).
     async fn verify(&mut self, value: Vec<u8>) -> Result<(Verified, Vec<u8>), Outcome> {
         if value.is_empty() {
+            metrics::set_behind(true);
             self.reject("empty", "snapshot key holds an empty value");
             return Err(Outcome::Settled);
         }
-        let key = self.follower.config.verifying_key;
-        let decoded = tokio::task::spawn_blocking(move || {
-            let result = codec::decode(&value, key.as_ref());
-            (result, value)
-        })
-        .await;
-        let (verified, value) = match decoded {
-            Ok((Ok(verified), value)) => (verified, value),
-            Ok((Err(error), _)) => {
-                self.reject(error.reason(), &error.to_string());
-                return Err(Outcome::Settled);
-            }
-            Err(join_error) => {
-                self.reject("decode_panic", &format!("decoding panicked: {join_error}"));
+        let (verified, value) = match self.decode(value).await {
+            Ok(decoded) => decoded,
+            Err((reason, detail)) => {
+                metrics::set_behind(true);
+                self.reject(reason, &detail);
                 return Err(Outcome::Settled);
             }
         };
+        self.observe(&verified);
         let current = self.follower.hosts.current();
         if let Err((reason, detail)) = self
             .follower
@@ -423,6 +509,49 @@ impl Worker {
         Ok((verified, value))
     }
 
+    /// Decodes a value off the async workers: `Err((reason, detail))` when it does not decode.
+    async fn decode(&self, value: Vec<u8>) -> Result<(Verified, Vec<u8>), (&'static str, String)> {
+        let key = self.follower.config.verifying_key;
+        let decoded = tokio::task::spawn_blocking(move || {
+            let result = codec::decode(&value, key.as_ref());
+            (result, value)
+        })
+        .await;
+        match decoded {
+            Ok((Ok(verified), value)) => Ok((verified, value)),
+            Ok((Err(error), _)) => Err((error.reason(), error.to_string())),
+            Err(join_error) => Err(("decode_panic", format!("decoding panicked: {join_error}"))),
+        }
+    }
+
+    /// Records what KV holds against what this follower holds (`snapshot.behind`).
+    fn observe(&self, verified: &Verified) {
+        metrics::set_kv_generation(verified.snapshot.generation);
+        let held = self.follower.held();
+        metrics::set_behind(held != Some(Held::of(verified)));
+    }
+
+    /// [`Worker::observe`] for a value the kill switch holds back (decoded for that only).
+    async fn observe_held_back(&self, value: Vec<u8>) {
+        match self.decode(value).await {
+            Ok((verified, _)) => self.observe(&verified),
+            Err(_) => metrics::set_behind(true),
+        }
+    }
+
+    /// Waits a random delay up to `fetch_spread`; false when shutdown was requested.
+    async fn spread(&self, shutdown: &CancellationToken) -> bool {
+        let spread = self.follower.config.fetch_spread;
+        if spread.is_zero() {
+            return true;
+        }
+        let delay = rand::rng().random_range(Duration::ZERO..=spread);
+        tokio::select! {
+            () = shutdown.cancelled() => false,
+            () = tokio::time::sleep(delay) => true,
+        }
+    }
+
     /// Saves a verified value to the state dir, then swaps it into [`Hosts`].
     async fn apply(&mut self, verified: Verified, value: Vec<u8>) -> Outcome {
         let state_dir = self.follower.config.state_dir.clone();
@@ -438,14 +567,31 @@ impl Worker {
                 return Outcome::Retry;
             }
         }
+        let held = Held::of(&verified);
         let generation = verified.snapshot.generation;
         let size = verified.encoded_size;
         set_gauges(&verified.snapshot, size);
         let services = verified.snapshot.services.len();
         let nodes = verified.snapshot.nodes.len();
         let publisher = verified.snapshot.publisher.clone();
-        self.follower.hosts.replace(Arc::new(verified.snapshot));
+        let snapshot = Arc::new(verified.snapshot);
+        self.follower.hosts.replace(Arc::clone(&snapshot));
+        self.follower.set_held(held);
+        metrics::set_behind(false);
         metrics::applied();
+        if let Some(deliveries) = &self.deliveries {
+            deliveries.send_replace(Some(snapshot));
+        }
+        events::emit(&self.follower.config.events, || Event {
+            title: "dnsfront snapshot applied".to_owned(),
+            text: format!(
+                "Hosts snapshot generation {generation} (sha256 {}) from {publisher} applied: \
+                 {services} services, {nodes} nodes, {size} bytes",
+                short_sha(&held.checksum)
+            ),
+            alert: AlertType::Info,
+            tags: events::tags("applied", &self.follower.config.key),
+        });
         if let Some(previous) = self.problem.take() {
             tracing::info!(previous_problem = %previous, "Hosts snapshots are accepted again");
         }
@@ -508,6 +654,16 @@ impl Worker {
     /// Counts a refusal and logs it when its reason differs from the previous one.
     fn reject(&mut self, reason: &'static str, detail: &str) {
         metrics::rejected(reason);
+        events::emit(&self.follower.config.events, || Event {
+            title: "dnsfront snapshot rejected".to_owned(),
+            text: format!("Hosts snapshot rejected ({reason}), keeping the previous one: {detail}"),
+            alert: AlertType::Error,
+            tags: {
+                let mut tags = events::tags("rejected", &self.follower.config.key);
+                tags.push(format!("reason:{reason}"));
+                tags
+            },
+        });
         if self.problem.as_deref() != Some(reason) {
             tracing::warn!(
                 reason,

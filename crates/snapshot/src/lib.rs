@@ -26,12 +26,16 @@
 //! - [`hosts`]: the lock-free in-memory view and the dnsmasq `addn-hosts` export.
 //! - [`metrics`]: metric names and descriptions.
 //! - [`publisher`], [`follower`]: the Consul side.
+//! - [`delivery`]: the hosts file and after-delivery command of an applied snapshot.
+//! - [`events`]: published/applied/rejected events for an event stream (DogStatsD in `src/`).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod codec;
+pub mod delivery;
 mod error;
+pub mod events;
 pub mod follower;
 pub mod hosts;
 pub mod keys;

@@ -19,6 +19,17 @@ pub const PUBLISHED: &str = "snapshot.published";
 /// Publishes skipped, tagged `reason` (unchanged, min_interval, too_small, shrink_guard, kill_switch, ...).
 pub const PUBLISH_SKIPPED: &str = "snapshot.publish_skipped";
 
+/// 1 while the snapshot in KV is not the one this follower holds (other SHA-256: not
+/// applied yet, rejected, or held back by the kill switch), else 0. Summed over a fleet:
+/// the nodes behind.
+pub const BEHIND: &str = "snapshot.behind";
+/// Generation of the latest snapshot in KV as this follower last read it (when it decoded).
+pub const KV_GENERATION: &str = "snapshot.kv_generation";
+/// Hosts-file deliveries, tagged `result` (written, unchanged, failed).
+pub const HOSTS_FILE_WRITES: &str = "snapshot.hosts_file_writes";
+/// After-delivery command runs, tagged `result` (ok, failed, timeout, not_run).
+pub const AFTER_DELIVERY_COMMANDS: &str = "snapshot.after_delivery_commands";
+
 /// Every metric of this crate, declared once: (name, kind, unit, description).
 /// `src/telemetry.rs` describes them to the recorder; the README lists them.
 pub const METRICS: &[(&str, MetricKind, Unit, &str)] = &[
@@ -64,7 +75,51 @@ pub const METRICS: &[(&str, MetricKind, Unit, &str)] = &[
         Unit::Count,
         "Hosts snapshot publishes skipped, by reason",
     ),
+    (
+        BEHIND,
+        MetricKind::Gauge,
+        Unit::Count,
+        "1 while the snapshot in KV differs from the one this follower holds",
+    ),
+    (
+        KV_GENERATION,
+        MetricKind::Gauge,
+        Unit::Count,
+        "Generation of the latest hosts snapshot in KV, as the follower read it",
+    ),
+    (
+        HOSTS_FILE_WRITES,
+        MetricKind::Counter,
+        Unit::Count,
+        "Hosts-file deliveries, by result",
+    ),
+    (
+        AFTER_DELIVERY_COMMANDS,
+        MetricKind::Counter,
+        Unit::Count,
+        "After-delivery command runs, by result",
+    ),
 ];
+
+/// Sets [`BEHIND`].
+pub fn set_behind(behind: bool) {
+    gauge!(BEHIND).set(if behind { 1.0 } else { 0.0 });
+}
+
+/// Sets [`KV_GENERATION`].
+pub fn set_kv_generation(generation: u64) {
+    gauge!(KV_GENERATION).set(generation as f64);
+}
+
+/// Counts one [`HOSTS_FILE_WRITES`] outcome.
+pub fn hosts_file_write(result: &'static str) {
+    counter!(HOSTS_FILE_WRITES, "result" => result).increment(1);
+}
+
+/// Counts one [`AFTER_DELIVERY_COMMANDS`] outcome.
+pub fn after_delivery_command(result: &'static str) {
+    counter!(AFTER_DELIVERY_COMMANDS, "result" => result).increment(1);
+}
 
 /// Sets [`GENERATION`].
 pub fn set_generation(generation: u64) {

@@ -120,6 +120,8 @@ pub struct PublisherConfig {
     /// Directory keeping the publisher's generation high-water mark ([`HIGH_WATER_FILE`]);
     /// `None` keeps it in memory only (then a restarted publisher trusts KV again).
     pub state_dir: Option<PathBuf>,
+    /// Where each write is reported (default none).
+    pub events: crate::events::Events,
 }
 
 /// File of the publisher's high-water mark inside its state dir (decimal, one line).
@@ -160,6 +162,7 @@ impl PublisherConfig {
             only_passing: false,
             catalog_wait: DEFAULT_CATALOG_WAIT,
             state_dir: None,
+            events: None,
         }
     }
 }
@@ -184,6 +187,7 @@ impl fmt::Debug for PublisherConfig {
             .field("only_passing", &self.only_passing)
             .field("catalog_wait", &self.catalog_wait)
             .field("state_dir", &self.state_dir)
+            .field("events", &self.events.is_some())
             .finish()
     }
 }
@@ -433,6 +437,19 @@ impl Publisher {
                     consul_index = snapshot.consul_index,
                     "Hosts snapshot published"
                 );
+                crate::events::emit(&self.config.events, || crate::events::Event {
+                    title: "dnsfront snapshot published".to_owned(),
+                    text: format!(
+                        "Hosts snapshot generation {} published by {}: {} services, {} nodes, {} bytes",
+                        snapshot.generation,
+                        self.config.identity,
+                        snapshot.services.len(),
+                        snapshot.nodes.len(),
+                        encoded.len()
+                    ),
+                    alert: crate::events::AlertType::Info,
+                    tags: crate::events::tags("published", &self.config.key),
+                });
                 Round::Done
             }
             Ok(false) => {

@@ -98,6 +98,7 @@ pub(crate) async fn handle(sim: &Sim, request: http::Request<Bytes>) -> Resp {
         route(call).await.unwrap_or_else(|response| response)
     };
     finish(sim, raw_path, &plan, &mut response);
+    sim.count_response_body(response.body().len());
     response
 }
 
