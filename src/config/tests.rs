@@ -450,7 +450,7 @@ fn documented_keys(text: &str) -> Vec<String> {
         let uncommented = line.trim_start_matches('#').trim();
         // A commented-out table header (`# [[forward.rules]]`) documents its key too.
         if uncommented.starts_with('[') {
-            table = line.trim_matches(['[', ']']).to_owned();
+            table = uncommented.trim_matches(['[', ']']).to_owned();
             if table.contains('.') {
                 paths.push(table.clone());
             }

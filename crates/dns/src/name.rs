@@ -8,7 +8,7 @@
 //!
 //! A form Consul's DNS knows but dnsfront does not answer from its own data
 //! (prepared queries, cluster peers, `.connect`, `.ingress`, `.virtual`,
-//! sameness groups, Enterprise namespaces and partitions) is
+//! Enterprise namespaces, partitions and sameness groups) is
 //! [`ConsulName::Fallback`]: the router asks the local agent's DNS interface
 //! (`fallback.rs`). Only what Consul itself would call malformed is
 //! [`ConsulName::Invalid`] (NXDOMAIN here, without asking).
@@ -62,7 +62,8 @@ impl ConsulName {
 }
 
 /// Keywords that split a name into query parts (left) and locality (right):
-/// Consul 1.16's, and `sameness-group` (Enterprise, 1.17+).
+/// Consul 1.16's, and `sameness-group`, which Consul CE calls malformed but
+/// the agent gets to say so (sameness groups are Enterprise's `.sg` label).
 const KEYWORDS: [&str; 8] = [
     "service",
     "connect",
@@ -201,7 +202,7 @@ enum Locality {
 
 /// 0 labels = the agent's datacenter; 1 = a datacenter; 2 or 4 = `X.dc`,
 /// `X.peer` pairs (a datacenter and a peer together are invalid, as in Consul;
-/// the last `.dc` wins), where Enterprise also knows `X.ns` and `X.ap`.
+/// the last `.dc` wins), where Enterprise also knows `X.ns`, `X.ap` and `X.sg`.
 fn locality(suffixes: &[&str]) -> Locality {
     match suffixes {
         [] => Locality::Datacenter(None),
@@ -212,7 +213,7 @@ fn locality(suffixes: &[&str]) -> Locality {
                 match pair[1] {
                     "dc" => datacenter = Some(pair[0].to_owned()),
                     "peer" => peer = true,
-                    "ns" | "ap" => enterprise = true,
+                    "ns" | "ap" | "sg" => enterprise = true,
                     _ => return Locality::Invalid,
                 }
             }
@@ -313,6 +314,7 @@ mod tests {
             ("web.service.a.dc.dc2.dc", A, svc("web", None, Some("dc2"))),
             ("web.service.ns1.ns.dc1.dc", A, ConsulName::Fallback),
             ("web.service.part1.ap", A, ConsulName::Fallback),
+            ("web.service.group1.sg", A, ConsulName::Fallback),
             ("web.service.dc1.zone", A, ConsulName::Invalid),
             ("n1.node.peer1.peer", A, ConsulName::Fallback),
             ("node.peer1.peer", A, ConsulName::Invalid),

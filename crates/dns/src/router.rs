@@ -471,7 +471,7 @@ impl<C: CatalogView, F: Upstream> Router<C, F> {
         for (target, section) in targets {
             let lower = target.to_lowercase();
             let records = if let Some(domain) = self.consul_domain(settings, &lower) {
-                if depth + 1 >= alias::MAX_DEPTH {
+                if depth >= alias::MAX_DEPTH {
                     continue;
                 }
                 let chain_qtype = alias::chain_qtype(qtype, true);
