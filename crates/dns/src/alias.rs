@@ -10,7 +10,9 @@
 //!   answering it here (at most [`MAX_DEPTH`] levels, Consul's
 //!   `maxRecursionLevelDefault`), else through the forwarder (so cached).
 
-use hickory_proto::rr::{Name, RData, Record, RecordType};
+use std::collections::HashSet;
+
+use hickory_proto::rr::{Name, RData, RecordType};
 
 use crate::answer::Reply;
 
@@ -30,15 +32,22 @@ pub(crate) enum Section {
 /// targets in Answer without records of their own, and SRV targets without an
 /// address in Additional (each once).
 pub(crate) fn dangling(reply: &Reply) -> Vec<(Name, Section)> {
-    let owned = |records: &[Record], name: &Name| records.iter().any(|record| record.name == *name);
-    let mut out: Vec<(Name, Section)> = Vec::new();
+    // Sets, not scans: a SRV answer may name 2,000 targets.
+    let answer_owners: HashSet<&Name> = reply.answers.iter().map(|record| &record.name).collect();
+    let additional_owners: HashSet<&Name> = reply
+        .additionals
+        .iter()
+        .map(|record| &record.name)
+        .collect();
+    let mut seen: HashSet<&Name> = HashSet::new();
+    let mut out = Vec::new();
     for record in &reply.answers {
-        let (target, section, records) = match &record.data {
-            RData::CNAME(cname) => (&cname.0, Section::Answer, &reply.answers),
-            RData::SRV(srv) => (&srv.target, Section::Additional, &reply.additionals),
+        let (target, section, owners) = match &record.data {
+            RData::CNAME(cname) => (&cname.0, Section::Answer, &answer_owners),
+            RData::SRV(srv) => (&srv.target, Section::Additional, &additional_owners),
             _ => continue,
         };
-        if !owned(records, target) && !out.iter().any(|(name, _)| name == target) {
+        if !owners.contains(target) && seen.insert(target) {
             out.push((target.clone(), section));
         }
     }
@@ -105,6 +114,7 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use hickory_proto::op::ResponseCode;
+    use hickory_proto::rr::Record;
     use hickory_proto::rr::rdata::{A, CNAME, SRV};
 
     use super::*;

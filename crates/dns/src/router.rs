@@ -408,26 +408,29 @@ impl<C: CatalogView, F: Upstream> Router<C, F> {
     ) -> ConsulAnswer<'a> {
         Box::pin(async move {
             let main = settings.zone.domain();
-            let question = alias::rebase(lower, domain, main);
-            // The domain as the question wrote it: owners and targets go there.
-            let asked_domain = asked.trim_to(domain.iter().count());
-            let moved = domain != main;
-            if name::parse_in_zone(main, &question, qtype) == ConsulName::Fallback {
+            // In `alt_domain`: the same question in the main domain, and the
+            // domain as the question wrote it (owners and targets go back there).
+            let moved = (domain != main).then(|| {
+                let asked_domain = asked.trim_to(domain.iter().count());
+                (alias::rebase(lower, domain, main), asked_domain)
+            });
+            let question = moved.as_ref().map_or(lower, |(question, _)| question);
+            if name::parse_in_zone(main, question, qtype) == ConsulName::Fallback {
                 let Some(fallback) = &settings.fallback else {
                     return (
                         Reply::empty(ResponseCode::ServFail, false),
                         Some(Note::NoFallback),
                     );
                 };
-                let (mut reply, failure) = match fallback.ask(&question, qtype).await {
+                let (mut reply, failure) = match fallback.ask(question, qtype).await {
                     Ok(reply) => (reply, None),
                     Err(error) => {
                         trace!(error = %error, "the Consul agent's DNS failed");
                         (Reply::empty(ResponseCode::ServFail, false), Some(error))
                     }
                 };
-                if moved {
-                    alias::rebase_reply(&mut reply, main, &asked_domain);
+                if let Some((_, asked_domain)) = &moved {
+                    alias::rebase_reply(&mut reply, main, asked_domain);
                 }
                 alias::echo_owner(&mut reply, lower, asked);
                 let note = Note::Fallback {
@@ -438,10 +441,10 @@ impl<C: CatalogView, F: Upstream> Router<C, F> {
             }
             let mut reply = settings
                 .zone
-                .answer(&self.inner.catalog, &question, asked, qtype)
+                .answer(&self.inner.catalog, question, asked, qtype)
                 .await;
-            if moved {
-                alias::rebase_reply(&mut reply, main, &asked_domain);
+            if let Some((_, asked_domain)) = &moved {
+                alias::rebase_reply(&mut reply, main, asked_domain);
             }
             self.resolve_hostnames(settings, &mut reply, qtype, depth)
                 .await;
