@@ -12,7 +12,7 @@ use dnsfront::control::{self, ExplainReport, Request};
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::rdata::SRV;
 use hickory_proto::rr::{Name, RData, Record, RecordType};
-use test_support::{Ask, FakeUpstream, a_records, name_of, positive, tcp, udp};
+use test_support::{Ask, FakeUpstream, Knobs, a_records, name_of, positive, tcp, udp};
 
 use crate::binary::{Server, Setup};
 use crate::harness::{FAST_REFRESH, Harness, eventually, ip, standard_sim};
@@ -286,6 +286,56 @@ async fn every_form_we_do_not_answer_reaches_the_agent_and_comes_back_intact() {
     let (answer, _) = udp(h.dns, &Ask::new("web.service.consul.", RecordType::A)).await;
     assert_eq!(answer.answers.len(), 2);
     assert_eq!(agent.queries(), before, "the agent was not asked");
+    h.stop().await;
+}
+
+/// A large agent answer (a prepared query over 2,000 instances: more names
+/// than hickory's encoder compresses) comes back whole over TCP, and with TC
+/// over UDP; the agent itself is asked over TCP after its TC.
+#[tokio::test]
+async fn a_large_agent_answer_comes_back_whole_over_tcp() {
+    let agent = FakeUpstream::start().await;
+    agent.set_knobs(Knobs {
+        truncate_udp: true,
+        ..Knobs::default()
+    });
+    let owner = name_of("big-prepared-query-of-the-fleet.query.consul.");
+    let records: Vec<Record> = (0..2000_u32)
+        .map(|i| {
+            let address = std::net::Ipv4Addr::from(0x0a00_0000 + i);
+            Record::from_rdata(
+                owner.clone(),
+                0,
+                RData::A(hickory_proto::rr::rdata::A(address)),
+            )
+        })
+        .collect();
+    agent.answer(
+        "big-prepared-query-of-the-fleet.query.consul",
+        RecordType::A,
+        positive(records),
+    );
+    let upstream = FakeUpstream::start().await;
+    let h = start(standard_sim(), &agent, &upstream).await;
+    let ask = Ask::new(
+        "big-prepared-query-of-the-fleet.query.consul.",
+        RecordType::A,
+    );
+    let answer = tcp(h.dns, &ask).await;
+    assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
+    assert!(!answer.metadata.truncation);
+    let mut addresses: Vec<IpAddr> = owned_addresses(&answer.answers)
+        .into_iter()
+        .map(|(_, address)| address)
+        .collect();
+    addresses.dedup();
+    assert_eq!(addresses.len(), 2000, "every record");
+    assert!(agent.tcp_queries() >= 1, "the agent was asked over TCP");
+    for (ask, limit) in test_support::udp_size_variants(&ask) {
+        let (answer, size) = udp(h.dns, &ask).await;
+        assert!(answer.metadata.truncation, "{ask:?}");
+        assert!(size <= limit, "{ask:?}: {size} bytes");
+    }
     h.stop().await;
 }
 
