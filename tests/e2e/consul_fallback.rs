@@ -70,6 +70,13 @@ fn hostname_sim() -> Sim {
         ("node-5", "10.0.0.5"),
         "loop-a.service.consul.",
     ));
+    // Registered at its own DNS name: answered with the node's address.
+    sim.register(at(
+        "itself",
+        "itself-1",
+        ("node-5", "10.0.0.5"),
+        "itself.service.consul",
+    ));
     sim
 }
 
@@ -747,6 +754,12 @@ async fn hostname_inside_the_consul_domain_is_followed() {
     assert!(
         !chain.is_empty() && chain.len() <= 4 && chain.len() == answer.answers.len(),
         "a bounded chain of CNAMEs: {answer:?}"
+    );
+    let (answer, _) = udp(h.dns, &Ask::new("itself.service.consul.", RecordType::A)).await;
+    assert_eq!(
+        owned_addresses(&answer.answers),
+        vec![(name_of("itself.service.consul."), ip("10.0.0.5"))],
+        "no CNAME to itself: {answer:?}"
     );
     assert_eq!(upstream.queries() + agent.queries(), 0);
     h.stop().await;

@@ -374,7 +374,9 @@ impl Zone {
         let mut usable: Vec<&ServiceInstance> = instances
             .iter()
             .filter(|instance| tag.is_none_or(|tag| instance.has_tag(tag)))
-            .filter(|instance| instance.address().is_some() || hostname_target(instance).is_some())
+            .filter(|instance| {
+                address_of(instance, asked).is_some() || hostname_target(instance, asked).is_some()
+            })
             .collect();
         if usable.is_empty() {
             return self.negative(ResponseCode::NXDomain, source);
@@ -387,7 +389,10 @@ impl Zone {
         match qtype {
             RecordType::A | RecordType::AAAA | RecordType::ANY => {
                 let mut seen = HashSet::new();
-                for ip in usable.iter().filter_map(|instance| instance.address()) {
+                for ip in usable
+                    .iter()
+                    .filter_map(|instance| address_of(instance, asked))
+                {
                     if seen.insert(ip)
                         && let Some(record) = address_record(asked.clone(), ttl, ip, qtype)
                     {
@@ -402,7 +407,7 @@ impl Zone {
                 if reply.answers.is_empty()
                     && let Some(record) = usable
                         .iter()
-                        .filter(|instance| instance.address().is_none())
+                        .filter(|instance| address_of(instance, asked).is_none())
                         .find_map(|instance| {
                             alias_record(asked, ttl, instance.hostname.as_deref()?, qtype)
                         })
@@ -416,9 +421,9 @@ impl Zone {
                 for instance in usable {
                     // A hostname instance's target is the hostname itself, without
                     // glue here: the router resolves it into Additional.
-                    let (target, ip) = match instance.address() {
+                    let (target, ip) = match address_of(instance, asked) {
                         Some(ip) => (self.srv_target(instance, ip), Some(ip)),
-                        None => (hostname_target(instance), None),
+                        None => (hostname_target(instance, asked), None),
                     };
                     let Some(target) = target else {
                         continue;
@@ -497,9 +502,19 @@ impl Zone {
 }
 
 /// The hostname an instance is reached at, as a DNS name, when its address is one.
-fn hostname_target(instance: &ServiceInstance) -> Option<Name> {
-    instance.address().is_none().then_some(())?;
+fn hostname_target(instance: &ServiceInstance, asked: &Name) -> Option<Name> {
+    address_of(instance, asked).is_none().then_some(())?;
     hostname_name(instance.hostname.as_deref()?)
+}
+
+/// The instance's IP address; for an instance registered at the very name
+/// asked (`db.service.consul` for `db`), its node's, as Consul does instead
+/// of a CNAME to itself.
+fn address_of(instance: &ServiceInstance, asked: &Name) -> Option<IpAddr> {
+    instance.address().or_else(|| {
+        let hostname = hostname_name(instance.hostname.as_deref()?)?;
+        (hostname == *asked).then_some(instance.node_address)?
+    })
 }
 
 /// A registered hostname (`db.example.com`, with or without the final dot) as a
