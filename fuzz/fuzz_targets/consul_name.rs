@@ -85,8 +85,14 @@ impl Upstream for Nxdomain {
     }
 }
 
-static ROUTER: LazyLock<Router<Catalog, Nxdomain>> =
-    LazyLock::new(|| Router::with_backends(Config::default(), Catalog, Some(Nxdomain)));
+static ROUTER: LazyLock<Router<Catalog, Nxdomain>> = LazyLock::new(|| {
+    // No agent DNS: the forms it answers are SERVFAIL here, without socket I/O.
+    let config = Config {
+        agent_dns: None,
+        ..Config::default()
+    };
+    Router::with_backends(config, Catalog, Some(Nxdomain))
+});
 
 static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
     tokio::runtime::Builder::new_current_thread()
