@@ -35,6 +35,7 @@ impl CatalogView for Catalog {
             tags: vec!["primary".to_owned(), "v1".to_owned()],
             weight: 1,
             status: InstanceStatus::Passing,
+            hostname: None,
         };
         let lookup = if service.len() % 3 == 0 {
             Lookup::NotFound(Freshness::Fresh)
@@ -54,6 +55,7 @@ impl CatalogView for Catalog {
                 name: node.to_owned(),
                 datacenter: datacenter.unwrap_or("dc1").to_owned(),
                 address: Some("10.0.0.2".parse().expect("ip")),
+                hostname: None,
             }),
             Freshness::Stale,
         );
@@ -83,8 +85,14 @@ impl Upstream for Nxdomain {
     }
 }
 
-static ROUTER: LazyLock<Router<Catalog, Nxdomain>> =
-    LazyLock::new(|| Router::with_backends(Config::default(), Catalog, Some(Nxdomain)));
+static ROUTER: LazyLock<Router<Catalog, Nxdomain>> = LazyLock::new(|| {
+    // No agent DNS: the forms it answers are SERVFAIL here, without socket I/O.
+    let config = Config {
+        agent_dns: None,
+        ..Config::default()
+    };
+    Router::with_backends(config, Catalog, Some(Nxdomain))
+});
 
 static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
     tokio::runtime::Builder::new_current_thread()

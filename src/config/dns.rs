@@ -60,6 +60,14 @@ pub struct RawDns {
     pub max_answer_records: usize,
     /// Largest UDP answer for EDNS clients.
     pub max_udp_payload: u16,
+    /// Consul's `alt_domain`: a second Consul domain answered like `domain`; empty = none.
+    pub alt_domain: String,
+    /// The local Consul agent's DNS interface (IP:PORT), asked for the Consul forms
+    /// dnsfront does not answer itself; empty = off (those get SERVFAIL).
+    pub agent_dns: String,
+    /// How long to wait for the agent's DNS interface.
+    #[serde(with = "humantime_serde")]
+    pub agent_dns_timeout: Duration,
 }
 
 impl Default for RawDns {
@@ -84,6 +92,12 @@ impl Default for RawDns {
             stale_ttl: dns.stale_ttl,
             max_answer_records: 0,
             max_udp_payload: dns.max_udp_payload,
+            alt_domain: String::new(),
+            agent_dns: dns
+                .agent_dns
+                .map(|addr| addr.to_string())
+                .unwrap_or_default(),
+            agent_dns_timeout: dns.agent_dns_timeout,
         }
     }
 }
@@ -253,8 +267,19 @@ impl RawConfig {
                 ),
             ));
         }
+        let alt_domain = self.alt_domain(&domain_name)?;
+        let agent_dns = self.agent_dns()?;
+        check_duration_range(
+            "dns.agent_dns_timeout",
+            self.dns.agent_dns_timeout,
+            Duration::from_millis(100),
+            Duration::from_secs(30),
+        )?;
         let dns_config = dns::Config {
             domain: domain_name,
+            alt_domain,
+            agent_dns,
+            agent_dns_timeout: self.dns.agent_dns_timeout,
             service_ttl: self.dns.service_ttl,
             service_ttl_overrides,
             node_ttl: self.dns.node_ttl,
@@ -280,6 +305,54 @@ impl RawConfig {
             ));
         }
         Ok(dns_config)
+    }
+}
+
+impl RawConfig {
+    /// `dns.alt_domain`: a domain other than `dns.domain` whose first label is not one
+    /// of Consul's keywords (Consul's own rule: it would shadow the main domain's names).
+    fn alt_domain(
+        &self,
+        domain: &hickory_server::proto::rr::Name,
+    ) -> Result<Option<hickory_server::proto::rr::Name>, ConfigError> {
+        let alt = self
+            .dns
+            .alt_domain
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        if alt.is_empty() {
+            return Ok(None);
+        }
+        let bad = |why: &str| invalid("dns.alt_domain", format!("{:?} {why}", self.dns.alt_domain));
+        let name = hickory_server::proto::rr::Name::from_ascii(format!("{alt}."))
+            .map_err(|_| bad("is not a domain name"))?;
+        if name == *domain {
+            return Err(bad("is dns.domain itself"));
+        }
+        let first = alt.split('.').next().unwrap_or_default();
+        if ["service", "connect", "node", "query", "addr"].contains(&first) {
+            return Err(bad(
+                "starts with a Consul keyword (service, connect, node, query, addr)",
+            ));
+        }
+        Ok(Some(name))
+    }
+
+    /// `dns.agent_dns`: IP:PORT, a bare IP (port 8600), or empty (off).
+    fn agent_dns(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        let text = self.dns.agent_dns.trim();
+        if text.is_empty() {
+            return Ok(None);
+        }
+        text.parse::<SocketAddr>()
+            .or_else(|_| text.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 8600)))
+            .map(Some)
+            .map_err(|_| {
+                invalid(
+                    "dns.agent_dns",
+                    format!("{text:?} is not an IP:PORT address (or empty, to turn it off)"),
+                )
+            })
     }
 }
 
@@ -312,6 +385,44 @@ mod tests {
         let mut raw = RawConfig::parse(text, "test.toml").map_err(|e| e.to_string())?;
         raw.forward.resolv_file = "/nonexistent/dnsfront-test-resolv.conf".into();
         raw.validate(&Env::default()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn alt_domain_and_agent_dns_are_parsed_and_checked() {
+        let settings = validate("[dns]\nalt_domain = \"Example.Internal.\"\nagent_dns = \"10.0.0.5\"\nagent_dns_timeout = \"500ms\"\n")
+            .expect("valid");
+        assert_eq!(
+            settings.dns.alt_domain.map(|name| name.to_ascii()),
+            Some("example.internal.".to_owned())
+        );
+        assert_eq!(
+            settings.dns.agent_dns,
+            Some("10.0.0.5:8600".parse().expect("literal"))
+        );
+        assert_eq!(
+            settings.dns.agent_dns_timeout,
+            std::time::Duration::from_millis(500)
+        );
+        let off = validate("[dns]\nagent_dns = \"\"\n").expect("valid");
+        assert_eq!(off.dns.agent_dns, None);
+        let default = validate("").expect("valid");
+        assert_eq!(
+            default.dns.agent_dns,
+            Some("127.0.0.1:8600".parse().expect("literal"))
+        );
+        assert_eq!(default.dns.alt_domain, None);
+        for (text, key) in [
+            ("alt_domain = \"consul\"", "dns.alt_domain"),
+            ("alt_domain = \"service.example\"", "dns.alt_domain"),
+            ("alt_domain = \"a..b\"", "dns.alt_domain"),
+            ("agent_dns = \"localhost:8600\"", "dns.agent_dns"),
+            ("agent_dns_timeout = \"1ms\"", "dns.agent_dns_timeout"),
+        ] {
+            let error = validate(&format!("[dns]\n{text}\n"))
+                .map(|_| ())
+                .expect_err(text);
+            assert!(error.starts_with(&format!("{key}: ")), "{text}: {error}");
+        }
     }
 
     #[test]

@@ -127,6 +127,11 @@ pub const KEYS: &[Key] = &[
     key("dns.max_udp_payload", Router, |s| {
         show(s.dns.max_udp_payload)
     }),
+    key("dns.alt_domain", Router, |s| show(&s.dns.alt_domain)),
+    key("dns.agent_dns", Router, |s| show(s.dns.agent_dns)),
+    key("dns.agent_dns_timeout", Router, |s| {
+        show(s.dns.agent_dns_timeout)
+    }),
     key("consul.address", Restart, |s| s.consul.address.clone()),
     key("consul.token_file", Restart, not_in_settings),
     key("consul.request_timeout", Restart, |s| {

@@ -153,7 +153,7 @@ async fn catalog_details(cache: &catalog::Cache, name: &ConsulName) -> Option<Ca
             };
             (details, cache.describe_node(name, datacenter.as_deref()))
         }
-        ConsulName::Apex | ConsulName::Addr(_) | ConsulName::Unsupported | ConsulName::Invalid => {
+        ConsulName::Apex | ConsulName::Addr(_) | ConsulName::Fallback | ConsulName::Invalid => {
             return None;
         }
     };
@@ -211,9 +211,7 @@ fn snapshot_has(snapshot: &snapshot::Snapshot, name: &ConsulName) -> Option<bool
         ConsulName::Node { name, datacenter } => {
             Some(same_dc(datacenter) && snapshot.node(name).is_some())
         }
-        ConsulName::Apex | ConsulName::Addr(_) | ConsulName::Unsupported | ConsulName::Invalid => {
-            None
-        }
+        ConsulName::Apex | ConsulName::Addr(_) | ConsulName::Fallback | ConsulName::Invalid => None,
     }
 }
 

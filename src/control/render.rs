@@ -109,6 +109,7 @@ fn why(source: &str) -> &'static str {
         "upstream" => "an upstream resolver, just now",
         "cache" => "the forwarder's response cache",
         "local" => "the local hosts files",
+        "agent" => "the Consul agent's DNS interface (dns.agent_dns), just now",
         _ => "nothing cached: synthesised from the name, or an error",
     }
 }

@@ -31,6 +31,7 @@ pub(crate) fn sample_snapshot(generation: u64) -> Snapshot {
         tags: vec!["primary".into()],
         weight: 1,
         status: InstanceStatus::Passing,
+        hostname: None,
     };
     let mut services = BTreeMap::new();
     services.insert(
@@ -56,6 +57,7 @@ pub(crate) fn sample_snapshot(generation: u64) -> Snapshot {
                 name: name.into(),
                 datacenter: "dc1".into(),
                 address: Some(ip(address)),
+                hostname: None,
             },
         );
     }

@@ -112,6 +112,7 @@ fn instance(index: u8) -> ServiceInstance {
         tags: vec!["primary".to_owned()],
         weight: 1,
         status: InstanceStatus::Passing,
+        hostname: None,
     }
 }
 

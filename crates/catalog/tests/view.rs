@@ -82,6 +82,7 @@ fn instance(node: &str, address: &str, status: InstanceStatus) -> ServiceInstanc
         tags: Vec::new(),
         weight: 1,
         status,
+        hostname: None,
     }
 }
 
@@ -112,6 +113,7 @@ fn hosts_with_snapshot() -> Hosts {
             name: "N7".to_owned(),
             datacenter: String::new(),
             address: Some(ip("10.9.0.7")),
+            hostname: None,
         },
     );
     let mut snapshot = Snapshot {

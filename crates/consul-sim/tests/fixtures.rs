@@ -27,6 +27,39 @@ async fn demo_fixture_has_the_documented_services() {
         addresses.iter().any(|address| address.contains(':')),
         "one IPv6 node"
     );
+    // An RDS-like endpoint registered by hostname, as AWS fleets do.
+    let health = call(&sim, "GET", "/v1/health/service/billing-db", "").await;
+    let health: serde_json::Value = serde_json::from_slice(health.body()).expect("json");
+    assert_eq!(
+        health[0]["Service"]["Address"],
+        "billing-db.cluster-c1x2y3.eu-west-1.rds.amazonaws.com"
+    );
+}
+
+/// Consul accepts a hostname as a node or service address and serves it as
+/// registered (no IP-only tagged addresses are made up for it).
+#[tokio::test]
+async fn hostname_addresses_are_kept_as_registered() {
+    let sim = Sim::new();
+    sim.register(
+        consul_sim::Registration::new("elb")
+            .id("elb-1")
+            .node("edge-1", "edge-1.example.com")
+            .address("my-elb-123.eu-west-1.elb.amazonaws.com")
+            .port(443),
+    );
+    let health = call(&sim, "GET", "/v1/health/service/elb", "").await;
+    let health: serde_json::Value = serde_json::from_slice(health.body()).expect("json");
+    assert_eq!(health[0]["Node"]["Address"], "edge-1.example.com");
+    assert_eq!(
+        health[0]["Service"]["Address"],
+        "my-elb-123.eu-west-1.elb.amazonaws.com"
+    );
+    let tagged = &health[0]["Node"]["TaggedAddresses"];
+    assert!(tagged.get("lan_ipv4").is_none(), "{tagged}");
+    let node = call(&sim, "GET", "/v1/catalog/node/edge-1", "").await;
+    let node: serde_json::Value = serde_json::from_slice(node.body()).expect("json");
+    assert_eq!(node["Node"]["Address"], "edge-1.example.com");
 }
 
 #[test]

@@ -48,10 +48,10 @@ async fn state_filters_checks_and_any_returns_all() {
         )]
     );
     let passing = checks(&body_of(&server, "/v1/health/state/passing").await);
-    assert_eq!(passing.len(), 10, "4 serfHealth + 6 passing service checks");
+    assert_eq!(passing.len(), 11, "4 serfHealth + 7 passing service checks");
     assert!(passing.iter().all(|(_, _, status)| status == "passing"));
     let any = checks(&body_of(&server, "/v1/health/state/any").await);
-    assert_eq!(any.len(), 12);
+    assert_eq!(any.len(), 13);
     let mut sorted = any.clone();
     sorted.sort();
     assert_eq!(any, sorted, "ordered by node, then check ID");

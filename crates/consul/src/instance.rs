@@ -3,8 +3,8 @@
 //! rules written once: the health filter, the SRV weight, the address choice, the tag match.
 //!
 //! The wire models ([`ServiceEntry`], [`NodeInfo`]) mirror Consul's JSON; these types hold
-//! only what the DNS front serves, already interpreted. A new field (service meta, a
-//! hostname address) is added here and in [`ServiceInstance::from_entry`]; the hosts
+//! only what the DNS front serves, already interpreted. A new field (service meta, tagged
+//! addresses) is added here and in [`ServiceInstance::from_entry`]; the hosts
 //! snapshot keeps its own serialized shape, so its format changes only when that shape does.
 
 use std::net::IpAddr;
@@ -30,6 +30,11 @@ pub struct ServiceInstance {
     pub weight: u16,
     /// Aggregate health of the instance's checks.
     pub status: InstanceStatus,
+    /// The hostname DNS answers with (a CNAME, or the SRV target) when the instance's
+    /// address is a name rather than an IP: `Service.Address` when it is one, else the
+    /// node's address when the instance has none of its own and the node's is one (AWS
+    /// fleets register RDS and ELB endpoints this way). As registered, without a final dot.
+    pub hostname: Option<String>,
 }
 
 /// Aggregate health of a served instance; critical instances are never served.
@@ -50,6 +55,8 @@ pub struct Node {
     pub datacenter: String,
     /// The node's address, when it is an IP address.
     pub address: Option<IpAddr>,
+    /// The node's address, when it is a hostname (answered with a CNAME), as registered.
+    pub hostname: Option<String>,
 }
 
 // === impl ServiceInstance ===
@@ -63,27 +70,39 @@ impl ServiceInstance {
         if !status.is_served(only_passing) {
             return None;
         }
+        let (node_address, node_hostname) = split_address(&entry.node.address);
+        let (service_address, service_hostname) = split_address(&entry.service.address);
+        let hostname = if entry.service.address.is_empty() {
+            node_hostname
+        } else {
+            service_hostname
+        };
         Some(Self {
             node: entry.node.node.clone(),
             datacenter: entry.node.datacenter.clone(),
-            node_address: parse_ip(&entry.node.address),
-            service_address: parse_ip(&entry.service.address),
+            node_address,
+            service_address,
             port: entry.service.port,
             tags: entry.service.tags.clone(),
             weight: status.weight(entry.service.weights.as_ref()),
             status,
+            hostname,
         })
     }
 
-    /// The address DNS answers use: the service address when set, else the node's.
+    /// The IP address DNS answers use: the service address when set, else the node's;
+    /// `None` when the address that applies is a hostname (see [`Self::hostname`]).
     pub fn address(&self) -> Option<IpAddr> {
+        if self.hostname.is_some() {
+            return None;
+        }
         self.service_address.or(self.node_address)
     }
 
-    /// True when the instance is reached at its node's address (no service address of its
-    /// own), so its node's name resolves to it.
+    /// True when the instance is reached at its node's IP address (no service address of
+    /// its own), so its node's name resolves to it.
     pub fn uses_node_address(&self) -> bool {
-        self.service_address.is_none()
+        self.service_address.is_none() && self.hostname.is_none()
     }
 
     /// True when the instance carries `tag` (case-insensitive, as Consul compares).
@@ -144,29 +163,25 @@ impl InstanceStatus {
 impl Node {
     /// The node of a catalog or health answer.
     pub fn from_info(info: &NodeInfo) -> Self {
+        let (address, hostname) = split_address(&info.address);
         Self {
             name: info.node.clone(),
             datacenter: info.datacenter.clone(),
-            address: parse_ip(&info.address),
+            address,
+            hostname,
         }
     }
 }
 
-/// Consul addresses may be hostnames; DNS answers here use IP addresses only.
-fn parse_ip(address: &str) -> Option<IpAddr> {
+/// A Consul address is an IP address or a hostname (Consul accepts both, and DNS answers
+/// a hostname with a CNAME); empty is neither.
+fn split_address(address: &str) -> (Option<IpAddr>, Option<String>) {
     if address.is_empty() {
-        return None;
+        return (None, None);
     }
     match address.parse() {
-        Ok(ip) => Some(ip),
-        Err(_) => {
-            // Per read of Consul, so debug only.
-            tracing::debug!(
-                address,
-                "Consul address is not an IP address; hostname addresses are not served yet"
-            );
-            None
-        }
+        Ok(ip) => (Some(ip), None),
+        Err(_) => (None, Some(address.to_owned())),
     }
 }
 
@@ -203,8 +218,12 @@ mod tests {
         let passing = ServiceInstance::from_entry(&entry, false).expect("served");
         assert_eq!(passing.weight, 10);
         assert_eq!(passing.status, InstanceStatus::Passing);
-        assert_eq!(passing.service_address, None, "hostnames are not addresses");
-        assert_eq!(passing.address(), Some(IpAddr::from([10, 0, 0, 1])));
+        assert_eq!(
+            passing.service_address, None,
+            "hostnames are not IP addresses"
+        );
+        assert_eq!(passing.hostname.as_deref(), Some("web.example"));
+        assert_eq!(passing.address(), None, "the service's hostname wins");
         entry.checks.push(check(HealthStatus::Warning));
         let warning = ServiceInstance::from_entry(&entry, false).expect("served");
         assert_eq!(warning.weight, 2);
@@ -269,6 +288,27 @@ mod tests {
         entry.node.address = "node.example".into();
         instance = ServiceInstance::from_entry(&entry, false).expect("served");
         assert_eq!(instance.address(), None, "no IP address at all");
+        assert_eq!(instance.hostname.as_deref(), Some("node.example"));
+        assert!(
+            !instance.uses_node_address(),
+            "the SRV target is the hostname"
+        );
+        entry.service.address = "10.9.0.1".into();
+        instance = ServiceInstance::from_entry(&entry, false).expect("served");
+        assert_eq!(instance.address(), "10.9.0.1".parse().ok());
+        assert_eq!(
+            instance.hostname, None,
+            "an own IP address hides the node's hostname"
+        );
+        entry.node.address = "10.0.0.1".into();
+        entry.service.address = "db.example.com".into();
+        instance = ServiceInstance::from_entry(&entry, false).expect("served");
+        assert_eq!(
+            instance.address(),
+            None,
+            "the service's hostname, not the node's IP"
+        );
+        assert_eq!(instance.hostname.as_deref(), Some("db.example.com"));
     }
 
     #[test]
@@ -285,6 +325,7 @@ mod tests {
                 tags: vec!["Primary".into(), "v2".into()],
                 weight: 1,
                 status: InstanceStatus::Passing,
+                hostname: None,
             }
         );
     }
@@ -313,10 +354,15 @@ mod tests {
                 name: "Node-A".into(),
                 datacenter: "dc1".into(),
                 address: Some(IpAddr::from([10, 0, 0, 7])),
+                hostname: None,
             }
         );
         info.address = "node-a.example".into();
         assert_eq!(Node::from_info(&info).address, None);
+        assert_eq!(
+            Node::from_info(&info).hostname.as_deref(),
+            Some("node-a.example")
+        );
         info.address = String::new();
         assert_eq!(Node::from_info(&info).address, None);
     }

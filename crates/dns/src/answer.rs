@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use dnsfront_catalog::{Freshness, Lookup, Node, ServiceInstance, Witness};
 use hickory_proto::op::ResponseCode;
-use hickory_proto::rr::rdata::{A, AAAA, SOA, SRV};
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, SOA, SRV};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use rand::seq::SliceRandom;
 use tokio::time::Instant;
@@ -35,6 +35,8 @@ pub(crate) enum Source {
     /// A forwarding policy answered without asking upstream (`domain_needed`,
     /// `bogus_priv`) or emptied the answer (`rebind_protection`).
     Policy,
+    /// The Consul agent's DNS interface (a Consul form dnsfront does not answer itself).
+    Agent,
     /// No data source (synthesised, invalid name, failure).
     None,
 }
@@ -49,6 +51,7 @@ impl Source {
             Self::Cache => "cache",
             Self::Local => "local",
             Self::Policy => "policy",
+            Self::Agent => "agent",
             Self::None => "none",
         }
     }
@@ -296,7 +299,8 @@ impl Zone {
             ConsulName::Apex | ConsulName::Invalid => {
                 self.negative(ResponseCode::NXDomain, Source::None)
             }
-            ConsulName::Unsupported => Reply::empty(ResponseCode::ServFail, true),
+            // Reached only without `agent_dns` (the router asks the agent first).
+            ConsulName::Fallback => Reply::empty(ResponseCode::ServFail, true),
             ConsulName::Addr(ip) => {
                 let mut reply = Reply::empty(ResponseCode::NoError, true);
                 if let Some(record) = address_record(asked.clone(), self.node_ttl, ip, qtype) {
@@ -318,6 +322,12 @@ impl Zone {
                             if let Some(record) = node.address.and_then(|ip| {
                                 address_record(asked.clone(), self.node_ttl, ip, qtype)
                             }) {
+                                reply.answers.push(record);
+                            } else if let Some(record) = node
+                                .hostname
+                                .as_deref()
+                                .and_then(|host| alias_record(asked, self.node_ttl, host, qtype))
+                            {
                                 reply.answers.push(record);
                             }
                             reply
@@ -364,7 +374,9 @@ impl Zone {
         let mut usable: Vec<&ServiceInstance> = instances
             .iter()
             .filter(|instance| tag.is_none_or(|tag| instance.has_tag(tag)))
-            .filter(|instance| instance.address().is_some())
+            .filter(|instance| {
+                address_of(instance, asked).is_some() || hostname_target(instance, asked).is_some()
+            })
             .collect();
         if usable.is_empty() {
             return self.negative(ResponseCode::NXDomain, source);
@@ -377,7 +389,10 @@ impl Zone {
         match qtype {
             RecordType::A | RecordType::AAAA | RecordType::ANY => {
                 let mut seen = HashSet::new();
-                for ip in usable.iter().filter_map(|instance| instance.address()) {
+                for ip in usable
+                    .iter()
+                    .filter_map(|instance| address_of(instance, asked))
+                {
                     if seen.insert(ip)
                         && let Some(record) = address_record(asked.clone(), ttl, ip, qtype)
                     {
@@ -387,26 +402,42 @@ impl Zone {
                 if let Some(max) = self.max_answer_records {
                     reply.answers.truncate(max);
                 }
+                // Hostname instances only when no IP instance answered (Consul
+                // prefers addresses), and then one CNAME: a random instance's.
+                if reply.answers.is_empty()
+                    && let Some(record) = usable
+                        .iter()
+                        .filter(|instance| address_of(instance, asked).is_none())
+                        .find_map(|instance| {
+                            alias_record(asked, ttl, instance.hostname.as_deref()?, qtype)
+                        })
+                {
+                    reply.answers.push(record);
+                }
             }
             RecordType::SRV => {
                 let mut seen = HashSet::new();
                 let mut targets = HashSet::new();
                 for instance in usable {
-                    let Some(ip) = instance.address() else {
+                    // A hostname instance's target is the hostname itself, without
+                    // glue here: the router resolves it into Additional.
+                    let (target, ip) = match address_of(instance, asked) {
+                        Some(ip) => (self.srv_target(instance, ip), Some(ip)),
+                        None => (hostname_target(instance, asked), None),
+                    };
+                    let Some(target) = target else {
                         continue;
                     };
-                    if !seen.insert((instance.node.as_str(), ip, instance.port)) {
+                    if !seen.insert((instance.node.as_str(), target.clone(), instance.port)) {
                         continue;
                     }
-                    let Some(target) = self.srv_target(instance, ip) else {
-                        continue;
-                    };
                     let srv = SRV::new(1, instance.weight, instance.port, target.clone());
                     reply
                         .answers
                         .push(Record::from_rdata(asked.clone(), ttl, RData::SRV(srv)));
                     if targets.insert(target.clone())
-                        && let Some(glue) = address_record(target, ttl, ip, RecordType::ANY)
+                        && let Some(glue) =
+                            ip.and_then(|ip| address_record(target, ttl, ip, RecordType::ANY))
                     {
                         reply.additionals.push(glue);
                     }
@@ -468,6 +499,44 @@ impl Zone {
         );
         Record::from_rdata(self.domain.clone(), self.negative_ttl, RData::SOA(soa))
     }
+}
+
+/// The hostname an instance is reached at, as a DNS name, when its address is one.
+fn hostname_target(instance: &ServiceInstance, asked: &Name) -> Option<Name> {
+    address_of(instance, asked).is_none().then_some(())?;
+    hostname_name(instance.hostname.as_deref()?)
+}
+
+/// The instance's IP address; for an instance registered at the very name
+/// asked (`db.service.consul` for `db`), its node's, as Consul does instead
+/// of a CNAME to itself.
+fn address_of(instance: &ServiceInstance, asked: &Name) -> Option<IpAddr> {
+    instance.address().or_else(|| {
+        let hostname = hostname_name(instance.hostname.as_deref()?)?;
+        (hostname == *asked).then_some(instance.node_address)?
+    })
+}
+
+/// A registered hostname (`db.example.com`, with or without the final dot) as a
+/// fully qualified name; `None` when it is not a valid DNS name.
+fn hostname_name(host: &str) -> Option<Name> {
+    let mut name = Name::from_ascii(host).ok()?;
+    name.set_fqdn(true);
+    (name.num_labels() > 0).then_some(name)
+}
+
+/// The CNAME from `asked` to a hostname address, when `qtype` asks for
+/// addresses (A, AAAA, ANY); the router then follows it.
+fn alias_record(asked: &Name, ttl: u32, host: &str, qtype: RecordType) -> Option<Record> {
+    if !matches!(qtype, RecordType::A | RecordType::AAAA | RecordType::ANY) {
+        return None;
+    }
+    let target = hostname_name(host)?;
+    Some(Record::from_rdata(
+        asked.clone(),
+        ttl,
+        RData::CNAME(CNAME(target)),
+    ))
 }
 
 /// An A or AAAA record for `ip` when `qtype` asks for its family (ANY asks for both).

@@ -1,5 +1,6 @@
 //! Answer settings for the DNS front (plain struct; validated by `src/config`).
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use hickory_proto::rr::Name;
@@ -9,6 +10,15 @@ use hickory_proto::rr::Name;
 pub struct Config {
     /// The Consul domain, a lower-case FQDN such as `consul.`.
     pub domain: Name,
+    /// Consul's `alt_domain`: a second domain (lower-case FQDN) answered exactly like
+    /// `domain`, with owner names and SRV targets in the domain the question used.
+    pub alt_domain: Option<Name>,
+    /// The local Consul agent's DNS interface, asked for every Consul form dnsfront does
+    /// not answer from its own data (prepared queries, peers, `.connect`, `.ingress`,
+    /// `.virtual`, sameness groups); `None`: those get SERVFAIL.
+    pub agent_dns: Option<SocketAddr>,
+    /// How long to wait for the agent's DNS interface before answering SERVFAIL.
+    pub agent_dns_timeout: Duration,
     /// TTL of service answers (A/AAAA/SRV and the SRV Additional records); 0 is allowed.
     pub service_ttl: Duration,
     /// Per-service TTLs, Consul's `service_ttl` idea: an exact name, a `prefix*`, or `*`.
@@ -55,6 +65,12 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             domain: Name::from_ascii("consul.").expect("a valid literal domain"),
+            alt_domain: None,
+            agent_dns: Some(SocketAddr::from((
+                Ipv4Addr::LOCALHOST,
+                DEFAULT_AGENT_DNS_PORT,
+            ))),
+            agent_dns_timeout: Duration::from_secs(2),
             service_ttl: Duration::from_secs(5),
             service_ttl_overrides: Vec::new(),
             node_ttl: Duration::from_secs(5),
@@ -67,6 +83,9 @@ impl Default for Config {
         }
     }
 }
+
+/// The port of a Consul agent's DNS interface (Consul's `ports.dns`).
+const DEFAULT_AGENT_DNS_PORT: u16 = 8600;
 
 /// A DNS TTL in seconds from a duration (saturating).
 pub(crate) fn ttl_secs(duration: Duration) -> u32 {

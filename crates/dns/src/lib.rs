@@ -41,7 +41,12 @@
 //! - UDP truncation sets TC (never Consul's silent 3-record UDP trim); EDNS clients
 //!   get at most `min(their size, max_udp_payload)` and our OPT;
 //! - TXT on a service is NODATA (Consul answers it with A records);
-//! - `.query`, `.connect`, `.ingress` and `.virtual` are not implemented: SERVFAIL;
+//! - the forms we do not answer from our own data (`.query`, `.peer`,
+//!   `.connect`, `.ingress`, `.virtual`, `.sameness-group`, Enterprise `.ns`
+//!   and `.ap`) are asked of the local agent's DNS interface (`agent_dns`) and
+//!   its answer passed on; SERVFAIL when it does not answer or is off;
+//! - a hostname address is resolved with the asked type (A or AAAA; A for
+//!   ANY and SRV), where Consul always asks its recursors for A;
 //! - an `.addr` label that is not 8 or 32 hex digits is NXDOMAIN (Consul:
 //!   NOERROR for other lengths), and `.addr` with another qtype is an empty
 //!   NOERROR (Consul puts the record in Additional);
@@ -55,11 +60,13 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod alias;
 mod answer;
 mod backend;
 mod config;
 mod encode;
 mod explain;
+mod fallback;
 mod fast;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -609,6 +609,7 @@ mod tests {
                     tags: Vec::new(),
                     weight: 1,
                     status: dnsfront_catalog::InstanceStatus::Passing,
+                    hostname: None,
                 }]
                 .into(),
                 Freshness::Fresh,

@@ -3,7 +3,7 @@
 //! Tags are bounded: `zone` (consul, local, forward, none), `qtype` (A, AAAA, SRV, ANY,
 //! TXT, SOA, PTR, other), `rcode` (NOERROR, NXDOMAIN, SERVFAIL, REFUSED,
 //! FORMERR, NOTIMP, other), `source` (fresh, stale, snapshot, upstream, cache,
-//! local, none). `zone` is `none` for requests that never reached routing (FORMERR,
+//! local, policy, agent, none). `zone` is `none` for requests that never reached routing (FORMERR,
 //! NOTIMP, BADVERS).
 
 use hickory_proto::op::ResponseCode;
@@ -27,6 +27,10 @@ pub const UDP_OVERLOAD_DROPS: &str = "dns.udp_overload_drops";
 
 /// Counter: UDP queries dropped by the per-client rate limit (`dns.rate_limit`).
 pub const RATE_LIMITED: &str = "dns.rate_limited";
+
+/// Counter: questions asked of the Consul agent's DNS interface (`dns.agent_dns`) for the
+/// Consul forms dnsfront does not answer itself, tagged `result` (answered, timeout, error).
+pub const FALLBACK_QUERIES: &str = "dns.fallback_queries";
 
 /// Gauge: TCP connections open.
 pub const TCP_CONNECTIONS: &str = "dns.tcp_connections";
@@ -72,6 +76,12 @@ pub const METRICS: &[(&str, MetricKind, Unit, &str)] = &[
         MetricKind::Counter,
         Unit::Count,
         "UDP queries dropped by the per-client rate limit",
+    ),
+    (
+        FALLBACK_QUERIES,
+        MetricKind::Counter,
+        Unit::Count,
+        "Questions asked of the Consul agent's DNS interface, by result (answered, timeout, error)",
     ),
     (
         TRUNCATED,

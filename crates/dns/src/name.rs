@@ -5,6 +5,13 @@
 //!
 //! [`parse`] takes the question name, lower-cased, with the Consul domain
 //! already stripped, as a list of labels (leftmost first).
+//!
+//! A form Consul's DNS knows but dnsfront does not answer from its own data
+//! (prepared queries, cluster peers, `.connect`, `.ingress`, `.virtual`,
+//! Enterprise namespaces, partitions and sameness groups) is
+//! [`ConsulName::Fallback`]: the router asks the local agent's DNS interface
+//! (`fallback.rs`). Only what Consul itself would call malformed is
+//! [`ConsulName::Invalid`] (NXDOMAIN here, without asking).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -33,29 +40,39 @@ pub enum ConsulName {
     },
     /// A literal address encoded in hex.
     Addr(IpAddr),
-    /// A Consul form we do not implement yet (`.query`, `.connect`, `.ingress`, `.virtual`).
-    Unsupported,
+    /// A Consul form dnsfront does not answer from its own data: asked of the
+    /// local agent's DNS interface, whose answer is passed on.
+    Fallback,
     /// Anything else: NXDOMAIN.
     Invalid,
 }
 
 impl ConsulName {
-    /// `apex`, `service`, `node`, `addr`, `unsupported` or `invalid`.
+    /// `apex`, `service`, `node`, `addr`, `fallback` or `invalid`.
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Apex => "apex",
             Self::Service { .. } => "service",
             Self::Node { .. } => "node",
             Self::Addr(_) => "addr",
-            Self::Unsupported => "unsupported",
+            Self::Fallback => "fallback",
             Self::Invalid => "invalid",
         }
     }
 }
 
-/// Keywords that split a name into query parts (left) and locality (right).
-const KEYWORDS: [&str; 7] = [
-    "service", "connect", "virtual", "ingress", "node", "query", "addr",
+/// Keywords that split a name into query parts (left) and locality (right):
+/// Consul 1.16's, and `sameness-group`, which Consul CE calls malformed but
+/// the agent gets to say so (sameness groups are Enterprise's `.sg` label).
+const KEYWORDS: [&str; 8] = [
+    "service",
+    "connect",
+    "virtual",
+    "ingress",
+    "node",
+    "query",
+    "addr",
+    "sameness-group",
 ];
 
 /// Parses `lower` (a lower-cased name at or under `domain`, also lower-cased).
@@ -105,22 +122,25 @@ pub(crate) fn parse(labels: &[&str], qtype: RecordType) -> ConsulName {
     };
 
     match kind {
-        "service" => {
-            let Some(datacenter) = locality(suffixes) else {
-                return ConsulName::Invalid;
-            };
-            service(query_parts, datacenter)
-        }
+        "service" => match locality(suffixes) {
+            Locality::Invalid => ConsulName::Invalid,
+            Locality::Elsewhere if service(query_parts, None) == ConsulName::Invalid => {
+                ConsulName::Invalid
+            }
+            Locality::Elsewhere => ConsulName::Fallback,
+            Locality::Datacenter(datacenter) => service(query_parts, datacenter),
+        },
         "node" => {
-            let Some(datacenter) = locality(suffixes) else {
-                return ConsulName::Invalid;
-            };
             if query_parts.is_empty() {
                 return ConsulName::Invalid;
             }
-            ConsulName::Node {
-                name: query_parts.join("."),
-                datacenter,
+            match locality(suffixes) {
+                Locality::Invalid => ConsulName::Invalid,
+                Locality::Elsewhere => ConsulName::Fallback,
+                Locality::Datacenter(datacenter) => ConsulName::Node {
+                    name: query_parts.join("."),
+                    datacenter,
+                },
             }
         }
         "addr" => {
@@ -134,7 +154,9 @@ pub(crate) fn parse(labels: &[&str], qtype: RecordType) -> ConsulName {
                 None => ConsulName::Invalid,
             }
         }
-        _ => ConsulName::Unsupported,
+        // `.query`, `.connect`, `.ingress`, `.virtual`, `.sameness-group`: the
+        // agent checks their parts and locality itself.
+        _ => ConsulName::Fallback,
     }
 }
 
@@ -166,14 +188,42 @@ fn service(query_parts: &[&str], datacenter: Option<String>) -> ConsulName {
     }
 }
 
-/// Datacenter from the labels right of the keyword: `Some(None)` = default,
-/// `Some(Some(dc))`, or `None` when the locality is invalid.
-fn locality(suffixes: &[&str]) -> Option<Option<String>> {
+/// Where a name asks, from the labels right of the keyword (Consul's
+/// `parseLocality`).
+#[derive(Debug, PartialEq, Eq)]
+enum Locality {
+    /// A datacenter (`None` = the agent's): answered from the catalog.
+    Datacenter(Option<String>),
+    /// A cluster peer, or an Enterprise namespace or partition: asked of the agent.
+    Elsewhere,
+    /// Not a locality Consul accepts: NXDOMAIN.
+    Invalid,
+}
+
+/// 0 labels = the agent's datacenter; 1 = a datacenter; 2 or 4 = `X.dc`,
+/// `X.peer` pairs (a datacenter and a peer together are invalid, as in Consul;
+/// the last `.dc` wins), where Enterprise also knows `X.ns`, `X.ap` and `X.sg`.
+fn locality(suffixes: &[&str]) -> Locality {
     match suffixes {
-        [] => Some(None),
-        [datacenter] => Some(Some((*datacenter).to_owned())),
-        [datacenter, "dc"] => Some(Some((*datacenter).to_owned())),
-        _ => None,
+        [] => Locality::Datacenter(None),
+        [datacenter] => Locality::Datacenter(Some((*datacenter).to_owned())),
+        [_, _] | [_, _, _, _] => {
+            let (mut datacenter, mut peer, mut enterprise) = (None, false, false);
+            for pair in suffixes.chunks_exact(2) {
+                match pair[1] {
+                    "dc" => datacenter = Some(pair[0].to_owned()),
+                    "peer" => peer = true,
+                    "ns" | "ap" | "sg" => enterprise = true,
+                    _ => return Locality::Invalid,
+                }
+            }
+            match (datacenter, peer || enterprise) {
+                (Some(_), true) if peer => Locality::Invalid,
+                (_, true) => Locality::Elsewhere,
+                (datacenter, false) => Locality::Datacenter(datacenter),
+            }
+        }
+        _ => Locality::Invalid,
     }
 }
 
@@ -255,7 +305,19 @@ mod tests {
             ("web.service", A, svc("web", None, None)),
             ("web.service.dc1", A, svc("web", None, Some("dc1"))),
             ("web.service.dc1.dc", A, svc("web", None, Some("dc1"))),
-            ("web.service.dc1.peer", A, ConsulName::Invalid),
+            ("web.service.dc1.peer", A, ConsulName::Fallback),
+            ("web.service.peer1.peer", SRV, ConsulName::Fallback),
+            ("_web._tcp.service.peer1.peer", SRV, ConsulName::Fallback),
+            ("service.peer1.peer", A, ConsulName::Invalid),
+            ("web.service.dc1.dc.peer1.peer", A, ConsulName::Invalid),
+            ("web.service.peer1.peer.dc1.dc", A, ConsulName::Invalid),
+            ("web.service.a.dc.dc2.dc", A, svc("web", None, Some("dc2"))),
+            ("web.service.ns1.ns.dc1.dc", A, ConsulName::Fallback),
+            ("web.service.part1.ap", A, ConsulName::Fallback),
+            ("web.service.group1.sg", A, ConsulName::Fallback),
+            ("web.service.dc1.zone", A, ConsulName::Invalid),
+            ("n1.node.peer1.peer", A, ConsulName::Fallback),
+            ("node.peer1.peer", A, ConsulName::Invalid),
             ("web.service.dc1.extra.more", A, ConsulName::Invalid),
             ("v1.web.service", A, svc("web", Some("v1"), None)),
             (
@@ -302,10 +364,15 @@ mod tests {
             ("7f.addr", A, ConsulName::Invalid),
             ("a.7f000002.addr", A, ConsulName::Invalid),
             ("addr", A, ConsulName::Invalid),
-            ("web.query", A, ConsulName::Unsupported),
-            ("web.connect", A, ConsulName::Unsupported),
-            ("web.ingress", A, ConsulName::Unsupported),
-            ("web.virtual", A, ConsulName::Unsupported),
+            ("web.query", A, ConsulName::Fallback),
+            ("geo.web.query.dc2", A, ConsulName::Fallback),
+            ("_geo-web._tcp.query", SRV, ConsulName::Fallback),
+            ("web.connect", A, ConsulName::Fallback),
+            ("web.connect.dc2", SRV, ConsulName::Fallback),
+            ("web.ingress", A, ConsulName::Fallback),
+            ("web.virtual", A, ConsulName::Fallback),
+            ("web.virtual.peer1", A, ConsulName::Fallback),
+            ("web.sameness-group", A, ConsulName::Fallback),
             // The rightmost keyword wins: `node` here is a query part of the service form.
             ("node.web.service", A, svc("web", Some("node"), None)),
             ("web.service.node", A, node("web.service", None)),

@@ -2,6 +2,8 @@
 //! files or the forwarder, then encodes the reply within the transport's size limit.
 
 use std::iter;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -23,11 +25,13 @@ use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder, Quer
 use tokio::time::Instant;
 use tracing::{info, trace};
 
+use crate::alias::{self, Section};
 use crate::answer::{Basis, Reply, Source, Zone};
 use crate::backend::{CatalogView, Upstream};
 use crate::config::{Config, ttl_secs};
 use crate::encode::Response;
 use crate::explain::Explanation;
+use crate::fallback::Fallback;
 use crate::fast::FastCache;
 use crate::local;
 use crate::metrics::{
@@ -69,6 +73,10 @@ struct Inner<C, F> {
 /// Everything [`Router::reload`] can change, swapped as one.
 struct Settings {
     zone: Zone,
+    /// Consul's `alt_domain` (lower-case FQDN): answered like `zone`'s domain.
+    alt_domain: Option<Name>,
+    /// The agent's DNS interface, for the Consul forms we do not answer ourselves.
+    fallback: Option<Fallback>,
     max_udp_payload: u16,
     local_ttl: u32,
     /// `Some(sample fraction)` when the query log is on.
@@ -85,8 +93,18 @@ impl Settings {
                 sample.clamp(0.0, 1.0)
             }
         });
+        let alt_domain = config.alt_domain.as_ref().map(|alt| {
+            let mut alt = alt.to_lowercase();
+            alt.set_fqdn(true);
+            alt
+        });
         Self {
             zone: Zone::new(config),
+            alt_domain,
+            fallback: config.agent_dns.map(|server| Fallback {
+                server,
+                timeout: config.agent_dns_timeout,
+            }),
             max_udp_payload: config.max_udp_payload.max(PLAIN_UDP_LIMIT),
             local_ttl: ttl_secs(config.local_ttl),
             query_log,
@@ -128,10 +146,18 @@ struct Routed {
     note: Option<Note>,
 }
 
-/// Why the forwarder gave no answer (kept as data: formatted only by `explain`).
+/// Why the forwarder gave no answer, or that the Consul agent's DNS did
+/// (kept as data: formatted only by `explain`).
 enum Note {
     NoForwarder,
     ForwardFailed(dnsfront_forward::Error),
+    /// A Consul form dnsfront does not answer itself, asked of the agent's DNS.
+    Fallback {
+        server: SocketAddr,
+        failure: Option<dnsfront_forward::AttemptError>,
+    },
+    /// Such a form, with `dns.agent_dns` off.
+    NoFallback,
 }
 
 impl Note {
@@ -139,6 +165,22 @@ impl Note {
         match self {
             Self::NoForwarder => "no upstream resolvers configured: SERVFAIL".to_owned(),
             Self::ForwardFailed(error) => format!("forwarding failed: {error}"),
+            Self::Fallback {
+                server,
+                failure: None,
+            } => format!(
+                "a Consul form dnsfront does not answer itself: answered by the Consul agent's DNS at {server} (dns.agent_dns)"
+            ),
+            Self::Fallback {
+                server,
+                failure: Some(error),
+            } => format!(
+                "a Consul form dnsfront does not answer itself: the Consul agent's DNS at {server} (dns.agent_dns) failed ({error}): SERVFAIL"
+            ),
+            Self::NoFallback => {
+                "a Consul form dnsfront does not answer itself, and dns.agent_dns is off: SERVFAIL"
+                    .to_owned()
+            }
         }
     }
 }
@@ -225,19 +267,31 @@ impl<C: CatalogView, F: Upstream> Router<C, F> {
         let mut lower = name.to_lowercase();
         lower.set_fqdn(true);
         let settings = self.inner.settings.load();
-        self.in_consul_zone(&settings, &lower)
-            .then(|| name::parse_in_zone(settings.zone.domain(), &lower, qtype))
+        self.consul_domain(&settings, &lower)
+            .map(|domain| name::parse_in_zone(domain, &lower, qtype))
     }
 
-    /// Whether the Consul zone answers `lower` (the lower-cased question name).
-    fn in_consul_zone(&self, settings: &Settings, lower: &Name) -> bool {
-        let forwarded_by_rule = || {
-            self.inner
-                .forwarder
-                .as_ref()
-                .is_some_and(|forwarder| forwarder.has_rule_for(lower))
+    /// The Consul domain that answers `lower` (the lower-cased question
+    /// name): the main one or `alt_domain` (the longer when both contain it),
+    /// unless a `forward.rules` zone sends the name upstream.
+    fn consul_domain<'s>(&self, settings: &'s Settings, lower: &Name) -> Option<&'s Name> {
+        let main = settings.zone.domain();
+        let domain = match &settings.alt_domain {
+            Some(alt)
+                if alt.zone_of(lower)
+                    && !(main.zone_of(lower) && main.num_labels() > alt.num_labels()) =>
+            {
+                alt
+            }
+            _ if main.zone_of(lower) => main,
+            _ => return None,
         };
-        settings.zone.domain().zone_of(lower) && !forwarded_by_rule()
+        let forwarded_by_rule = self
+            .inner
+            .forwarder
+            .as_ref()
+            .is_some_and(|forwarder| forwarder.has_rule_for(lower));
+        (!forwarded_by_rule).then_some(domain)
     }
 
     /// The routing shared by queries and `explain`: `lower` is the lower-cased
@@ -250,15 +304,14 @@ impl<C: CatalogView, F: Upstream> Router<C, F> {
         dnssec_ok: bool,
     ) -> Routed {
         let qtype = query.query_type();
-        if self.in_consul_zone(settings, lower) {
-            let reply = settings
-                .zone
-                .answer(&self.inner.catalog, lower, query.name(), qtype)
+        if let Some(domain) = self.consul_domain(settings, lower) {
+            let (reply, note) = self
+                .consul_answer(settings, domain, lower, query.name(), qtype, 0)
                 .await;
             return Routed {
                 zone: "consul",
                 reply,
-                note: None,
+                note,
             };
         }
         if let Some(hosts) = &self.inner.hosts
@@ -328,6 +381,122 @@ impl<C: CatalogView, F: Upstream> Router<C, F> {
                     Reply::empty(ResponseCode::ServFail, false),
                     Some(Note::ForwardFailed(error)),
                 )
+            }
+        }
+    }
+}
+
+// === impl Router: the Consul zone's aliases and fallback ===
+
+/// A boxed answer future (the hostname chain recurses through it).
+type ConsulAnswer<'a> = Pin<Box<dyn Future<Output = (Reply, Option<Note>)> + Send + 'a>>;
+
+impl<C: CatalogView, F: Upstream> Router<C, F> {
+    /// Answers `lower` (lower-cased, inside `domain`, the main Consul domain or
+    /// `alt_domain`; `asked` as the client wrote it): a form we do not answer
+    /// ourselves goes to the agent's DNS, the others to the catalog (in the
+    /// main domain, names moved back to the asked one), then hostname
+    /// addresses are resolved. `depth` counts Consul names followed so far.
+    fn consul_answer<'a>(
+        &'a self,
+        settings: &'a Settings,
+        domain: &'a Name,
+        lower: &'a Name,
+        asked: &'a Name,
+        qtype: RecordType,
+        depth: u8,
+    ) -> ConsulAnswer<'a> {
+        Box::pin(async move {
+            let main = settings.zone.domain();
+            // In `alt_domain`: the same question in the main domain, and the
+            // domain as the question wrote it (owners and targets go back there).
+            let moved = (domain != main).then(|| {
+                let asked_domain = asked.trim_to(domain.iter().count());
+                (alias::rebase(lower, domain, main), asked_domain)
+            });
+            let question = moved.as_ref().map_or(lower, |(question, _)| question);
+            if name::parse_in_zone(main, question, qtype) == ConsulName::Fallback {
+                let Some(fallback) = &settings.fallback else {
+                    return (
+                        Reply::empty(ResponseCode::ServFail, false),
+                        Some(Note::NoFallback),
+                    );
+                };
+                let (mut reply, failure) = match fallback.ask(question, qtype).await {
+                    Ok(reply) => (reply, None),
+                    Err(error) => {
+                        trace!(error = %error, "the Consul agent's DNS failed");
+                        (Reply::empty(ResponseCode::ServFail, false), Some(error))
+                    }
+                };
+                if let Some((_, asked_domain)) = &moved {
+                    alias::rebase_reply(&mut reply, main, asked_domain);
+                }
+                alias::echo_owner(&mut reply, lower, asked);
+                let note = Note::Fallback {
+                    server: fallback.server,
+                    failure,
+                };
+                return (reply, Some(note));
+            }
+            let mut reply = settings
+                .zone
+                .answer(&self.inner.catalog, question, asked, qtype)
+                .await;
+            if let Some((_, asked_domain)) = &moved {
+                alias::rebase_reply(&mut reply, main, asked_domain);
+            }
+            self.resolve_hostnames(settings, &mut reply, qtype, depth)
+                .await;
+            (reply, None)
+        })
+    }
+
+    /// Appends the records of the hostnames `reply` points at (CNAME targets
+    /// to Answer, SRV targets to Additional): Consul names answered here, at
+    /// most [`alias::MAX_DEPTH`] levels deep; other names through the
+    /// forwarder, as it answers them. A hostname that cannot be resolved
+    /// leaves its CNAME or SRV without records, as in Consul.
+    async fn resolve_hostnames(
+        &self,
+        settings: &Settings,
+        reply: &mut Reply,
+        qtype: RecordType,
+        depth: u8,
+    ) {
+        let targets = alias::dangling(reply);
+        if targets.is_empty() {
+            return;
+        }
+        // The chain's records change without the catalog changing: the fast
+        // path never keeps such an answer (it is only kept with a basis).
+        reply.basis = None;
+        for (target, section) in targets {
+            let lower = target.to_lowercase();
+            let records = if let Some(domain) = self.consul_domain(settings, &lower) {
+                if depth >= alias::MAX_DEPTH {
+                    continue;
+                }
+                let chain_qtype = alias::chain_qtype(qtype, true);
+                let (answer, _) = self
+                    .consul_answer(settings, domain, &lower, &target, chain_qtype, depth + 1)
+                    .await;
+                answer.answers
+            } else if let Some(forwarder) = &self.inner.forwarder {
+                let query = Query::query(target, alias::chain_qtype(qtype, false));
+                match forwarder.resolve(&query, false).await {
+                    Ok(answer) => answer.answers,
+                    Err(error) => {
+                        trace!(error = %error, "resolving a hostname address failed");
+                        continue;
+                    }
+                }
+            } else {
+                continue;
+            };
+            match section {
+                Section::Answer => reply.answers.extend(records),
+                Section::Additional => reply.additionals.extend(records),
             }
         }
     }

@@ -506,3 +506,63 @@ async fn bursts_from_many_clients_get_each_their_own_answers() {
     }
     stop(server).await;
 }
+
+/// A hostname address is answered with a CNAME (or as the SRV target) and the
+/// upstream's records, which change without the catalog changing: such an
+/// answer is never kept by the fast path, so the next query sees the
+/// upstream's new record at once.
+#[tokio::test]
+async fn hostname_answers_are_never_served_from_the_fast_path() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let server = start(Config::default(), ServerOptions::default(), true).await;
+    let mut rds = instance("n1", "10.0.0.1", None, 5432, &[]);
+    rds.node_address = None;
+    rds.hostname = Some("db.rds.example.com".to_owned());
+    server
+        .catalog
+        .set_instances("rds", vec![rds], Freshness::Fresh);
+    let host = test_support::name_of("db.rds.example.com.");
+    let upstream_says = |last: u8| {
+        let record = hickory_proto::rr::Record::from_rdata(
+            host.clone(),
+            300,
+            hickory_proto::rr::RData::A(hickory_proto::rr::rdata::A::new(192, 0, 2, last)),
+        );
+        server
+            .upstream
+            .set_answer(Some(answer(ResponseCode::NoError, vec![record])));
+    };
+    let ask = Ask::new("rds.service.consul.", RecordType::A);
+    for last in [11, 11, 12, 13] {
+        upstream_says(last);
+        let (reply, _) = udp(server.addr, &ask).await;
+        assert_eq!(reply.answers[0].record_type(), RecordType::CNAME);
+        assert_eq!(addresses(&reply), vec![ip(&format!("192.0.2.{last}"))]);
+    }
+    // One SRV with the hostname's record in Additional: a single answer
+    // record, which the wire cache would otherwise take.
+    let ask = Ask::new("rds.service.consul.", RecordType::SRV);
+    for last in [21, 21, 22, 23] {
+        upstream_says(last);
+        let (reply, _) = udp(server.addr, &ask).await;
+        assert_eq!(reply.answers.len(), 1);
+        let glue: Vec<String> = reply
+            .additionals
+            .iter()
+            .map(|r| r.data.to_string())
+            .collect();
+        assert_eq!(glue, vec![format!("192.0.2.{last}")]);
+    }
+    assert_eq!(server.upstream.asked().len(), 8, "resolved for every query");
+    assert!(
+        server
+            .upstream
+            .asked()
+            .iter()
+            .all(|(query, _)| query.name() == &host && query.query_type() == RecordType::A)
+    );
+    stop(server).await;
+    assert_eq!(hits(&Recorded::take(&snapshotter)), 0);
+}

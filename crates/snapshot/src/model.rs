@@ -59,6 +59,7 @@ fn instance_order(a: &ServiceInstance, b: &ServiceInstance) -> Ordering {
         .then_with(|| a.weight.cmp(&b.weight))
         .then_with(|| a.status.cmp(&b.status))
         .then_with(|| a.datacenter.cmp(&b.datacenter))
+        .then_with(|| a.hostname.cmp(&b.hostname))
 }
 
 fn is_lower(name: &str) -> bool {
@@ -186,6 +187,7 @@ mod tests {
             tags: tags.iter().map(|tag| (*tag).to_owned()).collect(),
             weight: 1,
             status: InstanceStatus::Passing,
+            hostname: None,
         }
     }
 
@@ -205,6 +207,7 @@ mod tests {
                 name: "Node-A".into(),
                 datacenter: String::new(),
                 address: None,
+                hostname: None,
             },
         );
         assert!(!snapshot.is_normalized());
@@ -258,6 +261,7 @@ mod tests {
                 name: "a".into(),
                 datacenter: "other".into(),
                 address: None,
+                hostname: None,
             },
         );
         assert!(!snapshot.is_normalized());

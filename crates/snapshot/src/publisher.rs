@@ -695,6 +695,7 @@ mod tests {
                     tags: Vec::new(),
                     weight: 1,
                     status: consul::InstanceStatus::Passing,
+                    hostname: None,
                 })
                 .collect();
             snapshot.services.insert((*name).to_owned(), instances);

@@ -101,6 +101,9 @@ struct InstanceRef<'a> {
     tags: &'a [String],
     weight: u16,
     status: Status,
+    /// Written only when set, so snapshots without hostname addresses keep their bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hostname: Option<&'a str>,
 }
 
 impl<'a> From<&'a ServiceInstance> for InstanceRef<'a> {
@@ -113,6 +116,7 @@ impl<'a> From<&'a ServiceInstance> for InstanceRef<'a> {
             tags: &instance.tags,
             weight: instance.weight,
             status: instance.status.into(),
+            hostname: instance.hostname.as_deref(),
         }
     }
 }
@@ -122,6 +126,9 @@ impl<'a> From<&'a ServiceInstance> for InstanceRef<'a> {
 struct NodeRef<'a> {
     name: &'a str,
     address: Option<IpAddr>,
+    /// Written only when set, as the instance's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hostname: Option<&'a str>,
 }
 
 impl<'a> From<&'a Node> for NodeRef<'a> {
@@ -129,6 +136,7 @@ impl<'a> From<&'a Node> for NodeRef<'a> {
         Self {
             name: &node.name,
             address: node.address,
+            hostname: node.hostname.as_deref(),
         }
     }
 }
@@ -177,11 +185,13 @@ struct InstanceWire {
     tags: Vec<String>,
     weight: u16,
     status: Status,
+    hostname: Option<String>,
 }
 
 struct NodeWire {
     name: String,
     address: Option<IpAddr>,
+    hostname: Option<String>,
 }
 
 /// Bounds on the decoded shape of a snapshot, checked while the JSON is read (each count
@@ -470,7 +480,7 @@ impl<'de> Visitor<'de> for InstanceSeed<'_> {
         let budget = self.0;
         budget.take(&budget.instances, budget.limits.instances, "instances")?;
         let (mut node, mut node_address, mut service_address, mut port) = (None, None, None, None);
-        let (mut tags, mut weight, mut status) = (None, None, None);
+        let (mut tags, mut weight, mut status, mut hostname) = (None, None, None, None);
         while let Some(key) = map.next_key_seed(BoundedString(budget))? {
             match key.as_str() {
                 "node" => field!(node, "node", map.next_value_seed(BoundedString(budget))?),
@@ -482,6 +492,11 @@ impl<'de> Visitor<'de> for InstanceSeed<'_> {
                 "tags" => field!(tags, "tags", map.next_value_seed(TagsSeed(budget))?),
                 "weight" => field!(weight, "weight", map.next_value()?),
                 "status" => field!(status, "status", map.next_value()?),
+                "hostname" => field!(
+                    hostname,
+                    "hostname",
+                    map.next_value_seed(BoundedString(budget))?
+                ),
                 _ => {
                     map.next_value::<de::IgnoredAny>()?;
                 }
@@ -495,6 +510,7 @@ impl<'de> Visitor<'de> for InstanceSeed<'_> {
             tags: required(tags, "tags")?,
             weight: required(weight, "weight")?,
             status: required(status, "status")?,
+            hostname,
         })
     }
 }
@@ -574,11 +590,16 @@ impl<'de> Visitor<'de> for NodeSeed<'_> {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let budget = self.0;
-        let (mut name, mut address) = (None, None);
+        let (mut name, mut address, mut hostname) = (None, None, None);
         while let Some(key) = map.next_key_seed(BoundedString(budget))? {
             match key.as_str() {
                 "name" => field!(name, "name", map.next_value_seed(BoundedString(budget))?),
                 "address" => field!(address, "address", map.next_value()?),
+                "hostname" => field!(
+                    hostname,
+                    "hostname",
+                    map.next_value_seed(BoundedString(budget))?
+                ),
                 _ => {
                     map.next_value::<de::IgnoredAny>()?;
                 }
@@ -587,6 +608,7 @@ impl<'de> Visitor<'de> for NodeSeed<'_> {
         Ok(NodeWire {
             name: required(name, "name")?,
             address: address.unwrap_or_default(),
+            hostname,
         })
     }
 }
@@ -609,6 +631,7 @@ impl From<SnapshotWire> for Snapshot {
                         tags: instance.tags,
                         weight: instance.weight,
                         status: instance.status.into(),
+                        hostname: instance.hostname,
                     })
                     .collect();
                 (name, instances)
@@ -622,6 +645,7 @@ impl From<SnapshotWire> for Snapshot {
                     name: node.name,
                     datacenter: datacenter.clone(),
                     address: node.address,
+                    hostname: node.hostname,
                 };
                 (key, node)
             })

@@ -54,6 +54,33 @@ fn round_trip_unsigned_and_signed() {
     assert!(decode(&signed, None).expect("decodes").signed);
 }
 
+/// Hostname addresses travel in optional fields, written only when set: a
+/// snapshot without them keeps its bytes (the golden files), one with them
+/// comes back whole.
+#[test]
+fn hostname_addresses_round_trip_in_optional_fields() {
+    let plain = fixture();
+    let json = String::from_utf8(serde_json::to_vec(&plain).expect("json")).expect("utf8");
+    assert!(!json.contains("hostname"), "{json}");
+
+    let mut snapshot = fixture();
+    let mut rds = instance("node-r", Some("10.0.0.9"), None, 5432, &["aurora"]);
+    rds.hostname = Some("db.cluster-1.rds.amazonaws.com".to_owned());
+    rds.datacenter = snapshot.datacenter.clone();
+    snapshot.services.insert("rds".to_owned(), vec![rds]);
+    let mut edge = node("edge-1", None);
+    edge.hostname = Some("edge-1.example.com".to_owned());
+    edge.datacenter = snapshot.datacenter.clone();
+    snapshot.nodes.insert("edge-1".to_owned(), edge);
+    let decoded = decode(&encode(&snapshot, None).expect("encodes"), None).expect("decodes");
+    assert_eq!(decoded.snapshot, snapshot);
+    assert_eq!(
+        decoded.snapshot.services["rds"][0].hostname.as_deref(),
+        Some("db.cluster-1.rds.amazonaws.com")
+    );
+    assert_eq!(decoded.snapshot.services["rds"][0].address(), None);
+}
+
 #[test]
 fn round_trip_normalizes_unsorted_input() {
     let mut messy = fixture();

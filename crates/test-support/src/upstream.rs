@@ -11,6 +11,7 @@ use std::time::Duration;
 use hickory_proto::op::{Edns, Message, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA, SOA};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
+use hickory_proto::serialize::binary::{BinEncodable, BinEncoder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::task::JoinHandle;
@@ -222,8 +223,80 @@ async fn serve_udp(socket: Arc<UdpSocket>, state: Arc<State>) {
 }
 
 async fn send(socket: &UdpSocket, peer: SocketAddr, message: &Message) {
-    let bytes = message.to_vec().expect("encode response");
+    let bytes = encode(message);
     let _ = socket.send_to(&bytes, peer).await;
+}
+
+/// The wire form of a response. hickory's encoder compresses only the first
+/// 120 names of a message, so a large answer (2,000 records) is written by
+/// [`encode_large`] instead, every owner equal to the question a pointer to it.
+fn encode(message: &Message) -> Vec<u8> {
+    match message.to_vec() {
+        // hickory stops at 65,535 bytes and sets TC: only a whole message will do.
+        Ok(bytes) if bytes.get(6..8) == Some(&count(message.answers.len())[..]) => bytes,
+        _ => encode_large(message).expect("encode a large response"),
+    }
+}
+
+/// A section count as the header writes it (saturated: a mismatch either way).
+fn count(records: usize) -> [u8; 2] {
+    u16::try_from(records).unwrap_or(u16::MAX).to_be_bytes()
+}
+
+/// Header and question by hickory, then each record by hand: an owner equal to
+/// the question as a pointer to offset 12, other names uncompressed, and the
+/// OPT record last.
+fn encode_large(message: &Message) -> Option<Vec<u8>> {
+    /// The question name right after the 12-byte header (RFC 1035 §4.1.4).
+    const QUESTION_POINTER: [u8; 2] = [0xC0, 12];
+    let question = message.queries.first()?.name().clone();
+    let mut head = message.clone();
+    head.answers.clear();
+    head.authorities.clear();
+    head.additionals.clear();
+    head.edns = None;
+    let mut bytes = head.to_vec().ok()?;
+    let sections = [&message.answers, &message.authorities, &message.additionals];
+    for record in sections.into_iter().flatten() {
+        if record.name == question {
+            bytes.extend_from_slice(&QUESTION_POINTER);
+        } else {
+            for label in record.name.iter() {
+                bytes.push(u8::try_from(label.len()).ok()?);
+                bytes.extend_from_slice(label);
+            }
+            bytes.push(0);
+        }
+        let mut rdata = Vec::new();
+        let mut encoder = BinEncoder::new(&mut rdata);
+        encoder.set_canonical_form(true);
+        record.data.emit(&mut encoder).ok()?;
+        bytes.extend_from_slice(&u16::from(record.record_type()).to_be_bytes());
+        bytes.extend_from_slice(&u16::from(record.dns_class).to_be_bytes());
+        bytes.extend_from_slice(&record.ttl.to_be_bytes());
+        bytes.extend_from_slice(&u16::try_from(rdata.len()).ok()?.to_be_bytes());
+        bytes.extend_from_slice(&rdata);
+    }
+    if let Some(edns) = &message.edns {
+        // Root owner, type OPT, class = payload size, TTL = extended rcode,
+        // version and the DO flag, no options.
+        bytes.push(0);
+        bytes.extend_from_slice(&41_u16.to_be_bytes());
+        bytes.extend_from_slice(&edns.max_payload().to_be_bytes());
+        let flags: u16 = if edns.flags().dnssec_ok { 0x8000 } else { 0 };
+        bytes.extend_from_slice(&[edns.rcode_high(), edns.version()]);
+        bytes.extend_from_slice(&flags.to_be_bytes());
+        bytes.extend_from_slice(&0_u16.to_be_bytes());
+    }
+    let additionals = message.additionals.len() + usize::from(message.edns.is_some());
+    for (offset, count) in [
+        (6, message.answers.len()),
+        (8, message.authorities.len()),
+        (10, additionals),
+    ] {
+        bytes[offset..offset + 2].copy_from_slice(&u16::try_from(count).ok()?.to_be_bytes());
+    }
+    (bytes.len() <= usize::from(u16::MAX)).then_some(bytes)
 }
 
 async fn serve_tcp(listener: TcpListener, state: Arc<State>) {
@@ -255,7 +328,7 @@ async fn serve_tcp_connection(mut stream: TcpStream, state: Arc<State>) {
             return;
         }
         let response = build_response(&state, &knobs, &request);
-        let bytes = response.to_vec().expect("encode response");
+        let bytes = encode(&response);
         let mut framed = u16::try_from(bytes.len())
             .expect("response fits a TCP frame")
             .to_be_bytes()

@@ -169,6 +169,7 @@ pub fn instance(
         tags: tags.iter().map(|t| (*t).to_owned()).collect(),
         weight: 1,
         status: InstanceStatus::Passing,
+        hostname: None,
     }
 }
 
@@ -177,6 +178,7 @@ pub fn node(name: &str, address: &str) -> Arc<Node> {
         name: name.to_owned(),
         datacenter: "dc1".to_owned(),
         address: Some(address.parse().expect("ip")),
+        hostname: None,
     })
 }
 

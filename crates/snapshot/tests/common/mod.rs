@@ -49,6 +49,7 @@ pub(crate) fn instance(
         tags: tags.iter().map(|tag| (*tag).to_owned()).collect(),
         weight: 1,
         status: InstanceStatus::Passing,
+        hostname: None,
     }
 }
 
@@ -57,6 +58,7 @@ pub(crate) fn node(name: &str, address: Option<&str>) -> Node {
         name: name.to_owned(),
         datacenter: String::new(),
         address: address.map(ip),
+        hostname: None,
     }
 }
 
@@ -209,6 +211,7 @@ pub(crate) fn synthetic_catalog(
                 } else {
                     InstanceStatus::Passing
                 },
+                hostname: None,
             });
         }
         services.insert(format!("service-{service_index:03}"), instances);
