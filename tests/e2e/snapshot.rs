@@ -31,6 +31,9 @@ pub(crate) fn sample_snapshot(generation: u64) -> Snapshot {
         tags: vec!["primary".into()],
         weight: 1,
         status: InstanceStatus::Passing,
+        node_meta: Vec::new(),
+        node_tagged: Default::default(),
+        service_tagged: Default::default(),
     };
     let mut services = BTreeMap::new();
     services.insert(
@@ -56,6 +59,8 @@ pub(crate) fn sample_snapshot(generation: u64) -> Snapshot {
                 name: name.into(),
                 datacenter: "dc1".into(),
                 address: Some(ip(address)),
+                meta: Vec::new(),
+                tagged: Default::default(),
             },
         );
     }

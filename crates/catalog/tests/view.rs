@@ -82,6 +82,9 @@ fn instance(node: &str, address: &str, status: InstanceStatus) -> ServiceInstanc
         tags: Vec::new(),
         weight: 1,
         status,
+        node_meta: Vec::new(),
+        node_tagged: Default::default(),
+        service_tagged: Default::default(),
     }
 }
 
@@ -112,6 +115,8 @@ fn hosts_with_snapshot() -> Hosts {
             name: "N7".to_owned(),
             datacenter: String::new(),
             address: Some(ip("10.9.0.7")),
+            meta: Vec::new(),
+            tagged: Default::default(),
         },
     );
     let mut snapshot = Snapshot {

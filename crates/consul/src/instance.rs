@@ -1,13 +1,14 @@
 //! The one model of a service instance and a node, as every reader of Consul data in
 //! dnsfront sees it (the catalog cache, the hosts snapshot, DNS answers), with Consul's DNS
-//! rules written once: the health filter, the SRV weight, the address choice, the tag match.
+//! rules written once: the health filter, the SRV weight, the address choice (with
+//! Consul's tagged-address translation, `agent/translate_addr.go`), the tag match.
 //!
 //! The wire models ([`ServiceEntry`], [`NodeInfo`]) mirror Consul's JSON; these types hold
 //! only what the DNS front serves, already interpreted. A new field (service meta, a
 //! hostname address) is added here and in [`ServiceInstance::from_entry`]; the hosts
 //! snapshot keeps its own serialized shape, so its format changes only when that shape does.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::model::{HealthCheck, HealthStatus, NodeInfo, ServiceEntry, Weights};
 
@@ -30,6 +31,12 @@ pub struct ServiceInstance {
     pub weight: u16,
     /// Aggregate health of the instance's checks.
     pub status: InstanceStatus,
+    /// The node's metadata, `(key, value)` in key order (served as TXT records).
+    pub node_meta: Vec<(String, String)>,
+    /// The node's tagged addresses (see [`ServiceInstance::addresses`]).
+    pub node_tagged: TaggedAddresses,
+    /// The service's own tagged addresses (see [`ServiceInstance::addresses`]).
+    pub service_tagged: TaggedAddresses,
 }
 
 /// Aggregate health of a served instance; critical instances are never served.
@@ -50,6 +57,40 @@ pub struct Node {
     pub datacenter: String,
     /// The node's address, when it is an IP address.
     pub address: Option<IpAddr>,
+    /// The node's metadata, `(key, value)` in key order (served as TXT records).
+    pub meta: Vec<(String, String)>,
+    /// The node's tagged addresses (see [`Node::addresses`]).
+    pub tagged: TaggedAddresses,
+}
+
+/// The tagged addresses Consul's DNS reads, IP addresses only (hostnames are skipped).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TaggedAddresses {
+    /// `lan_ipv4`: the IPv4 address A answers use in the instance's own datacenter.
+    pub lan_ipv4: Option<Ipv4Addr>,
+    /// `lan_ipv6`: the IPv6 address AAAA answers use in the instance's own datacenter.
+    pub lan_ipv6: Option<Ipv6Addr>,
+    /// `wan`: replaces the address in answers for another datacenter (`translate_wan_addrs`).
+    pub wan: Option<IpAddr>,
+    /// `wan_ipv4`: replaces `lan_ipv4` in answers for another datacenter.
+    pub wan_ipv4: Option<Ipv4Addr>,
+    /// `wan_ipv6`: replaces `lan_ipv6` in answers for another datacenter.
+    pub wan_ipv6: Option<Ipv6Addr>,
+}
+
+/// The addresses one instance or node is answered with, after Consul's translation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Addresses {
+    /// What A answers give (tagged `lan_ipv4`/`wan_ipv4`, else an IPv4 address).
+    pub v4: Option<Ipv4Addr>,
+    /// What AAAA answers give (tagged `lan_ipv6`/`wan_ipv6`, else an IPv6 address).
+    pub v6: Option<Ipv6Addr>,
+    /// The one address an SRV record points at: the (translated) address, else the
+    /// IPv4, else the IPv6 one.
+    pub primary: Option<IpAddr>,
+    /// True when these are the node's own addresses, untranslated: an SRV record then
+    /// names the node (`NODE.node.DC.domain`), whose lookups give the same addresses.
+    pub at_node: bool,
 }
 
 // === impl ServiceInstance ===
@@ -72,7 +113,25 @@ impl ServiceInstance {
             tags: entry.service.tags.clone(),
             weight: status.weight(entry.service.weights.as_ref()),
             status,
+            node_meta: entry.node.meta.clone(),
+            node_tagged: entry.node.tagged_addresses,
+            service_tagged: entry.service.tagged_addresses,
         })
+    }
+
+    /// The addresses DNS answers with (Consul's `TranslateServiceAddress`, then
+    /// `TranslateAddress` for the node): the service's own (its address and tagged
+    /// `lan_ipv4`/`lan_ipv6`) when it has any, else the node's. With `wan` (an answer for
+    /// another datacenter under `translate_wan_addrs`) the `wan*` tagged addresses
+    /// replace them where present.
+    pub fn addresses(&self, wan: bool) -> Addresses {
+        let service = self.service_tagged.translate(self.service_address, wan);
+        if service.primary.is_some() {
+            return service;
+        }
+        let mut node = self.node_tagged.translate(self.node_address, wan);
+        node.at_node = node.primary.is_some() && node.primary == self.node_address;
+        node
     }
 
     /// The address DNS answers use: the service address when set, else the node's.
@@ -148,6 +207,68 @@ impl Node {
             name: info.node.clone(),
             datacenter: info.datacenter.clone(),
             address: parse_ip(&info.address),
+            meta: info.meta.clone(),
+            tagged: info.tagged_addresses,
+        }
+    }
+
+    /// The addresses node lookups answer with: the node's address and tagged
+    /// `lan_ipv4`/`lan_ipv6`, or with `wan` the `wan*` tagged ones where present (see
+    /// [`ServiceInstance::addresses`]).
+    pub fn addresses(&self, wan: bool) -> Addresses {
+        let mut addresses = self.tagged.translate(self.address, wan);
+        addresses.at_node = addresses.primary.is_some() && addresses.primary == self.address;
+        addresses
+    }
+}
+
+// === impl TaggedAddresses ===
+
+impl TaggedAddresses {
+    /// The `TaggedAddresses` keys read from Consul.
+    pub const KEYS: [&'static str; 5] = ["lan_ipv4", "lan_ipv6", "wan", "wan_ipv4", "wan_ipv6"];
+
+    /// Sets the address tagged `key` (one of [`TaggedAddresses::KEYS`]); an address of
+    /// the wrong family for the key, or another key, is ignored.
+    pub fn set(&mut self, key: &str, ip: IpAddr) {
+        match (key, ip) {
+            ("lan_ipv4", IpAddr::V4(v4)) => self.lan_ipv4 = Some(v4),
+            ("lan_ipv6", IpAddr::V6(v6)) => self.lan_ipv6 = Some(v6),
+            ("wan", ip) => self.wan = Some(ip),
+            ("wan_ipv4", IpAddr::V4(v4)) => self.wan_ipv4 = Some(v4),
+            ("wan_ipv6", IpAddr::V6(v6)) => self.wan_ipv6 = Some(v6),
+            _ => {}
+        }
+    }
+
+    /// True when no tagged address is set.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Consul's `TranslateAddress` over `address` and these tags: with `wan`, each
+    /// `wan*` address replaces its LAN counterpart where present; each family falls
+    /// back to the address when it is of that family.
+    fn translate(&self, address: Option<IpAddr>, wan: bool) -> Addresses {
+        let (mut default, mut v4, mut v6) = (address, self.lan_ipv4, self.lan_ipv6);
+        if wan {
+            default = self.wan.or(default);
+            v4 = self.wan_ipv4.or(v4);
+            v6 = self.wan_ipv6.or(v6);
+        }
+        let v4 = v4.or(match default {
+            Some(IpAddr::V4(ip)) => Some(ip),
+            _ => None,
+        });
+        let v6 = v6.or(match default {
+            Some(IpAddr::V6(ip)) => Some(ip),
+            _ => None,
+        });
+        Addresses {
+            v4,
+            v6,
+            primary: default.or(v4.map(IpAddr::V4)).or(v6.map(IpAddr::V6)),
+            at_node: false,
         }
     }
 }
@@ -272,6 +393,36 @@ mod tests {
     }
 
     #[test]
+    fn tagged_addresses_fill_in_families_and_wan_replaces_them_across_datacenters() {
+        let mut entry = entry(Vec::new());
+        entry.node.tagged_addresses.lan_ipv6 = "fd00::1".parse().ok();
+        entry.node.tagged_addresses.wan = "203.0.113.1".parse().ok();
+        entry.node.tagged_addresses.wan_ipv6 = "2001:db8::1".parse().ok();
+        let instance = ServiceInstance::from_entry(&entry, false).expect("served");
+        let lan = instance.addresses(false);
+        assert_eq!(lan.v4, "10.0.0.1".parse().ok());
+        assert_eq!(lan.v6, "fd00::1".parse().ok(), "lan_ipv6 fills in AAAA");
+        assert_eq!(lan.primary, "10.0.0.1".parse().ok());
+        assert!(lan.at_node);
+        let wan = instance.addresses(true);
+        assert_eq!(wan.v4, "203.0.113.1".parse().ok());
+        assert_eq!(wan.v6, "2001:db8::1".parse().ok());
+        assert!(!wan.at_node, "a translated address is not the node's own");
+
+        // The service's own tagged addresses win over the node's.
+        entry.service.tagged_addresses.lan_ipv6 = "fd00::99".parse().ok();
+        let instance = ServiceInstance::from_entry(&entry, false).expect("served");
+        let own = instance.addresses(false);
+        assert_eq!((own.v4, own.v6), (None, "fd00::99".parse().ok()));
+        assert_eq!(own.primary, "fd00::99".parse().ok());
+        assert!(!own.at_node);
+
+        let node = Node::from_info(&entry.node);
+        assert_eq!(node.addresses(false).v6, "fd00::1".parse().ok());
+        assert_eq!(node.addresses(true).v4, "203.0.113.1".parse().ok());
+    }
+
+    #[test]
     fn entry_fields_are_carried_over() {
         let instance = ServiceInstance::from_entry(&entry(Vec::new()), false).expect("served");
         assert_eq!(
@@ -285,6 +436,9 @@ mod tests {
                 tags: vec!["Primary".into(), "v2".into()],
                 weight: 1,
                 status: InstanceStatus::Passing,
+                node_meta: Vec::new(),
+                node_tagged: TaggedAddresses::default(),
+                service_tagged: TaggedAddresses::default(),
             }
         );
     }
@@ -313,6 +467,8 @@ mod tests {
                 name: "Node-A".into(),
                 datacenter: "dc1".into(),
                 address: Some(IpAddr::from([10, 0, 0, 7])),
+                meta: Vec::new(),
+                tagged: TaggedAddresses::default(),
             }
         );
         info.address = "node-a.example".into();

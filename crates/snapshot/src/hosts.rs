@@ -1,6 +1,6 @@
 //! The in-memory view the DNS front reads, and the dnsmasq hosts-file export.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -13,7 +13,52 @@ use crate::Snapshot;
 ///
 /// Cloning is cheap and every clone sees the same snapshot.
 #[derive(Clone, Default)]
-pub struct Hosts(Arc<ArcSwapOption<Snapshot>>);
+pub struct Hosts(Arc<ArcSwapOption<Loaded>>);
+
+/// A snapshot with its reverse index, built once when it is swapped in.
+struct Loaded {
+    snapshot: Arc<Snapshot>,
+    reverse: ReverseIndex,
+}
+
+/// Address → owner name, for PTR answers during an outage: every node's address, and
+/// every service address (`Service.Address`) of a served instance. On a shared address
+/// the first name in the snapshot's order wins.
+#[derive(Default)]
+struct ReverseIndex {
+    nodes: HashMap<IpAddr, usize>,
+    services: HashMap<IpAddr, usize>,
+    /// Node names (as registered) and service names, indexed by the maps above.
+    names: Vec<String>,
+}
+
+impl ReverseIndex {
+    fn new(snapshot: &Snapshot) -> Self {
+        let mut index = Self::default();
+        for node in snapshot.nodes.values() {
+            if let Some(address) = node.address
+                && !index.nodes.contains_key(&address)
+            {
+                index.nodes.insert(address, index.names.len());
+                index.names.push(node.name.clone());
+            }
+        }
+        for (name, instances) in &snapshot.services {
+            let mut slot = None;
+            for address in instances.iter().filter_map(|i| i.service_address) {
+                if index.services.contains_key(&address) {
+                    continue;
+                }
+                let slot = *slot.get_or_insert_with(|| {
+                    index.names.push(name.clone());
+                    index.names.len() - 1
+                });
+                index.services.insert(address, slot);
+            }
+        }
+        index
+    }
+}
 
 impl std::fmt::Debug for Hosts {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -32,7 +77,34 @@ impl Hosts {
 
     /// The current snapshot, if any.
     pub fn current(&self) -> Option<Arc<Snapshot>> {
-        self.0.load_full()
+        self.0
+            .load()
+            .as_ref()
+            .map(|loaded| Arc::clone(&loaded.snapshot))
+    }
+
+    /// The name of the node whose address is `ip` in the current snapshot, with the
+    /// snapshot's datacenter.
+    pub fn node_at(&self, ip: IpAddr) -> Option<(String, String)> {
+        let loaded = self.0.load();
+        let loaded = loaded.as_ref()?;
+        let index = *loaded.reverse.nodes.get(&ip)?;
+        Some((
+            loaded.reverse.names[index].clone(),
+            loaded.snapshot.datacenter.clone(),
+        ))
+    }
+
+    /// The name of a service with an instance at service address `ip` in the current
+    /// snapshot, with the snapshot's datacenter.
+    pub fn service_at(&self, ip: IpAddr) -> Option<(String, String)> {
+        let loaded = self.0.load();
+        let loaded = loaded.as_ref()?;
+        let index = *loaded.reverse.services.get(&ip)?;
+        Some((
+            loaded.reverse.names[index].clone(),
+            loaded.snapshot.datacenter.clone(),
+        ))
     }
 
     /// Swaps in a new snapshot; readers see either the old or the new one.
@@ -40,12 +112,16 @@ impl Hosts {
     /// Readers (the catalog's fallback view) serve its instances and nodes as they are, so
     /// it should be normalized ([`Snapshot::normalize`]), as [`crate::decode`] returns it.
     pub fn replace(&self, snapshot: Arc<Snapshot>) {
-        self.0.store(Some(snapshot));
+        let reverse = ReverseIndex::new(&snapshot);
+        self.0.store(Some(Arc::new(Loaded { snapshot, reverse })));
     }
 
     /// Generation of the current snapshot, if any.
     pub fn generation(&self) -> Option<u64> {
-        self.0.load().as_ref().map(|snapshot| snapshot.generation)
+        self.0
+            .load()
+            .as_ref()
+            .map(|loaded| loaded.snapshot.generation)
     }
 }
 

@@ -186,6 +186,9 @@ mod tests {
             tags: tags.iter().map(|tag| (*tag).to_owned()).collect(),
             weight: 1,
             status: InstanceStatus::Passing,
+            node_meta: Vec::new(),
+            node_tagged: Default::default(),
+            service_tagged: Default::default(),
         }
     }
 
@@ -205,6 +208,8 @@ mod tests {
                 name: "Node-A".into(),
                 datacenter: String::new(),
                 address: None,
+                meta: Vec::new(),
+                tagged: Default::default(),
             },
         );
         assert!(!snapshot.is_normalized());
@@ -258,6 +263,8 @@ mod tests {
                 name: "a".into(),
                 datacenter: "other".into(),
                 address: None,
+                meta: Vec::new(),
+                tagged: Default::default(),
             },
         );
         assert!(!snapshot.is_normalized());

@@ -609,6 +609,9 @@ impl From<SnapshotWire> for Snapshot {
                         tags: instance.tags,
                         weight: instance.weight,
                         status: instance.status.into(),
+                        node_meta: Vec::new(),
+                        node_tagged: Default::default(),
+                        service_tagged: Default::default(),
                     })
                     .collect();
                 (name, instances)
@@ -622,6 +625,8 @@ impl From<SnapshotWire> for Snapshot {
                     name: node.name,
                     datacenter: datacenter.clone(),
                     address: node.address,
+                    meta: Vec::new(),
+                    tagged: Default::default(),
                 };
                 (key, node)
             })
