@@ -495,3 +495,56 @@ async fn consul_service_answers_the_servers() {
     );
     h.stop().await;
 }
+
+#[tokio::test]
+async fn srv_answers_with_meta_fit_every_size_limit_with_whole_groups() {
+    let sim = Sim::new();
+    for index in 0..96u16 {
+        let node = format!("ip-10-3-{}-{}-compute-internal", index / 256, index % 256);
+        sim.register(
+            Registration::new("big")
+                .id(&format!("big-{index}"))
+                .node(&node, &format!("10.3.{}.{}", index / 256, index % 256))
+                .node_meta("consul-version", "1.16.4")
+                .node_meta("rack", &format!("r{}", index % 7))
+                .port(8080)
+                .passing(),
+        );
+    }
+    let h = Harness::start_with(sim, |_| {}).await;
+    let ask = Ask::new("big.service.consul.", RecordType::SRV);
+    let mut replies = Vec::new();
+    for (variant, limit) in test_support::udp_size_variants(&ask) {
+        let (reply, size) = udp(h.dns, &variant).await;
+        assert!(size <= limit, "{size} > {limit}");
+        replies.push(reply);
+    }
+    let (over_tcp, _) = test_support::tcp_sized(h.dns, &ask).await;
+    assert_eq!(over_tcp.answers.len(), 96, "TCP carries every SRV");
+    replies.push(over_tcp);
+    for reply in replies {
+        assert!(!reply.answers.is_empty());
+        let targets: BTreeSet<String> = reply
+            .answers
+            .iter()
+            .filter_map(|record| match &record.data {
+                RData::SRV(srv) => Some(srv.target.to_ascii()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            owners(&reply.additionals, RecordType::A),
+            targets,
+            "each kept SRV keeps its address"
+        );
+        let meta_owners = owners(&reply.additionals, RecordType::TXT);
+        assert!(
+            meta_owners.is_subset(&targets),
+            "no meta of a dropped target"
+        );
+        if !reply.metadata.truncation {
+            assert_eq!(meta_owners, targets, "untrimmed: meta for every target");
+        }
+    }
+    h.stop().await;
+}

@@ -699,3 +699,46 @@ pub(crate) fn address_record(
     };
     Some(Record::from_rdata(owner, ttl, rdata))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(txt: &TXT) -> Vec<String> {
+        txt.txt_data
+            .iter()
+            .map(|part| String::from_utf8_lossy(part).into_owned())
+            .collect()
+    }
+
+    /// Consul's `encodeKVasRFC1464` cases (agent/dns_test.go `TestDNS_TXT_RFC1464`).
+    #[test]
+    fn meta_is_rfc1464_text_and_rfc1035_keys_give_the_value() {
+        for (key, value, expected) in [
+            ("key", "value", "key=value"),
+            ("k=y", "v=l", "k`=y=v=l"),
+            ("k`y", "v`l", "k``y=v``l"),
+            (" key ", " value ", "` key` = value "),
+            ("  ", "v", "` ` =v"),
+            ("consul-network-segment", "", "consul-network-segment="),
+            ("rfc1035-location", "rack 12", "rack 12"),
+            ("RFC1035-x", "raw=`", "raw=`"),
+            ("rfc1035-", "", ""),
+        ] {
+            assert_eq!(text(&meta_txt(key, value)), [expected], "{key:?}={value:?}");
+        }
+    }
+
+    #[test]
+    fn long_meta_continues_in_further_strings_of_one_record() {
+        let txt = meta_txt("k", &"v".repeat(600));
+        let parts = text(&txt);
+        assert_eq!(parts.len(), 3);
+        assert!(parts.iter().all(|part| part.len() <= MAX_TXT_STRING));
+        assert_eq!(parts.concat(), format!("k={}", "v".repeat(600)));
+        // Multi-byte characters may be split across strings, bytes are kept.
+        let txt = meta_txt("rfc1035-k", &"é".repeat(200));
+        let bytes: Vec<u8> = txt.txt_data.iter().flat_map(|part| part.to_vec()).collect();
+        assert_eq!(bytes, "é".repeat(200).into_bytes());
+    }
+}
