@@ -35,9 +35,7 @@ impl CatalogView for Catalog {
             tags: vec!["primary".to_owned(), "v1".to_owned()],
             weight: 1,
             status: InstanceStatus::Passing,
-            node_meta: Vec::new(),
-            node_tagged: Default::default(),
-            service_tagged: Default::default(),
+            details: None,
         };
         let lookup = if service.len() % 3 == 0 {
             Lookup::NotFound(Freshness::Fresh)
@@ -57,8 +55,7 @@ impl CatalogView for Catalog {
                 name: node.to_owned(),
                 datacenter: datacenter.unwrap_or("dc1").to_owned(),
                 address: Some("10.0.0.2".parse().expect("ip")),
-                meta: Vec::new(),
-                tagged: Default::default(),
+                details: None,
             }),
             Freshness::Stale,
         );

@@ -353,9 +353,7 @@ fn ptr_snapshot() -> Snapshot {
         tags: Vec::new(),
         weight: 1,
         status: InstanceStatus::Passing,
-        node_meta: Vec::new(),
-        node_tagged: Default::default(),
-        service_tagged: Default::default(),
+        details: None,
     };
     let mut services = BTreeMap::new();
     services.insert(
@@ -373,8 +371,7 @@ fn ptr_snapshot() -> Snapshot {
                 name: name.into(),
                 datacenter: "dc1".into(),
                 address: Some(ip(address)),
-                meta: Vec::new(),
-                tagged: Default::default(),
+                details: None,
             },
         );
     }

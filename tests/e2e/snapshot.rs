@@ -31,9 +31,7 @@ pub(crate) fn sample_snapshot(generation: u64) -> Snapshot {
         tags: vec!["primary".into()],
         weight: 1,
         status: InstanceStatus::Passing,
-        node_meta: Vec::new(),
-        node_tagged: Default::default(),
-        service_tagged: Default::default(),
+        details: None,
     };
     let mut services = BTreeMap::new();
     services.insert(
@@ -59,8 +57,7 @@ pub(crate) fn sample_snapshot(generation: u64) -> Snapshot {
                 name: name.into(),
                 datacenter: "dc1".into(),
                 address: Some(ip(address)),
-                meta: Vec::new(),
-                tagged: Default::default(),
+                details: None,
             },
         );
     }

@@ -112,9 +112,7 @@ fn instance(index: u8) -> ServiceInstance {
         tags: vec!["primary".to_owned()],
         weight: 1,
         status: InstanceStatus::Passing,
-        node_meta: Vec::new(),
-        node_tagged: Default::default(),
-        service_tagged: Default::default(),
+        details: None,
     }
 }
 

@@ -244,7 +244,10 @@ fn weigh_value(value: &Value) -> u64 {
                         + text(&instance.datacenter)
                         + instance.tags.capacity() * size_of::<String>()
                         + instance.tags.iter().map(|tag| text(tag)).sum::<usize>()
-                        + meta_bytes(&instance.node_meta)
+                        + instance.details.as_deref().map_or(0, |details| {
+                            size_of::<dnsfront_consul::InstanceDetails>()
+                                + meta_bytes(&details.node_meta)
+                        })
                 })
                 .sum::<usize>()
                 + 16
@@ -253,7 +256,9 @@ fn weigh_value(value: &Value) -> u64 {
             size_of::<Node>()
                 + text(&node.name)
                 + text(&node.datacenter)
-                + meta_bytes(&node.meta)
+                + node.details.as_deref().map_or(0, |details| {
+                    size_of::<dnsfront_consul::NodeDetails>() + meta_bytes(&details.meta)
+                })
                 + 16
         }
         Value::Missing => 0,

@@ -82,9 +82,7 @@ fn instance(node: &str, address: &str, status: InstanceStatus) -> ServiceInstanc
         tags: Vec::new(),
         weight: 1,
         status,
-        node_meta: Vec::new(),
-        node_tagged: Default::default(),
-        service_tagged: Default::default(),
+        details: None,
     }
 }
 
@@ -115,8 +113,7 @@ fn hosts_with_snapshot() -> Hosts {
             name: "N7".to_owned(),
             datacenter: String::new(),
             address: Some(ip("10.9.0.7")),
-            meta: Vec::new(),
-            tagged: Default::default(),
+            details: None,
         },
     );
     let mut snapshot = Snapshot {

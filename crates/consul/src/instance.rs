@@ -9,6 +9,7 @@
 //! snapshot keeps its own serialized shape, so its format changes only when that shape does.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
 use crate::model::{HealthCheck, HealthStatus, NodeInfo, ServiceEntry, Weights};
 
@@ -31,6 +32,16 @@ pub struct ServiceInstance {
     pub weight: u16,
     /// Aggregate health of the instance's checks.
     pub status: InstanceStatus,
+    /// The node's metadata and tagged addresses and the service's tagged addresses;
+    /// `None` when there are none (see [`InstanceDetails`]).
+    pub details: Option<Arc<InstanceDetails>>,
+}
+
+/// What an instance carries besides its own address, out of line: one pointer in
+/// [`ServiceInstance`], `None` when empty, so instances without any (every one the hosts
+/// snapshot holds, whose decoded size is bounded) cost 8 bytes more, not 150.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InstanceDetails {
     /// The node's metadata, `(key, value)` in key order (served as TXT records).
     pub node_meta: Vec<(String, String)>,
     /// The node's tagged addresses (see [`ServiceInstance::addresses`]).
@@ -57,6 +68,14 @@ pub struct Node {
     pub datacenter: String,
     /// The node's address, when it is an IP address.
     pub address: Option<IpAddr>,
+    /// The node's metadata and tagged addresses; `None` when there are none (see
+    /// [`NodeDetails`]).
+    pub details: Option<Arc<NodeDetails>>,
+}
+
+/// What a node carries besides its address, out of line (as [`InstanceDetails`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeDetails {
     /// The node's metadata, `(key, value)` in key order (served as TXT records).
     pub meta: Vec<(String, String)>,
     /// The node's tagged addresses (see [`Node::addresses`]).
@@ -113,10 +132,20 @@ impl ServiceInstance {
             tags: entry.service.tags.clone(),
             weight: status.weight(entry.service.weights.as_ref()),
             status,
-            node_meta: entry.node.meta.clone(),
-            node_tagged: entry.node.tagged_addresses,
-            service_tagged: entry.service.tagged_addresses,
+            details: InstanceDetails {
+                node_meta: entry.node.meta.clone(),
+                node_tagged: entry.node.tagged_addresses,
+                service_tagged: entry.service.tagged_addresses,
+            }
+            .into_option(),
         })
+    }
+
+    /// The node's metadata, `(key, value)` in key order.
+    pub fn node_meta(&self) -> &[(String, String)] {
+        self.details
+            .as_deref()
+            .map_or(&[], |details| details.node_meta.as_slice())
     }
 
     /// The addresses DNS answers with (Consul's `TranslateServiceAddress`, then
@@ -125,11 +154,16 @@ impl ServiceInstance {
     /// another datacenter under `translate_wan_addrs`) the `wan*` tagged addresses
     /// replace them where present.
     pub fn addresses(&self, wan: bool) -> Addresses {
-        let service = self.service_tagged.translate(self.service_address, wan);
+        let details = self.details.as_deref();
+        let service = details
+            .map_or(&NO_TAGS, |details| &details.service_tagged)
+            .translate(self.service_address, wan);
         if service.primary.is_some() {
             return service;
         }
-        let mut node = self.node_tagged.translate(self.node_address, wan);
+        let mut node = details
+            .map_or(&NO_TAGS, |details| &details.node_tagged)
+            .translate(self.node_address, wan);
         node.at_node = node.primary.is_some() && node.primary == self.node_address;
         node
     }
@@ -207,22 +241,61 @@ impl Node {
             name: info.node.clone(),
             datacenter: info.datacenter.clone(),
             address: parse_ip(&info.address),
-            meta: info.meta.clone(),
-            tagged: info.tagged_addresses,
+            details: NodeDetails {
+                meta: info.meta.clone(),
+                tagged: info.tagged_addresses,
+            }
+            .into_option(),
         }
+    }
+
+    /// The node's metadata, `(key, value)` in key order.
+    pub fn meta(&self) -> &[(String, String)] {
+        self.details
+            .as_deref()
+            .map_or(&[], |details| details.meta.as_slice())
     }
 
     /// The addresses node lookups answer with: the node's address and tagged
     /// `lan_ipv4`/`lan_ipv6`, or with `wan` the `wan*` tagged ones where present (see
     /// [`ServiceInstance::addresses`]).
     pub fn addresses(&self, wan: bool) -> Addresses {
-        let mut addresses = self.tagged.translate(self.address, wan);
+        let tagged = self
+            .details
+            .as_deref()
+            .map_or(&NO_TAGS, |details| &details.tagged);
+        let mut addresses = tagged.translate(self.address, wan);
         addresses.at_node = addresses.primary.is_some() && addresses.primary == self.address;
         addresses
     }
 }
 
+// === impl InstanceDetails, NodeDetails ===
+
+impl InstanceDetails {
+    /// `None` when there is nothing to carry.
+    fn into_option(self) -> Option<Arc<Self>> {
+        (self != Self::default()).then(|| Arc::new(self))
+    }
+}
+
+impl NodeDetails {
+    /// `None` when there is nothing to carry.
+    fn into_option(self) -> Option<Arc<Self>> {
+        (self != Self::default()).then(|| Arc::new(self))
+    }
+}
+
 // === impl TaggedAddresses ===
+
+/// No tagged addresses.
+const NO_TAGS: TaggedAddresses = TaggedAddresses {
+    lan_ipv4: None,
+    lan_ipv6: None,
+    wan: None,
+    wan_ipv4: None,
+    wan_ipv6: None,
+};
 
 impl TaggedAddresses {
     /// The `TaggedAddresses` keys read from Consul.
@@ -436,9 +509,7 @@ mod tests {
                 tags: vec!["Primary".into(), "v2".into()],
                 weight: 1,
                 status: InstanceStatus::Passing,
-                node_meta: Vec::new(),
-                node_tagged: TaggedAddresses::default(),
-                service_tagged: TaggedAddresses::default(),
+                details: None,
             }
         );
     }
@@ -467,8 +538,7 @@ mod tests {
                 name: "Node-A".into(),
                 datacenter: "dc1".into(),
                 address: Some(IpAddr::from([10, 0, 0, 7])),
-                meta: Vec::new(),
-                tagged: TaggedAddresses::default(),
+                details: None,
             }
         );
         info.address = "node-a.example".into();

@@ -403,7 +403,7 @@ impl Zone {
             family_ips(&addresses, qtype)
                 .filter_map(|ip| address_record(asked.clone(), self.node_ttl, ip, qtype)),
         );
-        let meta = meta_records(asked, self.node_ttl, &node.meta);
+        let meta = meta_records(asked, self.node_ttl, node.meta());
         match qtype {
             RecordType::TXT | RecordType::ANY => reply.answers.extend(meta),
             RecordType::A | RecordType::AAAA if self.node_meta_txt => {
@@ -499,7 +499,7 @@ impl Zone {
                         reply.additionals.extend(meta_records(
                             &node_name,
                             ttl,
-                            &instance.node_meta,
+                            instance.node_meta(),
                         ));
                     }
                 }

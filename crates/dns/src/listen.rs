@@ -498,9 +498,7 @@ mod tests {
                     tags: Vec::new(),
                     weight: 1,
                     status: dnsfront_catalog::InstanceStatus::Passing,
-                    node_meta: Vec::new(),
-                    node_tagged: Default::default(),
-                    service_tagged: Default::default(),
+                    details: None,
                 }]
                 .into(),
                 Freshness::Fresh,

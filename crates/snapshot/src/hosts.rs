@@ -292,8 +292,7 @@ mod tests {
             name: name.to_owned(),
             datacenter: "dc1".to_owned(),
             address: Some(ip(address)),
-            meta: Vec::new(),
-            tagged: Default::default(),
+            details: None,
         };
         let instance = |node: &str, service_address: &str| ServiceInstance {
             node: node.to_owned(),
@@ -304,9 +303,7 @@ mod tests {
             tags: Vec::new(),
             weight: 1,
             status: InstanceStatus::Passing,
-            node_meta: Vec::new(),
-            node_tagged: Default::default(),
-            service_tagged: Default::default(),
+            details: None,
         };
         let mut snapshot = Snapshot {
             datacenter: "dc1".to_owned(),

@@ -186,9 +186,7 @@ mod tests {
             tags: tags.iter().map(|tag| (*tag).to_owned()).collect(),
             weight: 1,
             status: InstanceStatus::Passing,
-            node_meta: Vec::new(),
-            node_tagged: Default::default(),
-            service_tagged: Default::default(),
+            details: None,
         }
     }
 
@@ -208,8 +206,7 @@ mod tests {
                 name: "Node-A".into(),
                 datacenter: String::new(),
                 address: None,
-                meta: Vec::new(),
-                tagged: Default::default(),
+                details: None,
             },
         );
         assert!(!snapshot.is_normalized());
@@ -263,8 +260,7 @@ mod tests {
                 name: "a".into(),
                 datacenter: "other".into(),
                 address: None,
-                meta: Vec::new(),
-                tagged: Default::default(),
+                details: None,
             },
         );
         assert!(!snapshot.is_normalized());

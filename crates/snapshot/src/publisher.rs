@@ -678,9 +678,7 @@ mod tests {
                     tags: Vec::new(),
                     weight: 1,
                     status: consul::InstanceStatus::Passing,
-                    node_meta: Vec::new(),
-                    node_tagged: Default::default(),
-                    service_tagged: Default::default(),
+                    details: None,
                 })
                 .collect();
             snapshot.services.insert((*name).to_owned(), instances);

@@ -609,9 +609,7 @@ impl From<SnapshotWire> for Snapshot {
                         tags: instance.tags,
                         weight: instance.weight,
                         status: instance.status.into(),
-                        node_meta: Vec::new(),
-                        node_tagged: Default::default(),
-                        service_tagged: Default::default(),
+                        details: None,
                     })
                     .collect();
                 (name, instances)
@@ -625,8 +623,7 @@ impl From<SnapshotWire> for Snapshot {
                     name: node.name,
                     datacenter: datacenter.clone(),
                     address: node.address,
-                    meta: Vec::new(),
-                    tagged: Default::default(),
+                    details: None,
                 };
                 (key, node)
             })

@@ -169,9 +169,7 @@ pub fn instance(
         tags: tags.iter().map(|t| (*t).to_owned()).collect(),
         weight: 1,
         status: InstanceStatus::Passing,
-        node_meta: Vec::new(),
-        node_tagged: Default::default(),
-        service_tagged: Default::default(),
+        details: None,
     }
 }
 
@@ -180,8 +178,7 @@ pub fn node(name: &str, address: &str) -> Arc<Node> {
         name: name.to_owned(),
         datacenter: "dc1".to_owned(),
         address: Some(address.parse().expect("ip")),
-        meta: Vec::new(),
-        tagged: Default::default(),
+        details: None,
     })
 }
 

@@ -49,9 +49,7 @@ pub(crate) fn instance(
         tags: tags.iter().map(|tag| (*tag).to_owned()).collect(),
         weight: 1,
         status: InstanceStatus::Passing,
-        node_meta: Vec::new(),
-        node_tagged: Default::default(),
-        service_tagged: Default::default(),
+        details: None,
     }
 }
 
@@ -60,8 +58,7 @@ pub(crate) fn node(name: &str, address: Option<&str>) -> Node {
         name: name.to_owned(),
         datacenter: String::new(),
         address: address.map(ip),
-        meta: Vec::new(),
-        tagged: Default::default(),
+        details: None,
     }
 }
 
@@ -214,9 +211,7 @@ pub(crate) fn synthetic_catalog(
                 } else {
                     InstanceStatus::Passing
                 },
-                node_meta: Vec::new(),
-                node_tagged: Default::default(),
-                service_tagged: Default::default(),
+                details: None,
             });
         }
         services.insert(format!("service-{service_index:03}"), instances);
