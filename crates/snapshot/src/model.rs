@@ -88,7 +88,9 @@ impl Snapshot {
                 instance.tags.dedup();
             }
             instances.sort_by(instance_order);
-            instances.dedup();
+            // Equal in every field the format holds: one instance (details such as node
+            // meta are not written, so two that differ only there would encode alike).
+            instances.dedup_by(|a, b| instance_order(a, b) == Ordering::Equal);
         }
         let nodes = std::mem::take(&mut self.nodes);
         for (name, node) in nodes {
