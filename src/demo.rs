@@ -82,7 +82,28 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             "one db instance is critical, so only the healthy one is answered",
         ),
         ("redis.service.consul AAAA", "IPv6"),
-        ("node-1.node.consul", "node lookup"),
+        (
+            "node-1.node.consul",
+            "node lookup (its metadata as TXT in Additional)",
+        ),
+        (
+            "node-1.node.consul TXT",
+            "node metadata (RFC 1464 key=value)",
+        ),
+        (
+            "node-1.node.consul AAAA",
+            "the node's lan_ipv6 tagged address",
+        ),
+        ("web.service.dc2.consul", "another datacenter"),
+        (
+            "consul.service.consul",
+            "the Consul servers, as every cluster registers them",
+        ),
+        (
+            "consul NS",
+            "the zone's name servers: the Consul servers, with glue",
+        ),
+        ("-x 10.0.0.11", "reverse lookup of a Consul address"),
         ("nosuch.service.consul", "NXDOMAIN with the zone's SOA"),
         ("example.com", "forwarded to the upstream resolvers"),
     ] {

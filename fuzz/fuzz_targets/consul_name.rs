@@ -36,6 +36,7 @@ impl CatalogView for Catalog {
             weight: 1,
             status: InstanceStatus::Passing,
             hostname: None,
+            details: None,
         };
         let lookup = if service.len() % 3 == 0 {
             Lookup::NotFound(Freshness::Fresh)
@@ -56,6 +57,7 @@ impl CatalogView for Catalog {
                 datacenter: datacenter.unwrap_or("dc1").to_owned(),
                 address: Some("10.0.0.2".parse().expect("ip")),
                 hostname: None,
+                details: None,
             }),
             Freshness::Stale,
         );

@@ -58,6 +58,10 @@ pub struct RawDns {
     pub stale_ttl: Duration,
     /// Cap on A/AAAA records per answer (Consul's `a_record_limit`); 0 = no cap.
     pub max_answer_records: usize,
+    /// Node meta as TXT in Additional (Consul's `enable_additional_node_meta_txt`).
+    pub enable_additional_node_meta_txt: bool,
+    /// `wan` tagged addresses in answers for other datacenters (Consul's `translate_wan_addrs`).
+    pub translate_wan_addrs: bool,
     /// Largest UDP answer for EDNS clients.
     pub max_udp_payload: u16,
     /// Consul's `alt_domain`: a second Consul domain answered like `domain`; empty = none.
@@ -91,6 +95,8 @@ impl Default for RawDns {
             negative_ttl: dns.negative_ttl,
             stale_ttl: dns.stale_ttl,
             max_answer_records: 0,
+            enable_additional_node_meta_txt: dns.node_meta_txt,
+            translate_wan_addrs: dns.translate_wan_addrs,
             max_udp_payload: dns.max_udp_payload,
             alt_domain: String::new(),
             agent_dns: dns
@@ -287,6 +293,8 @@ impl RawConfig {
             stale_ttl: self.dns.stale_ttl,
             max_answer_records: (self.dns.max_answer_records > 0)
                 .then_some(self.dns.max_answer_records),
+            node_meta_txt: self.dns.enable_additional_node_meta_txt,
+            translate_wan_addrs: self.dns.translate_wan_addrs,
             max_udp_payload: self.dns.max_udp_payload,
             local_ttl: self.hosts.ttl,
             query_log: dns::QueryLog {

@@ -124,6 +124,12 @@ pub const KEYS: &[Key] = &[
     key("dns.max_answer_records", Router, |s| {
         show(s.dns.max_answer_records)
     }),
+    key("dns.enable_additional_node_meta_txt", Router, |s| {
+        show(s.dns.node_meta_txt)
+    }),
+    key("dns.translate_wan_addrs", Router, |s| {
+        show(s.dns.translate_wan_addrs)
+    }),
     key("dns.max_udp_payload", Router, |s| {
         show(s.dns.max_udp_payload)
     }),

@@ -32,6 +32,7 @@ pub(crate) fn sample_snapshot(generation: u64) -> Snapshot {
         weight: 1,
         status: InstanceStatus::Passing,
         hostname: None,
+        details: None,
     };
     let mut services = BTreeMap::new();
     services.insert(
@@ -58,6 +59,7 @@ pub(crate) fn sample_snapshot(generation: u64) -> Snapshot {
                 datacenter: "dc1".into(),
                 address: Some(ip(address)),
                 hostname: None,
+                details: None,
             },
         );
     }

@@ -113,6 +113,7 @@ fn instance(index: u8) -> ServiceInstance {
         weight: 1,
         status: InstanceStatus::Passing,
         hostname: None,
+        details: None,
     }
 }
 

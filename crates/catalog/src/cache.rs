@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use dnsfront_consul as consul;
 use futures::FutureExt as _;
 use rand::Rng;
@@ -25,6 +25,7 @@ use crate::metrics;
 use crate::{Config, Error, Freshness, Lookup, Node, ServiceInstance};
 
 mod refresh;
+mod reverse;
 
 use refresh::MODE_POLL;
 
@@ -60,6 +61,8 @@ struct Inner {
     /// flushed once per refresher tick, because a recorder call per hit costs
     /// more than the hit itself on the DNS fast path.
     pending_hits: AtomicU64,
+    /// The agent's datacenter, learned from answers for names asked without one.
+    local_datacenter: ArcSwapOption<String>,
 }
 
 /// What a slot caches: a service in a datacenter, or a node.
@@ -241,14 +244,36 @@ fn weigh_value(value: &Value) -> u64 {
                         + text(&instance.datacenter)
                         + instance.tags.capacity() * size_of::<String>()
                         + instance.tags.iter().map(|tag| text(tag)).sum::<usize>()
+                        + instance.details.as_deref().map_or(0, |details| {
+                            size_of::<dnsfront_consul::InstanceDetails>()
+                                + meta_bytes(&details.node_meta)
+                        })
                 })
                 .sum::<usize>()
                 + 16
         }
-        Value::Node(node) => size_of::<Node>() + text(&node.name) + text(&node.datacenter) + 16,
+        Value::Node(node) => {
+            size_of::<Node>()
+                + text(&node.name)
+                + text(&node.datacenter)
+                + node.details.as_deref().map_or(0, |details| {
+                    size_of::<dnsfront_consul::NodeDetails>() + meta_bytes(&details.meta)
+                })
+                + 16
+        }
         Value::Missing => 0,
     };
     bytes as u64
+}
+
+/// Estimated heap bytes of node metadata (as [`weigh_value`] counts strings).
+fn meta_bytes(meta: &[(String, String)]) -> usize {
+    let text = |s: &str| s.len().div_ceil(16) * 16;
+    size_of_val(meta)
+        + meta
+            .iter()
+            .map(|(key, value)| text(key) + text(value))
+            .sum::<usize>()
 }
 
 /// True when data now weighing `now` should be charged again: it outgrew
@@ -320,6 +345,7 @@ impl Cache {
                 refresh_permits: Arc::new(Semaphore::new(MAX_CONCURRENT_REFRESHES)),
                 watch_permits,
                 pending_hits: AtomicU64::new(0),
+                local_datacenter: ArcSwapOption::empty(),
             }),
         })
     }
@@ -780,10 +806,13 @@ impl Inner {
         };
         metrics::consul_request(endpoint, mode, outcome(&result));
         match result {
-            Ok((value, index)) => Ok(Fetched {
-                value,
-                index: Some(index),
-            }),
+            Ok((value, index)) => {
+                self.learn_datacenter(key, &value);
+                Ok(Fetched {
+                    value,
+                    index: Some(index),
+                })
+            }
             // Consul's DNS answers NXDOMAIN for an unknown datacenter; so do we.
             Err(consul::Error::UnknownDatacenter { .. }) => Ok(Fetched {
                 value: Value::Missing,

@@ -23,7 +23,7 @@
 //! SRV weight, address choice, tag match) are written once there; building DNS
 //! messages is the `dns` crate's job.
 
-pub use dnsfront_consul::{InstanceStatus, Node, ServiceInstance};
+pub use dnsfront_consul::{Addresses, InstanceStatus, Node, ServiceInstance, TaggedAddresses};
 
 /// How current the data behind an answer is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +43,17 @@ impl Freshness {
     pub fn is_degraded(self) -> bool {
         !matches!(self, Self::Fresh)
     }
+}
+
+/// What owns an address, found by a reverse (PTR) lookup: a node or a service, by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddressOwner {
+    /// Node name as registered, or service name (lower-case).
+    pub name: String,
+    /// Its datacenter (empty when Consul gave none).
+    pub datacenter: String,
+    /// How current the data it was found in is.
+    pub freshness: Freshness,
 }
 
 /// The outcome of a lookup.
@@ -82,4 +93,4 @@ pub use cache::{Cache, Witness};
 pub use config::{Config, MAX_WATCH_WAIT, RefreshMode};
 pub use error::Error;
 pub use info::{EntryFreshness, EntryInfo, ErrorInfo, RefreshState};
-pub use view::View;
+pub use view::{AddressKind, View};

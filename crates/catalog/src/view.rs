@@ -1,10 +1,20 @@
 //! The view the DNS front reads: the catalog cache with the hosts snapshot behind it.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use dnsfront_snapshot::{Hosts, Snapshot};
 
-use crate::{Cache, Freshness, Lookup, Node, ServiceInstance, Witness};
+use crate::{AddressOwner, Cache, Freshness, Lookup, Node, ServiceInstance, Witness};
+
+/// What kind of thing owns an address found by [`View::owner_of`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddressKind {
+    /// A node's address: PTR to `NODE.node.DC.domain`.
+    Node,
+    /// A service address: PTR to `NAME.service.DC.domain`.
+    Service,
+}
 
 /// The catalog cache with the hosts snapshot behind it, in one fallback order for a
 /// Consul name: fresh cache → stale cache (within `max_stale`) → snapshot → unavailable.
@@ -49,6 +59,38 @@ impl View {
             Lookup::Unavailable => self.snapshot_node(node, datacenter),
             known => known,
         }
+    }
+
+    /// What owns `ip`, for a PTR answer, from the data already held (never asking
+    /// Consul, whose load must not grow with reverse lookups): a node whose address it
+    /// is, in the cache or the snapshot; else a service with an instance at that
+    /// service address (Consul's order: nodes first).
+    pub fn owner_of(&self, ip: IpAddr) -> Option<(AddressKind, AddressOwner)> {
+        let (cached_node, cached_service) = self.cache.owners_of(ip);
+        let from_snapshot = |(name, datacenter)| AddressOwner {
+            name,
+            datacenter,
+            freshness: Freshness::Snapshot,
+        };
+        cached_node
+            .or_else(|| self.hosts.node_at(ip).map(from_snapshot))
+            .map(|owner| (AddressKind::Node, owner))
+            .or_else(|| {
+                cached_service
+                    .or_else(|| self.hosts.service_at(ip).map(from_snapshot))
+                    .map(|owner| (AddressKind::Service, owner))
+            })
+    }
+
+    /// The agent's own datacenter: learned from the cache's answers, else the
+    /// snapshot's (`None` before either is known).
+    pub fn local_datacenter(&self) -> Option<Arc<String>> {
+        self.cache.local_datacenter().or_else(|| {
+            self.hosts
+                .current()
+                .filter(|snapshot| !snapshot.datacenter.is_empty())
+                .map(|snapshot| Arc::new(snapshot.datacenter.clone()))
+        })
     }
 
     /// [`Cache::service_witness`]: only fresh cache data has witnesses.

@@ -83,6 +83,7 @@ fn instance(node: &str, address: &str, status: InstanceStatus) -> ServiceInstanc
         weight: 1,
         status,
         hostname: None,
+        details: None,
     }
 }
 
@@ -114,6 +115,7 @@ fn hosts_with_snapshot() -> Hosts {
             datacenter: String::new(),
             address: Some(ip("10.9.0.7")),
             hostname: None,
+            details: None,
         },
     );
     let mut snapshot = Snapshot {

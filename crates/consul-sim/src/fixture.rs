@@ -54,6 +54,9 @@ pub(crate) struct FixtureNode {
     pub(crate) id: Option<String>,
     #[serde(default)]
     pub(crate) meta: BTreeMap<String, String>,
+    /// Tagged addresses over the ones the agent fills in (`lan_ipv6`, `wan`, …).
+    #[serde(default)]
+    pub(crate) tagged_addresses: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -64,6 +67,9 @@ pub(crate) struct FixtureService {
     pub(crate) service: String,
     #[serde(default)]
     pub(crate) address: String,
+    /// Tagged addresses over the ones the agent fills in (the port is the service's).
+    #[serde(default)]
+    pub(crate) tagged_addresses: BTreeMap<String, String>,
     #[serde(default)]
     pub(crate) port: u16,
     #[serde(default)]
@@ -183,6 +189,9 @@ impl Fixture {
                 node.id.as_deref(),
                 index,
             );
+            if !node.tagged_addresses.is_empty() {
+                dc.set_node_tagged(&node.node, &node.tagged_addresses, index);
+            }
         }
     }
 
@@ -229,6 +238,7 @@ impl FixtureService {
             service: self.service.clone(),
             tags: self.tags.clone(),
             address: self.address.clone(),
+            tagged: self.tagged_addresses.clone(),
             meta: self.meta.clone(),
             port: self.port,
             weights: self.weights.map(|w| (w.passing, w.warning)),

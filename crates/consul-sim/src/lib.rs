@@ -203,6 +203,9 @@ impl Sim {
                 None,
                 index,
             );
+            if let Some(tagged) = &reg.node_tagged {
+                dc.set_node_tagged(&reg.node, tagged, index);
+            }
             for (check_id, status) in &reg.node_checks {
                 dc.upsert_check(Check::new(&reg.node, check_id, status, None), index);
             }

@@ -70,17 +70,26 @@ fn weights(service: &Service) -> Option<WeightsJson> {
         .map(|(passing, warning)| WeightsJson { passing, warning })
 }
 
-/// Service tagged addresses an agent adds for a service registered with an IP address.
+/// Service tagged addresses an agent adds for a service registered with an IP address,
+/// with the explicitly registered ones over them.
 fn service_tagged_addresses(service: &Service) -> BTreeMap<String, Value> {
     let mut tagged = BTreeMap::new();
     let family = match service.address.parse::<std::net::IpAddr>() {
-        Ok(std::net::IpAddr::V4(_)) => "ipv4",
-        Ok(std::net::IpAddr::V6(_)) => "ipv6",
-        Err(_) => return tagged,
+        Ok(std::net::IpAddr::V4(_)) => Some("ipv4"),
+        Ok(std::net::IpAddr::V6(_)) => Some("ipv6"),
+        Err(_) => None,
     };
-    let entry = json!({"Address": service.address, "Port": service.port});
-    tagged.insert(format!("lan_{family}"), entry.clone());
-    tagged.insert(format!("wan_{family}"), entry);
+    if let Some(family) = family {
+        let entry = json!({"Address": service.address, "Port": service.port});
+        tagged.insert(format!("lan_{family}"), entry.clone());
+        tagged.insert(format!("wan_{family}"), entry);
+    }
+    for (key, address) in &service.tagged {
+        tagged.insert(
+            key.clone(),
+            json!({"Address": address, "Port": service.port}),
+        );
+    }
     tagged
 }
 

@@ -26,7 +26,9 @@ pub struct Registration {
     pub(crate) node: String,
     pub(crate) node_address: Option<String>,
     pub(crate) node_meta: Option<BTreeMap<String, String>>,
+    pub(crate) node_tagged: Option<BTreeMap<String, String>>,
     pub(crate) address: String,
+    pub(crate) tagged: BTreeMap<String, String>,
     pub(crate) port: u16,
     pub(crate) tags: Vec<String>,
     pub(crate) meta: BTreeMap<String, String>,
@@ -47,7 +49,9 @@ impl Registration {
             node: "node-1".to_owned(),
             node_address: None,
             node_meta: None,
+            node_tagged: None,
             address: String::new(),
+            tagged: BTreeMap::new(),
             port: 0,
             tags: Vec::new(),
             meta: BTreeMap::new(),
@@ -78,6 +82,33 @@ impl Registration {
             .get_or_insert_with(BTreeMap::new)
             .insert(key.to_owned(), value.to_owned());
         self
+    }
+
+    /// Sets one of the node's tagged addresses (`lan_ipv6`, `wan`, …), over the ones the
+    /// agent fills in from the node address.
+    pub fn node_tagged_address(mut self, key: &str, address: &str) -> Self {
+        self.node_tagged
+            .get_or_insert_with(BTreeMap::new)
+            .insert(key.to_owned(), address.to_owned());
+        self
+    }
+
+    /// Sets one of the service's tagged addresses (`lan_ipv4`, `lan_ipv6`, `wan`, …;
+    /// the port is the service's), over the ones the agent fills in.
+    pub fn tagged_address(mut self, key: &str, address: &str) -> Self {
+        self.tagged.insert(key.to_owned(), address.to_owned());
+        self
+    }
+
+    /// A Consul server's registration of the `consul` service (port 8300, passing
+    /// `serfHealth`), as every server of a real cluster has: its nodes are the servers
+    /// that NS answers name.
+    pub fn consul_server(node: &str, address: &str) -> Self {
+        Self::new("consul")
+            .node(node, address)
+            .port(8300)
+            .node_meta("consul-version", crate::CONSUL_VERSION)
+            .node_check("serfHealth", "passing")
     }
 
     /// Sets `Service.Address` (empty means "use the node address").
@@ -172,6 +203,7 @@ impl Registration {
             service: self.service.clone(),
             tags: self.tags.clone(),
             address: self.address.clone(),
+            tagged: self.tagged.clone(),
             meta: self.meta.clone(),
             port: self.port,
             weights: self.weights,

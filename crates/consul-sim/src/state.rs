@@ -92,13 +92,23 @@ pub(crate) struct Node {
     pub(crate) name: String,
     pub(crate) address: String,
     pub(crate) meta: BTreeMap<String, String>,
+    /// Tagged addresses set explicitly (over the ones the agent fills in).
+    pub(crate) tagged: BTreeMap<String, String>,
     pub(crate) create_index: u64,
     pub(crate) modify_index: u64,
 }
 
 impl Node {
-    /// Tagged addresses as a Consul agent fills them in (`lan`, `wan`, and the per-family variants).
+    /// Tagged addresses as a Consul agent fills them in (`lan`, `wan`, and the per-family
+    /// variants), with the explicitly set ones over them (a dual-stack node's `lan_ipv6`,
+    /// a `wan` address reached from other datacenters).
     pub(crate) fn tagged_addresses(&self) -> BTreeMap<String, String> {
+        let mut tagged = self.agent_tagged_addresses();
+        tagged.extend(self.tagged.clone());
+        tagged
+    }
+
+    fn agent_tagged_addresses(&self) -> BTreeMap<String, String> {
         let mut tagged = BTreeMap::new();
         tagged.insert("lan".to_owned(), self.address.clone());
         tagged.insert("wan".to_owned(), self.address.clone());
@@ -125,6 +135,8 @@ pub(crate) struct Service {
     pub(crate) service: String,
     pub(crate) tags: Vec<String>,
     pub(crate) address: String,
+    /// Tagged addresses set explicitly (over the ones the agent fills in).
+    pub(crate) tagged: BTreeMap<String, String>,
     pub(crate) meta: BTreeMap<String, String>,
     pub(crate) port: u16,
     pub(crate) weights: Option<(u32, u32)>,
@@ -364,6 +376,7 @@ impl Dc {
                         name: name.to_owned(),
                         address: address.unwrap_or("127.0.0.1").to_owned(),
                         meta: meta.cloned().unwrap_or_default(),
+                        tagged: BTreeMap::new(),
                         create_index: index,
                         modify_index: index,
                     },
@@ -372,6 +385,27 @@ impl Dc {
                 true
             }
         }
+    }
+
+    /// Sets a node's explicit tagged addresses (merged over the agent's); bumps the
+    /// indexes of the node and its services when they change.
+    pub(crate) fn set_node_tagged(
+        &mut self,
+        name: &str,
+        tagged: &BTreeMap<String, String>,
+        index: u64,
+    ) -> bool {
+        let Some(node) = self.nodes.get_mut(name) else {
+            return false;
+        };
+        if &node.tagged == tagged {
+            return false;
+        }
+        node.tagged = tagged.clone();
+        node.modify_index = index;
+        self.nodes_index = index;
+        self.touch_services_on_node(name, index);
+        true
     }
 
     /// Inserts or replaces a service instance.

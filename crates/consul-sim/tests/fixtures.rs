@@ -115,3 +115,57 @@ async fn fixture_kv_is_written_like_a_plain_put_and_keeps_a_held_lock() {
     assert_eq!(entry[0]["LockIndex"], 1);
     assert_eq!(entry[0]["Flags"], 3);
 }
+
+#[tokio::test]
+async fn demo_fixture_has_consul_servers_and_explicit_tagged_addresses() {
+    let sim = Sim::new();
+    sim.load_fixture(DEMO_FIXTURE).expect("demo fixture loads");
+    let servers = call(&sim, "GET", "/v1/health/service/consul", "").await;
+    let servers: serde_json::Value = serde_json::from_slice(servers.body()).expect("json");
+    let names: Vec<&str> = servers
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|entry| entry["Node"]["Node"].as_str().expect("node"))
+        .collect();
+    assert_eq!(
+        names,
+        ["consul-server-1", "consul-server-2", "consul-server-3"]
+    );
+
+    let node = call(&sim, "GET", "/v1/catalog/node/node-1", "").await;
+    let node: serde_json::Value = serde_json::from_slice(node.body()).expect("json");
+    let tagged = &node["Node"]["TaggedAddresses"];
+    assert_eq!(tagged["lan_ipv6"], "fd00::11", "explicit tag");
+    assert_eq!(tagged["lan_ipv4"], "10.0.0.11", "the agent's tags stay");
+    assert_eq!(node["Node"]["Meta"]["rfc1035-location"], "rack 12");
+
+    let edge = call(&sim, "GET", "/v1/health/service/web?dc=dc2", "").await;
+    let edge: serde_json::Value = serde_json::from_slice(edge.body()).expect("json");
+    assert_eq!(edge[0]["Node"]["TaggedAddresses"]["wan"], "198.51.100.11");
+    assert_eq!(edge[0]["Node"]["Datacenter"], "dc2");
+}
+
+#[tokio::test]
+async fn registrations_set_service_tagged_addresses_over_the_agents() {
+    use consul_sim::Registration;
+    let sim = Sim::new();
+    sim.register(
+        Registration::new("api")
+            .node("n1", "10.0.0.1")
+            .address("10.1.0.1")
+            .port(9090)
+            .tagged_address("lan_ipv6", "fd00::1"),
+    );
+    sim.register(Registration::consul_server("s1", "10.0.9.1"));
+    let api = call(&sim, "GET", "/v1/health/service/api", "").await;
+    let api: serde_json::Value = serde_json::from_slice(api.body()).expect("json");
+    let tagged = &api[0]["Service"]["TaggedAddresses"];
+    assert_eq!(tagged["lan_ipv6"]["Address"], "fd00::1");
+    assert_eq!(tagged["lan_ipv6"]["Port"], 9090);
+    assert_eq!(tagged["lan_ipv4"]["Address"], "10.1.0.1");
+    let consul = call(&sim, "GET", "/v1/health/service/consul", "").await;
+    let consul: serde_json::Value = serde_json::from_slice(consul.body()).expect("json");
+    assert_eq!(consul[0]["Service"]["Port"], 8300);
+    assert_eq!(consul[0]["Checks"][0]["CheckID"], "serfHealth");
+}

@@ -48,10 +48,14 @@ async fn state_filters_checks_and_any_returns_all() {
         )]
     );
     let passing = checks(&body_of(&server, "/v1/health/state/passing").await);
-    assert_eq!(passing.len(), 11, "4 serfHealth + 7 passing service checks");
+    assert_eq!(
+        passing.len(),
+        14,
+        "7 serfHealth (3 servers) + 7 passing service checks"
+    );
     assert!(passing.iter().all(|(_, _, status)| status == "passing"));
     let any = checks(&body_of(&server, "/v1/health/state/any").await);
-    assert_eq!(any.len(), 13);
+    assert_eq!(any.len(), 16);
     let mut sorted = any.clone();
     sorted.sort();
     assert_eq!(any, sorted, "ordered by node, then check ID");
@@ -247,9 +251,9 @@ async fn stale_dc_faults_and_request_log_apply() {
         response.text().await.expect("body"),
         "No path to datacenter"
     );
-    sim.add_datacenter("dc2");
+    sim.add_datacenter("dc3");
     assert_eq!(
-        body_of(&server, "/v1/health/state/any?dc=dc2").await,
+        body_of(&server, "/v1/health/state/any?dc=dc3").await,
         serde_json::json!([])
     );
 

@@ -212,20 +212,20 @@ async fn unknown_service_is_empty_array_with_index_and_unknown_dc_is_500() {
         "No path to datacenter"
     );
 
-    sim.add_datacenter("dc2");
+    sim.add_datacenter("dc3");
     sim.register(
         Registration::new("web")
             .id("web-east")
             .node("east-1", "10.9.0.1")
-            .datacenter("dc2"),
+            .datacenter("dc3"),
     );
-    let body: Value = get(&server, "/v1/health/service/web?dc=dc2")
+    let body: Value = get(&server, "/v1/health/service/web?dc=dc3")
         .await
         .json()
         .await
         .expect("json");
     assert_eq!(service_ids(&body), ["web-east"]);
-    assert_eq!(body[0]["Node"]["Datacenter"], "dc2");
+    assert_eq!(body[0]["Node"]["Datacenter"], "dc3");
     let body: Value = get(&server, "/v1/health/service/web")
         .await
         .json()
@@ -576,7 +576,11 @@ async fn catalog_endpoints_have_consul_shapes() {
         .json()
         .await
         .expect("json");
-    assert_eq!(nodes.as_array().expect("array").len(), 4);
+    assert_eq!(
+        nodes.as_array().expect("array").len(),
+        7,
+        "3 servers and 4 nodes"
+    );
     let node: Value = get(&server, "/v1/catalog/node/node-6")
         .await
         .json()

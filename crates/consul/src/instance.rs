@@ -1,13 +1,15 @@
 //! The one model of a service instance and a node, as every reader of Consul data in
 //! dnsfront sees it (the catalog cache, the hosts snapshot, DNS answers), with Consul's DNS
-//! rules written once: the health filter, the SRV weight, the address choice, the tag match.
+//! rules written once: the health filter, the SRV weight, the address choice (with
+//! Consul's tagged-address translation, `agent/translate_addr.go`), the tag match.
 //!
 //! The wire models ([`ServiceEntry`], [`NodeInfo`]) mirror Consul's JSON; these types hold
 //! only what the DNS front serves, already interpreted. A new field (service meta, tagged
 //! addresses) is added here and in [`ServiceInstance::from_entry`]; the hosts
 //! snapshot keeps its own serialized shape, so its format changes only when that shape does.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
 use crate::model::{HealthCheck, HealthStatus, NodeInfo, ServiceEntry, Weights};
 
@@ -35,6 +37,22 @@ pub struct ServiceInstance {
     /// node's address when the instance has none of its own and the node's is one (AWS
     /// fleets register RDS and ELB endpoints this way). As registered, without a final dot.
     pub hostname: Option<String>,
+    /// The node's metadata and tagged addresses and the service's tagged addresses;
+    /// `None` when there are none (see [`InstanceDetails`]).
+    pub details: Option<Arc<InstanceDetails>>,
+}
+
+/// What an instance carries besides its own address, out of line: one pointer in
+/// [`ServiceInstance`], `None` when empty, so instances without any (every one the hosts
+/// snapshot holds, whose decoded size is bounded) cost 8 bytes more, not 150.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InstanceDetails {
+    /// The node's metadata, `(key, value)` in key order (served as TXT records).
+    pub node_meta: Vec<(String, String)>,
+    /// The node's tagged addresses (see [`ServiceInstance::addresses`]).
+    pub node_tagged: TaggedAddresses,
+    /// The service's own tagged addresses (see [`ServiceInstance::addresses`]).
+    pub service_tagged: TaggedAddresses,
 }
 
 /// Aggregate health of a served instance; critical instances are never served.
@@ -57,6 +75,48 @@ pub struct Node {
     pub address: Option<IpAddr>,
     /// The node's address, when it is a hostname (answered with a CNAME), as registered.
     pub hostname: Option<String>,
+    /// The node's metadata and tagged addresses; `None` when there are none (see
+    /// [`NodeDetails`]).
+    pub details: Option<Arc<NodeDetails>>,
+}
+
+/// What a node carries besides its address, out of line (as [`InstanceDetails`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeDetails {
+    /// The node's metadata, `(key, value)` in key order (served as TXT records).
+    pub meta: Vec<(String, String)>,
+    /// The node's tagged addresses (see [`Node::addresses`]).
+    pub tagged: TaggedAddresses,
+}
+
+/// The tagged addresses Consul's DNS reads, IP addresses only (hostnames are skipped).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TaggedAddresses {
+    /// `lan_ipv4`: the IPv4 address A answers use in the instance's own datacenter.
+    pub lan_ipv4: Option<Ipv4Addr>,
+    /// `lan_ipv6`: the IPv6 address AAAA answers use in the instance's own datacenter.
+    pub lan_ipv6: Option<Ipv6Addr>,
+    /// `wan`: replaces the address in answers for another datacenter (`translate_wan_addrs`).
+    pub wan: Option<IpAddr>,
+    /// `wan_ipv4`: replaces `lan_ipv4` in answers for another datacenter.
+    pub wan_ipv4: Option<Ipv4Addr>,
+    /// `wan_ipv6`: replaces `lan_ipv6` in answers for another datacenter.
+    pub wan_ipv6: Option<Ipv6Addr>,
+}
+
+/// The addresses one instance or node is answered with, after Consul's translation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Addresses {
+    /// What A answers give (tagged `lan_ipv4`/`wan_ipv4`, else an IPv4 address).
+    pub v4: Option<Ipv4Addr>,
+    /// What AAAA answers give (tagged `lan_ipv6`/`wan_ipv6`, else an IPv6 address).
+    pub v6: Option<Ipv6Addr>,
+    /// The one address an SRV record points at: the (translated) address, else the
+    /// IPv4, else the IPv6 one.
+    pub primary: Option<IpAddr>,
+    /// True when these are the node's own addresses, untranslated: an SRV record then
+    /// names the node (`NODE.node.DC.domain`), whose lookups give the same addresses.
+    pub at_node: bool,
 }
 
 // === impl ServiceInstance ===
@@ -87,7 +147,45 @@ impl ServiceInstance {
             weight: status.weight(entry.service.weights.as_ref()),
             status,
             hostname,
+            details: InstanceDetails {
+                node_meta: entry.node.meta.clone(),
+                node_tagged: entry.node.tagged_addresses,
+                service_tagged: entry.service.tagged_addresses,
+            }
+            .into_option(),
         })
+    }
+
+    /// The node's metadata, `(key, value)` in key order.
+    pub fn node_meta(&self) -> &[(String, String)] {
+        self.details
+            .as_deref()
+            .map_or(&[], |details| details.node_meta.as_slice())
+    }
+
+    /// The addresses DNS answers with (Consul's `TranslateServiceAddress`, then
+    /// `TranslateAddress` for the node): the service's own (its address and tagged
+    /// `lan_ipv4`/`lan_ipv6`) when it has any, else the node's. With `wan` (an answer for
+    /// another datacenter under `translate_wan_addrs`) the `wan*` tagged addresses
+    /// replace them where present.
+    ///
+    /// A hostname instance has none: it is answered with a CNAME (see [`Self::hostname`]).
+    pub fn addresses(&self, wan: bool) -> Addresses {
+        if self.hostname.is_some() {
+            return Addresses::default();
+        }
+        let details = self.details.as_deref();
+        let service = details
+            .map_or(&NO_TAGS, |details| &details.service_tagged)
+            .translate(self.service_address, wan);
+        if service.primary.is_some() {
+            return service;
+        }
+        let mut node = details
+            .map_or(&NO_TAGS, |details| &details.node_tagged)
+            .translate(self.node_address, wan);
+        node.at_node = node.primary.is_some() && node.primary == self.node_address;
+        node
     }
 
     /// The IP address DNS answers use: the service address when set, else the node's;
@@ -169,6 +267,107 @@ impl Node {
             datacenter: info.datacenter.clone(),
             address,
             hostname,
+            details: NodeDetails {
+                meta: info.meta.clone(),
+                tagged: info.tagged_addresses,
+            }
+            .into_option(),
+        }
+    }
+
+    /// The node's metadata, `(key, value)` in key order.
+    pub fn meta(&self) -> &[(String, String)] {
+        self.details
+            .as_deref()
+            .map_or(&[], |details| details.meta.as_slice())
+    }
+
+    /// The addresses node lookups answer with: the node's address and tagged
+    /// `lan_ipv4`/`lan_ipv6`, or with `wan` the `wan*` tagged ones where present (see
+    /// [`ServiceInstance::addresses`]).
+    pub fn addresses(&self, wan: bool) -> Addresses {
+        let tagged = self
+            .details
+            .as_deref()
+            .map_or(&NO_TAGS, |details| &details.tagged);
+        let mut addresses = tagged.translate(self.address, wan);
+        addresses.at_node = addresses.primary.is_some() && addresses.primary == self.address;
+        addresses
+    }
+}
+
+// === impl InstanceDetails, NodeDetails ===
+
+impl InstanceDetails {
+    /// `None` when there is nothing to carry.
+    fn into_option(self) -> Option<Arc<Self>> {
+        (self != Self::default()).then(|| Arc::new(self))
+    }
+}
+
+impl NodeDetails {
+    /// `None` when there is nothing to carry.
+    fn into_option(self) -> Option<Arc<Self>> {
+        (self != Self::default()).then(|| Arc::new(self))
+    }
+}
+
+// === impl TaggedAddresses ===
+
+/// No tagged addresses.
+const NO_TAGS: TaggedAddresses = TaggedAddresses {
+    lan_ipv4: None,
+    lan_ipv6: None,
+    wan: None,
+    wan_ipv4: None,
+    wan_ipv6: None,
+};
+
+impl TaggedAddresses {
+    /// The `TaggedAddresses` keys read from Consul.
+    pub const KEYS: [&'static str; 5] = ["lan_ipv4", "lan_ipv6", "wan", "wan_ipv4", "wan_ipv6"];
+
+    /// Sets the address tagged `key` (one of [`TaggedAddresses::KEYS`]); an address of
+    /// the wrong family for the key, or another key, is ignored.
+    pub fn set(&mut self, key: &str, ip: IpAddr) {
+        match (key, ip) {
+            ("lan_ipv4", IpAddr::V4(v4)) => self.lan_ipv4 = Some(v4),
+            ("lan_ipv6", IpAddr::V6(v6)) => self.lan_ipv6 = Some(v6),
+            ("wan", ip) => self.wan = Some(ip),
+            ("wan_ipv4", IpAddr::V4(v4)) => self.wan_ipv4 = Some(v4),
+            ("wan_ipv6", IpAddr::V6(v6)) => self.wan_ipv6 = Some(v6),
+            _ => {}
+        }
+    }
+
+    /// True when no tagged address is set.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Consul's `TranslateAddress` over `address` and these tags: with `wan`, each
+    /// `wan*` address replaces its LAN counterpart where present; each family falls
+    /// back to the address when it is of that family.
+    fn translate(&self, address: Option<IpAddr>, wan: bool) -> Addresses {
+        let (mut default, mut v4, mut v6) = (address, self.lan_ipv4, self.lan_ipv6);
+        if wan {
+            default = self.wan.or(default);
+            v4 = self.wan_ipv4.or(v4);
+            v6 = self.wan_ipv6.or(v6);
+        }
+        let v4 = v4.or(match default {
+            Some(IpAddr::V4(ip)) => Some(ip),
+            _ => None,
+        });
+        let v6 = v6.or(match default {
+            Some(IpAddr::V6(ip)) => Some(ip),
+            _ => None,
+        });
+        Addresses {
+            v4,
+            v6,
+            primary: default.or(v4.map(IpAddr::V4)).or(v6.map(IpAddr::V6)),
+            at_node: false,
         }
     }
 }
@@ -312,6 +511,36 @@ mod tests {
     }
 
     #[test]
+    fn tagged_addresses_fill_in_families_and_wan_replaces_them_across_datacenters() {
+        let mut entry = entry(Vec::new());
+        entry.node.tagged_addresses.lan_ipv6 = "fd00::1".parse().ok();
+        entry.node.tagged_addresses.wan = "203.0.113.1".parse().ok();
+        entry.node.tagged_addresses.wan_ipv6 = "2001:db8::1".parse().ok();
+        let instance = ServiceInstance::from_entry(&entry, false).expect("served");
+        let lan = instance.addresses(false);
+        assert_eq!(lan.v4, "10.0.0.1".parse().ok());
+        assert_eq!(lan.v6, "fd00::1".parse().ok(), "lan_ipv6 fills in AAAA");
+        assert_eq!(lan.primary, "10.0.0.1".parse().ok());
+        assert!(lan.at_node);
+        let wan = instance.addresses(true);
+        assert_eq!(wan.v4, "203.0.113.1".parse().ok());
+        assert_eq!(wan.v6, "2001:db8::1".parse().ok());
+        assert!(!wan.at_node, "a translated address is not the node's own");
+
+        // The service's own tagged addresses win over the node's.
+        entry.service.tagged_addresses.lan_ipv6 = "fd00::99".parse().ok();
+        let instance = ServiceInstance::from_entry(&entry, false).expect("served");
+        let own = instance.addresses(false);
+        assert_eq!((own.v4, own.v6), (None, "fd00::99".parse().ok()));
+        assert_eq!(own.primary, "fd00::99".parse().ok());
+        assert!(!own.at_node);
+
+        let node = Node::from_info(&entry.node);
+        assert_eq!(node.addresses(false).v6, "fd00::1".parse().ok());
+        assert_eq!(node.addresses(true).v4, "203.0.113.1".parse().ok());
+    }
+
+    #[test]
     fn entry_fields_are_carried_over() {
         let instance = ServiceInstance::from_entry(&entry(Vec::new()), false).expect("served");
         assert_eq!(
@@ -326,6 +555,7 @@ mod tests {
                 weight: 1,
                 status: InstanceStatus::Passing,
                 hostname: None,
+                details: None,
             }
         );
     }
@@ -355,6 +585,7 @@ mod tests {
                 datacenter: "dc1".into(),
                 address: Some(IpAddr::from([10, 0, 0, 7])),
                 hostname: None,
+                details: None,
             }
         );
         info.address = "node-a.example".into();

@@ -27,7 +27,9 @@ pub use backoff::{Backoff, HALF_JITTER, InvalidBackoff};
 pub use client::{Client, MAX_BULK_RESPONSE_BYTES, MAX_RESPONSE_BYTES};
 pub use config::{Config, DEFAULT_ADDRESS, DEFAULT_REQUEST_TIMEOUT, Token};
 pub use error::{BoxError, Error};
-pub use instance::{InstanceStatus, Node, ServiceInstance};
+pub use instance::{
+    Addresses, InstanceDetails, InstanceStatus, Node, NodeDetails, ServiceInstance, TaggedAddresses,
+};
 pub use model::{
     AgentSelf, AgentService, CatalogNode, HealthCheck, HealthStatus, KvPair, NodeInfo,
     ServiceEntry, Weights,

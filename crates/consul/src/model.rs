@@ -3,16 +3,20 @@
 //! Field names follow Consul's PascalCase JSON. Every field tolerates being missing or `null`
 //! and unknown fields are ignored, so newer or older agents still decode.
 //!
-//! Only fields something reads are decoded: the rest (`Meta`, `TaggedAddresses`, a check's
-//! `Output` and `Notes`, …) are skipped by the parser without being copied into strings,
-//! so an instance with megabytes of metadata or check output costs nothing past its bytes
-//! on the wire (whose size the client caps).
+//! Only fields something reads are decoded: the rest (service `Meta`, a check's `Output`
+//! and `Notes`, …) are skipped by the parser without being copied into strings, so an
+//! instance with megabytes of check output costs nothing past its bytes on the wire (whose
+//! size the client caps). Node `Meta` (served as TXT) and the tagged addresses DNS uses
+//! are decoded leniently: an odd shape there reads as absent, never fails the read.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 use base64::Engine as _;
+use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
+
+use crate::instance::TaggedAddresses;
 
 /// Deserializes `null` as the type's default value.
 fn nullable<'de, D, T>(deserializer: D) -> Result<T, D::Error>
@@ -64,6 +68,14 @@ pub struct NodeInfo {
     /// Datacenter of the node.
     #[serde(default, deserialize_with = "nullable")]
     pub datacenter: String,
+    /// The tagged addresses DNS reads (`lan_ipv4`, `lan_ipv6`, `wan`, `wan_ipv4`,
+    /// `wan_ipv6`), IP addresses only; other keys and odd shapes are skipped.
+    #[serde(default, deserialize_with = "tagged_addresses")]
+    pub tagged_addresses: TaggedAddresses,
+    /// Node metadata as `(key, value)` pairs in key order (entries whose value is not a
+    /// string are skipped; any other shape reads as none).
+    #[serde(default, deserialize_with = "string_map")]
+    pub meta: Vec<(String, String)>,
 }
 
 /// A registered service instance.
@@ -88,6 +100,10 @@ pub struct AgentService {
     /// SRV weights; `None` means Consul's default 1/1.
     #[serde(default)]
     pub weights: Option<Weights>,
+    /// The service's tagged addresses DNS reads (`{"Address", "Port"}` objects; the port
+    /// is not used), IP addresses only.
+    #[serde(default, deserialize_with = "tagged_addresses")]
+    pub tagged_addresses: TaggedAddresses,
 }
 
 /// SRV weights of a service instance.
@@ -230,9 +246,210 @@ fn base64_value<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Vec
         .map(|encoded| {
             base64::engine::general_purpose::STANDARD
                 .decode(encoded.as_bytes())
-                .map_err(serde::de::Error::custom)
+                .map_err(de::Error::custom)
         })
         .transpose()
+}
+
+/// Visitor methods for scalars that read as the value's default (lenient decoding).
+macro_rules! forward_scalars_to_default {
+    () => {
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(Default::default())
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(Default::default())
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(Default::default())
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(Default::default())
+        }
+        fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+            Ok(Default::default())
+        }
+    };
+}
+
+/// Decodes a `TaggedAddresses` map leniently: node maps hold strings, service maps
+/// `{"Address", "Port"}` objects (keys compared case-insensitively); values that are not
+/// IP addresses, unknown keys and any other shape are skipped.
+fn tagged_addresses<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<TaggedAddresses, D::Error> {
+    struct MapVisitor;
+    impl<'de> Visitor<'de> for MapVisitor {
+        type Value = TaggedAddresses;
+        fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+            formatter.write_str("a map of tagged addresses")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut tagged = TaggedAddresses::default();
+            while let Some(key) = map.next_key::<Lenient<String>>()? {
+                let Lenient(Some(key)) = key else {
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                };
+                if !TaggedAddresses::KEYS.contains(&key.as_str()) {
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+                let TaggedValue(address) = map.next_value()?;
+                if let Some(ip) = address.and_then(|text| text.parse().ok()) {
+                    tagged.set(&key, ip);
+                }
+            }
+            Ok(tagged)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(TaggedAddresses::default())
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(TaggedAddresses::default())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(TaggedAddresses::default())
+        }
+        forward_scalars_to_default!();
+    }
+    deserializer.deserialize_any(MapVisitor)
+}
+
+/// Decodes a string-to-string map leniently into `(key, value)` pairs in key order:
+/// entries whose value is not a string are skipped, any other shape is empty.
+fn string_map<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<(String, String)>, D::Error> {
+    struct MapVisitor;
+    impl<'de> Visitor<'de> for MapVisitor {
+        type Value = Vec<(String, String)>;
+        fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+            formatter.write_str("a map of strings")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut pairs = BTreeMap::new();
+            while let Some(Lenient(key)) = map.next_key::<Lenient<String>>()? {
+                let Lenient(value) = map.next_value::<Lenient<String>>()?;
+                if let (Some(key), Some(value)) = (key, value) {
+                    pairs.insert(key, value);
+                }
+            }
+            Ok(pairs.into_iter().collect())
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(Vec::new())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(Vec::new())
+        }
+        forward_scalars_to_default!();
+    }
+    deserializer.deserialize_any(MapVisitor)
+}
+
+/// A string, or `None` for any other JSON value (skipped without copying).
+struct Lenient<T>(Option<T>);
+
+impl<'de> Deserialize<'de> for Lenient<String> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct StringVisitor;
+        impl<'de> Visitor<'de> for StringVisitor {
+            type Value = Option<String>;
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str("a string")
+            }
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<Self::Value, E> {
+                Ok(Some(value.to_owned()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(None)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(None)
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+        }
+        deserializer.deserialize_any(StringVisitor).map(Lenient)
+    }
+}
+
+/// One tagged address: a string (node) or an object with `Address` (service, any key
+/// case); `None` for anything else.
+struct TaggedValue(Option<String>);
+
+impl<'de> Deserialize<'de> for TaggedValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ValueVisitor;
+        impl<'de> Visitor<'de> for ValueVisitor {
+            type Value = Option<String>;
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str("an address or an {Address, Port} object")
+            }
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<Self::Value, E> {
+                Ok(Some(value.to_owned()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut address = None;
+                while let Some(Lenient(key)) = map.next_key::<Lenient<String>>()? {
+                    if key.is_some_and(|key| key.eq_ignore_ascii_case("address")) {
+                        let Lenient(value) = map.next_value::<Lenient<String>>()?;
+                        address = address.or(value);
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(address)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(None)
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+        }
+        deserializer.deserialize_any(ValueVisitor).map(TaggedValue)
+    }
 }
 
 /// What `/v1/agent/self` tells us about the local agent.
@@ -361,6 +578,43 @@ mod tests {
         assert_eq!(entries[0].node.address, "10.0.0.1");
         assert_eq!(entries[0].service.port, 80);
         assert_eq!(entries[0].checks[0].status, HealthStatus::Passing);
+    }
+
+    #[test]
+    fn node_meta_and_tagged_addresses_are_read_leniently() {
+        let json = include_str!("../tests/data/health_service_api.json");
+        let entries: Vec<ServiceEntry> = serde_json::from_str(json).expect("sample decodes");
+        let node = &entries[0].node;
+        assert_eq!(
+            node.meta,
+            [
+                ("consul-network-segment".to_owned(), String::new()),
+                ("consul-version".to_owned(), "1.16.4".to_owned()),
+                ("role".to_owned(), "frontend".to_owned()),
+            ]
+        );
+        assert_eq!(node.tagged_addresses.lan_ipv4, "10.20.3.17".parse().ok());
+        assert_eq!(node.tagged_addresses.wan, "10.20.3.17".parse().ok());
+        assert_eq!(node.tagged_addresses.lan_ipv6, None);
+
+        let json = r#"[{"Node": {"Node": "n1", "Meta": {"a": "1", "b": 2, "c": null, "d": {"x": 1}},
+                "TaggedAddresses": {"lan_ipv6": "fd00::1", "lan_ipv4": "fd00::2", "wan": "host.example",
+                                    "wan_ipv4": ["1.2.3.4"], "other": "9.9.9.9"}},
+            "Service": {"TaggedAddresses": {"lan_ipv4": {"address": "10.0.0.9", "port": 81},
+                                            "wan": {"Port": 80, "Address": "1.2.3.4"},
+                                            "wan_ipv6": {"Address": 7}}}}]"#;
+        let entries: Vec<ServiceEntry> = serde_json::from_str(json).expect("decodes");
+        let entry = &entries[0];
+        assert_eq!(entry.node.meta, [("a".to_owned(), "1".to_owned())]);
+        let node = entry.node.tagged_addresses;
+        assert_eq!(node.lan_ipv6, "fd00::1".parse().ok());
+        assert_eq!(node.lan_ipv4, None, "wrong family");
+        assert_eq!(node.wan, None, "hostnames are not addresses");
+        assert_eq!(node.wan_ipv4, None, "odd shape");
+        let service = entry.service.tagged_addresses;
+        assert_eq!(service.lan_ipv4, "10.0.0.9".parse().ok());
+        assert_eq!(service.wan, "1.2.3.4".parse().ok());
+        assert_eq!(service.wan_ipv6, None);
     }
 
     #[test]

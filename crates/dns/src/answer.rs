@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use dnsfront_catalog::{Freshness, Lookup, Node, ServiceInstance, Witness};
+use dnsfront_catalog::{Addresses, Freshness, Lookup, Node, ServiceInstance, Witness};
 use hickory_proto::op::ResponseCode;
-use hickory_proto::rr::rdata::{A, AAAA, CNAME, SOA, SRV};
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, SOA, SRV, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use rand::seq::SliceRandom;
 use tokio::time::Instant;
@@ -56,7 +56,7 @@ impl Source {
         }
     }
 
-    fn from_freshness(freshness: Freshness) -> Self {
+    pub(crate) fn from_freshness(freshness: Freshness) -> Self {
         match freshness {
             Freshness::Fresh => Self::Fresh,
             Freshness::Stale => Self::Stale,
@@ -225,7 +225,16 @@ pub(crate) struct Zone {
     negative_ttl: u32,
     stale_ttl: u32,
     max_answer_records: Option<usize>,
+    node_meta_txt: bool,
+    translate_wan_addrs: bool,
 }
+
+/// The service every Consul server registers; its nodes are the zone's name servers.
+const SERVERS_SERVICE: &str = "consul";
+/// Name servers named in NS answers and under a SOA (Consul: 3, shuffled).
+const MAX_NAMESERVERS: usize = 3;
+/// Longest character-string in a TXT record (RFC 1035 §3.3).
+const MAX_TXT_STRING: usize = 255;
 
 impl Zone {
     pub(crate) fn new(config: &Config) -> Self {
@@ -244,6 +253,8 @@ impl Zone {
             negative_ttl: ttl_secs(config.negative_ttl),
             stale_ttl: ttl_secs(config.stale_ttl),
             max_answer_records: config.max_answer_records,
+            node_meta_txt: config.node_meta_txt,
+            translate_wan_addrs: config.translate_wan_addrs,
             domain,
         }
     }
@@ -284,8 +295,14 @@ impl Zone {
         qtype: RecordType,
     ) -> Reply {
         if qtype == RecordType::SOA {
+            // As Consul: the SOA, the servers as NS in Authority, their addresses as glue.
             let mut reply = Reply::empty(ResponseCode::NoError, true);
             reply.answers.push(self.soa());
+            if let Some((servers, glue, source)) = self.nameservers(catalog, asked).await {
+                reply.authorities = servers;
+                reply.additionals = glue;
+                reply.source = source;
+            }
             return reply;
         }
         if matches!(qtype, RecordType::AXFR | RecordType::IXFR) {
@@ -294,7 +311,16 @@ impl Zone {
 
         match name::parse_in_zone(&self.domain, lower, qtype) {
             ConsulName::Apex if qtype == RecordType::NS => {
-                self.negative(ResponseCode::NoError, Source::None)
+                match self.nameservers(catalog, asked).await {
+                    Some((servers, glue, source)) => {
+                        let mut reply = Reply::empty(ResponseCode::NoError, true);
+                        reply.answers = servers;
+                        reply.additionals = glue;
+                        reply.source = source;
+                        reply
+                    }
+                    None => self.negative(ResponseCode::NoError, Source::None),
+                }
             }
             ConsulName::Apex | ConsulName::Invalid => {
                 self.negative(ResponseCode::NXDomain, Source::None)
@@ -309,30 +335,17 @@ impl Zone {
                 reply
             }
             ConsulName::Node { name, datacenter } => {
+                let wan = self.uses_wan(catalog, datacenter.as_deref());
                 let lookup = catalog.node(&name, datacenter.as_deref()).await;
-                let mut reply =
-                    match &lookup {
-                        Lookup::Unavailable => Reply::empty(ResponseCode::ServFail, true),
-                        Lookup::NotFound(freshness) => self
-                            .negative(ResponseCode::NXDomain, Source::from_freshness(*freshness)),
-                        Lookup::Found(node, freshness) => {
-                            // Wrong family or another qtype: NOERROR, empty, no SOA (as Consul).
-                            let mut reply = Reply::empty(ResponseCode::NoError, true);
-                            reply.source = Source::from_freshness(*freshness);
-                            if let Some(record) = node.address.and_then(|ip| {
-                                address_record(asked.clone(), self.node_ttl, ip, qtype)
-                            }) {
-                                reply.answers.push(record);
-                            } else if let Some(record) = node
-                                .hostname
-                                .as_deref()
-                                .and_then(|host| alias_record(asked, self.node_ttl, host, qtype))
-                            {
-                                reply.answers.push(record);
-                            }
-                            reply
-                        }
-                    };
+                let mut reply = match &lookup {
+                    Lookup::Unavailable => Reply::empty(ResponseCode::ServFail, true),
+                    Lookup::NotFound(freshness) => {
+                        self.negative(ResponseCode::NXDomain, Source::from_freshness(*freshness))
+                    }
+                    Lookup::Found(node, freshness) => {
+                        self.node_reply(node, asked, qtype, wan, Source::from_freshness(*freshness))
+                    }
+                };
                 reply.basis = Basis::node(catalog, name, datacenter, lookup);
                 reply
             }
@@ -341,6 +354,7 @@ impl Zone {
                 tag,
                 datacenter,
             } => {
+                let wan = self.uses_wan(catalog, datacenter.as_deref());
                 let lookup = catalog.service(&name, datacenter.as_deref()).await;
                 let mut reply = match &lookup {
                     Lookup::Unavailable => Reply::empty(ResponseCode::ServFail, true),
@@ -353,6 +367,7 @@ impl Zone {
                         &name,
                         asked,
                         qtype,
+                        wan,
                         Source::from_freshness(*freshness),
                     ),
                 };
@@ -362,6 +377,61 @@ impl Zone {
         }
     }
 
+    /// Whether an answer for `datacenter` uses `wan` tagged addresses: under
+    /// `translate_wan_addrs`, for a datacenter named in the question that is not the
+    /// agent's (as far as the catalog knows it: an unknown one counts as another).
+    fn uses_wan<C: CatalogView>(&self, catalog: &C, datacenter: Option<&str>) -> bool {
+        self.translate_wan_addrs
+            && datacenter.is_some_and(|datacenter| {
+                catalog
+                    .local_datacenter()
+                    .is_none_or(|local| !local.eq_ignore_ascii_case(datacenter))
+            })
+    }
+
+    /// A node lookup (Consul `nodeLookup`): A/AAAA/ANY from its addresses; its meta as
+    /// TXT in the answer for TXT and ANY, in Additional for A/AAAA when
+    /// `node_meta_txt` is on. A wrong family or another qtype: NOERROR, empty, no SOA.
+    fn node_reply(
+        &self,
+        node: &Node,
+        asked: &Name,
+        qtype: RecordType,
+        wan: bool,
+        source: Source,
+    ) -> Reply {
+        let mut reply = Reply::empty(ResponseCode::NoError, true);
+        reply.source = source;
+        let addresses = node.addresses(wan);
+        reply.answers.extend(
+            family_ips(&addresses, qtype)
+                .filter_map(|ip| address_record(asked.clone(), self.node_ttl, ip, qtype)),
+        );
+        // A node at a hostname: a CNAME the router follows, and nothing else at the
+        // name (a CNAME owner holds no other data), so its meta goes to Additional.
+        let alias = if reply.answers.is_empty()
+            && let Some(record) = node
+                .hostname
+                .as_deref()
+                .and_then(|host| alias_record(asked, self.node_ttl, host, qtype))
+        {
+            reply.answers.push(record);
+            true
+        } else {
+            false
+        };
+        let meta = meta_records(asked, self.node_ttl, node.meta());
+        match qtype {
+            RecordType::TXT | RecordType::ANY if !alias => reply.answers.extend(meta),
+            RecordType::A | RecordType::AAAA | RecordType::ANY if self.node_meta_txt => {
+                reply.additionals.extend(meta);
+            }
+            _ => {}
+        }
+        reply
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn service_reply(
         &self,
         instances: &[ServiceInstance],
@@ -369,13 +439,15 @@ impl Zone {
         service_name: &str,
         asked: &Name,
         qtype: RecordType,
+        wan: bool,
         source: Source,
     ) -> Reply {
-        let mut usable: Vec<&ServiceInstance> = instances
+        let mut usable: Vec<(&ServiceInstance, Addresses)> = instances
             .iter()
             .filter(|instance| tag.is_none_or(|tag| instance.has_tag(tag)))
-            .filter(|instance| {
-                address_of(instance, asked).is_some() || hostname_target(instance, asked).is_some()
+            .map(|instance| (instance, addresses_of(instance, asked, wan)))
+            .filter(|(instance, addresses)| {
+                addresses.primary.is_some() || hostname_target(instance, addresses).is_some()
             })
             .collect();
         if usable.is_empty() {
@@ -391,7 +463,7 @@ impl Zone {
                 let mut seen = HashSet::new();
                 for ip in usable
                     .iter()
-                    .filter_map(|instance| address_of(instance, asked))
+                    .flat_map(|(_, addresses)| family_ips(addresses, qtype))
                 {
                     if seen.insert(ip)
                         && let Some(record) = address_record(asked.clone(), ttl, ip, qtype)
@@ -407,8 +479,8 @@ impl Zone {
                 if reply.answers.is_empty()
                     && let Some(record) = usable
                         .iter()
-                        .filter(|instance| address_of(instance, asked).is_none())
-                        .find_map(|instance| {
+                        .filter(|(_, addresses)| addresses.primary.is_none())
+                        .find_map(|(instance, _)| {
                             alias_record(asked, ttl, instance.hostname.as_deref()?, qtype)
                         })
                 {
@@ -418,12 +490,21 @@ impl Zone {
             RecordType::SRV => {
                 let mut seen = HashSet::new();
                 let mut targets = HashSet::new();
-                for instance in usable {
-                    // A hostname instance's target is the hostname itself, without
-                    // glue here: the router resolves it into Additional.
-                    let (target, ip) = match address_of(instance, asked) {
-                        Some(ip) => (self.srv_target(instance, ip), Some(ip)),
-                        None => (hostname_target(instance, asked), None),
+                let mut meta_owners = HashSet::new();
+                for (instance, addresses) in usable {
+                    let node_name = self.node_name(&instance.datacenter, &instance.node);
+                    // The node's name when the instance is reached at the node's own
+                    // addresses (which its lookups give, both families); else the
+                    // `.addr` name of the one address; for a hostname instance the
+                    // hostname itself, without glue here: the router resolves it into
+                    // Additional.
+                    let (target, glue) = match (addresses.primary, &node_name) {
+                        (Some(_), Some(node_name)) if addresses.at_node => (
+                            Some(node_name.clone()),
+                            family_ips(&addresses, RecordType::ANY).collect::<Vec<_>>(),
+                        ),
+                        (Some(ip), _) => (self.addr_name(&instance.datacenter, ip), vec![ip]),
+                        (None, _) => (hostname_target(instance, &addresses), Vec::new()),
                     };
                     let Some(target) = target else {
                         continue;
@@ -435,11 +516,22 @@ impl Zone {
                     reply
                         .answers
                         .push(Record::from_rdata(asked.clone(), ttl, RData::SRV(srv)));
-                    if targets.insert(target.clone())
-                        && let Some(glue) =
-                            ip.and_then(|ip| address_record(target, ttl, ip, RecordType::ANY))
+                    if targets.insert(target.clone()) {
+                        reply.additionals.extend(glue.into_iter().filter_map(|ip| {
+                            address_record(target.clone(), ttl, ip, RecordType::ANY)
+                        }));
+                    }
+                    // Node meta beside the addresses, owned by the node's name (as
+                    // Consul, also for an `.addr` target).
+                    if self.node_meta_txt
+                        && let Some(node_name) = node_name
+                        && meta_owners.insert(node_name.clone())
                     {
-                        reply.additionals.push(glue);
+                        reply.additionals.extend(meta_records(
+                            &node_name,
+                            ttl,
+                            instance.node_meta(),
+                        ));
                     }
                 }
             }
@@ -452,27 +544,77 @@ impl Zone {
         reply
     }
 
-    /// `<node>.node.<dc>.<domain>` when the instance uses its node's address,
-    /// `<hex>.addr.<dc>.<domain>` when it has its own service address (or the
-    /// node name is not a valid DNS name).
-    fn srv_target(&self, instance: &ServiceInstance, ip: IpAddr) -> Option<Name> {
-        let datacenter = if instance.datacenter.is_empty() {
-            String::new()
-        } else {
-            format!("{}.", instance.datacenter.to_ascii_lowercase())
+    /// The Consul servers (the `consul` service's nodes in the agent's datacenter) as
+    /// NS records owned by the zone apex as the question spelled it, up to 3 in random
+    /// order, with their addresses as glue; `None` when none is known.
+    async fn nameservers<C: CatalogView>(
+        &self,
+        catalog: &C,
+        asked: &Name,
+    ) -> Option<(Vec<Record>, Vec<Record>, Source)> {
+        let Lookup::Found(servers, freshness) = catalog.service(SERVERS_SERVICE, None).await else {
+            return None;
         };
-        let domain = self.domain.to_ascii();
-        if instance.uses_node_address() {
-            let node = instance.node.to_ascii_lowercase();
-            if let Ok(target) = Name::from_ascii(format!("{node}.node.{datacenter}{domain}"))
-                && target.is_fqdn()
-                && target.iter().all(|label| !label.is_empty())
-            {
-                return Some(target);
+        let apex = asked.trim_to(self.domain.iter().count());
+        let mut servers: Vec<&ServiceInstance> = servers.iter().collect();
+        servers.shuffle(&mut rand::rng());
+        let (mut records, mut glue) = (Vec::new(), Vec::new());
+        let mut named = HashSet::new();
+        for server in servers {
+            if records.len() == MAX_NAMESERVERS {
+                break;
             }
+            // Nodes whose names are not valid DNS names are skipped (as Consul).
+            let Some(target) = self.node_name(&server.datacenter, &server.node) else {
+                continue;
+            };
+            if !named.insert(target.clone()) {
+                continue;
+            }
+            let ns = RData::NS(NS(target.clone()));
+            records.push(Record::from_rdata(apex.clone(), self.node_ttl, ns));
+            let addresses = server.addresses(false);
+            glue.extend(family_ips(&addresses, RecordType::ANY).filter_map(|ip| {
+                address_record(target.clone(), self.node_ttl, ip, RecordType::ANY)
+            }));
         }
+        if records.is_empty() {
+            return None;
+        }
+        Some((records, glue, Source::from_freshness(freshness)))
+    }
+
+    /// `<node>.node.<dc>.<domain>` (lower-case), or `None` when the node name is not a
+    /// valid DNS name.
+    pub(crate) fn node_name(&self, datacenter: &str, node: &str) -> Option<Name> {
+        self.kind_name(datacenter, node, "node")
+    }
+
+    /// `<service>.service.<dc>.<domain>` (lower-case), or `None` when not a valid name.
+    pub(crate) fn service_name(&self, datacenter: &str, service: &str) -> Option<Name> {
+        self.kind_name(datacenter, service, "service")
+    }
+
+    fn kind_name(&self, datacenter: &str, name: &str, kind: &str) -> Option<Name> {
+        let name = name.to_ascii_lowercase();
+        let target = Name::from_ascii(format!(
+            "{name}.{kind}.{}{}",
+            datacenter_labels(datacenter),
+            self.domain.to_ascii()
+        ))
+        .ok()?;
+        (target.is_fqdn() && target.iter().all(|label| !label.is_empty())).then_some(target)
+    }
+
+    /// `<hex>.addr.<dc>.<domain>` for `ip`.
+    fn addr_name(&self, datacenter: &str, ip: IpAddr) -> Option<Name> {
         let hex = name::encode_hex_addr(ip);
-        Name::from_ascii(format!("{hex}.addr.{datacenter}{domain}")).ok()
+        Name::from_ascii(format!(
+            "{hex}.addr.{}{}",
+            datacenter_labels(datacenter),
+            self.domain.to_ascii()
+        ))
+        .ok()
     }
 
     /// NXDOMAIN or NODATA with the SOA in Authority.
@@ -501,20 +643,41 @@ impl Zone {
     }
 }
 
-/// The hostname an instance is reached at, as a DNS name, when its address is one.
-fn hostname_target(instance: &ServiceInstance, asked: &Name) -> Option<Name> {
-    address_of(instance, asked).is_none().then_some(())?;
+/// The hostname an instance is reached at, as a DNS name, when it has no address to
+/// answer with (`addresses` from [`addresses_of`]).
+fn hostname_target(instance: &ServiceInstance, addresses: &Addresses) -> Option<Name> {
+    addresses.primary.is_none().then_some(())?;
     hostname_name(instance.hostname.as_deref()?)
 }
 
-/// The instance's IP address; for an instance registered at the very name
-/// asked (`db.service.consul` for `db`), its node's, as Consul does instead
-/// of a CNAME to itself.
-fn address_of(instance: &ServiceInstance, asked: &Name) -> Option<IpAddr> {
-    instance.address().or_else(|| {
-        let hostname = hostname_name(instance.hostname.as_deref()?)?;
-        (hostname == *asked).then_some(instance.node_address)?
-    })
+/// The addresses an instance is answered with ([`ServiceInstance::addresses`]); for an
+/// instance registered at the very hostname asked (`db.service.consul` for `db`), its
+/// node's, as Consul does instead of a CNAME to itself.
+fn addresses_of(instance: &ServiceInstance, asked: &Name, wan: bool) -> Addresses {
+    let addresses = instance.addresses(wan);
+    if addresses.primary.is_some() {
+        return addresses;
+    }
+    let self_named = instance
+        .hostname
+        .as_deref()
+        .and_then(hostname_name)
+        .is_some_and(|hostname| hostname == *asked);
+    match instance.node_address {
+        Some(ip) if self_named => Addresses {
+            v4: match ip {
+                IpAddr::V4(v4) => Some(v4),
+                IpAddr::V6(_) => None,
+            },
+            v6: match ip {
+                IpAddr::V6(v6) => Some(v6),
+                IpAddr::V4(_) => None,
+            },
+            primary: Some(ip),
+            at_node: true,
+        },
+        _ => addresses,
+    }
 }
 
 /// A registered hostname (`db.example.com`, with or without the final dot) as a
@@ -539,6 +702,79 @@ fn alias_record(asked: &Name, ttl: u32, host: &str, qtype: RecordType) -> Option
     ))
 }
 
+/// `<dc>.` (lower-case), or nothing when Consul gave no datacenter.
+fn datacenter_labels(datacenter: &str) -> String {
+    if datacenter.is_empty() {
+        String::new()
+    } else {
+        format!("{}.", datacenter.to_ascii_lowercase())
+    }
+}
+
+/// The addresses of `addresses` that `qtype` asks for: the IPv4 one for A, the IPv6
+/// one for AAAA, both for ANY (and for SRV glue).
+fn family_ips(addresses: &Addresses, qtype: RecordType) -> impl Iterator<Item = IpAddr> + use<> {
+    let v4 = matches!(qtype, RecordType::A | RecordType::ANY)
+        .then_some(addresses.v4)
+        .flatten()
+        .map(IpAddr::V4);
+    let v6 = matches!(qtype, RecordType::AAAA | RecordType::ANY)
+        .then_some(addresses.v6)
+        .flatten()
+        .map(IpAddr::V6);
+    v4.into_iter().chain(v6)
+}
+
+/// Node metadata as TXT records owned by `owner`, one per key, in key order.
+fn meta_records<'m>(
+    owner: &'m Name,
+    ttl: u32,
+    meta: &'m [(String, String)],
+) -> impl Iterator<Item = Record> + 'm {
+    meta.iter().map(move |(key, value)| {
+        let txt = meta_txt(key, value);
+        Record::from_rdata(owner.clone(), ttl, RData::TXT(txt))
+    })
+}
+
+/// One meta entry as TXT (Consul `generateMeta`): RFC 1464 `key=value`, or the value
+/// alone for a key starting with `rfc1035-` (any case). Text past 255 bytes continues
+/// in further character-strings of the same record.
+pub(crate) fn meta_txt(key: &str, value: &str) -> TXT {
+    let raw = key
+        .get(..8)
+        .is_some_and(|prefix| prefix.eq_ignore_ascii_case("rfc1035-"));
+    let text = if raw {
+        value.to_owned()
+    } else {
+        rfc1464(key, value)
+    };
+    let mut strings: Vec<&[u8]> = text.as_bytes().chunks(MAX_TXT_STRING).collect();
+    if strings.is_empty() {
+        strings.push(b"");
+    }
+    TXT::from_bytes(strings)
+}
+
+/// RFC 1464 §2 `key=value`: in the key, a backquote, `=` and leading or trailing
+/// spaces are quoted with a backquote; in the value, a backquote.
+fn rfc1464(key: &str, value: &str) -> String {
+    let key = key.replace('`', "``").replace('=', "`=");
+    let body = key.trim_matches(' ');
+    let leading = key.len() - key.trim_start_matches(' ').len();
+    let trailing = if body.is_empty() {
+        0
+    } else {
+        key.len() - key.trim_end_matches(' ').len()
+    };
+    let mut text = "` ".repeat(leading);
+    text.push_str(body);
+    text.push_str(&"` ".repeat(trailing));
+    text.push('=');
+    text.push_str(&value.replace('`', "``"));
+    text
+}
+
 /// An A or AAAA record for `ip` when `qtype` asks for its family (ANY asks for both).
 pub(crate) fn address_record(
     owner: Name,
@@ -552,4 +788,47 @@ pub(crate) fn address_record(
         _ => return None,
     };
     Some(Record::from_rdata(owner, ttl, rdata))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(txt: &TXT) -> Vec<String> {
+        txt.txt_data
+            .iter()
+            .map(|part| String::from_utf8_lossy(part).into_owned())
+            .collect()
+    }
+
+    /// Consul's `encodeKVasRFC1464` cases (agent/dns_test.go `TestDNS_TXT_RFC1464`).
+    #[test]
+    fn meta_is_rfc1464_text_and_rfc1035_keys_give_the_value() {
+        for (key, value, expected) in [
+            ("key", "value", "key=value"),
+            ("k=y", "v=l", "k`=y=v=l"),
+            ("k`y", "v`l", "k``y=v``l"),
+            (" key ", " value ", "` key` = value "),
+            ("  ", "v", "` ` =v"),
+            ("consul-network-segment", "", "consul-network-segment="),
+            ("rfc1035-location", "rack 12", "rack 12"),
+            ("RFC1035-x", "raw=`", "raw=`"),
+            ("rfc1035-", "", ""),
+        ] {
+            assert_eq!(text(&meta_txt(key, value)), [expected], "{key:?}={value:?}");
+        }
+    }
+
+    #[test]
+    fn long_meta_continues_in_further_strings_of_one_record() {
+        let txt = meta_txt("k", &"v".repeat(600));
+        let parts = text(&txt);
+        assert_eq!(parts.len(), 3);
+        assert!(parts.iter().all(|part| part.len() <= MAX_TXT_STRING));
+        assert_eq!(parts.concat(), format!("k={}", "v".repeat(600)));
+        // Multi-byte characters may be split across strings, bytes are kept.
+        let txt = meta_txt("rfc1035-k", &"é".repeat(200));
+        let bytes: Vec<u8> = txt.txt_data.iter().flat_map(|part| part.to_vec()).collect();
+        assert_eq!(bytes, "é".repeat(200).into_bytes());
+    }
 }

@@ -5,9 +5,10 @@
 //! tests plug in in-memory fakes. Nothing here decides where data comes from.
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 
-use dnsfront_catalog::{Lookup, Node, ServiceInstance, View, Witness};
+use dnsfront_catalog::{AddressKind, AddressOwner, Lookup, Node, ServiceInstance, View, Witness};
 use dnsfront_forward::{Answer, Forwarder};
 use hickory_proto::op::Query;
 use hickory_proto::rr::Name;
@@ -50,6 +51,18 @@ pub trait CatalogView: Clone + Send + Sync + Unpin + 'static {
     ) -> Option<Witness> {
         None
     }
+
+    /// What owns `ip` (a node's address first, else a service address), from data
+    /// already held; for PTR answers. Never waits.
+    fn owner_of(&self, _ip: IpAddr) -> Option<(AddressKind, AddressOwner)> {
+        None
+    }
+
+    /// The agent's own datacenter when known (answers for any other use `wan`
+    /// addresses under `translate_wan_addrs`).
+    fn local_datacenter(&self) -> Option<Arc<String>> {
+        None
+    }
 }
 
 impl CatalogView for View {
@@ -85,6 +98,14 @@ impl CatalogView for View {
         data: Option<&Arc<Node>>,
     ) -> Option<Witness> {
         View::node_witness(self, node, datacenter, data)
+    }
+
+    fn owner_of(&self, ip: IpAddr) -> Option<(AddressKind, AddressOwner)> {
+        View::owner_of(self, ip)
+    }
+
+    fn local_datacenter(&self) -> Option<Arc<String>> {
+        View::local_datacenter(self)
     }
 }
 

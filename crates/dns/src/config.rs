@@ -32,6 +32,13 @@ pub struct Config {
     pub stale_ttl: Duration,
     /// Consul's `a_record_limit`: at most this many A/AAAA/ANY answers (after shuffling).
     pub max_answer_records: Option<usize>,
+    /// Consul's `enable_additional_node_meta_txt`: node metadata as TXT records in the
+    /// Additional section of node A/AAAA answers and beside each SRV target's
+    /// addresses (TXT and ANY node lookups answer it whatever this says).
+    pub node_meta_txt: bool,
+    /// Consul's `translate_wan_addrs`: answers for another datacenter use its nodes'
+    /// and services' `wan` tagged addresses where they have them.
+    pub translate_wan_addrs: bool,
     /// Largest UDP response we send to EDNS clients (and advertise in our OPT).
     pub max_udp_payload: u16,
     /// TTL of answers from the local hosts files (dnsmasq's `local-ttl`, default 0:
@@ -77,6 +84,8 @@ impl Default for Config {
             negative_ttl: Duration::from_secs(5),
             stale_ttl: Duration::from_secs(5),
             max_answer_records: None,
+            node_meta_txt: true,
+            translate_wan_addrs: false,
             max_udp_payload: 1232,
             local_ttl: Duration::ZERO,
             query_log: QueryLog::default(),

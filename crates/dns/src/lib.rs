@@ -75,6 +75,7 @@ mod local;
 pub mod metrics;
 mod name;
 mod ratelimit;
+mod reverse;
 mod router;
 mod tcp;
 mod trim;

@@ -610,6 +610,7 @@ mod tests {
                     weight: 1,
                     status: dnsfront_catalog::InstanceStatus::Passing,
                     hostname: None,
+                    details: None,
                 }]
                 .into(),
                 Freshness::Fresh,

@@ -324,6 +324,9 @@ impl<C: CatalogView, F: Upstream> Router<C, F> {
                 note: None,
             };
         }
+        if let Some(routed) = self.reverse_consul_address(settings, lower, query) {
+            return routed;
+        }
         if query.query_type() == RecordType::ANY {
             return Routed {
                 zone: "forward",
@@ -337,6 +340,29 @@ impl<C: CatalogView, F: Upstream> Router<C, F> {
             reply,
             note,
         }
+    }
+
+    /// A PTR question for an address the catalog knows (a node's, a service's),
+    /// answered from the Consul zone before the forwarder (and its `bogus_priv`
+    /// policy) sees it; `None` for any other question or address. Local hosts files
+    /// were asked first: the operator's own entries win, as for forward names.
+    fn reverse_consul_address(
+        &self,
+        settings: &Settings,
+        lower: &Name,
+        query: &Query,
+    ) -> Option<Routed> {
+        if query.query_type() != RecordType::PTR {
+            return None;
+        }
+        let reply = settings
+            .zone
+            .reverse(&self.inner.catalog, lower, query.name())?;
+        Some(Routed {
+            zone: "consul",
+            reply,
+            note: None,
+        })
     }
 
     async fn forward(&self, query: &Query, dnssec_ok: bool) -> (Reply, Option<Note>) {

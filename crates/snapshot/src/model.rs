@@ -89,7 +89,9 @@ impl Snapshot {
                 instance.tags.dedup();
             }
             instances.sort_by(instance_order);
-            instances.dedup();
+            // Equal in every field the format holds: one instance (details such as node
+            // meta are not written, so two that differ only there would encode alike).
+            instances.dedup_by(|a, b| instance_order(a, b) == Ordering::Equal);
         }
         let nodes = std::mem::take(&mut self.nodes);
         for (name, node) in nodes {
@@ -188,6 +190,7 @@ mod tests {
             weight: 1,
             status: InstanceStatus::Passing,
             hostname: None,
+            details: None,
         }
     }
 
@@ -208,6 +211,7 @@ mod tests {
                 datacenter: String::new(),
                 address: None,
                 hostname: None,
+                details: None,
             },
         );
         assert!(!snapshot.is_normalized());
@@ -262,6 +266,7 @@ mod tests {
                 datacenter: "other".into(),
                 address: None,
                 hostname: None,
+                details: None,
             },
         );
         assert!(!snapshot.is_normalized());

@@ -696,6 +696,7 @@ mod tests {
                     weight: 1,
                     status: consul::InstanceStatus::Passing,
                     hostname: None,
+                    details: None,
                 })
                 .collect();
             snapshot.services.insert((*name).to_owned(), instances);

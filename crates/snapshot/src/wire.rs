@@ -632,6 +632,7 @@ impl From<SnapshotWire> for Snapshot {
                         weight: instance.weight,
                         status: instance.status.into(),
                         hostname: instance.hostname,
+                        details: None,
                     })
                     .collect();
                 (name, instances)
@@ -646,6 +647,7 @@ impl From<SnapshotWire> for Snapshot {
                     datacenter: datacenter.clone(),
                     address: node.address,
                     hostname: node.hostname,
+                    details: None,
                 };
                 (key, node)
             })

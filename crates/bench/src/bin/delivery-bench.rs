@@ -149,6 +149,8 @@ fn catalog(generation: u64, services: usize, nodes: usize) -> Snapshot {
                 name,
                 datacenter: "dc1".to_owned(),
                 address: Some(address(node)),
+                hostname: None,
+                details: None,
             },
         );
     }
@@ -165,6 +167,8 @@ fn catalog(generation: u64, services: usize, nodes: usize) -> Snapshot {
                     tags: vec!["v1".to_owned(), format!("zone-{}", i % 2)],
                     weight: 1,
                     status: InstanceStatus::Passing,
+                    hostname: None,
+                    details: None,
                 }
             })
             .collect();

@@ -170,6 +170,7 @@ pub fn instance(
         weight: 1,
         status: InstanceStatus::Passing,
         hostname: None,
+        details: None,
     }
 }
 
@@ -179,6 +180,7 @@ pub fn node(name: &str, address: &str) -> Arc<Node> {
         datacenter: "dc1".to_owned(),
         address: Some(address.parse().expect("ip")),
         hostname: None,
+        details: None,
     })
 }
 

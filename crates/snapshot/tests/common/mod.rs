@@ -50,6 +50,7 @@ pub(crate) fn instance(
         weight: 1,
         status: InstanceStatus::Passing,
         hostname: None,
+        details: None,
     }
 }
 
@@ -59,6 +60,7 @@ pub(crate) fn node(name: &str, address: Option<&str>) -> Node {
         datacenter: String::new(),
         address: address.map(ip),
         hostname: None,
+        details: None,
     }
 }
 
@@ -212,6 +214,7 @@ pub(crate) fn synthetic_catalog(
                     InstanceStatus::Passing
                 },
                 hostname: None,
+                details: None,
             });
         }
         services.insert(format!("service-{service_index:03}"), instances);
