@@ -199,6 +199,9 @@ pub const KEYS: &[Key] = &[
     key("forward.max_in_flight", Restart, |s| {
         show(s.forward.max_in_flight)
     }),
+    key("forward.max_in_flight_bytes", Restart, |s| {
+        show(s.forward.max_in_flight_bytes)
+    }),
     key("forward.rules", Forwarder, |s| show(&s.forward.rules)),
     key("forward.strategy", Forwarder, |s| show(s.forward.strategy)),
     key("forward.tcp_only", Forwarder, |s| show(s.forward.tcp_only)),
