@@ -13,6 +13,7 @@ mod harness;
 mod memory;
 mod metrics;
 mod name_flood;
+mod rate_limit;
 mod reload;
 mod robustness;
 mod size_limits;
