@@ -47,7 +47,10 @@ impl Default for RawConsul {
 }
 
 impl RawConfig {
-    /// `[consul]`, with `CONSUL_HTTP_ADDR` and `CONSUL_HTTP_TOKEN` from `env`.
+    /// `[consul]`, with `CONSUL_HTTP_ADDR`, `CONSUL_HTTP_TOKEN` and
+    /// `CONSUL_HTTP_TOKEN_FILE` from `env`. A token file is read here, so a
+    /// missing or empty one is refused at start naming its key; the client
+    /// reads it again whenever it changes.
     pub(super) fn consul_config(&self, env: &Env) -> Result<consul::Config, ConfigError> {
         let address = self
             .consul
@@ -69,26 +72,39 @@ impl RawConfig {
                 ),
             ));
         }
-        let token = match (&self.consul.token, &self.consul.token_file) {
+        let token_file = match (&self.consul.token, &self.consul.token_file) {
             (Some(_), Some(_)) => {
                 return Err(invalid(
                     "consul.token",
                     "set either token or token_file, not both",
                 ));
             }
-            (Some(token), None) => Some(token.clone()),
-            (None, Some(path)) => {
+            (Some(_), None) => None,
+            (None, Some(path)) => Some(("consul.token_file", path)),
+            (None, None) => env
+                .consul_http_token_file
+                .as_ref()
+                .map(|path| ("CONSUL_HTTP_TOKEN_FILE", path)),
+        };
+        let token = match token_file {
+            Some((key, path)) => {
                 let text = std::fs::read_to_string(path).map_err(|error| {
-                    invalid(
-                        "consul.token_file",
-                        format!("reading {}: {error}", path.display()),
-                    )
+                    invalid(key, format!("reading {}: {error}", path.display()))
                 })?;
-                Some(consul::Token::new(text.trim().to_owned()))
+                let token = consul::Token::new(text.trim().to_owned());
+                if token.expose().is_empty() {
+                    return Err(invalid(key, format!("{} holds no token", path.display())));
+                }
+                Some(token)
             }
-            (None, None) => env.consul_http_token.clone(),
-        }
-        .filter(|token| !token.expose().is_empty());
+            None => self
+                .consul
+                .token
+                .clone()
+                .or_else(|| env.consul_http_token.clone())
+                .filter(|token| !token.expose().is_empty()),
+        };
+        let token_file = token_file.map(|(_, path)| path.clone());
         if self.consul.request_timeout < Duration::from_millis(100)
             || self.consul.request_timeout > Duration::from_secs(60)
         {
@@ -100,6 +116,7 @@ impl RawConfig {
         Ok(consul::Config {
             address,
             token,
+            token_file,
             request_timeout: self.consul.request_timeout,
             stale: self.consul.stale,
             cached: self.consul.cached,
@@ -122,12 +139,16 @@ impl RawConfig {
                 consul.address
             ));
         }
-        if let Some(path) = &self.consul.token_file
-            && consul.token.is_some()
+        if let Some(path) = &consul.token_file
             && let Some(mode) = world_readable_mode(path)
         {
+            let key = if self.consul.token_file.is_some() {
+                "consul.token_file"
+            } else {
+                "CONSUL_HTTP_TOKEN_FILE"
+            };
             warnings.push(format!(
-                "consul.token_file {} is readable by every user (mode {mode:04o}): \
+                "{key} {} is readable by every user (mode {mode:04o}): \
                  chmod 0600 it, or pass it with LoadCredential=",
                 path.display()
             ));
@@ -165,6 +186,7 @@ mod tests {
         let env = Env {
             consul_http_addr: None,
             consul_http_token: Some(SECRET.into()),
+            consul_http_token_file: None,
         };
         let settings = raw.validate(&env).expect("valid");
         assert_eq!(

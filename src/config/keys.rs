@@ -78,8 +78,7 @@ fn show<T: Debug>(value: T) -> String {
 }
 
 /// Not kept in [`Settings`] as such: never differs between two of them.
-/// (`consul.token_file` ends up in the token, compared as `consul.token`,
-/// `forward.resolv_file` in `forward.upstreams`; `[publish]` is read by
+/// (`forward.resolv_file` in `forward.upstreams`; `[publish]` is read by
 /// `dnsfront publish` only.)
 fn not_in_settings(_: &Settings) -> String {
     String::new()
@@ -128,7 +127,8 @@ pub const KEYS: &[Key] = &[
         show(s.dns.max_udp_payload)
     }),
     key("consul.address", Restart, |s| s.consul.address.clone()),
-    key("consul.token_file", Restart, not_in_settings),
+    // The path; the file's content is re-read live by the Consul client.
+    key("consul.token_file", Restart, |s| show(&s.consul.token_file)),
     key("consul.request_timeout", Restart, |s| {
         show(s.consul.request_timeout)
     }),
@@ -275,10 +275,12 @@ pub const KEYS: &[Key] = &[
         show(s.metrics.prometheus_listen)
     }),
     // Compared, never printed: the secret itself (Debug would say <redacted>).
+    // A token from a file is not compared: the client follows the file.
     key("consul.token", Restart, |s| {
         s.consul
             .token
             .as_ref()
+            .filter(|_| s.consul.token_file.is_none())
             .map(|token| token.expose().to_owned())
             .unwrap_or_default()
     }),

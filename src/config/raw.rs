@@ -136,6 +136,8 @@ pub struct Env {
     pub consul_http_addr: Option<String>,
     /// `CONSUL_HTTP_TOKEN` (redacted in `Debug`).
     pub consul_http_token: Option<dnsfront_consul::Token>,
+    /// `CONSUL_HTTP_TOKEN_FILE`; wins over `CONSUL_HTTP_TOKEN`, as in Consul's CLI.
+    pub consul_http_token_file: Option<PathBuf>,
 }
 
 impl Env {
@@ -145,6 +147,7 @@ impl Env {
         Self {
             consul_http_addr: non_empty("CONSUL_HTTP_ADDR"),
             consul_http_token: non_empty("CONSUL_HTTP_TOKEN").map(dnsfront_consul::Token::new),
+            consul_http_token_file: non_empty("CONSUL_HTTP_TOKEN_FILE").map(Into::into),
         }
     }
 }

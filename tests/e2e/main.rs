@@ -20,4 +20,5 @@ mod size_limits;
 pub(crate) mod snapshot;
 mod systemd;
 mod tcp_limits;
+mod token_rotation;
 mod upstream_auth;
