@@ -10,6 +10,7 @@ mod diagnostics;
 mod dig;
 mod forwarding;
 mod harness;
+mod least_privilege;
 mod memory;
 mod metrics;
 mod name_flood;

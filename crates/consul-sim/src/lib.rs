@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod acl;
 mod api;
 mod duration;
 mod fault;
@@ -35,6 +36,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use bytes::Bytes;
 use tokio::sync::watch;
 
+pub use acl::{Access, AclPolicy, Resource};
 pub use fault::Fault;
 pub use fixture::FixtureError;
 pub use registration::Registration;
@@ -285,8 +287,37 @@ impl Sim {
     }
 
     /// Sets the valid ACL tokens; an empty list turns ACLs off (the default).
+    /// Each token gets every permission (`global-management`).
     pub fn set_acl_tokens(&self, tokens: &[&str]) {
-        self.lock().acl_tokens = tokens.iter().map(|token| (*token).to_owned()).collect();
+        self.lock().acl_tokens = tokens
+            .iter()
+            .map(|secret| {
+                (
+                    (*secret).to_owned(),
+                    acl::AclToken::new(AclPolicy::management()),
+                )
+            })
+            .collect();
+    }
+
+    /// Adds (or replaces) one token carrying `policy`; ACLs are on from then on.
+    pub fn set_acl_token(&self, secret: &str, policy: AclPolicy) {
+        self.lock()
+            .acl_tokens
+            .insert(secret.to_owned(), acl::AclToken::new(policy));
+    }
+
+    /// Every call a token's policy refused (403 `Permission denied`) or filtered
+    /// (entries left out), as `METHOD PATH: why`, oldest first. Unknown tokens
+    /// (`ACL not found`) are not listed.
+    pub fn acl_denials(&self) -> Vec<String> {
+        self.lock().acl_denials.clone()
+    }
+
+    /// Deletes one token (revoked, or expired): Consul then answers
+    /// `403 ACL not found` to it. ACLs stay on.
+    pub fn revoke_acl_token(&self, secret: &str) {
+        self.lock().acl_tokens.remove(secret);
     }
 
     /// Activates a fault.

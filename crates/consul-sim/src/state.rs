@@ -19,7 +19,10 @@ pub(crate) struct State {
     pub(crate) dcs: BTreeMap<String, Dc>,
     pub(crate) faults: Vec<Fault>,
     pub(crate) requests: Vec<RequestRecord>,
-    pub(crate) acl_tokens: Vec<String>,
+    /// Known ACL tokens by secret; empty = ACLs off.
+    pub(crate) acl_tokens: BTreeMap<String, crate::acl::AclToken>,
+    /// Calls a token's policy refused or filtered: `METHOD PATH: why`.
+    pub(crate) acl_denials: Vec<String>,
     pub(crate) jitter: bool,
     /// Last `X-Consul-Index` returned per request path (for [`Fault::IndexBackwards`]).
     pub(crate) last_index: HashMap<String, u64>,
@@ -40,7 +43,8 @@ impl State {
             dcs,
             faults: Vec::new(),
             requests: Vec::new(),
-            acl_tokens: Vec::new(),
+            acl_tokens: BTreeMap::new(),
+            acl_denials: Vec::new(),
             jitter: false,
             last_index: HashMap::new(),
             cache_fill: HashMap::new(),
