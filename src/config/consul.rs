@@ -250,4 +250,50 @@ mod tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).expect("chmod");
         assert!(parse(&text).warnings.is_empty());
     }
+
+    #[test]
+    fn consul_http_token_file_wins_over_consul_http_token() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("token");
+        std::fs::write(&path, "from-file\n").expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let env = Env {
+            consul_http_addr: None,
+            consul_http_token: Some("from-env".into()),
+            consul_http_token_file: Some(path.clone()),
+        };
+        let settings = RawConfig::default().validate(&env).expect("valid");
+        assert_eq!(settings.consul.token_file.as_deref(), Some(path.as_path()));
+        assert_eq!(
+            settings.consul.token.as_ref().map(|t| t.expose()),
+            Some("from-file")
+        );
+        assert_eq!(
+            settings.warnings,
+            [format!(
+                "CONSUL_HTTP_TOKEN_FILE {} is readable by every user (mode 0644): chmod 0600 it, \
+                 or pass it with LoadCredential=",
+                path.display()
+            )]
+        );
+        // A token in the file keys wins over both variables.
+        let raw =
+            RawConfig::parse("[consul]\ntoken = \"from-config\"\n", "test.toml").expect("parses");
+        let settings = raw.validate(&env).expect("valid");
+        assert!(settings.consul.token_file.is_none());
+        assert_eq!(
+            settings.consul.token.as_ref().map(|t| t.expose()),
+            Some("from-config")
+        );
+        // An empty file is refused, naming where it came from.
+        std::fs::write(&path, "\n").expect("write");
+        let error = RawConfig::default()
+            .validate(&env)
+            .expect_err("empty token file")
+            .to_string();
+        assert!(
+            error.contains("CONSUL_HTTP_TOKEN_FILE") && error.contains("holds no token"),
+            "{error}"
+        );
+    }
 }
