@@ -18,9 +18,9 @@
 //! [`Forwarder::explain`] and [`Forwarder::upstream_stats`] report state.
 //!
 //! Module map: [`config`] (settings and bounds), `cache` (keys, TTL policy, quick_cache store,
-//! stale entries), `budget` (bytes of answers in flight), `upstream` (UDP/TCP exchanges, health, failover and race), `policy`
-//! (domain-needed, bogus-priv, rebind), `explain` ([`CacheInfo`]), [`metrics`] (names
-//! and descriptions).
+//! stale entries), `budget` (bytes of answers in flight), `upstream` (UDP/TCP exchanges,
+//! health, failover and race), `policy` (domain-needed, bogus-priv, rebind), `explain`
+//! ([`CacheInfo`]), [`metrics`] (names and descriptions).
 
 pub mod config;
 pub mod metrics;
@@ -364,7 +364,8 @@ impl Forwarder {
     /// `dnssec_ok` sets the DO bit upstream and is part of the cache key. Fails with
     /// [`Error::AllFailed`] when no upstream answered NOERROR/NXDOMAIN within the deadline
     /// (never cached), or [`Error::Overloaded`] when `max_in_flight` queries are running
-    /// or the answer did not fit `max_in_flight_bytes`, unless an expired entry within the serve-stale window can be served instead.
+    /// or the answer did not fit `max_in_flight_bytes`, unless an expired entry within the
+    /// serve-stale window can be served instead.
     pub async fn resolve(&self, query: &Query, dnssec_ok: bool) -> Result<Answer, Error> {
         let settings = self.inner.settings.load_full();
         let name = cache::question_name(query);
