@@ -30,6 +30,10 @@ pub struct RawConsul {
     pub stale: bool,
     /// Read health with `?cached` (the agent's cache).
     pub cached: bool,
+    /// Consul Enterprise namespace (`?ns=` on every request); default `$CONSUL_NAMESPACE`.
+    pub namespace: Option<String>,
+    /// Consul Enterprise admin partition (`?partition=`); default `$CONSUL_PARTITION`.
+    pub partition: Option<String>,
 }
 
 impl Default for RawConsul {
@@ -42,6 +46,8 @@ impl Default for RawConsul {
             request_timeout: consul.request_timeout,
             stale: consul.stale,
             cached: consul.cached,
+            namespace: None,
+            partition: None,
         }
     }
 }
@@ -113,6 +119,20 @@ impl RawConfig {
                 "must be between 100ms and 60s",
             ));
         }
+        let namespace = scope_name(
+            "consul.namespace",
+            self.consul
+                .namespace
+                .as_ref()
+                .or(env.consul_namespace.as_ref()),
+        )?;
+        let partition = scope_name(
+            "consul.partition",
+            self.consul
+                .partition
+                .as_ref()
+                .or(env.consul_partition.as_ref()),
+        )?;
         Ok(consul::Config {
             address,
             token,
@@ -120,6 +140,8 @@ impl RawConfig {
             request_timeout: self.consul.request_timeout,
             stale: self.consul.stale,
             cached: self.consul.cached,
+            namespace,
+            partition,
         })
     }
 }
@@ -157,6 +179,26 @@ impl RawConfig {
     }
 }
 
+/// A namespace or partition name as Consul Enterprise accepts it: 1 to 64 letters,
+/// digits and dashes, starting and ending with a letter or digit. Empty = unset.
+fn scope_name(key: &str, name: Option<&String>) -> Result<Option<String>, ConfigError> {
+    let Some(name) = name.filter(|name| !name.is_empty()) else {
+        return Ok(None);
+    };
+    let edges_ok = name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    let chars_ok = name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+    if name.len() > 64 || !edges_ok || !chars_ok {
+        return Err(invalid(
+            key,
+            format!(
+                "{name:?}: 1 to 64 letters, digits and dashes, not starting or ending with a dash"
+            ),
+        ));
+    }
+    Ok(Some(name.clone()))
+}
+
 /// The permission bits of `path` when others may read it (`o+r`).
 fn world_readable_mode(path: &std::path::Path) -> Option<u32> {
     use std::os::unix::fs::PermissionsExt as _;
@@ -187,6 +229,7 @@ mod tests {
             consul_http_addr: None,
             consul_http_token: Some(SECRET.into()),
             consul_http_token_file: None,
+            ..Env::default()
         };
         let settings = raw.validate(&env).expect("valid");
         assert_eq!(
@@ -261,6 +304,7 @@ mod tests {
             consul_http_addr: None,
             consul_http_token: Some("from-env".into()),
             consul_http_token_file: Some(path.clone()),
+            ..Env::default()
         };
         let settings = RawConfig::default().validate(&env).expect("valid");
         assert_eq!(settings.consul.token_file.as_deref(), Some(path.as_path()));
@@ -295,5 +339,27 @@ mod tests {
             error.contains("CONSUL_HTTP_TOKEN_FILE") && error.contains("holds no token"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn namespace_and_partition_come_from_the_file_or_the_environment_and_are_checked() {
+        let env = Env {
+            consul_namespace: Some("from-env".into()),
+            consul_partition: Some("part-1".into()),
+            ..Env::default()
+        };
+        let settings = RawConfig::default().validate(&env).expect("valid");
+        assert_eq!(settings.consul.namespace.as_deref(), Some("from-env"));
+        assert_eq!(settings.consul.partition.as_deref(), Some("part-1"));
+        let raw =
+            RawConfig::parse("[consul]\nnamespace = \"team-a\"\n", "test.toml").expect("parses");
+        let settings = raw.validate(&env).expect("valid");
+        assert_eq!(settings.consul.namespace.as_deref(), Some("team-a"));
+        for bad in ["-team", "team a", "team/a", &"x".repeat(65)] {
+            let raw = RawConfig::parse(&format!("[consul]\npartition = {bad:?}\n"), "test.toml")
+                .expect("parses");
+            let error = raw.validate(&Env::default()).expect_err(bad).to_string();
+            assert!(error.contains("consul.partition"), "{error}");
+        }
     }
 }

@@ -134,6 +134,8 @@ pub const KEYS: &[Key] = &[
     }),
     key("consul.stale", Restart, |s| show(s.consul.stale)),
     key("consul.cached", Restart, |s| show(s.consul.cached)),
+    key("consul.namespace", Restart, |s| show(&s.consul.namespace)),
+    key("consul.partition", Restart, |s| show(&s.consul.partition)),
     key("catalog.refresh_interval", Restart, |s| {
         show(s.catalog.refresh_interval)
     }),

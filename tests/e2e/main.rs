@@ -14,6 +14,7 @@ mod least_privilege;
 mod memory;
 mod metrics;
 mod name_flood;
+mod namespaces;
 mod rate_limit;
 mod reload;
 mod robustness;

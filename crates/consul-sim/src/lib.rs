@@ -14,6 +14,9 @@
 //!   and an `acquire` during the delay returns `false`;
 //! - sessions are not checked against the catalog (their node need not exist), and are only
 //!   invalidated by TTL expiry, destroy, or one of their `NodeChecks` turning critical;
+//! - Enterprise namespaces and partitions (created by registering into one) each keep
+//!   their own catalog, KV and sessions, nodes included (Consul shares nodes across the
+//!   namespaces of a partition); without any, `?ns`/`?partition` are refused as in CE;
 //! - blocking queries wake on any state change and return when the query's index differs from
 //!   the requested one (so an index reset returns at once, as in Consul).
 
@@ -193,7 +196,12 @@ impl Sim {
                 .datacenter
                 .clone()
                 .unwrap_or_else(|| state.default_dc.clone());
-            let dc = state.dc_mut(&dc_name);
+            state.dc_mut(&dc_name);
+            let dc = state.scope_mut(
+                &dc_name,
+                reg.partition.as_deref().unwrap_or("default"),
+                reg.namespace.as_deref().unwrap_or("default"),
+            );
             let index = dc.next_index();
             dc.upsert_node(
                 &reg.node,

@@ -79,6 +79,21 @@ impl State {
         self.dc_mut(&name)
     }
 
+    /// The store of a namespace in a partition of `dc` (Consul Enterprise keeps catalog,
+    /// KV and sessions apart per namespace and partition), created empty when unknown.
+    pub(crate) fn scope_mut(&mut self, dc: &str, partition: &str, namespace: &str) -> &mut Dc {
+        self.dcs
+            .entry(scope_name(dc, partition, namespace))
+            .or_insert_with(|| Dc::new(dc))
+    }
+
+    /// Whether any namespace or partition besides the defaults exists (the simulator
+    /// then plays Consul Enterprise; otherwise Community Edition, which refuses `ns`
+    /// and `partition`).
+    pub(crate) fn is_enterprise(&self) -> bool {
+        self.dcs.keys().any(|name| name.contains('/'))
+    }
+
     /// A datacenter, created empty when unknown.
     pub(crate) fn dc_mut(&mut self, name: &str) -> &mut Dc {
         self.dcs
@@ -569,6 +584,16 @@ pub(crate) fn under_prefix<'a, V>(
 // === ids ===
 
 /// A stable UUID-shaped node ID derived from the node name (FNV-1a).
+/// The key of a namespace's store in [`State::dcs`]: the datacenter's name for the
+/// default partition and namespace, `DC/PARTITION/NAMESPACE` otherwise.
+pub(crate) fn scope_name(dc: &str, partition: &str, namespace: &str) -> String {
+    if partition == "default" && namespace == "default" {
+        dc.to_owned()
+    } else {
+        format!("{dc}/{partition}/{namespace}")
+    }
+}
+
 pub(crate) fn node_id_for(name: &str) -> String {
     let mut first: u64 = 0xcbf2_9ce4_8422_2325;
     let mut second: u64 = 0x8422_2325_cbf2_9ce4;

@@ -151,6 +151,8 @@ struct Inner {
     request_timeout: Duration,
     stale: bool,
     cached: bool,
+    /// `("ns", …)` and `("partition", …)`, added to every request.
+    scope: Vec<(&'static str, String)>,
 }
 
 impl fmt::Debug for Client {
@@ -161,6 +163,7 @@ impl fmt::Debug for Client {
             .field("request_timeout", &self.inner.request_timeout)
             .field("stale", &self.inner.stale)
             .field("cached", &self.inner.cached)
+            .field("scope", &self.inner.scope)
             .finish()
     }
 }
@@ -234,6 +237,10 @@ impl Client {
                 request_timeout: config.request_timeout,
                 stale: config.stale,
                 cached: config.cached,
+                scope: [("ns", config.namespace), ("partition", config.partition)]
+                    .into_iter()
+                    .filter_map(|(key, value)| Some((key, value.filter(|v| !v.is_empty())?)))
+                    .collect(),
             }),
         })
     }
@@ -690,13 +697,16 @@ impl Client {
             // Validated in `new`: an http URL with a host always has path segments.
             segments.pop_if_empty().extend(&call.segments);
         }
-        if !call.query.is_empty() {
+        if !call.query.is_empty() || !self.inner.scope.is_empty() {
             let mut pairs = url.query_pairs_mut();
             for (key, value) in &call.query {
                 match value {
                     Some(value) => pairs.append_pair(key, value),
                     None => pairs.append_key_only(key),
                 };
+            }
+            for (key, value) in &self.inner.scope {
+                pairs.append_pair(key, value);
             }
         }
         url

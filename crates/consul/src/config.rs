@@ -27,6 +27,11 @@ pub struct Config {
     pub stale: bool,
     /// Add `?cached` to health reads so the agent answers from its cache.
     pub cached: bool,
+    /// Consul Enterprise namespace sent as `?ns=` with every request (`None`: the
+    /// token's default; Community Edition refuses any value).
+    pub namespace: Option<String>,
+    /// Consul Enterprise admin partition sent as `?partition=` with every request.
+    pub partition: Option<String>,
 }
 
 impl Default for Config {
@@ -38,6 +43,8 @@ impl Default for Config {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             stale: true,
             cached: false,
+            namespace: None,
+            partition: None,
         }
     }
 }
