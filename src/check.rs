@@ -1,8 +1,8 @@
 //! `dnsfront check`: a short health report of the installation, one
 //! `ok|warn|fail` line per check. Every check is bounded by [`CHECK_TIMEOUT`].
 //!
-//! Checks: the config file; Consul (leader known? the ACL token accepted by
-//! `/v1/agent/self`?); each listen socket (free to bind, or answering DNS);
+//! Checks: the config file; Consul (leader known? the ACL token accepted,
+//! tried with a read the resolver's least-privilege policy allows?); each listen socket (free to bind, or answering DNS);
 //! the running server over its control socket; the hosts snapshot in the
 //! state dir (verified with the configured public key) and whether it is the
 //! one in KV (generation and SHA-256); each upstream (a
@@ -209,11 +209,11 @@ async fn check_consul(settings: &Settings, token_origin: Option<String>) -> Vec<
         ..settings.consul.clone()
     };
     let address = config.address.clone();
-    let has_token = config.token.is_some();
     let client = match consul::Client::new(config) {
         Ok(client) => client,
         Err(error) => return vec![Line::new(Status::Fail, "consul", error.to_string())],
     };
+    let has_token = client.has_token();
     let mut lines = Vec::new();
     let reachable = match bounded(client.status_leader()).await {
         Ok(leader) if leader.is_empty() => {
@@ -250,35 +250,59 @@ async fn check_consul(settings: &Settings, token_origin: Option<String>) -> Vec<
         return lines;
     }
     let origin = token_origin.unwrap_or_else(|| "the configuration".to_owned());
-    lines.push(match bounded(client.agent_self()).await {
-        Ok(agent) => Line::new(
-            Status::Ok,
-            "consul acl",
-            if has_token {
-                format!(
-                    "token from {origin} accepted (agent {}, datacenter {})",
-                    agent.node_name, agent.datacenter
-                )
-            } else {
-                format!(
-                    "no token configured; the agent's default token is accepted (agent {}, datacenter {})",
-                    agent.node_name, agent.datacenter
-                )
-            },
-        ),
-        Err(consul::Error::Forbidden { .. }) => Line::new(
-            Status::Fail,
-            "consul acl",
-            if has_token {
-                format!("token rejected (403 from /v1/agent/self; the token comes from {origin})")
-            } else {
-                "anonymous requests rejected (403 from /v1/agent/self): set consul.token_file"
-                    .to_owned()
-            },
-        ),
-        Err(error) => Line::new(Status::Fail, "consul acl", error.to_string()),
-    });
+    lines.push(check_token(&client, has_token, &origin).await);
     lines
+}
+
+/// Tries the token with a call the resolver's own policy allows: the health
+/// of the `consul` service (small; `service_prefix` read, and any known token
+/// gets an answer, filtered to what it may read). `/v1/agent/self` only adds
+/// the agent's name when the token may read it (`agent:read`, which the
+/// resolver does not need): a 403 there is no verdict on the token.
+async fn check_token(client: &consul::Client, has_token: bool, origin: &str) -> Line {
+    let who = if has_token {
+        format!("token from {origin}")
+    } else {
+        "no token configured; the agent's default token".to_owned()
+    };
+    match bounded(client.health_service("consul", &consul::QueryOptions::default())).await {
+        Ok(_) => {}
+        Err(error) if error.token_rejected() => {
+            return Line::new(
+                Status::Fail,
+                "consul acl",
+                if has_token {
+                    format!(
+                        "token rejected (403 ACL not found: expired, revoked or unknown to this \
+                         datacenter; the token comes from {origin})"
+                    )
+                } else {
+                    "anonymous requests rejected (403 ACL not found): set consul.token_file"
+                        .to_owned()
+                },
+            );
+        }
+        Err(error @ consul::Error::Forbidden { .. }) => {
+            return Line::new(
+                Status::Fail,
+                "consul acl",
+                format!("{who} may not read service health: {error}"),
+            );
+        }
+        Err(error) => return Line::new(Status::Fail, "consul acl", error.to_string()),
+    }
+    let agent = match bounded(client.agent_self()).await {
+        Ok(agent) => format!("agent {}, datacenter {}", agent.node_name, agent.datacenter),
+        Err(consul::Error::Forbidden { .. }) => {
+            "agent details not readable with this token (agent:read, not needed)".to_owned()
+        }
+        Err(error) => format!("agent details unavailable: {error}"),
+    };
+    Line::new(
+        Status::Ok,
+        "consul acl",
+        format!("{who} accepted ({agent})"),
+    )
 }
 
 /// A Consul call bounded by [`CHECK_TIMEOUT`] (on top of the client's own deadline).

@@ -154,3 +154,27 @@ for index, line in enumerate([
 ]):
     write("control_request", f"request-{index}", json.dumps(line) + "\n")
 write("control_request", "unknown", '{"cmd":"shutdown"}\n')
+
+# --- tcp_frames: byte 0 = schedule length, the schedule (bytes per read, 0 = read
+# dropped half-way), then the stream of length-prefixed queries.
+def framed(*messages):
+    return b"".join(struct.pack(">H", len(m)) + m for m in messages)
+
+
+def frames(schedule, stream):
+    return bytes([len(schedule)]) + bytes(schedule) + stream
+
+
+pipelined = framed(query("web.service.consul"), query("example.org", 28, OPT),
+                   query("_web._tcp.service.consul", 33))
+write("tcp_frames", "one-query", frames([], framed(query("web.service.consul"))))
+write("tcp_frames", "pipelined", frames([], pipelined))
+write("tcp_frames", "byte-by-byte", frames([1] * 40, pipelined))
+write("tcp_frames", "dropped-reads", frames([0, 1, 0, 1, 0, 3, 0, 20, 0, 0, 7], pipelined))
+write("tcp_frames", "split-prefix", frames([1, 0, 1, 5], framed(query("a.b"))))
+write("tcp_frames", "truncated-body", frames([], framed(query("web.service.consul"))[:-3]))
+write("tcp_frames", "truncated-prefix", frames([], framed(query("x.y")) + b"\x00"))
+write("tcp_frames", "too-short", frames([], b"\x00\x0b" + bytes(11)))
+write("tcp_frames", "too-long", frames([], b"\x10\x01" + bytes(64)))
+write("tcp_frames", "largest", frames([255, 0, 255], b"\x10\x00" + bytes(4096)))
+write("tcp_frames", "empty", b"")

@@ -30,6 +30,10 @@ pub struct RawConsul {
     pub stale: bool,
     /// Read health with `?cached` (the agent's cache).
     pub cached: bool,
+    /// Consul Enterprise namespace (`?ns=` on every request); default `$CONSUL_NAMESPACE`.
+    pub namespace: Option<String>,
+    /// Consul Enterprise admin partition (`?partition=`); default `$CONSUL_PARTITION`.
+    pub partition: Option<String>,
 }
 
 impl Default for RawConsul {
@@ -42,12 +46,17 @@ impl Default for RawConsul {
             request_timeout: consul.request_timeout,
             stale: consul.stale,
             cached: consul.cached,
+            namespace: None,
+            partition: None,
         }
     }
 }
 
 impl RawConfig {
-    /// `[consul]`, with `CONSUL_HTTP_ADDR` and `CONSUL_HTTP_TOKEN` from `env`.
+    /// `[consul]`, with `CONSUL_HTTP_ADDR`, `CONSUL_HTTP_TOKEN` and
+    /// `CONSUL_HTTP_TOKEN_FILE` from `env`. A token file is read here, so a
+    /// missing or empty one is refused at start naming its key; the client
+    /// reads it again whenever it changes.
     pub(super) fn consul_config(&self, env: &Env) -> Result<consul::Config, ConfigError> {
         let address = self
             .consul
@@ -69,26 +78,39 @@ impl RawConfig {
                 ),
             ));
         }
-        let token = match (&self.consul.token, &self.consul.token_file) {
+        let token_file = match (&self.consul.token, &self.consul.token_file) {
             (Some(_), Some(_)) => {
                 return Err(invalid(
                     "consul.token",
                     "set either token or token_file, not both",
                 ));
             }
-            (Some(token), None) => Some(token.clone()),
-            (None, Some(path)) => {
+            (Some(_), None) => None,
+            (None, Some(path)) => Some(("consul.token_file", path)),
+            (None, None) => env
+                .consul_http_token_file
+                .as_ref()
+                .map(|path| ("CONSUL_HTTP_TOKEN_FILE", path)),
+        };
+        let token = match token_file {
+            Some((key, path)) => {
                 let text = std::fs::read_to_string(path).map_err(|error| {
-                    invalid(
-                        "consul.token_file",
-                        format!("reading {}: {error}", path.display()),
-                    )
+                    invalid(key, format!("reading {}: {error}", path.display()))
                 })?;
-                Some(consul::Token::new(text.trim().to_owned()))
+                let token = consul::Token::new(text.trim().to_owned());
+                if token.expose().is_empty() {
+                    return Err(invalid(key, format!("{} holds no token", path.display())));
+                }
+                Some(token)
             }
-            (None, None) => env.consul_http_token.clone(),
-        }
-        .filter(|token| !token.expose().is_empty());
+            None => self
+                .consul
+                .token
+                .clone()
+                .or_else(|| env.consul_http_token.clone())
+                .filter(|token| !token.expose().is_empty()),
+        };
+        let token_file = token_file.map(|(_, path)| path.clone());
         if self.consul.request_timeout < Duration::from_millis(100)
             || self.consul.request_timeout > Duration::from_secs(60)
         {
@@ -97,12 +119,29 @@ impl RawConfig {
                 "must be between 100ms and 60s",
             ));
         }
+        let namespace = scope_name(
+            "consul.namespace",
+            self.consul
+                .namespace
+                .as_ref()
+                .or(env.consul_namespace.as_ref()),
+        )?;
+        let partition = scope_name(
+            "consul.partition",
+            self.consul
+                .partition
+                .as_ref()
+                .or(env.consul_partition.as_ref()),
+        )?;
         Ok(consul::Config {
             address,
             token,
+            token_file,
             request_timeout: self.consul.request_timeout,
             stale: self.consul.stale,
             cached: self.consul.cached,
+            namespace,
+            partition,
         })
     }
 }
@@ -122,18 +161,42 @@ impl RawConfig {
                 consul.address
             ));
         }
-        if let Some(path) = &self.consul.token_file
-            && consul.token.is_some()
+        if let Some(path) = &consul.token_file
             && let Some(mode) = world_readable_mode(path)
         {
+            let key = if self.consul.token_file.is_some() {
+                "consul.token_file"
+            } else {
+                "CONSUL_HTTP_TOKEN_FILE"
+            };
             warnings.push(format!(
-                "consul.token_file {} is readable by every user (mode {mode:04o}): \
+                "{key} {} is readable by every user (mode {mode:04o}): \
                  chmod 0600 it, or pass it with LoadCredential=",
                 path.display()
             ));
         }
         warnings
     }
+}
+
+/// A namespace or partition name as Consul Enterprise accepts it: 1 to 64 letters,
+/// digits and dashes, starting and ending with a letter or digit. Empty = unset.
+fn scope_name(key: &str, name: Option<&String>) -> Result<Option<String>, ConfigError> {
+    let Some(name) = name.filter(|name| !name.is_empty()) else {
+        return Ok(None);
+    };
+    let edges_ok = name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    let chars_ok = name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+    if name.len() > 64 || !edges_ok || !chars_ok {
+        return Err(invalid(
+            key,
+            format!(
+                "{name:?}: 1 to 64 letters, digits and dashes, not starting or ending with a dash"
+            ),
+        ));
+    }
+    Ok(Some(name.clone()))
 }
 
 /// The permission bits of `path` when others may read it (`o+r`).
@@ -165,6 +228,8 @@ mod tests {
         let env = Env {
             consul_http_addr: None,
             consul_http_token: Some(SECRET.into()),
+            consul_http_token_file: None,
+            ..Env::default()
         };
         let settings = raw.validate(&env).expect("valid");
         assert_eq!(
@@ -227,5 +292,74 @@ mod tests {
         );
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).expect("chmod");
         assert!(parse(&text).warnings.is_empty());
+    }
+
+    #[test]
+    fn consul_http_token_file_wins_over_consul_http_token() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("token");
+        std::fs::write(&path, "from-file\n").expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let env = Env {
+            consul_http_addr: None,
+            consul_http_token: Some("from-env".into()),
+            consul_http_token_file: Some(path.clone()),
+            ..Env::default()
+        };
+        let settings = RawConfig::default().validate(&env).expect("valid");
+        assert_eq!(settings.consul.token_file.as_deref(), Some(path.as_path()));
+        assert_eq!(
+            settings.consul.token.as_ref().map(|t| t.expose()),
+            Some("from-file")
+        );
+        assert_eq!(
+            settings.warnings,
+            [format!(
+                "CONSUL_HTTP_TOKEN_FILE {} is readable by every user (mode 0644): chmod 0600 it, \
+                 or pass it with LoadCredential=",
+                path.display()
+            )]
+        );
+        // A token in the file keys wins over both variables.
+        let raw =
+            RawConfig::parse("[consul]\ntoken = \"from-config\"\n", "test.toml").expect("parses");
+        let settings = raw.validate(&env).expect("valid");
+        assert!(settings.consul.token_file.is_none());
+        assert_eq!(
+            settings.consul.token.as_ref().map(|t| t.expose()),
+            Some("from-config")
+        );
+        // An empty file is refused, naming where it came from.
+        std::fs::write(&path, "\n").expect("write");
+        let error = RawConfig::default()
+            .validate(&env)
+            .expect_err("empty token file")
+            .to_string();
+        assert!(
+            error.contains("CONSUL_HTTP_TOKEN_FILE") && error.contains("holds no token"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn namespace_and_partition_come_from_the_file_or_the_environment_and_are_checked() {
+        let env = Env {
+            consul_namespace: Some("from-env".into()),
+            consul_partition: Some("part-1".into()),
+            ..Env::default()
+        };
+        let settings = RawConfig::default().validate(&env).expect("valid");
+        assert_eq!(settings.consul.namespace.as_deref(), Some("from-env"));
+        assert_eq!(settings.consul.partition.as_deref(), Some("part-1"));
+        let raw =
+            RawConfig::parse("[consul]\nnamespace = \"team-a\"\n", "test.toml").expect("parses");
+        let settings = raw.validate(&env).expect("valid");
+        assert_eq!(settings.consul.namespace.as_deref(), Some("team-a"));
+        for bad in ["-team", "team a", "team/a", &"x".repeat(65)] {
+            let raw = RawConfig::parse(&format!("[consul]\npartition = {bad:?}\n"), "test.toml")
+                .expect("parses");
+            let error = raw.validate(&Env::default()).expect_err(bad).to_string();
+            assert!(error.contains("consul.partition"), "{error}");
+        }
     }
 }

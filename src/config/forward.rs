@@ -42,6 +42,8 @@ pub struct RawForward {
     pub negative_max_ttl: Duration,
     /// Bound on concurrent upstream queries.
     pub max_in_flight: usize,
+    /// Bound on the bytes upstream answers hold while in flight.
+    pub max_in_flight_bytes: u64,
     /// Per-domain upstreams (dnsmasq `server=/zone/ip`); the longest zone wins.
     pub rules: Vec<RawDomainRule>,
     /// `sequential` (failover in order) or `race` (all at once, first answer wins).
@@ -106,6 +108,7 @@ impl Default for RawForward {
             max_ttl: f.max_ttl,
             negative_max_ttl: f.negative_max_ttl,
             max_in_flight: f.max_in_flight,
+            max_in_flight_bytes: f.max_in_flight_bytes,
             rules: Vec::new(),
             strategy: RawStrategy::Sequential,
             tcp_only: f.tcp_only,
@@ -222,6 +225,7 @@ impl RawConfig {
             max_ttl: f.max_ttl,
             negative_max_ttl: f.negative_max_ttl,
             max_in_flight: f.max_in_flight,
+            max_in_flight_bytes: f.max_in_flight_bytes,
             rules,
             strategy: match f.strategy {
                 RawStrategy::Sequential => forward::Strategy::Sequential,
@@ -283,6 +287,7 @@ fn key_path(field: forward::Field) -> String {
         // Not in the file (always the default); named for completeness.
         Field::UdpPayload => "udp_payload",
         Field::MaxInFlight => "max_in_flight",
+        Field::MaxInFlightBytes => "max_in_flight_bytes",
         Field::MaxFails => "max_fails",
         Field::ProbeInterval => "probe_interval",
         Field::ServeStale => "serve_stale",

@@ -78,8 +78,7 @@ fn show<T: Debug>(value: T) -> String {
 }
 
 /// Not kept in [`Settings`] as such: never differs between two of them.
-/// (`consul.token_file` ends up in the token, compared as `consul.token`,
-/// `forward.resolv_file` in `forward.upstreams`; `[publish]` is read by
+/// (`forward.resolv_file` in `forward.upstreams`; `[publish]` is read by
 /// `dnsfront publish` only.)
 fn not_in_settings(_: &Settings) -> String {
     String::new()
@@ -139,12 +138,15 @@ pub const KEYS: &[Key] = &[
         show(s.dns.agent_dns_timeout)
     }),
     key("consul.address", Restart, |s| s.consul.address.clone()),
-    key("consul.token_file", Restart, not_in_settings),
+    // The path; the file's content is re-read live by the Consul client.
+    key("consul.token_file", Restart, |s| show(&s.consul.token_file)),
     key("consul.request_timeout", Restart, |s| {
         show(s.consul.request_timeout)
     }),
     key("consul.stale", Restart, |s| show(s.consul.stale)),
     key("consul.cached", Restart, |s| show(s.consul.cached)),
+    key("consul.namespace", Restart, |s| show(&s.consul.namespace)),
+    key("consul.partition", Restart, |s| show(&s.consul.partition)),
     key("catalog.refresh_interval", Restart, |s| {
         show(s.catalog.refresh_interval)
     }),
@@ -209,6 +211,9 @@ pub const KEYS: &[Key] = &[
     }),
     key("forward.max_in_flight", Restart, |s| {
         show(s.forward.max_in_flight)
+    }),
+    key("forward.max_in_flight_bytes", Restart, |s| {
+        show(s.forward.max_in_flight_bytes)
     }),
     key("forward.rules", Forwarder, |s| show(&s.forward.rules)),
     key("forward.strategy", Forwarder, |s| show(s.forward.strategy)),
@@ -329,10 +334,12 @@ pub const KEYS: &[Key] = &[
         show(s.metrics.prometheus_listen)
     }),
     // Compared, never printed: the secret itself (Debug would say <redacted>).
+    // A token from a file is not compared: the client follows the file.
     key("consul.token", Restart, |s| {
         s.consul
             .token
             .as_ref()
+            .filter(|_| s.consul.token_file.is_none())
             .map(|token| token.expose().to_owned())
             .unwrap_or_default()
     }),

@@ -217,6 +217,12 @@ pub struct Env {
     pub consul_http_addr: Option<String>,
     /// `CONSUL_HTTP_TOKEN` (redacted in `Debug`).
     pub consul_http_token: Option<dnsfront_consul::Token>,
+    /// `CONSUL_HTTP_TOKEN_FILE`; wins over `CONSUL_HTTP_TOKEN`, as in Consul's CLI.
+    pub consul_http_token_file: Option<PathBuf>,
+    /// `CONSUL_NAMESPACE` (Consul Enterprise).
+    pub consul_namespace: Option<String>,
+    /// `CONSUL_PARTITION` (Consul Enterprise).
+    pub consul_partition: Option<String>,
 }
 
 impl Env {
@@ -226,6 +232,9 @@ impl Env {
         Self {
             consul_http_addr: non_empty("CONSUL_HTTP_ADDR"),
             consul_http_token: non_empty("CONSUL_HTTP_TOKEN").map(dnsfront_consul::Token::new),
+            consul_http_token_file: non_empty("CONSUL_HTTP_TOKEN_FILE").map(Into::into),
+            consul_namespace: non_empty("CONSUL_NAMESPACE"),
+            consul_partition: non_empty("CONSUL_PARTITION"),
         }
     }
 }

@@ -129,6 +129,8 @@ fn consul_address_and_token_come_from_the_environment() {
     let env = Env {
         consul_http_addr: Some("10.1.2.3:8500".into()),
         consul_http_token: Some("s3cr3t-token".into()),
+        consul_http_token_file: None,
+        ..Env::default()
     };
     let settings = RawConfig::default().validate(&env).expect("valid");
     assert_eq!(settings.consul.address, "http://10.1.2.3:8500");

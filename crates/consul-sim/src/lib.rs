@@ -14,12 +14,16 @@
 //!   and an `acquire` during the delay returns `false`;
 //! - sessions are not checked against the catalog (their node need not exist), and are only
 //!   invalidated by TTL expiry, destroy, or one of their `NodeChecks` turning critical;
+//! - Enterprise namespaces and partitions (created by registering into one) each keep
+//!   their own catalog, KV and sessions, nodes included (Consul shares nodes across the
+//!   namespaces of a partition); without any, `?ns`/`?partition` are refused as in CE;
 //! - blocking queries wake on any state change and return when the query's index differs from
 //!   the requested one (so an index reset returns at once, as in Consul).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod acl;
 mod api;
 mod duration;
 mod fault;
@@ -35,6 +39,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use bytes::Bytes;
 use tokio::sync::watch;
 
+pub use acl::{Access, AclPolicy, Resource};
 pub use fault::Fault;
 pub use fixture::FixtureError;
 pub use registration::Registration;
@@ -194,7 +199,12 @@ impl Sim {
                 .datacenter
                 .clone()
                 .unwrap_or_else(|| state.default_dc.clone());
-            let dc = state.dc_mut(&dc_name);
+            state.dc_mut(&dc_name);
+            let dc = state.scope_mut(
+                &dc_name,
+                reg.partition.as_deref().unwrap_or("default"),
+                reg.namespace.as_deref().unwrap_or("default"),
+            );
             let index = dc.next_index();
             dc.upsert_node(
                 &reg.node,
@@ -291,8 +301,37 @@ impl Sim {
     }
 
     /// Sets the valid ACL tokens; an empty list turns ACLs off (the default).
+    /// Each token gets every permission (`global-management`).
     pub fn set_acl_tokens(&self, tokens: &[&str]) {
-        self.lock().acl_tokens = tokens.iter().map(|token| (*token).to_owned()).collect();
+        self.lock().acl_tokens = tokens
+            .iter()
+            .map(|secret| {
+                (
+                    (*secret).to_owned(),
+                    acl::AclToken::new(AclPolicy::management()),
+                )
+            })
+            .collect();
+    }
+
+    /// Adds (or replaces) one token carrying `policy`; ACLs are on from then on.
+    pub fn set_acl_token(&self, secret: &str, policy: AclPolicy) {
+        self.lock()
+            .acl_tokens
+            .insert(secret.to_owned(), acl::AclToken::new(policy));
+    }
+
+    /// Every call a token's policy refused (403 `Permission denied`) or filtered
+    /// (entries left out), as `METHOD PATH: why`, oldest first. Unknown tokens
+    /// (`ACL not found`) are not listed.
+    pub fn acl_denials(&self) -> Vec<String> {
+        self.lock().acl_denials.clone()
+    }
+
+    /// Deletes one token (revoked, or expired): Consul then answers
+    /// `403 ACL not found` to it. ACLs stay on.
+    pub fn revoke_acl_token(&self, secret: &str) {
+        self.lock().acl_tokens.remove(secret);
     }
 
     /// Activates a fault.

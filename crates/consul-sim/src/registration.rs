@@ -37,6 +37,9 @@ pub struct Registration {
     pub(crate) checks: Vec<(String, String)>,
     pub(crate) node_checks: Vec<(String, String)>,
     pub(crate) datacenter: Option<String>,
+    /// Enterprise namespace and partition (`None`: the defaults).
+    pub(crate) namespace: Option<String>,
+    pub(crate) partition: Option<String>,
 }
 
 impl Registration {
@@ -60,6 +63,8 @@ impl Registration {
             checks: Vec::new(),
             node_checks: Vec::new(),
             datacenter: None,
+            namespace: None,
+            partition: None,
         }
     }
 
@@ -181,6 +186,19 @@ impl Registration {
     pub fn node_check(mut self, check_id: &str, status: &str) -> Self {
         self.node_checks
             .push((check_id.to_owned(), status.to_owned()));
+        self
+    }
+
+    /// Registers into an Enterprise namespace (created if unknown; from then on the
+    /// simulator accepts `?ns`).
+    pub fn namespace(mut self, namespace: &str) -> Self {
+        self.namespace = Some(namespace.to_owned());
+        self
+    }
+
+    /// Registers into an Enterprise admin partition (created if unknown).
+    pub fn partition(mut self, partition: &str) -> Self {
+        self.partition = Some(partition.to_owned());
         self
     }
 

@@ -19,7 +19,10 @@ pub(crate) struct State {
     pub(crate) dcs: BTreeMap<String, Dc>,
     pub(crate) faults: Vec<Fault>,
     pub(crate) requests: Vec<RequestRecord>,
-    pub(crate) acl_tokens: Vec<String>,
+    /// Known ACL tokens by secret; empty = ACLs off.
+    pub(crate) acl_tokens: BTreeMap<String, crate::acl::AclToken>,
+    /// Calls a token's policy refused or filtered: `METHOD PATH: why`.
+    pub(crate) acl_denials: Vec<String>,
     pub(crate) jitter: bool,
     /// Last `X-Consul-Index` returned per request path (for [`Fault::IndexBackwards`]).
     pub(crate) last_index: HashMap<String, u64>,
@@ -40,7 +43,8 @@ impl State {
             dcs,
             faults: Vec::new(),
             requests: Vec::new(),
-            acl_tokens: Vec::new(),
+            acl_tokens: BTreeMap::new(),
+            acl_denials: Vec::new(),
             jitter: false,
             last_index: HashMap::new(),
             cache_fill: HashMap::new(),
@@ -73,6 +77,21 @@ impl State {
     pub(crate) fn agent_dc_mut(&mut self) -> &mut Dc {
         let name = self.default_dc.clone();
         self.dc_mut(&name)
+    }
+
+    /// The store of a namespace in a partition of `dc` (Consul Enterprise keeps catalog,
+    /// KV and sessions apart per namespace and partition), created empty when unknown.
+    pub(crate) fn scope_mut(&mut self, dc: &str, partition: &str, namespace: &str) -> &mut Dc {
+        self.dcs
+            .entry(scope_name(dc, partition, namespace))
+            .or_insert_with(|| Dc::new(dc))
+    }
+
+    /// Whether any namespace or partition besides the defaults exists (the simulator
+    /// then plays Consul Enterprise; otherwise Community Edition, which refuses `ns`
+    /// and `partition`).
+    pub(crate) fn is_enterprise(&self) -> bool {
+        self.dcs.keys().any(|name| name.contains('/'))
     }
 
     /// A datacenter, created empty when unknown.
@@ -599,6 +618,16 @@ pub(crate) fn under_prefix<'a, V>(
 // === ids ===
 
 /// A stable UUID-shaped node ID derived from the node name (FNV-1a).
+/// The key of a namespace's store in [`State::dcs`]: the datacenter's name for the
+/// default partition and namespace, `DC/PARTITION/NAMESPACE` otherwise.
+pub(crate) fn scope_name(dc: &str, partition: &str, namespace: &str) -> String {
+    if partition == "default" && namespace == "default" {
+        dc.to_owned()
+    } else {
+        format!("{dc}/{partition}/{namespace}")
+    }
+}
+
 pub(crate) fn node_id_for(name: &str) -> String {
     let mut first: u64 = 0xcbf2_9ce4_8422_2325;
     let mut second: u64 = 0x8422_2325_cbf2_9ce4;

@@ -3,22 +3,24 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::Method;
-use http::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
+use http::header::{CONTENT_TYPE, HeaderMap};
 use reqwest::Url;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
-use crate::config::{Config, Token};
+use crate::config::Config;
 use crate::error::{BoxError, Error, classify_status};
 use crate::model::{
     AgentSelf, AgentSelfWire, CatalogNode, HealthCheck, KvPair, NodeInfo, ServiceEntry,
 };
 use crate::query::{DEFAULT_WAIT, MAX_WAIT, QueryMeta, QueryOptions, Response};
+use crate::token::{Credential, TokenSource};
 use crate::write::{KvPutOptions, SessionRequest};
 
 const TOKEN_HEADER: &str = "x-consul-token";
@@ -142,20 +144,26 @@ pub struct Client {
 struct Inner {
     http: reqwest::Client,
     base: Url,
-    token: Option<(Token, HeaderValue)>,
+    token: TokenSource,
+    /// The local datacenter refused the token as unknown (`ACL not found`):
+    /// logged once when it starts, once when it ends.
+    token_rejected: AtomicBool,
     request_timeout: Duration,
     stale: bool,
     cached: bool,
+    /// `("ns", …)` and `("partition", …)`, added to every request.
+    scope: Vec<(&'static str, String)>,
 }
 
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Client")
             .field("address", &self.inner.base.as_str())
-            .field("token", &self.inner.token.as_ref().map(|(token, _)| token))
+            .field("token", &self.inner.token)
             .field("request_timeout", &self.inner.request_timeout)
             .field("stale", &self.inner.stale)
             .field("cached", &self.inner.cached)
+            .field("scope", &self.inner.scope)
             .finish()
     }
 }
@@ -203,16 +211,15 @@ impl Client {
         if config.request_timeout.is_zero() {
             return Err(invalid("request_timeout must be greater than 0".to_owned()));
         }
-        let token = match config.token {
-            None => None,
-            Some(token) => {
-                let mut value = HeaderValue::from_str(token.expose())
-                    .ok()
-                    .filter(|_| !token.expose().is_empty())
-                    .ok_or_else(|| invalid("token must be non-empty visible ASCII".to_owned()))?;
-                value.set_sensitive(true);
-                Some((token, value))
+        let token = match (config.token_file, config.token) {
+            (Some(path), _) => TokenSource::file(path.clone())
+                .map_err(|error| invalid(format!("token file {}: {error}", path.display())))?,
+            (None, Some(token)) => {
+                TokenSource::Fixed(Arc::new(Credential::new(token).ok_or_else(|| {
+                    invalid("token must be non-empty visible ASCII".to_owned())
+                })?))
             }
+            (None, None) => TokenSource::None,
         };
         let http = reqwest::Client::builder()
             .no_proxy()
@@ -226,9 +233,14 @@ impl Client {
                 http,
                 base,
                 token,
+                token_rejected: AtomicBool::new(false),
                 request_timeout: config.request_timeout,
                 stale: config.stale,
                 cached: config.cached,
+                scope: [("ns", config.namespace), ("partition", config.partition)]
+                    .into_iter()
+                    .filter_map(|(key, value)| Some((key, value.filter(|v| !v.is_empty())?)))
+                    .collect(),
             }),
         })
     }
@@ -467,7 +479,10 @@ impl Client {
             vec!["v1", "session", "renew", id],
         );
         call.pass_not_found = true;
-        let secret = self.inner.token.as_ref().map(|(token, _)| token.expose());
+        let credential = self.inner.token.current();
+        let secret = credential
+            .as_ref()
+            .map(|credential| credential.token.expose());
         self.run(call, |path, raw| {
             if raw.status != 404 {
                 return Ok(true);
@@ -553,6 +568,7 @@ impl Client {
             .increment(1);
         ::metrics::histogram!(crate::metrics::REQUEST_DURATION_SECONDS, "endpoint" => endpoint)
             .record(elapsed.as_secs_f64());
+        self.note_token(&call, &path, &result);
         match &result {
             Ok(_) => tracing::trace!(endpoint = %path, ?elapsed, "Consul call succeeded"),
             Err(error) => {
@@ -562,12 +578,52 @@ impl Client {
         result
     }
 
+    /// Follows whether the local datacenter accepts the token: every refusal
+    /// is counted, the change of state is logged once each way (never per
+    /// request). Calls to other datacenters say nothing about it (a token local
+    /// to this one is unknown there), nor do calls that need no token.
+    fn note_token<T>(&self, call: &Call<'_>, path: &str, result: &Result<T, Error>) {
+        if call.datacenter.is_some() || call.endpoint == Endpoint::StatusLeader {
+            return;
+        }
+        match result {
+            Err(error) if error.token_rejected() => {
+                ::metrics::counter!(crate::metrics::TOKEN_REJECTIONS).increment(1);
+                if !self.inner.token_rejected.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        endpoint = %path,
+                        error = %error,
+                        "Consul rejects the ACL token (expired, revoked or unknown): names answered before are served stale, new names get SERVFAIL until the token is replaced"
+                    );
+                }
+            }
+            Ok(_) => {
+                if self.inner.token_rejected.swap(false, Ordering::Relaxed) {
+                    tracing::info!(endpoint = %path, "Consul accepts the ACL token again");
+                }
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// Whether a token is sent (fixed or from a file).
+    pub fn has_token(&self) -> bool {
+        self.inner.token.is_some()
+    }
+
+    /// Reads the token file again on the next request, even if it looks
+    /// unchanged (configuration reload). No effect without a token file.
+    pub fn reread_token(&self) {
+        self.inner.token.reread();
+    }
+
     /// Sends the request and reads the body within the deadline; maps non-success statuses.
     async fn fetch(&self, call: &Call<'_>, path: &str) -> Result<Raw, Error> {
         let url = self.url(call);
         let mut request = self.inner.http.request(call.method.clone(), url);
-        if let Some((_, value)) = &self.inner.token {
-            request = request.header(TOKEN_HEADER, value.clone());
+        let credential = self.inner.token.current();
+        if let Some(credential) = &credential {
+            request = request.header(TOKEN_HEADER, credential.header.clone());
         }
         if let Some((body, content_type)) = &call.body {
             request = request
@@ -628,7 +684,9 @@ impl Client {
             call.datacenter,
             raw.status,
             &raw.body,
-            self.inner.token.as_ref().map(|(token, _)| token.expose()),
+            credential
+                .as_ref()
+                .map(|credential| credential.token.expose()),
         ))
     }
 
@@ -639,13 +697,16 @@ impl Client {
             // Validated in `new`: an http URL with a host always has path segments.
             segments.pop_if_empty().extend(&call.segments);
         }
-        if !call.query.is_empty() {
+        if !call.query.is_empty() || !self.inner.scope.is_empty() {
             let mut pairs = url.query_pairs_mut();
             for (key, value) in &call.query {
                 match value {
                     Some(value) => pairs.append_pair(key, value),
                     None => pairs.append_key_only(key),
                 };
+            }
+            for (key, value) in &self.inner.scope {
+                pairs.append_pair(key, value);
             }
         }
         url
@@ -712,6 +773,8 @@ fn meta(headers: &HeaderMap) -> QueryMeta {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Token;
+    use http::HeaderValue;
 
     fn client(config: Config) -> Client {
         Client::new(config).expect("valid config")

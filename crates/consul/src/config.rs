@@ -1,6 +1,7 @@
 //! Client configuration and the redacted ACL token type.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Default per-call deadline for non-blocking requests.
@@ -16,12 +17,21 @@ pub struct Config {
     pub address: String,
     /// ACL token sent as `X-Consul-Token`; `None` uses the agent's default token.
     pub token: Option<Token>,
+    /// File holding the ACL token, read by [`crate::Client::new`] and again
+    /// whenever it changes (rotation without a restart); wins over `token`, as
+    /// `CONSUL_HTTP_TOKEN_FILE` wins over `CONSUL_HTTP_TOKEN` in Consul's CLI.
+    pub token_file: Option<PathBuf>,
     /// Deadline for one HTTP call; blocking queries add `wait + wait/16` on top.
     pub request_timeout: Duration,
     /// Add `?stale` to catalog, health and KV reads so any server can answer.
     pub stale: bool,
     /// Add `?cached` to health reads so the agent answers from its cache.
     pub cached: bool,
+    /// Consul Enterprise namespace sent as `?ns=` with every request (`None`: the
+    /// token's default; Community Edition refuses any value).
+    pub namespace: Option<String>,
+    /// Consul Enterprise admin partition sent as `?partition=` with every request.
+    pub partition: Option<String>,
 }
 
 impl Default for Config {
@@ -29,9 +39,12 @@ impl Default for Config {
         Self {
             address: DEFAULT_ADDRESS.to_owned(),
             token: None,
+            token_file: None,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             stale: true,
             cached: false,
+            namespace: None,
+            partition: None,
         }
     }
 }
@@ -42,7 +55,7 @@ impl Config {
     /// the loopback (`localhost`, 127.0.0.0/8, `::1`). Anyone on the path
     /// could read it from the `X-Consul-Token` header.
     pub fn token_sent_in_clear(&self) -> bool {
-        if self.token.is_none() {
+        if self.token.is_none() && self.token_file.is_none() {
             return false;
         }
         let Ok(url) = reqwest::Url::parse(self.address.trim()) else {

@@ -96,6 +96,19 @@ impl Error {
         }
     }
 
+    /// Whether Consul refused the ACL token itself (403 `ACL not found`: the
+    /// token expired, was revoked, or never existed in that datacenter), rather
+    /// than one call it does not allow (403 `Permission denied`).
+    pub fn token_rejected(&self) -> bool {
+        let Error::Forbidden { message, .. } = self else {
+            return false;
+        };
+        let message = message.to_ascii_lowercase();
+        ["acl not found", "token not found", "token expired"]
+            .iter()
+            .any(|sign| message.contains(sign))
+    }
+
     /// A bounded tag for metrics and logs.
     pub fn kind(&self) -> &'static str {
         match self {

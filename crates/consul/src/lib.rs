@@ -20,6 +20,7 @@ mod instance;
 pub mod metrics;
 mod model;
 mod query;
+mod token;
 mod watch;
 mod write;
 

@@ -9,6 +9,10 @@ pub const REQUESTS: &str = "consul.requests";
 /// Histogram of HTTP call durations in seconds, tagged `endpoint`.
 pub const REQUEST_DURATION_SECONDS: &str = "consul.request_duration_seconds";
 
+/// Counter of calls the local datacenter refused because it does not know the ACL
+/// token (403 `ACL not found`: expired, revoked or never created).
+pub const TOKEN_REJECTIONS: &str = "consul.token_rejections";
+
 /// Every metric of this crate, declared once: (name, kind, unit, description).
 /// `src/telemetry.rs` describes them to the recorder; the README lists them.
 pub const METRICS: &[(&str, MetricKind, Unit, &str)] = &[
@@ -23,5 +27,11 @@ pub const METRICS: &[(&str, MetricKind, Unit, &str)] = &[
         MetricKind::Histogram,
         Unit::Seconds,
         "Duration of HTTP calls to the Consul API by endpoint",
+    ),
+    (
+        TOKEN_REJECTIONS,
+        MetricKind::Counter,
+        Unit::Count,
+        "Consul calls refused because the local datacenter does not know the ACL token (expired, revoked)",
     ),
 ];

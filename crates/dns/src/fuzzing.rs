@@ -1,7 +1,8 @@
 //! Entry points for the fuzz targets in `fuzz/` (hidden; not an API, may change).
 //!
-//! The fast path's parser and cache are crate-private; this runs them the way
-//! the UDP loop does, with no metrics and no catalog basis.
+//! The fast path's parser and cache and the TCP frame reader are
+//! crate-private; this runs them the way the UDP loop and the TCP connection
+//! loop do, with no metrics and no catalog basis.
 
 use tokio::time::Instant;
 
@@ -56,4 +57,109 @@ pub fn fast_path(query: &[u8], response: &[u8], counts_down: bool) -> Option<Fas
         stored,
         answer,
     })
+}
+
+/// The smallest and largest TCP query length the frame reader accepts.
+pub const TCP_QUERY_LENGTHS: std::ops::RangeInclusive<usize> =
+    crate::tcp::MIN_MESSAGE..=crate::tcp::MAX_QUERY;
+
+/// How a TCP stream ended for the frame reader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FramesEnd {
+    /// The client closed between messages.
+    Closed,
+    /// The client closed inside a prefix or a message.
+    Truncated,
+    /// A length outside [`TCP_QUERY_LENGTHS`]; the connection is closed.
+    Refused,
+}
+
+/// What the frame reader made of one TCP stream.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Frames {
+    /// The messages read, in order.
+    pub messages: Vec<Vec<u8>>,
+    /// How the stream ended.
+    pub end: FramesEnd,
+}
+
+/// Feeds `stream` to the TCP frame reader (`tcp.rs`) the way a socket
+/// might: each read returns at most the next `schedule` byte's worth of
+/// bytes, or, for a 0, nothing yet, and then the pending read is dropped
+/// (as the connection loop's `select!` drops it) before the next one starts.
+/// After the schedule, reads take whatever is left. No runtime: the reader
+/// is polled by hand.
+pub fn tcp_frames(stream: &[u8], schedule: &[u8]) -> Frames {
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::{Context, Poll, Waker};
+
+    let mut socket = ScriptedSocket {
+        stream,
+        schedule,
+        taken: 0,
+    };
+    let mut frames = crate::tcp::FrameReader::default();
+    let mut messages = Vec::new();
+    let mut context = Context::from_waker(Waker::noop());
+    loop {
+        let outcome = {
+            let next = pin!(frames.next(&mut socket));
+            match next.poll(&mut context) {
+                Poll::Ready(outcome) => Some(outcome),
+                // Dropped half-way; the reader keeps what it read.
+                Poll::Pending => None,
+            }
+        };
+        match outcome {
+            None => {}
+            Some(Ok(Some(message))) => messages.push(message),
+            Some(Ok(None)) => {
+                return Frames {
+                    messages,
+                    end: FramesEnd::Closed,
+                };
+            }
+            Some(Err(error)) => {
+                let end = match error.kind() {
+                    std::io::ErrorKind::UnexpectedEof => FramesEnd::Truncated,
+                    _ => FramesEnd::Refused,
+                };
+                return Frames { messages, end };
+            }
+        }
+    }
+}
+
+/// A socket that hands out `stream` in the pieces `schedule` says.
+struct ScriptedSocket<'a> {
+    stream: &'a [u8],
+    schedule: &'a [u8],
+    taken: usize,
+}
+
+impl tokio::io::AsyncRead for ScriptedSocket<'_> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        let limit = match this.schedule.split_first() {
+            Some((&0, rest)) => {
+                this.schedule = rest;
+                return std::task::Poll::Pending;
+            }
+            Some((&piece, rest)) => {
+                this.schedule = rest;
+                usize::from(piece)
+            }
+            None => usize::MAX,
+        };
+        let left = &this.stream[this.taken..];
+        let n = left.len().min(limit).min(buf.remaining());
+        buf.put_slice(&left[..n]);
+        this.taken += n;
+        std::task::Poll::Ready(Ok(()))
+    }
 }

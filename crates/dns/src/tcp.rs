@@ -67,7 +67,7 @@ pub(crate) const MAX_QUERY: usize = 4096;
 /// reading meanwhile); UDP is not affected.
 pub(crate) const MAX_IN_FLIGHT: usize = 256;
 /// The smallest DNS message: a header.
-const MIN_MESSAGE: usize = 12;
+pub(crate) const MIN_MESSAGE: usize = 12;
 /// How long a closing connection (lifetime reached, evicted, shutdown, or
 /// the client half-closed) may take to finish the queries it already sent.
 const DRAIN_GRACE: Duration = Duration::from_secs(2);
@@ -496,7 +496,7 @@ async fn write_frame(
 /// Reads length-prefixed messages. Cancel-safe: a `next` dropped half-way
 /// keeps what it read for the next call.
 #[derive(Default)]
-struct FrameReader {
+pub(crate) struct FrameReader {
     prefix: [u8; 2],
     /// Bytes of the current frame read so far, prefix included.
     read: usize,
@@ -505,7 +505,10 @@ struct FrameReader {
 
 impl FrameReader {
     /// The next message; None when the client closed between messages.
-    async fn next(&mut self, reader: &mut (impl AsyncRead + Unpin)) -> io::Result<Option<Vec<u8>>> {
+    pub(crate) async fn next(
+        &mut self,
+        reader: &mut (impl AsyncRead + Unpin),
+    ) -> io::Result<Option<Vec<u8>>> {
         loop {
             if self.read < 2 {
                 let got = reader.read(&mut self.prefix[self.read..]).await?;

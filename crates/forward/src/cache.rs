@@ -113,6 +113,7 @@ impl Response {
     }
 
     /// Renders the response for a client: TTLs counted down by `age`, RRsets shuffled.
+    #[cfg(test)]
     pub(crate) fn to_answer(&self, age: Duration, source: Source) -> Answer {
         let mut response = self.clone();
         response.count_down(age);
@@ -157,7 +158,7 @@ fn negative(response_code: ResponseCode, answers: usize) -> bool {
 /// to back in wire format (names compressed within the blob), decoded again on every
 /// hit. A typical answer takes about 100 bytes this way; as hickory `Record`s (272
 /// bytes each before any heap data) it took 800 and more.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Stored {
     pub(crate) response_code: ResponseCode,
     authentic_data: bool,
@@ -189,6 +190,11 @@ impl Stored {
             counts,
             wire: wire.into_boxed_slice(),
         })
+    }
+
+    /// Bytes of wire data held.
+    pub(crate) fn wire_len(&self) -> usize {
+        self.wire.len()
     }
 
     /// Decodes the records again; `None` only if the stored bytes do not decode.
@@ -442,8 +448,8 @@ impl ResponseCache {
         }
     }
 
-    /// Stores a response; a negative one keeps the positive entry it replaces (or the
-    /// one that entry kept) while that is still servable stale.
+    /// Encodes `response`, then [`insert_stored`](Self::insert_stored) (tests).
+    #[cfg(test)]
     pub(crate) fn insert(
         &self,
         key: Key,
@@ -451,11 +457,26 @@ impl ResponseCache {
         options: InsertOptions,
         now: Instant,
     ) {
-        let Some(entries) = &self.entries else {
+        if self.entries.is_none() {
             return;
-        };
+        }
         let Some(response) = Stored::encode(response) else {
             tracing::debug!(name = %key.name(), "Response not cached: cannot encode it");
+            return;
+        };
+        self.insert_stored(key, response, options, now);
+    }
+
+    /// Stores a response already in compact form; a negative one keeps the positive
+    /// entry it replaces (or the one that entry kept) while that is still servable stale.
+    pub(crate) fn insert_stored(
+        &self,
+        key: Key,
+        response: Stored,
+        options: InsertOptions,
+        now: Instant,
+    ) {
+        let Some(entries) = &self.entries else {
             return;
         };
         let last_positive = if response.is_negative() && !options.serve_stale.is_zero() {

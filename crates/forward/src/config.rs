@@ -61,6 +61,16 @@ pub const CACHE_MAX_BYTES: DefMinMax<u64> = DefMinMax {
     max: 4 << 30,
 };
 
+/// Bytes upstream answers may hold while in flight: TCP answers being read and answers
+/// kept for the queries waiting on them (see `budget.rs`). 16 MiB holds 256 answers of
+/// 64 KiB at once, or thousands of typical ones; at least one answer of the largest
+/// size must fit.
+pub const MAX_IN_FLIGHT_BYTES: DefMinMax<u64> = DefMinMax {
+    default: 16 << 20,
+    min: 128 << 10,
+    max: 1 << 30,
+};
+
 /// Floor on positive TTLs; dnsmasq caps `--min-cache-ttl` at 3,600 s.
 pub const MIN_TTL: DefMinMax<Duration> = DefMinMax {
     default: Duration::ZERO,
@@ -189,6 +199,9 @@ pub struct Config {
     pub udp_payload: u16,
     /// Bound on concurrent upstream queries; beyond it queries fail fast.
     pub max_in_flight: usize,
+    /// Bound on the bytes upstream answers hold while in flight; an answer that does
+    /// not fit is dropped at once.
+    pub max_in_flight_bytes: u64,
     /// Per-domain upstreams; the longest matching zone wins over `upstreams`.
     pub rules: Vec<DomainRule>,
     /// Sequential failover (default) or a race between all healthy upstreams.
@@ -239,6 +252,7 @@ impl Default for Config {
             negative_max_ttl: NEGATIVE_MAX_TTL.default,
             udp_payload: UDP_PAYLOAD.default,
             max_in_flight: MAX_IN_FLIGHT.default,
+            max_in_flight_bytes: MAX_IN_FLIGHT_BYTES.default,
             rules: Vec::new(),
             strategy: Strategy::Sequential,
             tcp_only: false,
@@ -281,6 +295,8 @@ pub enum Field {
     UdpPayload,
     /// [`Config::max_in_flight`].
     MaxInFlight,
+    /// [`Config::max_in_flight_bytes`].
+    MaxInFlightBytes,
     /// [`Config::max_fails`].
     MaxFails,
     /// [`Config::probe_interval`].
@@ -427,6 +443,11 @@ impl Config {
         )?;
         check(Field::UdpPayload, UDP_PAYLOAD, self.udp_payload)?;
         check(Field::MaxInFlight, MAX_IN_FLIGHT, self.max_in_flight)?;
+        check(
+            Field::MaxInFlightBytes,
+            MAX_IN_FLIGHT_BYTES,
+            self.max_in_flight_bytes,
+        )?;
         check(Field::MaxFails, MAX_FAILS, self.max_fails)?;
         check(Field::ProbeInterval, PROBE_INTERVAL, self.probe_interval)?;
         check(Field::ServeStale, SERVE_STALE, self.serve_stale)?;

@@ -7,8 +7,9 @@
 //!    hit in the last 10 % of the TTL starts one background refresh (prefetch);
 //! 3. otherwise by asking the upstream set of the longest matching per-domain rule (or
 //!    the default upstreams), sequentially with failover or as a race, healthy
-//!    upstreams first. Identical concurrent misses share one upstream query, and the
-//!    number of upstream queries in flight is bounded;
+//!    upstreams first. Identical concurrent misses share one upstream query; the
+//!    number of upstream queries in flight is bounded, and so are the bytes their
+//!    answers hold (`budget`);
 //! 4. when every upstream fails, from an expired entry within the serve-stale window
 //!    (RFC 8767, TTL 30 s, [`Source::Stale`]), refreshing in the background.
 //!
@@ -17,13 +18,14 @@
 //! [`Forwarder::explain`] and [`Forwarder::upstream_stats`] report state.
 //!
 //! Module map: [`config`] (settings and bounds), `cache` (keys, TTL policy, quick_cache store,
-//! stale entries), `upstream` (UDP/TCP exchanges, health, failover and race), `policy`
-//! (domain-needed, bogus-priv, rebind), `explain` ([`CacheInfo`]), [`metrics`] (names
-//! and descriptions).
+//! stale entries), `budget` (bytes of answers in flight), `upstream` (UDP/TCP exchanges,
+//! health, failover and race), `policy` (domain-needed, bogus-priv, rebind), `explain`
+//! ([`CacheInfo`]), [`metrics`] (names and descriptions).
 
 pub mod config;
 pub mod metrics;
 
+mod budget;
 mod cache;
 mod explain;
 mod policy;
@@ -41,9 +43,10 @@ use hickory_proto::rr::{Name, Record};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use crate::cache::{Entry, InsertOptions, Key, Lookup, Response, ResponseCache, apply_ttl_policy};
+use crate::budget::{Budget, Charge};
+use crate::cache::{Entry, InsertOptions, Key, Lookup, ResponseCache, Stored, apply_ttl_policy};
 use crate::config::{PREFETCH_FRACTION, PREFETCH_MIN_TTL, normalize};
-use crate::upstream::{HealthPolicy, Plan, Request, Upstream};
+use crate::upstream::{Failed, HealthPolicy, Plan, Request, Upstream};
 
 pub use crate::config::{Config, DomainRule, Field, InvalidConfig, Strategy};
 pub use crate::explain::{CacheInfo, CacheState};
@@ -114,8 +117,17 @@ pub enum Error {
     Overloaded,
 }
 
+/// An upstream answer on its way to the queries waiting for it: compact wire bytes
+/// (each waiter decodes its own copy, as a cache hit does), charged to the in-flight
+/// byte budget until the last waiter has dropped it.
+#[derive(Debug)]
+struct Held {
+    response: Stored,
+    _charge: Charge,
+}
+
 /// The outcome of one shared upstream query, as every waiter sees it.
-type SharedQuery = Shared<BoxFuture<'static, Result<Arc<Response>, Error>>>;
+type SharedQuery = Shared<BoxFuture<'static, Result<Arc<Held>, Error>>>;
 
 /// Cheap-to-clone forwarder handle.
 #[derive(Clone)]
@@ -225,6 +237,8 @@ struct Inner {
     in_flight: Mutex<HashMap<Key, SharedQuery>>,
     /// One permit per upstream query in flight (`max_in_flight`).
     permits: Arc<Semaphore>,
+    /// Bytes of answers in flight (`max_in_flight_bytes`).
+    budget: Arc<Budget>,
 }
 
 impl std::fmt::Debug for Forwarder {
@@ -254,6 +268,7 @@ impl Forwarder {
     pub fn new(config: Config) -> Self {
         let cache = ResponseCache::new(&config);
         let permits = Arc::new(Semaphore::new(config.max_in_flight));
+        let budget = Budget::new(config.max_in_flight_bytes);
         let mut registry = HashMap::new();
         let settings = Settings::build(config, &mut registry);
         Self {
@@ -263,6 +278,7 @@ impl Forwarder {
                 cache,
                 in_flight: Mutex::new(HashMap::new()),
                 permits,
+                budget,
             }),
         }
     }
@@ -310,7 +326,8 @@ impl Forwarder {
     /// (those finish with the settings they started with).
     ///
     /// Returns the fields that cannot change while running and kept their old
-    /// value ([`Field::CacheSize`], [`Field::CacheMaxBytes`], [`Field::MaxInFlight`]),
+    /// value ([`Field::CacheSize`], [`Field::CacheMaxBytes`], [`Field::MaxInFlight`],
+    /// [`Field::MaxInFlightBytes`]),
     /// for a "needs restart" log.
     /// Entries already cached keep the serve-stale retention they were stored with.
     pub fn reconfigure(&self, mut config: Config) -> Vec<Field> {
@@ -333,6 +350,10 @@ impl Forwarder {
             ignored.push(Field::MaxInFlight);
             config.max_in_flight = current.config.max_in_flight;
         }
+        if config.max_in_flight_bytes != current.config.max_in_flight_bytes {
+            ignored.push(Field::MaxInFlightBytes);
+            config.max_in_flight_bytes = current.config.max_in_flight_bytes;
+        }
         let settings = Settings::build(config, &mut registry);
         self.inner.settings.store(Arc::new(settings));
         ignored
@@ -342,8 +363,9 @@ impl Forwarder {
     ///
     /// `dnssec_ok` sets the DO bit upstream and is part of the cache key. Fails with
     /// [`Error::AllFailed`] when no upstream answered NOERROR/NXDOMAIN within the deadline
-    /// (never cached), or [`Error::Overloaded`] when `max_in_flight` queries are running,
-    /// unless an expired entry within the serve-stale window can be served instead.
+    /// (never cached), or [`Error::Overloaded`] when `max_in_flight` queries are running
+    /// or the answer did not fit `max_in_flight_bytes`, unless an expired entry within the
+    /// serve-stale window can be served instead.
     pub async fn resolve(&self, query: &Query, dnssec_ok: bool) -> Result<Answer, Error> {
         let settings = self.inner.settings.load_full();
         let name = cache::question_name(query);
@@ -395,12 +417,12 @@ impl Forwarder {
             Joined::Cached(answer) => return Ok(filter(answer, rebind)),
             Joined::Refused(error) => error,
             Joined::Wait(shared) => match shared.await {
-                Ok(response) => {
-                    return Ok(filter(
-                        response.to_answer(Duration::ZERO, Source::Upstream),
-                        rebind,
-                    ));
-                }
+                Ok(held) => match held.response.to_answer(Duration::ZERO, Source::Upstream) {
+                    Some(answer) => return Ok(filter(answer, rebind)),
+                    None => Error::AllFailed {
+                        last: "the answer does not decode again".to_owned(),
+                    },
+                },
                 Err(error) => error,
             },
         };
@@ -612,13 +634,24 @@ impl Inner {
                 query: &query,
                 dnssec_ok: key.dnssec_ok(),
                 udp_payload: settings.config.udp_payload,
+                budget: Some(&inner.budget),
             };
             let result = upstream::query(&upstreams, request, settings.plan())
                 .await
-                .map_err(|last| Error::AllFailed { last });
-            let result = result.map(|(response, answered_by)| {
+                .map_err(|failed| match failed {
+                    Failed::OverBudget => Error::Overloaded,
+                    Failed::Upstreams(last) => Error::AllFailed { last },
+                });
+            let result = result.and_then(|(response, answered_by)| {
                 let config = &settings.config;
                 let (response, ttl) = apply_ttl_policy(response, config);
+                let Some(stored) = Stored::encode(&response) else {
+                    return Err(Error::AllFailed {
+                        last: format!("{answered_by}: the answer cannot be encoded again"),
+                    });
+                };
+                // The decoded records go here; from now on only the wire bytes are held.
+                drop(response);
                 // TTL 0 is stored only to be served stale (dnsmasq does the same with
                 // --use-stale-cache); without serve-stale it is not cached at all.
                 if let Some(ttl) = ttl.filter(|ttl| !ttl.is_zero() || !config.serve_stale.is_zero())
@@ -630,9 +663,18 @@ impl Inner {
                     };
                     inner
                         .cache
-                        .insert(key.clone(), &response, options, Instant::now());
+                        .insert_stored(key.clone(), stored.clone(), options, Instant::now());
                 }
-                Arc::new(response)
+                // Waiters that find no room here fall back to the cache (just filled,
+                // under its own budget), then to serve-stale.
+                let charge = inner
+                    .budget
+                    .charge(stored.wire_len() + budget::HELD_OVERHEAD)
+                    .ok_or(Error::Overloaded)?;
+                Ok(Arc::new(Held {
+                    response: stored,
+                    _charge: charge,
+                }))
             });
             inner
                 .in_flight

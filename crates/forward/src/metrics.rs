@@ -18,6 +18,11 @@ pub const UPSTREAM_DURATION_SECONDS: &str = "forward.upstream_duration_seconds";
 pub const OVERLOADED: &str = "forward.overloaded";
 /// Cache misses that joined an identical query already in flight.
 pub const COALESCED: &str = "forward.coalesced";
+/// Bytes of upstream answers held in flight (gauge): TCP answers being read, answers
+/// waiting for their queries; at most `max_in_flight_bytes`.
+pub const IN_FLIGHT_BYTES: &str = "forward.in_flight_bytes";
+/// Upstream answers dropped because `max_in_flight_bytes` was used up.
+pub const OVER_BUDGET: &str = "forward.over_budget";
 /// Approximate number of responses in the cache (gauge, set on every insert).
 pub const CACHE_ENTRIES: &str = "forward.cache_entries";
 /// Bytes charged to the response cache (gauge, set on every insert).
@@ -53,6 +58,8 @@ pub const OUTCOME_ERROR: &str = "error";
 pub const OUTCOME_SERVFAIL: &str = "servfail";
 /// The UDP answer had TC set; a TCP exchange with the same upstream follows.
 pub const OUTCOME_TRUNCATED_RETRY: &str = "truncated_retry";
+/// The TCP answer did not fit `max_in_flight_bytes` and was not read.
+pub const OUTCOME_OVER_BUDGET: &str = "over_budget";
 
 /// Every metric of this crate, declared once: (name, kind, unit, description).
 /// `src/telemetry.rs` describes them to the recorder; the README lists them.
@@ -141,6 +148,18 @@ pub const METRICS: &[(&str, MetricKind, Unit, &str)] = &[
         Unit::Count,
         "Cache misses that shared an identical upstream query already in flight",
     ),
+    (
+        IN_FLIGHT_BYTES,
+        MetricKind::Gauge,
+        Unit::Bytes,
+        "Bytes of upstream answers held in flight (TCP answers being read, answers waiting for their queries; at most forward.max_in_flight_bytes)",
+    ),
+    (
+        OVER_BUDGET,
+        MetricKind::Counter,
+        Unit::Count,
+        "Upstream answers dropped because forward.max_in_flight_bytes was used up",
+    ),
 ];
 
 /// Counts one [`CACHE_EVICTIONS`]: an entry evicted for room.
@@ -156,4 +175,9 @@ pub(crate) fn cache_entries(count: u64) {
 /// Sets [`CACHE_BYTES`].
 pub(crate) fn cache_bytes(bytes: u64) {
     metrics::gauge!(CACHE_BYTES).set(bytes as f64);
+}
+
+/// Sets [`IN_FLIGHT_BYTES`].
+pub(crate) fn in_flight_bytes(bytes: usize) {
+    metrics::gauge!(IN_FLIGHT_BYTES).set(bytes as f64);
 }

@@ -33,12 +33,11 @@ use tokio::net::{TcpStream, UdpSocket};
 use tokio::time::{Instant, timeout_at};
 use tracing::{info, trace, warn};
 
+use crate::budget::{Budget, UDP_RECEIVE_BUFFER};
 use crate::cache::Response;
 use crate::config::Strategy;
 use crate::metrics as names;
 
-/// Largest DNS message (the TCP length prefix is 16 bits).
-const MAX_MESSAGE: usize = u16::MAX as usize;
 /// A pooled UDP socket is closed after this many queries (its port changes).
 pub(crate) const SOCKET_MAX_USES: u32 = 100;
 /// A pooled UDP socket is not used any more once this old (its port changes).
@@ -264,7 +263,7 @@ impl PooledSocket {
         socket.connect(upstream).await?;
         Ok(Self {
             socket,
-            buffer: Vec::with_capacity(MAX_MESSAGE),
+            buffer: Vec::with_capacity(UDP_RECEIVE_BUFFER),
             opened: Instant::now(),
             uses: 0,
         })
@@ -298,6 +297,8 @@ pub(crate) struct Request<'a> {
     pub(crate) query: &'a Query,
     pub(crate) dnssec_ok: bool,
     pub(crate) udp_payload: u16,
+    /// Where TCP answers are charged before they are read (`None`: diagnostics).
+    pub(crate) budget: Option<&'a Arc<Budget>>,
 }
 
 /// How one upstream set is asked.
@@ -328,6 +329,9 @@ pub enum AttemptError {
     /// An upstream answered with an rcode other than NOERROR or NXDOMAIN.
     #[error("answered {0}")]
     Rcode(ResponseCode),
+    /// The TCP answer did not fit the in-flight byte budget; it was not read.
+    #[error("a {0}-byte answer over the in-flight byte budget")]
+    OverBudget(usize),
 }
 
 impl AttemptError {
@@ -336,6 +340,7 @@ impl AttemptError {
             Self::Timeout => names::OUTCOME_TIMEOUT,
             Self::Rcode(_) => names::OUTCOME_SERVFAIL,
             Self::Io(_) | Self::Encode(_) | Self::BadTcpReply(_) => names::OUTCOME_ERROR,
+            Self::OverBudget(_) => names::OUTCOME_OVER_BUDGET,
         }
     }
 
@@ -383,15 +388,24 @@ fn tiers(upstreams: &[Arc<Upstream>]) -> Tiers {
     }
 }
 
+/// Why no upstream of a set gave a usable answer.
+#[derive(Debug)]
+pub(crate) enum Failed {
+    /// The last attempt's answer did not fit the in-flight byte budget.
+    OverBudget,
+    /// The last failure, described.
+    Upstreams(String),
+}
+
 /// Asks `upstreams` per `plan` until one answers NOERROR or NXDOMAIN.
 ///
-/// Returns the response and who answered, or the last failure, described. Due probes of
-/// down upstreams are spawned as background tasks with a copy of the question.
+/// Returns the response and who answered, or why not. Due probes of down upstreams are
+/// spawned as background tasks with a copy of the question.
 pub(crate) async fn query(
     upstreams: &[Arc<Upstream>],
     request: Request<'_>,
     plan: Plan,
-) -> Result<(Response, SocketAddr), String> {
+) -> Result<(Response, SocketAddr), Failed> {
     let Tiers {
         first,
         second,
@@ -400,7 +414,10 @@ pub(crate) async fn query(
     for upstream in probes {
         spawn_probe(upstream, request, plan);
     }
-    let mut last = String::from("no upstream tried");
+    let mut last = Last {
+        text: String::from("no upstream tried"),
+        over_budget: false,
+    };
     for tier in [first, second] {
         if tier.is_empty() {
             continue;
@@ -413,19 +430,44 @@ pub(crate) async fn query(
             return Ok(answered);
         }
     }
-    Err(last)
+    Err(if last.over_budget {
+        Failed::OverBudget
+    } else {
+        Failed::Upstreams(last.text)
+    })
+}
+
+/// The last failure of a [`query`].
+struct Last {
+    text: String,
+    over_budget: bool,
+}
+
+impl Last {
+    fn deadline(&mut self) {
+        self.text = format!("deadline exceeded ({})", self.text);
+        self.over_budget = false;
+    }
+
+    fn attempt(&mut self, upstream: SocketAddr, error: &AttemptError) {
+        trace!(upstream = %upstream, error = %error.describe(), "Upstream attempt failed");
+        self.text = format!("{upstream}: {}", error.describe());
+        self.over_budget = matches!(error, AttemptError::OverBudget(_));
+    }
 }
 
 /// One real query copied to a down upstream; only its health is updated.
 fn spawn_probe(upstream: Arc<Upstream>, request: Request<'_>, plan: Plan) {
     let query = request.query.clone();
     let (dnssec_ok, udp_payload) = (request.dnssec_ok, request.udp_payload);
+    let budget = request.budget.cloned();
     tokio::spawn(async move {
         trace!(upstream = %upstream.addr, "Probing down upstream");
         let request = Request {
             query: &query,
             dnssec_ok,
             udp_payload,
+            budget: budget.as_ref(),
         };
         let probe_plan = Plan {
             deadline: Instant::now() + plan.attempt_timeout,
@@ -440,19 +482,16 @@ async fn in_order(
     tier: &[Arc<Upstream>],
     request: Request<'_>,
     plan: Plan,
-    last: &mut String,
+    last: &mut Last,
 ) -> Option<(Response, SocketAddr)> {
     for upstream in tier {
         if Instant::now() >= plan.deadline {
-            *last = format!("deadline exceeded ({last})");
+            last.deadline();
             return None;
         }
         match exchange(upstream, request, plan).await {
             Ok(response) => return Some((response, upstream.addr)),
-            Err(error) => {
-                trace!(upstream = %upstream.addr, error = %error.describe(), "Upstream attempt failed");
-                *last = format!("{}: {}", upstream.addr, error.describe());
-            }
+            Err(error) => last.attempt(upstream.addr, &error),
         }
     }
     None
@@ -463,10 +502,10 @@ async fn race(
     tier: &[Arc<Upstream>],
     request: Request<'_>,
     plan: Plan,
-    last: &mut String,
+    last: &mut Last,
 ) -> Option<(Response, SocketAddr)> {
     if Instant::now() >= plan.deadline {
-        *last = format!("deadline exceeded ({last})");
+        last.deadline();
         return None;
     }
     let mut running: FuturesUnordered<_> = tier
@@ -476,10 +515,7 @@ async fn race(
     while let Some((addr, result)) = running.next().await {
         match result {
             Ok(response) => return Some((response, addr)),
-            Err(error) => {
-                trace!(upstream = %addr, error = %error.describe(), "Upstream attempt failed");
-                *last = format!("{addr}: {}", error.describe());
-            }
+            Err(error) => last.attempt(addr, &error),
         }
     }
     None
@@ -521,6 +557,8 @@ fn finish(
 ) -> Result<Response, AttemptError> {
     match &message {
         Ok(_) => upstream.reachable(started.elapsed()),
+        // Our own limit, not the upstream's failure.
+        Err(AttemptError::OverBudget(_)) => {}
         Err(_) => upstream.unreachable(health),
     }
     let result = message.and_then(|message| match message.metadata.response_code {
@@ -535,6 +573,7 @@ fn finish(
     });
     let outcome = match &result {
         Ok(_) => names::OUTCOME_OK,
+        Err(error @ AttemptError::OverBudget(_)) => error.outcome(),
         Err(error) => {
             upstream.record_failure();
             error.outcome()
@@ -656,6 +695,7 @@ pub async fn exchange_once(
         query,
         dnssec_ok: false,
         udp_payload: EXCHANGE_ONCE_UDP_PAYLOAD,
+        budget: None,
     };
     let (id, bytes) = encode_query(request)?;
     let mut socket = PooledSocket::open(server).await?;
@@ -689,10 +729,20 @@ async fn exchange_tcp(
         framed.extend_from_slice(&bytes);
         stream.write_all(&framed).await?;
         let length = usize::from(stream.read_u16().await?);
+        // Charged before the buffer exists, given back once the answer is decoded.
+        let _charge = match request.budget {
+            Some(budget) => Some(
+                budget
+                    .charge(length)
+                    .ok_or(AttemptError::OverBudget(length))?,
+            ),
+            None => None,
+        };
         let mut buffer = vec![0_u8; length];
         stream.read_exact(&mut buffer).await?;
         let message = Message::from_vec(&buffer)
             .map_err(|_| AttemptError::BadTcpReply("undecodable message"))?;
+        drop(buffer);
         if matches(&message, id, request.query) {
             Ok(message)
         } else {
@@ -761,7 +811,7 @@ mod tests {
         let addr = server.local_addr().expect("addr");
         let (ports, port_rx) = mpsc::unbounded_channel();
         tokio::spawn(async move {
-            let mut buffer = vec![0_u8; MAX_MESSAGE];
+            let mut buffer = vec![0_u8; usize::from(u16::MAX)];
             while let Ok((length, client)) = server.recv_from(&mut buffer).await {
                 let query = Message::from_vec(&buffer[..length]).expect("query");
                 let _ = ports.send(client.port());
@@ -780,6 +830,7 @@ mod tests {
             query,
             dnssec_ok: false,
             udp_payload: 1232,
+            budget: None,
         }
     }
 

@@ -64,6 +64,13 @@ async fn node(call: &Call<'_>, name: &str) -> Resp {
 
 /// Not a blocking read: the known datacenters, in name order.
 fn datacenters(call: &Call<'_>) -> Resp {
-    let names: Vec<String> = call.sim.lock().dcs.keys().cloned().collect();
+    let names: Vec<String> = call
+        .sim
+        .lock()
+        .dcs
+        .keys()
+        .filter(|name| !name.contains('/'))
+        .cloned()
+        .collect();
     json_value(&names)
 }

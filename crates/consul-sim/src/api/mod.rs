@@ -1,11 +1,13 @@
 //! The simulated HTTP API. [`handle`] logs each request, applies any injected fault, checks
-//! the ACL token and routes by endpoint family (one module each); the shared pieces are
+//! the ACL token against the endpoint (`acl`: refused or filtered, per `crate::acl`) and
+//! routes by endpoint family (one module each); the shared pieces are
 //! request parsing (`params`, `body`), responses (`response`), blocking reads (`blocking`)
 //! and fault application (`fault_plan`).
 
 // Early returns carry the finished error response; its size is irrelevant off a hot path.
 #![allow(clippy::result_large_err)]
 
+mod acl;
 mod agent;
 mod blocking;
 mod body;
@@ -120,25 +122,38 @@ fn finish(sim: &Sim, path: &str, plan: &FaultPlan, response: &mut Resp) {
     response.headers_mut().remove(CONTENT_LENGTH);
 }
 
-/// Routes by endpoint family; every path but `/v1/status/*` needs a valid token when ACLs
-/// are on.
+/// Routes by endpoint family; every path but `/v1/status/*` needs a known token when ACLs
+/// are on, and gets what that token's policy allows.
 async fn route(call: Call<'_>) -> Answer {
     let path = decode(call.raw_path, false);
-    if !path.starts_with("/v1/status/") {
-        check_acl(&call)?;
+    let token = if path.starts_with("/v1/status/") {
+        None
+    } else {
+        check_acl(&call)?
+    };
+    if let Some(token) = &token {
+        acl::authorize(&call, &path, token)?;
     }
+    let mut response = route_endpoint(&call, &path).await?;
+    if let Some(token) = &token {
+        acl::filter(&call, &path, token, &mut response);
+    }
+    Ok(response)
+}
+
+async fn route_endpoint(call: &Call<'_>, path: &str) -> Answer {
     if let Some(rest) = path.strip_prefix("/v1/health/") {
-        health::route(&call, rest).await
+        health::route(call, rest).await
     } else if let Some(key) = path.strip_prefix("/v1/kv/") {
-        kv::route(&call, key).await
+        kv::route(call, key).await
     } else if path == "/v1/kv" {
-        kv::route_without_key(&call).await
+        kv::route_without_key(call).await
     } else if let Some(rest) = path.strip_prefix("/v1/catalog/") {
-        catalog::route(&call, rest).await
+        catalog::route(call, rest).await
     } else if let Some(rest) = path.strip_prefix("/v1/session/") {
-        session::route(&call, rest).await
+        session::route(call, rest).await
     } else if let Some(rest) = path.strip_prefix("/v1/status/") {
-        status::route(&call, rest)
+        status::route(call, rest)
     } else if path == "/v1/agent/self" {
         call.require_get()?;
         Ok(agent::agent_self(call.sim))
@@ -147,16 +162,16 @@ async fn route(call: Call<'_>) -> Answer {
     }
 }
 
-/// `Err(403 ACL not found)` when ACLs are on and the request carries no valid token.
-fn check_acl(call: &Call<'_>) -> Result<(), Resp> {
+/// The request's token when ACLs are on (`None` when off); `Err(403 ACL not
+/// found)` for a request without a known token. (Consul would apply the
+/// anonymous token's policy to a request without one; here it is refused.)
+fn check_acl(call: &Call<'_>) -> Result<Option<crate::acl::AclToken>, Resp> {
     let state = call.sim.lock();
     if state.acl_tokens.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
-    let token = request_token(call.headers, call.params);
-    if token.is_some_and(|token| state.acl_tokens.contains(&token)) {
-        Ok(())
-    } else {
-        Err(text(StatusCode::FORBIDDEN, "ACL not found"))
-    }
+    request_token(call.headers, call.params)
+        .and_then(|secret| state.acl_tokens.get(&secret).cloned())
+        .map(Some)
+        .ok_or_else(|| text(StatusCode::FORBIDDEN, "ACL not found"))
 }

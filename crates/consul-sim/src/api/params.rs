@@ -100,17 +100,45 @@ pub(super) fn parse_go_bool(value: &str) -> Option<bool> {
     }
 }
 
-/// The datacenter a request addresses; unknown ⇒ 500 `No path to datacenter`.
+/// The store a request addresses: its datacenter (unknown ⇒ 500 `No path to
+/// datacenter`), and within it the namespace and partition of `?ns` and `?partition`.
+/// Without Enterprise namespaces (see [`State::is_enterprise`]) a non-empty `ns` or
+/// `partition` is a 400, as Consul Community Edition answers.
 pub(super) fn dc_param(state: &State, params: &Params) -> Result<String, Resp> {
     let dc = params
         .get("datacenter")
         .filter(|dc| !dc.is_empty())
         .or_else(|| params.get("dc").filter(|dc| !dc.is_empty()))
         .map_or_else(|| state.default_dc.clone(), str::to_owned);
-    if state.dcs.contains_key(&dc) {
-        Ok(dc)
+    if !state.dcs.contains_key(&dc) {
+        return Err(no_path_to_dc());
+    }
+    let namespace = params.get("ns").filter(|ns| !ns.is_empty());
+    let partition = params.get("partition").filter(|ap| !ap.is_empty());
+    if namespace.is_none() && partition.is_none() {
+        return Ok(dc);
+    }
+    if !state.is_enterprise() {
+        let (param, feature) = if namespace.is_some() {
+            ("ns", "Namespaces")
+        } else {
+            ("partition", "Admin Partitions")
+        };
+        return Err(bad_request(&format!(
+            "Invalid query parameter: \"{param}\" - {feature} are a Consul Enterprise feature"
+        )));
+    }
+    let (partition, namespace) = (
+        partition.unwrap_or("default"),
+        namespace.unwrap_or("default"),
+    );
+    let scoped = crate::state::scope_name(&dc, partition, namespace);
+    if state.dcs.contains_key(&scoped) {
+        Ok(scoped)
     } else {
-        Err(no_path_to_dc())
+        Err(bad_request(&format!(
+            "Namespace {namespace:?} does not exist in partition {partition:?}"
+        )))
     }
 }
 
