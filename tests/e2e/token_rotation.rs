@@ -70,7 +70,7 @@ async fn a_revoked_token_is_logged_once_keeps_stale_answers_and_a_rotated_file_t
     assert_eq!(answer.metadata.response_code, ResponseCode::ServFail);
     let config_arg = setup.config.to_str().expect("utf8");
     let (code, report, _) = run_async(&["check", "--config", config_arg]).await;
-    assert_eq!(code, Some(1), "{report}");
+    assert_eq!(code, Some(2), "a rejected token is critical: {report}");
     let acl = acl_line(&report);
     assert!(
         acl.starts_with("fail") && acl.contains("token rejected"),
@@ -92,7 +92,11 @@ async fn a_revoked_token_is_logged_once_keeps_stale_answers_and_a_rotated_file_t
         "a new name is answered with the rotated token"
     );
     let (code, report, _) = run_async(&["check", "--config", config_arg]).await;
-    assert_eq!(code, Some(0), "{report}");
+    assert_eq!(
+        code,
+        Some(1),
+        "warnings only (no snapshot, no upstreams): {report}"
+    );
     assert!(acl_line(&report).contains("accepted"), "{report}");
     assert_eq!(server.lines_with(REJECTED).len(), 1);
     assert!(
