@@ -511,10 +511,11 @@ impl Zone {
                     let Some(target) = target else {
                         continue;
                     };
-                    if !seen.insert((instance.node.as_str(), target.clone(), instance.port)) {
+                    let port = instance.srv_port(wan);
+                    if !seen.insert((instance.node.as_str(), target.clone(), port)) {
                         continue;
                     }
-                    let srv = SRV::new(1, instance.weight, instance.port, target.clone());
+                    let srv = SRV::new(1, instance.weight, port, target.clone());
                     reply
                         .answers
                         .push(Record::from_rdata(asked.clone(), ttl, RData::SRV(srv)));
