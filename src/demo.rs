@@ -83,6 +83,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         ),
         ("redis.service.consul AAAA", "IPv6"),
         (
+            "billing-db.service.consul",
+            "registered at a hostname (RDS): a CNAME, then its addresses",
+        ),
+        ("0a00000b.addr.consul", "an address encoded in the name"),
+        (
             "node-1.node.consul",
             "node lookup (its metadata as TXT in Additional)",
         ),
@@ -103,6 +108,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             "consul NS",
             "the zone's name servers: the Consul servers, with glue",
         ),
+        ("consul SOA", "the zone's SOA, the servers in Authority"),
         ("-x 10.0.0.11", "reverse lookup of a Consul address"),
         ("nosuch.service.consul", "NXDOMAIN with the zone's SOA"),
         ("example.com", "forwarded to the upstream resolvers"),
@@ -112,6 +118,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     writeln!(
         stdout,
         "  dig @{host} -p {port} +tcp web.service.consul SRV   # the same over TCP"
+    )?;
+    writeln!(
+        stdout,
+        "\nPrepared queries (NAME.query.consul), cluster peers and .connect/.ingress/.virtual names\ngo to a local Consul agent's DNS (dns.agent_dns, 127.0.0.1:8600), which the demo does not run."
     )?;
     writeln!(
         stdout,

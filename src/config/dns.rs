@@ -58,6 +58,9 @@ pub struct RawDns {
     pub stale_ttl: Duration,
     /// Cap on A/AAAA records per answer (Consul's `a_record_limit`); 0 = no cap.
     pub max_answer_records: usize,
+    /// Consul's `udp_answer_limit`: Answer records over UDP without EDNS, 0 to 8;
+    /// 0 (our default; Consul's is 3) = as many as fit in 512 bytes.
+    pub udp_answer_limit: usize,
     /// Node meta as TXT in Additional (Consul's `enable_additional_node_meta_txt`).
     pub enable_additional_node_meta_txt: bool,
     /// `wan` tagged addresses in answers for other datacenters (Consul's `translate_wan_addrs`).
@@ -73,6 +76,9 @@ pub struct RawDns {
     #[serde(with = "humantime_serde")]
     pub agent_dns_timeout: Duration,
 }
+
+/// Consul's hard cap on `udp_answer_limit` (`maxUDPAnswerLimit`).
+const MAX_UDP_ANSWER_LIMIT: usize = 8;
 
 impl Default for RawDns {
     fn default() -> Self {
@@ -95,6 +101,7 @@ impl Default for RawDns {
             negative_ttl: dns.negative_ttl,
             stale_ttl: dns.stale_ttl,
             max_answer_records: 0,
+            udp_answer_limit: 0,
             enable_additional_node_meta_txt: dns.node_meta_txt,
             translate_wan_addrs: dns.translate_wan_addrs,
             max_udp_payload: dns.max_udp_payload,
@@ -273,6 +280,15 @@ impl RawConfig {
                 ),
             ));
         }
+        if self.dns.udp_answer_limit > MAX_UDP_ANSWER_LIMIT {
+            return Err(invalid(
+                "dns.udp_answer_limit",
+                format!(
+                    "must be 0 (as many as fit) to {MAX_UDP_ANSWER_LIMIT} (Consul's maximum), got {}",
+                    self.dns.udp_answer_limit
+                ),
+            ));
+        }
         let alt_domain = self.alt_domain(&domain_name)?;
         let agent_dns = self.agent_dns()?;
         check_duration_range(
@@ -293,6 +309,7 @@ impl RawConfig {
             stale_ttl: self.dns.stale_ttl,
             max_answer_records: (self.dns.max_answer_records > 0)
                 .then_some(self.dns.max_answer_records),
+            udp_answer_limit: (self.dns.udp_answer_limit > 0).then_some(self.dns.udp_answer_limit),
             node_meta_txt: self.dns.enable_additional_node_meta_txt,
             translate_wan_addrs: self.dns.translate_wan_addrs,
             max_udp_payload: self.dns.max_udp_payload,

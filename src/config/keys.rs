@@ -123,6 +123,9 @@ pub const KEYS: &[Key] = &[
     key("dns.max_answer_records", Router, |s| {
         show(s.dns.max_answer_records)
     }),
+    key("dns.udp_answer_limit", Router, |s| {
+        show(s.dns.udp_answer_limit)
+    }),
     key("dns.enable_additional_node_meta_txt", Router, |s| {
         show(s.dns.node_meta_txt)
     }),

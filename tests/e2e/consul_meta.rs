@@ -287,6 +287,56 @@ async fn translate_wan_addrs_answers_other_datacenters_with_their_wan_addresses(
 }
 
 #[tokio::test]
+async fn translate_wan_addrs_gives_srv_the_port_of_the_wan_tagged_address() {
+    let sim = || {
+        let sim = meta_sim();
+        // A gateway in dc2 reached from outside at another address and port.
+        sim.register(
+            Registration::new("gw")
+                .id("gw-1")
+                .node("gw-node", "10.2.0.7")
+                .address("10.2.0.8")
+                .tagged_address_port("wan", "198.51.100.8", 8443)
+                .port(443)
+                .passing()
+                .datacenter("dc2"),
+        );
+        sim
+    };
+    let srv_ports = |message: &Message| -> Vec<u16> {
+        message
+            .answers
+            .iter()
+            .filter_map(|record| match &record.data {
+                RData::SRV(srv) => Some(srv.port),
+                _ => None,
+            })
+            .collect()
+    };
+    let h = Harness::start_with(sim(), |_| {}).await;
+    let (lan, _) = udp(h.dns, &Ask::new("gw.service.dc2.consul.", RecordType::SRV)).await;
+    assert_eq!(srv_ports(&lan), vec![443], "off by default: Service.Port");
+    h.stop().await;
+
+    let h = Harness::start_with(sim(), |raw| raw.dns.translate_wan_addrs = true).await;
+    let (wan, _) = udp(h.dns, &Ask::new("gw.service.dc2.consul.", RecordType::SRV)).await;
+    assert_eq!(srv_ports(&wan), vec![8443], "the wan tagged address's port");
+    let glue: Vec<IpAddr> = wan
+        .additionals
+        .iter()
+        .filter_map(|record| match &record.data {
+            RData::A(a) => Some(IpAddr::V4(a.0)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(glue, vec![ip("198.51.100.8")], "at the wan address");
+    // Services without a wan port keep theirs.
+    let (web, _) = udp(h.dns, &Ask::new("web.service.dc2.consul.", RecordType::SRV)).await;
+    assert_eq!(srv_ports(&web), vec![80]);
+    h.stop().await;
+}
+
+#[tokio::test]
 async fn ptr_names_cached_nodes_and_services_before_bogus_priv_and_forwards_the_rest() {
     let upstream = FakeUpstream::start().await;
     let up = upstream.addr().to_string();

@@ -39,6 +39,15 @@ async fn dig_resolves_demo_names_over_udp_and_tcp() {
         "{srv:?}"
     );
 
+    // The other forms the demo prints that need no upstream.
+    assert_eq!(short(&["0a00000b.addr.consul"]), vec!["10.0.0.11"]);
+    let ns = short(&["consul", "NS"]);
+    assert_eq!(ns.len(), 3, "{ns:?}");
+    assert!(
+        ns.iter().all(|line| line.ends_with(".node.dc1.consul.")),
+        "{ns:?}"
+    );
+
     let full = tokio::task::block_in_place(|| {
         dig(&[
             server.as_str(),

@@ -7,6 +7,7 @@ mod catalog;
 mod cli;
 mod consul_answers;
 mod consul_fallback;
+mod consul_limits;
 mod consul_meta;
 mod diagnostics;
 mod dig;

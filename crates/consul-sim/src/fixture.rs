@@ -239,6 +239,7 @@ impl FixtureService {
             tags: self.tags.clone(),
             address: self.address.clone(),
             tagged: self.tagged_addresses.clone(),
+            tagged_ports: BTreeMap::new(),
             meta: self.meta.clone(),
             port: self.port,
             weights: self.weights.map(|w| (w.passing, w.warning)),

@@ -85,10 +85,12 @@ fn service_tagged_addresses(service: &Service) -> BTreeMap<String, Value> {
         tagged.insert(format!("wan_{family}"), entry);
     }
     for (key, address) in &service.tagged {
-        tagged.insert(
-            key.clone(),
-            json!({"Address": address, "Port": service.port}),
-        );
+        let port = service
+            .tagged_ports
+            .get(key)
+            .copied()
+            .unwrap_or(service.port);
+        tagged.insert(key.clone(), json!({"Address": address, "Port": port}));
     }
     tagged
 }

@@ -29,6 +29,7 @@ pub struct Registration {
     pub(crate) node_tagged: Option<BTreeMap<String, String>>,
     pub(crate) address: String,
     pub(crate) tagged: BTreeMap<String, String>,
+    pub(crate) tagged_ports: BTreeMap<String, u16>,
     pub(crate) port: u16,
     pub(crate) tags: Vec<String>,
     pub(crate) meta: BTreeMap<String, String>,
@@ -55,6 +56,7 @@ impl Registration {
             node_tagged: None,
             address: String::new(),
             tagged: BTreeMap::new(),
+            tagged_ports: BTreeMap::new(),
             port: 0,
             tags: Vec::new(),
             meta: BTreeMap::new(),
@@ -102,6 +104,14 @@ impl Registration {
     /// the port is the service's), over the ones the agent fills in.
     pub fn tagged_address(mut self, key: &str, address: &str) -> Self {
         self.tagged.insert(key.to_owned(), address.to_owned());
+        self
+    }
+
+    /// Sets one of the service's tagged addresses with its own port (a `wan` address
+    /// behind a NAT or gateway often listens on another port than the service).
+    pub fn tagged_address_port(mut self, key: &str, address: &str, port: u16) -> Self {
+        self.tagged.insert(key.to_owned(), address.to_owned());
+        self.tagged_ports.insert(key.to_owned(), port);
         self
     }
 
@@ -222,6 +232,7 @@ impl Registration {
             tags: self.tags.clone(),
             address: self.address.clone(),
             tagged: self.tagged.clone(),
+            tagged_ports: self.tagged_ports.clone(),
             meta: self.meta.clone(),
             port: self.port,
             weights: self.weights,

@@ -156,6 +156,8 @@ pub(crate) struct Service {
     pub(crate) address: String,
     /// Tagged addresses set explicitly (over the ones the agent fills in).
     pub(crate) tagged: BTreeMap<String, String>,
+    /// Ports of tagged addresses that differ from the service's port.
+    pub(crate) tagged_ports: BTreeMap<String, u16>,
     pub(crate) meta: BTreeMap<String, String>,
     pub(crate) port: u16,
     pub(crate) weights: Option<(u32, u32)>,

@@ -102,6 +102,9 @@ pub struct TaggedAddresses {
     pub wan_ipv4: Option<Ipv4Addr>,
     /// `wan_ipv6`: replaces `lan_ipv6` in answers for another datacenter.
     pub wan_ipv6: Option<Ipv6Addr>,
+    /// The port of a service's `wan` tagged address (not 0): replaces the service's
+    /// port in SRV answers for another datacenter (Consul's `TranslateServicePort`).
+    pub wan_port: Option<u16>,
 }
 
 /// The addresses one instance or node is answered with, after Consul's translation.
@@ -154,6 +157,20 @@ impl ServiceInstance {
             }
             .into_option(),
         })
+    }
+
+    /// The port SRV answers give (Consul's `TranslateServicePort`): with `wan` (an
+    /// answer for another datacenter under `translate_wan_addrs`) the port of the
+    /// service's `wan` tagged address when it has one, else `Service.Port`.
+    pub fn srv_port(&self, wan: bool) -> u16 {
+        let wan_port = self
+            .details
+            .as_deref()
+            .and_then(|details| details.service_tagged.wan_port);
+        match wan_port {
+            Some(port) if wan => port,
+            _ => self.port,
+        }
     }
 
     /// The node's metadata, `(key, value)` in key order.
@@ -321,6 +338,7 @@ const NO_TAGS: TaggedAddresses = TaggedAddresses {
     wan: None,
     wan_ipv4: None,
     wan_ipv6: None,
+    wan_port: None,
 };
 
 impl TaggedAddresses {

@@ -295,9 +295,13 @@ fn tagged_addresses<'de, D: Deserializer<'de>>(
                     map.next_value::<IgnoredAny>()?;
                     continue;
                 }
-                let TaggedValue(address) = map.next_value()?;
+                let TaggedValue { address, port } = map.next_value()?;
                 if let Some(ip) = address.and_then(|text| text.parse().ok()) {
                     tagged.set(&key, ip);
+                }
+                // Consul's `TranslateServicePort`: the `wan` port, when not 0.
+                if key == "wan" {
+                    tagged.wan_port = port.filter(|port| *port != 0);
                 }
             }
             Ok(tagged)
@@ -398,32 +402,23 @@ impl<'de> Deserialize<'de> for Lenient<String> {
     }
 }
 
-/// One tagged address: a string (node) or an object with `Address` (service, any key
-/// case); `None` for anything else.
-struct TaggedValue(Option<String>);
-
-impl<'de> Deserialize<'de> for TaggedValue {
+impl<'de> Deserialize<'de> for Lenient<u16> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct ValueVisitor;
-        impl<'de> Visitor<'de> for ValueVisitor {
-            type Value = Option<String>;
+        struct PortVisitor;
+        impl<'de> Visitor<'de> for PortVisitor {
+            type Value = Option<u16>;
             fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-                formatter.write_str("an address or an {Address, Port} object")
+                formatter.write_str("a port number")
             }
-            fn visit_str<E: de::Error>(self, value: &str) -> Result<Self::Value, E> {
-                Ok(Some(value.to_owned()))
+            fn visit_u64<E: de::Error>(self, value: u64) -> Result<Self::Value, E> {
+                Ok(u16::try_from(value).ok())
+            }
+            fn visit_i64<E: de::Error>(self, value: i64) -> Result<Self::Value, E> {
+                Ok(u16::try_from(value).ok())
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut address = None;
-                while let Some(Lenient(key)) = map.next_key::<Lenient<String>>()? {
-                    if key.is_some_and(|key| key.eq_ignore_ascii_case("address")) {
-                        let Lenient(value) = map.next_value::<Lenient<String>>()?;
-                        address = address.or(value);
-                    } else {
-                        map.next_value::<IgnoredAny>()?;
-                    }
-                }
-                Ok(address)
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(None)
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
                 while seq.next_element::<IgnoredAny>()?.is_some() {}
@@ -438,17 +433,82 @@ impl<'de> Deserialize<'de> for TaggedValue {
             fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
                 Ok(None)
             }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-                Ok(None)
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-                Ok(None)
-            }
             fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
                 Ok(None)
             }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(None)
+            }
         }
-        deserializer.deserialize_any(ValueVisitor).map(TaggedValue)
+        deserializer.deserialize_any(PortVisitor).map(Lenient)
+    }
+}
+
+/// One tagged address: a string (node) or an object with `Address` and `Port`
+/// (service, any key case); `None` for anything else.
+#[derive(Default)]
+struct TaggedValue {
+    address: Option<String>,
+    port: Option<u16>,
+}
+
+impl<'de> Deserialize<'de> for TaggedValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ValueVisitor;
+        impl<'de> Visitor<'de> for ValueVisitor {
+            type Value = TaggedValue;
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str("an address or an {Address, Port} object")
+            }
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<Self::Value, E> {
+                Ok(TaggedValue {
+                    address: Some(value.to_owned()),
+                    port: None,
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut value = TaggedValue::default();
+                while let Some(Lenient(key)) = map.next_key::<Lenient<String>>()? {
+                    match key {
+                        Some(key) if key.eq_ignore_ascii_case("address") => {
+                            let Lenient(address) = map.next_value::<Lenient<String>>()?;
+                            value.address = value.address.or(address);
+                        }
+                        Some(key) if key.eq_ignore_ascii_case("port") => {
+                            let Lenient(port) = map.next_value::<Lenient<u16>>()?;
+                            value.port = value.port.or(port);
+                        }
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(value)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(TaggedValue::default())
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(TaggedValue::default())
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(TaggedValue::default())
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(TaggedValue::default())
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(TaggedValue::default())
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(TaggedValue::default())
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(TaggedValue::default())
+            }
+        }
+        deserializer.deserialize_any(ValueVisitor)
     }
 }
 
@@ -615,6 +675,20 @@ mod tests {
         assert_eq!(service.lan_ipv4, "10.0.0.9".parse().ok());
         assert_eq!(service.wan, "1.2.3.4".parse().ok());
         assert_eq!(service.wan_ipv6, None);
+        assert_eq!(service.wan_port, Some(80), "the wan port, any key case");
+        assert_eq!(node.wan_port, None, "node tags have no port");
+
+        let json = r#"[{"Service": {"TaggedAddresses": {"wan": {"Address": "1.2.3.4", "Port": 0},
+                                                        "lan_ipv4": {"Address": "10.0.0.9", "Port": 81}}}},
+                       {"Service": {"TaggedAddresses": {"wan": {"Address": "1.2.3.4", "Port": 70000}}}},
+                       {"Service": {"TaggedAddresses": {"wan": {"Address": "1.2.3.4", "Port": "80"}}}}]"#;
+        let entries: Vec<ServiceEntry> = serde_json::from_str(json).expect("decodes");
+        for entry in &entries {
+            assert_eq!(
+                entry.service.tagged_addresses.wan_port, None,
+                "0, out of range, or not a number: no wan port"
+            );
+        }
     }
 
     #[test]

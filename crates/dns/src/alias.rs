@@ -19,6 +19,10 @@ use crate::answer::Reply;
 /// Consul domain levels a chain of hostname addresses is followed through.
 pub(crate) const MAX_DEPTH: u8 = 3;
 
+/// Records of one hostname's chain a client without EDNS gets in a service
+/// answer (Consul's `maxRecurseRecords`; with EDNS there is no cap).
+pub(crate) const MAX_CHAIN_RECORDS_WITHOUT_EDNS: usize = 5;
+
 /// Where the records of a resolved hostname go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Section {

@@ -305,23 +305,25 @@ impl Zone {
             }
             return reply;
         }
+        if qtype == RecordType::NS {
+            // As Consul (`handleQuery`, before the name is parsed): NS at any name
+            // in the domain, existing or not, answers the apex's name servers.
+            return match self.nameservers(catalog, asked).await {
+                Some((servers, glue, source)) => {
+                    let mut reply = Reply::empty(ResponseCode::NoError, true);
+                    reply.answers = servers;
+                    reply.additionals = glue;
+                    reply.source = source;
+                    reply
+                }
+                None => self.negative(ResponseCode::NoError, Source::None),
+            };
+        }
         if matches!(qtype, RecordType::AXFR | RecordType::IXFR) {
             return Reply::empty(ResponseCode::NotImp, true);
         }
 
         match name::parse_in_zone(&self.domain, lower, qtype) {
-            ConsulName::Apex if qtype == RecordType::NS => {
-                match self.nameservers(catalog, asked).await {
-                    Some((servers, glue, source)) => {
-                        let mut reply = Reply::empty(ResponseCode::NoError, true);
-                        reply.answers = servers;
-                        reply.additionals = glue;
-                        reply.source = source;
-                        reply
-                    }
-                    None => self.negative(ResponseCode::NoError, Source::None),
-                }
-            }
             ConsulName::Apex | ConsulName::Invalid => {
                 self.negative(ResponseCode::NXDomain, Source::None)
             }
@@ -509,10 +511,11 @@ impl Zone {
                     let Some(target) = target else {
                         continue;
                     };
-                    if !seen.insert((instance.node.as_str(), target.clone(), instance.port)) {
+                    let port = instance.srv_port(wan);
+                    if !seen.insert((instance.node.as_str(), target.clone(), port)) {
                         continue;
                     }
-                    let srv = SRV::new(1, instance.weight, instance.port, target.clone());
+                    let srv = SRV::new(1, instance.weight, port, target.clone());
                     reply
                         .answers
                         .push(Record::from_rdata(asked.clone(), ttl, RData::SRV(srv)));
@@ -555,7 +558,13 @@ impl Zone {
         let Lookup::Found(servers, freshness) = catalog.service(SERVERS_SERVICE, None).await else {
             return None;
         };
-        let apex = asked.trim_to(self.domain.iter().count());
+        // The apex as the question spelled it; a question in `alt_domain` (answered
+        // in the main domain) gets the main apex, which the router moves back.
+        let apex = if self.domain.zone_of(asked) {
+            asked.trim_to(self.domain.iter().count())
+        } else {
+            self.domain.clone()
+        };
         let mut servers: Vec<&ServiceInstance> = servers.iter().collect();
         servers.shuffle(&mut rand::rng());
         let (mut records, mut glue) = (Vec::new(), Vec::new());

@@ -32,6 +32,10 @@ pub struct Config {
     pub stale_ttl: Duration,
     /// Consul's `a_record_limit`: at most this many A/AAAA/ANY answers (after shuffling).
     pub max_answer_records: Option<usize>,
+    /// Consul's `udp_answer_limit`: at most this many Answer records over UDP to a
+    /// client without EDNS (or advertising 512 bytes), with the Additional records
+    /// they need; `None` (our default; Consul's is 3): as many as fit in 512 bytes.
+    pub udp_answer_limit: Option<usize>,
     /// Consul's `enable_additional_node_meta_txt`: node metadata as TXT records in the
     /// Additional section of node A/AAAA answers and beside each SRV target's
     /// addresses (TXT and ANY node lookups answer it whatever this says).
@@ -84,6 +88,7 @@ impl Default for Config {
             negative_ttl: Duration::from_secs(5),
             stale_ttl: Duration::from_secs(5),
             max_answer_records: None,
+            udp_answer_limit: None,
             node_meta_txt: true,
             translate_wan_addrs: false,
             max_udp_payload: 1232,

@@ -78,6 +78,8 @@ struct Settings {
     /// The agent's DNS interface, for the Consul forms we do not answer ourselves.
     fallback: Option<Fallback>,
     max_udp_payload: u16,
+    /// Consul's `udp_answer_limit` (`None`: as many as fit).
+    udp_answer_limit: Option<usize>,
     local_ttl: u32,
     /// `Some(sample fraction)` when the query log is on.
     query_log: Option<f64>,
@@ -106,6 +108,7 @@ impl Settings {
                 timeout: config.agent_dns_timeout,
             }),
             max_udp_payload: config.max_udp_payload.max(PLAIN_UDP_LIMIT),
+            udp_answer_limit: config.udp_answer_limit,
             local_ttl: ttl_secs(config.local_ttl),
             query_log,
         }
@@ -251,7 +254,8 @@ impl<C: CatalogView, F: Upstream> Router<C, F> {
         let lower = asked.to_lowercase();
         let query = Query::query(asked, qtype);
         let settings = self.inner.settings.load_full();
-        let routed = self.route(&settings, &lower, &query, false).await;
+        // As a query from an EDNS client (as `dig` sends): no plain-DNS caps.
+        let routed = self.route(&settings, &lower, &query, false, true).await;
         Explanation::new(
             routed.zone,
             &routed.reply,
@@ -295,18 +299,21 @@ impl<C: CatalogView, F: Upstream> Router<C, F> {
     }
 
     /// The routing shared by queries and `explain`: `lower` is the lower-cased
-    /// question name, `query` the question as the client wrote it.
+    /// question name, `query` the question as the client wrote it;
+    /// `client_edns` whether the client sent an OPT (without one, a hostname
+    /// chain in a service answer is cut as Consul cuts it).
     async fn route(
         &self,
         settings: &Settings,
         lower: &Name,
         query: &Query,
         dnssec_ok: bool,
+        client_edns: bool,
     ) -> Routed {
         let qtype = query.query_type();
         if let Some(domain) = self.consul_domain(settings, lower) {
             let (reply, note) = self
-                .consul_answer(settings, domain, lower, query.name(), qtype, 0)
+                .consul_answer(settings, domain, lower, query.name(), qtype, client_edns, 0)
                 .await;
             return Routed {
                 zone: "consul",
@@ -423,6 +430,7 @@ impl<C: CatalogView, F: Upstream> Router<C, F> {
     /// ourselves goes to the agent's DNS, the others to the catalog (in the
     /// main domain, names moved back to the asked one), then hostname
     /// addresses are resolved. `depth` counts Consul names followed so far.
+    #[allow(clippy::too_many_arguments)]
     fn consul_answer<'a>(
         &'a self,
         settings: &'a Settings,
@@ -430,6 +438,7 @@ impl<C: CatalogView, F: Upstream> Router<C, F> {
         lower: &'a Name,
         asked: &'a Name,
         qtype: RecordType,
+        client_edns: bool,
         depth: u8,
     ) -> ConsulAnswer<'a> {
         Box::pin(async move {
@@ -441,7 +450,11 @@ impl<C: CatalogView, F: Upstream> Router<C, F> {
                 (alias::rebase(lower, domain, main), asked_domain)
             });
             let question = moved.as_ref().map_or(lower, |(question, _)| question);
-            if name::parse_in_zone(main, question, qtype) == ConsulName::Fallback {
+            let parsed = name::parse_in_zone(main, question, qtype);
+            // SOA and NS are answered here at every name, as Consul answers them
+            // before reading the name.
+            if parsed == ConsulName::Fallback && !matches!(qtype, RecordType::SOA | RecordType::NS)
+            {
                 let Some(fallback) = &settings.fallback else {
                     return (
                         Reply::empty(ResponseCode::ServFail, false),
@@ -472,7 +485,11 @@ impl<C: CatalogView, F: Upstream> Router<C, F> {
             if let Some((_, asked_domain)) = &moved {
                 alias::rebase_reply(&mut reply, main, asked_domain);
             }
-            self.resolve_hostnames(settings, &mut reply, qtype, depth)
+            // Consul's `maxRecurseRecords`: a plain-DNS client gets at most 5
+            // records of each hostname's chain in a service answer.
+            let chain_limit = (!client_edns && matches!(parsed, ConsulName::Service { .. }))
+                .then_some(alias::MAX_CHAIN_RECORDS_WITHOUT_EDNS);
+            self.resolve_hostnames(settings, &mut reply, qtype, client_edns, chain_limit, depth)
                 .await;
             (reply, None)
         })
@@ -482,12 +499,15 @@ impl<C: CatalogView, F: Upstream> Router<C, F> {
     /// to Answer, SRV targets to Additional): Consul names answered here, at
     /// most [`alias::MAX_DEPTH`] levels deep; other names through the
     /// forwarder, as it answers them. A hostname that cannot be resolved
-    /// leaves its CNAME or SRV without records, as in Consul.
+    /// leaves its CNAME or SRV without records, as in Consul. `chain_limit`
+    /// caps the records appended for each hostname.
     async fn resolve_hostnames(
         &self,
         settings: &Settings,
         reply: &mut Reply,
         qtype: RecordType,
+        client_edns: bool,
+        chain_limit: Option<usize>,
         depth: u8,
     ) {
         let targets = alias::dangling(reply);
@@ -499,13 +519,21 @@ impl<C: CatalogView, F: Upstream> Router<C, F> {
         reply.basis = None;
         for (target, section) in targets {
             let lower = target.to_lowercase();
-            let records = if let Some(domain) = self.consul_domain(settings, &lower) {
+            let mut records = if let Some(domain) = self.consul_domain(settings, &lower) {
                 if depth >= alias::MAX_DEPTH {
                     continue;
                 }
                 let chain_qtype = alias::chain_qtype(qtype, true);
                 let (answer, _) = self
-                    .consul_answer(settings, domain, &lower, &target, chain_qtype, depth + 1)
+                    .consul_answer(
+                        settings,
+                        domain,
+                        &lower,
+                        &target,
+                        chain_qtype,
+                        client_edns,
+                        depth + 1,
+                    )
                     .await;
                 answer.answers
             } else if let Some(forwarder) = &self.inner.forwarder {
@@ -520,6 +548,9 @@ impl<C: CatalogView, F: Upstream> Router<C, F> {
             } else {
                 continue;
             };
+            if let Some(limit) = chain_limit {
+                records.truncate(limit);
+            }
             match section {
                 Section::Answer => reply.answers.extend(records),
                 Section::Additional => reply.additionals.extend(records),
@@ -552,6 +583,8 @@ struct Outcome {
     qtype: Option<RecordType>,
     source: Source,
     truncated: bool,
+    /// `udp_answer_limit` dropped answers (a random subset each time: not kept).
+    capped: bool,
 }
 
 /// The tags of an answer the fast path may keep (its wire form is checked there).
@@ -598,6 +631,7 @@ impl<C: CatalogView, F: Upstream> Router<C, F> {
             qtype: None,
             source: Source::None,
             truncated: false,
+            capped: false,
         };
 
         let mut reply = if request.metadata.op_code != OpCode::Query {
@@ -617,10 +651,27 @@ impl<C: CatalogView, F: Upstream> Router<C, F> {
                         .edns
                         .as_ref()
                         .is_some_and(|edns| edns.flags().dnssec_ok);
-                    let routed = self.route(&settings, lower, original, dnssec_ok).await;
+                    let client_edns = request.edns.is_some();
+                    let routed = self
+                        .route(&settings, lower, original, dnssec_ok, client_edns)
+                        .await;
                     outcome.zone = routed.zone;
                     trace!(name = %original.name(), %qtype, response_code = %routed.reply.response_code, "answered");
-                    routed.reply
+                    let mut reply = routed.reply;
+                    // Consul's `udp_answer_limit`: only for its own answers, only
+                    // where a client has 512 bytes (no EDNS, or EDNS of 512).
+                    if routed.zone == "consul"
+                        && let Some(limit) = settings.udp_answer_limit
+                        && request.protocol() == Protocol::Udp
+                        && request
+                            .edns
+                            .as_ref()
+                            .is_none_or(|edns| edns.max_payload() <= PLAIN_UDP_LIMIT)
+                    {
+                        outcome.capped =
+                            trim::cap_answers(limit, &mut reply.answers, &mut reply.additionals);
+                    }
+                    reply
                 }
             }
         };
@@ -647,6 +698,7 @@ impl<C: CatalogView, F: Upstream> Router<C, F> {
         let cacheable = (settings.query_log.is_none()
             && request.protocol() == Protocol::Udp
             && !outcome.truncated
+            && !outcome.capped
             && matches!(
                 response_code,
                 ResponseCode::NoError | ResponseCode::NXDomain

@@ -76,6 +76,24 @@ pub(crate) fn fit(
     true
 }
 
+/// Consul's `udp_answer_limit`: keeps the first `limit` answers and the
+/// Additional records they need (their targets' addresses, TXT and CNAME
+/// chains); the other Additional records go too, as Consul's `syncExtra`
+/// drops them. Returns true when answers were dropped.
+pub(crate) fn cap_answers(
+    limit: usize,
+    answers: &mut Vec<Record>,
+    additionals: &mut Vec<Record>,
+) -> bool {
+    if answers.len() <= limit {
+        return false;
+    }
+    let ends = group_additionals(answers, additionals);
+    answers.truncate(limit);
+    additionals.truncate(ends[limit]);
+    true
+}
+
 /// The name an answer points at, whose records belong with it in Additional.
 fn target(record: &Record) -> Option<&Name> {
     match &record.data {
