@@ -165,6 +165,7 @@ mod tests {
         let env = Env {
             consul_http_addr: None,
             consul_http_token: Some(SECRET.into()),
+            ..Env::default()
         };
         let settings = raw.validate(&env).expect("valid");
         assert_eq!(

@@ -271,6 +271,12 @@ pub const KEYS: &[Key] = &[
     key("metrics.prometheus_listen", Restart, |s| {
         show(s.metrics.prometheus_listen)
     }),
+    // Only checked (a wildcard prometheus_listen is refused without it).
+    key(
+        "metrics.prometheus_allow_wildcard",
+        Restart,
+        not_in_settings,
+    ),
     // Compared, never printed: the secret itself (Debug would say <redacted>).
     key("consul.token", Restart, |s| {
         s.consul

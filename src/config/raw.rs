@@ -217,6 +217,26 @@ pub struct Env {
     pub consul_http_addr: Option<String>,
     /// `CONSUL_HTTP_TOKEN` (redacted in `Debug`).
     pub consul_http_token: Option<dnsfront_consul::Token>,
+    /// The `DD_*` variables Datadog's DogStatsD clients read.
+    pub datadog: DatadogEnv,
+}
+
+/// The environment Datadog's own DogStatsD clients read (datadog-go,
+/// datadogpy): where the agent is, and the unified service tags.
+#[derive(Debug, Default, Clone)]
+pub struct DatadogEnv {
+    /// `DD_DOGSTATSD_URL`: `udp://HOST:PORT` or `unix:///path/to/dsd.socket`.
+    pub dogstatsd_url: Option<String>,
+    /// `DD_AGENT_HOST`.
+    pub agent_host: Option<String>,
+    /// `DD_DOGSTATSD_PORT`.
+    pub dogstatsd_port: Option<String>,
+    /// `DD_ENV`.
+    pub env: Option<String>,
+    /// `DD_SERVICE`.
+    pub service: Option<String>,
+    /// `DD_VERSION`.
+    pub version: Option<String>,
 }
 
 impl Env {
@@ -226,6 +246,14 @@ impl Env {
         Self {
             consul_http_addr: non_empty("CONSUL_HTTP_ADDR"),
             consul_http_token: non_empty("CONSUL_HTTP_TOKEN").map(dnsfront_consul::Token::new),
+            datadog: DatadogEnv {
+                dogstatsd_url: non_empty("DD_DOGSTATSD_URL"),
+                agent_host: non_empty("DD_AGENT_HOST"),
+                dogstatsd_port: non_empty("DD_DOGSTATSD_PORT"),
+                env: non_empty("DD_ENV"),
+                service: non_empty("DD_SERVICE"),
+                version: non_empty("DD_VERSION"),
+            },
         }
     }
 }

@@ -74,7 +74,7 @@ impl RawConfig {
             hosts,
             log_level: self.log.level.clone(),
             log_format: self.log.format,
-            metrics: self.metrics.validate()?,
+            metrics: self.metrics.validate(&env.datadog)?,
             warnings,
         })
     }

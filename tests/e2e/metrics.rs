@@ -160,14 +160,15 @@ async fn statsd_datagrams_carry_names_types_and_tags_after_real_queries() {
 
     let version = env!("CARGO_PKG_VERSION");
     let query_ok = |line: &Line| {
-        line.name == "dnsfront.dns.queries"
+        line.name == "dnsfront.dns.responses_total"
             && line.kind == "c"
             && line.value >= 1.0
             && has_tags(
                 line,
                 &[
                     ("zone", "consul"),
-                    ("qtype", "A"),
+                    ("type", "A"),
+                    ("proto", "udp"),
                     ("rcode", "NOERROR"),
                     ("source", "fresh"),
                     ("env", "e2e"),
@@ -175,15 +176,15 @@ async fn statsd_datagrams_carry_names_types_and_tags_after_real_queries() {
             )
     };
     let query_nxdomain = |line: &Line| {
-        line.name == "dnsfront.dns.queries"
+        line.name == "dnsfront.dns.responses_total"
             && line.kind == "c"
             && has_tags(
                 line,
-                &[("zone", "consul"), ("qtype", "AAAA"), ("rcode", "NXDOMAIN")],
+                &[("zone", "consul"), ("type", "AAAA"), ("rcode", "NXDOMAIN")],
             )
     };
     let duration = |line: &Line| {
-        line.name == "dnsfront.dns.query_duration_seconds"
+        line.name == "dnsfront.dns.request_duration_seconds"
             && line.kind == "d"
             && line.value >= 0.0
             && line.value < 10.0
@@ -196,7 +197,7 @@ async fn statsd_datagrams_carry_names_types_and_tags_after_real_queries() {
             && has_tags(line, &[("version", version), ("env", "e2e")])
     };
     let consul_request = |line: &Line| {
-        line.name == "dnsfront.consul.requests"
+        line.name == "dnsfront.consul.requests_total"
             && line.kind == "c"
             && has_tags(line, &[("outcome", "ok")])
             && line.tags.contains_key("endpoint")
@@ -207,20 +208,20 @@ async fn statsd_datagrams_carry_names_types_and_tags_after_real_queries() {
             && line.tags.contains_key("endpoint")
     };
     let catalog_hit = |line: &Line| {
-        line.name == "dnsfront.catalog.cache_hits" && line.kind == "c" && line.value >= 1.0
+        line.name == "dnsfront.catalog.cache_hits_total" && line.kind == "c" && line.value >= 1.0
     };
     let mut lines = Vec::new();
     receive_until(
         &statsd,
         &mut lines,
         &[
-            ("dns.queries A NOERROR fresh", &query_ok),
-            ("dns.queries AAAA NXDOMAIN", &query_nxdomain),
-            ("dns.query_duration_seconds", &duration),
+            ("dns.responses_total A NOERROR fresh", &query_ok),
+            ("dns.responses_total AAAA NXDOMAIN", &query_nxdomain),
+            ("dns.request_duration_seconds", &duration),
             ("build_info", &build_info),
-            ("consul.requests ok", &consul_request),
+            ("consul.requests_total ok", &consul_request),
             ("consul.request_duration_seconds", &consul_duration),
-            ("catalog.cache_hits", &catalog_hit),
+            ("catalog.cache_hits_total", &catalog_hit),
         ],
     )
     .await;
@@ -357,9 +358,10 @@ async fn prometheus_endpoint_serves_metrics_and_health_when_enabled() {
     // The router counts a query after its answer is sent, so the sample may
     // land a moment after the reply: scrape until it is there (bounded).
     let is_query_line = |line: &str| {
-        line.starts_with("dnsfront_dns_queries{")
+        line.starts_with("dnsfront_dns_responses_total{")
             && line.contains("zone=\"consul\"")
-            && line.contains("qtype=\"A\"")
+            && line.contains("type=\"A\"")
+            && line.contains("proto=\"udp\"")
             && line.contains("rcode=\"NOERROR\"")
             && line.contains("source=\"fresh\"")
             && line.contains("env=\"e2e\"")
@@ -376,7 +378,7 @@ async fn prometheus_endpoint_serves_metrics_and_health_when_enabled() {
     let query_line = body
         .lines()
         .find(|line| is_query_line(line))
-        .unwrap_or_else(|| panic!("no dnsfront_dns_queries sample in:\n{body}"));
+        .unwrap_or_else(|| panic!("no dnsfront_dns_responses_total sample in:\n{body}"));
     assert!(query_line.ends_with(" 1"), "{query_line}");
     assert!(
         body.lines()
@@ -386,7 +388,7 @@ async fn prometheus_endpoint_serves_metrics_and_health_when_enabled() {
         "{body}"
     );
     assert!(
-        body.contains("dnsfront_dns_query_duration_seconds_bucket{"),
+        body.contains("dnsfront_dns_request_duration_seconds_bucket{"),
         "{body}"
     );
     let (status, _) = http_get(http, "/nope").await;

@@ -4,7 +4,7 @@ use metrics::Unit;
 use metrics_util::MetricKind;
 
 /// Counter of HTTP calls to Consul, tagged `endpoint` and `outcome` (`ok` or [`crate::Error::kind`]).
-pub const REQUESTS: &str = "consul.requests";
+pub const REQUESTS: &str = "consul.requests_total";
 
 /// Histogram of HTTP call durations in seconds, tagged `endpoint`.
 pub const REQUEST_DURATION_SECONDS: &str = "consul.request_duration_seconds";

@@ -43,7 +43,9 @@ use tracing::{debug, trace, warn};
 use crate::backend::{CatalogView, Upstream};
 use crate::encode::Response;
 use crate::fast::{self, Meters};
-use crate::metrics::{FAST_PATH_HITS, QUERIES, QUERY_DURATION_SECONDS, UDP_OVERLOAD_DROPS};
+use crate::metrics::{
+    FAST_PATH_HITS, PROTO_UDP, REQUEST_DURATION_SECONDS, REQUESTS, RESPONSES, UDP_OVERLOAD_DROPS,
+};
 use crate::ratelimit::RateLimit;
 use crate::router::{Cacheable, Respond, Router};
 
@@ -438,14 +440,26 @@ async fn general<C: CatalogView, F: Upstream>(
                 ],
             },
             || Meters {
-                queries: metrics::counter!(
-                    QUERIES,
+                requests: metrics::counter!(
+                    REQUESTS,
+                    "proto" => PROTO_UDP,
                     "zone" => cacheable.zone,
-                    "qtype" => cacheable.qtype,
+                    "type" => cacheable.qtype
+                ),
+                responses: metrics::counter!(
+                    RESPONSES,
+                    "proto" => PROTO_UDP,
+                    "zone" => cacheable.zone,
+                    "type" => cacheable.qtype,
                     "rcode" => cacheable.rcode,
                     "source" => cacheable.source
                 ),
-                duration: metrics::histogram!(QUERY_DURATION_SECONDS, "zone" => cacheable.zone),
+                duration: metrics::histogram!(
+                    REQUEST_DURATION_SECONDS,
+                    "proto" => PROTO_UDP,
+                    "zone" => cacheable.zone,
+                    "type" => cacheable.qtype
+                ),
                 hits: metrics::counter!(FAST_PATH_HITS),
             },
         );

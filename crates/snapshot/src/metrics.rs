@@ -11,13 +11,13 @@ pub const AGE_SECONDS: &str = "snapshot.age_seconds";
 pub const SIZE_BYTES: &str = "snapshot.size_bytes";
 /// Snapshots a follower refused, tagged `reason` ([`crate::Error::reason`], e.g. `shape`,
 /// or `rollback`, `generation`, `unsigned`).
-pub const REJECTED: &str = "snapshot.rejected";
+pub const REJECTED: &str = "snapshot.rejected_total";
 /// Snapshots a follower verified, stored and swapped in.
-pub const APPLIED: &str = "snapshot.applied";
+pub const APPLIED: &str = "snapshot.applied_total";
 /// Snapshots a publisher wrote to Consul.
-pub const PUBLISHED: &str = "snapshot.published";
+pub const PUBLISHED: &str = "snapshot.published_total";
 /// Publishes skipped, tagged `reason` (unchanged, min_interval, too_small, shrink_guard, kill_switch, ...).
-pub const PUBLISH_SKIPPED: &str = "snapshot.publish_skipped";
+pub const PUBLISH_SKIPPED: &str = "snapshot.publish_skipped_total";
 
 /// Every metric of this crate, declared once: (name, kind, unit, description).
 /// `src/telemetry.rs` describes them to the recorder; the README lists them.
