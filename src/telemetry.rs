@@ -755,6 +755,116 @@ mod tests {
         }
     }
 
+    /// Every string under one of `keys` anywhere in `value`.
+    fn strings_under<'a>(value: &'a serde_json::Value, keys: &[&str], found: &mut Vec<&'a str>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, value) in map {
+                    match value {
+                        serde_json::Value::String(text) if keys.contains(&key.as_str()) => {
+                            found.push(text);
+                        }
+                        other => strings_under(other, keys, found),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for item in items {
+                    strings_under(item, keys, found);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Maximal runs of `[a-z0-9_.]` in `text` that start with `prefix`.
+    fn tokens<'a>(text: &'a str, prefix: &str) -> Vec<&'a str> {
+        let is_name =
+            |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.';
+        let mut found = Vec::new();
+        let mut rest = text;
+        while let Some(at) = rest.find(prefix) {
+            let before = rest[..at].chars().next_back();
+            let tail = &rest[at..];
+            let end = tail.find(|c: char| !is_name(c)).unwrap_or(tail.len());
+            if !before.is_some_and(is_name) {
+                found.push(tail[..end].trim_end_matches('.'));
+            }
+            rest = &tail[end.max(1)..];
+        }
+        found
+    }
+
+    fn dashboard(file: &str) -> serde_json::Value {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("deploy/dashboards")
+            .join(file);
+        let text = std::fs::read_to_string(&path).expect("dashboard file");
+        serde_json::from_str(&text).unwrap_or_else(|error| panic!("{file}: {error}"))
+    }
+
+    /// The dashboards in `deploy/dashboards/` use only declared metrics,
+    /// under their real names: Prometheus names (histograms through
+    /// `_bucket`) in Grafana's queries, StatsD names in Datadog's (counters
+    /// as rates or counts, percentiles only of distributions).
+    #[test]
+    fn the_dashboards_use_only_declared_metrics() {
+        let declared = declared();
+        let grafana = dashboard("grafana.json");
+        assert!(grafana["panels"].as_array().is_some_and(|p| p.len() > 10));
+        let mut queries = Vec::new();
+        strings_under(&grafana, &["expr", "query", "definition"], &mut queries);
+        let mut used = std::collections::BTreeSet::new();
+        for query in &queries {
+            for token in tokens(query, "dnsfront_") {
+                let spec = declared.iter().find(|(name, kind, ..)| {
+                    let exported = prometheus_name(name);
+                    token == exported
+                        || (*kind == MetricKind::Histogram
+                            && ["_bucket", "_sum", "_count"]
+                                .iter()
+                                .any(|suffix| token == format!("{exported}{suffix}")))
+                });
+                let (name, ..) = spec.unwrap_or_else(|| {
+                    panic!("grafana.json: {token} (in {query:?}) is no declared metric")
+                });
+                used.insert(*name);
+            }
+        }
+        assert!(used.len() >= 20, "grafana.json uses {used:?}");
+
+        let datadog = dashboard("datadog.json");
+        assert_eq!(datadog["layout_type"], "ordered");
+        let mut queries = Vec::new();
+        strings_under(&datadog, &["query"], &mut queries);
+        let mut used = std::collections::BTreeSet::new();
+        for query in &queries {
+            for token in tokens(query, "dnsfront.") {
+                let (name, kind, ..) = declared
+                    .iter()
+                    .find(|(name, ..)| token.strip_prefix("dnsfront.") == Some(*name))
+                    .unwrap_or_else(|| {
+                        panic!("datadog.json: {token} (in {query:?}) is no declared metric")
+                    });
+                let percentile =
+                    query.starts_with('p') && query[1..].starts_with(|c: char| c.is_ascii_digit());
+                assert_eq!(
+                    percentile,
+                    *kind == MetricKind::Histogram,
+                    "datadog.json: {query:?}: percentiles are for distributions only"
+                );
+                if *kind == MetricKind::Counter {
+                    assert!(
+                        query.contains(".as_rate()") || query.contains(".as_count()"),
+                        "datadog.json: {query:?}: a counter is read as a rate or a count"
+                    );
+                }
+                used.insert(*name);
+            }
+        }
+        assert!(used.len() >= 20, "datadog.json uses {used:?}");
+    }
+
     /// The Prometheus name of a declared metric under the default prefix.
     fn prometheus_name(name: &str) -> String {
         format!(

@@ -13,6 +13,7 @@ mod harness;
 mod lifecycle;
 mod memory;
 mod metrics;
+mod metrics_conventions;
 mod name_flood;
 mod reload;
 mod robustness;

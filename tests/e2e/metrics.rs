@@ -16,14 +16,14 @@ use crate::cli::sigterm;
 
 /// One StatsD line: `name:value|type|#tag:value,...`.
 #[derive(Debug)]
-struct Line {
-    name: String,
-    value: f64,
-    kind: String,
-    tags: BTreeMap<String, String>,
+pub(super) struct Line {
+    pub(super) name: String,
+    pub(super) value: f64,
+    pub(super) kind: String,
+    pub(super) tags: BTreeMap<String, String>,
 }
 
-fn parse_line(line: &str) -> Line {
+pub(super) fn parse_line(line: &str) -> Line {
     let (name, rest) = line
         .split_once(':')
         .unwrap_or_else(|| panic!("no ':' in {line:?}"));
@@ -53,7 +53,7 @@ fn parse_line(line: &str) -> Line {
     }
 }
 
-fn has_tags(line: &Line, expected: &[(&str, &str)]) -> bool {
+pub(super) fn has_tags(line: &Line, expected: &[(&str, &str)]) -> bool {
     expected
         .iter()
         .all(|(key, value)| line.tags.get(*key).map(String::as_str) == Some(*value))
@@ -89,7 +89,11 @@ async fn receive_until(socket: &UdpSocket, lines: &mut Vec<Line>, wanted: &[Want
     }
 }
 
-fn write_config(dir: &std::path::Path, consul: &str, metrics: &str) -> std::path::PathBuf {
+pub(super) fn write_config(
+    dir: &std::path::Path,
+    consul: &str,
+    metrics: &str,
+) -> std::path::PathBuf {
     let path = dir.join("dnsfront.toml");
     let text = format!(
         "[dns]\nlisten = [\"127.0.0.1:0\"]\n\
@@ -103,7 +107,7 @@ fn write_config(dir: &std::path::Path, consul: &str, metrics: &str) -> std::path
     path
 }
 
-async fn stop(mut child: Child) {
+pub(super) async fn stop(mut child: Child) {
     sigterm(&child);
     let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
         .await
@@ -296,7 +300,7 @@ fn udp_sockets_of(pid: u32) -> Vec<(SocketAddr, SocketAddr)> {
 }
 
 /// A plain HTTP/1.1 GET; returns the status code and the body.
-async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+pub(super) async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     stream
