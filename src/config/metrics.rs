@@ -99,6 +99,19 @@ impl MetricsSettings {
     pub fn is_disabled(&self) -> bool {
         self.statsd_address.is_none() && self.prometheus_listen.is_none()
     }
+
+    /// The risky-settings line of a wildcard metrics endpoint (accepted only
+    /// with `metrics.prometheus_allow_wildcard`).
+    pub(super) fn wildcard_warning(&self) -> Option<String> {
+        self.prometheus_listen
+            .filter(|listen| listen.ip().is_unspecified())
+            .map(|listen| {
+                format!(
+                    "metrics.prometheus_listen is {listen}: metrics served unauthenticated on \
+                     every interface, acknowledged by metrics.prometheus_allow_wildcard"
+                )
+            })
+    }
 }
 
 impl RawMetrics {

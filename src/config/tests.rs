@@ -315,9 +315,19 @@ fn a_wildcard_metrics_endpoint_needs_its_own_key() {
         settings.metrics.prometheus_listen,
         Some("0.0.0.0:9153".parse().expect("addr"))
     );
+    // Accepted, and listed among the risky settings (`dnsfront check`).
+    assert!(
+        settings
+            .warnings
+            .iter()
+            .any(|warning| warning.starts_with("metrics.prometheus_listen is 0.0.0.0:9153")),
+        "{:?}",
+        settings.warnings
+    );
     // A specific address needs no acknowledgement.
     let settings = parse("[metrics]\nprometheus_listen = \"10.0.0.5:9153\"\n").expect("valid");
     assert!(settings.metrics.prometheus_listen.is_some());
+    assert!(settings.warnings.is_empty(), "{:?}", settings.warnings);
 }
 
 fn metrics_with(text: &str, datadog: DatadogEnv) -> Result<MetricsSettings, ConfigError> {

@@ -10,7 +10,7 @@
 //! answers through [`UdpResponder`], and a cacheable answer is stored.
 //!
 //! General-path tasks are bounded by a semaphore: beyond the limit a datagram
-//! is dropped (counted in `dns.udp_overload_drops`), as a busy resolver's UDP
+//! is dropped (counted in `dns.udp_overload_drops_total`), as a busy resolver's UDP
 //! socket would; the client retries.
 
 use std::future::Future;
@@ -73,7 +73,7 @@ pub(crate) struct Shared<C, F> {
     pub(crate) in_flight: Arc<Semaphore>,
     /// The per-client rate limit; None = off.
     pub(crate) rate_limit: Option<RateLimit>,
-    /// `dns.rate_limited`, resolved once.
+    /// `dns.rate_limited_total`, resolved once.
     pub(crate) rate_limited: metrics::Counter,
     pub(crate) shutdown: CancellationToken,
 }

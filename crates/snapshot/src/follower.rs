@@ -20,7 +20,7 @@
 //! 6. it was saved atomically to the state dir ([`crate::store::save`]).
 //!
 //! Then it is swapped into [`Hosts`]. Every refusal keeps the previous snapshot, is counted
-//! in `snapshot.rejected{reason}` and is logged once per distinct reason.
+//! in `snapshot.rejected_total{reason}` and is logged once per distinct reason.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -193,7 +193,7 @@ impl Follower {
     ///
     /// Returns the generation now in memory, or `None` when the state dir has no snapshot.
     /// A corrupt or badly signed file is returned as an error (and counted in
-    /// `snapshot.rejected`); it is not fatal: [`Follower::run`] replaces it with the next
+    /// `snapshot.rejected_total`); it is not fatal: [`Follower::run`] replaces it with the next
     /// good value. Does blocking file I/O.
     pub fn load_from_disk(&self) -> Result<Option<u64>, Error> {
         let Some(bytes) = store::load(&self.config.state_dir).inspect_err(|error| {
