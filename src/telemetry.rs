@@ -221,21 +221,7 @@ pub fn init_metrics(settings: &MetricsSettings) -> anyhow::Result<Metrics> {
 
     let prometheus = match settings.prometheus_listen {
         Some(_) => {
-            let mut builder = PrometheusBuilder::new()
-                .set_buckets(PROMETHEUS_BUCKETS)
-                .and_then(|builder| {
-                    builder.set_buckets_for_metric(
-                        Matcher::Suffix(
-                            dnsfront_consul::metrics::REQUEST_DURATION_SECONDS.to_owned(),
-                        ),
-                        PROMETHEUS_CONSUL_BUCKETS,
-                    )
-                })
-                .context("prometheus histogram buckets")?;
-            for (key, value) in &settings.tags {
-                builder = builder.add_global_label(key.clone(), value.clone());
-            }
-            let recorder = builder.build_recorder();
+            let recorder = prometheus_builder(&settings.tags)?.build_recorder();
             let handle = recorder.handle();
             let upkeep = handle.clone();
             tokio::spawn(async move {
@@ -280,6 +266,23 @@ pub fn init_metrics(settings: &MetricsSettings) -> anyhow::Result<Metrics> {
         warn!(listen = %listen, "The metrics endpoint listens beyond loopback and has no authentication");
     }
     Ok(metrics)
+}
+
+/// The Prometheus recorder's settings: the buckets, and `metrics.tags` as labels.
+fn prometheus_builder(tags: &[(String, String)]) -> anyhow::Result<PrometheusBuilder> {
+    let mut builder = PrometheusBuilder::new()
+        .set_buckets(PROMETHEUS_BUCKETS)
+        .and_then(|builder| {
+            builder.set_buckets_for_metric(
+                Matcher::Suffix(dnsfront_consul::metrics::REQUEST_DURATION_SECONDS.to_owned()),
+                PROMETHEUS_CONSUL_BUCKETS,
+            )
+        })
+        .context("prometheus histogram buckets")?;
+    for (key, value) in tags {
+        builder = builder.add_global_label(key.clone(), value.clone());
+    }
+    Ok(builder)
 }
 
 impl Metrics {
@@ -879,10 +882,7 @@ mod tests {
     /// the microsecond buckets.
     #[test]
     fn the_prometheus_exporter_renders_each_declared_name_as_is() {
-        let recorder = PrometheusBuilder::new()
-            .set_buckets(PROMETHEUS_BUCKETS)
-            .expect("buckets")
-            .build_recorder();
+        let recorder = prometheus_builder(&[]).expect("builder").build_recorder();
         let handle = recorder.handle();
         let recorder = with_prefix(crate::config::DEFAULT_METRICS_PREFIX, recorder);
         metrics::with_local_recorder(&recorder, || {
@@ -918,6 +918,12 @@ mod tests {
         assert!(
             text.contains(&format!("{duration}_bucket{{le=\"0.000005\"}} 1")),
             "a 3 µs answer lands in the first bucket:\n{text}"
+        );
+        let consul = prometheus_name(dnsfront_consul::metrics::REQUEST_DURATION_SECONDS);
+        assert!(
+            text.contains(&format!("{consul}_bucket{{le=\"600\"}} 1"))
+                && !text.contains(&format!("{duration}_bucket{{le=\"600\"}}")),
+            "blocking Consul reads have buckets up to 10 min, DNS answers do not:\n{text}"
         );
     }
 
