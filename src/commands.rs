@@ -22,7 +22,8 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<()> {
     if let Some(consul) = &args.consul {
         raw.consul.address = Some(consul.clone());
     }
-    let (consul_config, publish, catalog) = raw.validate_publish(&Env::from_process())?;
+    let env = Env::from_process();
+    let (consul_config, publish, catalog) = raw.validate_publish(&env)?;
     telemetry::init_logging(
         args.log_level.as_deref().unwrap_or(&raw.log.level),
         args.log_format.unwrap_or(raw.log.format),
@@ -31,7 +32,7 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<()> {
     // which may run on the same node with the same config file.
     let _metrics = telemetry::init_metrics(&crate::config::MetricsSettings {
         prometheus_listen: None,
-        ..raw.metrics.validate()?
+        ..raw.metrics.validate(&env.datadog)?
     })?;
     telemetry::describe_metrics();
     for warning in raw.token_warnings(&consul_config) {
@@ -64,7 +65,7 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<()> {
         // back, even across restarts: the unit's own state directory when systemd gives
         // one (dnsfront-publish.service), else `state.dir`.
         state_dir: Some(publisher_state_dir(&raw.state.dir)),
-        events: crate::events::sink(&raw.metrics.validate()?)?,
+        events: crate::events::sink(&raw.metrics.validate(&env.datadog)?)?,
         ..snapshot::publisher::PublisherConfig::new(identity.clone())
     };
     info!(identity = %identity, key = %publish.key, signed = publish.signing_key.is_some(), state_dir = ?config.state_dir, "Publisher starting");

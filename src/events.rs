@@ -3,63 +3,92 @@
 //! stream, as kvexpress's did. `metrics-exporter-statsd` sends metrics only, hence this
 //! small sender: one connected UDP socket (bound like the metrics socket, see
 //! [`crate::telemetry`]), a non-blocking send per event, dropped and counted
-//! (`events.dropped`) when the socket would block or the agent is unreachable.
+//! (`events.dropped_total`) when the socket would block or the agent is unreachable.
 
 use std::net::{ToSocketAddrs as _, UdpSocket};
+use std::os::unix::net::UnixDatagram;
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use dnsfront_snapshot::events::{Event, EventSink, Events};
 
-use crate::config::{ConfigError, MetricsSettings};
+use crate::config::{ConfigError, MetricsSettings, StatsdTarget};
 use crate::telemetry::{EVENTS_DROPPED, statsd_socket};
 
 /// Longest event text sent: the DogStatsD agent reads datagrams into 8 KiB buffers.
 const MAX_TEXT_BYTES: usize = 4000;
 
 /// The event sink `settings` asks for: `None` unless `metrics.events` is on and a StatsD
-/// address is configured. Fails naming `metrics.statsd_address` when it does not resolve.
+/// agent is configured (UDP, or the agent's Unix datagram socket). Fails naming
+/// `metrics.statsd_address` when it does not resolve.
 pub fn sink(settings: &MetricsSettings) -> anyhow::Result<Events> {
-    let Some(address) = settings
-        .statsd_address
-        .as_deref()
-        .filter(|_| settings.events)
-    else {
+    let Some(target) = settings.statsd_address.as_ref().filter(|_| settings.events) else {
         return Ok(None);
     };
-    let target = address
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut addrs| addrs.next())
-        .ok_or_else(|| ConfigError::Invalid {
-            key: "metrics.statsd_address".to_owned(),
-            reason: format!("{address:?} does not resolve to an address"),
-        })?;
-    let socket = statsd_socket(target)
-        .with_context(|| format!("metrics.events: opening a UDP socket to {target}"))?;
-    socket
-        .set_nonblocking(true)
-        .context("DogStatsD event socket")?;
+    let socket = match target {
+        StatsdTarget::Udp(address) => {
+            let target = address
+                .to_socket_addrs()
+                .ok()
+                .and_then(|mut addrs| addrs.next())
+                .ok_or_else(|| ConfigError::Invalid {
+                    key: "metrics.statsd_address".to_owned(),
+                    reason: format!("{address:?} does not resolve to an address"),
+                })?;
+            let socket = statsd_socket(target)
+                .with_context(|| format!("metrics.events: opening a UDP socket to {target}"))?;
+            socket
+                .set_nonblocking(true)
+                .context("DogStatsD event socket")?;
+            EventSocket::Udp(socket)
+        }
+        StatsdTarget::Unix(path) => {
+            // Unbound and connected: it can only send to the agent's socket.
+            let socket = UnixDatagram::unbound().context("DogStatsD event socket")?;
+            socket.connect(path).with_context(|| {
+                format!(
+                    "metrics.events: connecting to the agent's socket {}",
+                    path.display()
+                )
+            })?;
+            socket
+                .set_nonblocking(true)
+                .context("DogStatsD event socket")?;
+            EventSocket::Unix(socket)
+        }
+    };
     let tags = settings
         .tags
         .iter()
+        .chain(&settings.statsd_tags)
         .map(|(key, value)| format!("{key}:{value}"))
         .collect();
     Ok(Some(Arc::new(DogStatsdEvents { socket, tags })))
 }
 
-/// Sends events as DogStatsD datagrams over a connected UDP socket.
+/// Where events go: the same agent as the metrics.
+#[derive(Debug)]
+enum EventSocket {
+    Udp(UdpSocket),
+    Unix(UnixDatagram),
+}
+
+/// Sends events as DogStatsD datagrams over a connected socket.
 #[derive(Debug)]
 pub struct DogStatsdEvents {
-    socket: UdpSocket,
-    /// `metrics.tags`, added to every event.
+    socket: EventSocket,
+    /// `metrics.tags` and the unified service tags, added to every event.
     tags: Vec<String>,
 }
 
 impl EventSink for DogStatsdEvents {
     fn send(&self, event: Event) {
         let datagram = datagram(&event, &self.tags);
-        if self.socket.send(datagram.as_bytes()).is_err() {
+        let sent = match &self.socket {
+            EventSocket::Udp(socket) => socket.send(datagram.as_bytes()),
+            EventSocket::Unix(socket) => socket.send(datagram.as_bytes()),
+        };
+        if sent.is_err() {
             metrics::counter!(EVENTS_DROPPED).increment(1);
         }
     }

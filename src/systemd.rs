@@ -151,7 +151,7 @@ pub(crate) async fn watchdog(
 /// forwarded by a rule or a reloaded domain), and it is not a fast-path hit:
 /// it goes through the UDP thread, a general-path task on the runtime, the
 /// router and the encoder, as a cache miss does. Each probe counts once in
-/// `dns.queries` (zone `none`, rcode `notimp`). Any reply with our ID counts
+/// `dns.requests_total` (zone `none`, rcode `NOTIMP` in `dns.responses_total`). Any reply with our ID counts
 /// (also REFUSED, when the loopback is outside `dns.allowed_networks`).
 pub(crate) struct SelfProbe {
     targets: Vec<SocketAddr>,

@@ -7,11 +7,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use cadence::{BufferedUdpMetricSink, MetricSink, QueuingMetricSink};
+use cadence::{BufferedUdpMetricSink, BufferedUnixMetricSink, MetricSink, QueuingMetricSink};
 use metrics::{
     Counter, Gauge, GaugeFn, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit,
 };
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use metrics_exporter_statsd::{StatsdBuilder, StatsdRecorder};
 use metrics_util::MetricKind;
 use metrics_util::layers::{FanoutBuilder, Layer as _, Prefix, PrefixLayer};
@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{ConfigError, LogFormat, MetricsSettings};
+use crate::config::{ConfigError, LogFormat, MetricsSettings, StatsdTarget};
 
 /// Per-query logs of hickory's server are INFO; they would drown a busy node's
 /// journal and cost latency, so they are held at WARN unless asked for.
@@ -131,7 +131,7 @@ pub fn describe_metrics() {
 /// Gauge that is always 1, tagged `version` (the running build).
 pub const BUILD_INFO: &str = "build_info";
 /// DogStatsD events dropped by `src/events.rs`.
-pub const EVENTS_DROPPED: &str = "events.dropped";
+pub const EVENTS_DROPPED: &str = "events.dropped_total";
 
 /// How often buffered StatsD lines are sent at the latest.
 ///
@@ -149,19 +149,32 @@ const GAUGE_REPEAT_INTERVAL: Duration = Duration::from_secs(10);
 /// Largest datagram: fits a 1500-byte MTU after IP and UDP headers (the
 /// DogStatsD recommendation for UDP).
 const STATSD_DATAGRAM_BYTES: usize = 1432;
+/// Largest datagram over a Unix socket (the DogStatsD recommendation for UDS,
+/// the agent's default `dogstatsd_buffer_size`).
+const STATSD_UNIX_DATAGRAM_BYTES: usize = 8192;
 /// Lines waiting for the sender thread; beyond it new lines are dropped.
 const STATSD_QUEUE_LINES: usize = 5000;
 /// How often the Prometheus recorder drains its histogram buffers.
 const PROMETHEUS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
-/// Histogram buckets for the Prometheus endpoint (every histogram is in seconds).
+/// Histogram buckets for the Prometheus endpoint (every histogram is in
+/// seconds). They start at 5 µs: a wire-cache hit is answered in a few
+/// microseconds, and CoreDNS's buckets (from 0.25 ms) would put every hit in
+/// the first one.
 const PROMETHEUS_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005,
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+/// Buckets of `consul.request_duration_seconds`: blocking queries (watch mode,
+/// the snapshot follower) are held by Consul for up to their wait time.
+const PROMETHEUS_CONSUL_BUCKETS: &[f64] = &[
+    0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 300.0, 600.0,
 ];
 
 /// The installed exporters. Dropping it flushes buffered StatsD lines.
 #[derive(Default)]
 pub struct Metrics {
-    statsd_sink: Option<Arc<BufferedUdpMetricSink>>,
+    statsd_sink: Option<SharedStatsdSink>,
     prometheus: Option<PrometheusHandle>,
     prometheus_listen: Option<SocketAddr>,
 }
@@ -180,6 +193,8 @@ impl std::fmt::Debug for Metrics {
 /// flush tasks). With every exporter off it does nothing: no socket, no recorder.
 ///
 /// Fails naming `metrics.statsd_address` when the address does not resolve.
+/// `metrics.prefix` applies to both exporters; the Datadog unified tags
+/// (`statsd_tags`) to StatsD only.
 pub fn init_metrics(settings: &MetricsSettings) -> anyhow::Result<Metrics> {
     if settings.is_disabled() {
         return Ok(Metrics::default());
@@ -216,13 +231,7 @@ pub fn init_metrics(settings: &MetricsSettings) -> anyhow::Result<Metrics> {
 
     let prometheus = match settings.prometheus_listen {
         Some(_) => {
-            let mut builder = PrometheusBuilder::new()
-                .set_buckets(PROMETHEUS_BUCKETS)
-                .context("prometheus histogram buckets")?;
-            for (key, value) in &settings.tags {
-                builder = builder.add_global_label(key.clone(), value.clone());
-            }
-            let recorder = builder.build_recorder();
+            let recorder = prometheus_builder(&settings.tags)?.build_recorder();
             let handle = recorder.handle();
             let upkeep = handle.clone();
             tokio::spawn(async move {
@@ -256,6 +265,7 @@ pub fn init_metrics(settings: &MetricsSettings) -> anyhow::Result<Metrics> {
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     info!(
         statsd = ?settings.statsd_address,
+        statsd_tags = ?settings.statsd_tags,
         prometheus = ?settings.prometheus_listen,
         prefix = %settings.prefix,
         "Metrics enabled"
@@ -266,6 +276,23 @@ pub fn init_metrics(settings: &MetricsSettings) -> anyhow::Result<Metrics> {
         warn!(listen = %listen, "The metrics endpoint listens beyond loopback and has no authentication");
     }
     Ok(metrics)
+}
+
+/// The Prometheus recorder's settings: the buckets, and `metrics.tags` as labels.
+fn prometheus_builder(tags: &[(String, String)]) -> anyhow::Result<PrometheusBuilder> {
+    let mut builder = PrometheusBuilder::new()
+        .set_buckets(PROMETHEUS_BUCKETS)
+        .and_then(|builder| {
+            builder.set_buckets_for_metric(
+                Matcher::Suffix(dnsfront_consul::metrics::REQUEST_DURATION_SECONDS.to_owned()),
+                PROMETHEUS_CONSUL_BUCKETS,
+            )
+        })
+        .context("prometheus histogram buckets")?;
+    for (key, value) in tags {
+        builder = builder.add_global_label(key.clone(), value.clone());
+    }
+    Ok(builder)
 }
 
 impl Metrics {
@@ -403,8 +430,12 @@ impl<R: Recorder> Recorder for Prefixed<R> {
     }
 }
 
+/// The buffered StatsD sink (UDP or Unix), shared by the exporter's queue
+/// and our flush task.
+type SharedStatsdSink = Arc<dyn MetricSink + Send + Sync + std::panic::RefUnwindSafe>;
+
 /// A cadence sink shared between the exporter and our flush task.
-struct SharedSink(Arc<BufferedUdpMetricSink>);
+struct SharedSink(SharedStatsdSink);
 
 impl MetricSink for SharedSink {
     fn emit(&self, metric: &str) -> std::io::Result<usize> {
@@ -418,28 +449,53 @@ impl MetricSink for SharedSink {
 
 type StatsdParts = (
     RepeatGauges<StatsdRecorder>,
-    Arc<BufferedUdpMetricSink>,
+    SharedStatsdSink,
     RepeatGauges<()>,
 );
 
-fn statsd_recorder(address: &str, settings: &MetricsSettings) -> anyhow::Result<StatsdParts> {
-    let target = address
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut addrs| addrs.next())
-        .ok_or_else(|| ConfigError::Invalid {
-            key: "metrics.statsd_address".to_owned(),
-            reason: format!("{address:?} does not resolve to an address"),
-        })?;
-    let socket = statsd_socket(target)
-        .with_context(|| format!("metrics.statsd_address: opening a UDP socket to {target}"))?;
-    socket
-        .set_nonblocking(true)
-        .context("StatsD client socket")?;
-    let sink = Arc::new(
-        BufferedUdpMetricSink::with_capacity(target, socket, STATSD_DATAGRAM_BYTES)
-            .context("metrics.statsd_address")?,
-    );
+fn statsd_recorder(
+    target: &StatsdTarget,
+    settings: &MetricsSettings,
+) -> anyhow::Result<StatsdParts> {
+    let sink: SharedStatsdSink = match target {
+        StatsdTarget::Udp(address) => {
+            let target = address
+                .to_socket_addrs()
+                .ok()
+                .and_then(|mut addrs| addrs.next())
+                .ok_or_else(|| ConfigError::Invalid {
+                    key: "metrics.statsd_address".to_owned(),
+                    reason: format!("{address:?} does not resolve to an address"),
+                })?;
+            let socket = statsd_socket(target).with_context(|| {
+                format!("metrics.statsd_address: opening a UDP socket to {target}")
+            })?;
+            socket
+                .set_nonblocking(true)
+                .context("StatsD client socket")?;
+            Arc::new(
+                BufferedUdpMetricSink::with_capacity(target, socket, STATSD_DATAGRAM_BYTES)
+                    .context("metrics.statsd_address")?,
+            )
+        }
+        StatsdTarget::Unix(path) => {
+            // Unbound: each datagram names the agent's socket, so an agent
+            // that starts (or restarts) after us is reached without a reconnect.
+            let socket = std::os::unix::net::UnixDatagram::unbound()
+                .context("StatsD client socket (unix)")?;
+            socket
+                .set_nonblocking(true)
+                .context("StatsD client socket (unix)")?;
+            if !path.exists() {
+                warn!(path = %path.display(), "The DogStatsD socket does not exist yet; metrics are dropped until it does");
+            }
+            Arc::new(BufferedUnixMetricSink::with_capacity(
+                path,
+                socket,
+                STATSD_UNIX_DATAGRAM_BYTES,
+            ))
+        }
+    };
     let queue = QueuingMetricSink::with_capacity(SharedSink(Arc::clone(&sink)), STATSD_QUEUE_LINES);
     // Histograms are sent as DogStatsD distributions (`|d`): the Datadog
     // backend aggregates them across hosts, so fleet-wide percentiles are
@@ -448,7 +504,7 @@ fn statsd_recorder(address: &str, settings: &MetricsSettings) -> anyhow::Result<
     let mut builder = StatsdBuilder::from("", 0)
         .with_sink(queue)
         .histogram_is_distribution();
-    for (key, value) in &settings.tags {
+    for (key, value) in settings.tags.iter().chain(&settings.statsd_tags) {
         builder = builder.with_default_tag(key, value);
     }
     let recorder = builder
@@ -674,6 +730,211 @@ mod tests {
 
     fn declared() -> Vec<MetricSpec> {
         ALL_METRICS.iter().copied().flatten().copied().collect()
+    }
+
+    /// Prometheus's naming conventions hold for every declared name, so
+    /// StatsD and Prometheus share one name: counters and only counters end
+    /// in `_total`, a unit in seconds or bytes is the name's last word
+    /// (before `_total`), and a name is `crate.words` in lowercase.
+    #[test]
+    fn every_declared_name_follows_the_prometheus_conventions() {
+        for (name, kind, unit, _) in declared() {
+            let words_ok = name.split('.').all(|word| {
+                word.starts_with(|c: char| c.is_ascii_lowercase())
+                    && word
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            });
+            assert!(
+                words_ok && name.split('.').count() <= 2,
+                "{name}: crate.words_in_snake_case"
+            );
+            let is_counter = kind == MetricKind::Counter;
+            assert_eq!(
+                name.ends_with("_total"),
+                is_counter,
+                "{name}: counters, and only counters, end in _total"
+            );
+            let base = name.strip_suffix("_total").unwrap_or(name);
+            match unit {
+                Unit::Seconds => assert!(base.ends_with("_seconds"), "{name}: unit in the name"),
+                Unit::Bytes => assert!(base.ends_with("_bytes"), "{name}: unit in the name"),
+                Unit::Count => assert!(
+                    !base.ends_with("_seconds") && !base.ends_with("_bytes"),
+                    "{name}: declared as a count"
+                ),
+                other => panic!("{name}: unit {other:?} has no Prometheus suffix here"),
+            }
+        }
+    }
+
+    /// Every string under one of `keys` anywhere in `value`.
+    fn strings_under<'a>(value: &'a serde_json::Value, keys: &[&str], found: &mut Vec<&'a str>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, value) in map {
+                    match value {
+                        serde_json::Value::String(text) if keys.contains(&key.as_str()) => {
+                            found.push(text);
+                        }
+                        other => strings_under(other, keys, found),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for item in items {
+                    strings_under(item, keys, found);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Maximal runs of `[a-z0-9_.]` in `text` that start with `prefix`.
+    fn tokens<'a>(text: &'a str, prefix: &str) -> Vec<&'a str> {
+        let is_name =
+            |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.';
+        let mut found = Vec::new();
+        let mut rest = text;
+        while let Some(at) = rest.find(prefix) {
+            let before = rest[..at].chars().next_back();
+            let tail = &rest[at..];
+            let end = tail.find(|c: char| !is_name(c)).unwrap_or(tail.len());
+            if !before.is_some_and(is_name) {
+                found.push(tail[..end].trim_end_matches('.'));
+            }
+            rest = &tail[end.max(1)..];
+        }
+        found
+    }
+
+    fn dashboard(file: &str) -> serde_json::Value {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("deploy/dashboards")
+            .join(file);
+        let text = std::fs::read_to_string(&path).expect("dashboard file");
+        serde_json::from_str(&text).unwrap_or_else(|error| panic!("{file}: {error}"))
+    }
+
+    /// The dashboards in `deploy/dashboards/` use only declared metrics,
+    /// under their real names: Prometheus names (histograms through
+    /// `_bucket`) in Grafana's queries, StatsD names in Datadog's (counters
+    /// as rates or counts, percentiles only of distributions).
+    #[test]
+    fn the_dashboards_use_only_declared_metrics() {
+        let declared = declared();
+        let grafana = dashboard("grafana.json");
+        assert!(grafana["panels"].as_array().is_some_and(|p| p.len() > 10));
+        let mut queries = Vec::new();
+        strings_under(&grafana, &["expr", "query", "definition"], &mut queries);
+        let mut used = std::collections::BTreeSet::new();
+        for query in &queries {
+            for token in tokens(query, "dnsfront_") {
+                let spec = declared.iter().find(|(name, kind, ..)| {
+                    let exported = prometheus_name(name);
+                    token == exported
+                        || (*kind == MetricKind::Histogram
+                            && ["_bucket", "_sum", "_count"]
+                                .iter()
+                                .any(|suffix| token == format!("{exported}{suffix}")))
+                });
+                let (name, ..) = spec.unwrap_or_else(|| {
+                    panic!("grafana.json: {token} (in {query:?}) is no declared metric")
+                });
+                used.insert(*name);
+            }
+        }
+        assert!(used.len() >= 20, "grafana.json uses {used:?}");
+
+        let datadog = dashboard("datadog.json");
+        assert_eq!(datadog["layout_type"], "ordered");
+        let mut queries = Vec::new();
+        strings_under(&datadog, &["query"], &mut queries);
+        let mut used = std::collections::BTreeSet::new();
+        for query in &queries {
+            for token in tokens(query, "dnsfront.") {
+                let (name, kind, ..) = declared
+                    .iter()
+                    .find(|(name, ..)| token.strip_prefix("dnsfront.") == Some(*name))
+                    .unwrap_or_else(|| {
+                        panic!("datadog.json: {token} (in {query:?}) is no declared metric")
+                    });
+                let percentile =
+                    query.starts_with('p') && query[1..].starts_with(|c: char| c.is_ascii_digit());
+                assert_eq!(
+                    percentile,
+                    *kind == MetricKind::Histogram,
+                    "datadog.json: {query:?}: percentiles are for distributions only"
+                );
+                if *kind == MetricKind::Counter {
+                    assert!(
+                        query.contains(".as_rate()") || query.contains(".as_count()"),
+                        "datadog.json: {query:?}: a counter is read as a rate or a count"
+                    );
+                }
+                used.insert(*name);
+            }
+        }
+        assert!(used.len() >= 20, "datadog.json uses {used:?}");
+    }
+
+    /// The Prometheus name of a declared metric under the default prefix.
+    fn prometheus_name(name: &str) -> String {
+        format!(
+            "{}_{}",
+            crate::config::DEFAULT_METRICS_PREFIX,
+            name.replace('.', "_")
+        )
+    }
+
+    /// Through the real exporter: every declared metric is rendered under
+    /// its own name (nothing appended), with its type, and histograms have
+    /// the microsecond buckets.
+    #[test]
+    fn the_prometheus_exporter_renders_each_declared_name_as_is() {
+        let recorder = prometheus_builder(&[]).expect("builder").build_recorder();
+        let handle = recorder.handle();
+        let recorder = with_prefix(crate::config::DEFAULT_METRICS_PREFIX, recorder);
+        metrics::with_local_recorder(&recorder, || {
+            describe_metrics();
+            for (name, kind, ..) in declared() {
+                match kind {
+                    MetricKind::Counter => metrics::counter!(name, "proto" => "udp").increment(1),
+                    MetricKind::Gauge => metrics::gauge!(name).set(1.0),
+                    MetricKind::Histogram => metrics::histogram!(name).record(0.000_003),
+                }
+            }
+        });
+        let text = handle.render();
+        let types: Vec<(&str, &str)> = text
+            .lines()
+            .filter_map(|line| line.strip_prefix("# TYPE "))
+            .filter_map(|rest| rest.split_once(' '))
+            .collect();
+        for (name, kind, ..) in declared() {
+            let expected = match kind {
+                MetricKind::Counter => "counter",
+                MetricKind::Gauge => "gauge",
+                MetricKind::Histogram => "histogram",
+            };
+            let exported = prometheus_name(name);
+            assert!(
+                types.contains(&(exported.as_str(), expected)),
+                "{name} is not rendered as {exported} ({expected}):\n{text}"
+            );
+        }
+        assert_eq!(types.len(), declared().len(), "{text}");
+        let duration = prometheus_name(dnsfront_dns::metrics::REQUEST_DURATION_SECONDS);
+        assert!(
+            text.contains(&format!("{duration}_bucket{{le=\"0.000005\"}} 1")),
+            "a 3 µs answer lands in the first bucket:\n{text}"
+        );
+        let consul = prometheus_name(dnsfront_consul::metrics::REQUEST_DURATION_SECONDS);
+        assert!(
+            text.contains(&format!("{consul}_bucket{{le=\"600\"}} 1"))
+                && !text.contains(&format!("{duration}_bucket{{le=\"600\"}}")),
+            "blocking Consul reads have buckets up to 10 min, DNS answers do not:\n{text}"
+        );
     }
 
     #[test]

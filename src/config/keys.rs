@@ -336,6 +336,12 @@ pub const KEYS: &[Key] = &[
     key("metrics.prometheus_listen", Restart, |s| {
         show(s.metrics.prometheus_listen)
     }),
+    // Only checked (a wildcard prometheus_listen is refused without it).
+    key(
+        "metrics.prometheus_allow_wildcard",
+        Restart,
+        not_in_settings,
+    ),
     // Compared, never printed: the secret itself (Debug would say <redacted>).
     // A token from a file is not compared: the client follows the file.
     key("consul.token", Restart, |s| {

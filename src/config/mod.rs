@@ -30,8 +30,10 @@ pub use dns::{DEFAULT_LISTEN, RawDns};
 pub use forward::{DEFAULT_RESOLV_FILE, RawDomainRule, RawForward, RawStrategy, parse_upstream};
 pub use hosts::{DEFAULT_HOSTS_FILE, DEFAULT_STATE_DIR, HostsSettings, RawHosts, RawState};
 pub use log::{LogFormat, RawLog};
-pub use metrics::{DEFAULT_METRICS_PREFIX, DEFAULT_STATSD_ADDRESS, MetricsSettings, RawMetrics};
-pub use raw::{Env, HumanDuration, Overrides, RawConfig};
+pub use metrics::{
+    DEFAULT_METRICS_PREFIX, DEFAULT_STATSD_ADDRESS, MetricsSettings, RawMetrics, StatsdTarget,
+};
+pub use raw::{DatadogEnv, Env, HumanDuration, Overrides, RawConfig};
 pub use resolv::parse_resolv_conf;
 pub use settings::Settings;
 pub use snapshot::{FollowSettings, PublishSettings, RawPublish, RawSnapshot};

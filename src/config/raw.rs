@@ -223,6 +223,26 @@ pub struct Env {
     pub consul_namespace: Option<String>,
     /// `CONSUL_PARTITION` (Consul Enterprise).
     pub consul_partition: Option<String>,
+    /// The `DD_*` variables Datadog's DogStatsD clients read.
+    pub datadog: DatadogEnv,
+}
+
+/// The environment Datadog's own DogStatsD clients read (datadog-go,
+/// datadogpy): where the agent is, and the unified service tags.
+#[derive(Debug, Default, Clone)]
+pub struct DatadogEnv {
+    /// `DD_DOGSTATSD_URL`: `udp://HOST:PORT` or `unix:///path/to/dsd.socket`.
+    pub dogstatsd_url: Option<String>,
+    /// `DD_AGENT_HOST`.
+    pub agent_host: Option<String>,
+    /// `DD_DOGSTATSD_PORT`.
+    pub dogstatsd_port: Option<String>,
+    /// `DD_ENV`.
+    pub env: Option<String>,
+    /// `DD_SERVICE`.
+    pub service: Option<String>,
+    /// `DD_VERSION`.
+    pub version: Option<String>,
 }
 
 impl Env {
@@ -235,6 +255,14 @@ impl Env {
             consul_http_token_file: non_empty("CONSUL_HTTP_TOKEN_FILE").map(Into::into),
             consul_namespace: non_empty("CONSUL_NAMESPACE"),
             consul_partition: non_empty("CONSUL_PARTITION"),
+            datadog: DatadogEnv {
+                dogstatsd_url: non_empty("DD_DOGSTATSD_URL"),
+                agent_host: non_empty("DD_AGENT_HOST"),
+                dogstatsd_port: non_empty("DD_DOGSTATSD_PORT"),
+                env: non_empty("DD_ENV"),
+                service: non_empty("DD_SERVICE"),
+                version: non_empty("DD_VERSION"),
+            },
         }
     }
 }

@@ -61,6 +61,8 @@ impl RawConfig {
         let mut warnings = Vec::new();
         warnings.extend(self.open_resolver_warning(&allowed_networks));
         warnings.extend(self.token_warnings(&consul));
+        let metrics = self.metrics.validate(&env.datadog)?;
+        warnings.extend(metrics.wildcard_warning());
         Ok(Settings {
             listen,
             server: self.server_options(allowed_networks, forward.max_in_flight)?,
@@ -74,7 +76,7 @@ impl RawConfig {
             hosts,
             log_level: self.log.level.clone(),
             log_format: self.log.format,
-            metrics: self.metrics.validate()?,
+            metrics,
             warnings,
         })
     }

@@ -233,9 +233,10 @@ fn metrics_default_to_statsd_on_loopback_and_no_http_endpoint() {
     assert_eq!(
         settings.metrics,
         MetricsSettings {
-            statsd_address: Some("127.0.0.1:8125".to_owned()),
+            statsd_address: Some(StatsdTarget::Udp("127.0.0.1:8125".to_owned())),
             prefix: "dnsfront".to_owned(),
             tags: Vec::new(),
+            statsd_tags: Vec::new(),
             prometheus_listen: None,
             events: false,
         }
@@ -252,8 +253,8 @@ fn metrics_keys_are_validated_with_their_paths() {
     )
     .expect("valid");
     assert_eq!(
-        settings.metrics.statsd_address.as_deref(),
-        Some("statsd.local:9125")
+        settings.metrics.statsd_address,
+        Some(StatsdTarget::Udp("statsd.local:9125".to_owned()))
     );
     assert_eq!(settings.metrics.prefix, "edge.dns");
     assert_eq!(
@@ -278,10 +279,192 @@ fn metrics_keys_are_validated_with_their_paths() {
             "prometheus_listen = \"localhost\"",
             "metrics.prometheus_listen",
         ),
+        (
+            "prometheus_listen = \"0.0.0.0:9153\"",
+            "metrics.prometheus_listen",
+        ),
+        (
+            "prometheus_listen = \"[::]:9153\"",
+            "metrics.prometheus_listen",
+        ),
+        (
+            "statsd_address = \"unix://relative.sock\"",
+            "metrics.statsd_address",
+        ),
+        (
+            "statsd_address = \"tcp://127.0.0.1:8125\"",
+            "metrics.statsd_address",
+        ),
     ];
     for (line, key) in cases {
         let message = error_of(&format!("[metrics]\n{line}\n"));
         assert!(message.starts_with(key), "{line}: {message}");
+    }
+}
+
+#[test]
+fn a_wildcard_metrics_endpoint_needs_its_own_key() {
+    let message = error_of("[metrics]\nprometheus_listen = \"0.0.0.0:9153\"\n");
+    assert!(
+        message.contains("metrics.prometheus_allow_wildcard"),
+        "the error names the way out: {message}"
+    );
+    let settings = parse(
+        "[metrics]\nprometheus_listen = \"0.0.0.0:9153\"\nprometheus_allow_wildcard = true\n",
+    )
+    .expect("valid");
+    assert_eq!(
+        settings.metrics.prometheus_listen,
+        Some("0.0.0.0:9153".parse().expect("addr"))
+    );
+    // Accepted, and listed among the risky settings (`dnsfront check`).
+    assert!(
+        settings
+            .warnings
+            .iter()
+            .any(|warning| warning.starts_with("metrics.prometheus_listen is 0.0.0.0:9153")),
+        "{:?}",
+        settings.warnings
+    );
+    // A specific address needs no acknowledgement.
+    let settings = parse("[metrics]\nprometheus_listen = \"10.0.0.5:9153\"\n").expect("valid");
+    assert!(settings.metrics.prometheus_listen.is_some());
+    assert!(settings.warnings.is_empty(), "{:?}", settings.warnings);
+}
+
+fn metrics_with(text: &str, datadog: DatadogEnv) -> Result<MetricsSettings, ConfigError> {
+    let raw = RawConfig::parse(text, "test.toml").expect("parses");
+    raw.validate(&Env {
+        datadog,
+        ..Env::default()
+    })
+    .map(|settings| settings.metrics)
+}
+
+#[test]
+fn statsd_agent_and_unified_tags_come_from_the_datadog_variables() {
+    let udp = |address: &str| Some(StatsdTarget::Udp(address.to_owned()));
+    // DD_AGENT_HOST with DD_DOGSTATSD_PORT, or the default port.
+    let host = DatadogEnv {
+        agent_host: Some("10.0.0.9".into()),
+        dogstatsd_port: Some("9125".into()),
+        ..DatadogEnv::default()
+    };
+    assert_eq!(
+        metrics_with("", host.clone())
+            .expect("valid")
+            .statsd_address,
+        udp("10.0.0.9:9125")
+    );
+    let host_only = DatadogEnv {
+        agent_host: Some("dd-agent.local".into()),
+        ..DatadogEnv::default()
+    };
+    assert_eq!(
+        metrics_with("", host_only).expect("valid").statsd_address,
+        udp("dd-agent.local:8125")
+    );
+    let ipv6 = DatadogEnv {
+        agent_host: Some("fd00::1".into()),
+        ..DatadogEnv::default()
+    };
+    assert_eq!(
+        metrics_with("", ipv6).expect("valid").statsd_address,
+        udp("[fd00::1]:8125")
+    );
+    // DD_DOGSTATSD_URL wins over DD_AGENT_HOST, as in datadog-go.
+    let url = DatadogEnv {
+        dogstatsd_url: Some("unix:///var/run/datadog/dsd.socket".into()),
+        ..host.clone()
+    };
+    assert_eq!(
+        metrics_with("", url.clone()).expect("valid").statsd_address,
+        Some(StatsdTarget::Unix("/var/run/datadog/dsd.socket".into()))
+    );
+    let udp_url = DatadogEnv {
+        dogstatsd_url: Some("udp://127.0.0.2:8126".into()),
+        ..DatadogEnv::default()
+    };
+    assert_eq!(
+        metrics_with("", udp_url).expect("valid").statsd_address,
+        udp("127.0.0.2:8126")
+    );
+    // The file's key wins over every variable; statsd = false turns it all off.
+    let from_file = metrics_with(
+        "[metrics]\nstatsd_address = \"127.0.0.1:7125\"\n",
+        url.clone(),
+    );
+    assert_eq!(
+        from_file.expect("valid").statsd_address,
+        udp("127.0.0.1:7125")
+    );
+    let off = metrics_with("[metrics]\nstatsd = false\n", url).expect("valid");
+    assert!(off.is_disabled());
+
+    // Unified service tags: StatsD only, and a metrics.tags key wins.
+    let tagged = DatadogEnv {
+        env: Some("prod".into()),
+        service: Some("dns".into()),
+        version: Some("1.2.3".into()),
+        ..DatadogEnv::default()
+    };
+    let settings =
+        metrics_with("[metrics]\ntags = { service = \"resolver\" }\n", tagged).expect("valid");
+    assert_eq!(
+        settings.tags,
+        vec![("service".to_owned(), "resolver".to_owned())]
+    );
+    assert_eq!(
+        settings.statsd_tags,
+        vec![
+            ("env".to_owned(), "prod".to_owned()),
+            ("version".to_owned(), "1.2.3".to_owned())
+        ]
+    );
+
+    // Bad values are refused naming the variable.
+    let cases = [
+        (
+            DatadogEnv {
+                dogstatsd_url: Some("10.0.0.1:8125".into()),
+                ..DatadogEnv::default()
+            },
+            "DD_DOGSTATSD_URL",
+        ),
+        (
+            DatadogEnv {
+                dogstatsd_url: Some("unix://dsd.socket".into()),
+                ..DatadogEnv::default()
+            },
+            "DD_DOGSTATSD_URL",
+        ),
+        (
+            DatadogEnv {
+                agent_host: Some("bad host".into()),
+                ..DatadogEnv::default()
+            },
+            "DD_AGENT_HOST",
+        ),
+        (
+            DatadogEnv {
+                dogstatsd_port: Some("0".into()),
+                ..DatadogEnv::default()
+            },
+            "DD_DOGSTATSD_PORT",
+        ),
+        (
+            DatadogEnv {
+                env: Some("pro d".into()),
+                ..DatadogEnv::default()
+            },
+            "DD_ENV",
+        ),
+    ];
+    for (datadog, variable) in cases {
+        let message = metrics_with("", datadog.clone())
+            .expect_err(&format!("{datadog:?}"))
+            .to_string();
+        assert!(message.starts_with(variable), "{datadog:?}: {message}");
     }
 }
 

@@ -17,6 +17,7 @@ mod least_privilege;
 mod lifecycle;
 mod memory;
 mod metrics;
+mod metrics_conventions;
 mod name_flood;
 mod namespaces;
 mod rate_limit;

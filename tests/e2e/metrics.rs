@@ -16,14 +16,14 @@ use crate::cli::sigterm;
 
 /// One StatsD line: `name:value|type|#tag:value,...`.
 #[derive(Debug)]
-struct Line {
-    name: String,
-    value: f64,
-    kind: String,
-    tags: BTreeMap<String, String>,
+pub(super) struct Line {
+    pub(super) name: String,
+    pub(super) value: f64,
+    pub(super) kind: String,
+    pub(super) tags: BTreeMap<String, String>,
 }
 
-fn parse_line(line: &str) -> Line {
+pub(super) fn parse_line(line: &str) -> Line {
     let (name, rest) = line
         .split_once(':')
         .unwrap_or_else(|| panic!("no ':' in {line:?}"));
@@ -53,7 +53,7 @@ fn parse_line(line: &str) -> Line {
     }
 }
 
-fn has_tags(line: &Line, expected: &[(&str, &str)]) -> bool {
+pub(super) fn has_tags(line: &Line, expected: &[(&str, &str)]) -> bool {
     expected
         .iter()
         .all(|(key, value)| line.tags.get(*key).map(String::as_str) == Some(*value))
@@ -89,7 +89,11 @@ async fn receive_until(socket: &UdpSocket, lines: &mut Vec<Line>, wanted: &[Want
     }
 }
 
-fn write_config(dir: &std::path::Path, consul: &str, metrics: &str) -> std::path::PathBuf {
+pub(super) fn write_config(
+    dir: &std::path::Path,
+    consul: &str,
+    metrics: &str,
+) -> std::path::PathBuf {
     let path = dir.join("dnsfront.toml");
     let text = format!(
         "[dns]\nlisten = [\"127.0.0.1:0\"]\n\
@@ -103,7 +107,7 @@ fn write_config(dir: &std::path::Path, consul: &str, metrics: &str) -> std::path
     path
 }
 
-async fn stop(mut child: Child) {
+pub(super) async fn stop(mut child: Child) {
     sigterm(&child);
     let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
         .await
@@ -160,14 +164,15 @@ async fn statsd_datagrams_carry_names_types_and_tags_after_real_queries() {
 
     let version = env!("CARGO_PKG_VERSION");
     let query_ok = |line: &Line| {
-        line.name == "dnsfront.dns.queries"
+        line.name == "dnsfront.dns.responses_total"
             && line.kind == "c"
             && line.value >= 1.0
             && has_tags(
                 line,
                 &[
                     ("zone", "consul"),
-                    ("qtype", "A"),
+                    ("type", "A"),
+                    ("proto", "udp"),
                     ("rcode", "NOERROR"),
                     ("source", "fresh"),
                     ("env", "e2e"),
@@ -175,15 +180,15 @@ async fn statsd_datagrams_carry_names_types_and_tags_after_real_queries() {
             )
     };
     let query_nxdomain = |line: &Line| {
-        line.name == "dnsfront.dns.queries"
+        line.name == "dnsfront.dns.responses_total"
             && line.kind == "c"
             && has_tags(
                 line,
-                &[("zone", "consul"), ("qtype", "AAAA"), ("rcode", "NXDOMAIN")],
+                &[("zone", "consul"), ("type", "AAAA"), ("rcode", "NXDOMAIN")],
             )
     };
     let duration = |line: &Line| {
-        line.name == "dnsfront.dns.query_duration_seconds"
+        line.name == "dnsfront.dns.request_duration_seconds"
             && line.kind == "d"
             && line.value >= 0.0
             && line.value < 10.0
@@ -196,7 +201,7 @@ async fn statsd_datagrams_carry_names_types_and_tags_after_real_queries() {
             && has_tags(line, &[("version", version), ("env", "e2e")])
     };
     let consul_request = |line: &Line| {
-        line.name == "dnsfront.consul.requests"
+        line.name == "dnsfront.consul.requests_total"
             && line.kind == "c"
             && has_tags(line, &[("outcome", "ok")])
             && line.tags.contains_key("endpoint")
@@ -207,20 +212,20 @@ async fn statsd_datagrams_carry_names_types_and_tags_after_real_queries() {
             && line.tags.contains_key("endpoint")
     };
     let catalog_hit = |line: &Line| {
-        line.name == "dnsfront.catalog.cache_hits" && line.kind == "c" && line.value >= 1.0
+        line.name == "dnsfront.catalog.cache_hits_total" && line.kind == "c" && line.value >= 1.0
     };
     let mut lines = Vec::new();
     receive_until(
         &statsd,
         &mut lines,
         &[
-            ("dns.queries A NOERROR fresh", &query_ok),
-            ("dns.queries AAAA NXDOMAIN", &query_nxdomain),
-            ("dns.query_duration_seconds", &duration),
+            ("dns.responses_total A NOERROR fresh", &query_ok),
+            ("dns.responses_total AAAA NXDOMAIN", &query_nxdomain),
+            ("dns.request_duration_seconds", &duration),
             ("build_info", &build_info),
-            ("consul.requests ok", &consul_request),
+            ("consul.requests_total ok", &consul_request),
             ("consul.request_duration_seconds", &consul_duration),
-            ("catalog.cache_hits", &catalog_hit),
+            ("catalog.cache_hits_total", &catalog_hit),
         ],
     )
     .await;
@@ -295,7 +300,7 @@ fn udp_sockets_of(pid: u32) -> Vec<(SocketAddr, SocketAddr)> {
 }
 
 /// A plain HTTP/1.1 GET; returns the status code and the body.
-async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+pub(super) async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     stream
@@ -357,9 +362,10 @@ async fn prometheus_endpoint_serves_metrics_and_health_when_enabled() {
     // The router counts a query after its answer is sent, so the sample may
     // land a moment after the reply: scrape until it is there (bounded).
     let is_query_line = |line: &str| {
-        line.starts_with("dnsfront_dns_queries{")
+        line.starts_with("dnsfront_dns_responses_total{")
             && line.contains("zone=\"consul\"")
-            && line.contains("qtype=\"A\"")
+            && line.contains("type=\"A\"")
+            && line.contains("proto=\"udp\"")
             && line.contains("rcode=\"NOERROR\"")
             && line.contains("source=\"fresh\"")
             && line.contains("env=\"e2e\"")
@@ -376,7 +382,7 @@ async fn prometheus_endpoint_serves_metrics_and_health_when_enabled() {
     let query_line = body
         .lines()
         .find(|line| is_query_line(line))
-        .unwrap_or_else(|| panic!("no dnsfront_dns_queries sample in:\n{body}"));
+        .unwrap_or_else(|| panic!("no dnsfront_dns_responses_total sample in:\n{body}"));
     assert!(query_line.ends_with(" 1"), "{query_line}");
     assert!(
         body.lines()
@@ -386,7 +392,7 @@ async fn prometheus_endpoint_serves_metrics_and_health_when_enabled() {
         "{body}"
     );
     assert!(
-        body.contains("dnsfront_dns_query_duration_seconds_bucket{"),
+        body.contains("dnsfront_dns_request_duration_seconds_bucket{"),
         "{body}"
     );
     let (status, _) = http_get(http, "/nope").await;

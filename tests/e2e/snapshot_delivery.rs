@@ -136,7 +136,7 @@ async fn resolver_delivers_the_hosts_file_runs_its_command_once_and_sends_events
             ),
         ];
         raw.metrics.statsd = true;
-        raw.metrics.statsd_address = agent_address.to_string();
+        raw.metrics.statsd_address = Some(agent_address.to_string());
         raw.metrics.events = true;
     })
     .await;

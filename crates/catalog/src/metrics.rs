@@ -4,9 +4,9 @@ use metrics::{Unit, counter, gauge};
 use metrics_util::MetricKind;
 
 /// Background refreshes, tagged `outcome` (ok or a Consul error kind).
-pub const REFRESHES: &str = "catalog.refreshes";
+pub const REFRESHES: &str = "catalog.refreshes_total";
 /// First fetches of a never-seen key, tagged `outcome`.
-pub const FIRST_FETCHES: &str = "catalog.first_fetches";
+pub const FIRST_FETCHES: &str = "catalog.first_fetches_total";
 /// Number of cached keys.
 pub const ENTRIES: &str = "catalog.entries";
 /// Datacenters whose circuit breaker holds Consul requests back (0 = none).
@@ -14,15 +14,15 @@ pub const CIRCUIT_OPEN: &str = "catalog.consul_circuit_open";
 /// Consul requests sent by the cache, tagged `endpoint` (`health_service` or
 /// `catalog_node`), `mode` (`poll`: first fetches and periodic re-reads;
 /// `watch`: requests of a blocking-query loop) and `outcome` (ok or a Consul error kind).
-pub const CONSUL_REQUESTS: &str = "catalog.consul_requests";
+pub const CONSUL_REQUESTS: &str = "catalog.consul_requests_total";
 /// Lookups answered from a cached key (fresh, stale or negative); misses are `FIRST_FETCHES`.
-pub const CACHE_HITS: &str = "catalog.cache_hits";
+pub const CACHE_HITS: &str = "catalog.cache_hits_total";
 /// Keys evicted because the cache was full (`catalog.max_entries` or `catalog.max_bytes`).
-pub const EVICTIONS: &str = "catalog.evictions";
+pub const EVICTIONS: &str = "catalog.evictions_total";
 /// Names currently watched with a blocking query.
 pub const WATCHES: &str = "catalog.watches";
 /// Watch loops that reset their index to 0 because Consul's went backwards.
-pub const WATCH_INDEX_RESETS: &str = "catalog.watch_index_resets";
+pub const WATCH_INDEX_RESETS: &str = "catalog.watch_index_resets_total";
 
 /// Every metric of this crate, declared once: (name, kind, unit, description).
 /// `src/telemetry.rs` describes them to the recorder; the README lists them.

@@ -1007,14 +1007,14 @@ fn requests_are_counted_by_endpoint_and_outcome() {
 
     assert_eq!(
         recorded.counter(
-            "consul.requests",
+            "consul.requests_total",
             &[("endpoint", "health_service"), ("outcome", "ok")]
         ),
         1
     );
     assert_eq!(
         recorded.counter(
-            "consul.requests",
+            "consul.requests_total",
             &[("endpoint", "kv"), ("outcome", "rate_limited")]
         ),
         1
@@ -1022,7 +1022,7 @@ fn requests_are_counted_by_endpoint_and_outcome() {
     for (endpoint, count) in [("kv_put", 1), ("kv_delete", 1), ("session", 2)] {
         assert_eq!(
             recorded.counter(
-                "consul.requests",
+                "consul.requests_total",
                 &[("endpoint", endpoint), ("outcome", "ok")]
             ),
             count,
@@ -1123,7 +1123,7 @@ fn health_state_decodes_checks_blocks_on_check_changes_and_is_counted() {
 
     assert_eq!(
         recorded.counter(
-            "consul.requests",
+            "consul.requests_total",
             &[("endpoint", "health_state"), ("outcome", "ok")]
         ),
         3

@@ -216,15 +216,18 @@ pub(crate) fn parse_query(packet: &[u8]) -> Option<Key> {
 
 /// Metric handles of one cached answer, resolved when it was stored.
 pub(crate) struct Meters {
-    /// `dns.queries` with the answer's tags.
-    pub(crate) queries: Counter,
-    /// `dns.query_duration_seconds` with the answer's zone.
+    /// `dns.requests_total` with the answer's proto, zone and type.
+    pub(crate) requests: Counter,
+    /// `dns.responses_total` with the answer's tags.
+    pub(crate) responses: Counter,
+    /// `dns.request_duration_seconds` with the answer's proto, zone and type.
     pub(crate) duration: Histogram,
-    /// `dns.fast_path_hits`.
+    /// `dns.fast_path_hits_total`.
     pub(crate) hits: Counter,
 }
 
-/// The tags of an answer's `dns.queries` counter: zone, qtype, rcode, source.
+/// The tags of an answer's `dns.responses_total` counter: zone, type, rcode,
+/// source (proto is always udp here).
 pub(crate) type MeterTags = [&'static str; 4];
 
 /// Where an answer handed to [`FastCache::insert`] came from.
@@ -253,11 +256,13 @@ struct Entry {
 }
 
 impl Entry {
-    /// Adds the pending hits to `dns.queries` and `dns.fast_path_hits`.
+    /// Adds the pending hits to `dns.requests_total`, `dns.responses_total`
+    /// and `dns.fast_path_hits_total`.
     fn flush(&self) {
         let hits = self.pending.swap(0, Ordering::Relaxed);
         if hits > 0 {
-            self.meters.queries.increment(hits);
+            self.meters.requests.increment(hits);
+            self.meters.responses.increment(hits);
             self.meters.hits.increment(hits);
         }
     }
@@ -897,7 +902,8 @@ mod tests {
                     tags: ["forward", "A", "NOERROR", "upstream"],
                 },
                 || Meters {
-                    queries: Counter::noop(),
+                    requests: Counter::noop(),
+                    responses: Counter::noop(),
                     duration: Histogram::noop(),
                     hits: Counter::noop(),
                 },

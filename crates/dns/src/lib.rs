@@ -25,8 +25,9 @@
 //! once; forwarded and local answers may show the forwarder's TTL countdown
 //! up to 1 s late. [`Router::reload`] clears the cache at
 //! once, and the query log (when on) turns it off. Fast-path answers count in
-//! `dns.queries` and `dns.fast_path_hits` in batches (at most 1 s late) and
-//! feed `dns.query_duration_seconds` with one sample per 64 answers. TCP is
+//! `dns.requests_total`, `dns.responses_total` and `dns.fast_path_hits_total` in
+//! batches (at most 1 s late) and feed `dns.request_duration_seconds` with one
+//! sample per 64 answers. TCP is
 //! served by our own accept loops (`tcp.rs`: ACL at accept, global and
 //! per-client connection caps, idle timeout, lifetime, bounded pipelining,
 //! backoff when fds run out) and never uses the cache.

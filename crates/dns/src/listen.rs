@@ -270,7 +270,7 @@ pub struct ServerOptions {
     pub allowed_networks: Vec<IpNet>,
     /// UDP queries a second allowed from one client network (/24, /56),
     /// with bursts of one second's worth; beyond it datagrams are dropped
-    /// (`dns.rate_limited`). Never applies to loopback clients. 0 = off.
+    /// (`dns.rate_limited_total`). Never applies to loopback clients. 0 = off.
     pub rate_limit: u32,
 }
 
@@ -303,7 +303,7 @@ pub struct UdpOptions {
     /// available parallelism, at most 8.
     pub sockets: usize,
     /// Most UDP queries on the general path (cache misses, forwarding) at once;
-    /// datagrams beyond it are dropped unanswered (`dns.udp_overload_drops`),
+    /// datagrams beyond it are dropped unanswered (`dns.udp_overload_drops_total`),
     /// so a flood cannot grow memory without bound. At least 1. Default 4096.
     pub max_in_flight: usize,
 }

@@ -35,7 +35,8 @@ use crate::fallback::Fallback;
 use crate::fast::FastCache;
 use crate::local;
 use crate::metrics::{
-    QUERIES, QUERY_DURATION_SECONDS, TRUNCATED, qtype_tag, rcode_name, rcode_tag,
+    REQUEST_DURATION_SECONDS, REQUESTS, RESPONSES, TRUNCATED, proto_tag, qtype_tag, rcode_name,
+    rcode_tag,
 };
 use crate::name::{self, ConsulName};
 use crate::trim;
@@ -689,7 +690,7 @@ impl<C: CatalogView, F: Upstream> Router<C, F> {
         let response_code = reply.response_code;
         let (info, truncated) = send(request, responder, reply, edns.as_ref()).await;
         outcome.truncated = truncated;
-        record_metrics(&outcome, response_code, started);
+        record_metrics(request.protocol(), &outcome, response_code, started);
         if let Some(sample) = settings.query_log
             && sampled(sample)
         {
@@ -754,18 +755,37 @@ fn log_query(
     );
 }
 
-fn record_metrics(outcome: &Outcome, response_code: ResponseCode, started: Instant) {
+fn record_metrics(
+    protocol: Protocol,
+    outcome: &Outcome,
+    response_code: ResponseCode,
+    started: Instant,
+) {
+    let proto = proto_tag(protocol);
     let qtype = outcome.qtype.map_or("other", qtype_tag);
     metrics::counter!(
-        QUERIES,
+        REQUESTS,
+        "proto" => proto,
         "zone" => outcome.zone,
-        "qtype" => qtype,
+        "type" => qtype
+    )
+    .increment(1);
+    metrics::counter!(
+        RESPONSES,
+        "proto" => proto,
+        "zone" => outcome.zone,
+        "type" => qtype,
         "rcode" => rcode_tag(response_code),
         "source" => outcome.source.tag()
     )
     .increment(1);
-    metrics::histogram!(QUERY_DURATION_SECONDS, "zone" => outcome.zone)
-        .record(started.elapsed().as_secs_f64());
+    metrics::histogram!(
+        REQUEST_DURATION_SECONDS,
+        "proto" => proto,
+        "zone" => outcome.zone,
+        "type" => qtype
+    )
+    .record(started.elapsed().as_secs_f64());
     if outcome.truncated {
         metrics::counter!(TRUNCATED, "zone" => outcome.zone).increment(1);
     }

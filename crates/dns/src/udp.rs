@@ -10,7 +10,7 @@
 //! answers through [`UdpResponder`], and a cacheable answer is stored.
 //!
 //! General-path tasks are bounded by a semaphore: beyond the limit a datagram
-//! is dropped (counted in `dns.udp_overload_drops`), as a busy resolver's UDP
+//! is dropped (counted in `dns.udp_overload_drops_total`), as a busy resolver's UDP
 //! socket would; the client retries.
 
 use std::future::Future;
@@ -43,7 +43,9 @@ use tracing::{debug, trace, warn};
 use crate::backend::{CatalogView, Upstream};
 use crate::encode::Response;
 use crate::fast::{self, Meters};
-use crate::metrics::{FAST_PATH_HITS, QUERIES, QUERY_DURATION_SECONDS, UDP_OVERLOAD_DROPS};
+use crate::metrics::{
+    FAST_PATH_HITS, PROTO_UDP, REQUEST_DURATION_SECONDS, REQUESTS, RESPONSES, UDP_OVERLOAD_DROPS,
+};
 use crate::ratelimit::RateLimit;
 use crate::router::{Cacheable, Respond, Router};
 
@@ -71,7 +73,7 @@ pub(crate) struct Shared<C, F> {
     pub(crate) in_flight: Arc<Semaphore>,
     /// The per-client rate limit; None = off.
     pub(crate) rate_limit: Option<RateLimit>,
-    /// `dns.rate_limited`, resolved once.
+    /// `dns.rate_limited_total`, resolved once.
     pub(crate) rate_limited: metrics::Counter,
     pub(crate) shutdown: CancellationToken,
 }
@@ -438,14 +440,26 @@ async fn general<C: CatalogView, F: Upstream>(
                 ],
             },
             || Meters {
-                queries: metrics::counter!(
-                    QUERIES,
+                requests: metrics::counter!(
+                    REQUESTS,
+                    "proto" => PROTO_UDP,
                     "zone" => cacheable.zone,
-                    "qtype" => cacheable.qtype,
+                    "type" => cacheable.qtype
+                ),
+                responses: metrics::counter!(
+                    RESPONSES,
+                    "proto" => PROTO_UDP,
+                    "zone" => cacheable.zone,
+                    "type" => cacheable.qtype,
                     "rcode" => cacheable.rcode,
                     "source" => cacheable.source
                 ),
-                duration: metrics::histogram!(QUERY_DURATION_SECONDS, "zone" => cacheable.zone),
+                duration: metrics::histogram!(
+                    REQUEST_DURATION_SECONDS,
+                    "proto" => PROTO_UDP,
+                    "zone" => cacheable.zone,
+                    "type" => cacheable.qtype
+                ),
                 hits: metrics::counter!(FAST_PATH_HITS),
             },
         );

@@ -112,7 +112,7 @@ async fn a_refused_flood_is_answered_inline_and_takes_no_general_path_slot() {
         }
     }
     assert_eq!(
-        Recorded::take(metrics).counter("dns.udp_overload_drops", &[]),
+        Recorded::take(metrics).counter("dns.udp_overload_drops_total", &[]),
         0,
         "no refused datagram competed for the slot"
     );
@@ -182,5 +182,8 @@ async fn the_rate_limit_never_applies_to_loopback_clients() {
         let (reply, _) = udp(addr, &Ask::new("nothing.service.consul.", RecordType::A)).await;
         assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain);
     }
-    assert_eq!(Recorded::take(metrics).counter("dns.rate_limited", &[]), 0);
+    assert_eq!(
+        Recorded::take(metrics).counter("dns.rate_limited_total", &[]),
+        0
+    );
 }

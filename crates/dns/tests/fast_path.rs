@@ -18,7 +18,7 @@ use test_support::{
 
 use support::*;
 
-const HITS: &str = "dns.fast_path_hits";
+const HITS: &str = "dns.fast_path_hits_total";
 
 fn ip(text: &str) -> IpAddr {
     text.parse().expect("ip literal")
@@ -101,15 +101,22 @@ async fn repeated_query_is_served_from_the_fast_path_with_its_id_and_case() {
     stop(server).await;
     let recorded = Recorded::take(&snapshotter);
     assert_eq!(recorded.counter(HITS, &[]), 1);
+    let request = [("proto", "udp"), ("type", "A"), ("zone", "consul")];
     let tags = [
-        ("qtype", "A"),
+        ("proto", "udp"),
+        ("type", "A"),
         ("rcode", "NOERROR"),
         ("source", "fresh"),
         ("zone", "consul"),
     ];
-    assert_eq!(recorded.counter("dns.queries", &tags), 2, "both counted");
+    assert_eq!(recorded.counter("dns.requests_total", &request), 2);
     assert_eq!(
-        recorded.histogram_samples("dns.query_duration_seconds", &[("zone", "consul")]),
+        recorded.counter("dns.responses_total", &tags),
+        2,
+        "both counted"
+    );
+    assert_eq!(
+        recorded.histogram_samples("dns.request_duration_seconds", &request),
         1,
         "fast-path durations are sampled once per 64 hits"
     );
@@ -132,7 +139,10 @@ async fn fast_path_answers_are_shuffled() {
     let before_stop = Recorded::take(&snapshotter);
     assert_eq!(hits(&before_stop), 64, "one full batch counted at once");
     assert_eq!(
-        before_stop.histogram_samples("dns.query_duration_seconds", &[("zone", "consul")]),
+        before_stop.histogram_samples(
+            "dns.request_duration_seconds",
+            &[("proto", "udp"), ("type", "A"), ("zone", "consul")],
+        ),
         2,
         "the general path's sample and one per batch of fast-path hits"
     );

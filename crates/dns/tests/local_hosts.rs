@@ -280,9 +280,10 @@ async fn local_ttl_is_configurable_and_counted_as_local() {
     let recorded = Recorded::take(&snapshotter);
     let local = |qtype| {
         recorded.counter(
-            "dns.queries",
+            "dns.responses_total",
             &[
-                ("qtype", qtype),
+                ("proto", "udp"),
+                ("type", qtype),
                 ("rcode", "NOERROR"),
                 ("source", "local"),
                 ("zone", "local"),

@@ -272,7 +272,7 @@ async fn at_the_global_cap_the_idlest_connection_makes_room() {
     }
     let recorded = Recorded::take(&snapshotter);
     assert_eq!(
-        recorded.counter("dns.tcp_closed", &[("reason", "evicted")]),
+        recorded.counter("dns.tcp_closed_total", &[("reason", "evicted")]),
         1
     );
 }
@@ -318,7 +318,7 @@ async fn pipelined_queries_beyond_the_bound_wait_and_busy_slots_are_not_taken() 
     }
     let recorded = Recorded::take(&snapshotter);
     assert_eq!(
-        recorded.counter("dns.tcp_refused", &[("reason", "full")]),
+        recorded.counter("dns.tcp_refused_total", &[("reason", "full")]),
         1
     );
 }
@@ -364,7 +364,10 @@ async fn idle_connections_close_and_partial_messages_do_not_count_as_activity() 
         "a byte trickle does not keep a connection"
     );
     let recorded = Recorded::take(&snapshotter);
-    assert_eq!(recorded.counter("dns.tcp_closed", &[("reason", "idle")]), 3);
+    assert_eq!(
+        recorded.counter("dns.tcp_closed_total", &[("reason", "idle")]),
+        3
+    );
 }
 
 #[tokio::test]
@@ -405,7 +408,7 @@ async fn a_busy_connection_is_closed_at_its_lifetime() {
     );
     let recorded = Recorded::take(&snapshotter);
     assert_eq!(
-        recorded.counter("dns.tcp_closed", &[("reason", "lifetime")]),
+        recorded.counter("dns.tcp_closed_total", &[("reason", "lifetime")]),
         1
     );
 }
@@ -427,7 +430,10 @@ async fn clients_outside_the_acl_are_closed_at_accept() {
     assert!(refused(IpAddr::from([127, 0, 0, 1]), server.addr).await);
     assert_eq!(server.catalog.waiting(), 0);
     let recorded = Recorded::take(&snapshotter);
-    assert_eq!(recorded.counter("dns.tcp_refused", &[("reason", "acl")]), 1);
+    assert_eq!(
+        recorded.counter("dns.tcp_refused_total", &[("reason", "acl")]),
+        1
+    );
 }
 
 #[tokio::test]

@@ -843,9 +843,10 @@ async fn queries_are_counted_by_zone_rcode_and_source() {
     let recorded = Recorded::take(&snapshotter);
     let queries = |qtype, rcode, source, zone| {
         recorded.counter(
-            "dns.queries",
+            "dns.responses_total",
             &[
-                ("qtype", qtype),
+                ("proto", "udp"),
+                ("type", qtype),
                 ("rcode", rcode),
                 ("source", source),
                 ("zone", zone),
@@ -855,5 +856,8 @@ async fn queries_are_counted_by_zone_rcode_and_source() {
     assert_eq!(queries("A", "NOERROR", "stale", "consul"), 2);
     assert_eq!(queries("other", "NXDOMAIN", "fresh", "consul"), 1);
     assert_eq!(queries("AAAA", "NOERROR", "upstream", "forward"), 1);
-    assert_eq!(recorded.counter("dns.truncated", &[("zone", "consul")]), 1);
+    assert_eq!(
+        recorded.counter("dns.truncated_responses_total", &[("zone", "consul")]),
+        1
+    );
 }

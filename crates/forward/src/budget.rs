@@ -6,7 +6,7 @@
 //! decoded; an answer handed to the queries waiting for it is kept as compact wire
 //! bytes and charged their size until the last waiter has its copy. Charges are taken
 //! without waiting: an answer that does not fit is dropped at once (the query gets a
-//! stale answer or SERVFAIL, `forward.over_budget`), so small answers keep flowing
+//! stale answer or SERVFAIL, `forward.over_budget_total`), so small answers keep flowing
 //! while large ones fill the budget, and nothing queues behind a large one.
 //!
 //! UDP answers need no charge while received: each pooled socket's buffer is a fixed

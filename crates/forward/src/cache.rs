@@ -342,7 +342,7 @@ impl quick_cache::Weighter<Key, Arc<Entry>> for ByBytes {
     }
 }
 
-/// Counts capacity evictions (`forward.cache_evictions`).
+/// Counts capacity evictions (`forward.cache_evictions_total`).
 #[derive(Debug, Clone, Copy)]
 struct CountEvictions;
 

@@ -7,39 +7,39 @@ use metrics::Unit;
 use metrics_util::MetricKind;
 
 /// Queries answered from the response cache.
-pub const CACHE_HITS: &str = "forward.cache_hits";
+pub const CACHE_HITS: &str = "forward.cache_hits_total";
 /// Queries the cache could not answer (fresh entry absent or expired).
-pub const CACHE_MISSES: &str = "forward.cache_misses";
+pub const CACHE_MISSES: &str = "forward.cache_misses_total";
 /// Exchanges with one upstream, tagged `upstream` and `outcome`.
-pub const UPSTREAM_QUERIES: &str = "forward.upstream_queries";
+pub const UPSTREAM_QUERIES: &str = "forward.requests_total";
 /// Duration of one exchange with one upstream, tagged `upstream`.
-pub const UPSTREAM_DURATION_SECONDS: &str = "forward.upstream_duration_seconds";
+pub const UPSTREAM_DURATION_SECONDS: &str = "forward.request_duration_seconds";
 /// Queries refused because `max_in_flight` upstream queries were already running.
-pub const OVERLOADED: &str = "forward.overloaded";
+pub const OVERLOADED: &str = "forward.max_concurrent_rejects_total";
 /// Cache misses that joined an identical query already in flight.
-pub const COALESCED: &str = "forward.coalesced";
+pub const COALESCED: &str = "forward.coalesced_total";
 /// Bytes of upstream answers held in flight (gauge): TCP answers being read, answers
 /// waiting for their queries; at most `max_in_flight_bytes`.
 pub const IN_FLIGHT_BYTES: &str = "forward.in_flight_bytes";
 /// Upstream answers dropped because `max_in_flight_bytes` was used up.
-pub const OVER_BUDGET: &str = "forward.over_budget";
+pub const OVER_BUDGET: &str = "forward.over_budget_total";
 /// Approximate number of responses in the cache (gauge, set on every insert).
 pub const CACHE_ENTRIES: &str = "forward.cache_entries";
 /// Bytes charged to the response cache (gauge, set on every insert).
 pub const CACHE_BYTES: &str = "forward.cache_bytes";
 /// Responses evicted to make room (the cache was full), not by expiry.
-pub const CACHE_EVICTIONS: &str = "forward.cache_evictions";
+pub const CACHE_EVICTIONS: &str = "forward.cache_evictions_total";
 
 /// Failed exchanges with one upstream (timeout, socket error, failure rcode), tagged `upstream`.
-pub const UPSTREAM_FAILURES: &str = "forward.upstream_failures";
+pub const UPSTREAM_FAILURES: &str = "forward.upstream_failures_total";
 /// 1 while an upstream is marked down, 0 while up (gauge), tagged `upstream`.
 pub const UPSTREAM_DOWN: &str = "forward.upstream_down";
 /// Background refreshes started for entries hit in the last 10 % of their TTL.
-pub const PREFETCHES: &str = "forward.prefetches";
+pub const PREFETCHES: &str = "forward.cache_prefetch_total";
 /// Answers served from expired cache entries because upstreams failed (RFC 8767).
-pub const STALE_ANSWERS: &str = "forward.stale_answers";
+pub const STALE_ANSWERS: &str = "forward.cache_served_stale_total";
 /// Queries answered or answers changed by local policy, tagged `policy`.
-pub const POLICY_ANSWERS: &str = "forward.policy_answers";
+pub const POLICY_ANSWERS: &str = "forward.policy_answers_total";
 
 /// Tag key naming the policy (`domain_needed`, `bogus_priv`, `rebind`).
 pub const TAG_POLICY: &str = "policy";

@@ -6,7 +6,7 @@ use metrics_util::MetricKind;
 /// Gauge: (name, address) pairs loaded from the hosts files.
 pub const ENTRIES: &str = "hosts.entries";
 /// Counter: loads of the hosts files, tagged `result` (ok, error).
-pub const RELOADS: &str = "hosts.reloads";
+pub const RELOADS: &str = "hosts.reloads_total";
 
 /// Every metric of this crate, declared once: (name, kind, unit, description).
 /// `src/telemetry.rs` describes them to the recorder; the README lists them.

@@ -159,7 +159,7 @@ fn entries_gauge_follows_loads() {
     assert_eq!(gauge, Some(&DebugValue::Gauge(3.0.into())));
     let reloads = snapshot
         .iter()
-        .find(|(key, ..)| key.key().name() == "hosts.reloads")
+        .find(|(key, ..)| key.key().name() == "hosts.reloads_total")
         .map(|(key, .., value)| {
             (
                 key.key()

@@ -106,7 +106,7 @@ pub enum Error {
 }
 
 impl Error {
-    /// A short, bounded label for metrics (`snapshot.rejected{reason}`).
+    /// A short, bounded label for metrics (`snapshot.rejected_total{reason}`).
     pub fn reason(&self) -> &'static str {
         match self {
             Error::BadMagic => "bad_magic",

@@ -21,7 +21,7 @@
 //!
 //! Then it is swapped into [`Hosts`] and handed to the [`Delivery`] task (hosts file,
 //! after-delivery command), which the DNS path never waits for. Every refusal keeps the
-//! previous snapshot, is counted in `snapshot.rejected{reason}` and is logged once per
+//! previous snapshot, is counted in `snapshot.rejected_total{reason}` and is logged once per
 //! distinct reason. Applied and refused snapshots are sent as [`events`] when a sink is
 //! configured.
 //!
@@ -255,7 +255,7 @@ impl Follower {
     ///
     /// Returns the generation now in memory, or `None` when the state dir has no snapshot.
     /// A corrupt or badly signed file is returned as an error (and counted in
-    /// `snapshot.rejected`); it is not fatal: [`Follower::run`] replaces it with the next
+    /// `snapshot.rejected_total`); it is not fatal: [`Follower::run`] replaces it with the next
     /// good value. Does blocking file I/O.
     pub fn load_from_disk(&self) -> Result<Option<u64>, Error> {
         let Some(bytes) = store::load(&self.config.state_dir).inspect_err(|error| {

@@ -11,13 +11,13 @@ pub const AGE_SECONDS: &str = "snapshot.age_seconds";
 pub const SIZE_BYTES: &str = "snapshot.size_bytes";
 /// Snapshots a follower refused, tagged `reason` ([`crate::Error::reason`], e.g. `shape`,
 /// or `rollback`, `generation`, `unsigned`).
-pub const REJECTED: &str = "snapshot.rejected";
+pub const REJECTED: &str = "snapshot.rejected_total";
 /// Snapshots a follower verified, stored and swapped in.
-pub const APPLIED: &str = "snapshot.applied";
+pub const APPLIED: &str = "snapshot.applied_total";
 /// Snapshots a publisher wrote to Consul.
-pub const PUBLISHED: &str = "snapshot.published";
+pub const PUBLISHED: &str = "snapshot.published_total";
 /// Publishes skipped, tagged `reason` (unchanged, min_interval, too_small, shrink_guard, kill_switch, ...).
-pub const PUBLISH_SKIPPED: &str = "snapshot.publish_skipped";
+pub const PUBLISH_SKIPPED: &str = "snapshot.publish_skipped_total";
 
 /// 1 while the snapshot in KV is not the one this follower holds (other SHA-256: not
 /// applied yet, rejected, or held back by the kill switch), else 0. Summed over a fleet:
@@ -26,9 +26,9 @@ pub const BEHIND: &str = "snapshot.behind";
 /// Generation of the latest snapshot in KV as this follower last read it (when it decoded).
 pub const KV_GENERATION: &str = "snapshot.kv_generation";
 /// Hosts-file deliveries, tagged `result` (written, unchanged, failed).
-pub const HOSTS_FILE_WRITES: &str = "snapshot.hosts_file_writes";
+pub const HOSTS_FILE_WRITES: &str = "snapshot.hosts_file_writes_total";
 /// After-delivery command runs, tagged `result` (ok, failed, timeout, not_run).
-pub const AFTER_DELIVERY_COMMANDS: &str = "snapshot.after_delivery_commands";
+pub const AFTER_DELIVERY_COMMANDS: &str = "snapshot.after_delivery_commands_total";
 
 /// Every metric of this crate, declared once: (name, kind, unit, description).
 /// `src/telemetry.rs` describes them to the recorder; the README lists them.

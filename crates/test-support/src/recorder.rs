@@ -8,9 +8,9 @@
 //! let snapshotter = recorder.snapshotter();
 //! let _guard = metrics::set_default_local_recorder(&recorder);
 //! // ... exercise the code under test ...
-//! metrics::counter!("dns.truncated", "zone" => "consul").increment(1);
+//! metrics::counter!("dns.truncated_responses_total", "zone" => "consul").increment(1);
 //! let recorded = Recorded::take(&snapshotter);
-//! assert_eq!(recorded.counter("dns.truncated", &[("zone", "consul")]), 1);
+//! assert_eq!(recorded.counter("dns.truncated_responses_total", &[("zone", "consul")]), 1);
 //! ```
 
 use metrics_util::debugging::{DebugValue, Snapshotter};
