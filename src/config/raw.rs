@@ -217,6 +217,8 @@ pub struct Env {
     pub consul_http_addr: Option<String>,
     /// `CONSUL_HTTP_TOKEN` (redacted in `Debug`).
     pub consul_http_token: Option<dnsfront_consul::Token>,
+    /// `CONSUL_HTTP_SSL`, `CONSUL_CACERT` and the other TLS variables.
+    pub consul_tls: super::TlsEnv,
 }
 
 impl Env {
@@ -226,6 +228,7 @@ impl Env {
         Self {
             consul_http_addr: non_empty("CONSUL_HTTP_ADDR"),
             consul_http_token: non_empty("CONSUL_HTTP_TOKEN").map(dnsfront_consul::Token::new),
+            consul_tls: super::TlsEnv::from_process(),
         }
     }
 }

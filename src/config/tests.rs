@@ -75,7 +75,7 @@ fn bad_values_name_the_key_and_the_problem() {
             "catalog.refresh_interval",
         ),
         (
-            "[consul]\naddress = \"https://consul:8501\"",
+            "[consul]\naddress = \"ftp://consul:8501\"",
             "consul.address",
         ),
         ("[forward]\nupstreams = [\"nope\"]", "forward.upstreams"),
@@ -129,6 +129,7 @@ fn consul_address_and_token_come_from_the_environment() {
     let env = Env {
         consul_http_addr: Some("10.1.2.3:8500".into()),
         consul_http_token: Some("s3cr3t-token".into()),
+        ..Env::default()
     };
     let settings = RawConfig::default().validate(&env).expect("valid");
     assert_eq!(settings.consul.address, "http://10.1.2.3:8500");

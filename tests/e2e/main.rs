@@ -6,6 +6,7 @@ mod binary;
 mod catalog;
 mod cli;
 mod consul_answers;
+mod consul_tls;
 mod diagnostics;
 mod dig;
 mod forwarding;

@@ -257,6 +257,7 @@ async fn check_says_behind_while_kv_holds_a_snapshot_the_node_has_not_applied() 
             let lines = dnsfront::check::checks(&CheckArgs {
                 config: Some(config),
                 control: None,
+                json: false,
             })
             .await;
             let line = lines

@@ -12,7 +12,9 @@ pub const DEFAULT_ADDRESS: &str = "http://127.0.0.1:8500";
 /// Settings for [`crate::Client`]; validated by [`crate::Client::new`].
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// Base URL of the Consul agent, e.g. `http://127.0.0.1:8500` (plain HTTP only).
+    /// Base URL of the Consul agent: `http://127.0.0.1:8500`,
+    /// `https://127.0.0.1:8501` (with [`Config::tls`]) or a Unix socket,
+    /// `unix:///run/consul/http.sock`.
     pub address: String,
     /// ACL token sent as `X-Consul-Token`; `None` uses the agent's default token.
     pub token: Option<Token>,
@@ -22,6 +24,8 @@ pub struct Config {
     pub stale: bool,
     /// Add `?cached` to health reads so the agent answers from its cache.
     pub cached: bool,
+    /// CA, client certificate and name checks of an `https://` address.
+    pub tls: crate::TlsConfig,
 }
 
 impl Default for Config {
@@ -32,6 +36,7 @@ impl Default for Config {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             stale: true,
             cached: false,
+            tls: crate::TlsConfig::default(),
         }
     }
 }

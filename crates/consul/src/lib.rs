@@ -20,6 +20,8 @@ mod instance;
 pub mod metrics;
 mod model;
 mod query;
+mod tls;
+mod transport;
 mod watch;
 mod write;
 
@@ -33,5 +35,7 @@ pub use model::{
     ServiceEntry, Weights,
 };
 pub use query::{QueryMeta, QueryOptions, Response};
+pub use tls::TlsConfig;
+pub use transport::TLS_CHECK_INTERVAL;
 pub use watch::{IndexChange, Pace, Watch, next_index};
 pub use write::{KvPutOptions, SessionBehavior, SessionRequest};
