@@ -256,6 +256,14 @@ impl RawConfig {
                 consul.address
             ));
         }
+        if consul.address.starts_with("https://") && !consul.tls.verify {
+            warnings.push(
+                "consul.tls_verify is false (or CONSUL_HTTP_SSL_VERIFY=false): anyone on the \
+                 path can pose as the agent, forge answers and read the ACL token; trust the \
+                 agent's CA with consul.ca_file instead"
+                    .to_owned(),
+            );
+        }
         if let Some(path) = &self.consul.token_file
             && consul.token.is_some()
             && let Some(mode) = world_readable_mode(path)
@@ -421,6 +429,19 @@ mod tests {
 
     #[test]
     fn unix_socket_addresses_are_accepted_and_bad_tls_settings_name_the_key() {
+        let unverified = RawConfig::parse(
+            "[consul]\naddress = \"https://127.0.0.1:8501\"\ntls_verify = false\n",
+            "test.toml",
+        )
+        .expect("parses")
+        .validate(&Env::default())
+        .expect("valid");
+        assert!(
+            unverified.warnings.len() == 1
+                && unverified.warnings[0].starts_with("consul.tls_verify is false"),
+            "{:?}",
+            unverified.warnings
+        );
         let parse = |text: &str, env: &Env| {
             RawConfig::parse(text, "test.toml")
                 .expect("parses")

@@ -234,8 +234,8 @@ fn explain(error: &rustls::Error) -> String {
     use rustls::AlertDescription as Alert;
     let hint = match error {
         rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
-            "the agent's certificate is not signed by a trusted CA (consul.tls.ca_file, \
-             ca_path / CONSUL_CACERT, CONSUL_CAPATH)"
+            "the agent's certificate is not signed by a trusted CA (consul.ca_file, \
+             consul.ca_path / CONSUL_CACERT, CONSUL_CAPATH)"
         }
         rustls::Error::InvalidCertificate(
             CertificateError::Expired | CertificateError::ExpiredContext { .. },
@@ -246,7 +246,7 @@ fn explain(error: &rustls::Error) -> String {
         rustls::Error::InvalidCertificate(
             CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
         ) => {
-            "the agent's certificate is not valid for the name dialled (consul.tls.server_name \
+            "the agent's certificate is not valid for the name dialled (consul.tls_server_name \
              / CONSUL_TLS_SERVER_NAME)"
         }
         rustls::Error::AlertReceived(
@@ -257,7 +257,7 @@ fn explain(error: &rustls::Error) -> String {
             | Alert::CertificateUnknown,
         ) => {
             "the agent refused the handshake: it may require a client certificate it trusts \
-             (consul.tls.cert_file and key_file / CONSUL_CLIENT_CERT, CONSUL_CLIENT_KEY)"
+             (consul.cert_file and consul.key_file / CONSUL_CLIENT_CERT, CONSUL_CLIENT_KEY)"
         }
         rustls::Error::InvalidMessage(_) => {
             "the agent did not answer TLS (is it serving HTTPS on this port?)"
