@@ -34,6 +34,65 @@ pub struct RawConsul {
     pub namespace: Option<String>,
     /// Consul Enterprise admin partition (`?partition=`); default `$CONSUL_PARTITION`.
     pub partition: Option<String>,
+    /// CA certificates (PEM) that sign the agent's HTTPS certificate;
+    /// default `$CONSUL_CACERT`, else the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// Directory of CA certificates (PEM); default `$CONSUL_CAPATH`.
+    pub ca_path: Option<PathBuf>,
+    /// Client certificate for mutual TLS; default `$CONSUL_CLIENT_CERT`.
+    pub cert_file: Option<PathBuf>,
+    /// Its private key; default `$CONSUL_CLIENT_KEY`.
+    pub key_file: Option<PathBuf>,
+    /// Name the agent's certificate is checked against instead of the
+    /// address's host; default `$CONSUL_TLS_SERVER_NAME`.
+    pub tls_server_name: Option<String>,
+    /// Verify the agent's certificate; default `$CONSUL_HTTP_SSL_VERIFY`, else true.
+    pub tls_verify: Option<bool>,
+}
+
+/// The `consul` CLI's TLS environment variables (empty ones count as unset).
+#[derive(Debug, Default, Clone)]
+pub struct TlsEnv {
+    /// `CONSUL_HTTP_SSL`: `true` turns an `http://` (or scheme-less) address into `https://`.
+    pub http_ssl: Option<String>,
+    /// `CONSUL_HTTP_SSL_VERIFY`.
+    pub http_ssl_verify: Option<String>,
+    /// `CONSUL_CACERT`.
+    pub ca_cert: Option<PathBuf>,
+    /// `CONSUL_CAPATH`.
+    pub ca_path: Option<PathBuf>,
+    /// `CONSUL_CLIENT_CERT`.
+    pub client_cert: Option<PathBuf>,
+    /// `CONSUL_CLIENT_KEY`.
+    pub client_key: Option<PathBuf>,
+    /// `CONSUL_TLS_SERVER_NAME`.
+    pub tls_server_name: Option<String>,
+}
+
+impl TlsEnv {
+    /// Reads the process environment.
+    pub fn from_process() -> Self {
+        let text = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
+        let path = |name| text(name).map(PathBuf::from);
+        Self {
+            http_ssl: text("CONSUL_HTTP_SSL"),
+            http_ssl_verify: text("CONSUL_HTTP_SSL_VERIFY"),
+            ca_cert: path("CONSUL_CACERT"),
+            ca_path: path("CONSUL_CAPATH"),
+            client_cert: path("CONSUL_CLIENT_CERT"),
+            client_key: path("CONSUL_CLIENT_KEY"),
+            tls_server_name: text("CONSUL_TLS_SERVER_NAME"),
+        }
+    }
+}
+
+/// A boolean as Go's `strconv.ParseBool` reads it (the `consul` CLI's rule).
+fn parse_bool(variable: &str, value: &str) -> Result<bool, ConfigError> {
+    match value {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
+        _ => Err(invalid(variable, format!("{value:?} is not a boolean"))),
+    }
 }
 
 impl Default for RawConsul {
@@ -48,6 +107,12 @@ impl Default for RawConsul {
             cached: consul.cached,
             namespace: None,
             partition: None,
+            ca_file: None,
+            ca_path: None,
+            cert_file: None,
+            key_file: None,
+            tls_server_name: None,
+            tls_verify: None,
         }
     }
 }
@@ -70,14 +135,7 @@ impl RawConfig {
         } else {
             format!("http://{address}")
         };
-        if !address.starts_with("http://") {
-            return Err(invalid(
-                "consul.address",
-                format!(
-                    "{address:?}: only http:// is supported (run dnsfront beside the local agent)"
-                ),
-            ));
-        }
+        let (address, tls) = self.consul_tls(address, &env.consul_tls)?;
         let token_file = match (&self.consul.token, &self.consul.token_file) {
             (Some(_), Some(_)) => {
                 return Err(invalid(
@@ -142,7 +200,83 @@ impl RawConfig {
             cached: self.consul.cached,
             namespace,
             partition,
+            tls,
         })
+    }
+
+    /// The address's scheme after `CONSUL_HTTP_SSL`, and the TLS settings:
+    /// each key, else its `consul` CLI variable, else the default.
+    fn consul_tls(
+        &self,
+        address: String,
+        env: &TlsEnv,
+    ) -> Result<(String, consul::TlsConfig), ConfigError> {
+        let http_ssl = match &env.http_ssl {
+            Some(value) => parse_bool("CONSUL_HTTP_SSL", value)?,
+            None => false,
+        };
+        let address = match address.strip_prefix("http://") {
+            // As the consul CLI: never back to http when TLS was asked for.
+            Some(rest) if http_ssl => format!("https://{rest}"),
+            _ => address,
+        };
+        if !(address.starts_with("http://")
+            || address.starts_with("https://")
+            || address.starts_with("unix:///"))
+        {
+            return Err(invalid(
+                "consul.address",
+                format!(
+                    "{address:?}: expected http://HOST:PORT, https://HOST:PORT or \
+                     unix:///PATH/TO/SOCKET"
+                ),
+            ));
+        }
+        if http_ssl && address.starts_with("unix://") {
+            return Err(invalid(
+                "consul.address",
+                "TLS over a Unix socket (CONSUL_HTTP_SSL=true with unix://) is not supported; \
+                 the socket's file permissions guard it",
+            ));
+        }
+        let verify = match (self.consul.tls_verify, &env.http_ssl_verify) {
+            (Some(verify), _) => verify,
+            (None, Some(value)) => parse_bool("CONSUL_HTTP_SSL_VERIFY", value)?,
+            (None, None) => true,
+        };
+        let tls = consul::TlsConfig {
+            ca_file: self.consul.ca_file.clone().or_else(|| env.ca_cert.clone()),
+            ca_path: self.consul.ca_path.clone().or_else(|| env.ca_path.clone()),
+            cert_file: self
+                .consul
+                .cert_file
+                .clone()
+                .or_else(|| env.client_cert.clone()),
+            key_file: self
+                .consul
+                .key_file
+                .clone()
+                .or_else(|| env.client_key.clone()),
+            server_name: self
+                .consul
+                .tls_server_name
+                .clone()
+                .or_else(|| env.tls_server_name.clone()),
+            verify,
+        };
+        if tls.cert_file.is_some() != tls.key_file.is_some() {
+            let missing = if tls.cert_file.is_none() {
+                "consul.cert_file"
+            } else {
+                "consul.key_file"
+            };
+            return Err(invalid(
+                missing,
+                "a client certificate needs both cert_file and key_file \
+                 (CONSUL_CLIENT_CERT, CONSUL_CLIENT_KEY)",
+            ));
+        }
+        Ok((address, tls))
     }
 }
 
@@ -160,6 +294,14 @@ impl RawConfig {
                  (http://127.0.0.1:8500)",
                 consul.address
             ));
+        }
+        if consul.address.starts_with("https://") && !consul.tls.verify {
+            warnings.push(
+                "consul.tls_verify is false (or CONSUL_HTTP_SSL_VERIFY=false): anyone on the \
+                 path can pose as the agent, forge answers and read the ACL token; trust the \
+                 agent's CA with consul.ca_file instead"
+                    .to_owned(),
+            );
         }
         if let Some(path) = &consul.token_file
             && let Some(mode) = world_readable_mode(path)
@@ -360,6 +502,137 @@ mod tests {
                 .expect("parses");
             let error = raw.validate(&Env::default()).expect_err(bad).to_string();
             assert!(error.contains("consul.partition"), "{error}");
+        }
+    }
+
+    #[test]
+    fn tls_keys_default_to_the_consul_cli_variables() {
+        use std::path::PathBuf;
+
+        use super::TlsEnv;
+
+        let env = Env {
+            consul_http_addr: Some("10.0.0.5:8501".to_owned()),
+            consul_tls: TlsEnv {
+                http_ssl: Some("true".to_owned()),
+                http_ssl_verify: Some("false".to_owned()),
+                ca_cert: Some("/env/ca.pem".into()),
+                ca_path: Some("/env/ca.d".into()),
+                client_cert: Some("/env/cert.pem".into()),
+                client_key: Some("/env/key.pem".into()),
+                tls_server_name: Some("server.dc1.consul".to_owned()),
+            },
+            ..Env::default()
+        };
+        let from_env = RawConfig::default().validate(&env).expect("valid");
+        assert_eq!(from_env.consul.address, "https://10.0.0.5:8501");
+        let tls = &from_env.consul.tls;
+        assert_eq!(tls.ca_file, Some(PathBuf::from("/env/ca.pem")));
+        assert_eq!(tls.ca_path, Some(PathBuf::from("/env/ca.d")));
+        assert_eq!(tls.cert_file, Some(PathBuf::from("/env/cert.pem")));
+        assert_eq!(tls.key_file, Some(PathBuf::from("/env/key.pem")));
+        assert_eq!(tls.server_name.as_deref(), Some("server.dc1.consul"));
+        assert!(!tls.verify);
+
+        // The file's keys win over the variables, as consul.address does.
+        let raw = RawConfig::parse(
+            "[consul]\naddress = \"https://127.0.0.1:8501\"\nca_file = \"/etc/ca.pem\"\n\
+             cert_file = \"/etc/c.pem\"\nkey_file = \"/etc/k.pem\"\n\
+             tls_server_name = \"localhost\"\ntls_verify = true\n",
+            "test.toml",
+        )
+        .expect("parses");
+        let from_file = raw.validate(&env).expect("valid");
+        let tls = &from_file.consul.tls;
+        assert_eq!(from_file.consul.address, "https://127.0.0.1:8501");
+        assert_eq!(tls.ca_file, Some(PathBuf::from("/etc/ca.pem")));
+        assert_eq!(tls.ca_path, Some(PathBuf::from("/env/ca.d")));
+        assert_eq!(tls.cert_file, Some(PathBuf::from("/etc/c.pem")));
+        assert_eq!(tls.server_name.as_deref(), Some("localhost"));
+        assert!(tls.verify);
+
+        // Nothing set: verified against the system's roots; http stays http.
+        let plain = RawConfig::default()
+            .validate(&Env::default())
+            .expect("valid");
+        assert_eq!(plain.consul.tls, dnsfront_consul::TlsConfig::default());
+        assert!(plain.consul.tls.verify);
+        assert_eq!(plain.consul.address, "http://127.0.0.1:8500");
+    }
+
+    #[test]
+    fn unix_socket_addresses_are_accepted_and_bad_tls_settings_name_the_key() {
+        let unverified = RawConfig::parse(
+            "[consul]\naddress = \"https://127.0.0.1:8501\"\ntls_verify = false\n",
+            "test.toml",
+        )
+        .expect("parses")
+        .validate(&Env::default())
+        .expect("valid");
+        assert!(
+            unverified.warnings.len() == 1
+                && unverified.warnings[0].starts_with("consul.tls_verify is false"),
+            "{:?}",
+            unverified.warnings
+        );
+        let parse = |text: &str, env: &Env| {
+            RawConfig::parse(text, "test.toml")
+                .expect("parses")
+                .validate(env)
+                .map_err(|error| error.to_string())
+        };
+        let unix = parse(
+            "[consul]\naddress = \"unix:///run/consul/http.sock\"\n",
+            &Env::default(),
+        )
+        .expect("a socket address");
+        assert_eq!(unix.consul.address, "unix:///run/consul/http.sock");
+        let env_unix = Env {
+            consul_http_addr: Some("unix:///run/consul/http.sock".to_owned()),
+            ..Env::default()
+        };
+        assert_eq!(
+            parse("", &env_unix).expect("from the env").consul.address,
+            "unix:///run/consul/http.sock"
+        );
+
+        for (text, env, key) in [
+            (
+                "[consul]\naddress = \"unix://relative.sock\"\n",
+                Env::default(),
+                "consul.address",
+            ),
+            (
+                "[consul]\ncert_file = \"/c.pem\"\n",
+                Env::default(),
+                "consul.key_file",
+            ),
+            (
+                "",
+                Env {
+                    consul_tls: super::TlsEnv {
+                        http_ssl_verify: Some("maybe".to_owned()),
+                        ..super::TlsEnv::default()
+                    },
+                    ..Env::default()
+                },
+                "CONSUL_HTTP_SSL_VERIFY",
+            ),
+            (
+                "",
+                Env {
+                    consul_http_addr: Some("unix:///run/consul/http.sock".to_owned()),
+                    consul_tls: super::TlsEnv {
+                        http_ssl: Some("1".to_owned()),
+                        ..super::TlsEnv::default()
+                    },
+                    ..Env::default()
+                },
+                "consul.address",
+            ),
+        ] {
+            let error = parse(text, &env).expect_err(text);
+            assert!(error.starts_with(key), "{key}: {error}");
         }
     }
 }

@@ -150,6 +150,17 @@ pub const KEYS: &[Key] = &[
     key("consul.cached", Restart, |s| show(s.consul.cached)),
     key("consul.namespace", Restart, |s| show(&s.consul.namespace)),
     key("consul.partition", Restart, |s| show(&s.consul.partition)),
+    // The paths; the files' contents are re-read when they change (rotation).
+    key("consul.ca_file", Restart, |s| show(&s.consul.tls.ca_file)),
+    key("consul.ca_path", Restart, |s| show(&s.consul.tls.ca_path)),
+    key("consul.cert_file", Restart, |s| {
+        show(&s.consul.tls.cert_file)
+    }),
+    key("consul.key_file", Restart, |s| show(&s.consul.tls.key_file)),
+    key("consul.tls_server_name", Restart, |s| {
+        show(&s.consul.tls.server_name)
+    }),
+    key("consul.tls_verify", Restart, |s| show(s.consul.tls.verify)),
     key("catalog.refresh_interval", Restart, |s| {
         show(s.catalog.refresh_interval)
     }),

@@ -25,7 +25,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use catalog::{RawCatalog, RawRefreshMode};
-pub use consul::{DEFAULT_CONSUL, RawConsul};
+pub use consul::{DEFAULT_CONSUL, RawConsul, TlsEnv};
 pub use dns::{DEFAULT_LISTEN, RawDns};
 pub use forward::{DEFAULT_RESOLV_FILE, RawDomainRule, RawForward, RawStrategy, parse_upstream};
 pub use hosts::{DEFAULT_HOSTS_FILE, DEFAULT_STATE_DIR, HostsSettings, RawHosts, RawState};

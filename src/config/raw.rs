@@ -223,6 +223,8 @@ pub struct Env {
     pub consul_namespace: Option<String>,
     /// `CONSUL_PARTITION` (Consul Enterprise).
     pub consul_partition: Option<String>,
+    /// `CONSUL_HTTP_SSL`, `CONSUL_CACERT` and the other TLS variables.
+    pub consul_tls: super::TlsEnv,
     /// The `DD_*` variables Datadog's DogStatsD clients read.
     pub datadog: DatadogEnv,
 }
@@ -263,6 +265,7 @@ impl Env {
                 service: non_empty("DD_SERVICE"),
                 version: non_empty("DD_VERSION"),
             },
+            consul_tls: super::TlsEnv::from_process(),
         }
     }
 }

@@ -75,7 +75,7 @@ fn bad_values_name_the_key_and_the_problem() {
             "catalog.refresh_interval",
         ),
         (
-            "[consul]\naddress = \"https://consul:8501\"",
+            "[consul]\naddress = \"ftp://consul:8501\"",
             "consul.address",
         ),
         ("[forward]\nupstreams = [\"nope\"]", "forward.upstreams"),

@@ -23,6 +23,13 @@ pub(crate) fn command(args: &[&str]) -> std::process::Command {
         .args(args)
         .env_remove("CONSUL_HTTP_ADDR")
         .env_remove("CONSUL_HTTP_TOKEN")
+        .env_remove("CONSUL_HTTP_SSL")
+        .env_remove("CONSUL_HTTP_SSL_VERIFY")
+        .env_remove("CONSUL_CACERT")
+        .env_remove("CONSUL_CAPATH")
+        .env_remove("CONSUL_CLIENT_CERT")
+        .env_remove("CONSUL_CLIENT_KEY")
+        .env_remove("CONSUL_TLS_SERVER_NAME")
         .env_remove("RUST_LOG")
         .env_remove("RUNTIME_DIRECTORY");
     command

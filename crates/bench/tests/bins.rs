@@ -80,6 +80,7 @@ async fn bench_consul_sim_counts_requests_and_scripts_delays_and_checks() {
     );
     let consul = ready["consul"].as_str().expect("consul url").to_owned();
     let debug = ready["debug"].as_str().expect("debug url").to_owned();
+    test_support::install_crypto_provider();
     let http = reqwest::Client::new();
     let health = |http: reqwest::Client| {
         let url = format!("{consul}/v1/health/service/web?stale");

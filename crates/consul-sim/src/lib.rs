@@ -6,7 +6,9 @@
 //! documentation, never from the client's models, so a client bug cannot hide itself.
 //!
 //! Two front-ends share one [`Sim`]: in-process ([`Sim::handle`], [`Sim::router`]) and a real
-//! HTTP server ([`Sim::serve`] → [`SimServer`]) whose listener can be taken down and back up.
+//! HTTP server ([`Sim::serve`] → [`SimServer`]) whose listener can be taken down and back up,
+//! also over TLS ([`Sim::serve_tls`], optionally requiring a client certificate) and on a Unix
+//! socket ([`Sim::serve_unix`]).
 //!
 //! Simplifications (documented deviations from Consul):
 //! - no-leader reads fail at once with `No cluster leader` (Consul first holds them up to 7 s);
@@ -32,6 +34,7 @@ mod model;
 mod registration;
 mod server;
 mod state;
+mod tls;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -44,6 +47,7 @@ pub use fault::Fault;
 pub use fixture::FixtureError;
 pub use registration::Registration;
 pub use server::SimServer;
+pub use tls::TlsOptions;
 
 use state::{Check, Dc, State};
 
@@ -425,7 +429,23 @@ impl Sim {
     /// Serves over HTTP/1.1 on `addr` (`127.0.0.1:0` picks a free port) until the server is
     /// shut down or dropped.
     pub async fn serve(&self, addr: std::net::SocketAddr) -> std::io::Result<SimServer> {
-        SimServer::start(self.clone(), addr)
+        SimServer::start(self.clone(), server::Endpoint::Tcp(addr), None)
+    }
+
+    /// Serves HTTPS on `addr` with `tls` (a server certificate, and the CA a
+    /// client certificate must chain to when one is required).
+    pub async fn serve_tls(
+        &self,
+        addr: std::net::SocketAddr,
+        tls: &TlsOptions,
+    ) -> std::io::Result<SimServer> {
+        SimServer::start(self.clone(), server::Endpoint::Tcp(addr), Some(tls))
+    }
+
+    /// Serves HTTP/1.1 on a Unix socket at `path` (a stale socket file there is replaced),
+    /// as agents with `addresses.http = "unix:///run/consul/http.sock"` do.
+    pub async fn serve_unix(&self, path: &std::path::Path) -> std::io::Result<SimServer> {
+        SimServer::start(self.clone(), server::Endpoint::Unix(path.to_owned()), None)
     }
 
     pub(crate) fn expire_session(&self, dc_name: &str, session_id: &str) {

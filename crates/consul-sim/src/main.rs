@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::Parser;
-use consul_sim::Sim;
+use consul_sim::{Sim, TlsOptions};
 
 /// Command-line flags.
 #[derive(Debug, Parser)]
@@ -29,6 +29,34 @@ struct Cli {
     /// Disable the blocking-query jitter (wait/16) that real Consul adds.
     #[arg(long)]
     no_jitter: bool,
+    /// Serve HTTPS with this certificate (PEM; needs --tls-key).
+    #[arg(long, requires = "tls_key", conflicts_with = "unix")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require a client certificate signed by this CA (PEM), as an agent with
+    /// verify_incoming does.
+    #[arg(long, requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+    /// Listen on this Unix socket instead of --listen (plain HTTP).
+    #[arg(long)]
+    unix: Option<PathBuf>,
+}
+
+/// The TLS flags as [`TlsOptions`], when --tls-cert is given.
+fn tls_options(cli: &Cli) -> anyhow::Result<Option<TlsOptions>> {
+    let read = |path: &PathBuf| {
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+    };
+    let (Some(cert), Some(key)) = (&cli.tls_cert, &cli.tls_key) else {
+        return Ok(None);
+    };
+    Ok(Some(TlsOptions {
+        cert_pem: read(cert)?,
+        key_pem: read(key)?,
+        client_ca_pem: cli.tls_client_ca.as_ref().map(read).transpose()?,
+    }))
 }
 
 #[tokio::main]
@@ -56,10 +84,20 @@ async fn main() -> anyhow::Result<()> {
     sim.set_jitter(!cli.no_jitter);
     let tokens: Vec<&str> = cli.acl_tokens.iter().map(String::as_str).collect();
     sim.set_acl_tokens(&tokens);
-    let server = sim
-        .serve(cli.listen)
-        .await
-        .with_context(|| format!("listening on {}", cli.listen))?;
+    let server = match (&cli.unix, tls_options(&cli)?) {
+        (Some(path), _) => sim
+            .serve_unix(path)
+            .await
+            .with_context(|| format!("listening on {}", path.display()))?,
+        (None, Some(tls)) => sim
+            .serve_tls(cli.listen, &tls)
+            .await
+            .with_context(|| format!("listening on {} with TLS", cli.listen))?,
+        (None, None) => sim
+            .serve(cli.listen)
+            .await
+            .with_context(|| format!("listening on {}", cli.listen))?,
+    };
     println!("consul-sim listening on {}", server.url());
     tokio::signal::ctrl_c()
         .await

@@ -1,8 +1,11 @@
-//! The HTTP front-end: a hyper HTTP/1.1 accept loop whose listener can be taken down and up.
+//! The HTTP front-end: a hyper HTTP/1.1 accept loop whose listener can be taken down and up,
+//! on TCP or a Unix socket, in plain HTTP or TLS (`tls.rs`; the certificate can be swapped
+//! while serving, for rotation tests).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -15,8 +18,21 @@ use hyper_util::rt::TokioIo;
 use socket2::{Domain, SockRef, Socket, Type};
 use tokio::task::AbortHandle;
 
-use crate::Sim;
 use crate::api;
+use crate::{Sim, TlsOptions};
+
+/// Where a server listens.
+#[derive(Debug, Clone)]
+pub(crate) enum Endpoint {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+/// A bound listener of either kind.
+enum Listener {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener),
+}
 
 /// A running HTTP server for a [`Sim`]; dropping it closes the listener and all connections.
 #[derive(Debug)]
@@ -27,7 +43,9 @@ pub struct SimServer {
 #[derive(Debug)]
 struct ServerInner {
     sim: Sim,
-    addr: SocketAddr,
+    endpoint: Endpoint,
+    /// Serve TLS with this acceptor; swapped by [`SimServer::set_tls`].
+    tls: Mutex<Option<Arc<tokio_rustls::rustls::ServerConfig>>>,
     runtime: tokio::runtime::Handle,
     state: Mutex<ServerState>,
 }
@@ -43,28 +61,61 @@ struct ServerState {
 }
 
 impl SimServer {
-    pub(crate) fn start(sim: Sim, addr: SocketAddr) -> std::io::Result<Self> {
-        let listener = bind(addr)?;
-        let addr = listener.local_addr()?;
+    pub(crate) fn start(
+        sim: Sim,
+        endpoint: Endpoint,
+        tls: Option<&TlsOptions>,
+    ) -> std::io::Result<Self> {
+        let tls = tls.map(TlsOptions::server_config).transpose()?;
+        let listener = bind(&endpoint)?;
+        let endpoint = match (&endpoint, &listener) {
+            (Endpoint::Tcp(_), std_listener) => Endpoint::Tcp(std_listener.tcp_addr()?),
+            (Endpoint::Unix(path), _) => Endpoint::Unix(path.clone()),
+        };
         let inner = Arc::new(ServerInner {
             sim,
-            addr,
+            endpoint,
+            tls: Mutex::new(tls),
             runtime: tokio::runtime::Handle::current(),
             state: Mutex::new(ServerState::default()),
         });
         ServerInner::start_accepting(&inner, listener)?;
-        tracing::info!(%addr, "consul-sim listening");
+        tracing::info!(url = %inner.url(), "consul-sim listening");
         Ok(Self { inner })
     }
 
-    /// The bound address.
+    /// The bound TCP address (`0.0.0.0:0` for a Unix socket).
     pub fn addr(&self) -> SocketAddr {
-        self.inner.addr
+        match &self.inner.endpoint {
+            Endpoint::Tcp(addr) => *addr,
+            Endpoint::Unix(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
+        }
     }
 
-    /// `http://ADDR`.
+    /// The Unix socket's path, for a server on one.
+    pub fn unix_path(&self) -> Option<&Path> {
+        match &self.inner.endpoint {
+            Endpoint::Tcp(_) => None,
+            Endpoint::Unix(path) => Some(path),
+        }
+    }
+
+    /// The agent address to give a client: `http://ADDR`, `https://ADDR`
+    /// when serving TLS, or `unix:///PATH`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.inner.addr)
+        self.inner.url()
+    }
+
+    /// Serves new connections with this certificate (and client CA) from now
+    /// on; open connections keep theirs. An unusable PEM changes nothing.
+    pub fn set_tls(&self, tls: &TlsOptions) -> std::io::Result<()> {
+        let config = tls.server_config()?;
+        *self
+            .inner
+            .tls
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(config);
+        Ok(())
     }
 
     /// The simulator this server serves.
@@ -82,16 +133,16 @@ impl SimServer {
             if !state.down {
                 return;
             }
-            match bind(self.inner.addr) {
+            match bind(&self.inner.endpoint) {
                 Ok(listener) => {
                     state.down = false;
                     drop(state);
                     if let Err(error) = ServerInner::start_accepting(&self.inner, listener) {
-                        tracing::error!(addr = %self.inner.addr, error = %error, "consul-sim could not listen again");
+                        tracing::error!(url = %self.inner.url(), error = %error, "consul-sim could not listen again");
                     }
                 }
                 Err(error) => {
-                    tracing::error!(addr = %self.inner.addr, error = %error, "consul-sim could not rebind");
+                    tracing::error!(url = %self.inner.url(), error = %error, "consul-sim could not rebind");
                 }
             }
         }
@@ -115,14 +166,44 @@ impl Drop for SimServer {
     }
 }
 
-/// Binds with `SO_REUSEADDR` so the same port can be bound again right after going down.
-fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    socket.set_reuse_address(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    Ok(socket.into())
+/// A bound, non-blocking standard listener.
+enum StdListener {
+    Tcp(std::net::TcpListener),
+    Unix(std::os::unix::net::UnixListener),
+}
+
+impl StdListener {
+    fn tcp_addr(&self) -> std::io::Result<SocketAddr> {
+        match self {
+            StdListener::Tcp(listener) => listener.local_addr(),
+            StdListener::Unix(_) => Ok(SocketAddr::from(([0, 0, 0, 0], 0))),
+        }
+    }
+}
+
+/// Binds TCP with `SO_REUSEADDR` so the same port can be bound again right after going
+/// down; a Unix socket replaces a stale socket file.
+fn bind(endpoint: &Endpoint) -> std::io::Result<StdListener> {
+    match endpoint {
+        Endpoint::Tcp(addr) => {
+            let socket = Socket::new(Domain::for_address(*addr), Type::STREAM, None)?;
+            socket.set_reuse_address(true)?;
+            socket.set_nonblocking(true)?;
+            socket.bind(&(*addr).into())?;
+            socket.listen(1024)?;
+            Ok(StdListener::Tcp(socket.into()))
+        }
+        Endpoint::Unix(path) => {
+            match std::fs::remove_file(path) {
+                Ok(()) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => return Err(error),
+            }
+            let listener = std::os::unix::net::UnixListener::bind(path)?;
+            listener.set_nonblocking(true)?;
+            Ok(StdListener::Unix(listener))
+        }
+    }
 }
 
 impl ServerInner {
@@ -130,22 +211,50 @@ impl ServerInner {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn start_accepting(inner: &Arc<Self>, listener: std::net::TcpListener) -> std::io::Result<()> {
-        let duplicate = Socket::from(listener.try_clone()?);
-        let task_inner = Arc::clone(inner);
+    fn url(&self) -> String {
+        let tls = self
+            .tls
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some();
+        match (&self.endpoint, tls) {
+            (Endpoint::Tcp(addr), false) => format!("http://{addr}"),
+            (Endpoint::Tcp(addr), true) => format!("https://{addr}"),
+            (Endpoint::Unix(path), _) => format!("unix://{}", path.display()),
+        }
+    }
+
+    fn start_accepting(inner: &Arc<Self>, listener: StdListener) -> std::io::Result<()> {
         let _guard = inner.runtime.enter();
-        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let (duplicate, listener) = match listener {
+            StdListener::Tcp(listener) => (
+                Socket::from(listener.try_clone()?),
+                Listener::Tcp(tokio::net::TcpListener::from_std(listener)?),
+            ),
+            StdListener::Unix(listener) => (
+                Socket::from(std::os::fd::OwnedFd::from(listener.try_clone()?)),
+                Listener::Unix(tokio::net::UnixListener::from_std(listener)?),
+            ),
+        };
+        let task_inner = Arc::clone(inner);
         let task = inner.runtime.spawn(async move {
             loop {
-                match listener.accept().await {
-                    Ok((stream, _peer)) => task_inner.serve_connection(stream),
-                    Err(error) => {
-                        if task_inner.lock().down {
-                            break;
-                        }
-                        tracing::debug!(error = %error, "consul-sim accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                let accepted = match &listener {
+                    Listener::Tcp(listener) => listener
+                        .accept()
+                        .await
+                        .map(|(stream, _)| task_inner.serve_connection(stream)),
+                    Listener::Unix(listener) => listener
+                        .accept()
+                        .await
+                        .map(|(stream, _)| task_inner.serve_connection(stream)),
+                };
+                if let Err(error) = accepted {
+                    if task_inner.lock().down {
+                        break;
                     }
+                    tracing::debug!(error = %error, "consul-sim accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                 }
             }
         });
@@ -154,7 +263,15 @@ impl ServerInner {
         Ok(())
     }
 
-    fn serve_connection(self: &Arc<Self>, stream: tokio::net::TcpStream) {
+    fn serve_connection<S>(self: &Arc<Self>, stream: S)
+    where
+        S: tokio::io::AsyncRead
+            + tokio::io::AsyncWrite
+            + std::os::fd::AsFd
+            + Unpin
+            + Send
+            + 'static,
+    {
         let duplicate = match SockRef::from(&stream).try_clone() {
             Ok(duplicate) => duplicate,
             Err(error) => {
@@ -162,6 +279,11 @@ impl ServerInner {
                 return;
             }
         };
+        let tls = self
+            .tls
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         let mut state = self.lock();
         if state.down {
             return;
@@ -171,15 +293,16 @@ impl ServerInner {
         let sim = self.sim.clone();
         let inner = Arc::clone(self);
         let task = self.runtime.spawn(async move {
-            let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
-                let sim = sim.clone();
-                async move { Ok::<_, Infallible>(serve_request(&sim, request).await) }
-            });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), service);
-            if let Err(error) = connection.await {
-                tracing::trace!(error = %error, "consul-sim connection ended");
+            match tls {
+                None => serve_http(sim, stream).await,
+                Some(config) => {
+                    match tokio_rustls::TlsAcceptor::from(config).accept(stream).await {
+                        Ok(stream) => serve_http(sim, stream).await,
+                        Err(error) => {
+                            tracing::debug!(error = %error, "consul-sim TLS handshake failed");
+                        }
+                    }
+                }
             }
             inner.lock().connections.remove(&id);
         });
@@ -201,6 +324,23 @@ impl ServerInner {
             let _ = socket.shutdown(std::net::Shutdown::Both);
             task.abort();
         }
+    }
+}
+
+/// Serves HTTP/1.1 requests on one connection until it closes.
+async fn serve_http<S>(sim: Sim, stream: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+        let sim = sim.clone();
+        async move { Ok::<_, Infallible>(serve_request(&sim, request).await) }
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(stream), service);
+    if let Err(error) = connection.await {
+        tracing::trace!(error = %error, "consul-sim connection ended");
     }
 }
 

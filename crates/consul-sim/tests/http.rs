@@ -433,6 +433,7 @@ async fn no_leader_fails_default_reads_but_serves_stale() {
 async fn hang_never_answers() {
     let (sim, server) = demo().await;
     sim.inject(Fault::hang("/v1/health/service/web"));
+    test_support::install_crypto_provider();
     let result = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_millis(300))

@@ -21,6 +21,7 @@ use crate::model::{
 };
 use crate::query::{DEFAULT_WAIT, MAX_WAIT, QueryMeta, QueryOptions, Response};
 use crate::token::{Credential, TokenSource};
+use crate::transport::Transport;
 use crate::write::{KvPutOptions, SessionRequest};
 
 const TOKEN_HEADER: &str = "x-consul-token";
@@ -142,7 +143,7 @@ pub struct Client {
 }
 
 struct Inner {
-    http: reqwest::Client,
+    transport: Transport,
     base: Url,
     token: TokenSource,
     /// The local datacenter refused the token as unknown (`ACL not found`):
@@ -172,28 +173,7 @@ impl Client {
     /// Validates `config` and builds the client (no network I/O happens here).
     pub fn new(config: Config) -> Result<Self, Error> {
         let invalid = |reason: String| Error::InvalidConfig { reason };
-        let base = Url::parse(config.address.trim()).map_err(|error| {
-            invalid(format!(
-                "address {:?} is not a valid URL: {error}",
-                config.address
-            ))
-        })?;
-        match base.scheme() {
-            "http" => {}
-            "https" => {
-                return Err(invalid(format!(
-                    "address {:?} uses https, which is not supported: this build has no TLS \
-                     support compiled in; point it at the local agent over http://",
-                    config.address
-                )));
-            }
-            other => {
-                return Err(invalid(format!(
-                    "address {:?} has scheme {other:?}, expected http://",
-                    config.address
-                )));
-            }
-        }
+        let (base, unix_socket) = parse_address(&config.address)?;
         if base.host_str().is_none_or(str::is_empty) || base.cannot_be_a_base() {
             return Err(invalid(format!("address {:?} has no host", config.address)));
         }
@@ -221,16 +201,11 @@ impl Client {
             }
             (None, None) => TokenSource::None,
         };
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("dnsfront/", env!("CARGO_PKG_VERSION")))
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build()
-            .map_err(|error| invalid(format!("cannot build HTTP client: {error}")))?;
+        let tls = (base.scheme() == "https").then(|| config.tls.clone());
+        let transport = Transport::new(unix_socket, tls).map_err(invalid)?;
         Ok(Self {
             inner: Arc::new(Inner {
-                http,
+                transport,
                 base,
                 token,
                 token_rejected: AtomicBool::new(false),
@@ -508,6 +483,17 @@ impl Client {
         self.run(call, |_, _| Ok(())).await
     }
 
+    /// Looks at the TLS certificate files now instead of at the next call
+    /// after [`crate::TLS_CHECK_INTERVAL`] (a reload): `Ok(true)` when they
+    /// changed and new connections use them, `Ok(false)` when unchanged or
+    /// without TLS. An error names the file; the previous certificates stay.
+    pub fn reload_tls(&self) -> Result<bool, Error> {
+        self.inner
+            .transport
+            .reload()
+            .map_err(|reason| Error::InvalidConfig { reason })
+    }
+
     /// Builds a catalog/health/KV read with consistency, datacenter and blocking parameters.
     fn read_call<'a>(
         &self,
@@ -620,7 +606,11 @@ impl Client {
     /// Sends the request and reads the body within the deadline; maps non-success statuses.
     async fn fetch(&self, call: &Call<'_>, path: &str) -> Result<Raw, Error> {
         let url = self.url(call);
-        let mut request = self.inner.http.request(call.method.clone(), url);
+        let mut request = self
+            .inner
+            .transport
+            .client()
+            .request(call.method.clone(), url);
         let credential = self.inner.token.current();
         if let Some(credential) = &credential {
             request = request.header(TOKEN_HEADER, credential.header.clone());
@@ -658,6 +648,12 @@ impl Client {
                 });
             }
             Ok(Err(error)) => {
+                if let Some(reason) = crate::tls::failure(&error) {
+                    return Err(Error::Tls {
+                        endpoint: path.to_owned(),
+                        reason,
+                    });
+                }
                 let source: BoxError = Arc::new(error.without_url());
                 return Err(Error::Unreachable {
                     endpoint: path.to_owned(),
@@ -710,6 +706,32 @@ impl Client {
             }
         }
         url
+    }
+}
+
+/// The base URL of the API and, for `unix://PATH`, the socket to connect
+/// to (requests then go to `http://localhost`). `http://` and `https://`
+/// need a host; nothing else is accepted.
+fn parse_address(address: &str) -> Result<(Url, Option<std::path::PathBuf>), Error> {
+    let invalid = |reason: String| Error::InvalidConfig { reason };
+    let trimmed = address.trim();
+    if let Some(path) = trimmed.strip_prefix("unix://") {
+        if !path.starts_with('/') {
+            return Err(invalid(format!(
+                "address {address:?}: a Unix socket address needs an absolute path \
+                 (unix:///run/consul/http.sock)"
+            )));
+        }
+        let base = Url::parse("http://localhost/").expect("a constant, valid URL");
+        return Ok((base, Some(std::path::PathBuf::from(path))));
+    }
+    let base = Url::parse(trimmed)
+        .map_err(|error| invalid(format!("address {address:?} is not a valid URL: {error}")))?;
+    match base.scheme() {
+        "http" | "https" => Ok((base, None)),
+        other => Err(invalid(format!(
+            "address {address:?} has scheme {other:?}, expected http://, https:// or unix://"
+        ))),
     }
 }
 
@@ -781,16 +803,36 @@ mod tests {
     }
 
     #[test]
-    fn rejects_https_with_a_clear_message() {
-        let error = Client::new(Config {
+    fn accepts_https_and_unix_socket_addresses() {
+        let https = client(Config {
             address: "https://consul.example:8501".to_owned(),
             ..Config::default()
-        })
-        .expect_err("https must be rejected");
-        assert_eq!(error.kind(), "config");
-        let message = error.to_string();
-        assert!(message.contains("https"), "{message}");
-        assert!(message.contains("TLS"), "{message}");
+        });
+        let call = Call::new(
+            Endpoint::StatusLeader,
+            Method::GET,
+            vec!["v1", "status", "leader"],
+        );
+        assert_eq!(
+            https.url(&call).as_str(),
+            "https://consul.example:8501/v1/status/leader"
+        );
+        let unix = client(Config {
+            address: "unix:///run/consul/http.sock".to_owned(),
+            ..Config::default()
+        });
+        assert_eq!(
+            unix.url(&call).as_str(),
+            "http://localhost/v1/status/leader"
+        );
+        for address in ["unix://relative.sock", "unix://", "ftp://x"] {
+            let error = Client::new(Config {
+                address: address.to_owned(),
+                ..Config::default()
+            })
+            .expect_err(address);
+            assert_eq!(error.kind(), "config", "{address}");
+        }
     }
 
     #[test]

@@ -13,7 +13,9 @@ pub const DEFAULT_ADDRESS: &str = "http://127.0.0.1:8500";
 /// Settings for [`crate::Client`]; validated by [`crate::Client::new`].
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// Base URL of the Consul agent, e.g. `http://127.0.0.1:8500` (plain HTTP only).
+    /// Base URL of the Consul agent: `http://127.0.0.1:8500`,
+    /// `https://127.0.0.1:8501` (with [`Config::tls`]) or a Unix socket,
+    /// `unix:///run/consul/http.sock`.
     pub address: String,
     /// ACL token sent as `X-Consul-Token`; `None` uses the agent's default token.
     pub token: Option<Token>,
@@ -32,6 +34,8 @@ pub struct Config {
     pub namespace: Option<String>,
     /// Consul Enterprise admin partition sent as `?partition=` with every request.
     pub partition: Option<String>,
+    /// CA, client certificate and name checks of an `https://` address.
+    pub tls: crate::TlsConfig,
 }
 
 impl Default for Config {
@@ -45,6 +49,7 @@ impl Default for Config {
             cached: false,
             namespace: None,
             partition: None,
+            tls: crate::TlsConfig::default(),
         }
     }
 }

@@ -19,6 +19,16 @@ pub enum Error {
         #[source]
         source: BoxError,
     },
+    /// The TLS handshake with the agent failed (untrusted, expired or
+    /// misnamed certificate, client certificate refused); `reason` says
+    /// which and what to check.
+    #[error("TLS with the consul agent failed calling {endpoint}: {reason}")]
+    Tls {
+        /// API path of the call, without query string.
+        endpoint: String,
+        /// The cause and what to check, e.g. "the agent's certificate has expired: ...".
+        reason: String,
+    },
     /// The call did not complete within its deadline.
     #[error("consul call to {endpoint} timed out")]
     Timeout {
@@ -85,6 +95,7 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Unreachable { .. }
+            | Error::Tls { .. }
             | Error::Timeout { .. }
             | Error::NoLeader { .. }
             | Error::RateLimited { .. } => true,
@@ -113,6 +124,7 @@ impl Error {
     pub fn kind(&self) -> &'static str {
         match self {
             Error::Unreachable { .. } => "unreachable",
+            Error::Tls { .. } => "tls",
             Error::Timeout { .. } => "timeout",
             Error::NoLeader { .. } => "no_leader",
             Error::UnknownDatacenter { .. } => "unknown_dc",

@@ -20,7 +20,9 @@ mod instance;
 pub mod metrics;
 mod model;
 mod query;
+mod tls;
 mod token;
+mod transport;
 mod watch;
 mod write;
 
@@ -36,5 +38,7 @@ pub use model::{
     ServiceEntry, Weights,
 };
 pub use query::{QueryMeta, QueryOptions, Response};
+pub use tls::TlsConfig;
+pub use transport::TLS_CHECK_INTERVAL;
 pub use watch::{IndexChange, Pace, Watch, next_index};
 pub use write::{KvPutOptions, SessionBehavior, SessionRequest};

@@ -5,6 +5,7 @@
 mod authoritative;
 mod dnsmasq;
 mod recorder;
+mod tls;
 mod upstream;
 
 use std::net::{IpAddr, SocketAddr};
@@ -20,6 +21,7 @@ use tokio::net::{TcpStream, UdpSocket};
 pub use authoritative::{BIG_RRSET_LEN, Nsd, OTHER_ZONE, SOA_MINIMUM, ZONE, other_zone, test_zone};
 pub use dnsmasq::Dnsmasq;
 pub use recorder::{DebuggingRecorder, Recorded, capture_metrics};
+pub use tls::{CertPair, TestCa, install_crypto_provider};
 pub use upstream::{
     FakeUpstream, Knobs, Reply, a_records, closed_port, name_of, negative, positive,
 };

@@ -19,6 +19,7 @@ pub(crate) async fn start(sim: &Sim) -> SimServer {
 
 /// A client that ignores proxy settings and gives up after 20 s.
 pub(crate) fn client() -> reqwest::Client {
+    test_support::install_crypto_provider();
     reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(20))
