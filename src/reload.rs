@@ -322,7 +322,8 @@ pub fn spawn(
                     Some(request) => request,
                     None => return,
                 },
-                _ = poll.tick() => {
+                // No resolv file (upstreams are configured): no poll, no wake-up.
+                _ = poll.tick(), if watch.path.is_some() => {
                     let Some((changed, polled)) = off_workers(move || {
                         let mut watch = watch;
                         (watch.changed(), watch)

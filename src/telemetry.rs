@@ -138,8 +138,10 @@ pub const EVENTS_DROPPED: &str = "events.dropped_total";
 /// cadence's `BufferedUdpMetricSink` only sends a datagram when its buffer is
 /// full (or on drop), so on a quiet node a counter could sit in memory for
 /// minutes. We keep the buffer (one datagram per ~1.4 KB instead of one per
-/// metric: a busy resolver emits several lines per query) and flush it on
-/// this period, which bounds the delay of any line to about one second.
+/// metric: a busy resolver emits several lines per query) and flush it this
+/// long after the first line written since the last flush, which bounds the
+/// delay of any line to about one second and sends nothing while nothing is
+/// written.
 /// The `QueuingMetricSink` in front keeps the socket write off the query path.
 const STATSD_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 /// Gauges are re-sent on this period: a StatsD agent reports a gauge only for
@@ -207,18 +209,25 @@ pub fn init_metrics(settings: &MetricsSettings) -> anyhow::Result<Metrics> {
             let (recorder, sink, gauges) = statsd_recorder(address, settings)?;
             let flushed = Arc::clone(&sink);
             tokio::spawn(async move {
-                let mut flush = tokio::time::interval(STATSD_FLUSH_INTERVAL);
-                flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                let mut ticks: u32 = 0;
-                let repeat_every = (GAUGE_REPEAT_INTERVAL.as_millis()
-                    / STATSD_FLUSH_INTERVAL.as_millis())
-                .max(1) as u32;
+                // Asleep until a line is written or the gauges are due: an idle
+                // resolver wakes once per GAUGE_REPEAT_INTERVAL, not every second.
+                let mut repeat_at = tokio::time::Instant::now() + GAUGE_REPEAT_INTERVAL;
                 loop {
-                    flush.tick().await;
-                    ticks = ticks.wrapping_add(1);
-                    if ticks.is_multiple_of(repeat_every) {
-                        gauges.repeat();
+                    tokio::select! {
+                        () = STATSD_WRITTEN.notify.notified() => {
+                            if !STATSD_WRITTEN.pending.load(Ordering::Acquire) {
+                                continue; // flushed already, with the line that notified
+                            }
+                        }
+                        () = tokio::time::sleep_until(repeat_at) => {}
                     }
+                    if tokio::time::Instant::now() >= repeat_at {
+                        gauges.repeat();
+                        repeat_at = tokio::time::Instant::now() + GAUGE_REPEAT_INTERVAL;
+                    }
+                    // Gather up to a second of lines into as few datagrams as they fill.
+                    tokio::time::sleep(STATSD_FLUSH_INTERVAL).await;
+                    STATSD_WRITTEN.pending.store(false, Ordering::Release);
                     // Errors (agent not running: ECONNREFUSED) are not worth a log line per second.
                     let _ = flushed.flush();
                 }
@@ -434,12 +443,28 @@ impl<R: Recorder> Recorder for Prefixed<R> {
 /// and our flush task.
 type SharedStatsdSink = Arc<dyn MetricSink + Send + Sync + std::panic::RefUnwindSafe>;
 
+/// Lines in the StatsD buffer not yet flushed (one exporter per process):
+/// the flush task sleeps until the first one.
+struct Written {
+    pending: AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+static STATSD_WRITTEN: Written = Written {
+    pending: AtomicBool::new(false),
+    notify: tokio::sync::Notify::const_new(),
+};
+
 /// A cadence sink shared between the exporter and our flush task.
 struct SharedSink(SharedStatsdSink);
 
 impl MetricSink for SharedSink {
     fn emit(&self, metric: &str) -> std::io::Result<usize> {
-        self.0.emit(metric)
+        let written = self.0.emit(metric);
+        if !STATSD_WRITTEN.pending.swap(true, Ordering::AcqRel) {
+            STATSD_WRITTEN.notify.notify_one();
+        }
+        written
     }
 
     fn flush(&self) -> std::io::Result<()> {

@@ -61,6 +61,10 @@ struct Inner {
     /// flushed once per refresher tick, because a recorder call per hit costs
     /// more than the hit itself on the DNS fast path.
     pending_hits: AtomicU64,
+    /// Wakes the refresher when a name is cached for the first time, so that
+    /// it needs no frequent tick to find new names (watch mode starts their
+    /// watch at once).
+    refresher_wake: tokio::sync::Notify,
     /// The agent's datacenter, learned from answers for names asked without one.
     local_datacenter: ArcSwapOption<String>,
 }
@@ -345,6 +349,7 @@ impl Cache {
                 refresh_permits: Arc::new(Semaphore::new(MAX_CONCURRENT_REFRESHES)),
                 watch_permits,
                 pending_hits: AtomicU64::new(0),
+                refresher_wake: tokio::sync::Notify::new(),
                 local_datacenter: ArcSwapOption::empty(),
             }),
         })
@@ -583,6 +588,7 @@ impl Inner {
         match result {
             Ok(slot) => {
                 self.touch(&slot);
+                self.refresher_wake.notify_one();
                 let entry = slot.entry.load();
                 to_lookup(&entry.value, Freshness::Fresh)
             }

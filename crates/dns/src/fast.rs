@@ -257,14 +257,15 @@ struct Entry {
 
 impl Entry {
     /// Adds the pending hits to `dns.requests_total`, `dns.responses_total`
-    /// and `dns.fast_path_hits_total`.
-    fn flush(&self) {
+    /// and `dns.fast_path_hits_total`; false when there were none.
+    fn flush(&self) -> bool {
         let hits = self.pending.swap(0, Ordering::Relaxed);
         if hits > 0 {
             self.meters.requests.increment(hits);
             self.meters.responses.increment(hits);
             self.meters.hits.increment(hits);
         }
+        hits > 0
     }
 }
 
@@ -342,6 +343,8 @@ pub(crate) struct FastCache {
     seen: Box<[AtomicU64]>,
     /// Bits set in `seen` since it was last cleared.
     seen_count: AtomicUsize,
+    /// Wakes an idle sweeper when an answer is stored.
+    stored: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for FastCache {
@@ -370,6 +373,7 @@ impl FastCache {
             meter_sets: Mutex::new(HashMap::new()),
             seen: (0..SEEN_BITS / 64).map(|_| AtomicU64::new(0)).collect(),
             seen_count: AtomicUsize::new(0),
+            stored: tokio::sync::Notify::new(),
         }
     }
 
@@ -551,22 +555,34 @@ impl FastCache {
             }
         }
         map.insert(key.as_bytes().into(), entry);
+        drop(map);
+        self.stored.notify_one();
         Ok(())
     }
 }
 
 impl FastCache {
     /// Drops expired entries and adds every entry's pending hits to the
-    /// counters (run every [`MAX_AGE`] and at shutdown).
-    pub(crate) fn sweep(&self) {
+    /// counters (run every [`MAX_AGE`] while there are hits, less often on an
+    /// idle server, and at shutdown). False when it found nothing to do.
+    pub(crate) fn sweep(&self) -> bool {
         let now = Instant::now();
+        let mut busy = false;
         for shard in &*self.shards {
             let mut map = shard.write().unwrap_or_else(PoisonError::into_inner);
+            let before = map.len();
             map.retain(|_, entry| entry.expires > now);
+            busy |= map.len() != before;
             for entry in map.values() {
-                entry.flush();
+                busy |= entry.flush();
             }
         }
+        busy
+    }
+
+    /// Completes once an answer was stored (since the last call, or later).
+    pub(crate) async fn stored(&self) {
+        self.stored.notified().await;
     }
 }
 
@@ -921,6 +937,55 @@ mod tests {
             let hit = cache.answer(&key, &asked, Instant::now(), &mut out, |_| true);
             assert_eq!(hit, stored.then_some(small.len()), "{} bytes", answer.len());
         }
+    }
+
+    /// The sweeper slows down on an idle server: a sweep says whether it had
+    /// anything to do (hits to count, entries to drop), and storing an
+    /// answer wakes it.
+    #[tokio::test]
+    async fn a_sweep_reports_whether_it_found_work_and_a_store_wakes_the_sweeper() {
+        let a = [10, 0, 0, 1];
+        let answer = response(&[(1, &a[..], 30)], 0);
+        let asked = query(&["web", "consul"], None);
+        let key = parse_query(&asked).expect("plain query");
+        let cache = FastCache::new(true);
+        assert!(!cache.sweep(), "an empty cache has nothing to sweep");
+        let store = || {
+            cache.insert(
+                &key,
+                &answer,
+                cache.generation(),
+                Provenance {
+                    basis: None,
+                    ttl_counts_down: true,
+                    tags: ["forward", "A", "NOERROR", "upstream"],
+                },
+                || Meters {
+                    requests: Counter::noop(),
+                    responses: Counter::noop(),
+                    duration: Histogram::noop(),
+                    hits: Counter::noop(),
+                },
+            )
+        };
+        assert_eq!(store(), Err(Uncacheable::FirstSight));
+        store().expect("stored on second sight");
+        tokio::time::timeout(Duration::from_secs(5), cache.stored())
+            .await
+            .expect("a store wakes the sweeper");
+        assert!(
+            !cache.sweep(),
+            "a stored, unhit, unexpired answer is no work"
+        );
+        let mut out = [0u8; MAX_RESPONSE];
+        let now = Instant::now();
+        assert!(
+            cache
+                .answer(&key, &asked, now, &mut out, |_| true)
+                .is_some()
+        );
+        assert!(cache.sweep(), "a hit to count");
+        assert!(!cache.sweep(), "counted once");
     }
 
     /// A stored reply is copied out as it is (only ID, name case, TTLs and the

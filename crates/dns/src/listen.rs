@@ -33,6 +33,8 @@ const MAX_DEFAULT_UDP_SOCKETS: usize = 8;
 const DEFAULT_MAX_IN_FLIGHT: usize = 4096;
 /// How long `shutdown` waits for the server tasks before aborting them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Longest pause of the wire cache's sweeper on an idle server.
+const IDLE_SWEEP: Duration = Duration::from_secs(10);
 
 /// Bound UDP and TCP sockets, one pair per listen address (same port for both).
 #[derive(Debug)]
@@ -473,13 +475,22 @@ pub fn serve_with<C: CatalogView, F: Upstream>(
     let sweeper = {
         let shared = Arc::clone(&shared);
         async move {
-            let period = crate::fast::MAX_AGE;
-            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // Every MAX_AGE while answers are hit; an idle server doubles the
+            // pause up to IDLE_SWEEP (its entries only bound memory, and hits
+            // are counted by the next sweep), and a stored answer resets it.
+            let busy = crate::fast::MAX_AGE;
+            let mut pause = busy;
             loop {
                 tokio::select! {
                     () = shared.shutdown.cancelled() => break,
-                    _ = ticks.tick() => shared.router.fast().sweep(),
+                    () = tokio::time::sleep(pause) => {
+                        pause = if shared.router.fast().sweep() {
+                            busy
+                        } else {
+                            (pause * 2).min(IDLE_SWEEP)
+                        };
+                    }
+                    () = shared.router.fast().stored(), if pause > busy => pause = busy,
                 }
             }
         }

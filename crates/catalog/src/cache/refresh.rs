@@ -39,6 +39,14 @@ struct Pass {
     to_watch: Vec<(Arc<Key>, Arc<Slot>, OwnedSemaphorePermit)>,
     /// Keys whose data changed weight since moka weighed them: re-inserted.
     to_reweigh: Vec<(Arc<Key>, Arc<Slot>)>,
+    /// When the next pass is needed (`None`: nothing polled is due).
+    wake_at: Option<Instant>,
+}
+
+impl Pass {
+    fn wake_by(&mut self, at: Instant) {
+        self.wake_at = Some(self.wake_at.map_or(at, |wake_at| wake_at.min(at)));
+    }
 }
 
 /// What a watch loop does before its next request.
@@ -59,23 +67,50 @@ impl Cache {
     /// and never has more than a few refreshes in flight. In watch mode it starts
     /// a watch loop for each hot name (up to `max_watches`; the rest are polled);
     /// a loop ends when its name goes idle, leaves the cache, or on shutdown.
+    ///
+    /// It sleeps between passes until the next refresh is due (at most half a
+    /// `refresh_interval`, so a name asked again after going idle is seen
+    /// before its data is due: `refresh_jitter` is at most 0.5), or until a
+    /// name is cached for the first time; never two passes closer than the
+    /// busy tick. An idle resolver whose hot names are all watched wakes
+    /// twice per `refresh_interval`, not ten times.
     pub async fn run(self, shutdown: CancellationToken) {
-        let tick = (self.inner.config.refresh_interval / 10)
-            .clamp(Duration::from_millis(50), Duration::from_secs(1));
-        let mut interval = tokio::time::interval(tick);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let inner = &self.inner;
+        let busy_tick = inner.busy_tick();
+        let longest_pause = (inner.config.refresh_interval / 2).max(busy_tick);
+        let mut next_pass = Instant::now();
+        let mut last_pass: Option<Instant> = None;
+        let mut gauges = None;
         loop {
             tokio::select! {
-                () = shutdown.cancelled() => {
-                    self.inner.flush_hits();
-                    return;
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep_until(next_pass) => {}
+                () = inner.refresher_wake.notified() => {}
+            }
+            if let Some(last) = last_pass {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep_until(last + busy_tick) => {}
                 }
-                _ = interval.tick() => {
-                    self.inner.flush_hits();
-                    self.inner.refresh_due(&shutdown).await;
+            }
+            let now = Instant::now();
+            last_pass = Some(now);
+            inner.flush_hits();
+            let wake_at = inner.refresh_due(&shutdown).await;
+            next_pass = wake_at.min(now + longest_pause);
+            // Gauges only when they change: the exporters keep (and StatsD
+            // re-sends) the last value, and an unchanged one is no news.
+            let watches = (inner.config.refresh == RefreshMode::Watch).then(|| inner.watch_count());
+            let now_gauges = (inner.slots.entry_count(), watches);
+            if gauges != Some(now_gauges) {
+                gauges = Some(now_gauges);
+                metrics::entries(now_gauges.0);
+                if let Some(count) = watches {
+                    metrics::watches(count);
                 }
             }
         }
+        inner.flush_hits();
     }
 }
 
@@ -215,9 +250,18 @@ impl Inner {
 // === impl Inner: the refresher's pass ===
 
 impl Inner {
-    /// One background pass over the slots.
-    async fn refresh_due(self: &Arc<Self>, shutdown: &CancellationToken) {
-        let pass = self.plan_pass(Instant::now());
+    /// The pass period while entries wait for Consul to answer again (they
+    /// are retried as soon as it does) or for their refresh to finish.
+    fn busy_tick(&self) -> Duration {
+        (self.config.refresh_interval / 10).clamp(Duration::from_millis(50), Duration::from_secs(1))
+    }
+
+    /// One background pass over the slots; returns when the next one is
+    /// needed (at the latest).
+    async fn refresh_due(self: &Arc<Self>, shutdown: &CancellationToken) -> Instant {
+        let now = Instant::now();
+        let pass = self.plan_pass(now);
+        let wake_at = pass.wake_at.unwrap_or(now + self.config.refresh_interval);
         for (key, slot, permit) in pass.to_watch {
             let this = Arc::clone(self);
             let shutdown = shutdown.clone();
@@ -235,10 +279,7 @@ impl Inner {
                 self.slots.insert(Key::clone(&key), slot).await;
             }
         }
-        metrics::entries(self.slots.entry_count());
-        if self.config.refresh == RefreshMode::Watch {
-            metrics::watches(self.watch_count());
-        }
+        wake_at
     }
 
     /// Sorts the slots into expired, due for a re-read, and newly watched.
@@ -275,10 +316,17 @@ impl Inner {
             // backoff: answers turn fresh quickly. A name that failed alone
             // waits out its own backoff.
             let breaker_closed = || !self.breaker(&key).is_open();
-            if now >= entry.next_refresh
-                || (entry.last_refresh_failed && entry.name_backoff.is_none() && breaker_closed())
-            {
+            let waits_for_datacenter = entry.last_refresh_failed && entry.name_backoff.is_none();
+            if now >= entry.next_refresh || (waits_for_datacenter && breaker_closed()) {
                 pass.due.push((key, slot));
+                // Looked at again soon: its refresh sets the next date.
+                pass.wake_by(now + self.busy_tick());
+            } else if waits_for_datacenter {
+                pass.wake_by(now + self.busy_tick());
+            } else {
+                // Up to a busy tick late, as a ticking refresher was: the
+                // names due within it are read in one pass.
+                pass.wake_by(entry.next_refresh + self.busy_tick());
             }
         }
         pass
