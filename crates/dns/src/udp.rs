@@ -15,7 +15,7 @@
 
 use std::future::Future;
 use std::io::{self, IoSlice, IoSliceMut};
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd as _;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -55,8 +55,15 @@ const RECEIVE_BUFFER: usize = 4096;
 /// already amortises the system calls; more would only cost memory
 /// (a receive buffer each).
 const BATCH: usize = 16;
-/// How often a UDP thread idle in `recvmmsg` looks at the shutdown token.
-const SHUTDOWN_CHECK: Duration = Duration::from_millis(100);
+/// How often a UDP thread idle in `recvmmsg` looks at the shutdown token on
+/// its own: a safety net only. At shutdown the thread is woken at once by
+/// empty datagrams sent to its socket ([`wake_until_stopped`]), so an idle
+/// resolver does not wake ten times a second per socket to ask (the idle
+/// cost is paid on every VM of a fleet: benches/README.md, "Idle cost").
+const SHUTDOWN_CHECK: Duration = Duration::from_secs(5);
+/// How often, from shutdown until the thread has stopped, an empty datagram
+/// is sent to its socket to wake it.
+const WAKE_INTERVAL: Duration = Duration::from_millis(10);
 /// Pause after an unexpected receive error, so that a persistent one cannot spin.
 const ERROR_PAUSE: Duration = Duration::from_millis(10);
 /// Receive errors in a row after which the socket is given up (10 s of
@@ -100,6 +107,8 @@ pub(crate) fn spawn<C: CatalogView, F: Upstream>(
 ) -> io::Result<impl Future<Output = Result<(), NetError>> + Send + 'static> {
     socket.set_nonblocking(false)?;
     socket.set_read_timeout(Some(SHUTDOWN_CHECK))?;
+    let wake_at = wake_address(socket.local_addr()?);
+    let shutdown = shared.shutdown.clone();
     let socket = Arc::new(socket);
     let runtime = tokio::runtime::Handle::current();
     let (done, stopped) = tokio::sync::oneshot::channel();
@@ -124,10 +133,53 @@ pub(crate) fn spawn<C: CatalogView, F: Upstream>(
             let _ = done.send(result);
         })?;
     Ok(async move {
-        stopped
+        wake_until_stopped(stopped, &shutdown, wake_at)
             .await
             .unwrap_or_else(|_| Err(NetError::from("UDP thread ended without a result")))
     })
+}
+
+/// Waits for the thread to stop; from shutdown on, sends it an empty
+/// datagram every [`WAKE_INTERVAL`] so that it leaves `recvmmsg` at once and
+/// sees the token. Each comes from a fresh port: in a `SO_REUSEPORT` group the
+/// kernel picks the socket by the sender's address, so every socket of the
+/// group gets one soon. Such a datagram is dropped unanswered (no header).
+async fn wake_until_stopped<T>(
+    mut stopped: tokio::sync::oneshot::Receiver<T>,
+    shutdown: &CancellationToken,
+    wake_at: SocketAddr,
+) -> Result<T, tokio::sync::oneshot::error::RecvError> {
+    tokio::select! {
+        result = &mut stopped => return result,
+        () = shutdown.cancelled() => {}
+    }
+    let mut tick = tokio::time::interval(WAKE_INTERVAL);
+    loop {
+        tokio::select! {
+            result = &mut stopped => return result,
+            _ = tick.tick() => {
+                let unspecified: IpAddr = match wake_at {
+                    SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+                    SocketAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+                };
+                // Best effort: the read timeout is the safety net.
+                if let Ok(waker) = UdpSocket::bind((unspecified, 0)) {
+                    let _ = waker.send_to(&[], wake_at);
+                }
+            }
+        }
+    }
+}
+
+/// Where a socket bound to `local` can be reached from this host: its own
+/// address, or the loopback of its family when it is bound to a wildcard.
+fn wake_address(local: SocketAddr) -> SocketAddr {
+    let ip = match local.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => Ipv4Addr::LOCALHOST.into(),
+        IpAddr::V6(ip) if ip.is_unspecified() => Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    SocketAddr::new(ip, local.port())
 }
 
 /// The text of a panic's payload (`panic!` gives a `&str` or a `String`).
