@@ -129,6 +129,25 @@ struct LastError {
 
 /// A decoded Consul answer and its index (`None` when there was no response
 /// to take one from, e.g. an unknown datacenter).
+/// An empty answer from a server that knows no leader (`X-Consul-KnownLeader: false`:
+/// stale reads keep working without one) may come from a server that lost its data or has
+/// not caught up after a restart or a snapshot restore. One such answer must not replace
+/// the data of every node that asks, nor become NXDOMAIN that clients cache: it is read as
+/// an outage (Consul's own "No cluster leader"), so known names keep their data, stale, and
+/// never-seen names get SERVFAIL until a server with a leader answers.
+fn doubt_empty_without_leader(
+    value: &Value,
+    meta: &consul::QueryMeta,
+    endpoint: &str,
+) -> Result<(), consul::Error> {
+    if matches!(value, Value::Missing) && !meta.known_leader {
+        return Err(consul::Error::NoLeader {
+            endpoint: endpoint.to_owned(),
+        });
+    }
+    Ok(())
+}
+
 struct Fetched {
     value: Value,
     index: Option<u64>,
@@ -773,7 +792,7 @@ impl Inner {
                     wait,
                 };
                 let result = self.client.health_service(name, &options).await;
-                let value = result.map(|response| {
+                let value = result.and_then(|response| {
                     let instances: Vec<ServiceInstance> = response
                         .value
                         .iter()
@@ -786,7 +805,8 @@ impl Inner {
                     } else {
                         Value::Services(instances.into())
                     };
-                    (value, response.meta.index)
+                    doubt_empty_without_leader(&value, &response.meta, "/v1/health/service")?;
+                    Ok((value, response.meta.index))
                 });
                 ("health_service", value)
             }
@@ -798,14 +818,15 @@ impl Inner {
                     ..Default::default()
                 };
                 let result = self.client.catalog_node(name, &options).await;
-                let value = result.map(|response| {
+                let value = result.and_then(|response| {
                     let value = match response.value {
                         Some(catalog_node) => {
                             Value::Node(Arc::new(Node::from_info(&catalog_node.node)))
                         }
                         None => Value::Missing,
                     };
-                    (value, response.meta.index)
+                    doubt_empty_without_leader(&value, &response.meta, "/v1/catalog/node")?;
+                    Ok((value, response.meta.index))
                 });
                 ("catalog_node", value)
             }

@@ -676,3 +676,63 @@ async fn witnesses_hold_across_unchanged_refreshes_and_fail_on_change() {
         shutdown.cancel();
     }
 }
+
+/// A server without a leader still answers stale reads (`X-Consul-KnownLeader: false`),
+/// and after a restart or a snapshot restore it may answer them empty. That one answer,
+/// read by every node at once, must not turn known names into NXDOMAIN fleet-wide: the
+/// cache keeps the data (stale) and a never-seen name gets no NXDOMAIN either, until a
+/// server with a leader says the name is gone.
+#[tokio::test]
+async fn an_empty_answer_from_a_server_without_a_leader_replaces_nothing() {
+    for refresh in [RefreshMode::Poll, RefreshMode::Watch] {
+        let (sim, server) = start_sim().await;
+        let config = Config {
+            refresh,
+            ..watch_config()
+        };
+        let (cache, shutdown) = start_cache(config, &server);
+        assert_eq!(bounded(instances(&cache, "web")).await, 1);
+        let asking = keep_asking(&cache, &["web"]);
+
+        sim.inject(Fault::NoLeader);
+        sim.deregister("n1", "web-1");
+        eventually(
+            Duration::from_secs(3),
+            "the empty answer is doubted",
+            || {
+                cache
+                    .describe_service("web", None)
+                    .and_then(|info| info.last_error)
+                    .is_some_and(|error| error.kind == "no_leader")
+            },
+        )
+        .await;
+        assert_eq!(cached_instances(&cache, "web"), 1, "{refresh:?}");
+        assert!(
+            matches!(cache.service("web", None).await, Lookup::Found(..)),
+            "{refresh:?}: the known name keeps its data"
+        );
+        assert!(
+            !matches!(cache.service("ghost", None).await, Lookup::NotFound(_)),
+            "{refresh:?}: a never-seen name is not NXDOMAIN on a leaderless server's word"
+        );
+
+        sim.clear_faults();
+        eventually(
+            Duration::from_secs(3),
+            "a leader's empty answer is believed",
+            || {
+                cache
+                    .describe_service("web", None)
+                    .is_some_and(|info| info.instances == 0)
+            },
+        )
+        .await;
+        assert!(matches!(
+            cache.service("web", None).await,
+            Lookup::NotFound(_)
+        ));
+        asking.cancel();
+        shutdown.cancel();
+    }
+}

@@ -782,8 +782,10 @@ fn meta(headers: &HeaderMap) -> QueryMeta {
         index: text(INDEX_HEADER)
             .and_then(|value| value.parse().ok())
             .unwrap_or(0),
-        known_leader: text(KNOWN_LEADER_HEADER)
-            .is_some_and(|value| value.eq_ignore_ascii_case("true")),
+        // Only an explicit "false" says the server knows no leader: a reply without the
+        // header (a proxy that strips it) is not doubted.
+        known_leader: !text(KNOWN_LEADER_HEADER)
+            .is_some_and(|value| value.eq_ignore_ascii_case("false")),
         last_contact: Duration::from_millis(
             text(LAST_CONTACT_HEADER)
                 .and_then(|value| value.parse().ok())
@@ -962,7 +964,14 @@ mod tests {
                 last_contact: Duration::from_millis(12)
             }
         );
-        assert_eq!(meta(&HeaderMap::new()), QueryMeta::default());
+        // Without the header nothing is doubted: only a server's explicit "false" counts.
+        assert_eq!(
+            meta(&HeaderMap::new()),
+            QueryMeta {
+                known_leader: true,
+                ..QueryMeta::default()
+            }
+        );
         headers.insert("X-Consul-Index", HeaderValue::from_static("garbage"));
         headers.insert("X-Consul-KnownLeader", HeaderValue::from_static("false"));
         assert_eq!(meta(&headers).index, 0);

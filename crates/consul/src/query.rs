@@ -29,7 +29,7 @@ pub struct Response<T> {
 pub struct QueryMeta {
     /// `X-Consul-Index` (0 when absent or unparsable); feed it through [`crate::next_index`] or a [`crate::Watch`].
     pub index: u64,
-    /// `X-Consul-KnownLeader`.
+    /// `X-Consul-KnownLeader` (true unless the server said `false`).
     pub known_leader: bool,
     /// `X-Consul-LastContact`: time since the answering server heard from the leader.
     pub last_contact: Duration,
