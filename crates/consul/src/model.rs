@@ -357,64 +357,57 @@ fn string_map<'de, D: Deserializer<'de>>(
     deserializer.deserialize_any(MapVisitor)
 }
 
-/// A string, or `None` for any other JSON value (skipped without copying).
+/// A value of one JSON kind, or `None` for any other JSON value (skipped without copying).
 struct Lenient<T>(Option<T>);
 
-impl<'de> Deserialize<'de> for Lenient<String> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct StringVisitor;
-        impl<'de> Visitor<'de> for StringVisitor {
-            type Value = Option<String>;
-            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-                formatter.write_str("a string")
-            }
-            fn visit_str<E: de::Error>(self, value: &str) -> Result<Self::Value, E> {
-                Ok(Some(value.to_owned()))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(None)
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(None)
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(None)
-            }
-            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(None)
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-                Ok(None)
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-                Ok(None)
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-                Ok(None)
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-                Ok(None)
-            }
-        }
-        deserializer.deserialize_any(StringVisitor).map(Lenient)
+/// What [`Lenient`] accepts: each reader gives `None` for the JSON kinds it does not take.
+trait LenientValue: Sized {
+    /// What the value is, for serde's messages.
+    const EXPECTING: &'static str;
+    fn from_str(_: &str) -> Option<Self> {
+        None
+    }
+    fn from_u64(_: u64) -> Option<Self> {
+        None
+    }
+    fn from_i64(_: i64) -> Option<Self> {
+        None
     }
 }
 
-impl<'de> Deserialize<'de> for Lenient<u16> {
+impl LenientValue for String {
+    const EXPECTING: &'static str = "a string";
+    fn from_str(value: &str) -> Option<Self> {
+        Some(value.to_owned())
+    }
+}
+
+impl LenientValue for u16 {
+    const EXPECTING: &'static str = "a port number";
+    fn from_u64(value: u64) -> Option<Self> {
+        u16::try_from(value).ok()
+    }
+    fn from_i64(value: i64) -> Option<Self> {
+        u16::try_from(value).ok()
+    }
+}
+
+impl<'de, T: LenientValue> Deserialize<'de> for Lenient<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct PortVisitor;
-        impl<'de> Visitor<'de> for PortVisitor {
-            type Value = Option<u16>;
+        struct LenientVisitor<T>(std::marker::PhantomData<T>);
+        impl<'de, T: LenientValue> Visitor<'de> for LenientVisitor<T> {
+            type Value = Option<T>;
             fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-                formatter.write_str("a port number")
+                formatter.write_str(T::EXPECTING)
+            }
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<Self::Value, E> {
+                Ok(T::from_str(value))
             }
             fn visit_u64<E: de::Error>(self, value: u64) -> Result<Self::Value, E> {
-                Ok(u16::try_from(value).ok())
+                Ok(T::from_u64(value))
             }
             fn visit_i64<E: de::Error>(self, value: i64) -> Result<Self::Value, E> {
-                Ok(u16::try_from(value).ok())
+                Ok(T::from_i64(value))
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
@@ -436,11 +429,10 @@ impl<'de> Deserialize<'de> for Lenient<u16> {
             fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
                 Ok(None)
             }
-            fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
-                Ok(None)
-            }
         }
-        deserializer.deserialize_any(PortVisitor).map(Lenient)
+        deserializer
+            .deserialize_any(LenientVisitor(std::marker::PhantomData))
+            .map(Lenient)
     }
 }
 
