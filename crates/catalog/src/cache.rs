@@ -790,6 +790,7 @@ impl Inner {
                     passing: self.config.only_passing,
                     index,
                     wait,
+                    cached: blocking.cached,
                 };
                 let result = self.client.health_service(name, &options).await;
                 let value = result.and_then(|response| {

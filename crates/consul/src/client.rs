@@ -19,7 +19,9 @@ use crate::error::{BoxError, Error, classify_status};
 use crate::model::{
     AgentSelf, AgentSelfWire, CatalogNode, HealthCheck, KvPair, NodeInfo, ServiceEntry,
 };
-use crate::query::{DEFAULT_WAIT, MAX_WAIT, QueryMeta, QueryOptions, Response};
+use crate::query::{
+    CacheStatus, DEFAULT_WAIT, MAX_WAIT, QueryBackend, QueryMeta, QueryOptions, Response,
+};
 use crate::token::{Credential, TokenSource};
 use crate::transport::Transport;
 use crate::write::{KvPutOptions, SessionRequest};
@@ -28,6 +30,9 @@ const TOKEN_HEADER: &str = "x-consul-token";
 const INDEX_HEADER: &str = "x-consul-index";
 const KNOWN_LEADER_HEADER: &str = "x-consul-knownleader";
 const LAST_CONTACT_HEADER: &str = "x-consul-lastcontact";
+const QUERY_BACKEND_HEADER: &str = "x-consul-query-backend";
+const CACHE_HEADER: &str = "x-cache";
+const AGE_HEADER: &str = "age";
 
 /// The endpoints we call; their tags are the bounded `endpoint` metric label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -510,7 +515,7 @@ impl Client {
         if self.inner.stale {
             query.push(("stale", None));
         }
-        if health && self.inner.cached {
+        if health && (self.inner.cached || opts.cached) {
             query.push(("cached", None));
         }
         if health && opts.passing {
@@ -770,7 +775,8 @@ fn decode<T: DeserializeOwned>(path: &str, body: &[u8]) -> Result<T, Error> {
     })
 }
 
-/// Reads `X-Consul-Index`, `X-Consul-KnownLeader` and `X-Consul-LastContact`.
+/// Reads `X-Consul-Index`, `X-Consul-KnownLeader`, `X-Consul-LastContact`,
+/// `X-Consul-Query-Backend`, `X-Cache` and `Age`.
 fn meta(headers: &HeaderMap) -> QueryMeta {
     let text = |name: &str| {
         headers
@@ -791,6 +797,12 @@ fn meta(headers: &HeaderMap) -> QueryMeta {
                 .and_then(|value| value.parse().ok())
                 .unwrap_or(0),
         ),
+        backend: text(QUERY_BACKEND_HEADER)
+            .map_or(QueryBackend::Unknown, QueryBackend::from_header),
+        cache: text(CACHE_HEADER).map_or(CacheStatus::Absent, CacheStatus::from_header),
+        age: text(AGE_HEADER)
+            .and_then(|value| value.parse().ok())
+            .map(Duration::from_secs),
     }
 }
 
@@ -890,6 +902,7 @@ mod tests {
             passing: true,
             index: Some(77),
             wait: Some(Duration::from_secs(30)),
+            cached: false,
         };
         let call = client.read_call(
             Endpoint::HealthService,
@@ -961,9 +974,30 @@ mod tests {
             QueryMeta {
                 index: 1920301,
                 known_leader: true,
-                last_contact: Duration::from_millis(12)
+                last_contact: Duration::from_millis(12),
+                ..QueryMeta::default()
             }
         );
+        headers.insert(
+            "X-Consul-Query-Backend",
+            HeaderValue::from_static("streaming"),
+        );
+        headers.insert("X-Cache", HeaderValue::from_static("HIT"));
+        headers.insert("Age", HeaderValue::from_static("7"));
+        let streamed = meta(&headers);
+        assert_eq!(streamed.backend, QueryBackend::Streaming);
+        assert_eq!(streamed.cache, CacheStatus::Hit);
+        assert_eq!(streamed.age, Some(Duration::from_secs(7)));
+        headers.insert(
+            "X-Consul-Query-Backend",
+            HeaderValue::from_static("blocking-query"),
+        );
+        headers.insert("X-Cache", HeaderValue::from_static("MISS"));
+        headers.insert("Age", HeaderValue::from_static("soon"));
+        let blocking = meta(&headers);
+        assert_eq!(blocking.backend, QueryBackend::BlockingQuery);
+        assert_eq!(blocking.cache, CacheStatus::Miss);
+        assert_eq!(blocking.age, None);
         // Without the header nothing is doubted: only a server's explicit "false" counts.
         assert_eq!(
             meta(&HeaderMap::new()),

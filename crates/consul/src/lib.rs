@@ -37,7 +37,7 @@ pub use model::{
     AgentSelf, AgentService, CatalogNode, HealthCheck, HealthStatus, KvPair, NodeInfo,
     ServiceEntry, Weights,
 };
-pub use query::{QueryMeta, QueryOptions, Response};
+pub use query::{CacheStatus, QueryBackend, QueryMeta, QueryOptions, Response};
 pub use tls::TlsConfig;
 pub use transport::TLS_CHECK_INTERVAL;
 pub use watch::{IndexChange, Pace, Watch, next_index};
