@@ -26,7 +26,7 @@ mod transport;
 mod watch;
 mod write;
 
-pub use backoff::{Backoff, HALF_JITTER, InvalidBackoff};
+pub use backoff::{Backoff, FULL_JITTER, HALF_JITTER, InvalidBackoff};
 pub use client::{Client, MAX_BULK_RESPONSE_BYTES, MAX_RESPONSE_BYTES};
 pub use config::{Config, DEFAULT_ADDRESS, DEFAULT_REQUEST_TIMEOUT, Token};
 pub use error::{BoxError, Error};
