@@ -168,6 +168,12 @@ impl Sim {
         self.lock().jitter = enabled;
     }
 
+    /// Turns the agent's streaming backend on (the default, as Consul 1.10+) or off
+    /// (`use_streaming_backend = false`: every read is `X-Consul-Query-Backend: blocking-query`).
+    pub fn set_streaming(&self, enabled: bool) {
+        self.lock().streaming = enabled;
+    }
+
     /// Changes Consul's session TTL multiplier (default 2: a session is invalidated after 2×TTL).
     pub fn set_session_ttl_multiplier(&self, multiplier: u32) {
         self.lock().session_ttl_multiplier = multiplier.max(1);

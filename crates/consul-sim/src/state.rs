@@ -24,6 +24,8 @@ pub(crate) struct State {
     /// Calls a token's policy refused or filtered: `METHOD PATH: why`.
     pub(crate) acl_denials: Vec<String>,
     pub(crate) jitter: bool,
+    /// The agent's `use_streaming_backend` (Consul's default since 1.10: on).
+    pub(crate) streaming: bool,
     /// Last `X-Consul-Index` returned per request path (for [`Fault::IndexBackwards`]).
     pub(crate) last_index: HashMap<String, u64>,
     /// When a `?cached` request key was first seen (for `X-Cache`/`Age`).
@@ -46,6 +48,7 @@ impl State {
             acl_tokens: BTreeMap::new(),
             acl_denials: Vec::new(),
             jitter: false,
+            streaming: true,
             last_index: HashMap::new(),
             cache_fill: HashMap::new(),
             session_ttl_multiplier: 2,

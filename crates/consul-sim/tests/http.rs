@@ -275,6 +275,35 @@ async fn cached_reads_report_miss_then_hit() {
 }
 
 #[tokio::test]
+async fn the_agent_reports_which_backend_served_each_read() {
+    let (sim, server) = demo().await;
+    // A first, non-blocking read without ?cached is one RPC on a server.
+    let plain = get(&server, "/v1/health/service/web?stale").await;
+    assert_eq!(header(&plain, "x-consul-query-backend"), "blocking-query");
+    assert!(!plain.headers().contains_key("x-cache"));
+    // ?cached or ?index > 0 is served from the streaming view, which implies the agent cache.
+    let cached = get(&server, "/v1/health/service/web?stale&cached").await;
+    assert_eq!(header(&cached, "x-consul-query-backend"), "streaming");
+    let index = index_of(&plain);
+    let watched = get(
+        &server,
+        &format!("/v1/health/service/web?stale&index={}&wait=1ms", index - 1),
+    )
+    .await;
+    assert_eq!(header(&watched, "x-consul-query-backend"), "streaming");
+    assert!(watched.headers().contains_key("x-cache"));
+    // ?near turns streaming off; so does the agent's use_streaming_backend = false.
+    let near = get(&server, "/v1/health/service/web?cached&near=_agent").await;
+    assert_eq!(header(&near, "x-consul-query-backend"), "blocking-query");
+    // Other endpoints never stream.
+    let services = get(&server, "/v1/catalog/services?cached&index=1&wait=1ms").await;
+    assert_eq!(header(&services, "x-consul-query-backend"), "blocking-query");
+    sim.set_streaming(false);
+    let off = get(&server, "/v1/health/service/web?cached").await;
+    assert_eq!(header(&off, "x-consul-query-backend"), "blocking-query");
+}
+
+#[tokio::test]
 async fn blocking_query_returns_when_the_service_changes() {
     let (sim, server) = demo().await;
     let index = index_of(&get(&server, "/v1/health/service/web").await);

@@ -27,6 +27,8 @@ struct ReadOpts {
     stale: bool,
     consistent: bool,
     cached: bool,
+    /// Served from the agent's streaming view (decided per endpoint, after parsing).
+    streaming: bool,
 }
 
 impl ReadOpts {
@@ -70,6 +72,7 @@ impl ReadOpts {
             stale,
             consistent,
             cached,
+            streaming: false,
         })
     }
 
@@ -141,7 +144,37 @@ pub(super) async fn blocking_read<F>(
 where
     F: Fn(&Dc) -> Read,
 {
-    let (opts, jitter) = {
+    read_with_backend(sim, params, cache_key, false, read).await
+}
+
+/// `/v1/health/service` reads: like [`blocking_read`], but the agent serves them from its
+/// streaming view when streaming is on (Consul 1.10+ default `use_streaming_backend`) and
+/// the read carries `?index` > 0 or `?cached` and no `?near` (agent/health_endpoint.go,
+/// agent/rpcclient/health). Such a read is answered with `X-Consul-Query-Backend:
+/// streaming` and, because streaming implies the agent cache, `X-Cache`.
+pub(super) async fn health_service_read<F>(
+    sim: &Sim,
+    params: &Params,
+    cache_key: &str,
+    read: F,
+) -> Resp
+where
+    F: Fn(&Dc) -> Read,
+{
+    read_with_backend(sim, params, Some(cache_key), true, read).await
+}
+
+async fn read_with_backend<F>(
+    sim: &Sim,
+    params: &Params,
+    cache_key: Option<&str>,
+    streamable: bool,
+    read: F,
+) -> Resp
+where
+    F: Fn(&Dc) -> Read,
+{
+    let (mut opts, jitter) = {
         let state = sim.lock();
         let opts = match ReadOpts::parse(&state, params) {
             Ok(opts) => opts,
@@ -152,6 +185,10 @@ where
         }
         (opts, state.jitter)
     };
+    opts.streaming = streamable
+        && sim.lock().streaming
+        && (opts.cached || opts.index > 0)
+        && !params.has("near");
     let evaluate = |sim: &Sim| -> Option<Read> {
         let state = sim.lock();
         state.dcs.get(&opts.dc).map(&read)
@@ -213,7 +250,17 @@ fn finish_read(sim: &Sim, opts: &ReadOpts, cache_key: Option<&str>, read: Read) 
         HeaderName::from_static("x-consul-effective-consistency"),
         HeaderValue::from_static(opts.consistency()),
     );
-    if opts.cached
+    // Every read carries its backend (Consul 1.10+ `setMeta`).
+    let backend = if opts.streaming {
+        "streaming"
+    } else {
+        "blocking-query"
+    };
+    headers.insert(
+        HeaderName::from_static("x-consul-query-backend"),
+        HeaderValue::from_static(backend),
+    );
+    if (opts.cached || opts.streaming)
         && let Some(key) = cache_key
     {
         insert_cache_headers(&mut state, key, headers);

@@ -1,7 +1,7 @@
 //! `/v1/health/service/:service` and `/v1/health/state/:state`.
 
 use super::Call;
-use super::blocking::{Read, blocking_read, cache_key};
+use super::blocking::{Read, blocking_read, cache_key, health_service_read};
 use super::params::{Params, parse_go_bool};
 use super::response::{Answer, bad_request, not_found_page};
 use crate::model;
@@ -34,7 +34,7 @@ async fn service(call: &Call<'_>, name: &str) -> Answer {
     }
     let tags = params.all("tag");
     let key = cache_key(call.raw_path, call.raw_query);
-    Ok(blocking_read(call.sim, params, Some(&key), |dc| {
+    Ok(health_service_read(call.sim, params, &key, |dc| {
         let entries = model::health_service(dc, name, &tags, passing_only);
         Read::json(dc.service_query_index(name), &entries)
     })
