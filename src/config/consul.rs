@@ -670,8 +670,14 @@ mod tests {
             .expect("valid");
         assert_eq!(set.consul.max_concurrent_requests, 40);
         for (text, reason) in [
-            ("[consul]\nmax_concurrent_requests = 0\n", "between 1 and 1024"),
-            ("[consul]\nmax_concurrent_requests = 5000\n", "between 1 and 1024"),
+            (
+                "[consul]\nmax_concurrent_requests = 0\n",
+                "between 1 and 1024",
+            ),
+            (
+                "[consul]\nmax_concurrent_requests = 5000\n",
+                "between 1 and 1024",
+            ),
             (
                 "[consul]\nmax_concurrent_requests = 100\n[catalog]\nmax_watches = 100\n",
                 "above catalog.max_watches (100)",
