@@ -37,6 +37,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub struct App {
     settings: Settings,
     listeners: dns::Listeners,
+    /// The Consul client every part shares; a reload re-reads its token file and TLS files.
+    consul: consul::Client,
     catalog: catalog::Cache,
     hosts: snapshot::Hosts,
     /// `/etc/hosts` and the other `hosts.files`, answered before forwarding.
@@ -91,7 +93,8 @@ impl App {
             }
             follower
         });
-        let catalog = catalog::Cache::new(settings.catalog.clone(), client).context("catalog")?;
+        let catalog =
+            catalog::Cache::new(settings.catalog.clone(), client.clone()).context("catalog")?;
         if settings.forward.upstreams.is_empty() {
             warn!(
                 origin = %settings.upstream_origin,
@@ -121,6 +124,7 @@ impl App {
         Ok(Self {
             settings,
             listeners,
+            consul: client,
             catalog,
             hosts,
             local_hosts,
@@ -204,6 +208,7 @@ impl App {
                     forwarder: self.forwarder.clone(),
                     router: self.router.clone(),
                     local_hosts: self.local_hosts.clone(),
+                    consul: self.consul.clone(),
                 },
                 shutdown.child_token(),
             )?,

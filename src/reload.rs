@@ -10,6 +10,9 @@
 //! bound (`Forwarder::reconfigure`) and `hosts.files`. Every other changed key
 //! is named in one `restart_required` warning and keeps its running value, so
 //! it is named again on the next reload until the process restarts.
+//! Every reload also re-reads the hosts files and the Consul client's token
+//! file and TLS files (`Client::reread_token`, `Client::reload_tls`), so a
+//! rotated credential is in use at once, whatever its file's timestamps say.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash as _, Hasher as _};
@@ -108,6 +111,8 @@ pub struct Live {
     pub router: dns::Router,
     /// The local hosts files (re-read on every reload).
     pub local_hosts: dnsfront_hosts::LocalHosts,
+    /// The Consul client: its token file and TLS files are re-read on every reload.
+    pub consul: dnsfront_consul::Client,
 }
 
 // === apply ===
@@ -142,6 +147,7 @@ async fn apply(
         in_effect.hosts.files = files.clone();
     }
     reload_hosts(&live.local_hosts, new_files).await;
+    reload_consul_files(&live.consul).await;
     // Applied after the reload lines are written, so that a quieter level
     // does not hide them.
     let deferred_level = changes(Reload::LogLevel).then(|| {
@@ -203,6 +209,23 @@ async fn reload_hosts(local_hosts: &dnsfront_hosts::LocalHosts, new_files: Optio
             "Hosts files re-read"
         ),
         Err(error) => warn!(error = %error, "Hosts files not re-read; the previous entries stay"),
+    }
+}
+
+/// Re-reads the Consul token file on the next request, and the TLS files now,
+/// even when they look unchanged (a rotation that kept the modification time,
+/// size and inode, or one made within the TLS check interval). Unusable TLS
+/// files keep the previous ones (warned about); the TLS files are read off the
+/// workers.
+async fn reload_consul_files(client: &dnsfront_consul::Client) {
+    client.reread_token();
+    let tls = client.clone();
+    match off_workers(move || tls.reload_tls()).await {
+        Some(Ok(true)) => info!("Consul TLS files re-read; new connections use them"),
+        Some(Ok(false)) | None => {}
+        Some(Err(error)) => {
+            warn!(error = %error, "Consul TLS files not re-read; the previous ones stay");
+        }
     }
 }
 
@@ -486,6 +509,7 @@ mod tests {
             forwarder: app.forwarder.clone(),
             router: app.router.clone(),
             local_hosts: app.local_hosts.clone(),
+            consul: app.consul.clone(),
         };
         let (outcome, in_effect) =
             apply(&live, &ConfigSource::default(), &running, &new, "test").await;
@@ -553,6 +577,7 @@ mod tests {
             forwarder: app.forwarder.clone(),
             router: app.router.clone(),
             local_hosts: app.local_hosts.clone(),
+            consul: app.consul.clone(),
         };
         let shutdown = CancellationToken::new();
         let handle = spawn(source, loaded, live.clone(), shutdown.clone()).expect("spawn");

@@ -11,6 +11,11 @@ use super::{ConfigError, Env, RawConfig, invalid};
 /// Default Consul agent address when `CONSUL_HTTP_ADDR` is unset.
 pub const DEFAULT_CONSUL: &str = "http://127.0.0.1:8500";
 
+/// Largest `consul.max_concurrent_requests` accepted: an agent whose
+/// `limits.http_max_conns_per_client` was raised may allow more than its default 200,
+/// but no resolver needs thousands of connections to its local agent.
+const MAX_CONCURRENT_REQUESTS_LIMIT: usize = 1024;
+
 /// `[consul]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -26,6 +31,8 @@ pub struct RawConsul {
     /// Deadline of one HTTP call.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// Most HTTP requests open to the agent at once (watches included).
+    pub max_concurrent_requests: usize,
     /// Read with `?stale` (any server answers; survives leader elections).
     pub stale: bool,
     /// Read health with `?cached` (the agent's cache).
@@ -103,6 +110,7 @@ impl Default for RawConsul {
             token: None,
             token_file: None,
             request_timeout: consul.request_timeout,
+            max_concurrent_requests: consul.max_concurrent_requests,
             stale: consul.stale,
             cached: consul.cached,
             namespace: None,
@@ -177,6 +185,16 @@ impl RawConfig {
                 "must be between 100ms and 60s",
             ));
         }
+        if !(1..=MAX_CONCURRENT_REQUESTS_LIMIT).contains(&self.consul.max_concurrent_requests) {
+            return Err(invalid(
+                "consul.max_concurrent_requests",
+                format!(
+                    "must be between 1 and {MAX_CONCURRENT_REQUESTS_LIMIT}, and below the \
+                     agent's limits.http_max_conns_per_client (200 by default), got {}",
+                    self.consul.max_concurrent_requests
+                ),
+            ));
+        }
         let namespace = scope_name(
             "consul.namespace",
             self.consul
@@ -196,6 +214,7 @@ impl RawConfig {
             token,
             token_file,
             request_timeout: self.consul.request_timeout,
+            max_concurrent_requests: self.consul.max_concurrent_requests,
             stale: self.consul.stale,
             cached: self.consul.cached,
             namespace,
@@ -633,6 +652,42 @@ mod tests {
         ] {
             let error = parse(text, &env).expect_err(text);
             assert!(error.starts_with(key), "{key}: {error}");
+        }
+    }
+
+    #[test]
+    fn max_concurrent_requests_is_bounded_and_above_the_watches() {
+        let validate = |text: &str| {
+            RawConfig::parse(text, "test.toml")
+                .expect("parses")
+                .validate(&Env::default())
+                .map_err(|error| error.to_string())
+        };
+        let default = validate("").expect("valid");
+        assert_eq!(default.consul.max_concurrent_requests, 150);
+        assert!(default.catalog.max_watches < default.consul.max_concurrent_requests);
+        let set = validate("[consul]\nmax_concurrent_requests = 40\n[catalog]\nmax_watches = 39\n")
+            .expect("valid");
+        assert_eq!(set.consul.max_concurrent_requests, 40);
+        for (text, reason) in [
+            (
+                "[consul]\nmax_concurrent_requests = 0\n",
+                "between 1 and 1024",
+            ),
+            (
+                "[consul]\nmax_concurrent_requests = 5000\n",
+                "between 1 and 1024",
+            ),
+            (
+                "[consul]\nmax_concurrent_requests = 100\n[catalog]\nmax_watches = 100\n",
+                "above catalog.max_watches (100)",
+            ),
+        ] {
+            let error = validate(text).expect_err(text);
+            assert!(
+                error.starts_with("consul.max_concurrent_requests") && error.contains(reason),
+                "{text}: {error}"
+            );
         }
     }
 }

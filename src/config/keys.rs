@@ -146,6 +146,9 @@ pub const KEYS: &[Key] = &[
     key("consul.request_timeout", Restart, |s| {
         show(s.consul.request_timeout)
     }),
+    key("consul.max_concurrent_requests", Restart, |s| {
+        show(s.consul.max_concurrent_requests)
+    }),
     key("consul.stale", Restart, |s| show(s.consul.stale)),
     key("consul.cached", Restart, |s| show(s.consul.cached)),
     key("consul.namespace", Restart, |s| show(&s.consul.namespace)),

@@ -57,6 +57,18 @@ impl RawConfig {
         let hosts = self.hosts_settings()?;
         let consul = self.consul_config(env)?;
         let catalog = self.catalog_config()?;
+        if catalog.max_watches >= consul.max_concurrent_requests {
+            // Each watch holds a request slot for as long as it blocks: with every
+            // slot taken, first fetches (never-seen names) would get none.
+            return Err(super::invalid(
+                "consul.max_concurrent_requests",
+                format!(
+                    "must be above catalog.max_watches ({}), so that watches leave slots \
+                     for first fetches, got {}",
+                    catalog.max_watches, consul.max_concurrent_requests
+                ),
+            ));
+        }
         let (forward, upstream_origin) = self.forward_config(&listen)?;
         let mut warnings = Vec::new();
         warnings.extend(self.open_resolver_warning(&allowed_networks));

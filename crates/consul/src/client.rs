@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,6 +12,7 @@ use http::header::{CONTENT_TYPE, HeaderMap};
 use reqwest::Url;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::time::Instant;
 
 use crate::config::Config;
@@ -33,6 +34,13 @@ const LAST_CONTACT_HEADER: &str = "x-consul-lastcontact";
 const QUERY_BACKEND_HEADER: &str = "x-consul-query-backend";
 const CACHE_HEADER: &str = "x-cache";
 const AGE_HEADER: &str = "age";
+
+/// The least a blocking read is given beyond its `wait` and Consul's `wait/16` of jitter,
+/// whatever `request_timeout` says: the agent retries a failed server RPC for up to
+/// `rpc_hold_timeout` (7 s by default) before it answers, so a shorter allowance would
+/// give up on answers that are on their way, during exactly the server restarts and
+/// elections when every node's watches are affected at once.
+const BLOCKING_READ_SLACK: Duration = Duration::from_secs(10);
 
 /// The endpoints we call; their tags are the bounded `endpoint` metric label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,6 +81,20 @@ impl Endpoint {
         }
     }
 
+    /// Whether the call is a read whose answer carries Consul's query metadata
+    /// (`X-Consul-Index`, `X-Consul-Query-Backend`, `X-Cache`).
+    fn is_read(self) -> bool {
+        matches!(
+            self,
+            Endpoint::HealthService
+                | Endpoint::HealthState
+                | Endpoint::CatalogNode
+                | Endpoint::CatalogServices
+                | Endpoint::CatalogNodes
+                | Endpoint::Kv
+        )
+    }
+
     fn tag(self) -> &'static str {
         match self {
             Endpoint::HealthService => "health_service",
@@ -100,7 +122,8 @@ struct Call<'a> {
     /// Query pairs; `None` values are sent as bare keys (`?stale`).
     query: Vec<(&'static str, Option<String>)>,
     datacenter: Option<&'a str>,
-    /// Extra deadline for a blocking query (`wait` + `wait/16`).
+    /// The `wait` of a blocking query: its deadline is `wait + wait/16 +
+    /// max(request_timeout, 10 s)` ([`Client::deadline`]).
     blocking_wait: Option<Duration>,
     /// Request body and its content type (writes only).
     body: Option<(Bytes, &'static str)>,
@@ -159,6 +182,24 @@ struct Inner {
     cached: bool,
     /// `("ns", …)` and `("partition", …)`, added to every request.
     scope: Vec<(&'static str, String)>,
+    /// One permit per request open to the agent (`max_concurrent_requests`), taken
+    /// before connecting and held until the answer is read.
+    slots: Semaphore,
+    /// Requests holding a slot, for the in-flight gauge.
+    in_flight: AtomicUsize,
+}
+
+/// A slot of [`Inner::slots`]: counted in flight while held.
+struct Slot<'a> {
+    _permit: SemaphorePermit<'a>,
+    in_flight: &'a AtomicUsize,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let now = self.in_flight.fetch_sub(1, Ordering::Relaxed) - 1;
+        ::metrics::gauge!(crate::metrics::REQUESTS_IN_FLIGHT).set(now as f64);
+    }
 }
 
 impl fmt::Debug for Client {
@@ -167,6 +208,7 @@ impl fmt::Debug for Client {
             .field("address", &self.inner.base.as_str())
             .field("token", &self.inner.token)
             .field("request_timeout", &self.inner.request_timeout)
+            .field("free_request_slots", &self.inner.slots.available_permits())
             .field("stale", &self.inner.stale)
             .field("cached", &self.inner.cached)
             .field("scope", &self.inner.scope)
@@ -196,6 +238,11 @@ impl Client {
         if config.request_timeout.is_zero() {
             return Err(invalid("request_timeout must be greater than 0".to_owned()));
         }
+        if config.max_concurrent_requests == 0 {
+            return Err(invalid(
+                "max_concurrent_requests must be at least 1".to_owned(),
+            ));
+        }
         let token = match (config.token_file, config.token) {
             (Some(path), _) => TokenSource::file(path.clone())
                 .map_err(|error| invalid(format!("token file {}: {error}", path.display())))?,
@@ -221,6 +268,8 @@ impl Client {
                     .into_iter()
                     .filter_map(|(key, value)| Some((key, value.filter(|v| !v.is_empty())?)))
                     .collect(),
+                slots: Semaphore::new(config.max_concurrent_requests.min(Semaphore::MAX_PERMITS)),
+                in_flight: AtomicUsize::new(0),
             }),
         })
     }
@@ -500,6 +549,15 @@ impl Client {
     }
 
     /// Builds a catalog/health/KV read with consistency, datacenter and blocking parameters.
+    ///
+    /// Every read the client makes is built here, and sends only `dc`, `stale`, `cached`,
+    /// `passing`, `index` and `wait` (plus `ns`/`partition` from [`Client::url`]). Never
+    /// add `near`, `filter`, `tag` or `node-meta`: each makes the agent leave its streaming
+    /// view for a blocking RPC on a server (and a distinct filter would be a subscription
+    /// of its own), which multiplied by a fleet is the load this client exists to avoid;
+    /// tags and health are filtered on our side (`instance.rs`). Never add `max_stale`:
+    /// during an election it sends every agent's reads to the new leader at once.
+    /// `tests/read_parameters.rs` holds every read to this list.
     fn read_call<'a>(
         &self,
         endpoint: Endpoint,
@@ -543,14 +601,21 @@ impl Client {
         call: Call<'_>,
         decode: impl FnOnce(&str, Raw) -> Result<T, Error>,
     ) -> Result<T, Error> {
+        let slot = self.slot().await;
         let started = Instant::now();
         let path = call.path();
+        let endpoint = call.endpoint.tag();
         let result = match self.fetch(&call, &path).await {
-            Ok(raw) => decode(&path, raw),
+            Ok(raw) => {
+                if call.endpoint.is_read() {
+                    count_read(endpoint, &raw.headers);
+                }
+                decode(&path, raw)
+            }
             Err(error) => Err(error),
         };
+        drop(slot);
         let elapsed = started.elapsed();
-        let endpoint = call.endpoint.tag();
         let outcome = match &result {
             Ok(_) => "ok",
             Err(error) => error.kind(),
@@ -567,6 +632,37 @@ impl Client {
             }
         }
         result
+    }
+
+    /// Waits for a slot under `max_concurrent_requests` (counted when none was free).
+    async fn slot(&self) -> Slot<'_> {
+        let inner = &*self.inner;
+        let permit = match inner.slots.try_acquire() {
+            Ok(permit) => permit,
+            Err(_) => {
+                ::metrics::counter!(crate::metrics::REQUEST_SLOT_WAITS).increment(1);
+                inner
+                    .slots
+                    .acquire()
+                    .await
+                    .expect("the semaphore is never closed")
+            }
+        };
+        let now = inner.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        ::metrics::gauge!(crate::metrics::REQUESTS_IN_FLIGHT).set(now as f64);
+        Slot {
+            _permit: permit,
+            in_flight: &inner.in_flight,
+        }
+    }
+
+    /// How long one call may take: `request_timeout`, or for a blocking read its `wait`,
+    /// Consul's jitter of up to `wait/16` and [`BLOCKING_READ_SLACK`] at least.
+    fn deadline(&self, call: &Call<'_>) -> Duration {
+        match call.blocking_wait {
+            None => self.inner.request_timeout,
+            Some(wait) => wait + wait / 16 + self.inner.request_timeout.max(BLOCKING_READ_SLACK),
+        }
     }
 
     /// Follows whether the local datacenter accepts the token: every refusal
@@ -625,10 +721,7 @@ impl Client {
                 .header(CONTENT_TYPE, *content_type)
                 .body(body.clone());
         }
-        let mut deadline = self.inner.request_timeout;
-        if let Some(wait) = call.blocking_wait {
-            deadline += wait + wait / 16;
-        }
+        let deadline = self.deadline(call);
         let max_body = call.endpoint.max_body();
         let exchange = async {
             let mut response = request.send().await?;
@@ -773,6 +866,19 @@ fn decode<T: DeserializeOwned>(path: &str, body: &[u8]) -> Result<T, Error> {
         endpoint: path.to_owned(),
         source: Arc::new(source),
     })
+}
+
+/// Counts a successful read by how the agent served it (bounded labels: the endpoint tag,
+/// [`QueryBackend::as_str`], [`CacheStatus::as_str`]).
+fn count_read(endpoint: &'static str, headers: &HeaderMap) {
+    let meta = meta(headers);
+    ::metrics::counter!(
+        crate::metrics::READS,
+        "endpoint" => endpoint,
+        "backend" => meta.backend.as_str(),
+        "cache" => meta.cache.as_str()
+    )
+    .increment(1);
 }
 
 /// Reads `X-Consul-Index`, `X-Consul-KnownLeader`, `X-Consul-LastContact`,
@@ -957,6 +1063,8 @@ mod tests {
             false,
         );
         assert_eq!(call.blocking_wait, Some(DEFAULT_WAIT));
+        // wait + wait/16 + max(request_timeout, 10 s): 300 + 18.75 + 10 s.
+        assert_eq!(client.deadline(&call), Duration::from_millis(328_750));
         assert_eq!(
             client.url(&call).as_str(),
             "http://127.0.0.1:8500/v1/catalog/services?stale&index=5"

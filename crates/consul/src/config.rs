@@ -7,6 +7,15 @@ use std::time::Duration;
 /// Default per-call deadline for non-blocking requests.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Default cap on the HTTP requests one client has open to the agent at once
+/// ([`Config::max_concurrent_requests`]). The agent accepts 200 connections per
+/// client IP (`limits.http_max_conns_per_client`), shared by every local process on
+/// that IP (consul-template, Vault agent, the applications' own reads); 150 leaves
+/// 50 of them to the others, and still fits the catalog's 100 watches
+/// (`catalog.max_watches`) plus the snapshot follower's watch and dozens of first
+/// fetches.
+pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 150;
+
 /// Default Consul agent address.
 pub const DEFAULT_ADDRESS: &str = "http://127.0.0.1:8500";
 
@@ -23,8 +32,15 @@ pub struct Config {
     /// whenever it changes (rotation without a restart); wins over `token`, as
     /// `CONSUL_HTTP_TOKEN_FILE` wins over `CONSUL_HTTP_TOKEN` in Consul's CLI.
     pub token_file: Option<PathBuf>,
-    /// Deadline for one HTTP call; blocking queries add `wait + wait/16` on top.
+    /// Deadline for one HTTP call. A blocking query gets `wait + wait/16 +
+    /// max(request_timeout, 10 s)`: Consul adds up to `wait/16` of jitter, and the agent
+    /// retries a failed RPC for up to `rpc_hold_timeout` (7 s) before it answers.
     pub request_timeout: Duration,
+    /// Most HTTP requests open to the agent at once, blocking watches and first
+    /// fetches alike; further requests wait for a slot before they connect. Keep it
+    /// below the agent's `limits.http_max_conns_per_client` (200, shared by every
+    /// local process), so the resolver never provokes the agent's 429s.
+    pub max_concurrent_requests: usize,
     /// Add `?stale` to catalog, health and KV reads so any server can answer.
     pub stale: bool,
     /// Add `?cached` to health reads so the agent answers from its cache.
@@ -45,6 +61,7 @@ impl Default for Config {
             token: None,
             token_file: None,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
             stale: true,
             cached: false,
             namespace: None,
@@ -197,6 +214,7 @@ mod tests {
         let config = Config::default();
         assert_eq!(config.address, "http://127.0.0.1:8500");
         assert_eq!(config.request_timeout, Duration::from_secs(5));
+        assert_eq!(config.max_concurrent_requests, 150);
         assert!(config.stale);
         assert!(!config.cached);
         assert!(config.token.is_none());

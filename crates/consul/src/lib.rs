@@ -26,9 +26,11 @@ mod transport;
 mod watch;
 mod write;
 
-pub use backoff::{Backoff, HALF_JITTER, InvalidBackoff};
+pub use backoff::{Backoff, FULL_JITTER, HALF_JITTER, InvalidBackoff};
 pub use client::{Client, MAX_BULK_RESPONSE_BYTES, MAX_RESPONSE_BYTES};
-pub use config::{Config, DEFAULT_ADDRESS, DEFAULT_REQUEST_TIMEOUT, Token};
+pub use config::{
+    Config, DEFAULT_ADDRESS, DEFAULT_MAX_CONCURRENT_REQUESTS, DEFAULT_REQUEST_TIMEOUT, Token,
+};
 pub use error::{BoxError, Error};
 pub use instance::{
     Addresses, InstanceDetails, InstanceStatus, Node, NodeDetails, ServiceInstance, TaggedAddresses,

@@ -16,12 +16,14 @@ use crate::{Error, QueryOptions, Response};
 /// Computes the index for the next blocking query from the previous one and the returned one.
 ///
 /// Consul's rules (blocking queries): an index below 1 is clamped to 1 so the caller never
-/// busy-loops, and an index that goes backwards (snapshot restore, stale reads from another
-/// server) resets to 0 so the next read is non-blocking and re-syncs. The clamp is applied
-/// first so that a server stuck at index 0 settles at 1 instead of alternating 0/1.
-pub fn next_index(previous: u64, returned: u64) -> u64 {
-    let returned = returned.max(1);
-    if returned < previous { 0 } else { returned }
+/// busy-loops, and an index that goes backwards (snapshot restore, a server that lost its
+/// state, stale reads from another server) is taken as it is. The answer that carried it is
+/// already a full, current read, so the next request blocks on that lower index; resetting to
+/// 0 instead would send a second, non-blocking full read of the same data, and a restore or a
+/// server restart does that on every watch of every node at once. `previous` is no longer
+/// needed for the result; [`Watch::observe`] compares the two to report the backward step.
+pub fn next_index(_previous: u64, returned: u64) -> u64 {
+    returned.max(1)
 }
 
 /// What one answer did to a watch's index.
@@ -31,7 +33,9 @@ pub enum IndexChange {
     Unchanged,
     /// The index moved forward (including the first answer after 0).
     Moved,
-    /// The index went backwards: the next read is non-blocking, to re-sync.
+    /// The index went backwards (the answer is a full read after a restore or a server
+    /// change): the next read blocks on the lower index just returned. The name is kept from
+    /// when this re-read from scratch.
     Reset,
 }
 
@@ -109,8 +113,9 @@ impl Pace {
 /// One blocking query kept in flight over and over: the index to block on (Consul's rules
 /// applied to every answer), the `wait` to send with it, and an optional [`Pace`].
 ///
-/// The first read, and the first after a reset, is non-blocking (index 0 is never sent);
-/// each later one blocks on the last index, which is at least 1.
+/// The first read (and one after [`Watch::restart`]) is non-blocking (index 0 is never
+/// sent); each later one blocks on the last index returned, which is at least 1, also when
+/// it went backwards.
 #[derive(Debug, Clone)]
 pub struct Watch {
     index: u64,
@@ -162,7 +167,7 @@ impl Watch {
     pub fn observe(&mut self, returned: u64) -> IndexChange {
         let previous = self.index;
         self.index = next_index(previous, returned);
-        if self.index == 0 {
+        if self.index < previous {
             IndexChange::Reset
         } else if self.index != previous {
             IndexChange::Moved
@@ -234,9 +239,10 @@ mod tests {
     }
 
     #[test]
-    fn index_going_backwards_resets_to_zero() {
-        assert_eq!(next_index(1000, 999), 0);
-        assert_eq!(next_index(1000, 2), 0);
+    fn index_going_backwards_is_blocked_on_as_returned() {
+        assert_eq!(next_index(1000, 999), 999);
+        assert_eq!(next_index(1000, 2), 2);
+        assert_eq!(next_index(1000, 0), 1, "still clamped");
     }
 
     #[test]
@@ -253,7 +259,7 @@ mod tests {
             index = next_index(index, 0);
             seen.push(index);
         }
-        assert_eq!(seen, [0, 1, 1, 1]);
+        assert_eq!(seen, [1, 1, 1, 1]);
     }
 
     #[test]
@@ -269,18 +275,19 @@ mod tests {
         assert!(!IndexChange::Unchanged.changed());
         assert_eq!(watch.observe(3), IndexChange::Reset);
         assert!(IndexChange::Reset.changed());
-        assert_eq!(watch.index(), 0);
+        assert_eq!(watch.index(), 3);
         assert_eq!(
-            watch.options().index,
-            None,
-            "re-sync with a non-blocking read"
+            (watch.options().index, watch.options().wait),
+            (Some(3), Some(wait)),
+            "the answer was a full read: block on the lower index, no second read"
         );
         assert_eq!(
             watch.observe(0),
-            IndexChange::Moved,
-            "index 0 is taken as 1"
+            IndexChange::Reset,
+            "index 0 is taken as 1, below 3"
         );
         assert_eq!(watch.options().index, Some(1));
+        assert_eq!(watch.observe(0), IndexChange::Unchanged);
         watch.restart();
         assert_eq!((watch.options().index, watch.options().wait), (None, None));
         assert_eq!(Watch::new(wait).from_index(9).options().index, Some(9));
@@ -357,6 +364,33 @@ mod tests {
                 ..QueryMeta::default()
             },
         })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_index_going_backwards_is_blocked_on_without_a_second_read() {
+        let mut watch = Watch::new(Duration::from_secs(60));
+        let mut sent = Vec::new();
+        let mut changes = Vec::new();
+        for returned in [900, 40, 40, 41] {
+            let (_, change) = watch
+                .round(|options| {
+                    sent.push(options.index);
+                    async move { answer(returned) }
+                })
+                .await
+                .expect("the call answers");
+            changes.push(change);
+        }
+        assert_eq!(sent, [None, Some(900), Some(40), Some(40)]);
+        assert_eq!(
+            changes,
+            [
+                IndexChange::Moved,
+                IndexChange::Reset,
+                IndexChange::Unchanged,
+                IndexChange::Moved
+            ]
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -207,7 +207,7 @@ async fn blocking_query_outlives_request_timeout_and_wakes_on_change() {
 }
 
 #[tokio::test]
-async fn index_going_backwards_or_zero_is_reset_by_next_index() {
+async fn index_going_backwards_is_kept_and_zero_clamped_by_next_index() {
     let (sim, server) = start().await;
     let client = client_for(&server);
     let first = bounded(client.health_service("web", &QueryOptions::default()))
@@ -219,7 +219,11 @@ async fn index_going_backwards_or_zero_is_reset_by_next_index() {
         .await
         .expect("read");
     assert!(backwards.meta.index < first.meta.index);
-    assert_eq!(next_index(first.meta.index, backwards.meta.index), 0);
+    // Issue 14 §3: the answer is a full read; block on its lower index.
+    assert_eq!(
+        next_index(first.meta.index, backwards.meta.index),
+        backwards.meta.index.max(1)
+    );
 
     sim.clear_faults();
     sim.inject(Fault::index_zero("/v1/health/service/web"));
