@@ -575,9 +575,15 @@ fn catalog_watch_mode_keys_are_parsed_and_checked() {
         catalog::RefreshMode::Watch
     );
     let settings = parse("[catalog]\nnode_refresh_interval = \"5m\"\n").expect("valid");
-    assert_eq!(settings.catalog.node_refresh_interval, Duration::from_secs(300));
+    assert_eq!(
+        settings.catalog.node_refresh_interval,
+        Duration::from_secs(300)
+    );
     let message = error_of("[catalog]\nnode_refresh_interval = \"2h\"\n");
-    assert!(message.contains("catalog.node_refresh_interval"), "{message}");
+    assert!(
+        message.contains("catalog.node_refresh_interval"),
+        "{message}"
+    );
     let message = error_of("[catalog]\nrefresh = \"watch\"\nwatch_wait = \"11m\"\n");
     assert!(message.contains("catalog.watch_wait"), "{message}");
     let message = error_of("[catalog]\nrefresh = \"sometimes\"\n");

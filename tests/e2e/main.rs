@@ -9,6 +9,7 @@ mod consul_answers;
 mod consul_fallback;
 mod consul_limits;
 mod consul_meta;
+mod consul_streaming;
 mod consul_tls;
 mod diagnostics;
 mod dig;
