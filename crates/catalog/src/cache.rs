@@ -246,6 +246,15 @@ fn doubt_empty_without_leader(
     Ok(())
 }
 
+/// A node as a cached service's health data holds it.
+struct DerivedNode {
+    node: Node,
+    /// The service whose data it came from.
+    service: Arc<str>,
+    /// That data's `X-Consul-Index`.
+    index: u64,
+}
+
 struct Fetched {
     value: Value,
     index: Option<u64>,
@@ -626,10 +635,10 @@ impl Inner {
             self.touch(&slot);
             return self.answer_from_slot(&key, &slot).await;
         }
-        if let Some((node, service)) = self.node_from_services(&key).await {
+        if let Some(derived) = self.node_from_services(&key).await {
             // A node a cached service's health data holds: no request.
             metrics::first_fetch("from_health");
-            let slot = Arc::new(self.derived_slot(node, service));
+            let slot = Arc::new(self.derived_slot(derived));
             self.slots.insert(key, Arc::clone(&slot)).await;
             self.refresher_wake.notify_one();
             let entry = slot.entry.load();
@@ -644,7 +653,7 @@ impl Inner {
     /// service key, or when no such data is at hand (then Consul is asked).
     /// A node whose address is not an IP is left to `/v1/catalog/node`: an
     /// instance does not keep a node hostname apart from its own.
-    pub(super) async fn node_from_services(&self, key: &Key) -> Option<(Node, Arc<str>)> {
+    pub(super) async fn node_from_services(&self, key: &Key) -> Option<DerivedNode> {
         let Key::Node { name, datacenter } = key else {
             return None;
         };
@@ -681,29 +690,21 @@ impl Inner {
         let Key::Service { name: service, .. } = &service_key else {
             return None;
         };
-        Some((node, Arc::clone(service)))
+        Some(DerivedNode {
+            node,
+            service: Arc::clone(service),
+            index: entry.index,
+        })
     }
 
-    /// A slot for a node answered from `service`'s health data.
-    fn derived_slot(&self, node: Node, service: Arc<str>) -> Slot {
+    /// A slot for a node answered from a cached service's health data.
+    fn derived_slot(&self, derived: DerivedNode) -> Slot {
         let slot = self.new_slot(Fetched {
-            value: Value::Node(Arc::new(node)),
+            value: Value::Missing,
             index: None,
             read: None,
         });
-        let entry = slot.entry.load();
-        slot.entry.store(Arc::new(Entry {
-            value: entry.value.clone(),
-            fetched_at: entry.fetched_at,
-            next_refresh: Instant::now() + self.jittered(self.config.refresh_interval),
-            last_refresh_failed: false,
-            index: 0,
-            last_error: None,
-            name_backoff: None,
-            read: None,
-            from_service: Some(service),
-        }));
-        drop(entry);
+        self.store_derived(&slot, derived);
         slot
     }
 
@@ -891,6 +892,11 @@ impl Inner {
         let age = Instant::now().saturating_duration_since(entry.fetched_at);
         if age <= self.fresh_window(&entry, slot.watching.load(Ordering::Relaxed)) {
             return to_lookup(&entry.value, Freshness::Fresh);
+        }
+        if let Some(derived) = self.node_from_services(key).await {
+            // An idle node that a cached service names: no request.
+            self.store_derived(slot, derived);
+            return to_lookup(&slot.entry.load().value, Freshness::Fresh);
         }
         let breaker = self.breaker(key);
         if !entry.last_refresh_failed && breaker.allow_request() {

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::{Cache, Entry, Fetched, Inner, Key, LastError, Slot, Value};
+use super::{Cache, DerivedNode, Entry, Fetched, Inner, Key, LastError, Slot, Value};
 use crate::breaker::{Admission, Breaker, CircuitState};
 use crate::config::RefreshMode;
 use crate::metrics;
@@ -246,10 +246,10 @@ impl Inner {
 
     /// Replaces a node slot's data with the node as a cached service's health
     /// data holds it (no request was sent).
-    fn store_derived(&self, slot: &Slot, node: crate::Node, service: Arc<str>) {
+    pub(super) fn store_derived(&self, slot: &Slot, derived: DerivedNode) {
         let now = Instant::now();
         let old = slot.entry.load();
-        let node = Value::Node(Arc::new(node));
+        let node = Value::Node(Arc::new(derived.node));
         // Unchanged data keeps its allocation (witnesses stay valid).
         let value = if old.value == node {
             old.value.clone()
@@ -261,11 +261,11 @@ impl Inner {
             fetched_at: now,
             next_refresh: now + self.jittered(self.config.refresh_interval),
             last_refresh_failed: false,
-            index: 0,
+            index: derived.index,
             last_error: old.last_error.clone(),
             name_backoff: None,
             read: None,
-            from_service: Some(service),
+            from_service: Some(derived.service),
         }));
     }
 
@@ -317,8 +317,8 @@ impl Inner {
         }
         let mut pass = self.plan_pass(now, services_changed);
         for (key, slot, due) in std::mem::take(&mut pass.nodes) {
-            if let Some((node, service)) = self.node_from_services(&key).await {
-                self.store_derived(&slot, node, service);
+            if let Some(derived) = self.node_from_services(&key).await {
+                self.store_derived(&slot, derived);
             } else if due || slot.entry.load().from_service.is_some() {
                 // No cached service names it (any more): ask Consul.
                 pass.due.push((key, slot));
@@ -464,8 +464,12 @@ impl Inner {
         tokio::pin!(stop);
         let breaker = self.breaker(&key);
         let mut closed = breaker.subscribe_closed();
+        // Never spaced wider than a poll would be: with a refresh_interval
+        // below watch_min_interval (a test, a small fleet), the interval wins.
         let pace = Pace::new(
-            self.config.watch_min_interval,
+            self.config
+                .watch_min_interval
+                .min(self.config.refresh_interval),
             self.config.refresh_interval,
             Instant::now(),
         );
