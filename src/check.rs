@@ -2,7 +2,8 @@
 //! `ok|warn|fail` line per check. Every check is bounded by [`CHECK_TIMEOUT`].
 //!
 //! Checks: the config file; Consul (leader known? the ACL token accepted,
-//! tried with a read the resolver's least-privilege policy allows?); each listen socket (free to bind, or answering DNS);
+//! tried with a read the resolver's least-privilege policy allows? in watch
+//! mode, does the agent serve watches from its streaming view?); each listen socket (free to bind, or answering DNS);
 //! the running server over its control socket; the hosts snapshot in the
 //! state dir (verified with the configured public key) and whether it is the
 //! one in KV (generation and SHA-256); each upstream (a
@@ -251,7 +252,57 @@ async fn check_consul(settings: &Settings, token_origin: Option<String>) -> Vec<
     }
     let origin = token_origin.unwrap_or_else(|| "the configuration".to_owned());
     lines.push(check_token(&client, has_token, &origin).await);
+    if settings.catalog.refresh == dnsfront_catalog::RefreshMode::Watch {
+        lines.push(check_streaming(&client).await);
+    }
     lines
+}
+
+/// The wait of the streaming probe: short, so that a service whose index is
+/// still 1 answers well within [`CHECK_TIMEOUT`].
+const STREAMING_PROBE_WAIT: Duration = Duration::from_millis(500);
+
+/// Does the agent serve watches from its streaming view? One blocking read as
+/// the catalog's watches send it (`?cached&index=1&wait=`), on the `consul`
+/// service (every token that may read service health may read it), and its
+/// `X-Consul-Query-Backend`. Without streaming every watch read is an RPC on
+/// a server, on every node at once.
+async fn check_streaming(client: &consul::Client) -> Line {
+    const WHAT: &str = "consul streaming";
+    let options = consul::QueryOptions {
+        index: Some(1),
+        wait: Some(STREAMING_PROBE_WAIT),
+        cached: true,
+        ..consul::QueryOptions::default()
+    };
+    let cost = "every watch read is an RPC on a Consul server: the whole fleet is in the \
+                expensive mode; set use_streaming_backend = true (the default since Consul \
+                1.10) and keep http_config.use_cache on, on the client agents";
+    match bounded(client.health_service("consul", &options)).await {
+        Ok(response) => match response.meta.backend {
+            consul::QueryBackend::Streaming => Line::new(
+                Status::Ok,
+                WHAT,
+                "the agent serves watches from its streaming view (X-Consul-Query-Backend: streaming)",
+            ),
+            consul::QueryBackend::BlockingQuery => Line::new(
+                Status::Warn,
+                WHAT,
+                format!(
+                    "the agent does not stream (X-Consul-Query-Backend: blocking-query): {cost}"
+                ),
+            ),
+            consul::QueryBackend::Unknown => Line::new(
+                Status::Warn,
+                WHAT,
+                format!(
+                    "the agent does not say how it served a watch (no X-Consul-Query-Backend: \
+                     Consul before 1.10, or a proxy that drops it), so it does not stream: {cost}"
+                ),
+            ),
+        },
+        Err(error) => Line::new(Status::Warn, WHAT, format!("not checked: {error}")),
+    }
 }
 
 /// Tries the token with a call the resolver's own policy allows: the health

@@ -14,6 +14,9 @@ pub struct RawCatalog {
     /// Re-read period of names being asked for.
     #[serde(with = "humantime_serde")]
     pub refresh_interval: Duration,
+    /// Re-read period of node names no cached service names.
+    #[serde(with = "humantime_serde")]
+    pub node_refresh_interval: Duration,
     /// Random spread of each refresh, as a fraction of the interval.
     pub refresh_jitter: f64,
     /// Longest wait of a first-ever query on Consul.
@@ -59,9 +62,9 @@ pub struct RawCatalog {
 #[serde(rename_all = "lowercase")]
 pub enum RawRefreshMode {
     /// Re-read hot names every `refresh_interval`.
-    #[default]
     Poll,
-    /// Keep a blocking query open per hot name.
+    /// Keep a blocking query open per hot name (served from the agent's streaming view).
+    #[default]
     Watch,
 }
 
@@ -70,6 +73,7 @@ impl Default for RawCatalog {
         let c = catalog::Config::default();
         Self {
             refresh_interval: c.refresh_interval,
+            node_refresh_interval: c.node_refresh_interval,
             refresh_jitter: c.refresh_jitter,
             first_fetch_timeout: c.first_fetch_timeout,
             negative_cache_ttl: c.negative_ttl,
@@ -80,7 +84,7 @@ impl Default for RawCatalog {
             only_passing: c.only_passing,
             backoff_min: c.backoff_min,
             backoff_max: c.backoff_max,
-            refresh: RawRefreshMode::Poll,
+            refresh: RawRefreshMode::Watch,
             watch_wait: c.watch_wait,
             watch_min_interval: c.watch_min_interval,
             max_watches: c.max_watches,
@@ -95,6 +99,7 @@ impl RawConfig {
         let c = &self.catalog;
         let config = catalog::Config {
             refresh_interval: c.refresh_interval,
+            node_refresh_interval: c.node_refresh_interval,
             refresh_jitter: c.refresh_jitter,
             first_fetch_timeout: c.first_fetch_timeout,
             negative_ttl: c.negative_cache_ttl,

@@ -167,6 +167,9 @@ pub const KEYS: &[Key] = &[
     key("catalog.refresh_interval", Restart, |s| {
         show(s.catalog.refresh_interval)
     }),
+    key("catalog.node_refresh_interval", Restart, |s| {
+        show(s.catalog.node_refresh_interval)
+    }),
     key("catalog.refresh_jitter", Restart, |s| {
         show(s.catalog.refresh_jitter)
     }),

@@ -569,9 +569,20 @@ fn catalog_watch_mode_keys_are_parsed_and_checked() {
     assert_eq!(settings.catalog.refresh, catalog::RefreshMode::Watch);
     assert_eq!(settings.catalog.watch_wait, Duration::from_secs(120));
     assert_eq!(settings.catalog.max_watches, 50);
+    // Watch is the fleet-safe default (issue 14 §3).
     assert_eq!(
         parse("").expect("defaults").catalog.refresh,
-        catalog::RefreshMode::Poll
+        catalog::RefreshMode::Watch
+    );
+    let settings = parse("[catalog]\nnode_refresh_interval = \"5m\"\n").expect("valid");
+    assert_eq!(
+        settings.catalog.node_refresh_interval,
+        Duration::from_secs(300)
+    );
+    let message = error_of("[catalog]\nnode_refresh_interval = \"2h\"\n");
+    assert!(
+        message.contains("catalog.node_refresh_interval"),
+        "{message}"
     );
     let message = error_of("[catalog]\nrefresh = \"watch\"\nwatch_wait = \"11m\"\n");
     assert!(message.contains("catalog.watch_wait"), "{message}");

@@ -172,7 +172,8 @@ fn not_found(freshness: catalog::Freshness) -> String {
     format!("not_found ({})", freshness_tag(freshness))
 }
 
-/// Adds the entry's bookkeeping (no I/O): age, Consul index, refresh state, last error.
+/// Adds the entry's bookkeeping (no I/O): age, Consul index, refresh state, last error,
+/// how the agent served the last read.
 fn with_entry_info(details: CatalogDetails, info: Option<&catalog::EntryInfo>) -> CatalogDetails {
     let Some(info) = info else {
         return details;
@@ -194,6 +195,10 @@ fn with_entry_info(details: CatalogDetails, info: Option<&catalog::EntryInfo>) -
                 error.message
             )
         }),
+        query_backend: info.query_backend.map(str::to_owned),
+        agent_cache: info.agent_cache.map(str::to_owned),
+        agent_cache_age_seconds: info.agent_cache_age_s,
+        from_service: info.from_service.clone(),
         ..details
     }
 }

@@ -91,6 +91,19 @@ pub struct CatalogDetails {
     pub refresh: Option<String>,
     /// The most recent failed Consul request for it, if any.
     pub last_error: Option<String>,
+    /// How the agent served its last read: `X-Consul-Query-Backend`
+    /// (`streaming`, `blocking-query`, `unknown`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_backend: Option<String>,
+    /// Its last read's `X-Cache` (`hit`, `miss`, `none`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_cache: Option<String>,
+    /// Its last read's `Age` (seconds), when the agent sent one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_cache_age_seconds: Option<u64>,
+    /// A node answered from this cached service's health data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_service: Option<String>,
 }
 
 /// The hosts snapshot in memory.

@@ -137,7 +137,23 @@ fn catalog_lines(out: &mut String, catalog: &CatalogDetails) {
     if let Some(refresh) = &catalog.refresh {
         let _ = write!(text, ", {refresh}");
     }
+    if let Some(service) = &catalog.from_service {
+        let _ = write!(
+            text,
+            ", from service {service}'s health data (no /v1/catalog/node read)"
+        );
+    }
     line(out, "catalog", &text);
+    if let Some(backend) = &catalog.query_backend {
+        let mut read = format!("{backend} (how the agent served the last read)");
+        if let Some(cache) = catalog.agent_cache.as_deref().filter(|c| *c != "none") {
+            let _ = write!(read, ", X-Cache {cache}");
+        }
+        if let Some(age) = catalog.agent_cache_age_seconds {
+            let _ = write!(read, ", Age {age} s");
+        }
+        line(out, "backend", &read);
+    }
     if let Some(error) = &catalog.last_error {
         let _ = writeln!(out, "  last error: {error}");
     }

@@ -10,6 +10,7 @@ mod consul_fallback;
 mod consul_limits;
 mod consul_meta;
 mod consul_reload;
+mod consul_streaming;
 mod consul_tls;
 mod diagnostics;
 mod dig;

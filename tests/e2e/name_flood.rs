@@ -78,12 +78,12 @@ async fn a_name_flood_stays_within_the_configured_caches_and_hot_names_keep_hitt
     let setup = Setup::with_sim(sim.clone()).await;
     let upstream = FakeUpstream::start().await;
     upstream.set("hot.example", &["192.0.2.80"], 3_600);
-    // No background re-read during the test: every Consul request for `web`
-    // would be a miss.
+    // No background re-read during the test (poll mode: a watch would hold a
+    // blocking read of `web`): every Consul request for `web` would be a miss.
     write(
         &setup.config,
         &format!(
-            "[consul]\naddress = \"{}\"\n\n[state]\ndir = \"{}\"\n\n[catalog]\nrefresh_interval = \"5m\"\nidle_timeout = \"10m\"\nnegative_cache_ttl = \"5m\"\nmax_bytes = {CATALOG_BYTES}\n\n[metrics]\nstatsd = false\n\n[dns]\nlisten = [\"127.0.0.1:0\"]\n\n[forward]\nupstreams = [\"{}\"]\ncache_max_bytes = {FORWARD_CACHE_BYTES}\n",
+            "[consul]\naddress = \"{}\"\n\n[state]\ndir = \"{}\"\n\n[catalog]\nrefresh = \"poll\"\nrefresh_interval = \"5m\"\nidle_timeout = \"10m\"\nnegative_cache_ttl = \"5m\"\nmax_bytes = {CATALOG_BYTES}\n\n[metrics]\nstatsd = false\n\n[dns]\nlisten = [\"127.0.0.1:0\"]\n\n[forward]\nupstreams = [\"{}\"]\ncache_max_bytes = {FORWARD_CACHE_BYTES}\n",
             setup.consul.url(),
             setup.state.display(),
             upstream.addr()

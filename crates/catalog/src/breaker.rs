@@ -4,6 +4,14 @@
 //! probe at a time instead of one request per cached name, and a remote
 //! datacenter that is cut off never holds back the agent's own.
 //!
+//! Failures of requests that were in flight together are one event: one
+//! server restart breaks every streamed watch on an agent at once (each held
+//! watch sees one HTTP 500), and counting each would open the breaker, so new
+//! names would get SERVFAIL on every node whose agent used that server. A
+//! failure counts only if its request started after the last counted failure
+//! was recorded; a real outage still opens the circuit, since each retry
+//! starts after the failure before it.
+//!
 //! Only failures that trying again later can cure count
 //! ([`dnsfront_consul::Error::is_retryable`]: transport errors, timeouts, 5xx,
 //! 429). A 403 or an undecodable answer concerns one name; the cache backs off
@@ -164,7 +172,8 @@ pub(crate) enum Admission {
 pub struct BreakerState {
     /// `closed`, `open` (holding requests back) or `probing` (one request in flight).
     pub state: CircuitState,
-    /// Failed Consul requests in a row.
+    /// Failure events in a row (failures of requests that were in flight
+    /// together count once).
     pub consecutive_failures: u32,
     /// Pause the next failure opens the circuit for, before jitter (milliseconds).
     pub backoff_ms: u64,
@@ -186,7 +195,11 @@ pub enum CircuitState {
 
 #[derive(Debug)]
 struct State {
+    /// Failure events in a row (requests in flight together count once).
     consecutive_failures: u32,
+    /// When the last counted failure was recorded: a failure of a request
+    /// sent before it is part of the same event.
+    last_counted: Option<Instant>,
     /// Set while open: no request before this instant, then one probe.
     open_until: Option<Instant>,
     probe_started: Option<Instant>,
@@ -202,6 +215,7 @@ impl Breaker {
             open_count,
             state: Mutex::new(State {
                 consecutive_failures: 0,
+                last_counted: None,
                 open_until: None,
                 probe_started: None,
                 backoff,
@@ -318,13 +332,19 @@ impl Breaker {
         }
     }
 
-    /// Records a failed request; only retryable errors come here (the others
-    /// concern one name). The circuit opens after [`FAILURE_THRESHOLD`] in a
-    /// row. The backoff doubles once per opening or failed probe, not once per
-    /// request that was already in flight.
-    pub(crate) fn record_failure(&self, kind: &str, error: &dyn Display) {
+    /// Records a failed request sent at `started`; only retryable errors come
+    /// here (the others concern one name). A request sent before the last
+    /// counted failure was recorded was in flight with it: the same event,
+    /// not counted again. The circuit opens after [`FAILURE_THRESHOLD`]
+    /// events in a row. The backoff doubles once per opening or failed probe,
+    /// not once per request that was already in flight.
+    pub(crate) fn record_failure(&self, kind: &str, error: &dyn Display, started: Instant) {
         let now = Instant::now();
         let mut state = self.lock();
+        if state.last_counted.is_some_and(|counted| started < counted) {
+            return; // in flight with a failure already counted
+        }
+        state.last_counted = Some(now);
         state.consecutive_failures = state.consecutive_failures.saturating_add(1);
         state.probe_started = None;
         let was_open = state.open_until.is_some();
@@ -370,16 +390,16 @@ mod tests {
     async fn opens_after_threshold_and_lets_one_probe_through_after_backoff() {
         let breaker = breaker(Duration::from_secs(1), Duration::from_secs(8));
         for _ in 0..FAILURE_THRESHOLD - 1 {
-            breaker.record_failure("timeout", &"boom");
+            breaker.record_failure("timeout", &"boom", Instant::now());
             assert!(breaker.allow_request(), "still closed below the threshold");
         }
-        breaker.record_failure("timeout", &"boom");
+        breaker.record_failure("timeout", &"boom", Instant::now());
         assert!(breaker.is_open());
         assert!(!breaker.allow_request(), "open: no request during backoff");
         tokio::time::advance(Duration::from_millis(1001)).await;
         assert!(breaker.allow_request(), "one probe after the backoff");
         assert!(!breaker.allow_request(), "only one probe at a time");
-        breaker.record_failure("timeout", &"boom");
+        breaker.record_failure("timeout", &"boom", Instant::now());
         assert!(!breaker.allow_request(), "failed probe reopens");
         tokio::time::advance(Duration::from_secs(2)).await;
         assert!(breaker.allow_request());
@@ -400,7 +420,9 @@ mod tests {
         );
         let dc2: Arc<str> = "dc2".into();
         for _ in 0..FAILURE_THRESHOLD {
-            breakers.get(Some(&dc2)).record_failure("timeout", &"boom");
+            breakers
+                .get(Some(&dc2))
+                .record_failure("timeout", &"boom", Instant::now());
         }
         assert!(breakers.get(Some(&dc2)).is_open());
         assert!(!breakers.local().is_open(), "dc2 never opens the agent's");
@@ -428,20 +450,39 @@ mod tests {
     async fn failures_of_requests_in_flight_before_opening_do_not_double_the_backoff() {
         let breaker = breaker(Duration::from_secs(1), Duration::from_secs(60));
         for _ in 0..FAILURE_THRESHOLD {
-            breaker.record_failure("timeout", &"boom");
+            breaker.record_failure("timeout", &"boom", Instant::now());
         }
         let after_opening = breaker.current_backoff();
         for _ in 0..8 {
-            breaker.record_failure("timeout", &"boom");
+            breaker.record_failure("timeout", &"boom", Instant::now());
         }
         assert_eq!(breaker.current_backoff(), after_opening);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_of_requests_in_flight_together_are_one_event() {
+        let breaker = breaker(Duration::from_secs(1), Duration::from_secs(60));
+        let sent = Instant::now();
+        tokio::time::advance(Duration::from_millis(100)).await;
+        // A server restart: every held watch fails at once.
+        for _ in 0..50 {
+            breaker.record_failure("server_error", &"stream reset", sent);
+        }
+        assert_eq!(breaker.snapshot().consecutive_failures, 1);
+        assert!(!breaker.is_open(), "one event does not open the circuit");
+        // A sustained outage: each retry starts after the failure before it.
+        for _ in 1..FAILURE_THRESHOLD {
+            tokio::time::advance(Duration::from_millis(100)).await;
+            breaker.record_failure("server_error", &"down", Instant::now());
+        }
+        assert!(breaker.is_open());
     }
 
     #[tokio::test(start_paused = true)]
     async fn backoff_doubles_up_to_the_ceiling() {
         let breaker = breaker(Duration::from_secs(1), Duration::from_secs(4));
         for _ in 0..10 {
-            breaker.record_failure("timeout", &"boom");
+            breaker.record_failure("timeout", &"boom", Instant::now());
             tokio::time::advance(Duration::from_secs(5)).await; // each one a failed probe
         }
         assert_eq!(breaker.current_backoff(), Duration::from_secs(4));

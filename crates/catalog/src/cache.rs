@@ -6,9 +6,11 @@
 //! witnesses, `describe`); keeping hot names current (the refresher's pass and
 //! the per-name watch loops) is in [`refresh`].
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -23,6 +25,7 @@ use crate::breaker::{Breaker, BreakerState, Breakers};
 use crate::info::{EntryFreshness, EntryInfo, ErrorInfo, RefreshState};
 use crate::metrics;
 use crate::{Config, Error, Freshness, Lookup, Node, ServiceInstance};
+use dnsfront_consul::NodeDetails;
 
 mod refresh;
 mod reverse;
@@ -67,6 +70,95 @@ struct Inner {
     refresher_wake: tokio::sync::Notify,
     /// The agent's datacenter, learned from answers for names asked without one.
     local_datacenter: ArcSwapOption<String>,
+    /// Which cached service names a node, so that `NODE.node` is answered from
+    /// health data already held (`/v1/catalog/node` is never streamed: each
+    /// read is a server RPC). See [`NodeIndex`].
+    node_index: NodeIndex,
+    /// Set when cached service data changed: the refresher's next pass
+    /// rebuilds `node_index` and re-derives the nodes answered from it.
+    services_changed: AtomicBool,
+}
+
+/// Node name → a cached service whose health data holds that node, keyed by
+/// a hash of (datacenter asked, lower-case node name). Entries are added as
+/// service data is stored and the map is rebuilt by the refresher after
+/// changes; at most `max_entries` nodes (beyond that, nodes are read from
+/// Consul as before). A hash collision or an outdated entry only costs a
+/// `/v1/catalog/node` read: the service's data is checked before use.
+struct NodeIndex {
+    hasher: std::collections::hash_map::RandomState,
+    services: Mutex<HashMap<u64, Key>>,
+    capacity: usize,
+}
+
+impl NodeIndex {
+    fn new(capacity: usize) -> Self {
+        Self {
+            hasher: std::collections::hash_map::RandomState::new(),
+            services: Mutex::new(HashMap::new()),
+            capacity,
+        }
+    }
+
+    fn hash(&self, datacenter: Option<&Arc<str>>, node: &str) -> u64 {
+        let mut hasher = self.hasher.build_hasher();
+        datacenter.map(|dc| &**dc).hash(&mut hasher);
+        for byte in node.bytes() {
+            hasher.write_u8(byte.to_ascii_lowercase());
+        }
+        hasher.finish()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Key>> {
+        self.services
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records the nodes of `instances`, cached under `service`.
+    fn add(&self, service: &Key, instances: &[ServiceInstance]) {
+        let hashes: Vec<u64> = instances
+            .iter()
+            .filter(|instance| instance.node_address.is_some())
+            .map(|instance| self.hash(service.datacenter(), &instance.node))
+            .collect();
+        let mut map = self.lock();
+        for hash in hashes {
+            if map.len() >= self.capacity && !map.contains_key(&hash) {
+                break;
+            }
+            map.insert(hash, service.clone());
+        }
+    }
+
+    /// The service that named `node` in `datacenter` when last recorded.
+    fn service_of(&self, datacenter: Option<&Arc<str>>, node: &str) -> Option<Key> {
+        let hash = self.hash(datacenter, node);
+        self.lock().get(&hash).cloned()
+    }
+
+    fn replace(&self, map: HashMap<u64, Key>) {
+        *self.lock() = map;
+    }
+}
+
+/// How the agent served a read, from its `X-Consul-Query-Backend`, `X-Cache`
+/// and `Age` headers (for `explain`, and `check`'s streaming warning).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ReadMeta {
+    pub(crate) backend: consul::QueryBackend,
+    pub(crate) cache: consul::CacheStatus,
+    pub(crate) age: Option<Duration>,
+}
+
+impl ReadMeta {
+    fn of(meta: &consul::QueryMeta) -> Self {
+        Self {
+            backend: meta.backend,
+            cache: meta.cache,
+            age: meta.age,
+        }
+    }
 }
 
 /// What a slot caches: a service in a datacenter, or a node.
@@ -108,6 +200,12 @@ struct Entry {
     /// undecodable answer): its own backoff, which the breaker's closing does
     /// not cut short.
     name_backoff: Option<consul::Backoff>,
+    /// How the agent served the last answer (`None`: no answer headers, e.g.
+    /// a node answered from a cached service).
+    read: Option<ReadMeta>,
+    /// A node answered from this cached service's health data, without a
+    /// `/v1/catalog/node` read.
+    from_service: Option<Arc<str>>,
 }
 
 /// A never-seen name whose first fetch failed for it alone.
@@ -148,9 +246,19 @@ fn doubt_empty_without_leader(
     Ok(())
 }
 
+/// A node as a cached service's health data holds it.
+struct DerivedNode {
+    node: Node,
+    /// The service whose data it came from.
+    service: Arc<str>,
+    /// That data's `X-Consul-Index`.
+    index: u64,
+}
+
 struct Fetched {
     value: Value,
     index: Option<u64>,
+    read: Option<ReadMeta>,
 }
 
 struct Slot {
@@ -280,7 +388,7 @@ fn weigh_value(value: &Value) -> u64 {
                 + text(&node.name)
                 + text(&node.datacenter)
                 + node.details.as_deref().map_or(0, |details| {
-                    size_of::<dnsfront_consul::NodeDetails>() + meta_bytes(&details.meta)
+                    size_of::<NodeDetails>() + meta_bytes(&details.meta)
                 })
                 + 16
         }
@@ -356,6 +464,7 @@ impl Cache {
         let watch_permits = Arc::new(Semaphore::new(
             config.max_watches.min(Semaphore::MAX_PERMITS),
         ));
+        let max_entries = config.max_entries;
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
@@ -370,6 +479,8 @@ impl Cache {
                 pending_hits: AtomicU64::new(0),
                 refresher_wake: tokio::sync::Notify::new(),
                 local_datacenter: ArcSwapOption::empty(),
+                node_index: NodeIndex::new(usize::try_from(max_entries).unwrap_or(usize::MAX)),
+                services_changed: AtomicBool::new(false),
             }),
         })
     }
@@ -524,7 +635,105 @@ impl Inner {
             self.touch(&slot);
             return self.answer_from_slot(&key, &slot).await;
         }
+        if let Some(derived) = self.node_from_services(&key).await {
+            // A node a cached service's health data holds: no request.
+            metrics::first_fetch("from_health");
+            let slot = Arc::new(self.derived_slot(derived));
+            self.slots.insert(key, Arc::clone(&slot)).await;
+            self.refresher_wake.notify_one();
+            let entry = slot.entry.load();
+            return to_lookup(&entry.value, Freshness::Fresh);
+        }
         self.first_fetch(key).await
+    }
+
+    /// The node `key` names, as the fresh health data of a cached service of
+    /// its datacenter holds it (every health entry carries its node: address,
+    /// tagged addresses, meta), with that service's name. `None` for a
+    /// service key, or when no such data is at hand (then Consul is asked).
+    /// A node whose address is not an IP is left to `/v1/catalog/node`: an
+    /// instance does not keep a node hostname apart from its own.
+    pub(super) async fn node_from_services(&self, key: &Key) -> Option<DerivedNode> {
+        let Key::Node { name, datacenter } = key else {
+            return None;
+        };
+        let service_key = self.node_index.service_of(datacenter.as_ref(), name)?;
+        let slot = self.slots.get(&service_key).await?;
+        let entry = slot.entry.load();
+        let fresh = !entry.last_refresh_failed
+            && Instant::now().saturating_duration_since(entry.fetched_at)
+                <= self.fresh_window(&entry, slot.watching.load(Ordering::Relaxed));
+        let Value::Services(instances) = &entry.value else {
+            return None;
+        };
+        if !fresh {
+            return None;
+        }
+        let instance = instances.iter().find(|instance| {
+            instance.node_address.is_some() && instance.node.eq_ignore_ascii_case(name)
+        })?;
+        let details = NodeDetails {
+            meta: instance.node_meta().to_vec(),
+            tagged: instance
+                .details
+                .as_deref()
+                .map(|details| details.node_tagged)
+                .unwrap_or_default(),
+        };
+        let node = Node {
+            name: instance.node.clone(),
+            datacenter: instance.datacenter.clone(),
+            address: instance.node_address,
+            hostname: None,
+            details: (details != NodeDetails::default()).then(|| Arc::new(details)),
+        };
+        let Key::Service { name: service, .. } = &service_key else {
+            return None;
+        };
+        Some(DerivedNode {
+            node,
+            service: Arc::clone(service),
+            index: entry.index,
+        })
+    }
+
+    /// A slot for a node answered from a cached service's health data.
+    fn derived_slot(&self, derived: DerivedNode) -> Slot {
+        let slot = self.new_slot(Fetched {
+            value: Value::Missing,
+            index: None,
+            read: None,
+        });
+        self.store_derived(&slot, derived);
+        slot
+    }
+
+    /// Records that `key` (a service) now holds `value`: its nodes go into
+    /// the node index, and the refresher re-derives the nodes answered from
+    /// cached services.
+    fn service_data_stored(&self, key: &Key, value: &Value) {
+        if let (Key::Service { .. }, Value::Services(instances)) = (key, value) {
+            self.node_index.add(key, instances);
+            self.services_changed.store(true, Ordering::Release);
+            self.refresher_wake.notify_one();
+        }
+    }
+
+    /// Rebuilds the node index from the cached services.
+    pub(super) fn rebuild_node_index(&self) {
+        let mut map = HashMap::new();
+        for (key, slot) in self.slots.iter() {
+            if map.len() >= self.node_index.capacity {
+                break;
+            }
+            if let Value::Services(instances) = &slot.entry.load().value {
+                for instance in instances.iter().filter(|i| i.node_address.is_some()) {
+                    let hash = self.node_index.hash(key.datacenter(), &instance.node);
+                    map.entry(hash).or_insert_with(|| Key::clone(&key));
+                }
+            }
+        }
+        self.node_index.replace(map);
     }
 
     fn flush_hits(&self) {
@@ -570,6 +779,8 @@ impl Inner {
         let result = self
             .slots
             .try_get_with(key, async move {
+                // A plain read (never `?cached`): a name nobody may ask for
+                // again must leave no streaming subscription behind.
                 let fetched = this
                     .fetch_with_permit(&breaker, &init_key, |key| async {
                         this.fetch(key, MODE_POLL, &consul::QueryOptions::default())
@@ -581,12 +792,13 @@ impl Inner {
                         breaker.record_success();
                         this.failed_names.invalidate(&init_key);
                         metrics::first_fetch("ok");
+                        this.service_data_stored(&init_key, &value.value);
                         Ok(Arc::new(this.new_slot(value)))
                     }
-                    Err(FetchFailure::Consul(error)) => {
+                    Err(FetchFailure::Consul { error, started }) => {
                         metrics::first_fetch(error.kind());
                         if error.is_retryable() {
-                            breaker.record_failure(error.kind(), &error);
+                            breaker.record_failure(error.kind(), &error, started);
                         } else {
                             this.name_failed(&init_key);
                         }
@@ -596,9 +808,9 @@ impl Inner {
                         metrics::first_fetch("busy");
                         Err("busy")
                     }
-                    Err(FetchFailure::TimedOut) => {
+                    Err(FetchFailure::TimedOut { started }) => {
                         metrics::first_fetch("timeout");
-                        breaker.record_failure("timeout", &"first fetch timed out");
+                        breaker.record_failure("timeout", &"first fetch timed out", started);
                         Err("timeout")
                     }
                 }
@@ -636,10 +848,11 @@ impl Inner {
             breaker.cancel_probe();
             return Err(FetchFailure::Busy);
         };
+        let started = Instant::now();
         match tokio::time::timeout_at(deadline, fetch(key)).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(error)) => Err(FetchFailure::Consul(error)),
-            Err(_elapsed) => Err(FetchFailure::TimedOut),
+            Ok(Err(error)) => Err(FetchFailure::Consul { error, started }),
+            Err(_elapsed) => Err(FetchFailure::TimedOut { started }),
         }
     }
 
@@ -680,6 +893,11 @@ impl Inner {
         if age <= self.fresh_window(&entry, slot.watching.load(Ordering::Relaxed)) {
             return to_lookup(&entry.value, Freshness::Fresh);
         }
+        if let Some(derived) = self.node_from_services(key).await {
+            // An idle node that a cached service names: no request.
+            self.store_derived(slot, derived);
+            return to_lookup(&slot.entry.load().value, Freshness::Fresh);
+        }
         let breaker = self.breaker(key);
         if !entry.last_refresh_failed && breaker.allow_request() {
             let refreshed = self
@@ -693,9 +911,13 @@ impl Inner {
                     return to_lookup(&entry.value, Freshness::Fresh);
                 }
                 // Failure already recorded, or no request sent.
-                Ok(false) | Err(FetchFailure::Busy | FetchFailure::Consul(_)) => {}
-                Err(FetchFailure::TimedOut) => {
-                    breaker.record_failure("timeout", &"re-fetch of an idle name timed out");
+                Ok(false) | Err(FetchFailure::Busy | FetchFailure::Consul { .. }) => {}
+                Err(FetchFailure::TimedOut { started }) => {
+                    breaker.record_failure(
+                        "timeout",
+                        &"re-fetch of an idle name timed out",
+                        started,
+                    );
                 }
             }
         }
@@ -771,6 +993,13 @@ impl Inner {
                 message: error.message.clone(),
                 age_ms: millis(now.saturating_duration_since(error.at)),
             }),
+            query_backend: entry.read.map(|read| read.backend.as_str()),
+            agent_cache: entry.read.map(|read| read.cache.as_str()),
+            agent_cache_age_s: entry
+                .read
+                .and_then(|read| read.age)
+                .map(|age| age.as_secs()),
+            from_service: entry.from_service.as_deref().map(str::to_owned),
         })
     }
 
@@ -807,7 +1036,7 @@ impl Inner {
                         Value::Services(instances.into())
                     };
                     doubt_empty_without_leader(&value, &response.meta, "/v1/health/service")?;
-                    Ok((value, response.meta.index))
+                    Ok((value, response.meta.index, ReadMeta::of(&response.meta)))
                 });
                 ("health_service", value)
             }
@@ -827,24 +1056,26 @@ impl Inner {
                         None => Value::Missing,
                     };
                     doubt_empty_without_leader(&value, &response.meta, "/v1/catalog/node")?;
-                    Ok((value, response.meta.index))
+                    Ok((value, response.meta.index, ReadMeta::of(&response.meta)))
                 });
                 ("catalog_node", value)
             }
         };
         metrics::consul_request(endpoint, mode, outcome(&result));
         match result {
-            Ok((value, index)) => {
+            Ok((value, index, read)) => {
                 self.learn_datacenter(key, &value);
                 Ok(Fetched {
                     value,
                     index: Some(index),
+                    read: Some(read),
                 })
             }
             // Consul's DNS answers NXDOMAIN for an unknown datacenter; so do we.
             Err(consul::Error::UnknownDatacenter { .. }) => Ok(Fetched {
                 value: Value::Missing,
                 index: None,
+                read: None,
             }),
             Err(error) => Err(error),
         }
@@ -852,7 +1083,7 @@ impl Inner {
 
     fn new_slot(&self, fetched: Fetched) -> Slot {
         let now = Instant::now();
-        let next_refresh = now + self.jittered(self.refresh_period(&fetched.value));
+        let next_refresh = now + self.jittered(self.refresh_period(&fetched.value, false));
         Slot {
             entry: ArcSwap::from_pointee(Entry {
                 value: fetched.value,
@@ -862,6 +1093,8 @@ impl Inner {
                 index: fetched.index.unwrap_or(0),
                 last_error: None,
                 name_backoff: None,
+                read: fetched.read,
+                from_service: None,
             }),
             last_access_ms: AtomicU64::new(self.millis_since_epoch(now)),
             refresh_lock: tokio::sync::Mutex::new(()),
@@ -874,10 +1107,14 @@ impl Inner {
         }
     }
 
-    /// Positive data is re-read every `refresh_interval`; a negative every `negative_ttl`.
-    fn refresh_period(&self, value: &Value) -> Duration {
+    /// Services are re-read every `refresh_interval`; a negative every
+    /// `negative_ttl`; a node read from `/v1/catalog/node` (never streamed) every
+    /// `node_refresh_interval`, one answered from a cached service's health
+    /// data (`derived`, no request) re-derived every `refresh_interval`.
+    fn refresh_period(&self, value: &Value, derived: bool) -> Duration {
         match value {
             Value::Missing => self.config.negative_ttl,
+            Value::Node(_) if !derived => self.config.node_refresh_interval,
             Value::Services(_) | Value::Node(_) => self.config.refresh_interval,
         }
     }
@@ -887,7 +1124,7 @@ impl Inner {
     /// healthy watch answers at least every `watch_wait` (+ Consul's wait/16
     /// jitter), so a watched entry whose last request did not fail gets that long on top.
     fn fresh_window(&self, entry: &Entry, watching: bool) -> Duration {
-        let poll_window = self.refresh_period(&entry.value) * 2;
+        let poll_window = self.refresh_period(&entry.value, entry.from_service.is_some()) * 2;
         if watching && !entry.last_refresh_failed {
             let wait = self.config.watch_wait;
             poll_window + wait + wait / 16
@@ -917,12 +1154,15 @@ impl Inner {
 
 /// Why a fetch from the query path gave no answer.
 enum FetchFailure {
-    /// Consul failed.
-    Consul(consul::Error),
+    /// Consul failed the request sent at `started`.
+    Consul {
+        error: consul::Error,
+        started: Instant,
+    },
     /// No request was sent: every fetch permit stayed taken until the deadline.
     Busy,
-    /// The request was sent and did not complete before the deadline.
-    TimedOut,
+    /// The request sent at `started` did not complete before the deadline.
+    TimedOut { started: Instant },
 }
 
 impl Key {

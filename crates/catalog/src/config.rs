@@ -4,11 +4,16 @@ use std::time::Duration;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RefreshMode {
-    /// Re-read every hot name every `refresh_interval` (±jitter).
-    #[default]
+    /// Re-read every hot name every `refresh_interval` (±jitter), with plain
+    /// `?stale` reads (never `?cached`): each read reaches a server, so an
+    /// outage fails the refresh instead of being answered from the agent's view.
     Poll,
-    /// Keep a blocking query (`?index=&wait=`) open per hot name, so changes
-    /// arrive within milliseconds and an unchanged name costs one read per `watch_wait`.
+    /// The fleet-safe default: keep a blocking query (`?index=&wait=&cached`)
+    /// open per hot name that holds data, which the agent serves from its
+    /// streaming view (one server subscription per service per agent), so
+    /// changes arrive within milliseconds and an unchanged name costs the
+    /// servers nothing. Negatives and first fetches are plain reads.
+    #[default]
     Watch,
 }
 
@@ -24,6 +29,13 @@ impl RefreshMode {
 
 /// Consul's cap on a blocking query's `wait` (`max_query_time`).
 pub const MAX_WATCH_WAIT: Duration = Duration::from_secs(600);
+
+/// Most `node_refresh_interval`: a node's address may change, and an hour is
+/// already far longer than any TTL a node answer carries.
+const MAX_NODE_REFRESH_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// Most `watch_min_interval`: beyond a minute a watched name would lag a poll.
+const MAX_WATCH_MIN_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Least `max_bytes`: room for a service of a few hundred instances.
 const MIN_MAX_BYTES: u64 = 64 << 10;
@@ -47,6 +59,9 @@ pub struct Config {
     pub max_watches: usize,
     /// How often an entry that is being asked for is re-read from Consul.
     pub refresh_interval: Duration,
+    /// How often a node name that no cached service's health data names is
+    /// re-read (`/v1/catalog/node` is never streamed: each read is a server RPC).
+    pub node_refresh_interval: Duration,
     /// Fraction of `refresh_interval` added or removed at random per refresh (0.0–0.5).
     pub refresh_jitter: f64,
     /// How long a first-ever query may wait for Consul before it gets SERVFAIL.
@@ -79,11 +94,12 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            refresh: RefreshMode::Poll,
+            refresh: RefreshMode::Watch,
             watch_wait: Duration::from_secs(300),
             watch_min_interval: Duration::from_secs(1),
             max_watches: 100,
             refresh_interval: Duration::from_secs(10),
+            node_refresh_interval: Duration::from_secs(60),
             refresh_jitter: 0.1,
             first_fetch_timeout: Duration::from_secs(2),
             negative_ttl: Duration::from_secs(5),
@@ -126,6 +142,17 @@ impl Config {
                 "idle_timeout",
                 "must be at least twice refresh_interval (names in use would stop being refreshed)"
                     .into(),
+            );
+        }
+        if self.node_refresh_interval < Duration::from_millis(100)
+            || self.node_refresh_interval > MAX_NODE_REFRESH_INTERVAL
+        {
+            return invalid(
+                "node_refresh_interval",
+                format!(
+                    "must be between 100ms and 1h, got {:?}",
+                    self.node_refresh_interval
+                ),
             );
         }
         if self.max_stale < self.refresh_interval {
@@ -171,12 +198,11 @@ impl Config {
             );
         }
         if self.watch_min_interval < Duration::from_millis(10)
-            || self.watch_min_interval > self.refresh_interval
+            || self.watch_min_interval > MAX_WATCH_MIN_INTERVAL
         {
             return invalid(
                 "watch_min_interval",
-                "must be at least 10ms (a watch must never busy-loop) and at most refresh_interval"
-                    .into(),
+                "must be between 10ms (a watch must never busy-loop) and 1m".into(),
             );
         }
         if self.max_watches == 0 {
@@ -194,15 +220,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn defaults_are_valid_and_poll() {
+    fn defaults_are_valid_and_watch() {
         let config = Config::default();
-        assert_eq!(config.refresh, RefreshMode::Poll);
+        assert_eq!(config.refresh, RefreshMode::Watch);
         assert!(config.validate().is_ok());
-        let watch = Config {
-            refresh: RefreshMode::Watch,
+        let poll = Config {
+            refresh: RefreshMode::Poll,
             ..Config::default()
         };
-        assert!(watch.validate().is_ok());
+        assert!(poll.validate().is_ok());
+        // A fast refresh_interval stays valid with the default watch settings.
+        let fast = Config {
+            refresh_interval: Duration::from_millis(200),
+            idle_timeout: Duration::from_secs(1),
+            ..Config::default()
+        };
+        assert!(fast.validate().is_ok());
     }
 
     #[test]
@@ -232,11 +265,18 @@ mod tests {
             Some("watch_min_interval")
         );
         assert_eq!(
-            key_of(watch(|c| c.watch_min_interval = Duration::from_secs(11))),
+            key_of(watch(|c| c.watch_min_interval = Duration::from_secs(61))),
             Some("watch_min_interval")
         );
         assert_eq!(key_of(watch(|c| c.max_watches = 0)), Some("max_watches"));
+        assert_eq!(
+            key_of(watch(
+                |c| c.node_refresh_interval = Duration::from_millis(10)
+            )),
+            Some("node_refresh_interval")
+        );
         let poll = Config {
+            refresh: RefreshMode::Poll,
             max_watches: 0,
             watch_wait: Duration::ZERO,
             ..Config::default()

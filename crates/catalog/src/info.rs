@@ -25,6 +25,18 @@ pub struct EntryInfo {
     /// The most recent failed Consul request for this key, if any (it may have
     /// succeeded since: compare `age_ms` with the error's).
     pub last_error: Option<ErrorInfo>,
+    /// How the agent served the last answer: `X-Consul-Query-Backend`
+    /// (`streaming`, `blocking-query`, or `unknown` without the header);
+    /// `None` when no answer came with headers (a node answered from a
+    /// cached service, an unknown datacenter).
+    pub query_backend: Option<&'static str>,
+    /// The last answer's `X-Cache` (`hit`, `miss`; `none` on reads without `?cached`).
+    pub agent_cache: Option<&'static str>,
+    /// The last answer's `Age` in seconds, when the agent sent one.
+    pub agent_cache_age_s: Option<u64>,
+    /// A node answered from this cached service's health data (no
+    /// `/v1/catalog/node` read).
+    pub from_service: Option<String>,
 }
 
 /// How current a cached key is.

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::{Cache, Entry, Fetched, Inner, Key, LastError, Slot};
+use super::{Cache, DerivedNode, Entry, Fetched, Inner, Key, LastError, Slot, Value};
 use crate::breaker::{Admission, Breaker, CircuitState};
 use crate::config::RefreshMode;
 use crate::metrics;
@@ -39,6 +39,10 @@ struct Pass {
     to_watch: Vec<(Arc<Key>, Arc<Slot>, OwnedSemaphorePermit)>,
     /// Keys whose data changed weight since moka weighed them: re-inserted.
     to_reweigh: Vec<(Arc<Key>, Arc<Slot>)>,
+    /// Node keys to answer from cached services' health data if they can
+    /// (due ones, and those already answered so when service data changed);
+    /// `true` when due: read from Consul if they cannot.
+    nodes: Vec<(Arc<Key>, Arc<Slot>, bool)>,
     /// When the next pass is needed (`None`: nothing polled is due).
     wake_at: Option<Instant>,
 }
@@ -137,7 +141,14 @@ impl Inner {
     }
 
     /// The refresh itself; the caller holds the slot's refresh lock.
+    ///
+    /// A plain read, never `?cached`: a poll answered from the agent's
+    /// streaming view would succeed with the last data it holds even while
+    /// every server is gone (fail-static), so a polled name would never see
+    /// an outage. Read from a server, the poll fails with it: answers go
+    /// stale and the breaker opens.
     async fn refresh_locked(&self, key: &Key, slot: &Slot) -> bool {
+        let started = Instant::now();
         match self
             .fetch(key, MODE_POLL, &consul::QueryOptions::default())
             .await
@@ -145,13 +156,13 @@ impl Inner {
             Ok(fetched) => {
                 self.breaker(key).record_success();
                 metrics::refresh("ok");
-                self.store_success(slot, fetched);
+                self.store_success(key, slot, fetched);
                 true
             }
             Err(error) => {
                 metrics::refresh(error.kind());
                 debug!(key = ?key, error = %error, "Consul refresh failed, keeping last good data");
-                self.record_refresh_failure(&self.breaker(key), slot, &error);
+                self.record_refresh_failure(&self.breaker(key), slot, &error, started);
                 false
             }
         }
@@ -163,14 +174,17 @@ impl Inner {
     /// `refresh_jitter`); any other concerns this name alone: the breaker does
     /// not hear of it and the key is retried after its own backoff. Returns
     /// the pause.
+    /// `started` is when the failed request was sent (see
+    /// [`Breaker::record_failure`]: requests in flight together fail as one).
     fn record_refresh_failure(
         &self,
         breaker: &Breaker,
         slot: &Slot,
         error: &consul::Error,
+        started: Instant,
     ) -> Duration {
         if error.is_retryable() {
-            breaker.record_failure(error.kind(), error);
+            breaker.record_failure(error.kind(), error, started);
             let retry_in = self.retry_pause(breaker);
             self.store_failure(slot, error, retry_in, None);
             retry_in
@@ -187,17 +201,25 @@ impl Inner {
         }
     }
 
-    /// The pause before a failed key is retried: the breaker's current backoff
-    /// step, spread by `refresh_jitter`.
+    /// The pause before a failed key is retried: a uniformly random part of
+    /// the breaker's current backoff step ("full jitter"). One server restart
+    /// fails every watch of every resolver at once; spread over the whole
+    /// step, their retries reach the agents and servers as a trickle, not a
+    /// herd (±`refresh_jitter` would bunch them within a tenth of it).
     fn retry_pause(&self, breaker: &Breaker) -> Duration {
-        self.jittered(breaker.current_backoff())
+        breaker
+            .current_backoff()
+            .mul_f64(rand::rng().random_range(0.0..=1.0))
     }
 
     /// Replaces a slot's data with a successful answer.
-    fn store_success(&self, slot: &Slot, fetched: Fetched) {
+    fn store_success(&self, key: &Key, slot: &Slot, fetched: Fetched) {
         let now = Instant::now();
         let old = slot.entry.load();
-        let next_refresh = now + self.jittered(self.refresh_period(&fetched.value));
+        let next_refresh = now + self.jittered(self.refresh_period(&fetched.value, false));
+        if old.value != fetched.value {
+            self.service_data_stored(key, &fetched.value);
+        }
         // Unchanged data keeps its allocation, so witnesses of it (answers the
         // fast path stored) stay valid across refreshes.
         let value = if old.value == fetched.value {
@@ -217,6 +239,33 @@ impl Inner {
             index: fetched.index.unwrap_or(0),
             last_error: old.last_error.clone(),
             name_backoff: None,
+            read: fetched.read,
+            from_service: None,
+        }));
+    }
+
+    /// Replaces a node slot's data with the node as a cached service's health
+    /// data holds it (no request was sent).
+    pub(super) fn store_derived(&self, slot: &Slot, derived: DerivedNode) {
+        let now = Instant::now();
+        let old = slot.entry.load();
+        let node = Value::Node(Arc::new(derived.node));
+        // Unchanged data keeps its allocation (witnesses stay valid).
+        let value = if old.value == node {
+            old.value.clone()
+        } else {
+            node
+        };
+        slot.entry.store(Arc::new(Entry {
+            value,
+            fetched_at: now,
+            next_refresh: now + self.jittered(self.config.refresh_interval),
+            last_refresh_failed: false,
+            index: derived.index,
+            last_error: old.last_error.clone(),
+            name_backoff: None,
+            read: None,
+            from_service: Some(derived.service),
         }));
     }
 
@@ -243,6 +292,8 @@ impl Inner {
                 at: now,
             })),
             name_backoff,
+            read: old.read,
+            from_service: old.from_service.clone(),
         }));
     }
 }
@@ -260,7 +311,19 @@ impl Inner {
     /// needed (at the latest).
     async fn refresh_due(self: &Arc<Self>, shutdown: &CancellationToken) -> Instant {
         let now = Instant::now();
-        let pass = self.plan_pass(now);
+        let services_changed = self.services_changed.swap(false, Ordering::AcqRel);
+        if services_changed {
+            self.rebuild_node_index();
+        }
+        let mut pass = self.plan_pass(now, services_changed);
+        for (key, slot, due) in std::mem::take(&mut pass.nodes) {
+            if let Some(derived) = self.node_from_services(&key).await {
+                self.store_derived(&slot, derived);
+            } else if due || slot.entry.load().from_service.is_some() {
+                // No cached service names it (any more): ask Consul.
+                pass.due.push((key, slot));
+            }
+        }
         let wake_at = pass.wake_at.unwrap_or(now + self.config.refresh_interval);
         for (key, slot, permit) in pass.to_watch {
             let this = Arc::clone(self);
@@ -283,7 +346,9 @@ impl Inner {
     }
 
     /// Sorts the slots into expired, due for a re-read, and newly watched.
-    fn plan_pass(&self, now: Instant) -> Pass {
+    /// Node keys go to `nodes` (answered from cached health data where
+    /// possible), all of those answered so when `services_changed`.
+    fn plan_pass(&self, now: Instant, services_changed: bool) -> Pass {
         let watch_mode = self.config.refresh == RefreshMode::Watch;
         let mut pass = Pass::default();
         for (key, slot) in self.slots.iter() {
@@ -299,7 +364,13 @@ impl Inner {
                 }
                 continue;
             }
-            if watch_mode {
+            let is_node = matches!(*key, Key::Node { .. });
+            // Only services that hold data are watched: a negative (a typo,
+            // a service gone) is polled every negative_ttl with plain reads,
+            // so it leaves no streaming subscription behind on the agent, and
+            // `/v1/catalog/node` is never streamed.
+            let watchable = !is_node && matches!(entry.value, Value::Services(_));
+            if watch_mode && watchable {
                 if slot.watching.load(Ordering::Acquire) {
                     continue; // its loop keeps it current
                 }
@@ -317,7 +388,11 @@ impl Inner {
             // waits out its own backoff.
             let breaker_closed = || !self.breaker(&key).is_open();
             let waits_for_datacenter = entry.last_refresh_failed && entry.name_backoff.is_none();
-            if now >= entry.next_refresh || (waits_for_datacenter && breaker_closed()) {
+            let due = now >= entry.next_refresh || (waits_for_datacenter && breaker_closed());
+            if is_node && (due || (services_changed && entry.from_service.is_some())) {
+                pass.nodes.push((key, slot, due));
+                pass.wake_by(now + self.busy_tick());
+            } else if due {
                 pass.due.push((key, slot));
                 // Looked at again soon: its refresh sets the next date.
                 pass.wake_by(now + self.busy_tick());
@@ -371,8 +446,11 @@ impl Inner {
     /// blocks on the last index; requests go at once in the happy case, in a
     /// burst of 2, then one per `refresh_interval` while the result churns, never
     /// closer than `watch_min_interval`. Every request passes the shared circuit
-    /// breaker; a probe through an open breaker is non-blocking so that it
-    /// reports back at once.
+    /// breaker; a probe through an open breaker, and the first request after a
+    /// failure, are plain non-blocking reads so that they report back at once.
+    /// The blocking reads carry `?cached`: the agent serves them from its
+    /// streaming view, so a watched name costs the servers nothing while it
+    /// does not change.
     async fn watch(
         self: Arc<Self>,
         key: Key,
@@ -386,8 +464,12 @@ impl Inner {
         tokio::pin!(stop);
         let breaker = self.breaker(&key);
         let mut closed = breaker.subscribe_closed();
+        // Never spaced wider than a poll would be: with a refresh_interval
+        // below watch_min_interval (a test, a small fleet), the interval wins.
         let pace = Pace::new(
-            self.config.watch_min_interval,
+            self.config
+                .watch_min_interval
+                .min(self.config.refresh_interval),
             self.config.refresh_interval,
             Instant::now(),
         );
@@ -395,6 +477,12 @@ impl Inner {
             .from_index(slot.entry.load().index)
             .paced(pace);
         debug!(key = ?key, index = watch.index(), "Watching Consul for changes");
+        // Set after a failed request: the next one is a plain non-blocking
+        // read, which reports at once whether the servers answer again (a
+        // blocking read would hold the name "failed", its answers degraded,
+        // until the next change or `watch_wait`), asked of a server (an
+        // answer from the agent's view proves nothing about them).
+        let mut resync = false;
         loop {
             let start_at = watch.next_start();
             if start_at > Instant::now() {
@@ -408,12 +496,24 @@ impl Inner {
                 closed.borrow_and_update();
                 Pause::Backoff(self.denied_pause(&breaker))
             } else {
-                // A probe is non-blocking: it must report back at once.
+                // A probe is non-blocking, and plain: it must report back at
+                // once, and what the servers say (an answer from the agent's
+                // view would close the breaker while they are still gone).
+                // A blocking read carries `?cached`, so the agent serves it
+                // from its streaming view.
                 let options = match admission {
                     Admission::Probe => consul::QueryOptions::default(),
-                    _ => watch.options(),
+                    _ if resync => consul::QueryOptions::default(),
+                    _ => {
+                        let options = watch.options();
+                        consul::QueryOptions {
+                            cached: options.index.is_some_and(|index| index > 0),
+                            ..options
+                        }
+                    }
                 };
                 watch.started();
+                let started = Instant::now();
                 let result = tokio::select! {
                     () = &mut stop => {
                         if admission == Admission::Probe {
@@ -423,7 +523,20 @@ impl Inner {
                     }
                     result = self.fetch(&key, MODE_WATCH, &options) => result,
                 };
-                self.watch_answered(&key, &breaker, &slot, &mut watch, &mut closed, result)
+                resync = result.is_err();
+                let pause = self.watch_answered(
+                    &key,
+                    &breaker,
+                    &slot,
+                    &mut watch,
+                    &mut closed,
+                    result.map_err(|error| (error, started)),
+                );
+                if matches!(slot.entry.load().value, Value::Missing) {
+                    // Gone: a negative is polled, not watched.
+                    break;
+                }
+                pause
             };
             tokio::select! {
                 () = &mut stop => break,
@@ -433,8 +546,8 @@ impl Inner {
         debug!(key = ?key, "Stopped watching");
     }
 
-    /// Takes one answer (or failure) of a watch loop; returns what to do before
-    /// the next request.
+    /// Takes one answer (or failure, with when its request was sent) of a
+    /// watch loop; returns what to do before the next request.
     fn watch_answered(
         &self,
         key: &Key,
@@ -442,15 +555,15 @@ impl Inner {
         slot: &Slot,
         watch: &mut consul::Watch,
         closed: &mut tokio::sync::watch::Receiver<u64>,
-        result: Result<Fetched, consul::Error>,
+        result: Result<Fetched, (consul::Error, Instant)>,
     ) -> Pause {
         match result {
             Ok(fetched) => {
                 breaker.record_success();
                 metrics::refresh("ok");
                 let returned = fetched.index;
-                let poll_in = self.jittered(self.refresh_period(&fetched.value));
-                self.store_success(slot, fetched);
+                let poll_in = self.jittered(self.refresh_period(&fetched.value, false));
+                self.store_success(key, slot, fetched);
                 let Some(returned) = returned else {
                     // No index to block on (e.g. unknown datacenter): poll.
                     watch.restart();
@@ -463,10 +576,10 @@ impl Inner {
                 }
                 Pause::None
             }
-            Err(error) => {
+            Err((error, started)) => {
                 metrics::refresh(error.kind());
                 debug!(key = ?key, error = %error, "Consul watch failed, keeping last good data");
-                let pause = self.record_refresh_failure(breaker, slot, &error);
+                let pause = self.record_refresh_failure(breaker, slot, &error, started);
                 closed.borrow_and_update();
                 Pause::Backoff(pause)
             }
