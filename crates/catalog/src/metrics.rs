@@ -79,7 +79,7 @@ pub const METRICS: &[(&str, MetricKind, Unit, &str)] = &[
         WATCH_INDEX_RESETS,
         MetricKind::Counter,
         Unit::Count,
-        "Watch loops that restarted from index 0 because Consul's index went backwards",
+        "Watch answers whose index went backwards (a snapshot restore or another server); the watch blocks on the index returned",
     ),
 ];
 

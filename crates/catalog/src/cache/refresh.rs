@@ -572,7 +572,7 @@ impl Inner {
                 let previous = watch.index();
                 if watch.observe(returned) == IndexChange::Reset {
                     metrics::watch_index_reset();
-                    debug!(key = ?key, previous, returned, "Consul index went backwards, re-reading from scratch");
+                    debug!(key = ?key, previous, returned, "Consul index went backwards, blocking on the index returned");
                 }
                 Pause::None
             }
