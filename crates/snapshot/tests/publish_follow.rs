@@ -11,6 +11,7 @@ use std::time::Duration;
 use consul_sim::{Registration, Sim, SimServer};
 use dnsfront_consul as consul;
 use dnsfront_snapshot::follower::{Follower, FollowerConfig};
+use dnsfront_snapshot::pointer::Pointer;
 use dnsfront_snapshot::publisher::{Publisher, PublisherConfig};
 use dnsfront_snapshot::{Hosts, SigningKey, Snapshot, codec, metrics as names, store};
 use test_support::{DebuggingRecorder, Recorded};
@@ -21,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 const KEY: &str = "dnsfront/hosts";
 const LOCK_KEY: &str = "dnsfront/hosts.lock";
 const STOP_KEY: &str = "dnsfront/hosts-stop";
+const POINTER_KEY: &str = "dnsfront/hosts.pointer";
 const DATA_PATH: &str = "/v1/kv/dnsfront/hosts";
 
 async fn start(sim: &Sim) -> SimServer {
@@ -63,6 +65,8 @@ fn follower_config(dir: &Path) -> FollowerConfig {
         min_interval: Duration::from_millis(20),
         wait: Duration::from_secs(30),
         backoff_max: Duration::from_secs(1),
+        // These tests time deliveries; the spread has its own test.
+        fetch_spread: Duration::ZERO,
         // These tests publish unsigned snapshots unless they say otherwise.
         allow_unsigned: true,
         ..FollowerConfig::new(dir.to_owned())
@@ -728,8 +732,12 @@ async fn kill_switch_stops_publisher_and_follower_until_cleared() {
         .await;
     assert_eq!(data_puts(&pair.sim), 1, "publisher does not write");
 
-    // A value written by hand is not applied either.
-    pair.sim.kv_put(KEY, encoded(2, &["web", "manual"], None));
+    // A value written by hand (with its pointer, as any writer must once a pointer
+    // exists) is not applied either.
+    let manual = encoded(2, &["web", "manual"], None);
+    let pointer = Pointer::of(2, &manual).encode();
+    pair.sim.kv_put(KEY, manual);
+    pair.sim.kv_put(POINTER_KEY, pointer);
     counters.wait_for(names::REJECTED, "kill_switch", 1).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(pair.hosts.generation(), Some(1));
