@@ -1,9 +1,20 @@
-//! The follower: watches the snapshot key, verifies every new value, keeps it on disk and in
-//! memory, and never replaces a good snapshot with a bad one.
+//! The follower: watches the snapshot pointer, fetches and verifies every new value, keeps
+//! it on disk and in memory, and never replaces a good snapshot with a bad one.
 //!
-//! One blocking query on the key (stale reads when the client is configured with
-//! `stale = true`, the default), at most one read per [`FollowerConfig::min_interval`], with
-//! jittered exponential backoff on errors. A new value is applied only when, in this order:
+//! One blocking query on the pointer key ([`FollowerConfig::pointer_key`], see
+//! [`crate::pointer`]; stale reads when the client is configured with `stale = true`, the
+//! default), at most one read per [`FollowerConfig::min_interval`], with jittered exponential
+//! backoff on errors. When the pointer names a generation newer than the one held, the value
+//! key is read once, after a random delay up to [`FollowerConfig::fetch_spread`] (at once
+//! while nothing is held), so a fleet's downloads of the value are spread over that window
+//! while only the pointer's few dozen bytes go to every node at once. The value must be the
+//! one the pointer names (SHA-256 of its bytes, and its generation); another one (a publish
+//! in between, a stale server) is read again after a backoff, at most [`MAX_MISMATCHES`]
+//! times. Without a pointer (a publisher from before pointers), or with one this build
+//! refuses, the follower blocks on the value key itself and applies values as they come, as
+//! it did before pointers, and goes back to the pointer as soon as a usable one appears.
+//!
+//! A value is applied only when, in this order:
 //!
 //! 1. the kill-switch key ([`FollowerConfig::stop_key`]) is missing or empty (otherwise the
 //!    follower waits on the stop key until it clears, then re-reads the snapshot key);
@@ -25,9 +36,10 @@
 //! distinct reason. Applied and refused snapshots are sent as [`events`] when a sink is
 //! configured.
 //!
-//! Files sent == files delivered: every value read from the key is compared (generation and
-//! SHA-256 of its payload) with the snapshot held, in `snapshot.behind` (1 while they differ,
-//! whether the value is not applied yet, refused, or held back by the kill switch) and
+//! Files sent == files delivered: every pointer (or, without one, every value) read is
+//! compared (generation and SHA-256 of the value's bytes) with the snapshot held, in
+//! `snapshot.behind` (1 while they differ, whether the fetch is waiting within its spread,
+//! the value is not applied yet, refused, or held back by the kill switch) and
 //! `snapshot.kv_generation`.
 
 use std::path::PathBuf;
@@ -392,8 +404,9 @@ struct Pending {
     mismatches: u32,
 }
 
-/// Fetches of one pointer that may find another value before it is refused.
-const MAX_MISMATCHES: u32 = 3;
+/// Fetches of one pointer that may find another value before it is refused
+/// (`snapshot.rejected_total{reason="pointer_mismatch"}`).
+pub const MAX_MISMATCHES: u32 = 3;
 
 impl Worker {
     async fn run(&mut self, shutdown: CancellationToken) {
