@@ -43,7 +43,7 @@ pub struct RawSnapshot {
     #[serde(with = "humantime_serde")]
     pub wait: Duration,
     /// Random delay, up to this, between the pointer naming a newer snapshot and
-    /// fetching it (nothing held yet: at once).
+    /// fetching it (the first fetch after a start with nothing held: at once).
     #[serde(with = "humantime_serde")]
     pub fetch_spread: Duration,
     /// Write each applied snapshot to this file in hosts(5) format (dnsmasq `addn-hosts`).

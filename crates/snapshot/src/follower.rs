@@ -5,8 +5,8 @@
 //! [`crate::pointer`]; stale reads when the client is configured with `stale = true`, the
 //! default), at most one read per [`FollowerConfig::min_interval`], with jittered exponential
 //! backoff on errors. When the pointer names a generation newer than the one held, the value
-//! key is read once, after a random delay up to [`FollowerConfig::fetch_spread`] (at once
-//! while nothing is held), so a fleet's downloads of the value are spread over that window
+//! key is read once, after a random delay up to [`FollowerConfig::fetch_spread`] (the first
+//! fetch after a start with nothing held goes at once), so a fleet's downloads of the value are spread over that window
 //! while only the pointer's few dozen bytes go to every node at once. The value must be the
 //! one the pointer names (SHA-256 of its bytes, and its generation); another one (a publish
 //! in between, a stale server) is read again after a backoff, at most [`MAX_MISMATCHES`]
@@ -122,8 +122,9 @@ pub struct FollowerConfig {
     pub backoff_max: Duration,
     /// Random delay, up to this, between the pointer naming a newer snapshot and fetching
     /// the value (default [`DEFAULT_FETCH_SPREAD`]): spreads a fleet's downloads of the value
-    /// (and its disk writes, after-delivery commands and events) over this window. Nothing
-    /// held yet: fetched at once. Without a pointer, values are applied as they come.
+    /// (and its disk writes, after-delivery commands and events) over this window. The
+    /// first fetch after a start with nothing held goes at once. Without a pointer, values
+    /// are applied as they come.
     pub fetch_spread: Duration,
     /// The hosts file written from each applied snapshot (default none).
     pub hosts_file: Option<HostsFile>,
@@ -366,6 +367,7 @@ impl Follower {
             deliveries,
             problem: None,
             missing_logged: false,
+            fetched: false,
         };
         worker.run(shutdown).instrument(span).await;
     }
@@ -382,6 +384,8 @@ struct Worker {
     problem: Option<String>,
     /// The key was found missing and that was logged.
     missing_logged: bool,
+    /// A value fetch was made since start (the next ones are spread even with nothing held).
+    fetched: bool,
 }
 
 /// What the follower blocks on.
@@ -513,8 +517,8 @@ impl Worker {
                                     ),
                                 );
                             }
-                            // A publish since the pointer was read: take the new pointer now.
-                            waited = true;
+                            // A publish since the pointer was read: take the new pointer now
+                            // (it replaces this fetch, keeping its moment).
                             watch.restart();
                             let start = watch.start_at(Instant::now());
                             read.set(read_key_at(&client, &config.pointer_key, watch.options(), start));
@@ -543,6 +547,10 @@ impl Worker {
     ) -> Option<Pending> {
         metrics::set_kv_generation(pointer.generation);
         let held = self.follower.held();
+        // Only the first fetch since start, on a node holding nothing (first start, empty
+        // state dir), skips the spread: a node that keeps refusing values (no key
+        // configured) must not fetch each one at the same instant as the rest of the fleet.
+        let at_once = std::mem::take(waited) || (held.is_none() && !self.fetched);
         let named = Held {
             generation: pointer.generation,
             sha256: pointer.sha256,
@@ -586,7 +594,6 @@ impl Worker {
                 ..pending
             });
         }
-        let at_once = std::mem::take(waited) || held.is_none();
         let spread = self.follower.config.fetch_spread;
         let delay = if at_once || spread.is_zero() {
             Duration::ZERO
@@ -608,6 +615,7 @@ impl Worker {
 
     /// Reads the value key once and, when it is the value `pointer` names, evaluates it.
     async fn fetch(&mut self, pointer: Pointer, shutdown: &CancellationToken) -> Fetched {
+        self.fetched = true;
         let key = self.follower.config.key.clone();
         let response = match self
             .follower

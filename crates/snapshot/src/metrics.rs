@@ -35,7 +35,7 @@ pub const POINTER_READS: &str = "snapshot.pointer_reads_total";
 /// `missing`, `failed` (Consul error).
 pub const VALUE_FETCHES: &str = "snapshot.value_fetches_total";
 /// The random delay drawn before fetching the latest snapshot the pointer named (0 when
-/// fetched at once: nothing held yet), in seconds.
+/// fetched at once: the first fetch after a start with nothing held), in seconds.
 pub const FETCH_DELAY_SECONDS: &str = "snapshot.fetch_delay_seconds";
 /// Hosts-file deliveries, tagged `result` (written, unchanged, failed).
 pub const HOSTS_FILE_WRITES: &str = "snapshot.hosts_file_writes_total";
