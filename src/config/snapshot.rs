@@ -430,6 +430,24 @@ mod tests {
     }
 
     #[test]
+    fn the_pointer_key_follows_the_snapshot_key() {
+        let settings = follow(RawSnapshot {
+            key: "team/hosts".to_owned(),
+            stop_key: "team/hosts-stop".to_owned(),
+            ..RawSnapshot::default()
+        })
+        .expect("valid");
+        let config = settings.follower_config(PathBuf::from("/var/lib/dnsfront"), "consul.", None);
+        assert_eq!(config.pointer_key, "team/hosts.pointer");
+        let error = follow(RawSnapshot {
+            stop_key: "dnsfront/hosts.pointer".to_owned(),
+            ..RawSnapshot::default()
+        })
+        .expect_err("the stop key may not be the pointer key");
+        assert!(error.starts_with("snapshot.stop_key"), "{error}");
+    }
+
+    #[test]
     fn hosts_file_takes_its_mode_and_numeric_or_named_owner() {
         let settings = follow(RawSnapshot {
             hosts_file: Some(PathBuf::from("/var/lib/dnsfront/consul.hosts")),

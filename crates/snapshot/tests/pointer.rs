@@ -478,3 +478,48 @@ impl Tally {
         self.invalid += recorded.counter(names::POINTER_READS, &[("result", "invalid")]);
     }
 }
+
+#[tokio::test]
+async fn a_pointer_naming_a_value_that_is_not_there_is_refused_after_a_few_reads() {
+    let recorder = DebuggingRecorder::new();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let sim = Sim::new();
+    publish(&sim, 1, &["web"]);
+    let server = start(&sim).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hosts = Hosts::new();
+    let shutdown = CancellationToken::new();
+    let _follower = spawn_follower(
+        &server,
+        follower_config(dir.path(), Duration::ZERO),
+        &hosts,
+        &shutdown,
+    );
+    wait_until(Duration::from_secs(5), "generation 1 applied", || {
+        hosts.generation() == Some(1)
+    })
+    .await;
+    // A pointer to a value nobody wrote (written by hand out of order, or forged).
+    sim.kv_put(POINTER_KEY, Pointer::of(2, &encoded(2, &["evil"])).encode());
+    let (mut mismatches, mut refused) = (0, 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while refused == 0 {
+        assert!(Instant::now() < deadline, "the pointer was not refused");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let recorded = recorded(&recorder);
+        mismatches += recorded.counter(names::VALUE_FETCHES, &[("result", "mismatch")]);
+        refused += recorded.counter(names::REJECTED, &[("reason", "pointer_mismatch")]);
+    }
+    assert_eq!(
+        (mismatches, refused),
+        (u64::from(dnsfront_snapshot::follower::MAX_MISMATCHES), 1)
+    );
+    assert_eq!(hosts.generation(), Some(1), "the snapshot held stays");
+    // The publisher's next write is followed as usual.
+    publish(&sim, 3, &["web", "api"]);
+    wait_until(Duration::from_secs(5), "generation 3 applied", || {
+        hosts.generation() == Some(3)
+    })
+    .await;
+    shutdown.cancel();
+}
