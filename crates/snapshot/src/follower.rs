@@ -442,8 +442,8 @@ impl Worker {
         // ModifyIndex of the last pointer taken in, so a wake-up without a change does nothing.
         let mut settled: Option<u64> = None;
         let mut pending: Option<Pending> = None;
-        // The spread was already waited (kill switch cleared, value replaced under a fetch):
-        // the next fetch goes at once.
+        // The spread was already waited (a fetch held back by the kill switch until it was
+        // cleared): the next fetch goes at once.
         let mut waited = false;
         loop {
             let fetch_at = pending.map(|pending| pending.at);
