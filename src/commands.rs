@@ -53,6 +53,7 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<()> {
         key: publish.key.clone(),
         lock_key: snapshot::follower::lock_key_for(&publish.key),
         stop_key: publish.stop_key.clone(),
+        pointer_key: snapshot::pointer::pointer_key_for(&publish.key),
         signing_key: publish.signing_key.clone(),
         min_interval: publish.min_interval,
         session_ttl: publish.session_ttl,

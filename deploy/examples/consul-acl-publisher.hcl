@@ -4,8 +4,9 @@
 # service:read + node:read: the whole catalog goes into the snapshot (a token that
 # cannot see everything publishes a partial snapshot: the guards may refuse it).
 # agent:read: /v1/agent/self (node name as identity, datacenter).
-# key:write on the prefix dnsfront/hosts: the snapshot, its lock key
-# dnsfront/hosts.lock, and reading the kill switch dnsfront/hosts-stop.
+# key:write on the prefix dnsfront/hosts: the snapshot, its pointer
+# dnsfront/hosts.pointer, its lock key dnsfront/hosts.lock, and reading the kill
+# switch dnsfront/hosts-stop.
 # session:write: the lock session, created on the agent's own node.
 service_prefix "" {
   policy = "read"

@@ -9,7 +9,10 @@ use serde::{Deserialize, Serialize};
 use super::{ConfigError, invalid};
 
 use dnsfront_snapshot::delivery::{AfterCommand, DEFAULT_COMMAND_TIMEOUT, HostsFile};
-use dnsfront_snapshot::follower::{DEFAULT_KEY, FollowerConfig, stop_key_for};
+use dnsfront_snapshot::follower::{
+    DEFAULT_FETCH_SPREAD, DEFAULT_KEY, FollowerConfig, stop_key_for,
+};
+use dnsfront_snapshot::pointer::pointer_key_for;
 use dnsfront_snapshot::store::Attributes;
 
 /// Default mode of the delivered hosts file (what dnsmasq and `/etc/hosts` use).
@@ -39,7 +42,8 @@ pub struct RawSnapshot {
     /// Longest blocking wait on the key.
     #[serde(with = "humantime_serde")]
     pub wait: Duration,
-    /// Random delay, up to this, between seeing a new snapshot and applying it.
+    /// Random delay, up to this, between the pointer naming a newer snapshot and
+    /// fetching it (the first fetch after a start with nothing held: at once).
     #[serde(with = "humantime_serde")]
     pub fetch_spread: Duration,
     /// Write each applied snapshot to this file in hosts(5) format (dnsmasq `addn-hosts`).
@@ -66,7 +70,7 @@ impl Default for RawSnapshot {
             public_key_file: None,
             allow_unsigned: false,
             wait: Duration::from_secs(300),
-            fetch_spread: Duration::ZERO,
+            fetch_spread: DEFAULT_FETCH_SPREAD,
             hosts_file: None,
             hosts_file_mode: DEFAULT_HOSTS_FILE_MODE.to_owned(),
             hosts_file_owner: None,
@@ -106,7 +110,7 @@ impl Default for RawPublish {
         Self {
             signing_key_file: None,
             identity: None,
-            min_interval: Duration::from_secs(10),
+            min_interval: dnsfront_snapshot::publisher::DEFAULT_MIN_INTERVAL,
             session_ttl: Duration::from_secs(15),
             lock_delay: Duration::from_secs(15),
             min_services: 1,
@@ -145,7 +149,7 @@ pub struct FollowSettings {
     pub allow_unsigned: bool,
     /// Longest blocking wait.
     pub wait: Duration,
-    /// Random delay before applying a new snapshot.
+    /// Random delay before fetching a newer snapshot the pointer names.
     pub fetch_spread: Duration,
     /// The delivered hosts file: path and attributes (the domain comes from `dns.domain`).
     pub hosts_file: Option<(PathBuf, Attributes)>,
@@ -164,6 +168,7 @@ impl FollowSettings {
         FollowerConfig {
             key: self.key.clone(),
             stop_key: self.stop_key.clone(),
+            pointer_key: pointer_key_for(&self.key),
             verifying_key: self.verifying_key,
             allow_unsigned: self.allow_unsigned,
             wait: self.wait,
@@ -225,6 +230,12 @@ impl RawSnapshot {
             return Err(invalid(
                 "snapshot.stop_key",
                 "must differ from snapshot.key",
+            ));
+        }
+        if self.stop_key == pointer_key_for(&self.key) {
+            return Err(invalid(
+                "snapshot.stop_key",
+                "must differ from the pointer key (snapshot.key + \".pointer\")",
             ));
         }
         if self.wait < Duration::from_secs(1) || self.wait > Duration::from_secs(600) {
@@ -413,9 +424,27 @@ mod tests {
     #[test]
     fn delivery_keys_default_to_nothing_delivered() {
         let settings = follow(RawSnapshot::default()).expect("defaults");
-        assert_eq!(settings.fetch_spread, Duration::ZERO);
+        assert_eq!(settings.fetch_spread, Duration::from_secs(60));
         assert!(settings.hosts_file.is_none());
         assert!(settings.after_delivery.is_none());
+    }
+
+    #[test]
+    fn the_pointer_key_follows_the_snapshot_key() {
+        let settings = follow(RawSnapshot {
+            key: "team/hosts".to_owned(),
+            stop_key: "team/hosts-stop".to_owned(),
+            ..RawSnapshot::default()
+        })
+        .expect("valid");
+        let config = settings.follower_config(PathBuf::from("/var/lib/dnsfront"), "consul.", None);
+        assert_eq!(config.pointer_key, "team/hosts.pointer");
+        let error = follow(RawSnapshot {
+            stop_key: "dnsfront/hosts.pointer".to_owned(),
+            ..RawSnapshot::default()
+        })
+        .expect_err("the stop key may not be the pointer key");
+        assert!(error.starts_with("snapshot.stop_key"), "{error}");
     }
 
     #[test]

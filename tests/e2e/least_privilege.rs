@@ -97,6 +97,28 @@ async fn the_resolver_and_the_publisher_work_with_exactly_their_documented_polic
         "the snapshot never reached the resolver; refused calls: {:?}",
         sim.acl_denials()
     );
+    // The pointer too: written by the publisher and read by the resolver.
+    let pointer_calls = |method: &'static str| {
+        let sim = sim.clone();
+        async move {
+            sim.requests()
+                .iter()
+                .filter(|r| r.method == method && r.path == "/v1/kv/dnsfront/hosts.pointer")
+                .count()
+        }
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            pointer_calls("PUT").await >= 1
+        })
+        .await
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            pointer_calls("GET").await >= 1
+        })
+        .await
+    );
     // Services, SRV and nodes, from Consul.
     let (answer, _) = udp(dns, &Ask::new("web.service.consul.", RecordType::A)).await;
     assert_eq!(sorted_addresses(&answer), [ip("10.0.0.1"), ip("10.0.0.2")]);

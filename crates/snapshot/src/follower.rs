@@ -1,9 +1,20 @@
-//! The follower: watches the snapshot key, verifies every new value, keeps it on disk and in
-//! memory, and never replaces a good snapshot with a bad one.
+//! The follower: watches the snapshot pointer, fetches and verifies every new value, keeps
+//! it on disk and in memory, and never replaces a good snapshot with a bad one.
 //!
-//! One blocking query on the key (stale reads when the client is configured with
-//! `stale = true`, the default), at most one read per [`FollowerConfig::min_interval`], with
-//! jittered exponential backoff on errors. A new value is applied only when, in this order:
+//! One blocking query on the pointer key ([`FollowerConfig::pointer_key`], see
+//! [`crate::pointer`]; stale reads when the client is configured with `stale = true`, the
+//! default), at most one read per [`FollowerConfig::min_interval`], with jittered exponential
+//! backoff on errors. When the pointer names a generation newer than the one held, the value
+//! key is read once, after a random delay up to [`FollowerConfig::fetch_spread`] (the first
+//! fetch after a start with nothing held goes at once), so a fleet's downloads of the value are spread over that window
+//! while only the pointer's few dozen bytes go to every node at once. The value must be the
+//! one the pointer names (SHA-256 of its bytes, and its generation); another one (a publish
+//! in between, a stale server) is read again after a backoff, at most [`MAX_MISMATCHES`]
+//! times. Without a pointer (a publisher from before pointers), or with one this build
+//! refuses, the follower blocks on the value key itself and applies values as they come, as
+//! it did before pointers, and goes back to the pointer as soon as a usable one appears.
+//!
+//! A value is applied only when, in this order:
 //!
 //! 1. the kill-switch key ([`FollowerConfig::stop_key`]) is missing or empty (otherwise the
 //!    follower waits on the stop key until it clears, then re-reads the snapshot key);
@@ -25,9 +36,10 @@
 //! distinct reason. Applied and refused snapshots are sent as [`events`] when a sink is
 //! configured.
 //!
-//! Files sent == files delivered: every value read from the key is compared (generation and
-//! SHA-256 of its payload) with the snapshot held, in `snapshot.behind` (1 while they differ,
-//! whether the value is not applied yet, refused, or held back by the kill switch) and
+//! Files sent == files delivered: every pointer (or, without one, every value) read is
+//! compared (generation and SHA-256 of the value's bytes) with the snapshot held, in
+//! `snapshot.behind` (1 while they differ, whether the fetch is waiting within its spread,
+//! the value is not applied yet, refused, or held back by the kill switch) and
 //! `snapshot.kv_generation`.
 
 use std::path::PathBuf;
@@ -37,11 +49,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use dnsfront_consul::{self as consul, Backoff, HALF_JITTER, Pace, QueryOptions};
 use rand::Rng as _;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::delivery::{AfterCommand, Delivery, DeliveryConfig, HostsFile};
 use crate::events::{self, AlertType, Event, Events, short_sha};
+use crate::pointer::{self, Pointer, pointer_key_for};
 use crate::retry::ConsulRetry;
 use crate::{Error, Hosts, Snapshot, Verified, VerifyingKey, codec, metrics, store};
 
@@ -51,6 +65,9 @@ pub const DEFAULT_KEY: &str = "dnsfront/hosts";
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(5 * 60);
 /// Default minimum time between two reads of the key.
 pub const DEFAULT_MIN_INTERVAL: Duration = Duration::from_secs(1);
+/// Default random spread of the value fetches after a new pointer: 5,000 nodes fetching a
+/// 150 KB value spread over a minute is 12.5 MB/s for Consul instead of 750 MB in a second.
+pub const DEFAULT_FETCH_SPREAD: Duration = Duration::from_secs(60);
 /// Default ceiling of the error backoff.
 pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// Highest generation a follower accepts (2^53, exactly representable in the generation
@@ -86,6 +103,8 @@ pub struct FollowerConfig {
     pub key: String,
     /// Kill-switch key (default [`stop_key_for`] of `key`, i.e. `dnsfront/hosts-stop`).
     pub stop_key: String,
+    /// Pointer key (default [`pointer_key_for`] of `key`, i.e. `dnsfront/hosts.pointer`).
+    pub pointer_key: String,
     /// Directory the verified snapshot is saved in ([`crate::store`]).
     pub state_dir: PathBuf,
     /// When set, unsigned or badly signed snapshots are rejected.
@@ -101,8 +120,11 @@ pub struct FollowerConfig {
     pub min_interval: Duration,
     /// Ceiling of the jittered exponential backoff after errors (default 30s).
     pub backoff_max: Duration,
-    /// Random delay, up to this, between seeing a new value and verifying and applying it
-    /// (default 0): spreads a fleet's disk writes, after-delivery commands and events.
+    /// Random delay, up to this, between the pointer naming a newer snapshot and fetching
+    /// the value (default [`DEFAULT_FETCH_SPREAD`]): spreads a fleet's downloads of the value
+    /// (and its disk writes, after-delivery commands and events) over this window. The
+    /// first fetch after a start with nothing held goes at once. Without a pointer, values
+    /// are applied as they come.
     pub fetch_spread: Duration,
     /// The hosts file written from each applied snapshot (default none).
     pub hosts_file: Option<HostsFile>,
@@ -169,13 +191,14 @@ impl FollowerConfig {
         Self {
             key: DEFAULT_KEY.to_owned(),
             stop_key: stop_key_for(DEFAULT_KEY),
+            pointer_key: pointer_key_for(DEFAULT_KEY),
             state_dir,
             verifying_key: None,
             allow_unsigned: false,
             wait: DEFAULT_WAIT,
             min_interval: DEFAULT_MIN_INTERVAL,
             backoff_max: DEFAULT_BACKOFF_MAX,
-            fetch_spread: Duration::ZERO,
+            fetch_spread: DEFAULT_FETCH_SPREAD,
             hosts_file: None,
             after_delivery: None,
             events: None,
@@ -203,20 +226,35 @@ pub struct Follower {
     held: Mutex<Option<Held>>,
 }
 
-/// What identifies a snapshot for "files sent == files delivered".
+/// What identifies a snapshot for "files sent == files delivered": what a pointer names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Held {
     generation: u64,
-    checksum: [u8; 32],
+    /// SHA-256 of the value's bytes (the envelope as stored in KV and in the state dir).
+    sha256: [u8; 32],
 }
 
 impl Held {
-    fn of(verified: &Verified) -> Self {
+    fn of(verified: &Verified, value: &[u8]) -> Self {
         Self {
             generation: verified.snapshot.generation,
-            checksum: verified.checksum,
+            sha256: pointer::sha256(value),
         }
     }
+}
+
+/// What became of a value fetch a pointer asked for.
+enum Fetched {
+    /// Applied, ignored or refused for good.
+    Settled,
+    /// Consul or disk trouble: fetch again after a backoff.
+    Retry,
+    /// The key holds another value than the pointer names.
+    Mismatch,
+    /// The kill switch was set and has been cleared: read the pointer again at once.
+    Reread,
+    /// Shutdown was requested.
+    Shutdown,
 }
 
 /// What happened to one value read from the key.
@@ -284,7 +322,7 @@ impl Follower {
             return Ok(Some(current));
         }
         set_gauges(&verified.snapshot, verified.encoded_size);
-        self.set_held(Held::of(&verified));
+        self.set_held(Held::of(&verified, &bytes));
         self.hosts.replace(Arc::new(verified.snapshot));
         tracing::info!(
             generation,
@@ -329,6 +367,7 @@ impl Follower {
             deliveries,
             problem: None,
             missing_logged: false,
+            fetched: false,
         };
         worker.run(shutdown).instrument(span).await;
     }
@@ -345,10 +384,301 @@ struct Worker {
     problem: Option<String>,
     /// The key was found missing and that was logged.
     missing_logged: bool,
+    /// A value fetch was made since start (the next ones are spread even with nothing held).
+    fetched: bool,
 }
+
+/// What the follower blocks on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// The pointer key; the value is fetched only when the pointer names a newer snapshot.
+    Pointer,
+    /// The value key itself: no pointer (a publisher from before pointers) or one this
+    /// build refuses. The pointer is looked for again on every answer.
+    Value,
+}
+
+/// A value fetch waiting for its moment.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    pointer: Pointer,
+    at: Instant,
+    /// Fetches of this pointer that found another value (a stale server, or a publish in
+    /// between): retried a few times, then refused.
+    mismatches: u32,
+}
+
+/// Fetches of one pointer that may find another value before it is refused
+/// (`snapshot.rejected_total{reason="pointer_mismatch"}`).
+pub const MAX_MISMATCHES: u32 = 3;
 
 impl Worker {
     async fn run(&mut self, shutdown: CancellationToken) {
+        let mut mode = Mode::Pointer;
+        loop {
+            let next = match mode {
+                Mode::Pointer => self.follow_pointer(&shutdown).await,
+                Mode::Value => self.follow_value(&shutdown).await,
+            };
+            match next {
+                Some(next) => mode = next,
+                None => return,
+            }
+        }
+    }
+
+    /// Blocks on the pointer key and fetches the value it names when it is newer than the
+    /// snapshot held: at once when nothing is held, else after a random delay up to
+    /// `fetch_spread`. Returns [`Mode::Value`] when there is no usable pointer, `None` on
+    /// shutdown.
+    async fn follow_pointer(&mut self, shutdown: &CancellationToken) -> Option<Mode> {
+        let config = self.follower.config.clone();
+        // A clone, so the pinned read does not borrow `self`.
+        let client = self.follower.client.clone();
+        let mut watch = config.watch();
+        let start = watch.start_at(Instant::now());
+        let read = read_key_at(&client, &config.pointer_key, watch.options(), start);
+        tokio::pin!(read);
+        // ModifyIndex of the last pointer taken in, so a wake-up without a change does nothing.
+        let mut settled: Option<u64> = None;
+        let mut pending: Option<Pending> = None;
+        // The spread was already waited (a fetch held back by the kill switch until it was
+        // cleared): the next fetch goes at once.
+        let mut waited = false;
+        loop {
+            let fetch_at = pending.map(|pending| pending.at);
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return None,
+                response = &mut read => {
+                    let delay = match response {
+                        Ok(response) => {
+                            self.consul_ok();
+                            watch.observe(response.meta.index);
+                            if let Some(current) = self.follower.hosts.current() {
+                                metrics::set_age_seconds(age_seconds(&current));
+                            }
+                            let Some(pair) = response.value else {
+                                metrics::pointer_read("missing");
+                                tracing::info!(
+                                    pointer_key = %config.pointer_key,
+                                    "No snapshot pointer (a publisher older than pointers?), \
+                                     watching the snapshot key itself"
+                                );
+                                return Some(Mode::Value);
+                            };
+                            if settled == Some(pair.modify_index) {
+                                metrics::pointer_read("unchanged");
+                            } else {
+                                settled = Some(pair.modify_index);
+                                let pointer = match Pointer::decode(
+                                    pair.value.as_deref().unwrap_or_default(),
+                                ) {
+                                    Ok(pointer) => pointer,
+                                    Err(error) => {
+                                        metrics::pointer_read("invalid");
+                                        metrics::set_behind(true);
+                                        self.reject(error.reason(), &error.to_string());
+                                        return Some(Mode::Value);
+                                    }
+                                };
+                                pending = self.take_pointer(pointer, pending, &mut waited);
+                            }
+                            Duration::ZERO
+                        }
+                        Err(error) => {
+                            self.consul_failed("reading the snapshot pointer", &error);
+                            self.retry.next_delay()
+                        }
+                    };
+                    let start = watch.start_at(Instant::now() + delay);
+                    read.set(read_key_at(&client, &config.pointer_key, watch.options(), start));
+                }
+                () = sleep_until_some(fetch_at), if fetch_at.is_some() => {
+                    let Some(mut fetch) = pending.take() else { continue };
+                    match self.fetch(fetch.pointer, shutdown).await {
+                        Fetched::Settled => self.retry.reset_backoff(),
+                        Fetched::Retry => {
+                            fetch.at = Instant::now() + self.retry.next_delay();
+                            pending = Some(fetch);
+                        }
+                        Fetched::Mismatch => {
+                            fetch.mismatches += 1;
+                            if fetch.mismatches < MAX_MISMATCHES {
+                                fetch.at = Instant::now() + self.retry.next_delay();
+                                pending = Some(fetch);
+                            } else {
+                                self.reject(
+                                    "pointer_mismatch",
+                                    &format!(
+                                        "the snapshot key does not hold the value the pointer \
+                                         names (generation {}) after {MAX_MISMATCHES} reads",
+                                        fetch.pointer.generation
+                                    ),
+                                );
+                            }
+                            // A publish since the pointer was read: take the new pointer now
+                            // (it replaces this fetch, keeping its moment).
+                            watch.restart();
+                            let start = watch.start_at(Instant::now());
+                            read.set(read_key_at(&client, &config.pointer_key, watch.options(), start));
+                        }
+                        Fetched::Reread => {
+                            waited = true;
+                            settled = None;
+                            watch.restart();
+                            let start = watch.start_at(Instant::now());
+                            read.set(read_key_at(&client, &config.pointer_key, watch.options(), start));
+                        }
+                        Fetched::Shutdown => return None,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes in a pointer that changed: compares it with the snapshot held
+    /// (`snapshot.behind`), and returns the fetch to wait for (`None`: nothing to fetch).
+    fn take_pointer(
+        &mut self,
+        pointer: Pointer,
+        pending: Option<Pending>,
+        waited: &mut bool,
+    ) -> Option<Pending> {
+        metrics::set_kv_generation(pointer.generation);
+        let held = self.follower.held();
+        // Only the first fetch since start, on a node holding nothing (first start, empty
+        // state dir), skips the spread: a node that keeps refusing values (no key
+        // configured) must not fetch each one at the same instant as the rest of the fleet.
+        let at_once = std::mem::take(waited) || (held.is_none() && !self.fetched);
+        let named = Held {
+            generation: pointer.generation,
+            sha256: pointer.sha256,
+        };
+        metrics::set_behind(held != Some(named));
+        if let Some(held) = held {
+            if held == named {
+                metrics::pointer_read("held");
+                return None;
+            }
+            // Refused without fetching: the value could only be refused too.
+            if pointer.generation <= held.generation {
+                metrics::pointer_read("held");
+                let (reason, detail) = if pointer.generation < held.generation {
+                    (
+                        "rollback",
+                        format!(
+                            "the pointer names generation {}, older than the current generation {}",
+                            pointer.generation, held.generation
+                        ),
+                    )
+                } else {
+                    (
+                        "same_generation",
+                        format!(
+                            "the pointer names generation {} with another SHA-256 than the one held",
+                            pointer.generation
+                        ),
+                    )
+                };
+                self.reject(reason, &detail);
+                return None;
+            }
+        }
+        metrics::pointer_read("new");
+        // A fetch already waiting keeps its moment: a newer pointer does not restart the spread.
+        if let Some(pending) = pending {
+            return Some(Pending {
+                pointer,
+                mismatches: 0,
+                ..pending
+            });
+        }
+        let spread = self.follower.config.fetch_spread;
+        let delay = if at_once || spread.is_zero() {
+            Duration::ZERO
+        } else {
+            rand::rng().random_range(Duration::ZERO..=spread)
+        };
+        metrics::set_fetch_delay(delay);
+        tracing::debug!(
+            generation = pointer.generation,
+            delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            "The pointer names a newer snapshot, fetching it after the spread"
+        );
+        Some(Pending {
+            pointer,
+            at: Instant::now() + delay,
+            mismatches: 0,
+        })
+    }
+
+    /// Reads the value key once and, when it is the value `pointer` names, evaluates it.
+    async fn fetch(&mut self, pointer: Pointer, shutdown: &CancellationToken) -> Fetched {
+        self.fetched = true;
+        let key = self.follower.config.key.clone();
+        let response = match self
+            .follower
+            .client
+            .kv_get(&key, &QueryOptions::default())
+            .await
+        {
+            Ok(response) => response,
+            Err(error) => {
+                metrics::value_fetch("failed");
+                self.consul_failed("reading the snapshot key", &error);
+                return Fetched::Retry;
+            }
+        };
+        self.consul_ok();
+        let Some(value) = response.value.map(|pair| pair.value.unwrap_or_default()) else {
+            metrics::value_fetch("missing");
+            metrics::set_behind(true);
+            self.reject(
+                "value_missing",
+                &format!(
+                    "the pointer names generation {} but the snapshot key is missing",
+                    pointer.generation
+                ),
+            );
+            return Fetched::Settled;
+        };
+        if !pointer.names(&value) {
+            metrics::value_fetch("mismatch");
+            tracing::debug!(
+                generation = pointer.generation,
+                "The snapshot key holds another value than the pointer names"
+            );
+            return Fetched::Mismatch;
+        }
+        metrics::value_fetch("ok");
+        match self.evaluate(value, shutdown, Some(pointer)).await {
+            Outcome::Settled => Fetched::Settled,
+            Outcome::Retry => Fetched::Retry,
+            Outcome::Reread => Fetched::Reread,
+            Outcome::Shutdown => Fetched::Shutdown,
+        }
+    }
+
+    /// Whether the pointer key holds a pointer this build reads (one non-blocking read;
+    /// an error counts as no).
+    async fn pointer_usable(&self) -> bool {
+        let read = self
+            .follower
+            .client
+            .kv_get(&self.follower.config.pointer_key, &QueryOptions::default())
+            .await;
+        read.ok()
+            .and_then(|response| response.value)
+            .and_then(|pair| pair.value)
+            .is_some_and(|value| Pointer::decode(&value).is_ok())
+    }
+
+    /// Blocks on the value key itself, as before pointers, applying each new value as it
+    /// comes (its bytes are already here: spreading would save Consul nothing). After every
+    /// answer it looks for a usable pointer and returns [`Mode::Pointer`] once there is one;
+    /// `None` on shutdown.
+    async fn follow_value(&mut self, shutdown: &CancellationToken) -> Option<Mode> {
         let config = self.follower.config.clone();
         // A clone, so the loop can borrow the client while `self` changes.
         let client = &self.follower.client.clone();
@@ -359,15 +689,15 @@ impl Worker {
         loop {
             let read = watch.round(|options| async move { client.kv_get(key, &options).await });
             let response = tokio::select! {
-                () = shutdown.cancelled() => return,
+                () = shutdown.cancelled() => return None,
                 response = read => response,
             };
             let response = match response {
                 Ok((response, _)) => response,
                 Err(error) => {
                     self.consul_failed("reading the snapshot key", &error);
-                    if !self.sleep_backoff(&shutdown).await {
-                        return;
+                    if !self.sleep_backoff(shutdown).await {
+                        return None;
                     }
                     continue;
                 }
@@ -384,40 +714,54 @@ impl Worker {
                 // Nothing sent, so nothing to be behind on.
                 metrics::set_behind(false);
                 settled = None;
+                if self.pointer_usable().await {
+                    return Some(Mode::Pointer);
+                }
                 continue;
             };
             self.missing_logged = false;
-            if settled == Some(pair.modify_index) {
-                continue;
-            }
-            if !self.spread(&shutdown).await {
-                return;
-            }
-            match self
-                .evaluate(pair.value.unwrap_or_default(), &shutdown)
-                .await
-            {
-                Outcome::Settled => {
-                    settled = Some(pair.modify_index);
-                    self.retry.reset_backoff();
-                }
-                Outcome::Retry => {
-                    watch.restart();
-                    if !self.sleep_backoff(&shutdown).await {
-                        return;
+            if settled != Some(pair.modify_index) {
+                match self
+                    .evaluate(pair.value.unwrap_or_default(), shutdown, None)
+                    .await
+                {
+                    Outcome::Settled => {
+                        settled = Some(pair.modify_index);
+                        self.retry.reset_backoff();
                     }
+                    Outcome::Retry => {
+                        watch.restart();
+                        if !self.sleep_backoff(shutdown).await {
+                            return None;
+                        }
+                        continue;
+                    }
+                    Outcome::Reread => {
+                        watch.restart();
+                        settled = None;
+                    }
+                    Outcome::Shutdown => return None,
                 }
-                Outcome::Reread => {
-                    watch.restart();
-                    settled = None;
-                }
-                Outcome::Shutdown => return,
+            }
+            // A publisher that writes pointers took over: follow the pointer from now on.
+            if self.pointer_usable().await {
+                tracing::info!(
+                    pointer_key = %config.pointer_key,
+                    "Snapshot pointer found, following it instead of the snapshot key"
+                );
+                return Some(Mode::Pointer);
             }
         }
     }
 
-    /// Checks the kill switch, verifies, persists and swaps in one value.
-    async fn evaluate(&mut self, value: Vec<u8>, shutdown: &CancellationToken) -> Outcome {
+    /// Checks the kill switch, verifies (against `pointer` too, when it was fetched for
+    /// one), persists and swaps in one value.
+    async fn evaluate(
+        &mut self,
+        value: Vec<u8>,
+        shutdown: &CancellationToken,
+        pointer: Option<Pointer>,
+    ) -> Outcome {
         match self.stop_reason().await {
             Err(error) => {
                 self.consul_failed("reading the kill-switch key", &error);
@@ -446,7 +790,7 @@ impl Worker {
             }
             Ok(None) => {}
         }
-        let (verified, value) = match self.verify(value).await {
+        let (verified, value) = match self.verify(value, pointer).await {
             Ok(verified) => verified,
             Err(outcome) => return outcome,
         };
@@ -457,7 +801,11 @@ impl Worker {
     /// [`codec::MAX_INFLATED_SIZE`] must not hold an async worker) and checks its trust and
     /// generation against the one in memory; `Err` when it must not be applied (refused and
     /// counted, or already applied).
-    async fn verify(&mut self, value: Vec<u8>) -> Result<(Verified, Vec<u8>), Outcome> {
+    async fn verify(
+        &mut self,
+        value: Vec<u8>,
+        pointer: Option<Pointer>,
+    ) -> Result<(Verified, Vec<u8>), Outcome> {
         if value.is_empty() {
             metrics::set_behind(true);
             self.reject("empty", "snapshot key holds an empty value");
@@ -471,7 +819,20 @@ impl Worker {
                 return Err(Outcome::Settled);
             }
         };
-        self.observe(&verified);
+        if let Some(pointer) = pointer
+            && pointer.generation != verified.snapshot.generation
+        {
+            metrics::set_behind(true);
+            self.reject(
+                "pointer_mismatch",
+                &format!(
+                    "the pointer names generation {} but the value it names holds generation {}",
+                    pointer.generation, verified.snapshot.generation
+                ),
+            );
+            return Err(Outcome::Settled);
+        }
+        self.observe(&verified, &value);
         let current = self.follower.hosts.current();
         if let Err((reason, detail)) = self
             .follower
@@ -525,36 +886,24 @@ impl Worker {
     }
 
     /// Records what KV holds against what this follower holds (`snapshot.behind`).
-    fn observe(&self, verified: &Verified) {
+    fn observe(&self, verified: &Verified, value: &[u8]) {
         metrics::set_kv_generation(verified.snapshot.generation);
         let held = self.follower.held();
-        metrics::set_behind(held != Some(Held::of(verified)));
+        metrics::set_behind(held != Some(Held::of(verified, value)));
     }
 
     /// [`Worker::observe`] for a value the kill switch holds back (decoded for that only).
     async fn observe_held_back(&self, value: Vec<u8>) {
         match self.decode(value).await {
-            Ok((verified, _)) => self.observe(&verified),
+            Ok((verified, value)) => self.observe(&verified, &value),
             Err(_) => metrics::set_behind(true),
-        }
-    }
-
-    /// Waits a random delay up to `fetch_spread`; false when shutdown was requested.
-    async fn spread(&self, shutdown: &CancellationToken) -> bool {
-        let spread = self.follower.config.fetch_spread;
-        if spread.is_zero() {
-            return true;
-        }
-        let delay = rand::rng().random_range(Duration::ZERO..=spread);
-        tokio::select! {
-            () = shutdown.cancelled() => false,
-            () = tokio::time::sleep(delay) => true,
         }
     }
 
     /// Saves a verified value to the state dir, then swaps it into [`Hosts`].
     async fn apply(&mut self, verified: Verified, value: Vec<u8>) -> Outcome {
         let state_dir = self.follower.config.state_dir.clone();
+        let held = Held::of(&verified, &value);
         let saved = tokio::task::spawn_blocking(move || store::save(&state_dir, &value)).await;
         match saved {
             Ok(Ok(())) => {}
@@ -567,7 +916,6 @@ impl Worker {
                 return Outcome::Retry;
             }
         }
-        let held = Held::of(&verified);
         let generation = verified.snapshot.generation;
         let size = verified.encoded_size;
         set_gauges(&verified.snapshot, size);
@@ -587,7 +935,7 @@ impl Worker {
             text: format!(
                 "Hosts snapshot generation {generation} (sha256 {}) from {publisher} applied: \
                  {services} services, {nodes} nodes, {size} bytes",
-                short_sha(&held.checksum)
+                short_sha(&held.sha256)
             ),
             alert: AlertType::Info,
             tags: events::tags("applied", &self.follower.config.key),
@@ -691,6 +1039,25 @@ impl Worker {
     /// Sleeps one backoff step; false when shutdown was requested.
     async fn sleep_backoff(&mut self, shutdown: &CancellationToken) -> bool {
         self.retry.sleep(shutdown).await
+    }
+}
+
+/// At `start_at`, one read of `key` with `options` (a watch's).
+async fn read_key_at(
+    client: &consul::Client,
+    key: &str,
+    options: QueryOptions,
+    start_at: Instant,
+) -> Result<consul::Response<Option<consul::KvPair>>, consul::Error> {
+    tokio::time::sleep_until(start_at).await;
+    client.kv_get(key, &options).await
+}
+
+/// Sleeps until `at`; never returns when `None` (the caller guards on `is_some`).
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

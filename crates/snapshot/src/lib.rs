@@ -22,6 +22,7 @@
 //!   the shape [`codec::LIMITS`] checked while the JSON is read, so decoding is bounded
 //!   whatever the input).
 //! - [`keys`]: Ed25519 key files.
+//! - [`pointer`]: the small pointer key followers block on (generation + SHA-256).
 //! - [`store`]: atomic save/load in the state dir.
 //! - [`hosts`]: the lock-free in-memory view and the dnsmasq `addn-hosts` export.
 //! - [`metrics`]: metric names and descriptions.
@@ -41,6 +42,7 @@ pub mod hosts;
 pub mod keys;
 pub mod metrics;
 mod model;
+pub mod pointer;
 pub mod publisher;
 mod retry;
 pub mod store;

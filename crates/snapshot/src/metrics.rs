@@ -25,6 +25,18 @@ pub const PUBLISH_SKIPPED: &str = "snapshot.publish_skipped_total";
 pub const BEHIND: &str = "snapshot.behind";
 /// Generation of the latest snapshot in KV as this follower last read it (when it decoded).
 pub const KV_GENERATION: &str = "snapshot.kv_generation";
+/// Answers to the follower's reads of the pointer key, tagged `result`: `new` (names a
+/// newer snapshot: a value fetch is scheduled), `held` (names the snapshot held, or one it
+/// refuses by generation), `unchanged` (the blocking wait ran out), `missing` (no pointer:
+/// the follower watches the value key as before pointers), `invalid` (refused).
+pub const POINTER_READS: &str = "snapshot.pointer_reads_total";
+/// Reads of the value key that a pointer asked for, tagged `result`: `ok` (the value is the
+/// one the pointer names), `mismatch` (another value: replaced since, or a bad pointer),
+/// `missing`, `failed` (Consul error).
+pub const VALUE_FETCHES: &str = "snapshot.value_fetches_total";
+/// The random delay drawn before fetching the latest snapshot the pointer named (0 when
+/// fetched at once: the first fetch after a start with nothing held), in seconds.
+pub const FETCH_DELAY_SECONDS: &str = "snapshot.fetch_delay_seconds";
 /// Hosts-file deliveries, tagged `result` (written, unchanged, failed).
 pub const HOSTS_FILE_WRITES: &str = "snapshot.hosts_file_writes_total";
 /// After-delivery command runs, tagged `result` (ok, failed, timeout, not_run).
@@ -88,6 +100,24 @@ pub const METRICS: &[(&str, MetricKind, Unit, &str)] = &[
         "Generation of the latest hosts snapshot in KV, as the follower read it",
     ),
     (
+        POINTER_READS,
+        MetricKind::Counter,
+        Unit::Count,
+        "Answers to the follower's reads of the snapshot pointer key, by result",
+    ),
+    (
+        VALUE_FETCHES,
+        MetricKind::Counter,
+        Unit::Count,
+        "Reads of the snapshot value key asked for by the pointer, by result",
+    ),
+    (
+        FETCH_DELAY_SECONDS,
+        MetricKind::Gauge,
+        Unit::Seconds,
+        "Random delay drawn before fetching the snapshot the pointer names",
+    ),
+    (
         HOSTS_FILE_WRITES,
         MetricKind::Counter,
         Unit::Count,
@@ -109,6 +139,21 @@ pub fn set_behind(behind: bool) {
 /// Sets [`KV_GENERATION`].
 pub fn set_kv_generation(generation: u64) {
     gauge!(KV_GENERATION).set(generation as f64);
+}
+
+/// Counts one [`POINTER_READS`] answer.
+pub fn pointer_read(result: &'static str) {
+    counter!(POINTER_READS, "result" => result).increment(1);
+}
+
+/// Counts one [`VALUE_FETCHES`] outcome.
+pub fn value_fetch(result: &'static str) {
+    counter!(VALUE_FETCHES, "result" => result).increment(1);
+}
+
+/// Sets [`FETCH_DELAY_SECONDS`].
+pub fn set_fetch_delay(delay: std::time::Duration) {
+    gauge!(FETCH_DELAY_SECONDS).set(delay.as_secs_f64());
 }
 
 /// Counts one [`HOSTS_FILE_WRITES`] outcome.

@@ -14,15 +14,17 @@
 //!
 //! # Publishing
 //!
-//! While leader: three blocking queries in flight side by side, `/v1/catalog/services` (its
-//! index moves on service registration changes), `/v1/health/state/any` (the checks table
-//! index, which moves on every check state change; the catalog index does not) and
+//! While leader: four blocking queries in flight side by side, `/v1/catalog/services` (its
+//! index moves on service registration changes), `/v1/health/state/critical` and
+//! `/v1/health/state/warning` (check state changes, which the catalog index does not show;
+//! not `any`, which carries every check in the datacenter on each update) and
 //! `/v1/catalog/nodes` (the nodes table index, which moves when a node's address changes;
-//! neither of the others does), each paced like every watch (two reads back to back, then
-//! at most one per [`PublisherConfig::min_interval`]). Each time the catalog query returns (a change, or the
-//! `catalog_wait` timeout, which bounds the age of anything no index shows) or the health or
-//! nodes index moves, and never more often than
-//! [`PublisherConfig::min_interval`], the publisher checks the kill switch, builds a
+//! none of the others does), each paced like every watch (two reads back to back, then
+//! at most one per [`PublisherConfig::min_interval`]) and re-armed no sooner than the next
+//! build may start. Each time the catalog query returns (a change, or the
+//! `catalog_wait` timeout, which bounds the age of anything no index shows) or another
+//! index moves, and never more often than [`PublisherConfig::min_interval`] (nor sooner
+//! after a round than the round took), the publisher checks the kill switch, builds a
 //! [`Snapshot`] (healthy instances of every service under the DNS health rule, every node,
 //! datacenter, Consul index, time, identity), and writes it only when:
 //!
@@ -33,8 +35,13 @@
 //! - it fits in one value ([`crate::codec::MAX_VALUE_SIZE`]; otherwise an error with the
 //!   numbers is logged and nothing is written).
 //!
-//! The write is a check-and-set on the published value's `ModifyIndex` (0 when none), with
-//! generation = one above the highest of: the publisher's own high-water mark (kept in
+//! The write is a check-and-set on the published value's `ModifyIndex` (0 when none),
+//! followed by the pointer ([`crate::pointer`], `KEY.pointer`: generation and SHA-256 of the
+//! value) with a check-and-set on the pointer's `ModifyIndex` read in the same round. Value
+//! first, so a pointer never names a value that is not there; a round that finds the content
+//! unchanged but the pointer not naming the published value (a crash or a lost write between
+//! the two, or a publisher of an older version that writes no pointer) rewrites the pointer.
+//! The generation is one above the highest of: the publisher's own high-water mark (kept in
 //! [`PublisherConfig::state_dir`], written before each write, so nothing read from KV can
 //! set it back: a replayed old envelope changes nothing), and the published generation.
 //! A published value that does not decode (corrupt or signed with another key) counts as
@@ -46,7 +53,7 @@
 //! generation would pass the maximum refuses to write (`generation_exhausted`) rather than
 //! wrap. A lost check-and-set is retried on the next round.
 //!
-//! The election lives in `publisher/election.rs`, the leader's three watches in
+//! The election lives in `publisher/election.rs`, the leader's four watches in
 //! `publisher/watches.rs`; this file holds the settings, one publish round and the build.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -63,14 +70,18 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::follower::{DEFAULT_KEY, MAX_GENERATION, MAX_UNSIGNED_STEP, lock_key_for, stop_key_for};
+use crate::pointer::{Pointer, pointer_key_for};
 use crate::retry::ConsulRetry;
 use crate::{Error, SigningKey, Snapshot, codec, metrics};
 
 mod election;
 mod watches;
 
-/// Default minimum time between two snapshot builds (and so between two writes).
-pub const DEFAULT_MIN_INTERVAL: Duration = Duration::from_secs(10);
+/// Default minimum time between two snapshot builds (and so between two writes): each
+/// write makes every follower fetch the value within `snapshot.fetch_spread`, so a fleet's
+/// bytes per hour are the value size × nodes × writes per hour; a build reads every
+/// service's health. The snapshot is the outage fallback, minutes old is fresh enough.
+pub const DEFAULT_MIN_INTERVAL: Duration = Duration::from_secs(120);
 /// Default session TTL (Consul accepts 10s..24h).
 pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(15);
 /// Default lock delay after the session is invalidated (Consul's default).
@@ -97,11 +108,14 @@ pub struct PublisherConfig {
     pub lock_key: String,
     /// Kill-switch key (default `KEY-stop`, see [`stop_key_for`]); non-empty = do not write.
     pub stop_key: String,
+    /// Pointer key (default `KEY.pointer`, see [`pointer_key_for`]), written after the value.
+    pub pointer_key: String,
     /// Who publishes (node name or hostname); stored in the lock key and the snapshot.
     pub identity: String,
     /// Signs snapshots when set; followers configured with the public key require it.
     pub signing_key: Option<SigningKey>,
-    /// Minimum time between two snapshot builds and writes (default 10s).
+    /// Minimum time between two snapshot builds and writes (default 2m); the leader's
+    /// watches are re-armed no sooner than the next build may start.
     pub min_interval: Duration,
     /// Session TTL (default 15s; Consul accepts 10s..24h).
     pub session_ttl: Duration,
@@ -151,6 +165,7 @@ impl PublisherConfig {
             key: DEFAULT_KEY.to_owned(),
             lock_key: lock_key_for(DEFAULT_KEY),
             stop_key: stop_key_for(DEFAULT_KEY),
+            pointer_key: pointer_key_for(DEFAULT_KEY),
             identity: identity.into(),
             signing_key: None,
             min_interval: DEFAULT_MIN_INTERVAL,
@@ -173,6 +188,7 @@ impl fmt::Debug for PublisherConfig {
             .field("key", &self.key)
             .field("lock_key", &self.lock_key)
             .field("stop_key", &self.stop_key)
+            .field("pointer_key", &self.pointer_key)
             .field("identity", &self.identity)
             .field(
                 "signing_key",
@@ -205,6 +221,16 @@ struct Published {
     modify_index: u64,
     /// The decoded snapshot, `None` when the value does not decode.
     snapshot: Option<Snapshot>,
+    /// SHA-256 of the value's bytes (what the pointer names).
+    sha256: [u8; 32],
+}
+
+/// What the publisher knows about the pointer key.
+struct PublishedPointer {
+    /// `ModifyIndex` of the pointer key (0 when there is none: the check-and-set index).
+    modify_index: u64,
+    /// The pointer, `None` when missing or refused.
+    pointer: Option<Pointer>,
 }
 
 /// The generation of the next write: one above the highest of `high_water` and what the
@@ -220,6 +246,7 @@ fn next_generation(published: Option<&Published>, high_water: u64) -> Result<u64
         Some(Published {
             modify_index,
             snapshot: None,
+            ..
         }) => *modify_index,
     };
     let reachable = read <= MAX_GENERATION && read <= high_water.saturating_add(MAX_UNSIGNED_STEP);
@@ -317,6 +344,13 @@ impl Publisher {
                 return Round::Retry;
             }
         };
+        let pointer = match self.read_pointer().await {
+            Ok(pointer) => pointer,
+            Err(error) => {
+                state.consul_failed("reading the snapshot pointer", &error);
+                return Round::Retry;
+            }
+        };
         let previous = published.as_ref().and_then(|p| p.snapshot.as_ref());
         if let Some(previous) = previous
             && previous.content_checksum() == snapshot.content_checksum()
@@ -327,6 +361,22 @@ impl Publisher {
             );
             metrics::publish_skipped("unchanged");
             state.skipped = None;
+            // A publisher that stopped between the value and the pointer (crash, lost
+            // lock, failed write), or one of an older version, left the pointer behind:
+            // point it at the value that is there.
+            let wanted = Pointer {
+                generation: previous.generation,
+                sha256: published.as_ref().map_or([0; 32], |p| p.sha256),
+            };
+            if pointer.pointer != Some(wanted) {
+                tracing::info!(
+                    generation = wanted.generation,
+                    "The snapshot pointer does not name the published value, rewriting it"
+                );
+                return self
+                    .write_pointer(wanted, pointer.modify_index, state)
+                    .await;
+            }
             return Round::Done;
         }
         if !self.config.force
@@ -342,7 +392,8 @@ impl Publisher {
             state.skip(reason);
             return Round::Done;
         }
-        self.write(snapshot, published.as_ref(), state).await
+        self.write(snapshot, published.as_ref(), &pointer, state)
+            .await
     }
 
     /// `Some` when the round must not go ahead: the kill switch is set (logged once), or it
@@ -368,11 +419,14 @@ impl Publisher {
         }
     }
 
-    /// Numbers, encodes and writes a snapshot with a check-and-set on the published value.
+    /// Numbers, encodes and writes a snapshot with a check-and-set on the published value,
+    /// then the pointer naming it (the value first, so a pointer never names a value that is
+    /// not there yet; a pointer left behind is rewritten by the next round).
     async fn write(
         &self,
         mut snapshot: Snapshot,
         published: Option<&Published>,
+        pointer: &PublishedPointer,
         state: &mut LeaderState,
     ) -> Round {
         snapshot.generation = match next_generation(published, state.high_water) {
@@ -450,7 +504,8 @@ impl Publisher {
                     alert: crate::events::AlertType::Info,
                     tags: crate::events::tags("published", &self.config.key),
                 });
-                Round::Done
+                let named = Pointer::of(snapshot.generation, &encoded);
+                self.write_pointer(named, pointer.modify_index, state).await
             }
             Ok(false) => {
                 tracing::debug!("Snapshot key changed under us (check-and-set failed), retrying");
@@ -462,6 +517,66 @@ impl Publisher {
                 Round::Retry
             }
         }
+    }
+
+    /// Writes the pointer with a check-and-set on the `ModifyIndex` read this round, so a
+    /// publisher that lost the lock cannot set back a pointer its successor wrote. A lost
+    /// check-and-set or an error is retried: the next round finds the pointer behind the
+    /// value and rewrites it.
+    async fn write_pointer(&self, pointer: Pointer, cas: u64, state: &mut LeaderState) -> Round {
+        let options = KvPutOptions {
+            cas: Some(cas),
+            ..KvPutOptions::default()
+        };
+        match self
+            .client
+            .kv_put(&self.config.pointer_key, &pointer.encode(), &options)
+            .await
+        {
+            Ok(true) => {
+                state.consul_ok();
+                tracing::debug!(generation = pointer.generation, "Snapshot pointer written");
+                Round::Done
+            }
+            Ok(false) => {
+                tracing::debug!("Pointer key changed under us (check-and-set failed), retrying");
+                state.skip("cas_conflict");
+                Round::Retry
+            }
+            Err(error) => {
+                state.consul_failed("writing the snapshot pointer", &error);
+                Round::Retry
+            }
+        }
+    }
+
+    /// Reads the pointer key; a pointer that does not parse is logged and will be replaced.
+    async fn read_pointer(&self) -> Result<PublishedPointer, consul::Error> {
+        let response = self
+            .client
+            .kv_get(&self.config.pointer_key, &QueryOptions::default())
+            .await?;
+        let Some(pair) = response.value else {
+            return Ok(PublishedPointer {
+                modify_index: 0,
+                pointer: None,
+            });
+        };
+        let pointer = match Pointer::decode(pair.value.as_deref().unwrap_or_default()) {
+            Ok(pointer) => Some(pointer),
+            Err(error) => {
+                tracing::warn!(
+                    error = %error,
+                    pointer_key = %self.config.pointer_key,
+                    "The snapshot pointer does not parse, it will be replaced"
+                );
+                None
+            }
+        };
+        Ok(PublishedPointer {
+            modify_index: pair.modify_index,
+            pointer,
+        })
     }
 
     /// The size and shrink guards: `Some((reason, detail))` when the snapshot must not be written.
@@ -528,6 +643,7 @@ impl Publisher {
             .as_ref()
             .map(SigningKey::verifying_key);
         let bytes = pair.value.unwrap_or_default();
+        let sha256 = crate::pointer::sha256(&bytes);
         let decoded =
             tokio::task::spawn_blocking(move || codec::decode(&bytes, verifying_key.as_ref()))
                 .await
@@ -548,6 +664,7 @@ impl Publisher {
         Ok(Some(Published {
             modify_index: pair.modify_index,
             snapshot,
+            sha256,
         }))
     }
 

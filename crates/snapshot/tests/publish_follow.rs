@@ -11,6 +11,7 @@ use std::time::Duration;
 use consul_sim::{Registration, Sim, SimServer};
 use dnsfront_consul as consul;
 use dnsfront_snapshot::follower::{Follower, FollowerConfig};
+use dnsfront_snapshot::pointer::Pointer;
 use dnsfront_snapshot::publisher::{Publisher, PublisherConfig};
 use dnsfront_snapshot::{Hosts, SigningKey, Snapshot, codec, metrics as names, store};
 use test_support::{DebuggingRecorder, Recorded};
@@ -21,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 const KEY: &str = "dnsfront/hosts";
 const LOCK_KEY: &str = "dnsfront/hosts.lock";
 const STOP_KEY: &str = "dnsfront/hosts-stop";
+const POINTER_KEY: &str = "dnsfront/hosts.pointer";
 const DATA_PATH: &str = "/v1/kv/dnsfront/hosts";
 
 async fn start(sim: &Sim) -> SimServer {
@@ -63,6 +65,8 @@ fn follower_config(dir: &Path) -> FollowerConfig {
         min_interval: Duration::from_millis(20),
         wait: Duration::from_secs(30),
         backoff_max: Duration::from_secs(1),
+        // These tests time deliveries; the spread has its own test.
+        fetch_spread: Duration::ZERO,
         // These tests publish unsigned snapshots unless they say otherwise.
         allow_unsigned: true,
         ..FollowerConfig::new(dir.to_owned())
@@ -728,8 +732,12 @@ async fn kill_switch_stops_publisher_and_follower_until_cleared() {
         .await;
     assert_eq!(data_puts(&pair.sim), 1, "publisher does not write");
 
-    // A value written by hand is not applied either.
-    pair.sim.kv_put(KEY, encoded(2, &["web", "manual"], None));
+    // A value written by hand (with its pointer, as any writer must once a pointer
+    // exists) is not applied either.
+    let manual = encoded(2, &["web", "manual"], None);
+    let pointer = Pointer::of(2, &manual).encode();
+    pair.sim.kv_put(KEY, manual);
+    pair.sim.kv_put(POINTER_KEY, pointer);
     counters.wait_for(names::REJECTED, "kill_switch", 1).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(pair.hosts.generation(), Some(1));
@@ -790,6 +798,14 @@ async fn load_from_disk_fills_hosts_without_consul() {
     assert_eq!(hosts.generation(), Some(7));
 }
 
+/// The leader's blocking queries (issue 14: check states through critical and warning).
+const LEADER_WATCHES: [&str; 4] = [
+    "/v1/catalog/services",
+    "/v1/health/state/critical",
+    "/v1/health/state/warning",
+    "/v1/catalog/nodes",
+];
+
 /// A server stuck at `X-Consul-Index: 0` (clamped to 1) answers every blocking read at once:
 /// the leader's watches must be rate-limited like every other watch, not re-read in a loop.
 #[tokio::test]
@@ -807,37 +823,63 @@ async fn regression_11_leader_watches_are_rate_limited_when_the_index_is_stuck_a
         sim.kv_get(KEY).is_some()
     })
     .await;
-    for path in [
-        "/v1/catalog/services",
-        "/v1/health/state/any",
-        "/v1/catalog/nodes",
-    ] {
+    for path in LEADER_WATCHES {
         sim.inject(consul_sim::Fault::index_zero(path));
     }
-    let before: Vec<usize> = [
-        "/v1/catalog/services",
-        "/v1/health/state/any",
-        "/v1/catalog/nodes",
-    ]
-    .iter()
-    .map(|path| sim.request_count(path))
-    .collect();
+    let before: Vec<usize> = LEADER_WATCHES
+        .iter()
+        .map(|path| sim.request_count(path))
+        .collect();
     // A change wakes the blocked watches; from then on every answer says index 0.
     register(&sim, "db", "n2", "10.0.0.2");
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    for (path, before) in [
-        "/v1/catalog/services",
-        "/v1/health/state/any",
-        "/v1/catalog/nodes",
-    ]
-    .iter()
-    .zip(before)
-    {
+    for (path, before) in LEADER_WATCHES.iter().zip(before) {
         let reads = sim.request_count(path) - before;
         // A burst of 2, then one per `min_interval` (500 ms): at most 5 in 1.5 s, with
         // slack for scheduling. Unlimited, each watch would re-read as fast as Consul answers.
         assert!(reads <= 8, "{reads} reads of {path} in 1.5 s");
     }
+    shutdown.cancel();
+    within(Duration::from_secs(5), "publisher shutdown", publisher)
+        .await
+        .expect("publisher task")
+        .expect("publisher");
+}
+
+/// Issue 14: a build slower than `min_interval` must not run back to back while the catalog
+/// churns: after each round the publisher stays idle at least as long as the round took, and
+/// re-arms its watches no sooner than the next build.
+#[tokio::test]
+async fn builds_slower_than_the_interval_do_not_stack_up() {
+    let sim = Sim::new();
+    register(&sim, "web", "n1", "10.0.0.1");
+    register(&sim, "web", "n2", "10.0.0.2");
+    let server = start(&sim).await;
+    let shutdown = CancellationToken::new();
+    let publisher = spawn_publisher(&server, publisher_config("pub-a"), &shutdown);
+    wait_until(Duration::from_secs(5), "the first snapshot", || {
+        sim.kv_get(KEY).is_some()
+    })
+    .await;
+    // Each build now reads `web` for at least a second, ten times `min_interval` (100 ms).
+    sim.inject(consul_sim::Fault::delay(
+        "/v1/health/service/web",
+        Duration::from_secs(1),
+    ));
+    let builds_before = sim.request_count("/v1/health/service/web");
+    // A check flips every 100 ms for 6 s: a round is always due.
+    let window = Instant::now();
+    let mut critical = false;
+    while window.elapsed() < Duration::from_secs(6) {
+        critical = !critical;
+        let status = if critical { "critical" } else { "passing" };
+        sim.set_check("n2", "service:web-n2", status);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let builds = sim.request_count("/v1/health/service/web") - builds_before;
+    // Starts at least 2 s apart (a 1 s build, then as long idle): at most 4 in 6 s.
+    // Back to back they would be about 6.
+    assert!((1..=4).contains(&builds), "{builds} builds in 6 s");
     shutdown.cancel();
     within(Duration::from_secs(5), "publisher shutdown", publisher)
         .await

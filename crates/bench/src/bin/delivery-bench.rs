@@ -6,7 +6,8 @@
 //! swap), each with its own HTTP client: `--followers N` as tasks in this process, or
 //! `--processes P` separate processes (this binary, `child` mode) to check that both agree.
 //! Each round writes a new generation with a plain KV PUT over HTTP (what the publisher's
-//! CAS write is) and waits until every follower applied it. Reported per round set: p50,
+//! CAS write is), then its pointer (followers block on the pointer and fetch the value
+//! within `--spread`), and waits until every follower applied it. Reported per round set: p50,
 //! p99 and max of write→applied over all followers and rounds, and the simulator's requests
 //! and response-body bytes per round.
 
@@ -28,6 +29,7 @@ use dnsfront_snapshot::{Hosts, Snapshot};
 use tokio_util::sync::CancellationToken;
 
 const KEY: &str = "dnsfront/hosts";
+const POINTER_KEY: &str = "dnsfront/hosts.pointer";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -299,6 +301,13 @@ async fn main() -> anyhow::Result<()> {
             .kv_put(KEY, &value, &KvPutOptions::default())
             .await
             .context("writing the snapshot")?;
+        // Then its pointer, as the publisher does: followers block on the pointer and
+        // fetch the value within `--spread`.
+        let pointer = dnsfront_snapshot::pointer::Pointer::of(generation, &value).encode();
+        writer
+            .kv_put(POINTER_KEY, &pointer, &KvPutOptions::default())
+            .await
+            .context("writing the snapshot pointer")?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120) + cli.spread;
         loop {
             let done = fleet

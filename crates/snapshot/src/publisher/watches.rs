@@ -1,5 +1,15 @@
-//! The leader's publish loop: three blocking queries side by side, each on its own
+//! The leader's publish loop: four blocking queries side by side, each on its own
 //! [`consul::Watch`] and failure streak, and a publish round whenever one moves.
+//!
+//! Check states are watched through `/v1/health/state/critical` and `/warning`, not `any`:
+//! `any` returns every check in the datacenter on every check update, while these return
+//! only the failing ones, and between them see every change the DNS health rule cares
+//! about (a check entering or leaving critical or warning).
+//!
+//! A watch that returns is re-armed no sooner than the next build may start
+//! ([`LeaderState::next_build`]), so each watch costs Consul at most one answer per build
+//! interval however fast the catalog churns, and a build that takes longer than the interval
+//! pushes the next one out by its own duration instead of stacking rounds back to back.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -52,17 +62,20 @@ impl LeaderWatch {
         }
     }
 
-    /// Options and start of the next request: after `delay` (a backoff), when the pace allows.
-    fn next_call(&mut self, delay: Duration) -> (QueryOptions, Instant) {
-        let start_at = self.watch.start_at(Instant::now() + delay);
+    /// Options and start of the next request: after `delay` (a backoff) and not before
+    /// `not_before` (the next build), when the pace allows.
+    fn next_call(&mut self, delay: Duration, not_before: Instant) -> (QueryOptions, Instant) {
+        let start_at = self
+            .watch
+            .start_at((Instant::now() + delay).max(not_before));
         (self.watch.options(), start_at)
     }
 }
 
 impl Publisher {
-    /// The leader's loop: three blocking queries kept in flight side by side (the catalog's
-    /// service list, every check's state, the node list), and a publish round whenever one
-    /// moves (coalesced and rate-limited by `min_interval`).
+    /// The leader's loop: four blocking queries kept in flight side by side (the catalog's
+    /// service list, the critical and the warning checks, the node list), and a publish
+    /// round whenever one moves (coalesced and rate-limited by `min_interval`).
     ///
     /// The futures live across iterations: when one returns, only that one is re-armed with
     /// its new index, so the others keep their place; dropping this future (leadership lost)
@@ -70,19 +83,24 @@ impl Publisher {
     pub(super) async fn publish_loop(&self, state: &mut LeaderState) -> Infallible {
         let (wait, min_interval) = (self.config.catalog_wait, self.config.min_interval);
         let mut catalog_watch = LeaderWatch::new("watching the catalog", wait, min_interval);
-        let mut health_watch = LeaderWatch::new("watching health checks", wait, min_interval);
+        let mut critical_watch = LeaderWatch::new("watching critical checks", wait, min_interval);
+        let mut warning_watch = LeaderWatch::new("watching warning checks", wait, min_interval);
         let mut nodes_watch = LeaderWatch::new("watching catalog nodes", wait, min_interval);
-        let catalog = self.catalog_call(catalog_watch.next_call(Duration::ZERO));
-        let health = self.health_call(health_watch.next_call(Duration::ZERO));
-        let nodes = self.nodes_call(nodes_watch.next_call(Duration::ZERO));
-        tokio::pin!(catalog, health, nodes);
+        let now = Instant::now();
+        let catalog = self.catalog_call(catalog_watch.next_call(Duration::ZERO, now));
+        let critical = self.health_call("critical", critical_watch.next_call(Duration::ZERO, now));
+        let warning = self.health_call("warning", warning_watch.next_call(Duration::ZERO, now));
+        let nodes = self.nodes_call(nodes_watch.next_call(Duration::ZERO, now));
+        tokio::pin!(catalog, critical, warning, nodes);
         // Service names from the latest catalog answer; a round needs them.
         let mut names: Option<Vec<String>> = None;
-        // The first health answer (or failure) is in: the first round then sees both indexes.
-        let mut health_seen = false;
+        // The first answer (or failure) of each health watch is in: the first round then
+        // sees every index.
+        let (mut critical_seen, mut warning_seen) = (false, false);
         let mut due = false;
         loop {
-            let ready = due && health_seen && names.is_some();
+            let ready = due && critical_seen && warning_seen && names.is_some();
+            let not_before = state.next_build;
             tokio::select! {
                 biased;
                 result = &mut catalog => {
@@ -98,19 +116,36 @@ impl Publisher {
                         }
                         Err(delay) => delay,
                     };
-                    catalog.set(self.catalog_call(catalog_watch.next_call(delay)));
+                    catalog.set(self.catalog_call(catalog_watch.next_call(delay, not_before)));
                 }
-                result = &mut health => {
-                    health_seen = true;
-                    // Check states do not move the catalog index; this one does.
-                    let delay = match health_watch.take(result) {
+                result = &mut critical => {
+                    critical_seen = true;
+                    // Check states do not move the catalog index; these do.
+                    let delay = match critical_watch.take(result) {
                         Ok((_, moved)) => {
                             due |= moved;
                             Duration::ZERO
                         }
                         Err(delay) => delay,
                     };
-                    health.set(self.health_call(health_watch.next_call(delay)));
+                    critical.set(self.health_call(
+                        "critical",
+                        critical_watch.next_call(delay, not_before),
+                    ));
+                }
+                result = &mut warning => {
+                    warning_seen = true;
+                    let delay = match warning_watch.take(result) {
+                        Ok((_, moved)) => {
+                            due |= moved;
+                            Duration::ZERO
+                        }
+                        Err(delay) => delay,
+                    };
+                    warning.set(self.health_call(
+                        "warning",
+                        warning_watch.next_call(delay, not_before),
+                    ));
                 }
                 result = &mut nodes => {
                     // A node address change moves only the nodes index. The first answer
@@ -123,18 +158,25 @@ impl Publisher {
                         }
                         Err(delay) => delay,
                     };
-                    nodes.set(self.nodes_call(nodes_watch.next_call(delay)));
+                    nodes.set(self.nodes_call(nodes_watch.next_call(delay, not_before)));
                 }
                 () = tokio::time::sleep_until(state.next_build), if ready => {
                     due = false;
-                    state.next_build = Instant::now() + self.config.min_interval;
+                    let started = Instant::now();
                     let service_names = names.clone().unwrap_or_default();
                     let consul_index = catalog_watch
                         .watch
                         .index()
-                        .max(health_watch.watch.index())
+                        .max(critical_watch.watch.index())
+                        .max(warning_watch.watch.index())
                         .max(nodes_watch.watch.index());
-                    if let Round::Retry = self.publish_round(service_names, consul_index, state).await {
+                    let round = self.publish_round(service_names, consul_index, state).await;
+                    // At least `min_interval` between starts, and at least as long idle as
+                    // the round took: a slow build never runs back to back.
+                    let finished = Instant::now();
+                    state.next_build = (started + self.config.min_interval)
+                        .max(finished + (finished - started));
+                    if let Round::Retry = round {
                         due = true;
                         state.next_build = state
                             .next_build
@@ -156,15 +198,16 @@ impl Publisher {
         self.client.catalog_services(&options).await
     }
 
-    /// At `start_at`, a blocking `/v1/health/state/any` (the checks table index).
+    /// At `start_at`, a blocking `/v1/health/state/STATE` (`critical` or `warning`).
     async fn health_call(
         &self,
+        check_state: &'static str,
         (options, start_at): (QueryOptions, Instant),
     ) -> Result<consul::Response<Vec<consul::HealthCheck>>, consul::Error> {
         if start_at > Instant::now() {
             tokio::time::sleep_until(start_at).await;
         }
-        self.client.health_state("any", &options).await
+        self.client.health_state(check_state, &options).await
     }
 
     /// At `start_at`, a blocking `/v1/catalog/nodes` (the nodes table index).
