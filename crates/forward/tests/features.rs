@@ -656,7 +656,12 @@ async fn reconfigure_swaps_upstreams_and_keeps_the_cache_and_queries_in_flight()
     old.set("slow.example.", &["192.0.2.7"], 300);
     let new = FakeUpstream::start().await;
     new.set("fresh.example.", &["192.0.2.2"], 300);
-    let forwarder = Forwarder::new(config(&[old.addr()]));
+    // Timeouts well above the upstream's delay: the slow query must outlive the
+    // reconfiguration, not race its own timeout on a loaded machine.
+    let roomy = |upstreams: &[SocketAddr]| {
+        config_with(upstreams, Duration::from_secs(2), Duration::from_secs(4))
+    };
+    let forwarder = Forwarder::new(roomy(&[old.addr()]));
     let started_with = forwarder.config();
     ask(&forwarder, "cached.example.").await.expect("warm");
 
@@ -674,7 +679,7 @@ async fn reconfigure_swaps_upstreams_and_keeps_the_cache_and_queries_in_flight()
         cache_size: 5,
         max_in_flight: 7,
         strategy: Strategy::Race,
-        ..config(&[new.addr()])
+        ..roomy(&[new.addr()])
     });
     assert_eq!(ignored, [Field::CacheSize, Field::MaxInFlight]);
     let now = forwarder.config();
