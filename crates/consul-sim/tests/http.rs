@@ -297,7 +297,10 @@ async fn the_agent_reports_which_backend_served_each_read() {
     assert_eq!(header(&near, "x-consul-query-backend"), "blocking-query");
     // Other endpoints never stream.
     let services = get(&server, "/v1/catalog/services?cached&index=1&wait=1ms").await;
-    assert_eq!(header(&services, "x-consul-query-backend"), "blocking-query");
+    assert_eq!(
+        header(&services, "x-consul-query-backend"),
+        "blocking-query"
+    );
     sim.set_streaming(false);
     let off = get(&server, "/v1/health/service/web?cached").await;
     assert_eq!(header(&off, "x-consul-query-backend"), "blocking-query");
