@@ -10,6 +10,14 @@
 //! also over TLS ([`Sim::serve_tls`], optionally requiring a client certificate) and on a Unix
 //! socket ([`Sim::serve_unix`]).
 //!
+//! It also models client agents in front of shared servers: [`Sim::serve_agent`] binds one
+//! listener per agent, and [`Sim::server_stats`] (or `GET /v1/sim/stats`) counts what reached
+//! the servers: RPCs, egress, streaming subscriptions and their change events (see `load.rs`
+//! for the model and the Consul facts behind it). [`Sim::break_streams`] and
+//! [`Sim::restore_snapshot`] play a server restart and a snapshot restore. Paths under
+//! `/v1/sim/` are the simulator's own (real Consul has none): they are not logged, faulted or
+//! ACL-checked.
+//!
 //! Simplifications (documented deviations from Consul):
 //! - no-leader reads fail at once with `No cluster leader` (Consul first holds them up to 7 s);
 //! - lock-delay is applied when a session is invalidated (TTL, destroy, critical node check),
@@ -20,7 +28,12 @@
 //!   their own catalog, KV and sessions, nodes included (Consul shares nodes across the
 //!   namespaces of a partition); without any, `?ns`/`?partition` are refused as in CE;
 //! - blocking queries wake on any state change and return when the query's index differs from
-//!   the requested one (so an index reset returns at once, as in Consul).
+//!   the requested one (so an index reset returns at once, as in Consul); reads served from a
+//!   streaming view return only when it is higher, as Consul's materializer does;
+//! - the agent model (`load.rs`) counts server RPCs, subscriptions and events, not server
+//!   CPU; a `?cached` read that is not streamed costs one RPC per agent cache MISS only (the
+//!   agent cache's background refreshes are not modelled), and a broken stream is subscribed
+//!   again on the next read of its view rather than after the materializer's retry wait.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -30,6 +43,7 @@ mod api;
 mod duration;
 mod fault;
 mod fixture;
+mod load;
 mod model;
 mod registration;
 mod server;
@@ -45,6 +59,7 @@ use tokio::sync::watch;
 pub use acl::{Access, AclPolicy, Resource};
 pub use fault::Fault;
 pub use fixture::FixtureError;
+pub use load::{AgentStats, ServerStats};
 pub use registration::Registration;
 pub use server::SimServer;
 pub use tls::TlsOptions;
@@ -141,8 +156,14 @@ impl Sim {
         }
     }
 
-    /// Wakes blocking queries after a state change.
+    /// Sends the change events of a state change to the streaming views, then wakes
+    /// blocking queries.
     pub(crate) fn notify(&self) {
+        {
+            let mut state = self.lock();
+            let State { load, dcs, .. } = &mut *state;
+            load.publish(dcs);
+        }
         self.inner
             .changed
             .send_modify(|generation| *generation += 1);
@@ -344,6 +365,45 @@ impl Sim {
         self.lock().acl_tokens.remove(secret);
     }
 
+    /// What the agents passed on to the servers so far, in all and per agent id (see the
+    /// crate docs); also `GET /v1/sim/stats`.
+    pub fn server_stats(&self) -> ServerStats {
+        self.lock().load.stats()
+    }
+
+    /// How long a streaming view nobody reads keeps its subscription (Consul: 20 minutes).
+    pub fn set_view_idle_ttl(&self, ttl: std::time::Duration) {
+        self.lock().load.idle_ttl = ttl;
+    }
+
+    /// A server restart: every streaming subscription of every agent breaks at once. Each
+    /// streamed read held now returns one HTTP 500 (as an agent answers when its stream
+    /// fails), and each view is subscribed again on its next streamed read. Blocking queries
+    /// and later reads are not affected. Also `PUT /v1/sim/break-streams`.
+    pub fn break_streams(&self) {
+        self.lock().load.break_streams();
+        self.inner
+            .changed
+            .send_modify(|generation| *generation += 1);
+    }
+
+    /// A snapshot restore on the servers: every index of every datacenter goes lower (the
+    /// raft log goes on), held blocking queries return at once with the lower index, and
+    /// every streaming view re-subscribes (its held reads return at their wait timeout, as
+    /// Consul's view only answers an index above the one asked for). Also
+    /// `PUT /v1/sim/restore-snapshot`.
+    pub fn restore_snapshot(&self) {
+        {
+            let mut state = self.lock();
+            state.dcs.values_mut().for_each(Dc::restore_lower_indexes);
+            let State { load, dcs, .. } = &mut *state;
+            load.resubscribe_all(dcs);
+        }
+        self.inner
+            .changed
+            .send_modify(|generation| *generation += 1);
+    }
+
     /// Activates a fault.
     pub fn inject(&self, fault: Fault) {
         self.update(|state| {
@@ -436,6 +496,22 @@ impl Sim {
     /// shut down or dropped.
     pub async fn serve(&self, addr: std::net::SocketAddr) -> std::io::Result<SimServer> {
         SimServer::start(self.clone(), server::Endpoint::Tcp(addr), None)
+    }
+
+    /// Serves over HTTP/1.1 on `addr` as the client agent `agent`: several agents of one
+    /// simulator share its servers (one catalog), and [`Sim::server_stats`] counts their
+    /// load apart. [`Sim::serve`] is the agent named after [`Sim::agent_node`].
+    pub async fn serve_agent(
+        &self,
+        addr: std::net::SocketAddr,
+        agent: &str,
+    ) -> std::io::Result<SimServer> {
+        SimServer::start_agent(
+            self.clone(),
+            server::Endpoint::Tcp(addr),
+            None,
+            Some(agent.into()),
+        )
     }
 
     /// Serves HTTPS on `addr` with `tls` (a server certificate, and the CA a

@@ -43,6 +43,8 @@ pub struct SimServer {
 #[derive(Debug)]
 struct ServerInner {
     sim: Sim,
+    /// The client agent this listener plays (tagged on every request it serves).
+    agent: api::AgentId,
     endpoint: Endpoint,
     /// Serve TLS with this acceptor; swapped by [`SimServer::set_tls`].
     tls: Mutex<Option<Arc<tokio_rustls::rustls::ServerConfig>>>,
@@ -66,6 +68,17 @@ impl SimServer {
         endpoint: Endpoint,
         tls: Option<&TlsOptions>,
     ) -> std::io::Result<Self> {
+        Self::start_agent(sim, endpoint, tls, None)
+    }
+
+    /// Starts serving as the client agent `agent` (`None`: the simulator's own agent node).
+    pub(crate) fn start_agent(
+        sim: Sim,
+        endpoint: Endpoint,
+        tls: Option<&TlsOptions>,
+        agent: Option<Arc<str>>,
+    ) -> std::io::Result<Self> {
+        let agent = api::AgentId(agent.unwrap_or_else(|| sim.agent_node().into()));
         let tls = tls.map(TlsOptions::server_config).transpose()?;
         let listener = bind(&endpoint)?;
         let endpoint = match (&endpoint, &listener) {
@@ -74,6 +87,7 @@ impl SimServer {
         };
         let inner = Arc::new(ServerInner {
             sim,
+            agent,
             endpoint,
             tls: Mutex::new(tls),
             runtime: tokio::runtime::Handle::current(),
@@ -291,13 +305,14 @@ impl ServerInner {
         let id = state.next_connection;
         state.next_connection += 1;
         let sim = self.sim.clone();
+        let agent = self.agent.clone();
         let inner = Arc::clone(self);
         let task = self.runtime.spawn(async move {
             match tls {
-                None => serve_http(sim, stream).await,
+                None => serve_http(sim, agent, stream).await,
                 Some(config) => {
                     match tokio_rustls::TlsAcceptor::from(config).accept(stream).await {
-                        Ok(stream) => serve_http(sim, stream).await,
+                        Ok(stream) => serve_http(sim, agent, stream).await,
                         Err(error) => {
                             tracing::debug!(error = %error, "consul-sim TLS handshake failed");
                         }
@@ -328,12 +343,13 @@ impl ServerInner {
 }
 
 /// Serves HTTP/1.1 requests on one connection until it closes.
-async fn serve_http<S>(sim: Sim, stream: S)
+async fn serve_http<S>(sim: Sim, agent: api::AgentId, stream: S)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
         let sim = sim.clone();
+        request.extensions_mut().insert(agent.clone());
         async move { Ok::<_, Infallible>(serve_request(&sim, request).await) }
     });
     let connection = hyper::server::conn::http1::Builder::new()

@@ -32,6 +32,8 @@ pub(crate) struct State {
     pub(crate) cache_fill: HashMap<String, Instant>,
     /// Multiplier applied to session TTLs before invalidation (Consul: 2).
     pub(crate) session_ttl_multiplier: u32,
+    /// What the agents passed on to the servers (the agent model).
+    pub(crate) load: crate::load::ServerLoad,
 }
 
 impl State {
@@ -52,6 +54,7 @@ impl State {
             last_index: HashMap::new(),
             cache_fill: HashMap::new(),
             session_ttl_multiplier: 2,
+            load: crate::load::ServerLoad::default(),
         }
     }
 
@@ -314,6 +317,46 @@ impl Dc {
             sessions_index: 0,
             service_index: HashMap::new(),
         }
+    }
+
+    /// A snapshot restore: the state store comes back from an older snapshot, so every table,
+    /// record and `service.<name>` index is lower (here: halved, order kept) while the raft
+    /// log goes on (the next write still gets a higher index than any before).
+    pub(crate) fn restore_lower_indexes(&mut self) {
+        let lower = |index: &mut u64| *index = (*index / 2).max(1);
+        for node in self.nodes.values_mut() {
+            lower(&mut node.create_index);
+            lower(&mut node.modify_index);
+        }
+        for service in self.services.values_mut() {
+            lower(&mut service.create_index);
+            lower(&mut service.modify_index);
+        }
+        for check in self.checks.values_mut() {
+            lower(&mut check.create_index);
+            lower(&mut check.modify_index);
+        }
+        for entry in self.kv.values_mut() {
+            lower(&mut entry.create_index);
+            lower(&mut entry.modify_index);
+        }
+        for session in self.sessions.values_mut() {
+            lower(&mut session.create_index);
+            lower(&mut session.modify_index);
+        }
+        for index in [
+            &mut self.nodes_index,
+            &mut self.services_index,
+            &mut self.checks_index,
+            &mut self.kvs_index,
+            &mut self.sessions_index,
+        ] {
+            if *index > 0 {
+                lower(index);
+            }
+        }
+        self.service_index.values_mut().for_each(lower);
+        self.tombstones.values_mut().for_each(lower);
     }
 
     /// Allocates the next raft index.

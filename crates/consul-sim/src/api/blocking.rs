@@ -9,8 +9,10 @@ use tokio::time::Instant;
 
 use super::params::{Params, dc_param};
 use super::response::{JSON, Resp, TEXT, bad_request, no_leader, no_path_to_dc};
+use super::{Call, ServedByAgent};
 use crate::Sim;
 use crate::duration::parse_go_duration;
+use crate::load::ViewKey;
 use crate::state::{Dc, State};
 
 /// `default_query_time`.
@@ -135,45 +137,50 @@ impl Read {
 
 /// Runs a read, blocking while its index equals `?index`, then adds Consul's read headers.
 /// `cache_key` names the agent-cache entry for `?cached` reads (`None`: not cacheable).
-pub(super) async fn blocking_read<F>(
-    sim: &Sim,
-    params: &Params,
-    cache_key: Option<&str>,
-    read: F,
-) -> Resp
+pub(super) async fn blocking_read<F>(call: &Call<'_>, cache_key: Option<&str>, read: F) -> Resp
 where
     F: Fn(&Dc) -> Read,
 {
-    read_with_backend(sim, params, cache_key, false, read).await
+    read_with_backend(call, cache_key, None, read).await
+}
+
+/// The streaming view a `/v1/health/service` read may be served from.
+pub(super) struct StreamView<'a> {
+    pub(super) service: &'a str,
+    pub(super) tags: &'a [&'a str],
 }
 
 /// `/v1/health/service` reads: like [`blocking_read`], but the agent serves them from its
 /// streaming view when streaming is on (Consul 1.10+ default `use_streaming_backend`) and
 /// the read carries `?index` > 0 or `?cached` and no `?near` (agent/health_endpoint.go,
 /// agent/rpcclient/health). Such a read is answered with `X-Consul-Query-Backend:
-/// streaming` and, because streaming implies the agent cache, `X-Cache`.
+/// streaming` and, because streaming implies the agent cache, `X-Cache`. It costs no server
+/// RPC; its view is one subscription per agent (see `crate::load`). As Consul's
+/// materializer, a streamed read waits for an index *above* `?index`, so an index that
+/// went lower (a snapshot restore) is only returned when the wait times out.
 pub(super) async fn health_service_read<F>(
-    sim: &Sim,
-    params: &Params,
+    call: &Call<'_>,
     cache_key: &str,
+    view: StreamView<'_>,
     read: F,
 ) -> Resp
 where
     F: Fn(&Dc) -> Read,
 {
-    read_with_backend(sim, params, Some(cache_key), true, read).await
+    read_with_backend(call, Some(cache_key), Some(view), read).await
 }
 
 async fn read_with_backend<F>(
-    sim: &Sim,
-    params: &Params,
+    call: &Call<'_>,
     cache_key: Option<&str>,
-    streamable: bool,
+    view: Option<StreamView<'_>>,
     read: F,
 ) -> Resp
 where
     F: Fn(&Dc) -> Read,
 {
+    let sim = call.sim;
+    let params = call.params;
     let (mut opts, jitter) = {
         let state = sim.lock();
         let opts = match ReadOpts::parse(&state, params) {
@@ -185,32 +192,127 @@ where
         }
         (opts, state.jitter)
     };
-    opts.streaming = streamable
+    opts.streaming = view.is_some()
         && sim.lock().streaming
         && (opts.cached || opts.index > 0)
         && !params.has("near");
+    let _view = match &view {
+        Some(view) if opts.streaming => Some(ViewReader::open(call, &opts.dc, view)),
+        _ => None,
+    };
+    let stream_epoch = sim.lock().load.stream_epoch;
     let evaluate = |sim: &Sim| -> Option<Read> {
         let state = sim.lock();
         state.dcs.get(&opts.dc).map(&read)
+    };
+    // Blocking queries return once the index differs; streaming views once it is higher.
+    let unchanged = |index: u64| {
+        if opts.streaming {
+            index.max(1) <= opts.index
+        } else {
+            index.max(1) == opts.index
+        }
     };
     let mut changes = sim.subscribe();
     let Some(mut current) = evaluate(sim) else {
         return no_path_to_dc();
     };
-    if opts.index > 0 && current.index.max(1) == opts.index {
+    if opts.index > 0 && unchanged(current.index) {
+        let _held = Held::new(sim, opts.streaming);
         let deadline = Instant::now() + wait_with_jitter(opts.wait, jitter);
         loop {
             let woke = tokio::time::timeout_at(deadline, changes.changed()).await;
+            if opts.streaming && sim.lock().load.stream_epoch != stream_epoch {
+                return stream_broken();
+            }
             let Some(next) = evaluate(sim) else {
                 return no_path_to_dc();
             };
             current = next;
-            if !matches!(woke, Ok(Ok(()))) || current.index.max(1) != opts.index {
+            if !matches!(woke, Ok(Ok(()))) || !unchanged(current.index) {
                 break;
             }
         }
     }
-    finish_read(sim, &opts, cache_key, current)
+    finish_read(sim, call.agent, &opts, cache_key, current)
+}
+
+/// What an agent answers a held streamed read when its server stream fails (the gRPC error
+/// of a server that went away, as a 500).
+fn stream_broken() -> Resp {
+    super::response::server_error(
+        "rpc error: code = Unavailable desc = error reading from server: EOF",
+    )
+}
+
+/// One reader of an agent's streaming view, from its first evaluation until it answers
+/// (or its client goes away).
+struct ViewReader<'a> {
+    sim: &'a Sim,
+    key: ViewKey,
+    /// The stream epoch the view was opened in: after [`Sim::break_streams`] it is gone.
+    epoch: u64,
+}
+
+impl<'a> ViewReader<'a> {
+    fn open(call: &Call<'a>, dc: &str, view: &StreamView<'_>) -> Self {
+        let key = ViewKey {
+            agent: call.agent.to_owned(),
+            dc: dc.to_owned(),
+            service: view.service.to_owned(),
+            selector: view_selector(call.params),
+        };
+        let mut state = call.sim.lock();
+        let State { load, dcs, .. } = &mut *state;
+        load.open_view(&key, view.tags, dcs);
+        let epoch = load.stream_epoch;
+        Self {
+            sim: call.sim,
+            key,
+            epoch,
+        }
+    }
+}
+
+impl Drop for ViewReader<'_> {
+    fn drop(&mut self) {
+        let mut state = self.sim.lock();
+        if state.load.stream_epoch == self.epoch {
+            state.load.close_view(&self.key);
+        }
+    }
+}
+
+/// The parameters that make a separate view (and subscription) in Consul's cache key:
+/// tags, filter, node-meta, namespace, partition (`?passing` is applied after the view).
+fn view_selector(params: &Params) -> String {
+    let mut selector = Vec::new();
+    for name in ["tag", "filter", "node-meta", "ns", "partition"] {
+        let mut values = params.all(name);
+        values.sort_unstable();
+        selector.extend(values.into_iter().map(|value| format!("{name}={value}")));
+    }
+    selector.join("&")
+}
+
+/// Counts a read held waiting for a change (a blocking query on a server, or a streamed
+/// read on an agent) while it lives.
+struct Held<'a> {
+    sim: &'a Sim,
+    streamed: bool,
+}
+
+impl<'a> Held<'a> {
+    fn new(sim: &'a Sim, streamed: bool) -> Self {
+        sim.lock().load.hold(streamed, 1);
+        Self { sim, streamed }
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.sim.lock().load.hold(self.streamed, -1);
+    }
 }
 
 /// Consul adds up to wait/16 to a blocking query's wait so that many do not wake together.
@@ -225,7 +327,13 @@ fn wait_with_jitter(wait: Duration, jitter: bool) -> Duration {
     wait + Duration::from_millis(rand::random_range(0..=max_jitter))
 }
 
-fn finish_read(sim: &Sim, opts: &ReadOpts, cache_key: Option<&str>, read: Read) -> Resp {
+fn finish_read(
+    sim: &Sim,
+    agent: &str,
+    opts: &ReadOpts,
+    cache_key: Option<&str>,
+    read: Read,
+) -> Resp {
     let mut state = sim.lock();
     let mut response = Response::new(read.body);
     *response.status_mut() = read.status;
@@ -260,17 +368,23 @@ fn finish_read(sim: &Sim, opts: &ReadOpts, cache_key: Option<&str>, read: Read) 
         HeaderName::from_static("x-consul-query-backend"),
         HeaderValue::from_static(backend),
     );
+    let mut served_by_agent = opts.streaming;
     if (opts.cached || opts.streaming)
         && let Some(key) = cache_key
     {
-        insert_cache_headers(&mut state, key, headers);
+        // Each agent has its own cache.
+        let hit = insert_cache_headers(&mut state, &format!("{agent} {key}"), headers);
+        served_by_agent |= hit;
+    }
+    if served_by_agent {
+        response.extensions_mut().insert(ServedByAgent);
     }
     response
 }
 
 /// `X-Cache` and `Age` of a `?cached` read: the first read of a key fills the agent cache
-/// (MISS, age 0); later ones are HITs aged from that fill.
-fn insert_cache_headers(state: &mut State, key: &str, headers: &mut HeaderMap) {
+/// (MISS, age 0); later ones are HITs aged from that fill. Returns whether it was a HIT.
+fn insert_cache_headers(state: &mut State, key: &str, headers: &mut HeaderMap) -> bool {
     let now = Instant::now();
     let (hit, age) = match state.cache_fill.get(key) {
         Some(filled) => ("HIT", now.saturating_duration_since(*filled).as_secs()),
@@ -284,6 +398,7 @@ fn insert_cache_headers(state: &mut State, key: &str, headers: &mut HeaderMap) {
         HeaderValue::from_static(hit),
     );
     headers.insert(http::header::AGE, HeaderValue::from(age));
+    hit == "HIT"
 }
 
 /// Key for the agent cache: the path plus the query minus blocking/caching parameters.

@@ -19,7 +19,7 @@ pub(super) async fn route(call: &Call<'_>, rest: &str) -> Answer {
 }
 
 async fn services(call: &Call<'_>) -> Resp {
-    blocking_read(call.sim, call.params, Some("/v1/catalog/services"), |dc| {
+    blocking_read(call, Some("/v1/catalog/services"), |dc| {
         Read::json(dc.services_index, &model::catalog_services(dc))
     })
     .await
@@ -31,7 +31,7 @@ async fn service(call: &Call<'_>, name: &str) -> Answer {
     }
     let tags = call.params.all("tag");
     let key = format!("/v1/catalog/service/{name}?{}", tags.join(","));
-    Ok(blocking_read(call.sim, call.params, Some(&key), |dc| {
+    Ok(blocking_read(call, Some(&key), |dc| {
         Read::json(
             dc.service_query_index(name),
             &model::catalog_service(dc, name, &tags),
@@ -41,7 +41,7 @@ async fn service(call: &Call<'_>, name: &str) -> Answer {
 }
 
 async fn nodes(call: &Call<'_>) -> Resp {
-    blocking_read(call.sim, call.params, None, |dc| {
+    blocking_read(call, None, |dc| {
         let nodes: Vec<model::NodeJson<'_>> = dc
             .nodes
             .values()
@@ -53,7 +53,7 @@ async fn nodes(call: &Call<'_>) -> Resp {
 }
 
 async fn node(call: &Call<'_>, name: &str) -> Resp {
-    blocking_read(call.sim, call.params, None, |dc| {
+    blocking_read(call, None, |dc| {
         Read::json(
             dc.nodes_index.max(dc.services_index),
             &model::catalog_node(dc, name),

@@ -1,7 +1,7 @@
 //! `/v1/health/service/:service` and `/v1/health/state/:state`.
 
 use super::Call;
-use super::blocking::{Read, blocking_read, cache_key, health_service_read};
+use super::blocking::{Read, StreamView, blocking_read, cache_key, health_service_read};
 use super::params::{Params, parse_go_bool};
 use super::response::{Answer, bad_request, not_found_page};
 use crate::model;
@@ -34,7 +34,11 @@ async fn service(call: &Call<'_>, name: &str) -> Answer {
     }
     let tags = params.all("tag");
     let key = cache_key(call.raw_path, call.raw_query);
-    Ok(health_service_read(call.sim, params, &key, |dc| {
+    let view = StreamView {
+        service: name,
+        tags: &tags,
+    };
+    Ok(health_service_read(call, &key, view, |dc| {
         let entries = model::health_service(dc, name, &tags, passing_only);
         Read::json(dc.service_query_index(name), &entries)
     })
@@ -48,7 +52,7 @@ async fn state(call: &Call<'_>, check_state: &str) -> Answer {
         return Err(bad_request("Missing check state"));
     }
     let node_meta = node_meta_filters(call.params);
-    Ok(blocking_read(call.sim, call.params, None, |dc| {
+    Ok(blocking_read(call, None, |dc| {
         Read::json(
             dc.checks_index,
             &model::health_state(dc, check_state, &node_meta),

@@ -51,7 +51,7 @@ async fn get(call: &Call<'_>, key: &str) -> Resp {
 /// `?keys[&separator=]`: the keys under a prefix, folded at the separator.
 async fn list_keys(call: &Call<'_>, prefix: &str) -> Resp {
     let separator = call.params.get("separator").unwrap_or_default().to_owned();
-    blocking_read(call.sim, call.params, None, |dc| {
+    blocking_read(call, None, |dc| {
         let index = dc.kv_prefix_index(prefix);
         let mut keys: Vec<String> = Vec::new();
         for (entry_key, _) in under_prefix(&dc.kv, prefix) {
@@ -73,7 +73,7 @@ async fn list_keys(call: &Call<'_>, prefix: &str) -> Resp {
 
 /// `?recurse`: every entry under a prefix.
 async fn list_entries(call: &Call<'_>, prefix: &str) -> Resp {
-    blocking_read(call.sim, call.params, None, |dc| {
+    blocking_read(call, None, |dc| {
         let index = dc.kv_prefix_index(prefix);
         let entries: Vec<model::KvJson<'_>> = under_prefix(&dc.kv, prefix)
             .map(|(_, entry)| model::KvJson::new(entry))
@@ -86,7 +86,7 @@ async fn list_entries(call: &Call<'_>, prefix: &str) -> Resp {
 /// One entry as JSON, or with `?raw` its bare value (served sandboxed, as Consul does).
 async fn get_one(call: &Call<'_>, key: &str) -> Resp {
     let raw = call.params.has("raw");
-    let mut response = blocking_read(call.sim, call.params, None, |dc| match dc.kv.get(key) {
+    let mut response = blocking_read(call, None, |dc| match dc.kv.get(key) {
         None => Read::not_found(dc.kv_table_index()),
         Some(entry) if raw => Read {
             index: entry.modify_index,

@@ -18,6 +18,7 @@ mod kv;
 mod params;
 mod response;
 mod session;
+mod sim;
 mod status;
 
 use bytes::Bytes;
@@ -34,9 +35,20 @@ use response::{Answer, Resp, method_not_allowed, not_found_page, text};
 
 use crate::{RequestRecord, Sim};
 
+/// The client agent a listener plays (a request extension; [`crate::Sim::serve_agent`]).
+#[derive(Debug, Clone)]
+pub(crate) struct AgentId(pub(crate) std::sync::Arc<str>);
+
+/// Marks a response the agent served itself (streaming view or agent-cache hit): no
+/// server RPC.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ServedByAgent;
+
 /// One routed request, as the endpoint families see it.
 struct Call<'a> {
     sim: &'a Sim,
+    /// The client agent that received the request.
+    agent: &'a str,
     method: &'a Method,
     headers: &'a HeaderMap,
     /// The path as sent (not percent-decoded); agent-cache keys are built from it.
@@ -71,6 +83,13 @@ pub(crate) async fn handle(sim: &Sim, request: http::Request<Bytes>) -> Resp {
     let (parts, body) = request.into_parts();
     let raw_path = parts.uri.path();
     let raw_query = parts.uri.query().unwrap_or_default();
+    if let Some(rest) = raw_path.strip_prefix("/v1/sim/") {
+        return sim::route(sim, &parts.method, rest);
+    }
+    let agent = match parts.extensions.get::<AgentId>() {
+        Some(AgentId(agent)) => agent.to_string(),
+        None => sim.agent_node(),
+    };
     let plan = {
         let mut state = sim.lock();
         state.requests.push(RequestRecord {
@@ -90,6 +109,7 @@ pub(crate) async fn handle(sim: &Sim, request: http::Request<Bytes>) -> Resp {
         let params = Params::parse(raw_query);
         let call = Call {
             sim,
+            agent: &agent,
             method: &parts.method,
             headers: &parts.headers,
             raw_path,
@@ -101,7 +121,17 @@ pub(crate) async fn handle(sim: &Sim, request: http::Request<Bytes>) -> Resp {
     };
     finish(sim, raw_path, &plan, &mut response);
     sim.count_response_body(response.body().len());
+    count_server_rpc(sim, &agent, raw_path, &response);
     response
+}
+
+/// One server RPC for every request the agent does not answer itself (see `crate::load`).
+fn count_server_rpc(sim: &Sim, agent: &str, path: &str, response: &Resp) {
+    let agent_local =
+        path.starts_with("/v1/agent/") || response.extensions().get::<ServedByAgent>().is_some();
+    if !agent_local {
+        sim.lock().load.count_rpc(agent, response.body().len());
+    }
 }
 
 /// Headers every response carries, then the faults that rewrite a finished response.

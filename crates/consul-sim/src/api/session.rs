@@ -220,7 +220,7 @@ fn destroy(call: &Call<'_>, session_id: &str) -> Answer {
 
 /// `info/:id`, `node/:node` and `list`: blocking reads of the session table.
 async fn read(call: &Call<'_>, action: &str, argument: &str) -> Resp {
-    blocking_read(call.sim, call.params, None, |dc| {
+    blocking_read(call, None, |dc| {
         let sessions: Vec<model::SessionJson<'_>> = dc
             .sessions
             .values()
