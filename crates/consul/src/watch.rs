@@ -116,11 +116,20 @@ impl Pace {
 /// The first read (and one after [`Watch::restart`]) is non-blocking (index 0 is never
 /// sent); each later one blocks on the last index returned, which is at least 1, also when
 /// it went backwards.
+///
+/// After an index goes backwards, the next read waits a random delay up to `wait / 16`
+/// (Consul's own spread for blocking waits). A snapshot restore makes every held query on
+/// every agent return at once with a lower index; without the spread the whole fleet would
+/// re-issue its watches in the same few milliseconds. The answer in hand is already a
+/// full read, and a change made during the delay is returned at once by the next read, so
+/// the delay costs at most `wait / 16` of freshness and loses nothing.
 #[derive(Debug, Clone)]
 pub struct Watch {
     index: u64,
     wait: Duration,
     pace: Option<Pace>,
+    /// Set after an index went backwards: no request before this instant.
+    not_before: Option<Instant>,
 }
 
 impl Watch {
@@ -130,6 +139,7 @@ impl Watch {
             index: 0,
             wait,
             pace: None,
+            not_before: None,
         }
     }
 
@@ -168,6 +178,7 @@ impl Watch {
         let previous = self.index;
         self.index = next_index(previous, returned);
         if self.index < previous {
+            self.not_before = Some(Instant::now() + self.reset_spread());
             IndexChange::Reset
         } else if self.index != previous {
             IndexChange::Moved
@@ -182,14 +193,24 @@ impl Watch {
         self.index = 0;
     }
 
-    /// The earliest instant the pace lets the next request start (now when unpaced).
+    /// A random delay up to `wait / 16` before the read after a backwards index.
+    fn reset_spread(&self) -> Duration {
+        let max = u64::try_from((self.wait / 16).as_millis()).unwrap_or(u64::MAX);
+        Duration::from_millis(rand::random_range(0..=max))
+    }
+
+    /// The earliest instant the pace lets the next request start (now when unpaced), and
+    /// not before the spread after a backwards index.
     pub fn next_start(&mut self) -> Instant {
         let now = Instant::now();
-        self.pace.as_mut().map_or(now, |pace| pace.next_start(now))
+        let paced = self.pace.as_mut().map_or(now, |pace| pace.next_start(now));
+        self.not_before
+            .map_or(paced, |not_before| paced.max(not_before))
     }
 
     /// Records that a request starts now (after waiting for [`Watch::next_start`]).
     pub fn started(&mut self) {
+        self.not_before = None;
         if let Some(pace) = &mut self.pace {
             pace.started(Instant::now());
         }
@@ -200,6 +221,7 @@ impl Watch {
     /// Call it once per request, after the previous one completed.
     pub fn start_at(&mut self, not_before: Instant) -> Instant {
         let start = self.next_start().max(not_before);
+        self.not_before = None;
         if let Some(pace) = &mut self.pace {
             pace.started(start);
         }
@@ -209,6 +231,7 @@ impl Watch {
     /// Waits until the pace lets the next request start, and records its start.
     pub async fn ready(&mut self) {
         tokio::time::sleep_until(self.next_start()).await;
+        self.not_before = None;
         self.started();
     }
 
@@ -391,6 +414,48 @@ mod tests {
                 IndexChange::Moved
             ]
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_read_after_a_backwards_index_is_spread_over_a_sixteenth_of_the_wait() {
+        // A snapshot restore returns every held query at once with a lower index: the
+        // re-issues of a fleet must not land in the same instant.
+        let wait = Duration::from_secs(160);
+        let mut delays = Vec::new();
+        for _ in 0..64 {
+            let mut watch = Watch::new(wait).from_index(900);
+            let (_, change) = watch
+                .round(|_| async { answer(40) })
+                .await
+                .expect("the call answers");
+            assert_eq!(change, IndexChange::Reset);
+            let returned_at = Instant::now();
+            let mut sent = None;
+            watch
+                .round(|options| {
+                    sent = options.index;
+                    async { answer(41) }
+                })
+                .await
+                .expect("the call answers");
+            assert_eq!(sent, Some(40), "blocks on the lower index");
+            delays.push(returned_at.elapsed());
+        }
+        assert!(delays.iter().all(|delay| *delay <= wait / 16));
+        let (min, max) = (delays.iter().min().unwrap(), delays.iter().max().unwrap());
+        assert!(
+            *max - *min >= wait / 32,
+            "re-issues spread over the window, not clustered: {min:?}..{max:?}"
+        );
+        // A forward move never delays the next read.
+        let mut watch = Watch::new(wait).from_index(5);
+        watch.round(|_| async { answer(9) }).await.expect("answers");
+        let moved_at = Instant::now();
+        watch
+            .round(|_| async { answer(10) })
+            .await
+            .expect("answers");
+        assert_eq!(moved_at.elapsed(), Duration::ZERO);
     }
 
     #[tokio::test(start_paused = true)]
