@@ -442,7 +442,8 @@ mod tests {
             delays.push(returned_at.elapsed());
         }
         assert!(delays.iter().all(|delay| *delay <= wait / 16));
-        let (min, max) = (delays.iter().min().unwrap(), delays.iter().max().unwrap());
+        let min = delays.iter().min().expect("64 delays");
+        let max = delays.iter().max().expect("64 delays");
         assert!(
             *max - *min >= wait / 32,
             "re-issues spread over the window, not clustered: {min:?}..{max:?}"
