@@ -33,7 +33,7 @@ use tokio::net::{TcpStream, UdpSocket};
 use tokio::time::{Instant, timeout_at};
 use tracing::{info, trace, warn};
 
-use crate::budget::{Budget, UDP_RECEIVE_BUFFER};
+use crate::budget::Budget;
 use crate::cache::Response;
 use crate::config::Strategy;
 use crate::metrics as names;
@@ -247,6 +247,7 @@ impl Upstream {
 #[derive(Debug)]
 struct PooledSocket {
     socket: UdpSocket,
+    /// Room for the EDNS payload the queries sent on it advertised (see `exchange`).
     buffer: Vec<u8>,
     opened: Instant,
     uses: u32,
@@ -263,7 +264,7 @@ impl PooledSocket {
         socket.connect(upstream).await?;
         Ok(Self {
             socket,
-            buffer: Vec::with_capacity(UDP_RECEIVE_BUFFER),
+            buffer: Vec::new(),
             opened: Instant::now(),
             uses: 0,
         })
@@ -632,23 +633,33 @@ async fn exchange_udp(
         None => PooledSocket::open(upstream.addr).await?,
     };
     let message = pooled
-        .exchange(upstream.addr, id, &bytes, request.query, deadline)
+        .exchange(upstream.addr, id, &bytes, request, deadline)
         .await?;
     upstream.checkin_socket(pooled);
     Ok(message)
 }
 
 impl PooledSocket {
-    /// Sends the encoded query (`id`, `bytes`) to `upstream` and waits until
+    /// Sends the encoded `request` (`id`, `bytes`) to `upstream` and waits until
     /// `deadline` for its answer; anything else that arrives is ignored.
     async fn exchange(
         &mut self,
         upstream: SocketAddr,
         id: u16,
         bytes: &[u8],
-        query: &Query,
+        request: Request<'_>,
         deadline: Instant,
     ) -> Result<Message, AttemptError> {
+        let query = request.query;
+        // Room for the payload this query advertised: a longer datagram breaks RFC 6891,
+        // arrives cut short and is ignored as undecodable. Not the largest payload we could
+        // ever advertise (4 KiB): a burst of misses holds a socket per query in flight, and
+        // 1,024 of them at 4 KiB each were 4 MiB of resident memory (benches/README.md
+        // "Memory"). Allocated once per socket, again only if the payload grows (reload).
+        let payload = usize::from(request.udp_payload);
+        if self.buffer.capacity() < payload {
+            self.buffer = Vec::with_capacity(payload);
+        }
         self.uses += 1;
         self.socket.send(bytes).await?;
         loop {
@@ -699,7 +710,9 @@ pub async fn exchange_once(
     };
     let (id, bytes) = encode_query(request)?;
     let mut socket = PooledSocket::open(server).await?;
-    let reply = socket.exchange(server, id, &bytes, query, deadline).await?;
+    let reply = socket
+        .exchange(server, id, &bytes, request, deadline)
+        .await?;
     if !reply.metadata.truncation {
         return Ok(Exchanged {
             reply,
@@ -931,6 +944,64 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(pooled.drain().expect("drain"), 3);
         assert_eq!(pooled.drain().expect("drain"), 0);
+    }
+
+    /// The receive buffer follows the payload each query advertises: a 3,000-byte
+    /// answer to a query offering 4,096 arrives whole on a socket first used with 1,232.
+    #[tokio::test]
+    async fn a_pooled_socket_receives_answers_as_large_as_the_payload_offered() {
+        let server = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let addr = server.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let mut buffer = vec![0_u8; usize::from(u16::MAX)];
+            while let Ok((length, client)) = server.recv_from(&mut buffer).await {
+                let query = Message::from_vec(&buffer[..length]).expect("query");
+                let mut message =
+                    Message::new(query.metadata.id, MessageType::Response, OpCode::Query);
+                let question = query.queries[0].clone();
+                let answers = if question.name().to_ascii().starts_with("big") {
+                    180
+                } else {
+                    1
+                };
+                for n in 0..answers {
+                    message.add_answer(Record::from_rdata(
+                        question.name().clone(),
+                        60,
+                        RData::A(A(Ipv4Addr::new(192, 0, 2, n))),
+                    ));
+                }
+                message.add_query(question);
+                let bytes = message.to_vec().expect("encodes");
+                server.send_to(&bytes, client).await.expect("send");
+            }
+        });
+        let mut pooled = PooledSocket::open(addr).await.expect("open");
+        let deadline = || Instant::now() + Duration::from_secs(5);
+        let small = question("small.example.");
+        let (id, bytes) = encode_query(request(&small)).expect("encodes");
+        let reply = pooled
+            .exchange(addr, id, &bytes, request(&small), deadline())
+            .await
+            .expect("answer");
+        assert_eq!(reply.answers.len(), 1);
+        // No 4 KiB buffer for a socket whose queries offer 1,232 bytes.
+        assert!(pooled.buffer.capacity() < 2048, "{}", pooled.buffer.capacity());
+        let big = question("big.example.");
+        let offer = Request {
+            udp_payload: 4096,
+            ..request(&big)
+        };
+        let (id, bytes) = encode_query(offer).expect("encodes");
+        let reply = pooled
+            .exchange(addr, id, &bytes, offer, deadline())
+            .await
+            .expect("answer");
+        assert_eq!(
+            reply.answers.len(),
+            180,
+            "the whole answer (about 3,000 bytes)"
+        );
     }
 
     #[tokio::test]
