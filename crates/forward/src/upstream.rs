@@ -20,6 +20,7 @@
 //! replies cannot be queued up in advance.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsRawFd as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -28,7 +29,8 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use metrics::{counter, gauge, histogram};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use nix::sys::socket::{MsgFlags, recv};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::time::{Instant, timeout_at};
 use tracing::{info, trace, warn};
@@ -275,8 +277,8 @@ impl PooledSocket {
     fn drain(&mut self) -> std::io::Result<usize> {
         let mut drained = 0;
         loop {
-            self.buffer.clear();
-            match self.socket.try_recv_buf(&mut self.buffer) {
+            // A datagram longer than the buffer is discarded whole all the same.
+            match self.socket.try_recv(&mut self.buffer) {
                 Ok(_) => drained += 1,
                 Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
                     return Ok(drained);
@@ -656,17 +658,35 @@ impl PooledSocket {
         // ever advertise (4 KiB): a burst of misses holds a socket per query in flight, and
         // 1,024 of them at 4 KiB each were 4 MiB of resident memory (benches/README.md
         // "Memory"). Allocated once per socket, again only if the payload grows (reload).
+        // A longer one (RFC 6891 forbids it, some servers do it) is seen by its length
+        // (`MSG_TRUNC`) and taken as truncated, so TCP brings it whole.
         let payload = usize::from(request.udp_payload);
-        if self.buffer.capacity() < payload {
-            self.buffer = Vec::with_capacity(payload);
+        if self.buffer.len() < payload {
+            self.buffer.resize(payload, 0);
         }
         self.uses += 1;
         self.socket.send(bytes).await?;
+        let fd = self.socket.as_raw_fd();
         loop {
-            self.buffer.clear();
-            let received = timeout_at(deadline, self.socket.recv_buf(&mut self.buffer))
-                .await
-                .map_err(|_| AttemptError::Timeout)??;
+            let buffer = &mut self.buffer;
+            let received = timeout_at(
+                deadline,
+                // ERROR too, as tokio's own `recv` does: an ICMP port unreachable for
+                // our query shows only as an error on the socket (ECONNREFUSED).
+                self.socket
+                    .async_io(Interest::READABLE | Interest::ERROR, || {
+                        recv(fd, buffer, MsgFlags::MSG_TRUNC).map_err(std::io::Error::from)
+                    }),
+            )
+            .await
+            .map_err(|_| AttemptError::Timeout)??;
+            if received > self.buffer.len() {
+                if self.buffer[..2] == id.to_be_bytes() {
+                    trace!(upstream = %upstream, received, offered = payload, "UDP reply longer than the payload offered: taken as truncated");
+                    return Ok(truncated(id, query));
+                }
+                continue;
+            }
             match Message::from_vec(&self.buffer[..received]) {
                 Ok(message) if matches(&message, id, query) => return Ok(message),
                 Ok(message) => {
@@ -678,6 +698,14 @@ impl PooledSocket {
             }
         }
     }
+}
+
+/// An empty answer with TC set, standing for one that arrived cut short.
+fn truncated(id: u16, query: &Query) -> Message {
+    let mut message = Message::new(id, MessageType::Response, OpCode::Query);
+    message.metadata.truncation = true;
+    message.add_query(query.clone());
+    message
 }
 
 /// The EDNS payload [`exchange_once`] offers (the DNS Flag Day 2020 default).
@@ -986,7 +1014,7 @@ mod tests {
             .expect("answer");
         assert_eq!(reply.answers.len(), 1);
         // No 4 KiB buffer for a socket whose queries offer 1,232 bytes.
-        assert!(pooled.buffer.capacity() < 2048, "{}", pooled.buffer.capacity());
+        assert!(pooled.buffer.len() < 2048, "{}", pooled.buffer.len());
         let big = question("big.example.");
         let offer = Request {
             udp_payload: 4096,
@@ -1002,6 +1030,16 @@ mod tests {
             180,
             "the whole answer (about 3,000 bytes)"
         );
+        // The same answer to a query offering 1,232 bytes (on a new socket) breaks RFC 6891:
+        // it is taken as truncated (the caller retries over TCP), not read cut short.
+        let mut fresh = PooledSocket::open(addr).await.expect("open");
+        let (id, bytes) = encode_query(request(&big)).expect("encodes");
+        let reply = fresh
+            .exchange(addr, id, &bytes, request(&big), deadline())
+            .await
+            .expect("answer");
+        assert!(reply.metadata.truncation);
+        assert!(reply.answers.is_empty());
     }
 
     #[tokio::test]
