@@ -313,9 +313,15 @@ pub fn spawn(
         };
         let mut poll = tokio::time::interval(RESOLV_POLL_INTERVAL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut events = resolv_changes(watch.path.as_deref(), None);
+        // Rebuilt when a reload names another file; after an inotify failure only the
+        // poll runs (no retry loop).
+        let mut watched = watch.path.clone();
+        let mut events = resolv_changes(watched.as_deref());
         loop {
-            events = resolv_changes(watch.path.as_deref(), events);
+            if watch.path != watched {
+                watched.clone_from(&watch.path);
+                events = resolv_changes(watched.as_deref());
+            }
             let request = tokio::select! {
                 () = shutdown.cancelled() => return,
                 received = hangup.recv() => match received {
@@ -400,18 +406,10 @@ pub fn spawn(
 
 // === resolv file watch ===
 
-/// The inotify watch for the resolv file at `path`: `current` when it already
-/// watches that file, a new one when the path changed, `None` without a path
-/// or inotify.
-fn resolv_changes(
-    path: Option<&Path>,
-    current: Option<dnsfront_hosts::FileChanges>,
-) -> Option<dnsfront_hosts::FileChanges> {
-    let path = path?;
-    match current {
-        Some(current) if current.files() == [path] => Some(current),
-        _ => dnsfront_hosts::FileChanges::new(&[path.to_path_buf()]),
-    }
+/// The inotify watch for the resolv file at `path` (`None` without a path or
+/// inotify).
+fn resolv_changes(path: Option<&Path>) -> Option<dnsfront_hosts::FileChanges> {
+    dnsfront_hosts::FileChanges::new(&[path?.to_path_buf()])
 }
 
 /// Waits for an inotify event or the safety poll (never when `watching` is

@@ -36,8 +36,6 @@ const MASK: AddWatchFlags = AddWatchFlags::IN_CLOSE_WRITE
 #[derive(Debug)]
 pub struct FileChanges {
     fd: AsyncFd<Descriptor>,
-    /// The files asked for, to tell whether a rebuild is needed.
-    files: Vec<PathBuf>,
 }
 
 /// `AsyncFd` wants `AsRawFd`, which nix's `Inotify` does not implement.
@@ -83,15 +81,7 @@ impl FileChanges {
         let fd = AsyncFd::new(Descriptor(inotify))
             .inspect_err(|error| debug!(error = %error, "cannot register inotify"))
             .ok()?;
-        Some(Self {
-            fd,
-            files: files.to_vec(),
-        })
-    }
-
-    /// The files this instance was built for.
-    pub fn files(&self) -> &[PathBuf] {
-        &self.files
+        Some(Self { fd })
     }
 
     /// Returns once something happened in a watched directory (every event
