@@ -33,8 +33,10 @@ use crate::config::{ConfigError, Env, Overrides, RawConfig, Settings};
 use crate::telemetry;
 
 /// How often the upstream resolv file is checked for changes (mtime, length
-/// and a hash of its content: an edit within the same second is seen too).
-pub const RESOLV_POLL_INTERVAL: Duration = Duration::from_secs(2);
+/// and a hash of its content: an edit within the same second is seen too)
+/// besides the inotify events of its directory ([`dnsfront_hosts::FileChanges`]),
+/// which see a change at once: the safety net for what inotify cannot see.
+pub const RESOLV_POLL_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Where the running configuration comes from: re-read on every reload.
 #[derive(Debug, Clone, Default)]
@@ -334,7 +336,15 @@ pub fn spawn(
         };
         let mut poll = tokio::time::interval(RESOLV_POLL_INTERVAL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Rebuilt when a reload names another file; after an inotify failure only the
+        // poll runs (no retry loop).
+        let mut watched = watch.path.clone();
+        let mut events = resolv_changes(watched.as_deref());
         loop {
+            if watch.path != watched {
+                watched.clone_from(&watch.path);
+                events = resolv_changes(watched.as_deref());
+            }
             let request = tokio::select! {
                 () = shutdown.cancelled() => return,
                 received = hangup.recv() => match received {
@@ -346,7 +356,10 @@ pub fn spawn(
                     None => return,
                 },
                 // No resolv file (upstreams are configured): no poll, no wake-up.
-                _ = poll.tick(), if watch.path.is_some() => {
+                woken = resolv_event(&mut events, watch.path.is_some(), &mut poll) => {
+                    if !woken {
+                        events = None;
+                    }
                     let Some((changed, polled)) = off_workers(move || {
                         let mut watch = watch;
                         (watch.changed(), watch)
@@ -415,6 +428,32 @@ pub fn spawn(
 }
 
 // === resolv file watch ===
+
+/// The inotify watch for the resolv file at `path` (`None` without a path or
+/// inotify).
+fn resolv_changes(path: Option<&Path>) -> Option<dnsfront_hosts::FileChanges> {
+    dnsfront_hosts::FileChanges::new(&[path?.to_path_buf()])
+}
+
+/// Waits for an inotify event or the safety poll (never when `watching` is
+/// false); false when inotify failed (the caller then polls only).
+async fn resolv_event(
+    events: &mut Option<dnsfront_hosts::FileChanges>,
+    watching: bool,
+    poll: &mut tokio::time::Interval,
+) -> bool {
+    if !watching {
+        return std::future::pending().await;
+    }
+    let Some(changes) = events else {
+        poll.tick().await;
+        return true;
+    };
+    tokio::select! {
+        _ = poll.tick() => true,
+        result = changes.changed() => result.is_ok(),
+    }
+}
 
 /// What we know of a file: `None` when it does not exist or cannot be read.
 type Fingerprint = Option<(Option<SystemTime>, u64, u64)>;

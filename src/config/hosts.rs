@@ -39,7 +39,8 @@ pub struct RawHosts {
     /// TTL of answers from these files (dnsmasq `local-ttl`).
     #[serde(with = "humantime_serde")]
     pub ttl: Duration,
-    /// How often the files are checked for changes.
+    /// How often the files are checked for changes besides inotify's events
+    /// (the safety net for file systems inotify cannot see).
     #[serde(with = "humantime_serde")]
     pub watch_interval: Duration,
 }
@@ -49,7 +50,9 @@ impl Default for RawHosts {
         Self {
             files: vec![PathBuf::from(DEFAULT_HOSTS_FILE)],
             ttl: dns::Config::default().local_ttl,
-            watch_interval: Duration::from_secs(2),
+            // inotify brings changes in at once; this poll is the safety net, and
+            // an idle resolver should not wake for it often (benches/README.md "Idle cost").
+            watch_interval: Duration::from_secs(30),
         }
     }
 }
@@ -59,7 +62,7 @@ impl Default for RawHosts {
 pub struct HostsSettings {
     /// Files to read; empty: no local hosts.
     pub files: Vec<PathBuf>,
-    /// How often they are checked for changes.
+    /// How often they are checked for changes besides inotify's events.
     pub watch_interval: Duration,
 }
 

@@ -33,8 +33,10 @@ const MAX_DEFAULT_UDP_SOCKETS: usize = 8;
 const DEFAULT_MAX_IN_FLIGHT: usize = 4096;
 /// How long `shutdown` waits for the server tasks before aborting them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-/// Longest pause of the wire cache's sweeper on an idle server.
-const IDLE_SWEEP: Duration = Duration::from_secs(10);
+/// Longest pause of the wire cache's sweeper on an idle server: its entries only
+/// bound memory and a stored answer wakes it at once, so an idle resolver wakes for
+/// it once a minute (benches/README.md "Idle cost").
+const IDLE_SWEEP: Duration = Duration::from_secs(60);
 
 /// Bound UDP and TCP sockets, one pair per listen address (same port for both).
 #[derive(Debug)]

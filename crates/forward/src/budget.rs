@@ -9,19 +9,14 @@
 //! stale answer or SERVFAIL, `forward.over_budget_total`), so small answers keep flowing
 //! while large ones fill the budget, and nothing queues behind a large one.
 //!
-//! UDP answers need no charge while received: each pooled socket's buffer is a fixed
-//! [`UDP_RECEIVE_BUFFER`] bytes, part of the socket.
+//! UDP answers need no charge while received: each pooled socket's buffer is part of
+//! the socket, sized to the EDNS payload its queries advertise.
 
 use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::metrics;
-
-/// The receive buffer of a pooled UDP socket: the largest payload we ever advertise
-/// (`UDP_PAYLOAD.max`); a longer datagram breaks RFC 6891, arrives cut short, and is
-/// ignored as undecodable.
-pub(crate) const UDP_RECEIVE_BUFFER: usize = crate::config::UDP_PAYLOAD.max as usize;
 
 /// Bytes an answer held for its waiters costs besides its wire data: the `Arc`'d
 /// holder, the shared future's slot and allocator rounding, rounded up.

@@ -20,6 +20,7 @@
 //! replies cannot be queued up in advance.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsRawFd as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -28,12 +29,13 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use metrics::{counter, gauge, histogram};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use nix::sys::socket::{MsgFlags, recv};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::time::{Instant, timeout_at};
 use tracing::{info, trace, warn};
 
-use crate::budget::{Budget, UDP_RECEIVE_BUFFER};
+use crate::budget::Budget;
 use crate::cache::Response;
 use crate::config::Strategy;
 use crate::metrics as names;
@@ -247,6 +249,7 @@ impl Upstream {
 #[derive(Debug)]
 struct PooledSocket {
     socket: UdpSocket,
+    /// Room for the EDNS payload the queries sent on it advertised (see `exchange`).
     buffer: Vec<u8>,
     opened: Instant,
     uses: u32,
@@ -263,7 +266,7 @@ impl PooledSocket {
         socket.connect(upstream).await?;
         Ok(Self {
             socket,
-            buffer: Vec::with_capacity(UDP_RECEIVE_BUFFER),
+            buffer: Vec::new(),
             opened: Instant::now(),
             uses: 0,
         })
@@ -274,8 +277,8 @@ impl PooledSocket {
     fn drain(&mut self) -> std::io::Result<usize> {
         let mut drained = 0;
         loop {
-            self.buffer.clear();
-            match self.socket.try_recv_buf(&mut self.buffer) {
+            // A datagram longer than the buffer is discarded whole all the same.
+            match self.socket.try_recv(&mut self.buffer) {
                 Ok(_) => drained += 1,
                 Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
                     return Ok(drained);
@@ -632,30 +635,58 @@ async fn exchange_udp(
         None => PooledSocket::open(upstream.addr).await?,
     };
     let message = pooled
-        .exchange(upstream.addr, id, &bytes, request.query, deadline)
+        .exchange(upstream.addr, id, &bytes, request, deadline)
         .await?;
     upstream.checkin_socket(pooled);
     Ok(message)
 }
 
 impl PooledSocket {
-    /// Sends the encoded query (`id`, `bytes`) to `upstream` and waits until
+    /// Sends the encoded `request` (`id`, `bytes`) to `upstream` and waits until
     /// `deadline` for its answer; anything else that arrives is ignored.
     async fn exchange(
         &mut self,
         upstream: SocketAddr,
         id: u16,
         bytes: &[u8],
-        query: &Query,
+        request: Request<'_>,
         deadline: Instant,
     ) -> Result<Message, AttemptError> {
+        let query = request.query;
+        // Room for the payload this query advertised: a longer datagram breaks RFC 6891,
+        // arrives cut short and is ignored as undecodable. Not the largest payload we could
+        // ever advertise (4 KiB): a burst of misses holds a socket per query in flight, and
+        // 1,024 of them at 4 KiB each were 4 MiB of resident memory (benches/README.md
+        // "Memory"). Allocated once per socket, again only if the payload grows (reload).
+        // A longer one (RFC 6891 forbids it, some servers do it) is seen by its length
+        // (`MSG_TRUNC`) and taken as truncated, so TCP brings it whole.
+        let payload = usize::from(request.udp_payload);
+        if self.buffer.len() < payload {
+            self.buffer.resize(payload, 0);
+        }
         self.uses += 1;
         self.socket.send(bytes).await?;
+        let fd = self.socket.as_raw_fd();
         loop {
-            self.buffer.clear();
-            let received = timeout_at(deadline, self.socket.recv_buf(&mut self.buffer))
-                .await
-                .map_err(|_| AttemptError::Timeout)??;
+            let buffer = &mut self.buffer;
+            let received = timeout_at(
+                deadline,
+                // ERROR too, as tokio's own `recv` does: an ICMP port unreachable for
+                // our query shows only as an error on the socket (ECONNREFUSED).
+                self.socket
+                    .async_io(Interest::READABLE | Interest::ERROR, || {
+                        recv(fd, buffer, MsgFlags::MSG_TRUNC).map_err(std::io::Error::from)
+                    }),
+            )
+            .await
+            .map_err(|_| AttemptError::Timeout)??;
+            if received > self.buffer.len() {
+                if self.buffer[..2] == id.to_be_bytes() {
+                    trace!(upstream = %upstream, received, offered = payload, "UDP reply longer than the payload offered: taken as truncated");
+                    return Ok(truncated(id, query));
+                }
+                continue;
+            }
             match Message::from_vec(&self.buffer[..received]) {
                 Ok(message) if matches(&message, id, query) => return Ok(message),
                 Ok(message) => {
@@ -667,6 +698,14 @@ impl PooledSocket {
             }
         }
     }
+}
+
+/// An empty answer with TC set, standing for one that arrived cut short.
+fn truncated(id: u16, query: &Query) -> Message {
+    let mut message = Message::new(id, MessageType::Response, OpCode::Query);
+    message.metadata.truncation = true;
+    message.add_query(query.clone());
+    message
 }
 
 /// The EDNS payload [`exchange_once`] offers (the DNS Flag Day 2020 default).
@@ -699,7 +738,9 @@ pub async fn exchange_once(
     };
     let (id, bytes) = encode_query(request)?;
     let mut socket = PooledSocket::open(server).await?;
-    let reply = socket.exchange(server, id, &bytes, query, deadline).await?;
+    let reply = socket
+        .exchange(server, id, &bytes, request, deadline)
+        .await?;
     if !reply.metadata.truncation {
         return Ok(Exchanged {
             reply,
@@ -931,6 +972,74 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(pooled.drain().expect("drain"), 3);
         assert_eq!(pooled.drain().expect("drain"), 0);
+    }
+
+    /// The receive buffer follows the payload each query advertises: a 3,000-byte
+    /// answer to a query offering 4,096 arrives whole on a socket first used with 1,232.
+    #[tokio::test]
+    async fn a_pooled_socket_receives_answers_as_large_as_the_payload_offered() {
+        let server = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let addr = server.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let mut buffer = vec![0_u8; usize::from(u16::MAX)];
+            while let Ok((length, client)) = server.recv_from(&mut buffer).await {
+                let query = Message::from_vec(&buffer[..length]).expect("query");
+                let mut message =
+                    Message::new(query.metadata.id, MessageType::Response, OpCode::Query);
+                let question = query.queries[0].clone();
+                let answers = if question.name().to_ascii().starts_with("big") {
+                    180
+                } else {
+                    1
+                };
+                for n in 0..answers {
+                    message.add_answer(Record::from_rdata(
+                        question.name().clone(),
+                        60,
+                        RData::A(A(Ipv4Addr::new(192, 0, 2, n))),
+                    ));
+                }
+                message.add_query(question);
+                let bytes = message.to_vec().expect("encodes");
+                server.send_to(&bytes, client).await.expect("send");
+            }
+        });
+        let mut pooled = PooledSocket::open(addr).await.expect("open");
+        let deadline = || Instant::now() + Duration::from_secs(5);
+        let small = question("small.example.");
+        let (id, bytes) = encode_query(request(&small)).expect("encodes");
+        let reply = pooled
+            .exchange(addr, id, &bytes, request(&small), deadline())
+            .await
+            .expect("answer");
+        assert_eq!(reply.answers.len(), 1);
+        // No 4 KiB buffer for a socket whose queries offer 1,232 bytes.
+        assert!(pooled.buffer.len() < 2048, "{}", pooled.buffer.len());
+        let big = question("big.example.");
+        let offer = Request {
+            udp_payload: 4096,
+            ..request(&big)
+        };
+        let (id, bytes) = encode_query(offer).expect("encodes");
+        let reply = pooled
+            .exchange(addr, id, &bytes, offer, deadline())
+            .await
+            .expect("answer");
+        assert_eq!(
+            reply.answers.len(),
+            180,
+            "the whole answer (about 3,000 bytes)"
+        );
+        // The same answer to a query offering 1,232 bytes (on a new socket) breaks RFC 6891:
+        // it is taken as truncated (the caller retries over TCP), not read cut short.
+        let mut fresh = PooledSocket::open(addr).await.expect("open");
+        let (id, bytes) = encode_query(request(&big)).expect("encodes");
+        let reply = fresh
+            .exchange(addr, id, &bytes, request(&big), deadline())
+            .await
+            .expect("answer");
+        assert!(reply.metadata.truncation);
+        assert!(reply.answers.is_empty());
     }
 
     #[tokio::test]

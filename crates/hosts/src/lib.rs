@@ -16,13 +16,16 @@
 //!   names, the first name of the first line first. Unspecified addresses
 //!   (`0.0.0.0`, `::`, used by blocklists) get no reverse entry.
 //!
-//! Unlike dnsmasq, changes are picked up without SIGHUP by [`LocalHosts::watch`],
-//! which polls each file's size, mtime, ctime and inode (systemd-resolved
-//! re-checks every 2 s). A file larger than [`MAX_FILE_SIZE`] is an error.
+//! Unlike dnsmasq, changes are picked up without SIGHUP by [`LocalHosts::watch`]:
+//! woken by inotify ([`FileChanges`]) and, as a safety net, by a slow poll, it
+//! compares each file's size, mtime, ctime and inode with the last load. An idle
+//! resolver thus wakes for its files only when they change or the poll is due.
+//! A file larger than [`MAX_FILE_SIZE`] is an error.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod changes;
 pub mod metrics;
 mod parse;
 
@@ -33,9 +36,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
+pub use changes::FileChanges;
 pub use parse::reverse_address;
 use parse::{Builder, Table, normalize_query};
 
@@ -107,6 +112,8 @@ struct Shared {
     current: ArcSwap<Loaded>,
     /// Paths and what we saw of them; also serialises loads.
     control: Mutex<Control>,
+    /// Told when the paths change, so the watcher watches the new files.
+    paths_changed: Notify,
 }
 
 #[derive(Debug, Default)]
@@ -166,6 +173,7 @@ impl LocalHosts {
             shared: Arc::new(Shared {
                 current: ArcSwap::from_pointee(Loaded::default()),
                 control: Mutex::new(Control::default()),
+                paths_changed: Notify::new(),
             }),
         }
     }
@@ -214,6 +222,7 @@ impl LocalHosts {
         let mut control = self.lock();
         control.stamps = vec![None; paths.len()];
         control.paths = paths;
+        self.shared.paths_changed.notify_one();
         self.load_locked(&mut control)
     }
 
@@ -269,19 +278,36 @@ impl LocalHosts {
             .map(Arc::clone)
     }
 
-    /// Polls the files every `interval` and reloads them when one changed (or
-    /// appeared, or vanished), until `shutdown`. Logs "hosts file reloaded"
-    /// once per reload, and a warning when a reload fails (the previous
-    /// entries stay; the next change retries).
+    /// Reloads the files when one changed (or appeared, or vanished), until
+    /// `shutdown`: checked when inotify reports an event in a file's directory
+    /// ([`FileChanges`]) and every `interval` (the safety net for what inotify
+    /// cannot see, such as network file systems). Logs "hosts file reloaded"
+    /// once per reload, and a warning when a reload fails (the previous entries
+    /// stay; the next change retries).
     #[tracing::instrument(skip_all, name = "hosts_watch")]
     pub async fn watch(self, interval: Duration, shutdown: CancellationToken) {
         let mut ticker = tokio::time::interval(interval.max(Duration::from_millis(10)));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticker.tick().await;
+        // Watching first, then the first tick (at once) checks the files: a
+        // change made before the watch existed is not missed.
+        let mut changes = self.file_changes();
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                _ = ticker.tick() => {}
+                _ = ticker.tick() => {
+                    // A directory that did not exist may exist now.
+                    if changes.is_none() {
+                        changes = self.file_changes();
+                    }
+                }
+                result = next_change(&mut changes) => {
+                    if let Err(error) = result {
+                        debug!(error = %error, "inotify failed, polling hosts files only");
+                        changes = None;
+                    }
+                }
+                // New files: watch their directories, then check them.
+                () = self.shared.paths_changed.notified() => changes = self.file_changes(),
             }
             let hosts = self.clone();
             let outcome = match tokio::task::spawn_blocking(move || hosts.reload_if_changed()).await
@@ -308,6 +334,15 @@ impl LocalHosts {
                 ),
             }
         }
+    }
+
+    /// An inotify watch over the current files' directories (`None`: none).
+    fn file_changes(&self) -> Option<FileChanges> {
+        let paths = self.paths();
+        if paths.is_empty() {
+            return None;
+        }
+        FileChanges::new(&paths)
     }
 
     /// Reloads when any file's stamp differs from the last load attempt.
@@ -346,6 +381,14 @@ impl LocalHosts {
             .control
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The next event of `changes`, or never when there is no inotify watch.
+async fn next_change(changes: &mut Option<FileChanges>) -> io::Result<()> {
+    match changes {
+        Some(changes) => changes.changed().await,
+        None => std::future::pending().await,
     }
 }
 

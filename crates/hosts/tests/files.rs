@@ -206,6 +206,46 @@ async fn watch_reloads_when_a_file_changes() {
         .expect("watcher did not panic");
 }
 
+/// With a poll far longer than the test, only inotify can bring the changes in:
+/// an edit, a replacement by rename, a file appearing, and after a config
+/// reload (`set_paths`) a file in another directory.
+#[tokio::test]
+async fn watch_sees_changes_without_waiting_for_the_poll() {
+    let dir = Dir::new();
+    let other = Dir::new();
+    let path = dir.file("hosts", "10.0.0.1 web\n");
+    let missing = dir.path("addn-hosts");
+    let hosts = LocalHosts::load(vec![path.clone(), missing.clone()]).expect("load");
+    let shutdown = CancellationToken::new();
+    let watcher = tokio::spawn(
+        hosts
+            .clone()
+            .watch(Duration::from_secs(3600), shutdown.clone()),
+    );
+
+    write(&path, "10.0.0.9 web\n");
+    wait_for(|| addresses(&hosts, "web") == Some(vec![ip("10.0.0.9")])).await;
+
+    let staged = dir.file("staged", "10.0.0.7 web\n");
+    std::fs::rename(&staged, &path).expect("rename");
+    wait_for(|| addresses(&hosts, "web") == Some(vec![ip("10.0.0.7")])).await;
+
+    write(&missing, "10.0.0.5 printer\n");
+    wait_for(|| addresses(&hosts, "printer") == Some(vec![ip("10.0.0.5")])).await;
+
+    let moved = other.file("hosts", "10.0.0.3 db\n");
+    hosts.set_paths(vec![moved.clone()]).expect("set paths");
+    assert_eq!(addresses(&hosts, "db"), Some(vec![ip("10.0.0.3")]));
+    write(&moved, "10.0.0.4 db\n");
+    wait_for(|| addresses(&hosts, "db") == Some(vec![ip("10.0.0.4")])).await;
+
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), watcher)
+        .await
+        .expect("watcher stops on shutdown")
+        .expect("watcher did not panic");
+}
+
 async fn wait_for(mut condition: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while !condition() {
