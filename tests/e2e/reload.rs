@@ -277,7 +277,12 @@ async fn hosts_files_are_answered_and_sighup_re_reads_them() {
         "# local names\n192.0.2.50 build-box build-box.lan\n",
     );
     write(&extra, "192.0.2.60 printer.lan\n");
-    // A watch interval longer than the test: only SIGHUP can bring an edit in.
+    // The file is edited in place through a hard link in another directory: inotify
+    // watches the hosts file's directory, so it never hears of that edit, and the safety
+    // poll (watch_interval) is longer than the test: only SIGHUP can bring the edit in.
+    let elsewhere = tempfile::tempdir().expect("second directory");
+    let hosts_link = elsewhere.path().join("hosts-link");
+    std::fs::hard_link(&hosts, &hosts_link).expect("hard link");
     let config_text = |files: &str| {
         format!(
             "{}\n[dns]\nlisten = [\"127.0.0.1:0\"]\n\n[hosts]\nfiles = [{files}]\nwatch_interval = \"5m\"\n",
@@ -298,7 +303,7 @@ async fn hosts_files_are_answered_and_sighup_re_reads_them() {
     );
     assert_eq!(sorted_addresses(&answer), vec![ip("192.0.2.50")]);
 
-    write(&hosts, "192.0.2.51 build-box.lan\n");
+    std::fs::write(&hosts_link, "192.0.2.51 build-box.lan\n").expect("edit in place");
     server.hangup();
     server
         .wait_for("Hosts files re-read", 1, Duration::from_secs(8))

@@ -81,6 +81,10 @@ pub struct AgentStats {
     pub subscriptions_created: u64,
     /// Change events this agent's subscriptions received.
     pub change_events: u64,
+    /// HTTP requests this agent received from its local clients, counted when each
+    /// arrives (`rpcs` is counted when the answer leaves, so a re-issued blocking query
+    /// shows there only when it returns): when a client sent each request.
+    pub requests_received: u64,
 }
 
 /// A materialized view's key: one agent's request type, datacenter and cache key.
@@ -131,6 +135,11 @@ impl Default for ServerLoad {
 impl ServerLoad {
     fn agent(&mut self, agent: &str) -> &mut AgentStats {
         self.agents.entry(agent.to_owned()).or_default()
+    }
+
+    /// A local client's request reached `agent`.
+    pub(crate) fn count_request(&mut self, agent: &str) {
+        self.agent(agent).requests_received += 1;
     }
 
     /// One server RPC answered with `body_bytes`.

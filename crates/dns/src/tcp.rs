@@ -375,6 +375,13 @@ async fn connection<C: CatalogView, F: Upstream>(
     shared: Arc<Shared<C, F>>,
 ) {
     let limits = &shared.limits;
+    // Each answer is one complete frame written at once: Nagle's algorithm would only hold
+    // a pipelined client's next answer until the previous one is acknowledged (Go's net,
+    // and so CoreDNS, sets TCP_NODELAY on every connection for the same reason). One
+    // syscall per connection; a failure only costs that latency.
+    if let Err(error) = stream.set_nodelay(true) {
+        debug!(error = %error, "TCP_NODELAY not set");
+    }
     let opened = Instant::now();
     let end_of_life = opened + limits.max_lifetime;
     let mut idle_since = opened;

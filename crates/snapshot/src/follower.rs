@@ -46,7 +46,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use dnsfront_consul::{self as consul, Backoff, HALF_JITTER, Pace, QueryOptions};
+use dnsfront_consul::{self as consul, Backoff, HALF_JITTER, IndexChange, Pace, QueryOptions};
 use rand::Rng as _;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -692,8 +692,8 @@ impl Worker {
                 () = shutdown.cancelled() => return None,
                 response = read => response,
             };
-            let response = match response {
-                Ok((response, _)) => response,
+            let (response, change) = match response {
+                Ok(answer) => answer,
                 Err(error) => {
                     self.consul_failed("reading the snapshot key", &error);
                     if !self.sleep_backoff(shutdown).await {
@@ -714,7 +714,9 @@ impl Worker {
                 // Nothing sent, so nothing to be behind on.
                 metrics::set_behind(false);
                 settled = None;
-                if self.pointer_usable().await {
+                // Not on a backwards index: a snapshot restore wakes every node at once,
+                // and the next answer (after the watch's spread) looks instead.
+                if change != IndexChange::Reset && self.pointer_usable().await {
                     return Some(Mode::Pointer);
                 }
                 continue;
@@ -743,8 +745,9 @@ impl Worker {
                     Outcome::Shutdown => return None,
                 }
             }
-            // A publisher that writes pointers took over: follow the pointer from now on.
-            if self.pointer_usable().await {
+            // A publisher that writes pointers took over: follow the pointer from now on
+            // (not looked for on a backwards index, which wakes the whole fleet at once).
+            if change != IndexChange::Reset && self.pointer_usable().await {
                 tracing::info!(
                     pointer_key = %config.pointer_key,
                     "Snapshot pointer found, following it instead of the snapshot key"

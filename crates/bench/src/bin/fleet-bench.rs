@@ -268,12 +268,13 @@ fn percentile(sorted: &[Duration], pct: usize) -> f64 {
     sorted[rank - 1].as_secs_f64() * 1000.0
 }
 
-/// What an agent has sent to the servers: RPCs plus subscriptions created.
+/// Requests a node has sent to its agent, counted as each arrives (a re-issued blocking
+/// read is seen when it is sent, not when it returns).
 fn sent(stats: &ServerStats, agent: &str) -> u64 {
     stats
         .agents
         .get(agent)
-        .map_or(0, |agent| agent.rpcs + agent.subscriptions_created)
+        .map_or(0, |agent| agent.requests_received)
 }
 
 /// Waits until every node answers every name with at least one address.

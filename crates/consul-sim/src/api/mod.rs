@@ -92,6 +92,7 @@ pub(crate) async fn handle(sim: &Sim, request: http::Request<Bytes>) -> Resp {
     };
     let plan = {
         let mut state = sim.lock();
+        state.load.count_request(&agent);
         state.requests.push(RequestRecord {
             method: parts.method.to_string(),
             path: raw_path.to_owned(),
