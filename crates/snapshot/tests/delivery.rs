@@ -4,13 +4,14 @@
 
 mod common;
 
+use common::client;
+
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use consul_sim::{Sim, SimServer};
-use dnsfront_consul as consul;
+use consul_sim::Sim;
 use dnsfront_snapshot::delivery::{
     AfterCommand, CommandOutcome, Delivery, DeliveryConfig, FileOutcome, HostsFile,
 };
@@ -238,15 +239,6 @@ impl Collected {
             .filter(|event| event.tags.contains(&tag))
             .count()
     }
-}
-
-fn client(server: &SimServer) -> consul::Client {
-    consul::Client::new(consul::Config {
-        address: server.url(),
-        request_timeout: Duration::from_secs(5),
-        ..consul::Config::default()
-    })
-    .expect("client")
 }
 
 async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {

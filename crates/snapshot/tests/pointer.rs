@@ -4,10 +4,10 @@
 
 mod common;
 
+use common::{client, register, start};
 use std::time::Duration;
 
-use consul_sim::{Registration, Sim, SimServer};
-use dnsfront_consul as consul;
+use consul_sim::{Sim, SimServer};
 use dnsfront_snapshot::follower::{Follower, FollowerConfig};
 use dnsfront_snapshot::pointer::{MAX_POINTER_SIZE, Pointer};
 use dnsfront_snapshot::publisher::{Publisher, PublisherConfig};
@@ -21,31 +21,6 @@ const KEY: &str = "dnsfront/hosts";
 const POINTER_KEY: &str = "dnsfront/hosts.pointer";
 const VALUE_PATH: &str = "/v1/kv/dnsfront/hosts";
 const POINTER_PATH: &str = "/v1/kv/dnsfront/hosts.pointer";
-
-async fn start(sim: &Sim) -> SimServer {
-    sim.serve("127.0.0.1:0".parse().expect("valid address"))
-        .await
-        .expect("bind consul-sim")
-}
-
-fn client(server: &SimServer) -> consul::Client {
-    consul::Client::new(consul::Config {
-        address: server.url(),
-        request_timeout: Duration::from_secs(5),
-        ..consul::Config::default()
-    })
-    .expect("valid client config")
-}
-
-fn register(sim: &Sim, service: &str, node: &str, address: &str) {
-    sim.register(
-        Registration::new(service)
-            .id(&format!("{service}-{node}"))
-            .node(node, address)
-            .port(80)
-            .check(&format!("service:{service}-{node}"), "passing"),
-    );
-}
 
 fn follower_config(dir: &std::path::Path, fetch_spread: Duration) -> FollowerConfig {
     FollowerConfig {

@@ -2,6 +2,7 @@
 
 mod common;
 
+use common::{client, register, start};
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::Path;
@@ -24,31 +25,6 @@ const LOCK_KEY: &str = "dnsfront/hosts.lock";
 const STOP_KEY: &str = "dnsfront/hosts-stop";
 const POINTER_KEY: &str = "dnsfront/hosts.pointer";
 const DATA_PATH: &str = "/v1/kv/dnsfront/hosts";
-
-async fn start(sim: &Sim) -> SimServer {
-    sim.serve("127.0.0.1:0".parse().expect("valid address"))
-        .await
-        .expect("bind consul-sim")
-}
-
-fn client(server: &SimServer) -> consul::Client {
-    consul::Client::new(consul::Config {
-        address: server.url(),
-        request_timeout: Duration::from_secs(5),
-        ..consul::Config::default()
-    })
-    .expect("valid client config")
-}
-
-fn register(sim: &Sim, service: &str, node: &str, address: &str) {
-    sim.register(
-        Registration::new(service)
-            .id(&format!("{service}-{node}"))
-            .node(node, address)
-            .port(80)
-            .check(&format!("service:{service}-{node}"), "passing"),
-    );
-}
 
 fn publisher_config(identity: &str) -> PublisherConfig {
     PublisherConfig {

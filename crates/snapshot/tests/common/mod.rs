@@ -5,8 +5,10 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
-use dnsfront_consul::{InstanceStatus, Node, ServiceInstance};
+use consul_sim::{Registration, Sim, SimServer};
+use dnsfront_consul::{self as consul, InstanceStatus, Node, ServiceInstance};
 use dnsfront_snapshot::codec::{FORMAT_VERSION, MAGIC};
 use dnsfront_snapshot::{SigningKey, Snapshot};
 use flate2::{Compression, write::GzEncoder};
@@ -265,4 +267,32 @@ pub(crate) fn tags_document(count: usize) -> Vec<u8> {
     }
     json.extend_from_slice(br#"],"weight":1,"status":"passing"}]},"nodes":{}}"#);
     json
+}
+
+/// A simulator served on an ephemeral loopback port.
+pub(crate) async fn start(sim: &Sim) -> SimServer {
+    sim.serve("127.0.0.1:0".parse().expect("valid address"))
+        .await
+        .expect("bind consul-sim")
+}
+
+/// A client of `server` with a 5 s request timeout.
+pub(crate) fn client(server: &SimServer) -> consul::Client {
+    consul::Client::new(consul::Config {
+        address: server.url(),
+        request_timeout: Duration::from_secs(5),
+        ..consul::Config::default()
+    })
+    .expect("valid client config")
+}
+
+/// Registers one passing instance of `service` on `node`.
+pub(crate) fn register(sim: &Sim, service: &str, node: &str, address: &str) {
+    sim.register(
+        Registration::new(service)
+            .id(&format!("{service}-{node}"))
+            .node(node, address)
+            .port(80)
+            .check(&format!("service:{service}-{node}"), "passing"),
+    );
 }
