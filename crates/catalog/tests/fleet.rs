@@ -4,37 +4,20 @@
 //! plain reads; failures of watches in flight together are one breaker event;
 //! node names come from health data already held.
 
-use std::future::Future;
+mod common;
+
 use std::time::Duration;
 
 use consul_sim::{Fault, Registration, RequestRecord, Sim, SimServer};
 use dnsfront_catalog::{
     Cache, CircuitState, Config, EntryFreshness, Freshness, Lookup, RefreshMode, RefreshState,
 };
-use dnsfront_consul as consul;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use common::{bounded, eventually, param, requests_to, start_cache, watch_config};
+
 const WEB: &str = "/v1/health/service/web";
-
-/// Upper bound for any single wait, so a broken step fails instead of hanging.
-async fn bounded<T>(future: impl Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(15), future)
-        .await
-        .expect("step finished within 15s")
-}
-
-/// Polls `check` every 10 ms until it holds; panics after `limit`.
-async fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !check() {
-        assert!(
-            started.elapsed() < limit,
-            "timed out after {limit:?}: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
 
 async fn serve(sim: &Sim) -> SimServer {
     sim.serve("127.0.0.1:0".parse().expect("valid addr"))
@@ -42,50 +25,8 @@ async fn serve(sim: &Sim) -> SimServer {
         .expect("sim serves")
 }
 
-fn client(server: &SimServer) -> consul::Client {
-    consul::Client::new(consul::Config {
-        address: server.url(),
-        request_timeout: Duration::from_millis(500),
-        ..consul::Config::default()
-    })
-    .expect("valid client config")
-}
-
-/// The default mode (watch) with short waits so that tests take seconds.
-fn fast_config() -> Config {
-    Config {
-        watch_wait: Duration::from_millis(300),
-        watch_min_interval: Duration::from_millis(50),
-        refresh_interval: Duration::from_millis(200),
-        refresh_jitter: 0.0,
-        first_fetch_timeout: Duration::from_secs(1),
-        negative_ttl: Duration::from_millis(500),
-        idle_timeout: Duration::from_secs(30),
-        backoff_min: Duration::from_millis(100),
-        backoff_max: Duration::from_millis(400),
-        ..Config::default()
-    }
-}
-
-fn start_cache(config: Config, server: &SimServer) -> (Cache, CancellationToken) {
-    let cache = Cache::new(config, client(server)).expect("valid cache config");
-    let shutdown = CancellationToken::new();
-    tokio::spawn(cache.clone().run(shutdown.clone()));
-    (cache, shutdown)
-}
-
-fn requests_to(sim: &Sim, path: &str) -> Vec<RequestRecord> {
-    sim.requests()
-        .into_iter()
-        .filter(|record| record.path == path)
-        .collect()
-}
-
 fn has(record: &RequestRecord, name: &str) -> bool {
-    record.query.split('&').any(|pair| {
-        let key = pair.split_once('=').map_or(pair, |(key, _)| key);
-        key == name
-    })
+    param(record, name).is_some()
 }
 
 fn register(sim: &Sim, service: &str, node: &str, address: &str) {
@@ -130,7 +71,7 @@ async fn watch_is_the_default_and_its_blocking_reads_are_streamed() {
     let sim = Sim::new();
     register(&sim, "web", "n1", "10.0.0.1");
     let server = serve(&sim).await;
-    let (cache, shutdown) = start_cache(fast_config(), &server);
+    let (cache, shutdown) = start_cache(watch_config(), &server);
     assert!(found_fresh(&bounded(cache.service("web", None)).await));
     let asking = keep_asking(&cache, &["web".to_owned()], false);
     eventually(Duration::from_secs(3), "a streamed watch answered", || {
@@ -176,7 +117,7 @@ async fn poll_reads_reach_the_servers_so_an_outage_is_seen() {
     let server = serve(&sim).await;
     let config = Config {
         refresh: RefreshMode::Poll,
-        ..fast_config()
+        ..watch_config()
     };
     let (cache, shutdown) = start_cache(config, &server);
     assert!(found_fresh(&bounded(cache.service("web", None)).await));
@@ -244,7 +185,7 @@ async fn failures_of_watches_in_flight_together_are_one_breaker_event() {
         watch_wait: Duration::from_secs(30),
         backoff_min: Duration::from_millis(300),
         backoff_max: Duration::from_secs(1),
-        ..fast_config()
+        ..watch_config()
     };
     let (cache, shutdown) = start_cache(config, &server);
     for name in &names {
@@ -332,7 +273,7 @@ async fn a_node_named_by_a_cached_service_is_answered_without_a_catalog_read() {
             .port(80),
     );
     let server = serve(&sim).await;
-    let (cache, shutdown) = start_cache(fast_config(), &server);
+    let (cache, shutdown) = start_cache(watch_config(), &server);
     assert!(found_fresh(&bounded(cache.service("web", None)).await));
     let Lookup::Found(node, Freshness::Fresh) = bounded(cache.node("N1", None)).await else {
         panic!("n1 answered");
@@ -347,7 +288,7 @@ async fn a_node_named_by_a_cached_service_is_answered_without_a_catalog_read() {
     assert_eq!(info.from_service.as_deref(), Some("web"));
 
     // The same data a catalog read gives (a cache that holds no service).
-    let (reader, reader_shutdown) = start_cache(fast_config(), &server);
+    let (reader, reader_shutdown) = start_cache(watch_config(), &server);
     let Lookup::Found(read, _) = bounded(reader.node("n1", None)).await else {
         panic!("n1 read");
     };
@@ -396,7 +337,7 @@ async fn a_node_no_cached_service_names_is_read_and_polled_slowly() {
     let server = serve(&sim).await;
     let config = Config {
         node_refresh_interval: Duration::from_secs(3),
-        ..fast_config()
+        ..watch_config()
     };
     let (cache, shutdown) = start_cache(config, &server);
     let Lookup::Found(node, Freshness::Fresh) = bounded(cache.node("db1", None)).await else {

@@ -2,40 +2,19 @@
 //! (blocking queries), poll mode and the fast path's witnesses, counted with the
 //! simulator's request log.
 
-use std::future::Future;
+mod common;
+
 use std::time::Duration;
 
 use consul_sim::{Fault, Registration, RequestRecord, Sim, SimServer};
 use dnsfront_catalog::{
     Cache, CircuitState, Config, EntryFreshness, Lookup, RefreshMode, RefreshState,
 };
-use dnsfront_consul as consul;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use common::{bounded, eventually, param, requests_to, start_cache, watch_config};
+
 const WEB: &str = "/v1/health/service/web";
-
-/// Upper bound for any single wait, so a broken watch fails instead of hanging.
-async fn bounded<T>(future: impl Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(15), future)
-        .await
-        .expect("step finished within 15s")
-}
-
-/// Polls `check` every 10 ms until it holds; panics after `limit`.
-async fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) -> Duration {
-    let started = Instant::now();
-    loop {
-        if check() {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < limit,
-            "timed out after {limit:?}: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
 
 async fn start_sim() -> (Sim, SimServer) {
     let sim = Sim::new();
@@ -53,57 +32,8 @@ async fn start_sim() -> (Sim, SimServer) {
     (sim, server)
 }
 
-fn client(server: &SimServer) -> consul::Client {
-    consul::Client::new(consul::Config {
-        address: server.url(),
-        // Much shorter than the waits below: blocking queries must outlive it.
-        request_timeout: Duration::from_millis(500),
-        ..consul::Config::default()
-    })
-    .expect("valid client config")
-}
-
-/// Watch mode with short waits so that tests take seconds.
-fn watch_config() -> Config {
-    Config {
-        refresh: RefreshMode::Watch,
-        watch_wait: Duration::from_millis(300),
-        watch_min_interval: Duration::from_millis(50),
-        refresh_interval: Duration::from_millis(200),
-        refresh_jitter: 0.0,
-        first_fetch_timeout: Duration::from_secs(1),
-        negative_ttl: Duration::from_millis(500),
-        idle_timeout: Duration::from_secs(30),
-        backoff_min: Duration::from_millis(100),
-        backoff_max: Duration::from_millis(400),
-        ..Config::default()
-    }
-}
-
-/// Builds the cache and starts its background refresher.
-fn start_cache(config: Config, server: &SimServer) -> (Cache, CancellationToken) {
-    let cache = Cache::new(config, client(server)).expect("valid cache config");
-    let shutdown = CancellationToken::new();
-    tokio::spawn(cache.clone().run(shutdown.clone()));
-    (cache, shutdown)
-}
-
-fn requests_to(sim: &Sim, path: &str) -> Vec<RequestRecord> {
-    sim.requests()
-        .into_iter()
-        .filter(|record| record.path == path)
-        .collect()
-}
-
 fn count(sim: &Sim, path: &str) -> usize {
     requests_to(sim, path).len()
-}
-
-fn param<'a>(record: &'a RequestRecord, name: &str) -> Option<&'a str> {
-    record.query.split('&').find_map(|pair| {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        (key == name).then_some(value)
-    })
 }
 
 async fn instances(cache: &Cache, service: &str) -> usize {
