@@ -5,15 +5,16 @@
 //! periodic check; through the real binary, the real SIGHUP path and the
 //! simulator's ACLs over HTTP and its TLS listener.
 
-use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::os::unix::fs::MetadataExt as _;
 use std::time::Duration;
 
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 use test_support::{Ask, sorted_addresses, udp};
 
-use crate::binary::{Server, Setup, write};
+use crate::binary::{Server, write};
 use crate::harness::{eventually, ip, standard_sim};
+use crate::token_rotation::start_with_token_file;
 
 const REJECTED: &str = "Consul rejects the ACL token";
 const ACCEPTED: &str = "Consul accepts the ACL token again";
@@ -30,22 +31,7 @@ fn stamp(path: &std::path::Path) -> (std::time::SystemTime, u64, u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_rereads_a_token_file_rotated_without_a_visible_change() {
-    let sim = standard_sim();
-    sim.set_acl_tokens(&["token-aaaa"]);
-    let setup = Setup::with_sim(sim.clone()).await;
-    let token_file = setup.dir.path().join("consul-token");
-    write(&token_file, "token-aaaa\n");
-    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    let config = format!(
-        "{}\n[dns]\nlisten = [\"127.0.0.1:0\"]\n\n[forward]\nresolv_file = \"/nonexistent/dnsfront-tests/resolv.conf\"\n",
-        setup.base()
-    )
-    .replace(
-        "[consul]\n",
-        &format!("[consul]\ntoken_file = {:?}\n", token_file.display().to_string()),
-    );
-    write(&setup.config, &config);
-    let server = Server::start(&setup.config).await;
+    let (sim, setup, token_file, server) = start_with_token_file("token-aaaa").await;
     let web = Ask::new("web.service.consul.", RecordType::A);
     let (answer, _) = udp(server.dns, &web).await;
     assert_eq!(answer.metadata.response_code, ResponseCode::NoError);

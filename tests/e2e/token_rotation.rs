@@ -4,8 +4,10 @@
 //! rewritten with a new token takes effect with no restart and no reload.
 
 use std::os::unix::fs::PermissionsExt as _;
+use std::path::PathBuf;
 use std::time::Duration;
 
+use consul_sim::Sim;
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 use test_support::{Ask, sorted_addresses, udp};
@@ -24,13 +26,14 @@ fn acl_line(report: &str) -> String {
         .to_owned()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_revoked_token_is_logged_once_keeps_stale_answers_and_a_rotated_file_takes_effect_live() {
+/// The real binary against a simulator that accepts only `token`, read from a 0600
+/// `token_file` in the setup's directory: (simulator, setup, token file, server).
+pub(crate) async fn start_with_token_file(token: &str) -> (Sim, Setup, PathBuf, Server) {
     let sim = standard_sim();
-    sim.set_acl_tokens(&["token-one"]);
+    sim.set_acl_tokens(&[token]);
     let setup = Setup::with_sim(sim.clone()).await;
     let token_file = setup.dir.path().join("consul-token");
-    write(&token_file, "token-one\n");
+    write(&token_file, &format!("{token}\n"));
     std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     let config = format!(
         "{}\n[dns]\nlisten = [\"127.0.0.1:0\"]\n\n[forward]\nresolv_file = \"/nonexistent/dnsfront-tests/resolv.conf\"\n",
@@ -42,6 +45,12 @@ async fn a_revoked_token_is_logged_once_keeps_stale_answers_and_a_rotated_file_t
     );
     write(&setup.config, &config);
     let server = Server::start(&setup.config).await;
+    (sim, setup, token_file, server)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_is_logged_once_keeps_stale_answers_and_a_rotated_file_takes_effect_live() {
+    let (sim, setup, token_file, server) = start_with_token_file("token-one").await;
     let web = Ask::new("web.service.consul.", RecordType::A);
     let (answer, _) = udp(server.dns, &web).await;
     assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
