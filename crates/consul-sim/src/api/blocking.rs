@@ -181,21 +181,21 @@ where
 {
     let sim = call.sim;
     let params = call.params;
-    let (mut opts, jitter) = {
+    let (opts, jitter) = {
         let state = sim.lock();
-        let opts = match ReadOpts::parse(&state, params) {
+        let mut opts = match ReadOpts::parse(&state, params) {
             Ok(opts) => opts,
             Err(response) => return response,
         };
         if !opts.stale && state.no_leader() {
             return no_leader();
         }
+        opts.streaming = view.is_some()
+            && state.streaming
+            && (opts.cached || opts.index > 0)
+            && !params.has("near");
         (opts, state.jitter)
     };
-    opts.streaming = view.is_some()
-        && sim.lock().streaming
-        && (opts.cached || opts.index > 0)
-        && !params.has("near");
     let _view = match &view {
         Some(view) if opts.streaming => Some(ViewReader::open(call, &opts.dc, view)),
         _ => None,
