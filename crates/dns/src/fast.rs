@@ -655,8 +655,10 @@ fn inspect(message: &[u8], name_len: usize) -> Option<(Layout, u32, Vec<u16>)> {
         message.get(at..at + rdlength)?;
         at += rdlength;
         if record_type == TYPE_OPT {
-            // Our OPT: options (EDE) mean a degraded answer.
-            if rdlength != 0 {
+            // An OPT belongs in the Additional section only (RFC 6891 §6.1.1):
+            // one in the Answer would break the equal-sized layout that a copy
+            // shuffles. Our OPT with options (EDE) means a degraded answer.
+            if index < answers + usize::from(u16_at(message, 8)?) || rdlength != 0 {
                 return None;
             }
             continue;
@@ -860,6 +862,34 @@ mod tests {
             bad[28..30].copy_from_slice(&pointer);
             assert!(inspect(&bad, 12).is_none(), "{pointer:?}");
         }
+    }
+
+    /// Found by fuzz/fast_path (CI): an OPT in the Answer section was skipped
+    /// like the Additional one, so an A record followed by a shorter OPT gave
+    /// a layout of 2 × 16 bytes over a message that ended sooner, and a copy's
+    /// shuffle indexed past the 512-byte buffer (a panic on the UDP thread
+    /// that one upstream reply could trigger).
+    #[test]
+    fn inspect_refuses_an_opt_outside_the_additional_section() {
+        let a = [10, 0, 0, 1];
+        let mut opt_in_answer = response(&[(1, &a, 5)], 0);
+        opt_in_answer[7] = 2;
+        opt_in_answer.extend_from_slice(&[0, 0, 41, 4, 208, 0, 0, 0, 0, 0, 0]);
+        assert!(inspect(&opt_in_answer, 12).is_none(), "OPT in the Answer");
+        let mut opt_in_authority = response(&[(1, &a, 5)], 0);
+        opt_in_authority[9] = 1;
+        opt_in_authority.extend_from_slice(&[0, 0, 41, 4, 208, 0, 0, 0, 0, 0, 0]);
+        assert!(
+            inspect(&opt_in_authority, 12).is_none(),
+            "OPT in the Authority"
+        );
+        let mut opt_in_additional = response(&[(1, &a, 5)], 0);
+        opt_in_additional[11] = 1;
+        opt_in_additional.extend_from_slice(&[0, 0, 41, 4, 208, 0, 0, 0, 0, 0, 0]);
+        assert!(
+            inspect(&opt_in_additional, 12).is_some(),
+            "OPT in the Additional"
+        );
     }
 
     #[test]
