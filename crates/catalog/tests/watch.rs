@@ -544,6 +544,54 @@ async fn poll_mode_is_unchanged() {
     shutdown.cancel();
 }
 
+/// Polled names first asked at different moments fall into step: the pass
+/// that reads one reads those due within half a period too, so a resolver
+/// wakes once per period for all its names (issue 16: idle wake-ups), not once
+/// per name. Without it, names asked 400 ms apart keep their phases forever
+/// (no jitter here) and their ages never come closer than 800 ms.
+#[tokio::test]
+async fn polled_names_are_read_together() {
+    let (sim, server) = start_sim().await;
+    for (name, address) in [("api", "10.0.0.2"), ("db", "10.0.0.3")] {
+        sim.register(
+            Registration::new(name)
+                .id(&format!("{name}-1"))
+                .node(&format!("n-{name}"), address)
+                .port(80),
+        );
+    }
+    let config = Config {
+        refresh: RefreshMode::Poll,
+        refresh_interval: Duration::from_secs(2),
+        ..watch_config()
+    };
+    let (cache, shutdown) = start_cache(config, &server);
+    let names = ["web", "api", "db"];
+    for name in names {
+        assert_eq!(bounded(instances(&cache, name)).await, 1);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    let asking = keep_asking(&cache, &names);
+    let spread = || {
+        let ages: Vec<u64> = names
+            .iter()
+            .map(|name| cache.describe_service(name, None).expect("cached").age_ms)
+            .collect();
+        ages.iter().max().copied().unwrap_or(0) - ages.iter().min().copied().unwrap_or(0)
+    };
+    eventually(
+        Duration::from_secs(8),
+        "the three names refreshed in one pass (ages within 300 ms)",
+        || spread() < 300,
+    )
+    .await;
+    // Each is still read about once per period, not more.
+    let reads = requests_to(&sim, WEB).len();
+    assert!((2..=6).contains(&reads), "web read {reads} times");
+    asking.cancel();
+    shutdown.cancel();
+}
+
 /// The fast path's cheap re-check: a witness survives refreshes that bring the
 /// same data (in both modes), and fails once Consul's data changes or goes stale.
 #[tokio::test]

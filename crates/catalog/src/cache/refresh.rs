@@ -351,6 +351,8 @@ impl Inner {
     fn plan_pass(&self, now: Instant, services_changed: bool) -> Pass {
         let watch_mode = self.config.refresh == RefreshMode::Watch;
         let mut pass = Pass::default();
+        // Not due yet, but soon enough to join this pass if it reads anything.
+        let mut soon = Vec::new();
         for (key, slot) in self.slots.iter() {
             if slot.reweigh.swap(false, Ordering::Relaxed) {
                 pass.to_reweigh.push((Arc::clone(&key), Arc::clone(&slot)));
@@ -398,10 +400,33 @@ impl Inner {
                 pass.wake_by(now + self.busy_tick());
             } else if waits_for_datacenter {
                 pass.wake_by(now + self.busy_tick());
+            } else if !entry.last_refresh_failed
+                && entry.next_refresh
+                    <= now + self.refresh_period(&entry.value, entry.from_service.is_some()) / 2
+            {
+                soon.push((key, slot, is_node));
             } else {
                 // Up to a busy tick late, as a ticking refresher was: the
                 // names due within it are read in one pass.
                 pass.wake_by(entry.next_refresh + self.busy_tick());
+            }
+        }
+        // Names due within half their period are read with a pass that reads
+        // anything anyway, so a resolver's polled names fall into step and
+        // cost one wake-up per period instead of one each (30 hot names polled
+        // every 10 s: about one pass per 10 s instead of three a second). Each
+        // is read early at most once, when it joins; the fleet stays spread
+        // because each resolver's step has its own random phase and jitter.
+        let batch = !pass.due.is_empty() || pass.nodes.iter().any(|(_, _, due)| *due);
+        for (key, slot, is_node) in soon {
+            if batch {
+                if is_node {
+                    pass.nodes.push((key, slot, true));
+                } else {
+                    pass.due.push((key, slot));
+                }
+            } else {
+                pass.wake_by(slot.entry.load().next_refresh + self.busy_tick());
             }
         }
         pass
