@@ -60,7 +60,10 @@ const BATCH: usize = 16;
 /// empty datagrams sent to its socket ([`wake_until_stopped`]), so an idle
 /// resolver does not wake ten times a second per socket to ask (the idle
 /// cost is paid on every VM of a fleet: benches/README.md, "Idle cost").
-const SHUTDOWN_CHECK: Duration = Duration::from_secs(5);
+/// The wake-up datagrams are re-sent until the thread stops, so this only
+/// bounds shutdown where none can arrive (a firewall dropping loopback
+/// datagrams to the port): 8 s, inside the unit's `TimeoutStopSec=10s`.
+const SHUTDOWN_CHECK: Duration = Duration::from_secs(8);
 /// How often, from shutdown until the thread has stopped, an empty datagram
 /// is sent to its socket to wake it.
 const WAKE_INTERVAL: Duration = Duration::from_millis(10);
