@@ -335,7 +335,7 @@ impl Witness {
             return false;
         }
         let now_ms = inner.millis_since_epoch(now);
-        self.slot.last_access_ms.store(now_ms, Ordering::Relaxed);
+        inner.accessed(&self.slot, now_ms);
         let recency = self.slot.recency_ms.load(Ordering::Relaxed);
         if now_ms.saturating_sub(recency) >= RECENCY_INTERVAL_MS {
             self.slot.recency_ms.store(now_ms, Ordering::Relaxed);
@@ -736,11 +736,13 @@ impl Inner {
         self.node_index.replace(map);
     }
 
-    fn flush_hits(&self) {
+    /// Counts the hits since the last call; true when there were any.
+    fn flush_hits(&self) -> bool {
         let hits = self.pending_hits.swap(0, Ordering::Relaxed);
         if hits > 0 {
             metrics::cache_hits(hits);
         }
+        hits > 0
     }
 
     fn witness(self: &Arc<Self>, key: Key, value: Value) -> Option<Witness> {
@@ -1143,8 +1145,19 @@ impl Inner {
     }
 
     fn touch(&self, slot: &Slot) {
-        slot.last_access_ms
-            .store(self.millis_since_epoch(Instant::now()), Ordering::Relaxed);
+        self.accessed(slot, self.millis_since_epoch(Instant::now()));
+    }
+
+    /// Records an access at `now_ms`. A name asked again after it went idle
+    /// wakes the refresher, which sleeps long while nothing is asked (see
+    /// [`Cache::run`]): its watch or poll starts again at once.
+    fn accessed(&self, slot: &Slot, now_ms: u64) {
+        let idle_ms = u64::try_from(self.config.idle_timeout.as_millis()).unwrap_or(u64::MAX);
+        let previous = slot.last_access_ms.load(Ordering::Relaxed);
+        slot.last_access_ms.store(now_ms, Ordering::Relaxed);
+        if now_ms.saturating_sub(previous) > idle_ms && !slot.watching.load(Ordering::Relaxed) {
+            self.refresher_wake.notify_one();
+        }
     }
 
     fn millis_since_epoch(&self, at: Instant) -> u64 {

@@ -310,6 +310,8 @@ async fn idle_names_stop_being_watched_and_resume_when_asked_again() {
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(count(&sim, WEB), stopped_at, "no requests for an idle name");
 
+    // The refresher now sleeps up to a minute (nothing is asked); the name
+    // asked again wakes it, so its watch starts at once.
     assert_eq!(bounded(instances(&cache, "web")).await, 1);
     until_watched(&cache, "web").await;
     tokio::time::sleep(Duration::from_millis(100)).await;

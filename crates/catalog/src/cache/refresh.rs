@@ -28,6 +28,9 @@ pub(super) const MODE_WATCH: &str = "watch";
 /// `mode` tag of every other read (first fetches, periodic and on-demand re-reads).
 pub(super) const MODE_POLL: &str = "poll";
 
+/// Longest sleep of the refresher while nothing is asked (see [`Cache::run`]).
+const IDLE_PASS_INTERVAL: Duration = Duration::from_secs(60);
+
 /// What one pass of the refresher found to do.
 #[derive(Default)]
 struct Pass {
@@ -72,16 +75,21 @@ impl Cache {
     /// a watch loop for each hot name (up to `max_watches`; the rest are polled);
     /// a loop ends when its name goes idle, leaves the cache, or on shutdown.
     ///
-    /// It sleeps between passes until the next refresh is due (at most half a
-    /// `refresh_interval`, so a name asked again after going idle is seen
-    /// before its data is due: `refresh_jitter` is at most 0.5), or until a
-    /// name is cached for the first time; never two passes closer than the
-    /// busy tick. An idle resolver whose hot names are all watched wakes
-    /// twice per `refresh_interval`, not ten times.
+    /// It sleeps between passes until the next refresh is due, or until a
+    /// name is cached for the first time or asked again after going idle;
+    /// never two passes closer than the busy tick. While names are asked it
+    /// looks at least every half `refresh_interval` (hit counts, gauges);
+    /// while nothing is asked, only when something is due, or every
+    /// [`IDLE_PASS_INTERVAL`] to drop data older than `max_stale`: a resolver
+    /// whose hot names are all watched does not wake for nothing (the idle
+    /// cost is paid on every VM of a fleet).
     pub async fn run(self, shutdown: CancellationToken) {
         let inner = &self.inner;
         let busy_tick = inner.busy_tick();
         let longest_pause = (inner.config.refresh_interval / 2).max(busy_tick);
+        let idle_pause = IDLE_PASS_INTERVAL
+            .min(inner.config.max_stale / 2)
+            .max(longest_pause);
         let mut next_pass = Instant::now();
         let mut last_pass: Option<Instant> = None;
         let mut gauges = None;
@@ -99,9 +107,9 @@ impl Cache {
             }
             let now = Instant::now();
             last_pass = Some(now);
-            inner.flush_hits();
+            let asked = inner.flush_hits();
             let wake_at = inner.refresh_due(&shutdown).await;
-            next_pass = wake_at.min(now + longest_pause);
+            next_pass = wake_at.min(now + if asked { longest_pause } else { idle_pause });
             // Gauges only when they change: the exporters keep (and StatsD
             // re-sends) the last value, and an unchanged one is no news.
             let watches = (inner.config.refresh == RefreshMode::Watch).then(|| inner.watch_count());
@@ -324,7 +332,8 @@ impl Inner {
                 pass.due.push((key, slot));
             }
         }
-        let wake_at = pass.wake_at.unwrap_or(now + self.config.refresh_interval);
+        // Nothing polled: the caller's pause decides.
+        let wake_at = pass.wake_at.unwrap_or(now + IDLE_PASS_INTERVAL);
         for (key, slot, permit) in pass.to_watch {
             let this = Arc::clone(self);
             let shutdown = shutdown.clone();
