@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use cadence::{BufferedUdpMetricSink, BufferedUnixMetricSink, MetricSink, QueuingMetricSink};
+use cadence::{BufferedUdpMetricSink, BufferedUnixMetricSink, MetricSink};
 use metrics::{
     Counter, Gauge, GaugeFn, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit,
 };
@@ -142,7 +142,12 @@ pub const EVENTS_DROPPED: &str = "events.dropped_total";
 /// long after the first line written since the last flush, which bounds the
 /// delay of any line to about one second and sends nothing while nothing is
 /// written.
-/// The `QueuingMetricSink` in front keeps the socket write off the query path.
+/// Lines go straight into that buffer from the thread that records them, with
+/// no queue and sender thread in front (cadence's `QueuingMetricSink`): the
+/// socket is non-blocking, so the occasional datagram send (one per ~1.4 KB
+/// of lines) costs a caller less than a channel send and waking another
+/// thread per line did — on a forwarded miss, and on an idle resolver, where
+/// that thread woke for every line.
 const STATSD_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 /// Gauges are re-sent on this period: a StatsD agent reports a gauge only for
 /// the flush windows in which it received a value (DogStatsD: 10 s), so a
@@ -154,8 +159,6 @@ const STATSD_DATAGRAM_BYTES: usize = 1432;
 /// Largest datagram over a Unix socket (the DogStatsD recommendation for UDS,
 /// the agent's default `dogstatsd_buffer_size`).
 const STATSD_UNIX_DATAGRAM_BYTES: usize = 8192;
-/// Lines waiting for the sender thread; beyond it new lines are dropped.
-const STATSD_QUEUE_LINES: usize = 5000;
 /// How often the Prometheus recorder drains its histogram buffers.
 const PROMETHEUS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// Histogram buckets for the Prometheus endpoint (every histogram is in
@@ -224,9 +227,11 @@ pub fn init_metrics(settings: &MetricsSettings) -> anyhow::Result<Metrics> {
                     if tokio::time::Instant::now() >= repeat_at {
                         gauges.repeat();
                         repeat_at = tokio::time::Instant::now() + GAUGE_REPEAT_INTERVAL;
+                    } else {
+                        // Gather up to a second of lines into as few datagrams as they fill.
+                        // (The repeated gauges are written at once: sent at once.)
+                        tokio::time::sleep(STATSD_FLUSH_INTERVAL).await;
                     }
-                    // Gather up to a second of lines into as few datagrams as they fill.
-                    tokio::time::sleep(STATSD_FLUSH_INTERVAL).await;
                     STATSD_WRITTEN.pending.store(false, Ordering::Release);
                     // Errors (agent not running: ECONNREFUSED) are not worth a log line per second.
                     let _ = flushed.flush();
@@ -521,13 +526,12 @@ fn statsd_recorder(
             ))
         }
     };
-    let queue = QueuingMetricSink::with_capacity(SharedSink(Arc::clone(&sink)), STATSD_QUEUE_LINES);
     // Histograms are sent as DogStatsD distributions (`|d`): the Datadog
     // backend aggregates them across hosts, so fleet-wide percentiles are
     // true percentiles (agent-side `|h` histograms or `|ms` timers would give
     // per-host percentiles that cannot be combined). Values stay in seconds.
     let mut builder = StatsdBuilder::from("", 0)
-        .with_sink(queue)
+        .with_sink(SharedSink(Arc::clone(&sink)))
         .histogram_is_distribution();
     for (key, value) in settings.tags.iter().chain(&settings.statsd_tags) {
         builder = builder.with_default_tag(key, value);

@@ -64,7 +64,17 @@ type Wanted<'a> = (&'a str, &'a dyn Fn(&Line) -> bool);
 
 /// Receives datagrams until every `wanted` predicate matched a line (or 10 s pass).
 async fn receive_until(socket: &UdpSocket, lines: &mut Vec<Line>, wanted: &[Wanted<'_>]) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    receive_within(socket, lines, wanted, Duration::from_secs(10)).await;
+}
+
+/// [`receive_until`] with another limit.
+async fn receive_within(
+    socket: &UdpSocket,
+    lines: &mut Vec<Line>,
+    wanted: &[Wanted<'_>],
+    limit: Duration,
+) {
+    let deadline = tokio::time::Instant::now() + limit;
     let mut buffer = vec![0u8; 65_536];
     loop {
         let missing: Vec<&str> = wanted
@@ -78,7 +88,7 @@ async fn receive_until(socket: &UdpSocket, lines: &mut Vec<Line>, wanted: &[Want
         let received = tokio::time::timeout_at(deadline, socket.recv(&mut buffer)).await;
         let Ok(Ok(size)) = received else {
             let names: Vec<&str> = lines.iter().map(|line| line.name.as_str()).collect();
-            panic!("no StatsD line for {missing:?} within 10s; received {names:?}");
+            panic!("no StatsD line for {missing:?} within {limit:?}; received {names:?}");
         };
         let text = std::str::from_utf8(&buffer[..size]).expect("StatsD datagrams are UTF-8");
         lines.extend(
@@ -259,6 +269,17 @@ async fn statsd_datagrams_carry_names_types_and_tags_after_real_queries() {
             "wildcard UDP socket: {sockets:?}"
         );
     }
+
+    // Gauges are sent again every 10 s with nothing asked in between (a
+    // DogStatsD agent reports a gauge only for the flush windows it got it in).
+    let mut repeated = Vec::new();
+    receive_within(
+        &statsd,
+        &mut repeated,
+        &[("build_info, repeated", &build_info)],
+        Duration::from_secs(20),
+    )
+    .await;
 
     stop(child).await;
     consul.shutdown().await;
