@@ -196,6 +196,10 @@ where
 {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // The files' safety-net checks run on the blocking pool every 30 s:
+        // kept alive past that, its threads are reused instead of started
+        // and ended for each check (tokio's default keeps them 10 s).
+        .thread_keep_alive(std::time::Duration::from_secs(90))
         .build()
     {
         Ok(runtime) => runtime,

@@ -334,8 +334,7 @@ pub fn spawn(
             path: loaded.resolv_file,
             seen: loaded.resolv_seen,
         };
-        let mut poll = tokio::time::interval(RESOLV_POLL_INTERVAL);
-        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut poll = dnsfront_hosts::Ticker::new(RESOLV_POLL_INTERVAL);
         // Rebuilt when a reload names another file; after an inotify failure only the
         // poll runs (no retry loop).
         let mut watched = watch.path.clone();
@@ -440,7 +439,7 @@ fn resolv_changes(path: Option<&Path>) -> Option<dnsfront_hosts::FileChanges> {
 async fn resolv_event(
     events: &mut Option<dnsfront_hosts::FileChanges>,
     watching: bool,
-    poll: &mut tokio::time::Interval,
+    poll: &mut dnsfront_hosts::Ticker,
 ) -> bool {
     if !watching {
         return std::future::pending().await;
@@ -450,7 +449,7 @@ async fn resolv_event(
         return true;
     };
     tokio::select! {
-        _ = poll.tick() => true,
+        () = poll.tick() => true,
         result = changes.changed() => result.is_ok(),
     }
 }

@@ -213,20 +213,21 @@ pub fn init_metrics(settings: &MetricsSettings) -> anyhow::Result<Metrics> {
             let flushed = Arc::clone(&sink);
             tokio::spawn(async move {
                 // Asleep until a line is written or the gauges are due: an idle
-                // resolver wakes once per GAUGE_REPEAT_INTERVAL, not every second.
-                let mut repeat_at = tokio::time::Instant::now() + GAUGE_REPEAT_INTERVAL;
+                // resolver wakes once per GAUGE_REPEAT_INTERVAL, not every second
+                // (on the kernel's timer: tokio's would wake it three times).
+                let mut repeat = dnsfront_hosts::Ticker::new(GAUGE_REPEAT_INTERVAL);
                 loop {
-                    tokio::select! {
+                    let due = tokio::select! {
                         () = STATSD_WRITTEN.notify.notified() => {
                             if !STATSD_WRITTEN.pending.load(Ordering::Acquire) {
                                 continue; // flushed already, with the line that notified
                             }
+                            false
                         }
-                        () = tokio::time::sleep_until(repeat_at) => {}
-                    }
-                    if tokio::time::Instant::now() >= repeat_at {
+                        () = repeat.tick() => true,
+                    };
+                    if due {
                         gauges.repeat();
-                        repeat_at = tokio::time::Instant::now() + GAUGE_REPEAT_INTERVAL;
                     } else {
                         // Gather up to a second of lines into as few datagrams as they fill.
                         // (The repeated gauges are written at once: sent at once.)

@@ -28,6 +28,7 @@
 mod changes;
 pub mod metrics;
 mod parse;
+mod ticker;
 
 use std::io::{self, Read};
 use std::net::IpAddr;
@@ -43,6 +44,7 @@ use tracing::{debug, info, warn};
 pub use changes::FileChanges;
 pub use parse::reverse_address;
 use parse::{Builder, Table, normalize_query};
+pub use ticker::Ticker;
 
 /// Largest hosts file we read (16 MiB, ~400k lines): a bound on memory, and a
 /// guard against pointing the config at the wrong file.
@@ -286,28 +288,30 @@ impl LocalHosts {
     /// stay; the next change retries).
     #[tracing::instrument(skip_all, name = "hosts_watch")]
     pub async fn watch(self, interval: Duration, shutdown: CancellationToken) {
-        let mut ticker = tokio::time::interval(interval.max(Duration::from_millis(10)));
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // Watching first, then the first tick (at once) checks the files: a
-        // change made before the watch existed is not missed.
+        let mut ticker = Ticker::new(interval.max(Duration::from_millis(10)));
+        // Watching first, then a first check at once: a change made before the
+        // watch existed is not missed.
         let mut changes = self.file_changes();
+        let mut first_check = true;
         loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                _ = ticker.tick() => {
-                    // A directory that did not exist may exist now.
-                    if changes.is_none() {
-                        changes = self.file_changes();
+            if !std::mem::take(&mut first_check) {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = ticker.tick() => {
+                        // A directory that did not exist may exist now.
+                        if changes.is_none() {
+                            changes = self.file_changes();
+                        }
                     }
-                }
-                result = next_change(&mut changes) => {
-                    if let Err(error) = result {
-                        debug!(error = %error, "inotify failed, polling hosts files only");
-                        changes = None;
+                    result = next_change(&mut changes) => {
+                        if let Err(error) = result {
+                            debug!(error = %error, "inotify failed, polling hosts files only");
+                            changes = None;
+                        }
                     }
+                    // New files: watch their directories, then check them.
+                    () = self.shared.paths_changed.notified() => changes = self.file_changes(),
                 }
-                // New files: watch their directories, then check them.
-                () = self.shared.paths_changed.notified() => changes = self.file_changes(),
             }
             let hosts = self.clone();
             let outcome = match tokio::task::spawn_blocking(move || hosts.reload_if_changed()).await
