@@ -58,12 +58,15 @@ const BATCH: usize = 16;
 /// How often a UDP thread idle in `recvmmsg` looks at the shutdown token on
 /// its own: a safety net only. At shutdown the thread is woken at once by
 /// empty datagrams sent to its socket ([`wake_until_stopped`]), so an idle
-/// resolver does not wake ten times a second per socket to ask (the idle
-/// cost is paid on every VM of a fleet: benches/README.md, "Idle cost").
-/// The wake-up datagrams are re-sent until the thread stops, so this only
-/// bounds shutdown where none can arrive (a firewall dropping loopback
-/// datagrams to the port): 8 s, inside the unit's `TimeoutStopSec=10s`.
-const SHUTDOWN_CHECK: Duration = Duration::from_secs(8);
+/// resolver does not wake to ask (the idle cost is paid on every VM of a
+/// fleet: benches/README.md, "Idle cost"). This only bounds how long a thread
+/// outlives its server where no datagram can reach it (a firewall dropping
+/// loopback datagrams to the port); shutdown itself waits at most
+/// [`WAKE_GIVE_UP`].
+const SHUTDOWN_CHECK: Duration = Duration::from_secs(60);
+/// How long shutdown sends wake-up datagrams before it stops waiting for a
+/// thread (within the unit's `TimeoutStopSec=10s`).
+const WAKE_GIVE_UP: Duration = Duration::from_secs(5);
 /// How often, from shutdown until the thread has stopped, an empty datagram
 /// is sent to its socket to wake it.
 const WAKE_INTERVAL: Duration = Duration::from_millis(10);
@@ -135,11 +138,7 @@ pub(crate) fn spawn<C: CatalogView, F: Upstream>(
             drop(socket);
             let _ = done.send(result);
         })?;
-    Ok(async move {
-        wake_until_stopped(stopped, &shutdown, wake_at)
-            .await
-            .unwrap_or_else(|_| Err(NetError::from("UDP thread ended without a result")))
-    })
+    Ok(async move { wake_until_stopped(stopped, &shutdown, wake_at).await })
 }
 
 /// Waits for the thread to stop; from shutdown on, sends it an empty
@@ -147,25 +146,40 @@ pub(crate) fn spawn<C: CatalogView, F: Upstream>(
 /// sees the token. Each comes from a fresh port: in a `SO_REUSEPORT` group the
 /// kernel picks the socket by the sender's address, so every socket of the
 /// group gets one soon. Such a datagram is dropped unanswered (no header).
-async fn wake_until_stopped<T>(
-    mut stopped: tokio::sync::oneshot::Receiver<T>,
+/// After [`WAKE_GIVE_UP`] it stops waiting: the thread leaves by itself
+/// within [`SHUTDOWN_CHECK`].
+async fn wake_until_stopped(
+    mut stopped: tokio::sync::oneshot::Receiver<Result<(), NetError>>,
     shutdown: &CancellationToken,
     wake_at: SocketAddr,
-) -> Result<T, tokio::sync::oneshot::error::RecvError> {
+) -> Result<(), NetError> {
+    let ended = |result: Result<_, _>| {
+        result.unwrap_or_else(|_| Err(NetError::from("UDP thread ended without a result")))
+    };
     tokio::select! {
-        result = &mut stopped => return result,
+        result = &mut stopped => return ended(result),
         () = shutdown.cancelled() => {}
     }
+    let give_up = tokio::time::sleep(WAKE_GIVE_UP);
+    tokio::pin!(give_up);
     let mut tick = tokio::time::interval(WAKE_INTERVAL);
     loop {
         tokio::select! {
-            result = &mut stopped => return result,
+            result = &mut stopped => return ended(result),
+            () = &mut give_up => {
+                warn!(
+                    socket = %wake_at,
+                    "UDP thread not stopped after {WAKE_GIVE_UP:?} of wake-up datagrams \
+                     (dropped by a firewall?); it stops within {SHUTDOWN_CHECK:?}"
+                );
+                return Ok(());
+            }
             _ = tick.tick() => {
                 let unspecified: IpAddr = match wake_at {
                     SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
                     SocketAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
                 };
-                // Best effort: the read timeout is the safety net.
+                // Best effort: the read timeout and the give-up are the safety net.
                 if let Ok(waker) = UdpSocket::bind((unspecified, 0)) {
                     let _ = waker.send_to(&[], wake_at);
                 }
