@@ -3,13 +3,14 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs as _, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use cadence::{BufferedUdpMetricSink, BufferedUnixMetricSink, MetricSink};
 use metrics::{
-    Counter, Gauge, GaugeFn, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit,
+    Counter, CounterFn, Gauge, GaugeFn, Histogram, Key, KeyName, Metadata, Recorder, SharedString,
+    Unit,
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use metrics_exporter_statsd::{StatsdBuilder, StatsdRecorder};
@@ -180,6 +181,8 @@ const PROMETHEUS_CONSUL_BUCKETS: &[f64] = &[
 #[derive(Default)]
 pub struct Metrics {
     statsd_sink: Option<SharedStatsdSink>,
+    /// The counters summed for StatsD, sent before the last flush.
+    statsd_counters: Option<Aggregated<()>>,
     prometheus: Option<PrometheusHandle>,
     prometheus_listen: Option<SocketAddr>,
 }
@@ -209,7 +212,8 @@ pub fn init_metrics(settings: &MetricsSettings) -> anyhow::Result<Metrics> {
 
     let statsd = match &settings.statsd_address {
         Some(address) => {
-            let (recorder, sink, gauges) = statsd_recorder(address, settings)?;
+            let (recorder, sink, gathered) = statsd_recorder(address, settings)?;
+            metrics.statsd_counters = Some(gathered.handle());
             let flushed = Arc::clone(&sink);
             tokio::spawn(async move {
                 // Asleep until a line is written or the gauges are due: an idle
@@ -227,13 +231,14 @@ pub fn init_metrics(settings: &MetricsSettings) -> anyhow::Result<Metrics> {
                         () = repeat.tick() => true,
                     };
                     if due {
-                        gauges.repeat();
+                        gathered.repeat();
                     } else {
                         // Gather up to a second of lines into as few datagrams as they fill.
                         // (The repeated gauges are written at once: sent at once.)
                         tokio::time::sleep(STATSD_FLUSH_INTERVAL).await;
                     }
                     STATSD_WRITTEN.pending.store(false, Ordering::Release);
+                    gathered.send_counters();
                     // Errors (agent not running: ECONNREFUSED) are not worth a log line per second.
                     let _ = flushed.flush();
                 }
@@ -311,8 +316,11 @@ fn prometheus_builder(tags: &[(String, String)]) -> anyhow::Result<PrometheusBui
 }
 
 impl Metrics {
-    /// Sends the buffered StatsD lines now.
+    /// Sends the summed counters and the buffered StatsD lines now.
     pub fn flush(&self) {
+        if let Some(counters) = &self.statsd_counters {
+            counters.send_counters();
+        }
         if let Some(sink) = &self.statsd_sink {
             let _ = sink.flush();
         }
@@ -464,12 +472,17 @@ static STATSD_WRITTEN: Written = Written {
 /// A cadence sink shared between the exporter and our flush task.
 struct SharedSink(SharedStatsdSink);
 
+/// Tells the flush task that something waits to be sent.
+fn note_written() {
+    if !STATSD_WRITTEN.pending.swap(true, Ordering::AcqRel) {
+        STATSD_WRITTEN.notify.notify_one();
+    }
+}
+
 impl MetricSink for SharedSink {
     fn emit(&self, metric: &str) -> std::io::Result<usize> {
         let written = self.0.emit(metric);
-        if !STATSD_WRITTEN.pending.swap(true, Ordering::AcqRel) {
-            STATSD_WRITTEN.notify.notify_one();
-        }
+        note_written();
         written
     }
 
@@ -478,11 +491,7 @@ impl MetricSink for SharedSink {
     }
 }
 
-type StatsdParts = (
-    RepeatGauges<StatsdRecorder>,
-    SharedStatsdSink,
-    RepeatGauges<()>,
-);
+type StatsdParts = (Aggregated<StatsdRecorder>, SharedStatsdSink, Aggregated<()>);
 
 fn statsd_recorder(
     target: &StatsdTarget,
@@ -540,7 +549,7 @@ fn statsd_recorder(
     let recorder = builder
         .build(Some(&settings.prefix))
         .context("building the StatsD exporter")?;
-    let repeating = RepeatGauges::new(recorder);
+    let repeating = Aggregated::new(recorder);
     let handle = repeating.handle();
     Ok((repeating, sink, handle))
 }
@@ -574,26 +583,51 @@ pub(crate) fn statsd_socket(target: SocketAddr) -> std::io::Result<UdpSocket> {
     Ok(socket)
 }
 
-/// Wraps a recorder and remembers the last value of every gauge, so that
-/// [`RepeatGauges::repeat`] can send them again.
-struct RepeatGauges<R> {
+/// Wraps the StatsD recorder: remembers the last value of every gauge, so
+/// that [`Aggregated::repeat`] can send them again, and sums every counter's
+/// increments until [`Aggregated::send_counters`] sends one line per counter
+/// that moved (client-side aggregation, as DogStatsD clients do). Without it
+/// every increment was a line of its own: several per forwarded miss, each
+/// formatted, buffered and sent (issue 16 goal 4). The agent sums what it
+/// gets per flush window, so the totals are the same.
+struct Aggregated<R> {
     inner: R,
     gauges: Arc<Mutex<HashMap<Key, Arc<RepeatedGauge>>>>,
+    counters: Arc<RwLock<HashMap<Key, Arc<SummedCounter>>>>,
 }
 
-impl<R> RepeatGauges<R> {
+impl<R> Aggregated<R> {
     fn new(inner: R) -> Self {
         Self {
             inner,
             gauges: Arc::default(),
+            counters: Arc::default(),
         }
     }
 
-    /// A second handle on the same gauges, for the flush task.
-    fn handle(&self) -> RepeatGauges<()> {
-        RepeatGauges {
+    /// A second handle on the same gauges and counters, for the flush task.
+    fn handle(&self) -> Aggregated<()> {
+        Aggregated {
             inner: (),
             gauges: Arc::clone(&self.gauges),
+            counters: Arc::clone(&self.counters),
+        }
+    }
+
+    /// Sends what every counter gathered since the last call, one line each.
+    fn send_counters(&self) {
+        let counters: Vec<Arc<SummedCounter>> = self
+            .counters
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        for counter in counters {
+            let gathered = counter.gathered.swap(0, Ordering::Relaxed);
+            if gathered > 0 {
+                counter.inner.increment(gathered);
+            }
         }
     }
 
@@ -622,6 +656,25 @@ struct RepeatedGauge {
     was_set: AtomicBool,
 }
 
+/// A counter whose increments are summed until the flush task sends them.
+struct SummedCounter {
+    inner: Counter,
+    gathered: AtomicU64,
+}
+
+impl CounterFn for SummedCounter {
+    fn increment(&self, value: u64) {
+        if self.gathered.fetch_add(value, Ordering::Relaxed) == 0 {
+            note_written();
+        }
+    }
+
+    // Never used by us (StatsD counters are deltas); passed on as is.
+    fn absolute(&self, value: u64) {
+        self.inner.absolute(value);
+    }
+}
+
 impl GaugeFn for RepeatedGauge {
     // StatsD cannot add to a gauge (house style: only `set`); forwarded as is.
     fn increment(&self, value: f64) {
@@ -639,7 +692,7 @@ impl GaugeFn for RepeatedGauge {
     }
 }
 
-impl<R: Recorder> Recorder for RepeatGauges<R> {
+impl<R: Recorder> Recorder for Aggregated<R> {
     fn describe_counter(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
         self.inner.describe_counter(key, unit, description);
     }
@@ -650,7 +703,27 @@ impl<R: Recorder> Recorder for RepeatGauges<R> {
         self.inner.describe_histogram(key, unit, description);
     }
     fn register_counter(&self, key: &Key, metadata: &Metadata<'_>) -> Counter {
-        self.inner.register_counter(key, metadata)
+        // Counter keys are bounded (no query names in tags), so is this map;
+        // `counter!` registers on every call, so the common case only reads.
+        let known = self
+            .counters
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .cloned();
+        let counter = known.unwrap_or_else(|| {
+            let mut counters = self
+                .counters
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            Arc::clone(counters.entry(key.clone()).or_insert_with(|| {
+                Arc::new(SummedCounter {
+                    inner: self.inner.register_counter(key, metadata),
+                    gathered: AtomicU64::new(0),
+                })
+            }))
+        });
+        Counter::from_arc(counter)
     }
     fn register_histogram(&self, key: &Key, metadata: &Metadata<'_>) -> Histogram {
         self.inner.register_histogram(key, metadata)
@@ -672,6 +745,91 @@ impl<R: Recorder> Recorder for RepeatGauges<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The increments each counter key received, as (key, value) in order.
+    #[derive(Default, Clone)]
+    struct Increments(Arc<Mutex<Vec<(String, u64)>>>);
+
+    struct IncrementFn {
+        key: String,
+        seen: Increments,
+    }
+
+    impl CounterFn for IncrementFn {
+        fn increment(&self, value: u64) {
+            self.seen
+                .0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push((self.key.clone(), value));
+        }
+        fn absolute(&self, _: u64) {}
+    }
+
+    impl Recorder for Increments {
+        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+            Counter::from_arc(Arc::new(IncrementFn {
+                key: key.to_string(),
+                seen: self.clone(),
+            }))
+        }
+        fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
+            Gauge::noop()
+        }
+        fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+            Histogram::noop()
+        }
+    }
+
+    /// Increments are summed per key (labels included) and reach the StatsD
+    /// recorder as one increment per key that moved, when the flush task asks.
+    #[test]
+    fn counters_are_summed_until_sent() {
+        let seen = Increments::default();
+        let recorder = Aggregated::new(seen.clone());
+        let flush = recorder.handle();
+        let metadata = Metadata::new(module_path!(), metrics::Level::INFO, None);
+        let key = |rcode: &'static str| {
+            Key::from_parts(
+                "dns.responses_total",
+                vec![metrics::Label::new("rcode", rcode)],
+            )
+        };
+        for value in [1, 2, 3] {
+            recorder
+                .register_counter(&key("NOERROR"), &metadata)
+                .increment(value);
+        }
+        recorder
+            .register_counter(&key("NXDOMAIN"), &metadata)
+            .increment(1);
+        let recorded = || {
+            seen.0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone()
+        };
+        assert!(recorded().is_empty(), "nothing sent before the flush");
+        flush.send_counters();
+        let mut sent = recorded();
+        sent.sort();
+        assert_eq!(
+            sent,
+            vec![
+                (key("NOERROR").to_string(), 6),
+                (key("NXDOMAIN").to_string(), 1)
+            ]
+        );
+        flush.send_counters();
+        assert_eq!(
+            recorded().len(),
+            2,
+            "a counter that did not move sends nothing"
+        );
+    }
 
     /// Records the names given a description, and nothing else.
     #[derive(Default)]
