@@ -97,3 +97,41 @@ async fn clients_outside_allowed_networks_are_refused() {
     assert_eq!(answer.metadata.response_code, ResponseCode::Refused);
     h.stop().await;
 }
+
+/// An upstream answer with an OPT record in its Answer section (RFC 6891
+/// allows one only in the Additional section) is a failed upstream: SERVFAIL,
+/// never passed on, and the server keeps answering. (fuzz/fast_path found that
+/// the wire cache, given such a response, took the A and the shorter OPT for
+/// two equal-sized answers and indexed past its buffer; the forwarder never
+/// hands it one, as this shows, and the cache now refuses it as well:
+/// `fast.rs` `inspect_refuses_an_opt_outside_the_additional_section`.)
+#[tokio::test]
+async fn an_opt_record_in_an_upstream_answer_is_a_servfail() {
+    use hickory_proto::rr::rdata::opt::OPT;
+    use hickory_proto::rr::{Name, RData, Record};
+    use test_support::{FakeUpstream, a_records, positive};
+
+    let upstream = FakeUpstream::start().await;
+    let mut answers = a_records("odd.example.", 300, &[7]);
+    answers.push(Record::from_rdata(
+        Name::root(),
+        0,
+        RData::OPT(OPT::default()),
+    ));
+    upstream.answer("odd.example.", RecordType::A, positive(answers));
+    let up = upstream.addr().to_string();
+    let h = Harness::start_with(crate::harness::standard_sim(), |raw| {
+        raw.forward.upstreams = vec![up];
+    })
+    .await;
+    // Asked a few times: a first sight, a second (what the wire cache would
+    // store), and more (what it would answer).
+    for _ in 0..4 {
+        let (reply, _) = udp(h.dns, &Ask::new("odd.example.", RecordType::A)).await;
+        assert_eq!(reply.metadata.response_code, ResponseCode::ServFail);
+        assert!(reply.answers.is_empty(), "nothing passed on: {reply:?}");
+    }
+    assert!(upstream.queries() >= 1, "the upstream was asked");
+    still_answers(&h).await;
+    h.stop().await;
+}
