@@ -339,6 +339,9 @@ pub fn spawn(
         // poll runs (no retry loop).
         let mut watched = watch.path.clone();
         let mut events = resolv_changes(watched.as_deref());
+        // Watching first, then one check at once: an edit made between loading
+        // the configuration and the watch's start is not left to the poll.
+        let mut first_check = true;
         loop {
             if watch.path != watched {
                 watched.clone_from(&watch.path);
@@ -355,7 +358,7 @@ pub fn spawn(
                     None => return,
                 },
                 // No resolv file (upstreams are configured): no poll, no wake-up.
-                woken = resolv_event(&mut events, watch.path.is_some(), &mut poll) => {
+                woken = resolv_event(&mut events, watch.path.is_some(), &mut poll, &mut first_check) => {
                     if !woken {
                         events = None;
                     }
@@ -440,9 +443,13 @@ async fn resolv_event(
     events: &mut Option<dnsfront_hosts::FileChanges>,
     watching: bool,
     poll: &mut dnsfront_hosts::Ticker,
+    first_check: &mut bool,
 ) -> bool {
     if !watching {
         return std::future::pending().await;
+    }
+    if std::mem::take(first_check) {
+        return true;
     }
     let Some(changes) = events else {
         poll.tick().await;
