@@ -93,6 +93,30 @@ fn blocking(query: &str) -> bool {
     query.split('&').any(|pair| pair.starts_with("index="))
 }
 
+/// Waits up to 5 s for the follower to have applied `generation`.
+async fn until_generation(hosts: &Hosts, generation: u64) {
+    wait_until(
+        Duration::from_secs(5),
+        &format!("generation {generation} applied"),
+        || hosts.generation() == Some(generation),
+    )
+    .await;
+}
+
+/// Waits up to 5 s for a blocking read of the pointer key.
+async fn until_pointer_blocked(sim: &Sim) {
+    wait_until(
+        Duration::from_secs(5),
+        "a blocking read of the pointer",
+        || {
+            requests(sim, "GET", POINTER_PATH)
+                .iter()
+                .any(|query| blocking(query))
+        },
+    )
+    .await;
+}
+
 /// The current values of the follower's gauges and the counters since the last call.
 fn recorded(recorder: &DebuggingRecorder) -> Recorded {
     Recorded::take(&recorder.snapshotter())
@@ -133,16 +157,7 @@ async fn followers_block_on_the_pointer_and_fetch_the_value_once_per_new_generat
     assert_eq!(follower.load_from_disk().expect("loads"), Some(1));
     sim.reset_requests();
     let _follower = tokio::spawn(follower.run(shutdown.clone()));
-    wait_until(
-        Duration::from_secs(5),
-        "a blocking read of the pointer",
-        || {
-            requests(&sim, "GET", POINTER_PATH)
-                .iter()
-                .any(|query| blocking(query))
-        },
-    )
-    .await;
+    until_pointer_blocked(&sim).await;
     assert!(
         requests(&sim, "GET", VALUE_PATH).is_empty(),
         "the pointer names what the follower holds: the value is not read"
@@ -150,15 +165,9 @@ async fn followers_block_on_the_pointer_and_fetch_the_value_once_per_new_generat
     // Unrelated keys change the raft index; the pointer's blocking read must not fetch.
     sim.kv_put("other/key", "x");
     publish(&sim, 2, &["web", "api"]);
-    wait_until(Duration::from_secs(5), "generation 2 applied", || {
-        hosts.generation() == Some(2)
-    })
-    .await;
+    until_generation(&hosts, 2).await;
     publish(&sim, 3, &["web", "api", "db"]);
-    wait_until(Duration::from_secs(5), "generation 3 applied", || {
-        hosts.generation() == Some(3)
-    })
-    .await;
+    until_generation(&hosts, 3).await;
     let value_reads = requests(&sim, "GET", VALUE_PATH);
     assert_eq!(value_reads.len(), 2, "one value read per generation");
     assert!(
@@ -331,10 +340,7 @@ async fn without_a_pointer_the_follower_watches_the_value_and_switches_when_one_
         &hosts,
         &shutdown,
     );
-    wait_until(Duration::from_secs(5), "generation 1 applied", || {
-        hosts.generation() == Some(1)
-    })
-    .await;
+    until_generation(&hosts, 1).await;
     // As before pointers: a blocking read of the value, and new values applied as they
     // come, whatever the spread (the bytes are already here).
     wait_until(
@@ -348,28 +354,13 @@ async fn without_a_pointer_the_follower_watches_the_value_and_switches_when_one_
     )
     .await;
     sim.kv_put(KEY, encoded(2, &["web", "api"]));
-    wait_until(Duration::from_secs(5), "generation 2 applied", || {
-        hosts.generation() == Some(2)
-    })
-    .await;
+    until_generation(&hosts, 2).await;
 
     // The upgraded publisher takes over: value, then pointer.
     publish(&sim, 3, &["web", "api", "db"]);
-    wait_until(Duration::from_secs(5), "generation 3 applied", || {
-        hosts.generation() == Some(3)
-    })
-    .await;
+    until_generation(&hosts, 3).await;
     sim.reset_requests();
-    wait_until(
-        Duration::from_secs(5),
-        "a blocking read of the pointer",
-        || {
-            requests(&sim, "GET", POINTER_PATH)
-                .iter()
-                .any(|query| blocking(query))
-        },
-    )
-    .await;
+    until_pointer_blocked(&sim).await;
     assert!(
         requests(&sim, "GET", VALUE_PATH).is_empty(),
         "following the pointer, the value is no longer watched"
@@ -395,31 +386,16 @@ async fn bad_pointers_are_refused_counted_and_the_value_is_followed_instead() {
         &shutdown,
     );
     // Refused, and the follower keeps working from the value.
-    wait_until(Duration::from_secs(5), "generation 1 applied", || {
-        hosts.generation() == Some(1)
-    })
-    .await;
+    until_generation(&hosts, 1).await;
     let mut tally = Tally::default();
     tally.take(recorded(&recorder));
     assert_eq!((tally.versions, tally.invalid), (1, 1));
 
     // A good pointer again: followed (the value mode looks for it on every answer).
     publish(&sim, 2, &["web", "api"]);
-    wait_until(Duration::from_secs(5), "generation 2 applied", || {
-        hosts.generation() == Some(2)
-    })
-    .await;
+    until_generation(&hosts, 2).await;
     sim.reset_requests();
-    wait_until(
-        Duration::from_secs(5),
-        "a blocking read of the pointer",
-        || {
-            requests(&sim, "GET", POINTER_PATH)
-                .iter()
-                .any(|query| blocking(query))
-        },
-    )
-    .await;
+    until_pointer_blocked(&sim).await;
     // An oversized pointer: refused by its size, and the value followed again.
     sim.kv_put(POINTER_KEY, vec![b'x'; MAX_POINTER_SIZE + 1]);
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -431,10 +407,7 @@ async fn bad_pointers_are_refused_counted_and_the_value_is_followed_instead() {
     assert_eq!(tally.invalid, 2);
     assert_eq!(hosts.generation(), Some(2), "nothing was lost");
     sim.kv_put(KEY, encoded(3, &["web", "api", "db"]));
-    wait_until(Duration::from_secs(5), "generation 3 applied", || {
-        hosts.generation() == Some(3)
-    })
-    .await;
+    until_generation(&hosts, 3).await;
     shutdown.cancel();
 }
 
@@ -470,10 +443,7 @@ async fn a_pointer_naming_a_value_that_is_not_there_is_refused_after_a_few_reads
         &hosts,
         &shutdown,
     );
-    wait_until(Duration::from_secs(5), "generation 1 applied", || {
-        hosts.generation() == Some(1)
-    })
-    .await;
+    until_generation(&hosts, 1).await;
     // A pointer to a value nobody wrote (written by hand out of order, or forged).
     sim.kv_put(POINTER_KEY, Pointer::of(2, &encoded(2, &["evil"])).encode());
     let (mut mismatches, mut refused) = (0, 0);
@@ -492,9 +462,6 @@ async fn a_pointer_naming_a_value_that_is_not_there_is_refused_after_a_few_reads
     assert_eq!(hosts.generation(), Some(1), "the snapshot held stays");
     // The publisher's next write is followed as usual.
     publish(&sim, 3, &["web", "api"]);
-    wait_until(Duration::from_secs(5), "generation 3 applied", || {
-        hosts.generation() == Some(3)
-    })
-    .await;
+    until_generation(&hosts, 3).await;
     shutdown.cancel();
 }
